@@ -1,0 +1,174 @@
+//! The commands that open storage and act on it: serve, tenant create, rebuild, verify and
+//! history. (`demo` lives in its own module.)
+
+use crate::config::{Config, StorageArgs};
+use crate::progress::Progress;
+use crate::storage;
+use anyhow::Context;
+use chronicle_core::customer;
+use chronicle_projections::{diff, load_checkpoint, save_checkpoint, Projections};
+use chronicle_server::App;
+use chronicle_store::EventStore;
+use serde_json::json;
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PAGE: usize = 10_000;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+/// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
+/// and write a final checkpoint.
+pub async fn serve(args: &StorageArgs, listen: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, listen)?;
+    let st = storage::open(&cfg)?;
+    let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await.context("starting the application")?;
+    run_server(&cfg, app, |addr| println!("chronicle listening on http://{addr}")).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bind, serve, checkpoint periodically, and shut down gracefully.
+pub async fn run_server(cfg: &Config, app: Arc<App>, on_ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data = %cfg.data.display(), "serving");
+    on_ready(addr);
+    let ticker_app = app.clone();
+    let ticker = tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let a = ticker_app.clone();
+            match tokio::task::spawn_blocking(move || a.checkpoint()).await {
+                Ok(Ok(pos)) => tracing::debug!(position = pos, "checkpoint written"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "checkpoint failed"),
+                Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
+            }
+        }
+    });
+    chronicle_server::serve(app.clone(), listener, shutdown_signal()).await.context("serving HTTP")?;
+    ticker.abort();
+    let pos = app.checkpoint().context("writing the final checkpoint")?;
+    tracing::info!(position = pos, "stopped; checkpoint written");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg)?;
+    let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await?;
+    let (api_key, write_key) = app.create_tenant(name).await?;
+    app.checkpoint()?;
+    println!("{}", json!({"tenant": name, "api_key": api_key, "write_key": write_key}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fold the whole log into fresh projections, checking the log's own invariants on the way:
+/// positions 1..=head with no gap, versions 1.. per stream with no gap.
+pub async fn replay(store: &dyn EventStore, what: &'static str) -> anyhow::Result<(Projections, Vec<String>, (u64, f64, f64))> {
+    let head = store.head().await?;
+    let mut fresh = Projections::new();
+    let mut problems = Vec::new();
+    let mut versions: HashMap<(String, String), u64> = HashMap::new();
+    let mut progress = Progress::new(what, Some(head));
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for ev in &page {
+            if ev.position != fresh.position + 1 && problems.len() < 100 {
+                problems.push(format!("log: position {} follows {}", ev.position, fresh.position));
+            }
+            let v = versions.entry((ev.tenant.clone(), ev.stream.clone())).or_insert(0);
+            if ev.version != *v + 1 && problems.len() < 100 {
+                problems.push(format!("log: {}/{} version {} follows {}", ev.tenant, ev.stream, ev.version, v));
+            }
+            *v = ev.version;
+            fresh.apply(ev);
+        }
+        progress.add(page.len() as u64);
+    }
+    Ok((fresh, problems, progress.finish()))
+}
+
+pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg)?;
+    let _ = std::fs::remove_file(&st.checkpoint);
+    let (fresh, problems, (n, secs, rate)) = replay(&*st.store, "rebuild").await?;
+    save_checkpoint(&st.checkpoint, &fresh)?;
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    println!("{}", json!({"rebuilt_events": n, "seconds": secs, "events_per_sec": rate.round(), "position": fresh.position}));
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg)?;
+    // The live views: what a server would run on (checkpoint plus the log's tail).
+    let mut live = load_checkpoint(&st.checkpoint)?;
+    let mut after = live.position;
+    loop {
+        let page = st.store.read_all(after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        page.iter().for_each(|e| live.apply(e));
+    }
+    let (fresh, mut problems, (n, secs, _)) = replay(&*st.store, "verify").await?;
+    problems.extend(diff(&live, &fresh));
+    for p in &problems {
+        println!("DIFF {p}");
+    }
+    let ok = problems.is_empty();
+    println!("{}", json!({"verified_events": n, "seconds": secs, "differences": problems.len(), "ok": ok}));
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn history(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg)?;
+    let stream = customer::stream_of(customer_id);
+    let mut from = 1;
+    let mut any = false;
+    loop {
+        let page = st.store.read_stream(tenant, &stream, from, 1000).await?;
+        let Some(last) = page.last() else { break };
+        from = last.version + 1;
+        for ev in &page {
+            any = true;
+            println!("{}", serde_json::to_string(ev)?);
+        }
+    }
+    if !any {
+        eprintln!("no events for customer {customer_id} in tenant {tenant}");
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,83 @@
+//! Configuration, layered: built-in defaults < config file (`--config` / `CHRONICLE_CONFIG`,
+//! TOML) < environment (`CHRONICLE_*`) < command line. clap resolves the last two (a flag
+//! beats its env variable); this module adds the file and the defaults, and nothing below the
+//! binary reads the environment.
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA: &str = "./chronicle-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// Storage options every command takes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    /// Data folder of the embedded store [default: ./chronicle-data]
+    #[arg(long, env = "CHRONICLE_DATA", global = true)]
+    pub data: Option<PathBuf>,
+    /// PostgreSQL URL (server backend; not available yet)
+    #[arg(long, env = "CHRONICLE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Configuration file (TOML with keys data, listen, database_url)
+    #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<String>,
+    database_url: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    pub fn resolve(args: &StorageArgs, listen: Option<&str>) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let data = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+        let listen_s = listen.map(str::to_owned).or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_s.parse().with_context(|| format!("invalid listen address {listen_s:?} (want IP:PORT)"))?;
+        Ok(Config { data, listen, database_url: args.database_url.clone().or(file.database_url) })
+    }
+}
+
+fn read_file(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "data = \"/from/file\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let mut args = StorageArgs { config: Some(f.clone()), ..Default::default() };
+        let c = Config::resolve(&args, None).unwrap();
+        assert_eq!((c.data, c.listen.port()), (PathBuf::from("/from/file"), 9000));
+        args.data = Some("/from/flag".into());
+        let c = Config::resolve(&args, Some("127.0.0.1:9001")).unwrap();
+        assert_eq!((c.data, c.listen.port()), (PathBuf::from("/from/flag"), 9001));
+        let c = Config::resolve(&StorageArgs::default(), None).unwrap();
+        assert_eq!((c.data, c.listen.to_string()), (PathBuf::from(DEFAULT_DATA), DEFAULT_LISTEN.to_owned()));
+        std::fs::write(&f, "colour = \"blue\"\n").unwrap();
+        assert!(Config::resolve(&StorageArgs { config: Some(f), ..Default::default() }, None).is_err());
+        assert!(Config::resolve(&StorageArgs::default(), Some("nonsense")).is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! The `chronicle` binary: parses the command line, resolves configuration, and drives the
+//! application service. Commands: serve, demo, tenant create, rebuild, verify, history.
+
+mod commands;
+mod config;
+mod demo;
+mod progress;
+mod storage;
+
+use clap::{Parser, Subcommand};
+use config::StorageArgs;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "chronicle", version, about = "Chronicle: an event-sourced CRM engine")]
+struct Cli {
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:7070]
+        #[arg(long, env = "CHRONICLE_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Generate a fresh demo tenant with realistic data, then serve it
+    Demo {
+        #[arg(long, env = "CHRONICLE_LISTEN")]
+        listen: Option<String>,
+        /// Customers to generate
+        #[arg(long, default_value_t = 10_000)]
+        customers: u64,
+        /// Generate, print the summary, and exit instead of serving
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Manage tenants
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Drop every projection and rebuild it from the log
+    Rebuild,
+    /// Replay the log into fresh projections and compare them with the live ones
+    Verify,
+    /// Print a customer's events, oldest first, one JSON object per line
+    History {
+        customer: String,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints {"tenant","api_key","write_key"} (the keys are shown only once)
+    Create { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve { listen } => commands::serve(&cli.storage, listen.as_deref()).await,
+            Command::Demo { listen, customers, no_serve } => demo::run(&cli.storage, listen.as_deref(), customers, no_serve).await,
+            Command::Tenant { command: TenantCommand::Create { name } } => commands::tenant_create(&cli.storage, &name).await,
+            Command::Rebuild => commands::rebuild(&cli.storage).await,
+            Command::Verify => commands::verify(&cli.storage).await,
+            Command::History { customer, tenant } => commands::history(&cli.storage, &tenant, &customer).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

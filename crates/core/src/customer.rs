@@ -1,0 +1,642 @@
+//! The Customer aggregate: profile, tags, notes, owner, lifecycle stage, consent and
+//! preferences, and status (active, deactivated, erased).
+//!
+//! `decide` checks the rules and returns events; `apply` (evolve) folds one event into the
+//! state and cannot fail. Rules: e-mail unique within a tenant (checked through
+//! [`EmailIndex`], supplied by the caller); nothing but reads on an erased customer; a consent
+//! grant needs a source; lifecycle stages only move forward along [`LifecycleStage::PATH`]; a
+//! deactivated customer keeps its history, may withdraw consent, get notes, be reactivated or
+//! erased, and nothing else.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const EVENT_TYPES: &[&str] = &[
+    "CustomerRegistered",
+    "CustomerProfileUpdated",
+    "CustomerTagged",
+    "CustomerUntagged",
+    "NoteAdded",
+    "OwnerAssigned",
+    "LifecycleStageChanged",
+    "ConsentGranted",
+    "ConsentRevoked",
+    "PreferencesUpdated",
+    "CustomerDeactivated",
+    "CustomerReactivated",
+    "CustomerErased",
+];
+
+/// The stream that holds a customer's events.
+pub fn stream_of(customer_id: &str) -> String {
+    format!("customer-{customer_id}")
+}
+
+/// The customer id of a customer stream, if it is one.
+pub fn id_of_stream(stream: &str) -> Option<&str> {
+    stream.strip_prefix("customer-")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Sms,
+    Push,
+    InApp,
+    Phone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Marketing,
+    Transactional,
+    Analytics,
+    Profiling,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+            Channel::InApp => "in_app",
+            Channel::Phone => "phone",
+        }
+    }
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Marketing => "marketing",
+            Purpose::Transactional => "transactional",
+            Purpose::Analytics => "analytics",
+            Purpose::Profiling => "profiling",
+        }
+    }
+}
+
+/// Lifecycle stages, in the only order a customer may move through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleStage {
+    Subscriber,
+    Lead,
+    Mql,
+    Sql,
+    Opportunity,
+    Customer,
+    Evangelist,
+}
+
+impl LifecycleStage {
+    pub const PATH: [LifecycleStage; 7] = [
+        LifecycleStage::Subscriber,
+        LifecycleStage::Lead,
+        LifecycleStage::Mql,
+        LifecycleStage::Sql,
+        LifecycleStage::Opportunity,
+        LifecycleStage::Customer,
+        LifecycleStage::Evangelist,
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomerStatus {
+    #[default]
+    Active,
+    Deactivated,
+    Erased,
+}
+
+/// One consent decision as recorded (grant or revocation) with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub channel: Channel,
+    pub purpose: Purpose,
+    pub source: String,
+    pub legal_basis: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Value>,
+}
+
+/// A consent decision as a command asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentInput {
+    pub channel: Channel,
+    pub purpose: Purpose,
+    pub granted: bool,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub legal_basis: Option<String>,
+    #[serde(default)]
+    pub proof: Option<Value>,
+}
+
+/// The current consent for one channel and purpose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentState {
+    pub channel: Channel,
+    pub purpose: Purpose,
+    pub granted: bool,
+    pub source: String,
+    pub legal_basis: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Value>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietHours {
+    /// "HH:MM" local time.
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrequencyCap {
+    pub max: u32,
+    /// A duration such as "1d" or "12h".
+    pub per: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preferences {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_channels: Option<Vec<Channel>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_cap: Option<FrequencyCap>,
+}
+
+/// One changed field: `email`, `phone` or `traits.<name>`; `new: null` removes a trait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub old: Value,
+    pub new: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum CustomerEvent {
+    CustomerRegistered {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<String>,
+        #[serde(default)]
+        traits: Map<String, Value>,
+    },
+    CustomerProfileUpdated {
+        changes: BTreeMap<String, Change>,
+    },
+    CustomerTagged {
+        tag: String,
+    },
+    CustomerUntagged {
+        tag: String,
+    },
+    NoteAdded {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        author: Option<String>,
+    },
+    OwnerAssigned {
+        #[serde(default)]
+        from: Option<String>,
+        to: String,
+    },
+    LifecycleStageChanged {
+        #[serde(default)]
+        from: Option<LifecycleStage>,
+        to: LifecycleStage,
+    },
+    ConsentGranted(ConsentRecord),
+    ConsentRevoked(ConsentRecord),
+    PreferencesUpdated(Preferences),
+    CustomerDeactivated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    CustomerReactivated {},
+    CustomerErased {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl CustomerEvent {
+    /// The event's catalogue name and its JSON payload.
+    pub fn to_parts(&self) -> (String, Value) {
+        crate::to_parts(self)
+    }
+
+    /// Decode a stored (already upcast) event; unknown types are an error the caller may skip.
+    pub fn from_parts(event_type: &str, data: &Value) -> Result<Self, crate::DecodeError> {
+        crate::from_parts(event_type, data)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomerCommand {
+    Register { email: Option<String>, phone: Option<String>, traits: Map<String, Value>, consents: Vec<ConsentInput> },
+    UpdateProfile { email: Option<String>, phone: Option<String>, traits: Map<String, Value> },
+    Tag { tag: String },
+    Untag { tag: String },
+    AddNote { text: String, author: Option<String> },
+    AssignOwner { owner: String },
+    ChangeStage { to: LifecycleStage },
+    SetConsent(ConsentInput),
+    UpdatePreferences(Preferences),
+    Deactivate { reason: Option<String> },
+    Reactivate,
+    Erase { reason: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CustomerError {
+    #[error("customer already exists")]
+    AlreadyExists,
+    #[error("customer not found")]
+    NotFound,
+    #[error("customer has been erased; no command is accepted")]
+    Erased,
+    #[error("customer is deactivated; reactivate it first")]
+    Deactivated,
+    #[error("e-mail address is already used by another customer")]
+    EmailTaken,
+    #[error("invalid e-mail address")]
+    InvalidEmail,
+    #[error("invalid phone number")]
+    InvalidPhone,
+    #[error("a consent grant needs a source")]
+    ConsentSourceMissing,
+    #[error("lifecycle stage cannot move from {from:?} to {to:?}")]
+    InvalidStageTransition { from: LifecycleStage, to: LifecycleStage },
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("trait name {0:?} is reserved or invalid")]
+    InvalidTrait(String),
+}
+
+/// Who, if anyone, holds an e-mail address in this tenant (the unique e-mail index).
+pub trait EmailIndex {
+    fn owner_of(&self, email: &str) -> Option<String>;
+}
+
+/// No e-mail is held by anyone (for tests and replays).
+pub struct NoEmails;
+impl EmailIndex for NoEmails {
+    fn owner_of(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The Customer aggregate's state, folded from its stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    pub exists: bool,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub traits: Map<String, Value>,
+    pub lifecycle_stage: Option<LifecycleStage>,
+    pub tags: BTreeSet<String>,
+    pub owner: Option<String>,
+    pub status: CustomerStatus,
+    /// Current consent per `"channel:purpose"`.
+    pub consents: BTreeMap<String, ConsentState>,
+    pub preferences: Preferences,
+    pub notes: Vec<Note>,
+    pub version: u64,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Normalise an e-mail address (trim, lower-case) or reject it.
+pub fn normalize_email(raw: &str) -> Result<String, CustomerError> {
+    let e = raw.trim().to_lowercase();
+    let valid = match e.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !e.contains(char::is_whitespace)
+                && !domain.contains('@')
+        }
+        None => false,
+    };
+    if valid && e.len() <= 254 {
+        Ok(e)
+    } else {
+        Err(CustomerError::InvalidEmail)
+    }
+}
+
+/// Normalise a phone number to `+digits` / `digits` (spaces, dashes, dots and brackets dropped).
+pub fn normalize_phone(raw: &str) -> Result<String, CustomerError> {
+    let t = raw.trim();
+    let (plus, rest) = match t.strip_prefix('+') {
+        Some(r) => ("+", r),
+        None => ("", t),
+    };
+    let mut digits = String::with_capacity(rest.len());
+    for c in rest.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' | '.' | '(' | ')' => {}
+            _ => return Err(CustomerError::InvalidPhone),
+        }
+    }
+    if (5..=15).contains(&digits.len()) {
+        Ok(format!("{plus}{digits}"))
+    } else {
+        Err(CustomerError::InvalidPhone)
+    }
+}
+
+fn consent_event(input: ConsentInput) -> Result<CustomerEvent, CustomerError> {
+    let source = input.source.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let record = |source: String| ConsentRecord {
+        channel: input.channel,
+        purpose: input.purpose,
+        source,
+        legal_basis: input.legal_basis.clone().unwrap_or_else(|| "consent".into()),
+        proof: input.proof.clone(),
+    };
+    if input.granted {
+        Ok(CustomerEvent::ConsentGranted(record(source.ok_or(CustomerError::ConsentSourceMissing)?)))
+    } else {
+        Ok(CustomerEvent::ConsentRevoked(record(source.unwrap_or_else(|| "unspecified".into()))))
+    }
+}
+
+fn check_traits(traits: &Map<String, Value>) -> Result<(), CustomerError> {
+    for k in traits.keys() {
+        if k.is_empty() || k.len() > 128 || k == "email" || k == "phone" {
+            return Err(CustomerError::InvalidTrait(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+impl Customer {
+    pub fn new(id: impl Into<String>) -> Self {
+        Customer { id: id.into(), ..Default::default() }
+    }
+
+    /// Decide what a command means for this customer, without changing it.
+    pub fn decide(&self, cmd: CustomerCommand, emails: &dyn EmailIndex) -> Result<Vec<CustomerEvent>, CustomerError> {
+        use CustomerCommand as C;
+        use CustomerEvent as E;
+        if let C::Register { email, phone, traits, consents } = cmd {
+            if self.exists {
+                return Err(CustomerError::AlreadyExists);
+            }
+            check_traits(&traits)?;
+            let email = email.as_deref().map(normalize_email).transpose()?;
+            if let Some(e) = &email {
+                if emails.owner_of(e).is_some_and(|o| o != self.id) {
+                    return Err(CustomerError::EmailTaken);
+                }
+            }
+            let phone = phone.as_deref().map(normalize_phone).transpose()?;
+            let mut out = vec![E::CustomerRegistered { email, phone, traits }];
+            for c in consents {
+                out.push(consent_event(c)?);
+            }
+            return Ok(out);
+        }
+        if !self.exists {
+            return Err(CustomerError::NotFound);
+        }
+        if self.status == CustomerStatus::Erased {
+            return Err(CustomerError::Erased);
+        }
+        let deactivated = self.status == CustomerStatus::Deactivated;
+        let allowed_when_deactivated = matches!(
+            &cmd,
+            C::Reactivate | C::Erase { .. } | C::AddNote { .. } | C::Deactivate { .. } | C::SetConsent(ConsentInput { granted: false, .. })
+        );
+        if deactivated && !allowed_when_deactivated {
+            return Err(CustomerError::Deactivated);
+        }
+        Ok(match cmd {
+            C::Register { .. } => unreachable!("handled above"),
+            C::UpdateProfile { email, phone, traits } => {
+                check_traits(&traits)?;
+                let mut changes = BTreeMap::new();
+                if let Some(raw) = email {
+                    let e = normalize_email(&raw)?;
+                    if self.email.as_deref() != Some(e.as_str()) {
+                        if emails.owner_of(&e).is_some_and(|o| o != self.id) {
+                            return Err(CustomerError::EmailTaken);
+                        }
+                        changes.insert("email".into(), Change { old: opt_str(&self.email), new: Value::String(e) });
+                    }
+                }
+                if let Some(raw) = phone {
+                    let p = normalize_phone(&raw)?;
+                    if self.phone.as_deref() != Some(p.as_str()) {
+                        changes.insert("phone".into(), Change { old: opt_str(&self.phone), new: Value::String(p) });
+                    }
+                }
+                for (k, new) in traits {
+                    let old = self.traits.get(&k).cloned().unwrap_or(Value::Null);
+                    if old != new {
+                        changes.insert(format!("traits.{k}"), Change { old, new });
+                    }
+                }
+                if changes.is_empty() {
+                    vec![]
+                } else {
+                    vec![E::CustomerProfileUpdated { changes }]
+                }
+            }
+            C::Tag { tag } => {
+                let tag = non_empty(tag, "tag")?;
+                if self.tags.contains(&tag) {
+                    vec![]
+                } else {
+                    vec![E::CustomerTagged { tag }]
+                }
+            }
+            C::Untag { tag } => {
+                if self.tags.contains(&tag) {
+                    vec![E::CustomerUntagged { tag }]
+                } else {
+                    vec![]
+                }
+            }
+            C::AddNote { text, author } => vec![E::NoteAdded { text: non_empty(text, "note")?, author }],
+            C::AssignOwner { owner } => {
+                let owner = non_empty(owner, "owner")?;
+                if self.owner.as_deref() == Some(owner.as_str()) {
+                    vec![]
+                } else {
+                    vec![E::OwnerAssigned { from: self.owner.clone(), to: owner }]
+                }
+            }
+            C::ChangeStage { to } => match self.lifecycle_stage {
+                Some(from) if from == to => vec![],
+                Some(from) if to < from => return Err(CustomerError::InvalidStageTransition { from, to }),
+                from => vec![E::LifecycleStageChanged { from, to }],
+            },
+            C::SetConsent(input) => vec![consent_event(input)?],
+            C::UpdatePreferences(p) => {
+                if p == self.preferences {
+                    vec![]
+                } else {
+                    vec![E::PreferencesUpdated(p)]
+                }
+            }
+            C::Deactivate { reason } => {
+                if deactivated {
+                    vec![]
+                } else {
+                    vec![E::CustomerDeactivated { reason }]
+                }
+            }
+            C::Reactivate => {
+                if deactivated {
+                    vec![E::CustomerReactivated {}]
+                } else {
+                    vec![]
+                }
+            }
+            C::Erase { reason } => vec![E::CustomerErased { reason }],
+        })
+    }
+
+    /// Fold one event into the state (evolve). Never fails: events are facts.
+    pub fn apply(&mut self, ev: &CustomerEvent, version: u64, at: DateTime<Utc>) {
+        use CustomerEvent as E;
+        self.version = version;
+        self.updated_at = Some(at);
+        match ev {
+            E::CustomerRegistered { email, phone, traits } => {
+                self.exists = true;
+                self.email = email.clone();
+                self.phone = phone.clone();
+                self.traits = traits.clone();
+                self.created_at = Some(at);
+            }
+            E::CustomerProfileUpdated { changes } => {
+                for (field, ch) in changes {
+                    match field.as_str() {
+                        "email" => self.email = ch.new.as_str().map(str::to_owned),
+                        "phone" => self.phone = ch.new.as_str().map(str::to_owned),
+                        f => {
+                            if let Some(name) = f.strip_prefix("traits.") {
+                                if ch.new.is_null() {
+                                    self.traits.remove(name);
+                                } else {
+                                    self.traits.insert(name.to_owned(), ch.new.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            E::CustomerTagged { tag } => {
+                self.tags.insert(tag.clone());
+            }
+            E::CustomerUntagged { tag } => {
+                self.tags.remove(tag);
+            }
+            E::NoteAdded { text, author } => self.notes.push(Note { text: text.clone(), author: author.clone(), at }),
+            E::OwnerAssigned { to, .. } => self.owner = Some(to.clone()),
+            E::LifecycleStageChanged { to, .. } => self.lifecycle_stage = Some(*to),
+            E::ConsentGranted(r) | E::ConsentRevoked(r) => {
+                let granted = matches!(ev, E::ConsentGranted(_));
+                self.consents.insert(
+                    consent_key(r.channel, r.purpose),
+                    ConsentState {
+                        channel: r.channel,
+                        purpose: r.purpose,
+                        granted,
+                        source: r.source.clone(),
+                        legal_basis: r.legal_basis.clone(),
+                        proof: r.proof.clone(),
+                        at,
+                    },
+                );
+            }
+            E::PreferencesUpdated(p) => self.preferences = p.clone(),
+            E::CustomerDeactivated { .. } => self.status = CustomerStatus::Deactivated,
+            E::CustomerReactivated {} => self.status = CustomerStatus::Active,
+            E::CustomerErased { .. } => {
+                // Erasure redacts the read model; crypto-shredding of the log is the privacy layer's.
+                let id = std::mem::take(&mut self.id);
+                *self = Customer { id, exists: true, version, status: CustomerStatus::Erased, updated_at: Some(at), ..Default::default() };
+            }
+        }
+    }
+
+    /// The consent decision for one channel and purpose right now.
+    ///
+    /// Marketing, analytics and profiling need an explicit, unrevoked grant (opt-in).
+    /// Transactional messages rest on the contract and are allowed unless explicitly revoked.
+    pub fn consent_check(&self, channel: Channel, purpose: Purpose) -> ConsentDecision {
+        let deny = |reason| ConsentDecision { allowed: false, reason };
+        if !self.exists {
+            return deny("unknown_customer");
+        }
+        match self.status {
+            CustomerStatus::Erased => return deny("customer_erased"),
+            CustomerStatus::Deactivated => return deny("customer_deactivated"),
+            CustomerStatus::Active => {}
+        }
+        match self.consents.get(&consent_key(channel, purpose)) {
+            Some(c) if c.granted => ConsentDecision { allowed: true, reason: "granted" },
+            Some(_) => deny("revoked"),
+            None if purpose == Purpose::Transactional => ConsentDecision { allowed: true, reason: "transactional_default" },
+            None => deny("no_consent"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConsentDecision {
+    pub allowed: bool,
+    pub reason: &'static str,
+}
+
+pub fn consent_key(channel: Channel, purpose: Purpose) -> String {
+    format!("{}:{}", channel.as_str(), purpose.as_str())
+}
+
+fn opt_str(s: &Option<String>) -> Value {
+    s.clone().map(Value::String).unwrap_or(Value::Null)
+}
+
+fn non_empty(s: String, what: &'static str) -> Result<String, CustomerError> {
+    let t = s.trim();
+    if t.is_empty() {
+        Err(CustomerError::Empty(what))
+    } else {
+        Ok(t.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The event envelope: what every stored event carries, and what an append submits.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A stored event, as every reader sees it (times in RFC 3339 UTC on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub id: Uuid,
+    pub tenant: String,
+    pub stream: String,
+    /// 1-based position within the stream.
+    pub version: u64,
+    /// Global, gap-free commit order (1-based).
+    pub position: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub event_time: DateTime<Utc>,
+    pub ingest_time: DateTime<Utc>,
+    pub source: String,
+    pub causation_id: Option<Uuid>,
+    pub correlation_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub data: Value,
+    pub metadata: Value,
+}
+
+/// An event submitted for append; the store assigns version, position and ingest time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// The idempotency key: the same id appended twice is stored once.
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub event_time: DateTime<Utc>,
+    pub source: String,
+    pub causation_id: Option<Uuid>,
+    pub correlation_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub data: Value,
+    pub metadata: Value,
+}
+
+impl NewEvent {
+    /// A new event with the current schema version, no causation and empty metadata.
+    pub fn new(id: Uuid, event_type: impl Into<String>, data: Value, event_time: DateTime<Utc>) -> Self {
+        let event_type = event_type.into();
+        NewEvent {
+            id,
+            schema_version: crate::upcast::current_schema_version_of(&event_type),
+            event_type,
+            event_time,
+            source: "chronicle".into(),
+            causation_id: None,
+            correlation_id: None,
+            actor: None,
+            data,
+            metadata: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+}
+
+/// Optimistic concurrency for an append. On the wire: `"any"`, `"no_stream"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last version must be exactly this (0 is the same as `NoStream`).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (0 = no stream) satisfies this expectation.
+    pub fn admits(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl Serialize for ExpectedVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExpectedVersion::Any => s.serialize_str("any"),
+            ExpectedVersion::NoStream => s.serialize_str("no_stream"),
+            ExpectedVersion::Exact(v) => s.serialize_u64(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectedVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "any" => Ok(ExpectedVersion::Any),
+            Value::String(s) if s == "no_stream" => Ok(ExpectedVersion::NoStream),
+            Value::Number(n) => n
+                .as_u64()
+                .map(ExpectedVersion::Exact)
+                .ok_or_else(|| serde::de::Error::custom("expected_version must be a non-negative integer")),
+            _ => Err(serde::de::Error::custom(
+                r#"expected_version must be "any", "no_stream" or a non-negative integer"#,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_version_wire_forms() {
+        let any: ExpectedVersion = serde_json::from_str(r#""any""#).unwrap();
+        let none: ExpectedVersion = serde_json::from_str(r#""no_stream""#).unwrap();
+        let exact: ExpectedVersion = serde_json::from_str("3").unwrap();
+        assert_eq!((any, none, exact), (ExpectedVersion::Any, ExpectedVersion::NoStream, ExpectedVersion::Exact(3)));
+        assert!(serde_json::from_str::<ExpectedVersion>("-1").is_err());
+        assert!(serde_json::from_str::<ExpectedVersion>(r#""latest""#).is_err());
+    }
+
+    #[test]
+    fn admits() {
+        assert!(ExpectedVersion::NoStream.admits(0));
+        assert!(!ExpectedVersion::NoStream.admits(1));
+        assert!(ExpectedVersion::Exact(2).admits(2));
+        assert!(!ExpectedVersion::Exact(2).admits(3));
+        assert!(ExpectedVersion::Any.admits(7));
+    }
+}

@@ -1,0 +1,184 @@
+//! Property tests: replay determinism, checkpoint + tail = full replay, snapshots + tail =
+//! full fold for as-of queries; and the consent ledger's behaviour.
+
+use super::*;
+use chronicle_core::customer::{ConsentInput, CustomerCommand, LifecycleStage, NoEmails};
+use chronicle_core::envelope::EventEnvelope;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn envelope(tenant: &str, stream: &str, version: u64, position: u64, t: i64, e: &CustomerEvent) -> EventEnvelope {
+    let (ty, data) = e.to_parts();
+    EventEnvelope {
+        id: uuid::Uuid::from_u128(position as u128),
+        tenant: tenant.into(),
+        stream: stream.into(),
+        version,
+        position,
+        event_type: ty,
+        schema_version: 2,
+        event_time: DateTime::from_timestamp(1_700_000_000 + t, 0).unwrap(),
+        ingest_time: DateTime::from_timestamp(1_700_000_000 + t, 0).unwrap(),
+        source: "test".into(),
+        causation_id: None,
+        correlation_id: None,
+        actor: None,
+        data,
+        metadata: json!({}),
+    }
+}
+
+fn command() -> impl Strategy<Value = CustomerCommand> {
+    let channel = prop_oneof![Just(Channel::Email), Just(Channel::Sms), Just(Channel::Push)];
+    let purpose = prop_oneof![Just(Purpose::Marketing), Just(Purpose::Analytics)];
+    prop_oneof![
+        (0u8..5).prop_map(|i| CustomerCommand::UpdateProfile { email: None, phone: None, traits: json!({"plan": format!("p{i}")}).as_object().unwrap().clone() }),
+        (0u8..3).prop_map(|i| CustomerCommand::UpdateProfile { email: Some(format!("x{i}@example.com")), phone: None, traits: Default::default() }),
+        (0u8..3).prop_map(|i| CustomerCommand::Tag { tag: format!("t{i}") }),
+        (0u8..3).prop_map(|i| CustomerCommand::Untag { tag: format!("t{i}") }),
+        (channel, purpose, any::<bool>()).prop_map(|(channel, purpose, granted)| CustomerCommand::SetConsent(ConsentInput {
+            channel, purpose, granted, source: Some("form".into()), legal_basis: None, proof: Some(json!({"ip": "192.0.2.7"}))
+        })),
+        (0usize..7).prop_map(|i| CustomerCommand::ChangeStage { to: LifecycleStage::PATH[i] }),
+        Just(CustomerCommand::Deactivate { reason: None }),
+        Just(CustomerCommand::Reactivate),
+        Just(CustomerCommand::AddNote { text: "hello".into(), author: None }),
+        Just(CustomerCommand::Erase { reason: None }),
+    ]
+}
+
+/// A random but valid log: commands decided against the aggregate, across a few customers and
+/// two tenants, with event times that sometimes run backwards (late producers).
+fn history() -> impl Strategy<Value = Vec<EventEnvelope>> {
+    prop::collection::vec((0usize..4, command(), -3i64..10), 1..120).prop_map(|steps| {
+        let mut log = Vec::new();
+        let mut states: HashMap<usize, Customer> = HashMap::new();
+        let mut clock = 0i64;
+        for (who, cmd, dt) in steps {
+            let tenant = if who % 2 == 0 { "a" } else { "b" };
+            let id = format!("c{who}");
+            let c = states.entry(who).or_insert_with(|| Customer::new(id.clone()));
+            let cmd = if c.exists { cmd } else { CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] } };
+            let Ok(events) = c.decide(cmd, &NoEmails) else { continue };
+            for e in events {
+                clock += dt;
+                let ev = envelope(tenant, &customer::stream_of(&id), c.version + 1, log.len() as u64 + 1, clock, &e);
+                c.apply(&e, ev.version, ev.event_time);
+                log.push(ev);
+            }
+        }
+        log
+    })
+}
+
+fn replay(log: &[EventEnvelope]) -> Projections {
+    let mut p = Projections::new();
+    log.iter().for_each(|e| p.apply(e));
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn replaying_twice_gives_the_same_state(log in history()) {
+        let a = replay(&log);
+        prop_assert_eq!(&a, &replay(&log));
+        prop_assert!(diff(&a, &replay(&log)).is_empty());
+    }
+
+    #[test]
+    fn checkpoint_plus_tail_equals_full_replay(log in history(), cut in 0usize..200) {
+        let cut = cut.min(log.len());
+        let head = replay(&log[..cut]);
+        let json = serde_json::to_vec(&head).unwrap();
+        let mut resumed: Projections = serde_json::from_slice(&json).unwrap();
+        // Re-applying events already in the checkpoint is harmless (at-least-once delivery).
+        log.iter().for_each(|e| resumed.apply(e));
+        prop_assert_eq!(&resumed, &replay(&log));
+    }
+
+    #[test]
+    fn as_of_from_snapshot_equals_full_fold(log in history(), at in 0i64..600) {
+        let t = DateTime::from_timestamp(1_700_000_000 + at, 0).unwrap();
+        // Small snapshot spacing so that snapshots are exercised.
+        let mut views = Projections { snapshot_every: 3, ..Projections::new() };
+        log.iter().for_each(|e| views.apply(e));
+        for tenant in ["a", "b"] {
+            let Some(tv) = views.tenant(tenant) else { continue };
+            for id in tv.customers.keys() {
+                let stream: Vec<_> = log.iter().filter(|e| e.tenant == tenant && e.stream == customer::stream_of(id)).collect();
+                let full = fold_customer(id, None, stream.iter().copied().filter(|e| e.event_time <= t));
+                let snap = tv.snapshot_for(id, t);
+                let from = snap.map_or(0, |s| s.version);
+                let fast = fold_customer(id, snap, stream.iter().copied().filter(|e| e.version > from && e.event_time <= t));
+                prop_assert_eq!(fast, full);
+            }
+        }
+    }
+}
+
+#[test]
+fn consent_ledger_keeps_full_history_and_current_state() {
+    let s = customer::stream_of("c1");
+    let reg = CustomerEvent::CustomerRegistered { email: Some("ada@example.com".into()), phone: None, traits: Default::default() };
+    let rec = |granted| chronicle_core::customer::ConsentRecord {
+        channel: Channel::Email,
+        purpose: Purpose::Marketing,
+        source: if granted { "signup".into() } else { "unsubscribe-link".into() },
+        legal_basis: "consent".into(),
+        proof: Some(json!({"form": "newsletter", "ip": "192.0.2.1"})),
+    };
+    let log = [
+        envelope("t", &s, 1, 1, 0, &reg),
+        envelope("t", &s, 2, 2, 1, &CustomerEvent::ConsentGranted(rec(true))),
+        envelope("t", &s, 3, 3, 2, &CustomerEvent::ConsentRevoked(rec(false))),
+    ];
+    let p = replay(&log);
+    let tv = p.tenant("t").unwrap();
+    let hist = &tv.consent_history["c1"];
+    assert_eq!(hist.iter().map(|h| (h.granted, h.source.as_str())).collect::<Vec<_>>(), vec![(true, "signup"), (false, "unsubscribe-link")]);
+    assert_eq!(hist[0].proof, Some(json!({"form": "newsletter", "ip": "192.0.2.1"})));
+    assert_eq!(p.consent_check("t", "c1", Channel::Email, Purpose::Marketing), ConsentDecision { allowed: false, reason: "revoked" });
+    assert_eq!(p.consent_check("other", "c1", Channel::Email, Purpose::Marketing).reason, "unknown_customer");
+    assert_eq!(tv.emails.get("ada@example.com").map(String::as_str), Some("c1"));
+}
+
+#[test]
+fn snapshots_are_taken_every_n_events() {
+    let s = customer::stream_of("c1");
+    let mut log = vec![envelope("t", &s, 1, 1, 0, &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() })];
+    for v in 2..=(SNAPSHOT_EVERY * 2 + 3) {
+        log.push(envelope("t", &s, v, v, v as i64, &CustomerEvent::CustomerTagged { tag: format!("t{v}") }));
+    }
+    let p = replay(&log);
+    let snaps = &p.tenant("t").unwrap().snapshots["c1"];
+    assert_eq!(snaps.iter().map(|s| s.version).collect::<Vec<_>>(), vec![SNAPSHOT_EVERY, SNAPSHOT_EVERY * 2]);
+}
+
+#[test]
+fn diff_reports_a_tampered_view() {
+    let s = customer::stream_of("c1");
+    let log = [envelope("t", &s, 1, 1, 0, &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() })];
+    let fresh = replay(&log);
+    let mut live = fresh.clone();
+    live.tenants.get_mut("t").unwrap().customers.get_mut("c1").unwrap().tags.insert("forged".into());
+    let d = diff(&live, &fresh);
+    assert_eq!(d.len(), 1);
+    assert!(d[0].contains("customer c1 differs"), "{d:?}");
+}
+
+#[test]
+fn checkpoint_file_round_trips_and_missing_is_empty() {
+    let dir = std::env::temp_dir().join(format!("chronicle-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("projections.json");
+    assert_eq!(load_checkpoint(&path).unwrap(), Projections::new());
+    let s = customer::stream_of("c1");
+    let p = replay(&[envelope("t", &s, 1, 1, 0, &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() })]);
+    save_checkpoint(&path, &p).unwrap();
+    assert_eq!(load_checkpoint(&path).unwrap(), p);
+    std::fs::write(&path, b"{not json").unwrap();
+    assert!(matches!(load_checkpoint(&path), Err(CheckpointError::Corrupt { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

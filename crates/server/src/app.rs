@@ -1,0 +1,326 @@
+//! The application service: runs commands through the pure domain and the store, keeps the
+//! read models current in the commit path, and answers queries. The HTTP layer and the CLI
+//! both drive Chronicle through this one type.
+
+use crate::error::AppError;
+use crate::keys;
+use chrono::{DateTime, Utc};
+use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, CustomerCommand, EmailIndex, Purpose};
+use chronicle_core::deal::{self, Deal, DealCommand};
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chronicle_projections::{fold_customer, ConsentEntry, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
+use chronicle_store::{AppendError, AppendResult, EventStore};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use uuid::Uuid;
+
+/// How often a command is retried when another writer moved its stream first.
+const COMMAND_ATTEMPTS: usize = 8;
+/// Stream name prefixes owned by the domain: raw appends may not write there.
+pub const RESERVED_PREFIXES: &[&str] = &["customer-", "deal-", "order-", "tenant-", "_"];
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub http_requests: AtomicU64,
+    pub http_errors: AtomicU64,
+    pub appends: AtomicU64,
+    pub events_appended: AtomicU64,
+    pub append_conflicts: AtomicU64,
+    pub consent_checks: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+pub struct App {
+    store: Arc<dyn EventStore>,
+    views: Arc<RwLock<Projections>>,
+    checkpoint_path: Option<PathBuf>,
+    /// Serialises commands that claim an e-mail address, so that two can't claim the same one.
+    email_lock: tokio::sync::Mutex<()>,
+    pub metrics: Metrics,
+}
+
+struct ViewEmails<'a>(Option<&'a chronicle_projections::TenantViews>);
+impl EmailIndex for ViewEmails<'_> {
+    fn owner_of(&self, email: &str) -> Option<String> {
+        self.0?.emails.get(email).cloned()
+    }
+}
+
+/// A customer's consent ledger: the current decisions and every decision ever recorded.
+#[derive(serde::Serialize)]
+pub struct ConsentLedger {
+    pub current: Vec<customer::ConsentState>,
+    pub history: Vec<ConsentEntry>,
+}
+
+/// One page of events and the cursor for the next.
+pub struct Page {
+    pub events: Vec<EventEnvelope>,
+    pub next: u64,
+}
+
+impl App {
+    /// Start over a store: load the checkpoint (if any), catch up from the log, then keep the
+    /// views current from the store's commit hook.
+    pub async fn start(store: Arc<dyn EventStore>, checkpoint_path: Option<PathBuf>) -> Result<Arc<App>, AppError> {
+        let mut initial = match &checkpoint_path {
+            Some(p) => chronicle_projections::load_checkpoint(p).map_err(|e| AppError::Internal(e.to_string()))?,
+            None => Projections::new(),
+        };
+        if initial.position > store.head().await? {
+            tracing::warn!(checkpoint = initial.position, "checkpoint is ahead of the log; rebuilding the views");
+            initial = Projections::new();
+        }
+        let views = Arc::new(RwLock::new(initial));
+        catch_up(&*store, &views).await?;
+        // Nothing appends through this store before `start` returns (the data folder is locked
+        // to this process), so no commit can fall between the catch-up and the hook.
+        let hook_views = views.clone();
+        store.set_commit_hook(Arc::new(move |evs: &[EventEnvelope]| {
+            let mut v = hook_views.write().expect("views lock");
+            evs.iter().for_each(|e| v.apply(e));
+        }));
+        Ok(Arc::new(App { store, views, checkpoint_path, email_lock: Default::default(), metrics: Metrics::default() }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub fn views(&self) -> RwLockReadGuard<'_, Projections> {
+        self.views.read().expect("views lock")
+    }
+
+    /// Write the views to the checkpoint file (no-op without one).
+    pub fn checkpoint(&self) -> Result<u64, AppError> {
+        let Some(path) = &self.checkpoint_path else { return Ok(0) };
+        let snapshot = self.views().clone();
+        chronicle_projections::save_checkpoint(path, &snapshot).map_err(|e| AppError::Internal(e.to_string()))?;
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(snapshot.position)
+    }
+
+    pub fn authenticate(&self, presented_key: &str) -> Option<KeyRecord> {
+        self.views().keys.get(&keys::digest(presented_key)).cloned()
+    }
+
+    /// Create a tenant and return its freshly minted (api_key, write_key); only hashes are kept.
+    pub async fn create_tenant(&self, name: &str) -> Result<(String, String), AppError> {
+        keys::validate_tenant_name(name)?;
+        let api_key = keys::mint("ck");
+        let write_key = keys::mint("wk");
+        let data = json!({"name": name, "api_key_sha256": keys::digest(&api_key), "write_key_sha256": keys::digest(&write_key)});
+        let ev = NewEvent::new(Uuid::now_v7(), "TenantCreated", data, Utc::now()).with_actor("cli");
+        match self.store.append(SYSTEM_TENANT, &format!("tenant-{name}"), ExpectedVersion::NoStream, vec![ev]).await {
+            Ok(_) => Ok((api_key, write_key)),
+            Err(AppendError::Conflict { .. }) => Err(AppError::Conflict { code: "tenant_exists", message: format!("tenant {name} already exists") }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decide against the current view and append with the view's version as the expected
+    /// version; when another writer got there first, decide again on the newer state.
+    async fn run_command(
+        &self,
+        tenant: &str,
+        stream: &str,
+        actor: &str,
+        mut decide: impl FnMut(&Projections) -> Result<(u64, Vec<(String, Value)>), AppError>,
+    ) -> Result<Option<AppendResult>, AppError> {
+        for _ in 0..COMMAND_ATTEMPTS {
+            let (version, events) = decide(&self.views())?;
+            if events.is_empty() {
+                return Ok(None);
+            }
+            let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+            let now = Utc::now();
+            let batch = events.into_iter().map(|(ty, data)| NewEvent::new(Uuid::now_v7(), ty, data, now).with_actor(actor)).collect();
+            match self.append(tenant, stream, expected, batch).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(AppError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(AppError::Conflict { code: "contention", message: format!("stream {stream} kept changing; try again") })
+    }
+
+    /// Run a command on a customer; returns the customer as it is after it.
+    pub async fn customer_command(&self, tenant: &str, id: &str, cmd: CustomerCommand, actor: &str) -> Result<Customer, AppError> {
+        validate_id(id)?;
+        let claims_email = matches!(&cmd, CustomerCommand::Register { email: Some(_), .. } | CustomerCommand::UpdateProfile { email: Some(_), .. });
+        let _guard = if claims_email { Some(self.email_lock.lock().await) } else { None };
+        let stream = customer::stream_of(id);
+        self.run_command(tenant, &stream, actor, |v| {
+            let state = v.customer(tenant, id).cloned().unwrap_or_else(|| Customer::new(id));
+            let events = state.decide(cmd.clone(), &ViewEmails(v.tenant(tenant)))?;
+            Ok((state.version, events.iter().map(|e| e.to_parts()).collect()))
+        })
+        .await?;
+        self.customer(tenant, id)
+    }
+
+    pub async fn deal_command(&self, tenant: &str, id: &str, cmd: DealCommand, actor: &str) -> Result<Deal, AppError> {
+        validate_id(id)?;
+        self.run_command(tenant, &deal::stream_of(id), actor, |v| {
+            let state = v.tenant(tenant).and_then(|t| t.deals.get(id)).cloned().unwrap_or_else(|| Deal::new(id));
+            let events = state.decide(cmd.clone())?;
+            Ok((state.version, events.iter().map(|e| e.to_parts()).collect()))
+        })
+        .await?;
+        self.deal(tenant, id)
+    }
+
+    /// Append raw events (the streams API); counts and maps store errors.
+    pub async fn append(&self, tenant: &str, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<AppendResult, AppError> {
+        let n = events.len() as u64;
+        match self.store.append(tenant, stream, expected, events).await {
+            Ok(r) => {
+                self.metrics.appends.fetch_add(1, Ordering::Relaxed);
+                self.metrics.events_appended.fetch_add(n, Ordering::Relaxed);
+                Ok(r)
+            }
+            Err(e) => {
+                if matches!(e, AppendError::Conflict { .. }) {
+                    self.metrics.append_conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub fn customer(&self, tenant: &str, id: &str) -> Result<Customer, AppError> {
+        match self.views().customer(tenant, id) {
+            Some(c) if c.exists => Ok(c.clone()),
+            _ => Err(AppError::NotFound("customer")),
+        }
+    }
+
+    pub fn deal(&self, tenant: &str, id: &str) -> Result<Deal, AppError> {
+        match self.views().tenant(tenant).and_then(|t| t.deals.get(id)) {
+            Some(d) if d.exists => Ok(d.clone()),
+            _ => Err(AppError::NotFound("deal")),
+        }
+    }
+
+    pub fn pipeline(&self, tenant: &str) -> Pipeline {
+        self.views().tenant(tenant).map(|t| t.pipeline()).unwrap_or_else(|| chronicle_projections::TenantViews::default().pipeline())
+    }
+
+    /// The customer as it was at instant `t` (by event time): the latest snapshot that lies
+    /// wholly before `t`, plus the stream's later events that happened by `t`.
+    pub async fn customer_as_of(&self, tenant: &str, id: &str, t: DateTime<Utc>) -> Result<Customer, AppError> {
+        let (base, known) = {
+            let v = self.views();
+            let tv = v.tenant(tenant);
+            let known = tv.and_then(|t| t.customers.get(id)).is_some_and(|c| c.exists);
+            (tv.and_then(|tv| tv.snapshot_for(id, t)).cloned(), known)
+        };
+        if !known {
+            return Err(AppError::NotFound("customer"));
+        }
+        let from = base.as_ref().map_or(1, |s| s.version + 1);
+        let events = self.store.read_stream_until(tenant, &customer::stream_of(id), from, t).await?;
+        let c = fold_customer(id, base.as_ref(), events.iter());
+        if c.exists {
+            Ok(c)
+        } else {
+            Err(AppError::NotFound("customer"))
+        }
+    }
+
+    /// A customer's timeline, oldest first, paged by stream version (`after` exclusive).
+    pub async fn timeline(&self, tenant: &str, id: &str, after: u64, limit: usize, as_of: Option<DateTime<Utc>>, types: &[String]) -> Result<Page, AppError> {
+        self.customer(tenant, id)?;
+        let stream = customer::stream_of(id);
+        let mut out = Vec::new();
+        let mut next = after;
+        loop {
+            let page = self.store.read_stream(tenant, &stream, next + 1, limit.max(1)).await?;
+            let Some(last) = page.last() else { break };
+            let scanned = last.version;
+            for ev in page {
+                if out.len() == limit {
+                    break;
+                }
+                next = ev.version;
+                if as_of.is_some_and(|t| ev.event_time > t) || (!types.is_empty() && !types.contains(&ev.event_type)) {
+                    continue;
+                }
+                out.push(ev);
+            }
+            if out.len() == limit || next < scanned {
+                break;
+            }
+        }
+        Ok(Page { events: out, next })
+    }
+
+    pub fn consents(&self, tenant: &str, id: &str) -> Result<ConsentLedger, AppError> {
+        let c = self.customer(tenant, id)?;
+        let history = self.views().tenant(tenant).and_then(|t| t.consent_history.get(id)).cloned().unwrap_or_default();
+        Ok(ConsentLedger { current: c.consents.into_values().collect(), history })
+    }
+
+    /// The send decision's consent step: read from the inline view, so a revocation that
+    /// committed before this call is always seen.
+    pub fn consent_check(&self, tenant: &str, id: &str, channel: Channel, purpose: Purpose) -> ConsentDecision {
+        self.metrics.consent_checks.fetch_add(1, Ordering::Relaxed);
+        self.views().consent_check(tenant, id, channel, purpose)
+    }
+
+    /// The tenant's events after `after` (exclusive), at most `limit`; `next` is the last
+    /// position scanned, to pass as `after` for the following page.
+    pub async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<Page, AppError> {
+        let mut out = Vec::new();
+        let mut next = after;
+        loop {
+            let page = self.store.read_all(next, limit.max(1)).await?;
+            let Some(last) = page.last() else { break };
+            let scanned = last.position;
+            for ev in page {
+                if out.len() == limit {
+                    break;
+                }
+                next = ev.position;
+                if ev.tenant == tenant {
+                    out.push(ev);
+                }
+            }
+            if out.len() == limit || next < scanned {
+                break;
+            }
+        }
+        Ok(Page { events: out, next })
+    }
+
+    pub async fn read_stream(&self, tenant: &str, stream: &str, after: u64, limit: usize) -> Result<Page, AppError> {
+        let events = self.store.read_stream(tenant, stream, after + 1, limit).await?;
+        let next = events.last().map_or(after, |e| e.version);
+        Ok(Page { events, next })
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), AppError> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::BadRequest("id must be 1-128 characters of letters, digits and - _ . @ :".into()))
+    }
+}
+
+async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>) -> Result<(), AppError> {
+    loop {
+        let after = views.read().expect("views lock").position;
+        let page = store.read_all(after, 10_000).await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let mut v = views.write().expect("views lock");
+        page.iter().for_each(|e| v.apply(e));
+    }
+}
+

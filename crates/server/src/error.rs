@@ -1,0 +1,76 @@
+//! The application's error type: what a command or query can fail with, independent of HTTP.
+//! The HTTP layer maps it to a status and the JSON error shape in one place (`http::error`).
+
+use chronicle_core::customer::CustomerError;
+use chronicle_core::deal::DealError;
+use chronicle_core::envelope::ExpectedVersion;
+use chronicle_store::{AppendError, ReadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("version conflict on stream {stream}: expected {expected:?}, actual {actual}")]
+    VersionConflict { stream: String, expected: ExpectedVersion, actual: u64 },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// A business rule refused the command.
+    #[error("{message}")]
+    Rule { code: &'static str, message: String },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<CustomerError> for AppError {
+    fn from(e: CustomerError) -> Self {
+        use CustomerError as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound => AppError::NotFound("customer"),
+            E::AlreadyExists => AppError::Conflict { code: "customer_exists", message },
+            E::EmailTaken => AppError::Conflict { code: "email_taken", message },
+            E::InvalidEmail | E::InvalidPhone | E::Empty(_) | E::InvalidTrait(_) => AppError::BadRequest(message),
+            E::Erased => AppError::Rule { code: "customer_erased", message },
+            E::Deactivated => AppError::Rule { code: "customer_deactivated", message },
+            E::ConsentSourceMissing => AppError::Rule { code: "consent_source_missing", message },
+            E::InvalidStageTransition { .. } => AppError::Rule { code: "invalid_stage_transition", message },
+        }
+    }
+}
+
+impl From<DealError> for AppError {
+    fn from(e: DealError) -> Self {
+        use DealError as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound => AppError::NotFound("deal"),
+            E::AlreadyExists => AppError::Conflict { code: "deal_exists", message },
+            E::Closed(_) => AppError::Rule { code: "deal_closed", message },
+            E::WonWithoutAmount => AppError::Rule { code: "deal_amount_missing", message },
+            E::UnknownStage(_) | E::NegativeAmount | E::Empty(_) => AppError::BadRequest(message),
+        }
+    }
+}
+
+impl From<AppendError> for AppError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict { stream, expected, actual } => AppError::VersionConflict { stream, expected, actual },
+            AppendError::IdReused { .. } => AppError::Conflict { code: "event_id_reused", message: e.to_string() },
+            AppendError::Invalid(m) => AppError::BadRequest(m),
+            AppendError::Storage(m) => AppError::Internal(m),
+        }
+    }
+}
+
+impl From<ReadError> for AppError {
+    fn from(e: ReadError) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}

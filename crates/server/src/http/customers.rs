@@ -1,0 +1,201 @@
+//! Customer endpoints: registration, profile (now and as of an instant), timeline, consents
+//! and the consent check, status changes, tags, notes, owner, stage, preferences.
+
+use super::error::{ApiError, Body, OptBody, Params};
+use super::{clamp_limit, Principal};
+use crate::app::{App, ConsentLedger};
+use crate::error::AppError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use chronicle_core::customer::{Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, Preferences, Purpose};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+pub const CREATE_EXAMPLE: &str = r#"{"id":"c-42","email":"ada@example.com","traits":{"first_name":"Ada","plan":"pro"},"consents":[{"channel":"email","purpose":"marketing","granted":true,"source":"signup-form","proof":{"form":"newsletter","ip":"192.0.2.1"}}]}"#;
+
+type Res<T> = Result<T, ApiError>;
+
+/// The profile as clients see it.
+pub fn profile_json(c: &Customer) -> Value {
+    json!({
+        "id": c.id,
+        "email": c.email,
+        "phone": c.phone,
+        "traits": c.traits,
+        "lifecycle_stage": c.lifecycle_stage,
+        "tags": c.tags,
+        "owner": c.owner,
+        "status": c.status,
+        "consents": c.consents.values().collect::<Vec<_>>(),
+        "preferences": c.preferences,
+        "notes": c.notes,
+        "version": c.version,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCustomer {
+    id: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    #[serde(default)]
+    traits: Map<String, Value>,
+    #[serde(default)]
+    consents: Vec<ConsentInput>,
+}
+
+pub async fn create(State(app): State<Arc<App>>, p: Principal, Body(b): Body<CreateCustomer>) -> Res<(StatusCode, Json<Value>)> {
+    let id = b.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let cmd = CustomerCommand::Register { email: b.email, phone: b.phone, traits: b.traits, consents: b.consents };
+    let c = app.customer_command(&p.tenant, &id, cmd, &p.actor).await?;
+    Ok((StatusCode::CREATED, Json(profile_json(&c))))
+}
+
+#[derive(Deserialize)]
+pub struct AsOf {
+    as_of: Option<DateTime<Utc>>,
+}
+
+pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Params(q): Params<AsOf>) -> Res<Json<Value>> {
+    let c = match q.as_of {
+        Some(t) => app.customer_as_of(&p.tenant, &id, t).await?,
+        None => app.customer(&p.tenant, &id)?,
+    };
+    Ok(Json(profile_json(&c)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchCustomer {
+    email: Option<String>,
+    phone: Option<String>,
+    #[serde(default)]
+    traits: Map<String, Value>,
+}
+
+pub async fn patch(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<PatchCustomer>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::UpdateProfile { email: b.email, phone: b.phone, traits: b.traits }).await
+}
+
+pub async fn erase(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    let c = app.customer_command(&p.tenant, &id, CustomerCommand::Erase { reason: Some("erasure request".into()) }, &p.actor).await?;
+    Ok(Json(json!({"id": c.id, "status": c.status, "erased": true, "profile_redacted": true, "version": c.version})))
+}
+
+#[derive(Deserialize)]
+pub struct TimelineQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    as_of: Option<DateTime<Utc>>,
+    /// Comma-separated event types.
+    r#type: Option<String>,
+}
+
+pub async fn timeline(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Params(q): Params<TimelineQuery>) -> Res<Json<Value>> {
+    let types: Vec<String> = q.r#type.map(|t| t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let page = app.timeline(&p.tenant, &id, q.after.unwrap_or(0), clamp_limit(q.limit), q.as_of, &types).await?;
+    Ok(Json(json!({"events": page.events, "next": page.next})))
+}
+
+fn ledger_json(l: ConsentLedger) -> Value {
+    json!({"current": l.current, "history": l.history})
+}
+
+pub async fn consents(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    Ok(Json(ledger_json(app.consents(&p.tenant, &id)?)))
+}
+
+pub async fn set_consent(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<ConsentInput>) -> Res<(StatusCode, Json<Value>)> {
+    app.customer_command(&p.tenant, &id, CustomerCommand::SetConsent(b), &p.actor).await?;
+    Ok((StatusCode::CREATED, Json(ledger_json(app.consents(&p.tenant, &id)?))))
+}
+
+#[derive(Deserialize)]
+pub struct CheckQuery {
+    customer: String,
+    channel: Channel,
+    purpose: Purpose,
+}
+
+pub async fn consent_check(State(app): State<Arc<App>>, p: Principal, Params(q): Params<CheckQuery>) -> Res<Json<Value>> {
+    let d = app.consent_check(&p.tenant, &q.customer, q.channel, q.purpose);
+    if d.reason == "unknown_customer" {
+        return Err(AppError::NotFound("customer").into());
+    }
+    Ok(Json(json!({"allowed": d.allowed, "reason": d.reason})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    reason: Option<String>,
+}
+
+pub async fn deactivate(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, OptBody(body): OptBody<Reason>) -> Res<Json<Value>> {
+    let reason = body.unwrap_or_default().reason;
+    command(&app, &p, &id, CustomerCommand::Deactivate { reason }).await
+}
+
+pub async fn reactivate(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::Reactivate).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagBody {
+    tag: String,
+}
+
+pub async fn tag(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<TagBody>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::Tag { tag: b.tag }).await
+}
+
+pub async fn untag(State(app): State<Arc<App>>, p: Principal, Path((id, tag)): Path<(String, String)>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::Untag { tag }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    text: String,
+}
+
+pub async fn note(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<NoteBody>) -> Res<Json<Value>> {
+    let author = Some(p.actor.clone());
+    command(&app, &p, &id, CustomerCommand::AddNote { text: b.text, author }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerBody {
+    owner: String,
+}
+
+pub async fn owner(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<OwnerBody>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::AssignOwner { owner: b.owner }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageBody {
+    stage: LifecycleStage,
+}
+
+pub async fn stage(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<StageBody>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::ChangeStage { to: b.stage }).await
+}
+
+pub async fn preferences(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<Preferences>) -> Res<Json<Value>> {
+    command(&app, &p, &id, CustomerCommand::UpdatePreferences(b)).await
+}
+
+async fn command(app: &App, p: &Principal, id: &str, cmd: CustomerCommand) -> Res<Json<Value>> {
+    let c = app.customer_command(&p.tenant, id, cmd, &p.actor).await?;
+    Ok(Json(profile_json(&c)))
+}

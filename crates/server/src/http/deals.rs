@@ -1,0 +1,79 @@
+//! Deal endpoints and the pipeline view.
+
+use super::error::{ApiError, Body, OptBody};
+use super::Principal;
+use crate::app::App;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chronicle_core::deal::DealCommand;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type Res<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeal {
+    id: Option<String>,
+    name: String,
+    customer_id: Option<String>,
+    owner: Option<String>,
+    stage: Option<String>,
+    /// Minor currency units (cents).
+    amount: Option<i64>,
+    currency: Option<String>,
+}
+
+pub async fn create(State(app): State<Arc<App>>, p: Principal, Body(b): Body<CreateDeal>) -> Res<(StatusCode, Json<Value>)> {
+    let id = b.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let cmd = DealCommand::Create { name: b.name, customer_id: b.customer_id, owner: b.owner, stage: b.stage, amount: b.amount, currency: b.currency };
+    let d = app.deal_command(&p.tenant, &id, cmd, &p.actor).await?;
+    Ok((StatusCode::CREATED, Json(json!(d))))
+}
+
+pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    Ok(Json(json!(app.deal(&p.tenant, &id)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchDeal {
+    stage: Option<String>,
+    amount: Option<i64>,
+    owner: Option<String>,
+}
+
+pub async fn patch(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<PatchDeal>) -> Res<Json<Value>> {
+    app.deal(&p.tenant, &id)?;
+    // Each change is its own event; they are applied in this order.
+    let cmds = [
+        b.amount.map(|amount| DealCommand::ChangeAmount { amount }),
+        b.owner.map(|owner| DealCommand::AssignOwner { owner }),
+        b.stage.map(|to| DealCommand::ChangeStage { to }),
+    ];
+    for cmd in cmds.into_iter().flatten() {
+        app.deal_command(&p.tenant, &id, cmd, &p.actor).await?;
+    }
+    Ok(Json(json!(app.deal(&p.tenant, &id)?)))
+}
+
+pub async fn won(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    Ok(Json(json!(app.deal_command(&p.tenant, &id, DealCommand::Win, &p.actor).await?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LostBody {
+    reason: Option<String>,
+}
+
+pub async fn lost(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, OptBody(body): OptBody<LostBody>) -> Res<Json<Value>> {
+    let reason = body.unwrap_or_default().reason;
+    Ok(Json(json!(app.deal_command(&p.tenant, &id, DealCommand::Lose { reason }, &p.actor).await?)))
+}
+
+pub async fn pipeline(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value>> {
+    Ok(Json(json!(app.pipeline(&p.tenant))))
+}

@@ -1,0 +1,120 @@
+//! The one place where errors become HTTP: status, and the body `{"error": {"code", "message"}}`;
+//! plus extractors whose rejections (bad JSON, bad query, too large) take the same shape.
+
+use crate::error::AppError;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub extra: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), extra: None }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let message = e.to_string();
+        match e {
+            AppError::BadRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message),
+            AppError::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
+            AppError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            AppError::VersionConflict { actual, .. } => ApiError {
+                extra: Some(json!({"actual_version": actual})),
+                ..ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
+            },
+            AppError::Conflict { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
+            AppError::Rule { code, .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
+            AppError::TooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            AppError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (self.extra, error.as_object_mut()) {
+            obj.extend(extra);
+        }
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// A JSON body; malformed, mistyped or oversized bodies become our error shape.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.body_text());
+    }
+    let code = match r {
+        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+        _ => "bad_request",
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, code, r.body_text())
+}
+
+/// Query parameters; bad ones become our error shape.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Params(v)),
+            Err(r) => Err(query_rejection(r)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+}
+
+/// An optional JSON body: absent or empty is `None`; present but malformed is a 400.
+pub struct OptBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), if r.status() == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" }, r.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptBody(None));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| OptBody(Some(v)))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+    }
+}

@@ -1,0 +1,133 @@
+//! The log: the tenant's events in commit order, live as server-sent events, and raw streams
+//! (read forward; append with an expected version).
+
+use super::error::{ApiError, Body, Params};
+use super::{clamp_limit, Principal};
+use crate::app::{App, RESERVED_PREFIXES};
+use crate::error::AppError;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use chronicle_core::envelope::{ExpectedVersion, NewEvent};
+use chronicle_store::Subscription;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+type Res<T> = Result<T, ApiError>;
+
+/// Most events one append may carry.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn events(State(app): State<Arc<App>>, p: Principal, Params(q): Params<PageQuery>) -> Res<Json<Value>> {
+    let page = app.events(&p.tenant, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
+    Ok(Json(json!({"events": page.events, "next": page.next})))
+}
+
+#[derive(Deserialize)]
+pub struct LiveQuery {
+    after: Option<u64>,
+}
+
+/// Catch up from `after` (or `Last-Event-ID`, or the current head), then follow. Each SSE
+/// event's id is the envelope's position, so a reconnecting client resumes without a gap.
+pub async fn stream_live(State(app): State<Arc<App>>, p: Principal, headers: HeaderMap, Params(q): Params<LiveQuery>) -> Res<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+    let after = match q.after.or(resume) {
+        Some(a) => a,
+        None => app.store().head().await.map_err(AppError::from)?,
+    };
+    let sub = Subscription::new(app.store().clone(), after);
+    let tenant = p.tenant;
+    let stream = futures_util::stream::unfold((sub, tenant), |(mut sub, tenant)| async move {
+        loop {
+            match sub.next().await {
+                Ok(Some(ev)) if ev.tenant == tenant => {
+                    let data = serde_json::to_string(&ev).unwrap_or_default();
+                    let event = Event::default().id(ev.position.to_string()).event(ev.event_type.clone()).data(data);
+                    return Some((Ok(event), (sub, tenant)));
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "live stream ended on a read error");
+                    return None;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+pub async fn read_stream(State(app): State<Arc<App>>, p: Principal, Path(stream): Path<String>, Params(q): Params<PageQuery>) -> Res<Json<Value>> {
+    let page = app.read_stream(&p.tenant, &stream, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
+    Ok(Json(json!({"events": page.events, "next": page.next})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    expected_version: ExpectedVersion,
+    events: Vec<IncomingEvent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingEvent {
+    id: Option<uuid::Uuid>,
+    r#type: String,
+    data: Value,
+    metadata: Option<Value>,
+    event_time: Option<DateTime<Utc>>,
+    schema_version: Option<u32>,
+    source: Option<String>,
+    causation_id: Option<uuid::Uuid>,
+    correlation_id: Option<uuid::Uuid>,
+}
+
+/// Validate the whole batch, then append it in one atomic write.
+pub async fn append(State(app): State<Arc<App>>, p: Principal, Path(stream): Path<String>, Body(b): Body<AppendBody>) -> Res<Json<Value>> {
+    let bad = |m: String| -> ApiError { AppError::BadRequest(m).into() };
+    if stream.is_empty() || stream.len() > 200 || stream.chars().any(|c| c.is_control() || c == '/') {
+        return Err(bad("stream names are 1-200 characters, no control characters or '/'".into()));
+    }
+    if let Some(prefix) = RESERVED_PREFIXES.iter().find(|p| stream.starts_with(**p)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reserved_stream",
+            format!("streams starting with {prefix:?} are written by Chronicle's commands, not raw appends"),
+        ));
+    }
+    if b.events.is_empty() || b.events.len() > MAX_BATCH {
+        return Err(bad(format!("events must hold 1 to {MAX_BATCH} events")));
+    }
+    let now = Utc::now();
+    let mut batch = Vec::with_capacity(b.events.len());
+    for (i, e) in b.events.into_iter().enumerate() {
+        if e.r#type.trim().is_empty() || e.r#type.len() > 128 {
+            return Err(bad(format!("events[{i}].type must be 1-128 characters")));
+        }
+        let metadata = e.metadata.unwrap_or_else(|| json!({}));
+        if !metadata.is_object() {
+            return Err(bad(format!("events[{i}].metadata must be an object")));
+        }
+        let mut ev = NewEvent::new(e.id.unwrap_or_else(uuid::Uuid::now_v7), e.r#type, e.data, e.event_time.unwrap_or(now)).with_actor(p.actor.clone());
+        ev.metadata = metadata;
+        ev.schema_version = e.schema_version.unwrap_or(ev.schema_version);
+        ev.source = e.source.unwrap_or_else(|| "api".into());
+        ev.causation_id = e.causation_id;
+        ev.correlation_id = e.correlation_id;
+        batch.push(ev);
+    }
+    let r = app.append(&p.tenant, &stream, b.expected_version, batch).await?;
+    Ok(Json(json!({"first_version": r.first_version, "last_version": r.last_version, "position": r.position})))
+}

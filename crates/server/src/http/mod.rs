@@ -1,0 +1,176 @@
+//! The HTTP API (axum): the route table, authentication, and the handlers. Every route is
+//! declared once in [`routes`], with its documentation; the router and `/openapi.json` are both
+//! built from that table, so they cannot drift apart.
+
+mod customers;
+mod deals;
+pub mod error;
+mod log;
+mod system;
+
+use crate::app::App;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::MethodRouter;
+use axum::Router;
+use chronicle_projections::KeyKind;
+use error::ApiError;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Largest request body accepted (bytes); bigger ones get 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// One documented route.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Whether it takes `Authorization: Bearer <api_key>`.
+    pub auth: bool,
+    /// Query parameters, documented as strings.
+    pub query: &'static [&'static str],
+    /// An example request body, if it takes one.
+    pub body: Option<&'static str>,
+    /// The success status.
+    pub ok: u16,
+}
+
+const fn r(method: &'static str, path: &'static str, summary: &'static str, ok: u16) -> Route {
+    Route { method, path, summary, auth: true, query: &[], body: None, ok }
+}
+
+impl Route {
+    const fn open(mut self) -> Self {
+        self.auth = false;
+        self
+    }
+    const fn query(mut self, q: &'static [&'static str]) -> Self {
+        self.query = q;
+        self
+    }
+    const fn body(mut self, example: &'static str) -> Self {
+        self.body = Some(example);
+        self
+    }
+}
+
+/// Every route of the API with its handler.
+pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
+    use axum::routing::{delete, get, patch, post, put};
+    vec![
+        (r("get", "/healthz", "Liveness and the log's head position", 200).open(), get(system::healthz)),
+        (r("get", "/metrics", "Prometheus metrics", 200).open(), get(system::metrics)),
+        (r("get", "/openapi.json", "This document", 200).open(), get(system::openapi)),
+        (
+            r("post", "/v1/customers", "Register a customer with its consents (one atomic append)", 201).body(customers::CREATE_EXAMPLE),
+            post(customers::create),
+        ),
+        (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]), get(customers::get_one)),
+        (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#), patch(customers::patch)),
+        (r("delete", "/v1/customers/{id}", "Erase the customer", 200), delete(customers::erase)),
+        (
+            r("get", "/v1/customers/{id}/timeline", "The customer's events, oldest first, paged by version", 200).query(&["after", "limit", "as_of", "type"]),
+            get(customers::timeline),
+        ),
+        (r("get", "/v1/customers/{id}/consents", "Current consents and their full history", 200), get(customers::consents)),
+        (
+            r("post", "/v1/customers/{id}/consents", "Grant or revoke a consent", 201)
+                .body(r#"{"channel":"email","purpose":"marketing","granted":true,"source":"signup-form","proof":{"ip":"192.0.2.1"}}"#),
+            post(customers::set_consent),
+        ),
+        (
+            r("get", "/v1/consent-check", "May this customer be contacted on this channel for this purpose?", 200).query(&["customer", "channel", "purpose"]),
+            get(customers::consent_check),
+        ),
+        (r("post", "/v1/customers/{id}/deactivate", "Deactivate (history kept)", 200).body(r#"{"reason":"left"}"#), post(customers::deactivate)),
+        (r("post", "/v1/customers/{id}/reactivate", "Reactivate", 200), post(customers::reactivate)),
+        (r("post", "/v1/customers/{id}/tags", "Tag", 200).body(r#"{"tag":"vip"}"#), post(customers::tag)),
+        (r("delete", "/v1/customers/{id}/tags/{tag}", "Untag", 200), delete(customers::untag)),
+        (r("post", "/v1/customers/{id}/notes", "Add a note", 200).body(r#"{"text":"Called; wants a demo"}"#), post(customers::note)),
+        (r("put", "/v1/customers/{id}/owner", "Assign an owner", 200).body(r#"{"owner":"sam"}"#), put(customers::owner)),
+        (r("put", "/v1/customers/{id}/lifecycle-stage", "Move the lifecycle stage forward", 200).body(r#"{"stage":"mql"}"#), put(customers::stage)),
+        (
+            r("put", "/v1/customers/{id}/preferences", "Channels, quiet hours, time zone, frequency cap", 200)
+                .body(r#"{"preferred_channels":["email"],"quiet_hours":{"start":"22:00","end":"07:00"},"time_zone":"Europe/Lisbon"}"#),
+            put(customers::preferences),
+        ),
+        (
+            r("post", "/v1/deals", "Create a deal", 201).body(r#"{"name":"Acme renewal","customer_id":"c1","amount":120000,"currency":"EUR"}"#),
+            post(deals::create),
+        ),
+        (r("get", "/v1/deals/{id}", "A deal", 200), get(deals::get_one)),
+        (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#), patch(deals::patch)),
+        (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200), post(deals::won)),
+        (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#), post(deals::lost)),
+        (r("get", "/v1/pipeline", "The deal pipeline by stage", 200), get(deals::pipeline)),
+        (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
+        (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
+        (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),
+        (
+            r("post", "/v1/streams/{stream}", "Append to a stream with an expected version", 200)
+                .body(r#"{"expected_version":"no_stream","events":[{"type":"TicketOpened","data":{"subject":"Login fails"}}]}"#),
+            post(log::append),
+        ),
+    ]
+}
+
+/// The API's router, with its state.
+pub fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new();
+    for (route, handler) in routes() {
+        router = router.route(route.path, handler);
+    }
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+async fn count_requests(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    if res.status().is_server_error() || res.status().is_client_error() {
+        app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    // Paths carry ids, never personal data (e-mail is not an id here); bodies are never logged.
+    tracing::debug!(%method, %path, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    res
+}
+
+/// The caller, authenticated by `Authorization: Bearer <api_key>`.
+pub struct Principal {
+    pub tenant: String,
+    /// Recorded on the events the caller causes: `key:` and a prefix of the key's digest.
+    pub actor: String,
+}
+
+impl FromRequestParts<Arc<App>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| unauthorized("missing Authorization: Bearer <api_key>"))?;
+        let key = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| unauthorized("expected Authorization: Bearer <api_key>"))?;
+        match app.authenticate(key) {
+            Some(rec) if rec.kind == KeyKind::Api => {
+                Ok(Principal { tenant: rec.tenant, actor: format!("key:{}", &crate::keys::digest(key)[..12]) })
+            }
+            Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use the API key")),
+            None => Err(unauthorized("unknown API key")),
+        }
+    }
+}
+
+pub(crate) fn clamp_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(100).clamp(1, 1000)
+}

@@ -1,0 +1,102 @@
+//! Health, Prometheus metrics and the OpenAPI document (built from the route table).
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::error::AppError;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let head = app.store().head().await.map_err(AppError::from)?;
+    Ok(Json(json!({"status": "ok", "head": head, "projections": app.views().position})))
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+    let head = app.store().head().await.map_err(AppError::from)?;
+    let (projected, customers, tenants, undecodable) = {
+        let v = app.views();
+        let customers: usize = v.tenants.values().map(|t| t.customers.values().filter(|c| c.exists).count()).sum();
+        (v.position, customers, v.tenants.len(), v.undecodable)
+    };
+    let m = &app.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    metric("chronicle_http_requests_total", "counter", "HTTP requests served.", m.http_requests.load(Ordering::Relaxed));
+    metric("chronicle_http_errors_total", "counter", "HTTP requests answered with a 4xx or 5xx status.", m.http_errors.load(Ordering::Relaxed));
+    metric("chronicle_appends_total", "counter", "Successful appends through the API.", m.appends.load(Ordering::Relaxed));
+    metric("chronicle_events_appended_total", "counter", "Events appended through the API.", m.events_appended.load(Ordering::Relaxed));
+    metric("chronicle_append_conflicts_total", "counter", "Appends refused for a version conflict.", m.append_conflicts.load(Ordering::Relaxed));
+    metric("chronicle_consent_checks_total", "counter", "Consent decisions made.", m.consent_checks.load(Ordering::Relaxed));
+    metric("chronicle_checkpoints_total", "counter", "Projection checkpoints written.", m.checkpoints.load(Ordering::Relaxed));
+    metric("chronicle_log_head_position", "gauge", "Position of the last committed event.", head);
+    metric("chronicle_projection_position", "gauge", "Position the read models reflect.", projected);
+    metric("chronicle_projection_lag_events", "gauge", "Committed events not yet in the read models.", head.saturating_sub(projected));
+    metric("chronicle_customers", "gauge", "Customers in the read models (all tenants).", customers as u64);
+    metric("chronicle_tenants", "gauge", "Tenants.", tenants as u64);
+    metric("chronicle_undecodable_events_total", "counter", "Events the read models could not decode.", undecodable);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
+/// OpenAPI 3.1, generated from the route table.
+pub fn openapi_document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for (route, _) in super::routes() {
+        let mut params: Vec<Value> = Vec::new();
+        for seg in route.path.split('/').filter(|s| s.starts_with('{')) {
+            let name = seg.trim_matches(|c| c == '{' || c == '}');
+            params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
+        }
+        for q in route.query {
+            params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}));
+        }
+        let mut op = json!({
+            "summary": route.summary,
+            "parameters": params,
+            "responses": {
+                route.ok.to_string(): {"description": "success", "content": {"application/json": {}}},
+                "400": {"$ref": "#/components/responses/Error"},
+                "404": {"$ref": "#/components/responses/Error"},
+            },
+        });
+        if route.auth {
+            op["security"] = json!([{"apiKey": []}]);
+            op["responses"]["401"] = json!({"$ref": "#/components/responses/Error"});
+        }
+        if let Some(example) = route.body {
+            let example: Value = serde_json::from_str(example).expect("route examples are valid JSON");
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"example": example}}});
+        }
+        if route.method != "get" {
+            op["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
+            op["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
+        }
+        paths.entry(route.path).or_insert_with(|| json!({}))[route.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Chronicle", "version": env!("CARGO_PKG_VERSION"), "description": "Event-sourced CRM engine"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}
+                }}}
+            }}}}}
+        }
+    })
+}

@@ -1,0 +1,20 @@
+//! Chronicle's application service ([`app::App`]) and its HTTP API ([`http`]).
+//!
+//! This is the only crate that knows HTTP and JSON shapes of the wire. [`serve`] runs the API
+//! on a bound listener until a shutdown future resolves; tests and the binary share it.
+
+pub mod app;
+pub mod error;
+pub mod http;
+pub mod keys;
+
+pub use app::App;
+pub use error::AppError;
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,331 @@
+//! The HTTP API, end to end in-process: a real server on 127.0.0.1:0 over a real embedded store
+//! in a temporary folder, driven by a real HTTP client.
+
+use chronicle_server::App;
+use chronicle_store::sqlite::SqliteStore;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+struct TestApp {
+    base: String,
+    key: String,
+    other_key: String,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+struct Resp {
+    status: u16,
+    body: Value,
+}
+
+/// Start the API on its own runtime thread, with tenants `acme` and `rival`.
+fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let store = Arc::new(SqliteStore::open(&path).unwrap());
+            let app = App::start(store, Some(path.join("projections.json"))).await.unwrap();
+            let (key, _) = app.create_tenant("acme").await.unwrap();
+            let (other_key, _) = app.create_tenant("rival").await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send((listener.local_addr().unwrap(), key, other_key)).unwrap();
+            chronicle_server::serve(app, listener, std::future::pending()).await.unwrap();
+        });
+    });
+    let (addr, key, other_key) = rx.recv().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    TestApp { base: format!("http://{addr}"), key, other_key, agent, _dir: dir }
+}
+
+impl TestApp {
+    fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Resp {
+        let url = format!("{}{}", self.base, path);
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut res = match (method, body) {
+            ("GET", _) => with_auth(self.agent.get(&url), &auth).call(),
+            ("DELETE", _) => with_auth(self.agent.delete(&url), &auth).call(),
+            (m, b) => {
+                let req = match m {
+                    "POST" => self.agent.post(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    "PUT" => self.agent.put(&url),
+                    _ => unreachable!(),
+                };
+                with_auth(req, &auth).header("content-type", "application/json").send(b.unwrap_or(""))
+            }
+        }
+        .unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp { status, body }
+    }
+    fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, Some(&self.key), None)
+    }
+    fn post(&self, path: &str, body: Value) -> Resp {
+        self.call("POST", path, Some(&self.key), Some(&body.to_string()))
+    }
+}
+
+fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("authorization", a),
+        None => req,
+    }
+}
+
+fn register(app: &TestApp, id: &str, email: &str) -> Resp {
+    app.post(
+        "/v1/customers",
+        json!({"id": id, "email": email, "traits": {"first_name": "Ada", "plan": "free"},
+               "consents": [{"channel": "email", "purpose": "marketing", "granted": true, "source": "signup-form", "proof": {"ip": "192.0.2.1"}}]}),
+    )
+}
+
+#[test]
+fn register_get_patch_and_profile_shape() {
+    let app = spawn_app();
+    let r = register(&app, "c1", "Ada@Example.com");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["email"], "ada@example.com");
+    assert_eq!(r.body["version"], 2, "registration and its consent are one append of two events");
+    let r = app.call("PATCH", "/v1/customers/c1", Some(&app.key), Some(r#"{"traits":{"plan":"pro"}}"#));
+    assert_eq!((r.status, &r.body["traits"]["plan"]), (200, &json!("pro")));
+    let r = app.get("/v1/customers/c1");
+    for field in ["id", "email", "phone", "traits", "lifecycle_stage", "tags", "owner", "status", "consents", "version"] {
+        assert!(r.body.get(field).is_some(), "profile lacks {field}: {}", r.body);
+    }
+    assert_eq!(r.body["status"], "active");
+    // Same e-mail for another customer: refused, nothing written.
+    let r = register(&app, "c2", "ada@example.com");
+    assert_eq!((r.status, &r.body["error"]["code"]), (409, &json!("email_taken")));
+    assert_eq!(app.get("/v1/customers/c2").status, 404);
+}
+
+#[test]
+fn registration_with_a_bad_consent_writes_nothing() {
+    let app = spawn_app();
+    let r = app.post("/v1/customers", json!({"id": "c1", "email": "a@example.com", "consents": [{"channel": "email", "purpose": "marketing", "granted": true}]}));
+    assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("consent_source_missing")));
+    assert_eq!(app.get("/v1/customers/c1").status, 404);
+    assert_eq!(app.get("/v1/events").body["events"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn as_of_returns_the_older_trait_value() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let between = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = app.call("PATCH", "/v1/customers/c1", Some(&app.key), Some(r#"{"traits":{"plan":"pro"}}"#));
+    assert_eq!(r.status, 200);
+    let at = between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let old = app.get(&format!("/v1/customers/c1?as_of={at}"));
+    assert_eq!((old.status, &old.body["traits"]["plan"]), (200, &json!("free")), "{}", old.body);
+    assert_eq!(app.get("/v1/customers/c1").body["traits"]["plan"], "pro");
+    // Before the customer existed: not found.
+    let r = app.get("/v1/customers/c1?as_of=2001-01-01T00:00:00Z");
+    assert_eq!(r.status, 404);
+    // The timeline as of then holds only the registration.
+    let t = app.get(&format!("/v1/customers/c1/timeline?as_of={at}"));
+    assert_eq!(t.body["events"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get("/v1/customers/c1?as_of=yesterday").status, 400);
+}
+
+#[test]
+fn consent_revocation_is_seen_by_the_next_check() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    let check = "/v1/consent-check?customer=c1&channel=email&purpose=marketing";
+    assert_eq!(app.get(check).body, json!({"allowed": true, "reason": "granted"}));
+    for i in 0..10 {
+        let granted = i % 2 == 1;
+        let r = app.post("/v1/customers/c1/consents", json!({"channel": "email", "purpose": "marketing", "granted": granted, "source": "preference-center"}));
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(app.get(check).body["allowed"], json!(granted), "round {i}");
+    }
+    let ledger = app.get("/v1/customers/c1/consents").body;
+    assert_eq!(ledger["history"].as_array().unwrap().len(), 11);
+    assert_eq!(ledger["history"][0]["proof"], json!({"ip": "192.0.2.1"}));
+    assert_eq!(app.get("/v1/consent-check?customer=nobody&channel=email&purpose=marketing").status, 404);
+    assert_eq!(app.get("/v1/consent-check?customer=c1&channel=pigeon&purpose=marketing").status, 400);
+}
+
+#[test]
+fn consent_revocation_wins_under_concurrent_load() {
+    let app = spawn_app();
+    for i in 0..8 {
+        register(&app, &format!("c{i}"), &format!("p{i}@example.com"));
+    }
+    std::thread::scope(|s| {
+        // Background load: other customers' profile changes and checks.
+        for w in 0..4 {
+            let app = &app;
+            s.spawn(move || {
+                for j in 0..40 {
+                    let id = format!("c{}", 1 + (w + j) % 7);
+                    app.call("PATCH", &format!("/v1/customers/{id}"), Some(&app.key), Some(&format!(r#"{{"traits":{{"n":{j}}}}}"#)));
+                    app.get(&format!("/v1/consent-check?customer={id}&channel=email&purpose=marketing"));
+                }
+            });
+        }
+        for round in 0..20 {
+            let r = app.post("/v1/customers/c0/consents", json!({"channel": "email", "purpose": "marketing", "granted": false, "source": "unsubscribe"}));
+            assert_eq!(r.status, 201);
+            let d = app.get("/v1/consent-check?customer=c0&channel=email&purpose=marketing").body;
+            assert_eq!(d, json!({"allowed": false, "reason": "revoked"}), "round {round}");
+            app.post("/v1/customers/c0/consents", json!({"channel": "email", "purpose": "marketing", "granted": true, "source": "resubscribe"}));
+        }
+    });
+}
+
+#[test]
+fn stream_append_conflicts_and_idempotency() {
+    let app = spawn_app();
+    let id = "0190f3c2-0000-7000-8000-000000000001";
+    let body = json!({"expected_version": "no_stream", "events": [{"id": id, "type": "TicketOpened", "data": {"subject": "Login"}}]});
+    let r = app.post("/v1/streams/ticket-1", body.clone());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!((&r.body["first_version"], &r.body["last_version"]), (&json!(1), &json!(1)));
+    let position = r.body["position"].clone();
+    // The same event id again: stored once, the original position reported.
+    let again = app.post("/v1/streams/ticket-1", body);
+    assert_eq!((again.status, &again.body["position"]), (200, &position));
+    assert_eq!(app.get("/v1/streams/ticket-1").body["events"].as_array().unwrap().len(), 1);
+    // Wrong expected version: 409 naming the actual version.
+    let r = app.post("/v1/streams/ticket-1", json!({"expected_version": 5, "events": [{"type": "TicketClosed", "data": {}}]}));
+    assert_eq!((r.status, &r.body["error"]["code"], &r.body["error"]["actual_version"]), (409, &json!("version_conflict"), &json!(1)));
+    let r = app.post("/v1/streams/ticket-1", json!({"expected_version": 1, "events": [{"type": "TicketClosed", "data": {}}]}));
+    assert_eq!(r.status, 200);
+    let page = app.get("/v1/streams/ticket-1?after=1").body;
+    assert_eq!(page["events"][0]["type"], "TicketClosed");
+    assert_eq!(page["next"], 2);
+    // Domain streams are written by commands only.
+    let r = app.post("/v1/streams/customer-x", json!({"expected_version": "any", "events": [{"type": "CustomerTagged", "data": {"tag": "x"}}]}));
+    assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("reserved_stream")));
+}
+
+#[test]
+fn bad_input_gets_a_json_error_and_changes_nothing() {
+    let app = spawn_app();
+    let before = app.get("/v1/events").body["events"].as_array().unwrap().len();
+    for (path, body) in [
+        ("/v1/customers", "{\"id\": \"c1\", "),
+        ("/v1/customers", "[1,2,3]"),
+        ("/v1/customers", r#"{"id":"c1","email":"not-an-email"}"#),
+        ("/v1/customers", r#"{"id":"c1","surprise":true}"#),
+        ("/v1/streams/s1", r#"{"expected_version":"whenever","events":[{"type":"X","data":{}}]}"#),
+        ("/v1/streams/s1", r#"{"expected_version":"any","events":[]}"#),
+        ("/v1/streams/s1", r#"{"expected_version":"any","events":[{"type":"Ok","data":{}},{"type":"","data":{}}]}"#),
+    ] {
+        let r = app.call("POST", path, Some(&app.key), Some(body));
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.body);
+        assert!(r.body["error"]["code"].is_string() && r.body["error"]["message"].is_string(), "{}", r.body);
+    }
+    let big = format!(r#"{{"id":"c1","traits":{{"blob":"{}"}}}}"#, "x".repeat(1024 * 1024 + 1000));
+    let r = app.call("POST", "/v1/customers", Some(&app.key), Some(&big));
+    assert_eq!((r.status, &r.body["error"]["code"]), (413, &json!("too_large")));
+    assert_eq!(app.get("/v1/events").body["events"].as_array().unwrap().len(), before);
+}
+
+#[test]
+fn tenants_are_walls_and_keys_are_required() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    app.post("/v1/streams/notes-1", json!({"expected_version": "any", "events": [{"type": "Noted", "data": {}}]}));
+    let other = Some(app.other_key.as_str());
+    for path in ["/v1/customers/c1", "/v1/customers/c1/timeline", "/v1/customers/c1/consents", "/v1/consent-check?customer=c1&channel=email&purpose=marketing"] {
+        assert_eq!(app.call("GET", path, other, None).status, 404, "{path}");
+    }
+    assert_eq!(app.call("PATCH", "/v1/customers/c1", other, Some(r#"{"traits":{"x":1}}"#)).status, 404);
+    assert_eq!(app.call("DELETE", "/v1/customers/c1", other, None).status, 404);
+    assert_eq!(app.call("GET", "/v1/streams/notes-1", other, None).body["events"], json!([]));
+    assert_eq!(app.call("GET", "/v1/events", other, None).body["events"], json!([]));
+    assert_eq!(app.get("/v1/customers/c1").status, 200, "the owner still sees it");
+    let r = app.call("GET", "/v1/customers/c1", None, None);
+    assert_eq!((r.status, &r.body["error"]["code"]), (401, &json!("unauthorized")));
+    assert_eq!(app.call("GET", "/v1/customers/c1", Some("ck_forged"), None).status, 401);
+}
+
+#[test]
+fn lifecycle_status_and_erasure_rules() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    let put = |path: &str, body: &str| app.call("PUT", path, Some(&app.key), Some(body));
+    assert_eq!(put("/v1/customers/c1/lifecycle-stage", r#"{"stage":"sql"}"#).status, 200);
+    let r = put("/v1/customers/c1/lifecycle-stage", r#"{"stage":"lead"}"#);
+    assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("invalid_stage_transition")));
+    assert_eq!(app.post("/v1/customers/c1/tags", json!({"tag": "vip"})).body["tags"], json!(["vip"]));
+    assert_eq!(app.call("POST", "/v1/customers/c1/deactivate", Some(&app.key), None).body["status"], "deactivated");
+    let r = app.post("/v1/customers/c1/tags", json!({"tag": "x"}));
+    assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("customer_deactivated")));
+    assert_eq!(app.get("/v1/customers/c1").body["tags"], json!(["vip"]), "history kept");
+    assert_eq!(app.call("POST", "/v1/customers/c1/reactivate", Some(&app.key), None).body["status"], "active");
+    let r = app.call("DELETE", "/v1/customers/c1", Some(&app.key), None);
+    assert_eq!((r.status, &r.body["erased"]), (200, &json!(true)));
+    let p = app.get("/v1/customers/c1").body;
+    assert_eq!((&p["status"], &p["email"], &p["traits"]), (&json!("erased"), &json!(null), &json!({})));
+    let r = app.post("/v1/customers/c1/tags", json!({"tag": "x"}));
+    assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("customer_erased")));
+    // The address is free again after erasure.
+    assert_eq!(register(&app, "c2", "a@example.com").status, 201);
+}
+
+#[test]
+fn deals_and_pipeline() {
+    let app = spawn_app();
+    let r = app.post("/v1/deals", json!({"id": "d1", "name": "Acme renewal", "customer_id": "c1"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app.call("POST", "/v1/deals/d1/won", Some(&app.key), None);
+    assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("deal_amount_missing")));
+    let r = app.call("PATCH", "/v1/deals/d1", Some(&app.key), Some(r#"{"stage":"proposal","amount":120000}"#));
+    assert_eq!((r.status, &r.body["stage"], &r.body["amount"]), (200, &json!("proposal"), &json!(120000)));
+    let p = app.get("/v1/pipeline").body;
+    assert_eq!(p["stages"][2], json!({"stage": "proposal", "count": 1, "amount": 120000}));
+    assert_eq!(app.call("POST", "/v1/deals/d1/won", Some(&app.key), None).body["status"], "won");
+    assert_eq!(app.get("/v1/pipeline").body["won"]["amount"], 120000);
+}
+
+#[test]
+fn timeline_pages_and_filters() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    for i in 0..5 {
+        app.post("/v1/customers/c1/tags", json!({"tag": format!("t{i}")}));
+    }
+    let p1 = app.get("/v1/customers/c1/timeline?limit=3").body;
+    assert_eq!(p1["events"].as_array().unwrap().len(), 3);
+    assert_eq!(p1["next"], 3);
+    let p2 = app.get("/v1/customers/c1/timeline?after=3&limit=10").body;
+    assert_eq!(p2["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    let tags = app.get("/v1/customers/c1/timeline?type=CustomerTagged").body;
+    assert_eq!(tags["events"].as_array().unwrap().len(), 5);
+    let e = &p1["events"][0];
+    for f in ["id", "tenant", "stream", "version", "position", "type", "schema_version", "event_time", "ingest_time", "source", "causation_id", "correlation_id", "actor", "data", "metadata"] {
+        assert!(e.get(f).is_some(), "envelope lacks {f}");
+    }
+}
+
+#[test]
+fn health_metrics_and_openapi() {
+    let app = spawn_app();
+    assert_eq!(app.call("GET", "/healthz", None, None).body["status"], "ok");
+    register(&app, "c1", "a@example.com");
+    let m = app.call("GET", "/metrics", None, None).body;
+    let m = m.as_str().unwrap();
+    assert!(m.contains("# TYPE chronicle_log_head_position gauge"), "{m}");
+    assert!(m.contains("chronicle_customers 1"), "{m}");
+    let doc = app.call("GET", "/openapi.json", None, None).body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in ["/v1/customers", "/v1/customers/{id}", "/v1/consent-check", "/v1/streams/{stream}", "/v1/events/stream"] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    assert!(doc["paths"]["/v1/customers/{id}"].get("patch").is_some());
+    assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
+}

@@ -1,0 +1,110 @@
+//! The event store contract: one trait every backend implements, the errors an append can
+//! return, and the live subscription built on top of any backend.
+//!
+//! Backends: [`memory::MemoryStore`] (the reference model, used by property tests) and
+//! [`sqlite::SqliteStore`] (the embedded default, a data folder). [`contract`] holds the suite
+//! that pins the behaviour; every backend runs it.
+
+pub mod contract;
+pub mod memory;
+mod rules;
+pub mod sqlite;
+mod subscription;
+
+use async_trait::async_trait;
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use std::sync::Arc;
+
+pub use subscription::Subscription;
+
+/// What a successful append reports. For an idempotent replay (all ids already stored) it is
+/// the original append's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub first_version: u64,
+    pub last_version: u64,
+    /// Global position of the last event of the batch.
+    pub position: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    /// The stream is not at the expected version; `actual` is its version now (0 = no stream).
+    #[error("version conflict on stream {stream}: expected {expected:?}, actual {actual}")]
+    Conflict { stream: String, expected: ExpectedVersion, actual: u64 },
+    /// Some, but not all, of the batch's event ids are already stored, or an id is stored on
+    /// another stream: the batch is neither new nor a replay of an earlier one.
+    #[error("event id {id} is already stored {detail}")]
+    IdReused { id: uuid::Uuid, detail: String },
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// The store's hook for projections that must be updated in the commit path (read-your-writes):
+/// called once per committed group, in position order, before any append of the group returns.
+pub type CommitHook = Arc<dyn Fn(&[EventEnvelope]) + Send + Sync>;
+
+/// One event store. Positions are global, 1-based, gap-free and follow commit order; versions
+/// are 1-based per `(tenant, stream)`.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Append `events` to `stream` atomically if it is at `expected`. Returns once durable.
+    async fn append(
+        &self,
+        tenant: &str,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError>;
+
+    /// Events of one stream with `version >= from_version`, oldest first, at most `limit`.
+    async fn read_stream(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, ReadError>;
+
+    /// Events of every tenant with `position > after`, in position order, at most `limit`.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError>;
+
+    /// The position of the last committed event (0 when empty).
+    async fn head(&self) -> Result<u64, ReadError>;
+
+    /// The current version of a stream (0 = no stream).
+    async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError>;
+
+    /// Events of one stream with `version >= from_version` and `event_time <= until`, oldest
+    /// first (time travel). Backends with an index on event time should override this.
+    async fn read_stream_until(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<EventEnvelope>, ReadError> {
+        let mut out = Vec::new();
+        let mut from = from_version;
+        loop {
+            let page = self.read_stream(tenant, stream, from, 1000).await?;
+            let Some(last) = page.last() else { return Ok(out) };
+            from = last.version + 1;
+            out.extend(page.into_iter().filter(|e| e.event_time <= until));
+        }
+    }
+
+    /// A watch that changes whenever the head moves; live subscriptions wait on it.
+    fn head_watch(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Install the commit hook (replacing any earlier one).
+    fn set_commit_hook(&self, hook: CommitHook);
+}

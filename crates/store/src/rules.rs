@@ -1,0 +1,100 @@
+//! The append rules every backend shares: batch validation, the idempotency classification, the
+//! wording of the errors, time precision and the upcast on read. Keeping them in one place means
+//! the reference model and the engines cannot drift apart (the model test compares errors
+//! verbatim).
+
+use crate::{AppendError, AppendResult};
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// Checks that need nothing but the batch itself: it is not empty and no id occurs twice.
+pub(crate) fn check_batch(events: &[NewEvent]) -> Result<(), AppendError> {
+    if events.is_empty() {
+        return Err(AppendError::Invalid("an append needs at least one event".into()));
+    }
+    if events.len() > 1 {
+        let mut seen = HashSet::with_capacity(events.len());
+        for e in events {
+            if !seen.insert(e.id) {
+                return Err(AppendError::IdReused { id: e.id, detail: "(twice in this batch)".into() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where an already stored event id lives.
+pub(crate) struct StoredAt<'a> {
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub version: u64,
+    pub position: u64,
+}
+
+/// Decides what a batch is, given where each of its ids is stored (`found[i]` for `ids[i]`):
+/// `None` when no id is stored (a new batch: go on to the version check); `Some(Ok)` when every
+/// id is stored on this stream, in this order, at consecutive versions (a replay: the original
+/// result); `Some(Err(IdReused))` for anything in between.
+pub(crate) fn classify_ids(
+    tenant: &str,
+    stream: &str,
+    ids: &[Uuid],
+    found: &[Option<StoredAt<'_>>],
+) -> Option<Result<AppendResult, AppendError>> {
+    debug_assert_eq!(ids.len(), found.len());
+    let first_stored = found.iter().position(Option::is_some)?;
+    let is_replay = match (found.first(), found.last()) {
+        (Some(Some(first)), Some(Some(_))) => found.iter().enumerate().all(|(i, f)| {
+            f.as_ref().is_some_and(|at| {
+                at.tenant == tenant && at.stream == stream && at.version == first.version + i as u64
+            })
+        }),
+        _ => false,
+    };
+    if is_replay {
+        let first = found[0].as_ref().expect("checked above");
+        let last = found[found.len() - 1].as_ref().expect("checked above");
+        return Some(Ok(AppendResult {
+            first_version: first.version,
+            last_version: last.version,
+            position: last.position,
+        }));
+    }
+    let at = found[first_stored].as_ref().expect("position() found it");
+    // Never name another tenant's stream: ids are global, tenants are walls.
+    let detail = if at.tenant != tenant {
+        "in another tenant".to_string()
+    } else if at.stream != stream {
+        format!("in stream {}", at.stream)
+    } else {
+        format!("at version {} of this stream, and the batch is not a replay of an earlier append", at.version)
+    };
+    Some(Err(AppendError::IdReused { id: ids[first_stored], detail }))
+}
+
+pub(crate) fn conflict(stream: &str, expected: ExpectedVersion, actual: u64) -> AppendError {
+    AppendError::Conflict { stream: stream.to_string(), expected, actual }
+}
+
+/// Times are stored with microsecond precision (an `INTEGER` in SQLite, `timestamptz` in
+/// PostgreSQL); every backend truncates the same way so they return identical envelopes.
+pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us)
+}
+
+pub(crate) fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    // Every DateTime<Utc> chrono can represent fits in i64 microseconds, and back.
+    from_micros(to_micros(t)).unwrap_or(t)
+}
+
+/// Every envelope a reader (or the commit hook) sees passes through here, so projections only
+/// ever see the newest schema of each event type.
+pub(crate) fn upcast_on_read(e: EventEnvelope) -> EventEnvelope {
+    chronicle_core::upcast::upcast(e)
+}
