@@ -6,16 +6,13 @@ use crate::progress::Progress;
 use crate::storage;
 use anyhow::Context;
 use chronicle_core::customer;
-use chronicle_projections::{diff, load_checkpoint, save_checkpoint, Projections};
-use chronicle_server::App;
-use chronicle_store::EventStore;
+use chronicle_projections::{diff, save_checkpoint};
+use chronicle_server::{maintenance, App};
 use serde_json::json;
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-const PAGE: usize = 10_000;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
@@ -87,40 +84,14 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Fold the whole log into fresh projections, checking the log's own invariants on the way:
-/// positions 1..=head with no gap, versions 1.. per stream with no gap.
-pub async fn replay(store: &dyn EventStore, what: &'static str) -> anyhow::Result<(Projections, Vec<String>, (u64, f64, f64))> {
-    let head = store.head().await?;
-    let mut fresh = Projections::new();
-    let mut problems = Vec::new();
-    let mut versions: HashMap<(String, String), u64> = HashMap::new();
-    let mut progress = Progress::new(what, Some(head));
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for ev in &page {
-            if ev.position != fresh.position + 1 && problems.len() < 100 {
-                problems.push(format!("log: position {} follows {}", ev.position, fresh.position));
-            }
-            let v = versions.entry((ev.tenant.clone(), ev.stream.clone())).or_insert(0);
-            if ev.version != *v + 1 && problems.len() < 100 {
-                problems.push(format!("log: {}/{} version {} follows {}", ev.tenant, ev.stream, ev.version, v));
-            }
-            *v = ev.version;
-            fresh.apply(ev);
-        }
-        progress.add(page.len() as u64);
-    }
-    Ok((fresh, problems, progress.finish()))
-}
-
 pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
     let _ = std::fs::remove_file(&st.checkpoint);
-    let (fresh, problems, (n, secs, rate)) = replay(&*st.store, "rebuild").await?;
+    let mut progress = Progress::new("rebuild", Some(st.store.head().await?));
+    let replay = maintenance::replay(&*st.store, |n| progress.add(n)).await?;
+    let (n, secs, rate) = progress.finish();
+    let (fresh, problems) = (replay.projections, replay.problems);
     save_checkpoint(&st.checkpoint, &fresh)?;
     for p in &problems {
         eprintln!("{p}");
@@ -133,15 +104,11 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
     // The live views: what a server would run on (checkpoint plus the log's tail).
-    let mut live = load_checkpoint(&st.checkpoint)?;
-    let mut after = live.position;
-    loop {
-        let page = st.store.read_all(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        page.iter().for_each(|e| live.apply(e));
-    }
-    let (fresh, mut problems, (n, secs, _)) = replay(&*st.store, "verify").await?;
+    let live = maintenance::live_views(&*st.store, &st.checkpoint).await?;
+    let mut progress = Progress::new("verify", Some(st.store.head().await?));
+    let replay = maintenance::replay(&*st.store, |n| progress.add(n)).await?;
+    let (n, secs, _) = progress.finish();
+    let (fresh, mut problems) = (replay.projections, replay.problems);
     problems.extend(diff(&live, &fresh));
     for p in &problems {
         println!("DIFF {p}");

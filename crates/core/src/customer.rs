@@ -569,7 +569,7 @@ impl Customer {
             E::ConsentGranted(r) | E::ConsentRevoked(r) => {
                 let granted = matches!(ev, E::ConsentGranted(_));
                 self.consents.insert(
-                    consent_key(r.channel, r.purpose),
+                    consent_key(r.channel, r.purpose).to_owned(),
                     ConsentState {
                         channel: r.channel,
                         purpose: r.purpose,
@@ -606,7 +606,7 @@ impl Customer {
             CustomerStatus::Deactivated => return deny("customer_deactivated"),
             CustomerStatus::Active => {}
         }
-        match self.consents.get(&consent_key(channel, purpose)) {
+        match self.consents.get(consent_key(channel, purpose)) {
             Some(c) if c.granted => ConsentDecision { allowed: true, reason: "granted" },
             Some(_) => deny("revoked"),
             None if purpose == Purpose::Transactional => ConsentDecision { allowed: true, reason: "transactional_default" },
@@ -621,8 +621,33 @@ pub struct ConsentDecision {
     pub reason: &'static str,
 }
 
-pub fn consent_key(channel: Channel, purpose: Purpose) -> String {
-    format!("{}:{}", channel.as_str(), purpose.as_str())
+/// The consent ledger's key for a channel and purpose, e.g. `"email:marketing"`; static, so
+/// the hot consent check never allocates.
+pub fn consent_key(channel: Channel, purpose: Purpose) -> &'static str {
+    use Channel as C;
+    use Purpose as P;
+    match (channel, purpose) {
+        (C::Email, P::Marketing) => "email:marketing",
+        (C::Email, P::Transactional) => "email:transactional",
+        (C::Email, P::Analytics) => "email:analytics",
+        (C::Email, P::Profiling) => "email:profiling",
+        (C::Sms, P::Marketing) => "sms:marketing",
+        (C::Sms, P::Transactional) => "sms:transactional",
+        (C::Sms, P::Analytics) => "sms:analytics",
+        (C::Sms, P::Profiling) => "sms:profiling",
+        (C::Push, P::Marketing) => "push:marketing",
+        (C::Push, P::Transactional) => "push:transactional",
+        (C::Push, P::Analytics) => "push:analytics",
+        (C::Push, P::Profiling) => "push:profiling",
+        (C::InApp, P::Marketing) => "in_app:marketing",
+        (C::InApp, P::Transactional) => "in_app:transactional",
+        (C::InApp, P::Analytics) => "in_app:analytics",
+        (C::InApp, P::Profiling) => "in_app:profiling",
+        (C::Phone, P::Marketing) => "phone:marketing",
+        (C::Phone, P::Transactional) => "phone:transactional",
+        (C::Phone, P::Analytics) => "phone:analytics",
+        (C::Phone, P::Profiling) => "phone:profiling",
+    }
 }
 
 fn opt_str(s: &Option<String>) -> Value {
@@ -640,3 +665,13 @@ fn non_empty(s: String, what: &'static str) -> Result<String, CustomerError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[test]
+fn consent_keys_are_channel_colon_purpose() {
+    for c in [Channel::Email, Channel::Sms, Channel::Push, Channel::InApp, Channel::Phone] {
+        for p in [Purpose::Marketing, Purpose::Transactional, Purpose::Analytics, Purpose::Profiling] {
+            assert_eq!(consent_key(c, p), format!("{}:{}", c.as_str(), p.as_str()));
+        }
+    }
+}

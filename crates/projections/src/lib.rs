@@ -143,13 +143,24 @@ impl Projections {
             return;
         }
         let snapshot_every = self.snapshot_every;
-        let views = self.tenants.entry(ev.tenant.clone()).or_default();
+        // Look up before inserting: the hot path (a known tenant) allocates nothing.
+        if !self.tenants.contains_key(&ev.tenant) {
+            self.tenants.insert(ev.tenant.clone(), TenantViews::default());
+        }
+        let views = self.tenants.get_mut(&ev.tenant).expect("inserted above");
         views.events += 1;
         if let Some(id) = customer::id_of_stream(&ev.stream) {
             if !customer::EVENT_TYPES.contains(&ev.event_type.as_str()) {
                 // e.g. ActivityTracked: on the timeline, not in the profile; the profile still
                 // tracks the stream's version, which commands use for optimistic concurrency.
-                views.customers.entry(id.to_owned()).or_insert_with(|| Customer::new(id)).version = ev.version;
+                match views.customers.get_mut(id) {
+                    Some(c) => c.version = ev.version,
+                    None => {
+                        let mut c = Customer::new(id);
+                        c.version = ev.version;
+                        views.customers.insert(id.to_owned(), c);
+                    }
+                }
                 return;
             }
             match CustomerEvent::from_parts(&ev.event_type, &ev.data) {
@@ -188,7 +199,10 @@ impl Projections {
 
 impl TenantViews {
     fn apply_customer(&mut self, id: &str, e: &CustomerEvent, ev: &EventEnvelope, snapshot_every: u64) {
-        let c = self.customers.entry(id.to_owned()).or_insert_with(|| Customer::new(id));
+        if !self.customers.contains_key(id) {
+            self.customers.insert(id.to_owned(), Customer::new(id));
+        }
+        let c = self.customers.get_mut(id).expect("inserted above");
         let old_email = c.email.clone();
         c.apply(e, ev.version, ev.event_time);
         if old_email != c.email {
@@ -224,12 +238,20 @@ impl TenantViews {
             }
             _ => {}
         }
-        let max_t = self.max_event_time.entry(id.to_owned()).or_insert(ev.event_time);
-        if ev.event_time > *max_t {
-            *max_t = ev.event_time;
-        }
+        let max_t = match self.max_event_time.get_mut(id) {
+            Some(t) => {
+                if ev.event_time > *t {
+                    *t = ev.event_time;
+                }
+                *t
+            }
+            None => {
+                self.max_event_time.insert(id.to_owned(), ev.event_time);
+                ev.event_time
+            }
+        };
         if ev.version % snapshot_every == 0 && c.status != customer::CustomerStatus::Erased {
-            let snap = Snapshot { version: ev.version, max_event_time: *max_t, state: c.clone() };
+            let snap = Snapshot { version: ev.version, max_event_time: max_t, state: c.clone() };
             self.snapshots.entry(id.to_owned()).or_default().push(snap);
         }
     }

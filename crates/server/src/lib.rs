@@ -7,6 +7,7 @@ pub mod app;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod maintenance;
 
 pub use app::App;
 pub use error::AppError;

@@ -1,0 +1,274 @@
+//! `chronicle-bench`: the benchmarks behind the README's figures. Each prints one JSON object
+//! per measurement on stdout. Run in release mode:
+//!
+//! ```sh
+//! cargo run --release -p chronicle-bench -- all          # everything, as in the README
+//! cargo run --release -p chronicle-bench -- append 64    # durable appends with 64 writers
+//! cargo run --release -p chronicle-bench -- rebuild 1000000
+//! cargo run --release -p chronicle-bench -- consent
+//! cargo run --release -p chronicle-bench -- as-of 10000
+//! ```
+//!
+//! Data goes to a temporary folder on the same disk as the system's temp dir (`TMPDIR`), so
+//! fsyncs are real.
+
+use chrono::{DateTime, Duration, Utc};
+use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
+use chronicle_core::envelope::{ExpectedVersion, NewEvent};
+use chronicle_server::{maintenance, App};
+use chronicle_store::sqlite::SqliteStore;
+use chronicle_store::EventStore;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    rt.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("append") => print(append(arg(1, 64) as usize, arg(2, 5)).await),
+            Some("rebuild") => print(rebuild(arg(1, 1_000_000)).await),
+            Some("consent") => {
+                for r in consent().await {
+                    print(r)
+                }
+            }
+            Some("as-of") => print(as_of(arg(1, 10_000)).await),
+            Some("all") => {
+                for w in [1, 16, 64] {
+                    print(append(w, 5).await);
+                }
+                print(rebuild(1_000_000).await);
+                for r in consent().await {
+                    print(r)
+                }
+                print(as_of(10_000).await);
+            }
+            _ => {
+                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] | rebuild EVENTS | consent | as-of EVENTS");
+                std::process::exit(2);
+            }
+        }
+    });
+}
+
+fn print(v: Value) {
+    println!("{v}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary(mut samples_us: Vec<f64>) -> Value {
+    samples_us.sort_by(|a, b| a.total_cmp(b));
+    json!({"p50_us": round2(percentile(&samples_us, 0.5)), "p99_us": round2(percentile(&samples_us, 0.99)), "max_us": round2(*samples_us.last().unwrap_or(&0.0)), "samples": samples_us.len()})
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn payload(i: u64) -> Value {
+    // About 300 bytes once serialized.
+    json!({"kind": "track", "event": "Product Viewed", "properties": {"product_id": format!("sku-{}", i % 1000), "name": "Walnut desk", "price": 34900, "currency": "EUR", "path": "/products/walnut-desk", "referrer": "https://search.example/?q=desk", "session": format!("s-{i:012}")}, "context": {"ip": "198.51.100.7", "locale": "en-GB"}})
+}
+
+/// Durable appends: `writers` tasks, each appending one ~300-byte event at a time to a
+/// customer stream of its own share of 100,000, with exact expected versions.
+async fn append(writers: usize, seconds: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let bytes = payload(0).to_string().len();
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let streams = 100_000 / writers;
+            let mut versions = vec![0u64; streams];
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let s = (i as usize * 7919) % streams;
+                let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), Utc::now());
+                let expected = if versions[s] == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(versions[s]) };
+                let t = Instant::now();
+                store.append("bench", &format!("customer-w{w}-{s}"), expected, vec![ev]).await.expect("append");
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                versions[s] += 1;
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("writer"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = lat.len();
+    json!({"bench": "append", "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": (n as f64 / secs).round(), "latency": summary(lat)})
+}
+
+fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {
+    let mut c = customer::Customer::new(id);
+    let mut out = Vec::new();
+    let push = |e: CustomerEvent, at: DateTime<Utc>, c: &mut customer::Customer, out: &mut Vec<NewEvent>| {
+        c.apply(&e, c.version + 1, at);
+        let (ty, data) = e.to_parts();
+        out.push(NewEvent::new(uuid::Uuid::now_v7(), ty, data, at));
+    };
+    let reg = c
+        .decide(
+            CustomerCommand::Register {
+                email: Some(format!("{id}@example.com")),
+                phone: None,
+                traits: json!({"first_name": "Ada", "plan": "free"}).as_object().unwrap().clone(),
+                consents: vec![ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: true, source: Some("form".into()), legal_basis: None, proof: Some(json!({"ip": "198.51.100.7"})) }],
+            },
+            &NoEmails,
+        )
+        .expect("valid");
+    for e in reg {
+        push(e, start, &mut c, &mut out);
+    }
+    let mut i = out.len() as u64;
+    while i < n {
+        let at = start + Duration::seconds(i as i64 * 60);
+        if i % 10 == 0 {
+            let mut traits = Map::new();
+            traits.insert("plan".into(), json!(format!("p{i}")));
+            let e = c.decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits }, &NoEmails).expect("valid").remove(0);
+            push(e, at, &mut c, &mut out);
+        } else if i % 25 == 0 {
+            let e = c
+                .decide(CustomerCommand::SetConsent(ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: i % 50 == 0, source: Some("prefs".into()), legal_basis: None, proof: None }), &NoEmails)
+                .expect("valid")
+                .remove(0);
+            push(e, at, &mut c, &mut out);
+        } else {
+            c.version += 1;
+            out.push(NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), at));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Load `n` events over 10,000 customers (100 each), then time a full replay into fresh
+/// projections — exactly what `chronicle rebuild` does.
+async fn rebuild(n: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let customers = 10_000u64.min(n.max(1));
+    let per = n / customers;
+    let start = Utc::now() - Duration::days(30);
+    let load_started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut i = w;
+            while i < customers {
+                let id = format!("c{i}");
+                store.append("bench", &customer::stream_of(&id), ExpectedVersion::NoStream, customer_events(&id, per, start)).await.expect("append");
+                i += 16;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let load_secs = load_started.elapsed().as_secs_f64();
+    let head = store.head().await.expect("head");
+    let started = Instant::now();
+    let r = maintenance::replay(&*store, |_| {}).await.expect("replay");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.events, head);
+    json!({"bench": "rebuild", "events": r.events, "customers": customers, "seconds": round2(secs), "events_per_sec": (r.events as f64 / secs).round(), "load_seconds": round2(load_secs), "load_events_per_sec": (head as f64 / load_secs).round()})
+}
+
+/// Consent check latency: in-process against the live views (10,000 customers), and over
+/// HTTP on loopback with a keep-alive client.
+async fn consent() -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let app = App::start(store.clone(), None).await.expect("app");
+    let (key, _) = app.create_tenant("bench").await.expect("tenant");
+    let start = Utc::now() - Duration::days(30);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16u64 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            let mut i = w;
+            while i < 10_000 {
+                let id = format!("c{i}");
+                app.append("bench", &customer::stream_of(&id), ExpectedVersion::NoStream, customer_events(&id, 10, start)).await.expect("append");
+                i += 16;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+
+    let mut lat = Vec::with_capacity(1_000_000);
+    let mut allowed = 0u64;
+    for i in 0..1_000_000u64 {
+        let id = format!("c{}", i % 10_000);
+        let t = Instant::now();
+        let d = app.consent_check("bench", &id, Channel::Email, Purpose::Marketing);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        allowed += u64::from(d.allowed);
+    }
+    let in_process = json!({"bench": "consent_check_in_process", "checks": lat.len(), "allowed": allowed, "latency": summary(lat)});
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(chronicle_server::serve(app.clone(), listener, std::future::pending()));
+    let over_http = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let auth = format!("Bearer {key}");
+        let mut lat = Vec::with_capacity(20_000);
+        for i in 0..22_000u64 {
+            let url = format!("http://{addr}/v1/consent-check?customer=c{}&channel=email&purpose=marketing", i % 10_000);
+            let t = Instant::now();
+            let mut r = agent.get(&url).header("authorization", &auth).call().expect("request");
+            let _ = r.body_mut().read_to_string().expect("body");
+            assert_eq!(r.status().as_u16(), 200);
+            if i >= 2_000 {
+                lat.push(t.elapsed().as_secs_f64() * 1e6); // after a warm-up
+            }
+        }
+        json!({"bench": "consent_check_http", "requests": lat.len(), "client": "one keep-alive connection, sequential", "latency": summary(lat)})
+    })
+    .await
+    .expect("client");
+    server.abort();
+    vec![in_process, over_http]
+}
+
+/// As-of queries on one customer with `n` events: instants spread across its history.
+async fn as_of(n: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let app = App::start(store.clone(), None).await.expect("app");
+    let start = Utc::now() - Duration::days(60);
+    let events = customer_events("big", n, start);
+    for chunk in events.chunks(1000) {
+        app.append("bench", &customer::stream_of("big"), ExpectedVersion::Any, chunk.to_vec()).await.expect("append");
+    }
+    let mut lat = Vec::new();
+    for k in 0..200u64 {
+        let at = start + Duration::seconds(((k * 7919) % n) as i64 * 60 + 30);
+        let t = Instant::now();
+        let c = app.customer_as_of("bench", "big", at).await.expect("as_of");
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        assert!(c.exists);
+    }
+    json!({"bench": "as_of", "stream_events": n, "snapshot_every": chronicle_projections::SNAPSHOT_EVERY, "queries": lat.len(), "latency": summary(lat)})
+}
