@@ -21,18 +21,28 @@ const STREAMS: usize = 100_000;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().expect("a number"));
+    let arg = |i: usize, default: u64| {
+        args.get(i)
+            .map_or(default, |a| a.parse().expect("a number"))
+    };
     let writers = arg(0, 16).max(1) as usize;
     let seconds = arg(1, 5).max(1);
     let temp = tempfile::tempdir().expect("temp dir");
-    let dir = args.get(2).map_or_else(|| temp.path().to_path_buf(), Into::into);
+    let dir = args
+        .get(2)
+        .map_or_else(|| temp.path().to_path_buf(), Into::into);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (events, elapsed, mut latencies) = runtime.block_on(async {
         let store = Arc::new(SqliteStore::open(&dir).expect("open store"));
         let start = Instant::now();
         let deadline = start + Duration::from_secs(seconds);
-        let tasks: Vec<_> = (0..writers).map(|w| tokio::spawn(writer(store.clone(), w, writers, deadline))).collect();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| tokio::spawn(writer(store.clone(), w, writers, deadline)))
+            .collect();
         let mut latencies = Vec::new();
         for t in tasks {
             latencies.extend(t.await.expect("writer task"));
@@ -41,7 +51,12 @@ fn main() {
         (latencies.len() as u64, elapsed, latencies)
     });
     latencies.sort_unstable();
-    let percentile = |p: usize| latencies.get(latencies.len() * p / 100).copied().unwrap_or(0);
+    let percentile = |p: usize| {
+        latencies
+            .get(latencies.len() * p / 100)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "{}",
         json!({
@@ -71,7 +86,15 @@ async fn writer(store: Arc<SqliteStore>, w: usize, writers: usize, deadline: Ins
         let customer = streams[k];
         let event = profile_update(customer, versions[k]);
         let started = Instant::now();
-        match store.append("bench", &format!("customer-{customer}"), ExpectedVersion::Exact(versions[k]), vec![event]).await {
+        match store
+            .append(
+                "bench",
+                &format!("customer-{customer}"),
+                ExpectedVersion::Exact(versions[k]),
+                vec![event],
+            )
+            .await
+        {
             Ok(r) => versions[k] = r.last_version,
             Err(AppendError::Conflict { actual, .. }) => {
                 versions[k] = actual;
@@ -95,7 +118,8 @@ fn profile_update(customer: usize, version: u64) -> NewEvent {
         },
         "revision": version + 1,
     });
-    let mut e = NewEvent::new(Uuid::now_v7(), "CustomerProfileUpdated", data, Utc::now()).with_actor("api-key:bench");
+    let mut e = NewEvent::new(Uuid::now_v7(), "CustomerProfileUpdated", data, Utc::now())
+        .with_actor("api-key:bench");
     e.metadata = json!({ "ip": "192.0.2.10", "user_agent": "append-bench/1" });
     e
 }

@@ -12,13 +12,18 @@ use uuid::Uuid;
 /// Checks that need nothing but the batch itself: it is not empty and no id occurs twice.
 pub(crate) fn check_batch(events: &[NewEvent]) -> Result<(), AppendError> {
     if events.is_empty() {
-        return Err(AppendError::Invalid("an append needs at least one event".into()));
+        return Err(AppendError::Invalid(
+            "an append needs at least one event".into(),
+        ));
     }
     if events.len() > 1 {
         let mut seen = HashSet::with_capacity(events.len());
         for e in events {
             if !seen.insert(e.id) {
-                return Err(AppendError::IdReused { id: e.id, detail: "(twice in this batch)".into() });
+                return Err(AppendError::IdReused {
+                    id: e.id,
+                    detail: "(twice in this batch)".into(),
+                });
             }
         }
     }
@@ -69,13 +74,23 @@ pub(crate) fn classify_ids(
     } else if at.stream != stream {
         format!("in stream {}", at.stream)
     } else {
-        format!("at version {} of this stream, and the batch is not a replay of an earlier append", at.version)
+        format!(
+            "at version {} of this stream, and the batch is not a replay of an earlier append",
+            at.version
+        )
     };
-    Some(Err(AppendError::IdReused { id: ids[first_stored], detail }))
+    Some(Err(AppendError::IdReused {
+        id: ids[first_stored],
+        detail,
+    }))
 }
 
 pub(crate) fn conflict(stream: &str, expected: ExpectedVersion, actual: u64) -> AppendError {
-    AppendError::Conflict { stream: stream.to_string(), expected, actual }
+    AppendError::Conflict {
+        stream: stream.to_string(),
+        expected,
+        actual,
+    }
 }
 
 /// Times are stored with microsecond precision (an `INTEGER` in SQLite, `timestamptz` in

@@ -55,8 +55,16 @@ enum Op {
     Append(AppendOp),
     /// Submitted together (`tokio::join!`), so they can land in one commit group.
     Together(Vec<AppendOp>),
-    ReadStream { tenant: usize, stream: usize, from: u64, limit: usize },
-    ReadAll { after: u64, limit: usize },
+    ReadStream {
+        tenant: usize,
+        stream: usize,
+        from: u64,
+        limit: usize,
+    },
+    ReadAll {
+        after: u64,
+        limit: usize,
+    },
     Versions,
 }
 
@@ -73,8 +81,14 @@ fn append_op() -> impl Strategy<Value = AppendOp> {
         6 => prop::collection::vec((id, any::<bool>()), 0..4).prop_map(Body::Events),
         1 => any::<usize>().prop_map(Body::Resubmit),
     ];
-    (0..TENANTS.len(), 0..STREAMS.len(), expect, body)
-        .prop_map(|(tenant, stream, expected, body)| AppendOp { tenant, stream, expected, body })
+    (0..TENANTS.len(), 0..STREAMS.len(), expect, body).prop_map(
+        |(tenant, stream, expected, body)| AppendOp {
+            tenant,
+            stream,
+            expected,
+            body,
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -97,7 +111,9 @@ struct Driver {
 }
 
 fn event_time() -> DateTime<Utc> {
-    Utc.timestamp_opt(1_700_000_000, 987_654_321).single().unwrap()
+    Utc.timestamp_opt(1_700_000_000, 987_654_321)
+        .single()
+        .unwrap()
 }
 
 impl Driver {
@@ -112,18 +128,35 @@ impl Driver {
         self.used.push(id);
         if legacy {
             // An old schema: both backends must upcast it on read and in the hook.
-            let mut e = NewEvent::new(id, "CustomerRegistered", json!({ "name": "Ada Lovelace" }), event_time());
+            let mut e = NewEvent::new(
+                id,
+                "CustomerRegistered",
+                json!({ "name": "Ada Lovelace" }),
+                event_time(),
+            );
             e.schema_version = 1;
             e
         } else {
-            NewEvent::new(id, "ModelTestEvent", json!({ "n": self.next_id as u64 }), event_time())
+            NewEvent::new(
+                id,
+                "ModelTestEvent",
+                json!({ "n": self.next_id as u64 }),
+                event_time(),
+            )
         }
     }
 
-    async fn resolve(&mut self, op: &AppendOp, reference: &MemoryStore) -> (usize, usize, ExpectedVersion, Vec<NewEvent>) {
+    async fn resolve(
+        &mut self,
+        op: &AppendOp,
+        reference: &MemoryStore,
+    ) -> (usize, usize, ExpectedVersion, Vec<NewEvent>) {
         let (mut tenant, mut stream) = (op.tenant, op.stream);
         let events = match &op.body {
-            Body::Events(ids) => ids.iter().map(|(id, legacy)| self.event(id.clone(), *legacy)).collect(),
+            Body::Events(ids) => ids
+                .iter()
+                .map(|(id, legacy)| self.event(id.clone(), *legacy))
+                .collect(),
             Body::Resubmit(i) if !self.batches.is_empty() => {
                 let (t, s, events) = self.batches[i % self.batches.len()].clone();
                 // Mostly to its own stream (a replay), sometimes elsewhere (an id reuse).
@@ -135,7 +168,10 @@ impl Driver {
             Body::Resubmit(_) => vec![self.event(Id::Fresh, false)],
         };
         self.batches.push((tenant, stream, events.clone()));
-        let right = reference.stream_version(TENANTS[tenant], STREAMS[stream]).await.unwrap();
+        let right = reference
+            .stream_version(TENANTS[tenant], STREAMS[stream])
+            .await
+            .unwrap();
         let expected = match op.expected {
             Expect::Right => ExpectedVersion::Exact(right),
             Expect::Stale => ExpectedVersion::Exact(right.saturating_sub(1)),
@@ -149,7 +185,10 @@ impl Driver {
 
 type Outcome = Result<AppendResult, AppendError>;
 
-async fn run_together(store: &dyn EventStore, ops: &[(usize, usize, ExpectedVersion, Vec<NewEvent>)]) -> Vec<Outcome> {
+async fn run_together(
+    store: &dyn EventStore,
+    ops: &[(usize, usize, ExpectedVersion, Vec<NewEvent>)],
+) -> Vec<Outcome> {
     let go = |i: usize| {
         let (t, s, e, events) = &ops[i];
         store.append(TENANTS[*t], STREAMS[*s], *e, events.clone())
@@ -181,7 +220,9 @@ fn without_ingest_time(mut events: Vec<EventEnvelope>) -> Vec<EventEnvelope> {
 fn recording_hook(store: &dyn EventStore) -> Arc<Mutex<Vec<EventEnvelope>>> {
     let seen: Arc<Mutex<Vec<EventEnvelope>>> = Arc::default();
     let sink = seen.clone();
-    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| sink.lock().unwrap().extend_from_slice(events)));
+    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| {
+        sink.lock().unwrap().extend_from_slice(events)
+    }));
     seen
 }
 
@@ -196,7 +237,9 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Append(a) => {
                 let (t, s, e, events) = driver.resolve(a, &memory).await;
-                let want = memory.append(TENANTS[t], STREAMS[s], e, events.clone()).await;
+                let want = memory
+                    .append(TENANTS[t], STREAMS[s], e, events.clone())
+                    .await;
                 let got = sqlite.append(TENANTS[t], STREAMS[s], e, events).await;
                 prop_assert_eq!(got, want, "step {}: {:?}", step, op);
             }
@@ -209,16 +252,31 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got = run_together(&sqlite, &resolved).await;
                 prop_assert_eq!(got, want, "step {}: {:?}", step, op);
             }
-            Op::ReadStream { tenant, stream, from, limit } => {
+            Op::ReadStream {
+                tenant,
+                stream,
+                from,
+                limit,
+            } => {
                 let (t, s) = (TENANTS[*tenant], STREAMS[*stream]);
                 let want = memory.read_stream(t, s, *from, *limit).await.unwrap();
                 let got = sqlite.read_stream(t, s, *from, *limit).await.unwrap();
-                prop_assert_eq!(without_ingest_time(got), without_ingest_time(want), "step {}", step);
+                prop_assert_eq!(
+                    without_ingest_time(got),
+                    without_ingest_time(want),
+                    "step {}",
+                    step
+                );
             }
             Op::ReadAll { after, limit } => {
                 let want = memory.read_all(*after, *limit).await.unwrap();
                 let got = sqlite.read_all(*after, *limit).await.unwrap();
-                prop_assert_eq!(without_ingest_time(got), without_ingest_time(want), "step {}", step);
+                prop_assert_eq!(
+                    without_ingest_time(got),
+                    without_ingest_time(want),
+                    "step {}",
+                    step
+                );
             }
             Op::Versions => {
                 prop_assert_eq!(sqlite.head().await.unwrap(), memory.head().await.unwrap());
@@ -240,7 +298,11 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for (i, e) in got.iter().enumerate() {
         prop_assert_eq!(e.position, i as u64 + 1);
     }
-    prop_assert!(got.iter().all(|e| e.event_type != "CustomerRegistered" || e.schema_version == 2), "upcast on read");
+    prop_assert!(
+        got.iter()
+            .all(|e| e.event_type != "CustomerRegistered" || e.schema_version == 2),
+        "upcast on read"
+    );
     prop_assert_eq!(sqlite.head().await.unwrap(), memory.head().await.unwrap());
     prop_assert_eq!(*sqlite.head_watch().borrow(), got.len() as u64);
     let sqlite_saw = without_ingest_time(sqlite_hook.lock().unwrap().clone());
@@ -251,7 +313,10 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // And it all survives a reopen.
     drop(sqlite);
     let reopened = SqliteStore::open(dir.path()).unwrap();
-    prop_assert_eq!(without_ingest_time(reopened.read_all(0, usize::MAX).await.unwrap()), want);
+    prop_assert_eq!(
+        without_ingest_time(reopened.read_all(0, usize::MAX).await.unwrap()),
+        want
+    );
     Ok(())
 }
 
