@@ -187,7 +187,8 @@ async fn rebuild(n: u64) -> Value {
     let load_secs = load_started.elapsed().as_secs_f64();
     let head = store.head().await.expect("head");
     let started = Instant::now();
-    let r = maintenance::replay(&*store, |_| {}).await.expect("replay");
+    let store: Arc<dyn EventStore> = store;
+    let r = maintenance::replay(&store, |_| {}).await.expect("replay");
     let secs = started.elapsed().as_secs_f64();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.events, head);

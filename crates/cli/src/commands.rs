@@ -89,7 +89,7 @@ pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let st = storage::open(&cfg)?;
     let _ = std::fs::remove_file(&st.checkpoint);
     let mut progress = Progress::new("rebuild", Some(st.store.head().await?));
-    let replay = maintenance::replay(&*st.store, |n| progress.add(n)).await?;
+    let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
     let (n, secs, rate) = progress.finish();
     let (fresh, problems) = (replay.projections, replay.problems);
     save_checkpoint(&st.checkpoint, &fresh)?;
@@ -106,7 +106,7 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     // The live views: what a server would run on (checkpoint plus the log's tail).
     let live = maintenance::live_views(&*st.store, &st.checkpoint).await?;
     let mut progress = Progress::new("verify", Some(st.store.head().await?));
-    let replay = maintenance::replay(&*st.store, |n| progress.add(n)).await?;
+    let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
     let (n, secs, _) = progress.finish();
     let (fresh, mut problems) = (replay.projections, replay.problems);
     problems.extend(diff(&live, &fresh));

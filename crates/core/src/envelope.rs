@@ -145,3 +145,69 @@ mod tests {
         assert!(ExpectedVersion::Any.admits(7));
     }
 }
+
+/// A stored event whose payload and metadata are still the JSON text on disk (not parsed, not
+/// upcast): for bulk readers such as a rebuild, which decode only the payloads they use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEnvelope {
+    pub id: Uuid,
+    pub tenant: String,
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub event_time: DateTime<Utc>,
+    pub ingest_time: DateTime<Utc>,
+    pub source: String,
+    pub causation_id: Option<Uuid>,
+    pub correlation_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub data: String,
+    pub metadata: String,
+}
+
+impl RawEnvelope {
+    /// Parse the payload and bring it to the current schema: what `read_all` would return.
+    pub fn decode(self) -> Result<EventEnvelope, serde_json::Error> {
+        let env = EventEnvelope {
+            data: serde_json::from_str(&self.data)?,
+            metadata: serde_json::from_str(&self.metadata)?,
+            id: self.id,
+            tenant: self.tenant,
+            stream: self.stream,
+            version: self.version,
+            position: self.position,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            event_time: self.event_time,
+            ingest_time: self.ingest_time,
+            source: self.source,
+            causation_id: self.causation_id,
+            correlation_id: self.correlation_id,
+            actor: self.actor,
+        };
+        Ok(crate::upcast::upcast(env))
+    }
+
+    /// The raw form of an already decoded event (for backends without a cheaper path).
+    pub fn from_envelope(e: EventEnvelope) -> Self {
+        RawEnvelope {
+            data: e.data.to_string(),
+            metadata: e.metadata.to_string(),
+            id: e.id,
+            tenant: e.tenant,
+            stream: e.stream,
+            version: e.version,
+            position: e.position,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            event_time: e.event_time,
+            ingest_time: e.ingest_time,
+            source: e.source,
+            causation_id: e.causation_id,
+            correlation_id: e.correlation_id,
+            actor: e.actor,
+        }
+    }
+}

@@ -40,6 +40,7 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         differ_map("deal", t, &a.deals, &b.deals, &mut out);
         differ_map("order", t, &a.orders, &b.orders, &mut out);
         differ_map("snapshots of", t, &a.snapshots, &b.snapshots, &mut out);
+        differ_map("time blocks of", t, &a.time_blocks, &b.time_blocks, &mut out);
         if a.events != b.events {
             out.push(format!("{t}: event count live {} vs replay {}", a.events, b.events));
         }

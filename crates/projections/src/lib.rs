@@ -15,7 +15,7 @@ pub use diff::diff;
 use chrono::{DateTime, Utc};
 use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, CustomerEvent, Purpose};
 use chronicle_core::deal::{self, Deal, DealEvent, DealStatus};
-use chronicle_core::envelope::EventEnvelope;
+use chronicle_core::envelope::{EventEnvelope, RawEnvelope};
 use chronicle_core::order::{self, Order, OrderEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +77,10 @@ pub struct TenantViews {
     pub snapshots: HashMap<String, Vec<Snapshot>>,
     /// Latest event time seen per customer stream (for the next snapshot's bound).
     pub max_event_time: HashMap<String, DateTime<Utc>>,
+    /// Per customer, the earliest event time in each block of `snapshot_every` versions: an
+    /// as-of query reads only the blocks that hold an event that happened by its instant.
+    #[serde(default)]
+    pub time_blocks: HashMap<String, Vec<DateTime<Utc>>>,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -137,47 +141,82 @@ impl Projections {
         if ev.position <= self.position {
             return;
         }
+        if !needs_payload(&ev.tenant, &ev.stream, &ev.event_type) {
+            self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            return;
+        }
         self.position = ev.position;
         if ev.tenant == SYSTEM_TENANT {
             self.apply_system(ev);
             return;
         }
         let snapshot_every = self.snapshot_every;
-        // Look up before inserting: the hot path (a known tenant) allocates nothing.
-        if !self.tenants.contains_key(&ev.tenant) {
-            self.tenants.insert(ev.tenant.clone(), TenantViews::default());
-        }
-        let views = self.tenants.get_mut(&ev.tenant).expect("inserted above");
+        let views = self.tenant_mut(&ev.tenant);
         views.events += 1;
-        if let Some(id) = customer::id_of_stream(&ev.stream) {
-            if !customer::EVENT_TYPES.contains(&ev.event_type.as_str()) {
-                // e.g. ActivityTracked: on the timeline, not in the profile; the profile still
-                // tracks the stream's version, which commands use for optimistic concurrency.
-                match views.customers.get_mut(id) {
-                    Some(c) => c.version = ev.version,
-                    None => {
-                        let mut c = Customer::new(id);
-                        c.version = ev.version;
-                        views.customers.insert(id.to_owned(), c);
-                    }
-                }
-                return;
-            }
-            match CustomerEvent::from_parts(&ev.event_type, &ev.data) {
-                Ok(e) => views.apply_customer(id, &e, ev, snapshot_every),
-                Err(_) => self.undecodable += 1,
-            }
+        let decoded = if let Some(id) = customer::id_of_stream(&ev.stream) {
+            CustomerEvent::from_parts(&ev.event_type, &ev.data).map(|e| views.apply_customer(id, &e, ev, snapshot_every))
         } else if let Some(id) = ev.stream.strip_prefix("deal-") {
-            match DealEvent::from_parts(&ev.event_type, &ev.data) {
-                Ok(e) => views.deals.entry(id.to_owned()).or_insert_with(|| Deal::new(id)).apply(&e, ev.version),
-                Err(_) => self.undecodable += u64::from(deal::EVENT_TYPES.contains(&ev.event_type.as_str())),
-            }
+            DealEvent::from_parts(&ev.event_type, &ev.data).map(|e| views.deals.entry(id.to_owned()).or_insert_with(|| Deal::new(id)).apply(&e, ev.version))
         } else if let Some(id) = ev.stream.strip_prefix("order-") {
-            match OrderEvent::from_parts(&ev.event_type, &ev.data) {
-                Ok(e) => views.orders.entry(id.to_owned()).or_insert_with(|| Order::new(id)).apply(&e, ev.version),
-                Err(_) => self.undecodable += u64::from(order::EVENT_TYPES.contains(&ev.event_type.as_str())),
+            OrderEvent::from_parts(&ev.event_type, &ev.data).map(|e| views.orders.entry(id.to_owned()).or_insert_with(|| Order::new(id)).apply(&e, ev.version))
+        } else {
+            unreachable!("needs_payload only admits domain streams")
+        };
+        if decoded.is_err() {
+            self.undecodable += 1;
+        }
+    }
+
+    /// Like [`apply`](Self::apply) for an event whose payload is still text: the payload is
+    /// parsed only when a read model uses it (most events, such as page views, only move the
+    /// stream's version), which is what makes a rebuild fast.
+    pub fn apply_raw(&mut self, raw: RawEnvelope) {
+        if raw.position <= self.position {
+            return;
+        }
+        if !needs_payload(&raw.tenant, &raw.stream, &raw.event_type) {
+            self.apply_header(&raw.tenant, &raw.stream, raw.version, raw.position, raw.event_time);
+            return;
+        }
+        let (tenant, stream, version, position, at) = (raw.tenant.clone(), raw.stream.clone(), raw.version, raw.position, raw.event_time);
+        match raw.decode() {
+            Ok(ev) => self.apply(&ev),
+            Err(_) => {
+                self.apply_header(&tenant, &stream, version, position, at);
+                self.undecodable += 1;
             }
         }
+    }
+
+    /// The part of applying an event that needs no payload: the position, the tenant's event
+    /// count, and a customer stream's version (which commands use for optimistic concurrency).
+    fn apply_header(&mut self, tenant: &str, stream: &str, version: u64, position: u64, at: DateTime<Utc>) {
+        self.position = position;
+        if tenant == SYSTEM_TENANT {
+            return;
+        }
+        let snapshot_every = self.snapshot_every;
+        let views = self.tenant_mut(tenant);
+        views.events += 1;
+        if let Some(id) = customer::id_of_stream(stream) {
+            match views.customers.get_mut(id) {
+                Some(c) => c.version = version,
+                None => {
+                    let mut c = Customer::new(id);
+                    c.version = version;
+                    views.customers.insert(id.to_owned(), c);
+                }
+            }
+            views.track_customer_stream(id, version, at, snapshot_every);
+        }
+    }
+
+    /// The tenant's views, created on first use; the hot path (a known tenant) allocates nothing.
+    fn tenant_mut(&mut self, tenant: &str) -> &mut TenantViews {
+        if !self.tenants.contains_key(tenant) {
+            self.tenants.insert(tenant.to_owned(), TenantViews::default());
+        }
+        self.tenants.get_mut(tenant).expect("inserted above")
     }
 
     fn apply_system(&mut self, ev: &EventEnvelope) {
@@ -194,6 +233,22 @@ impl Projections {
         } else {
             self.undecodable += 1;
         }
+    }
+}
+
+/// Whether any read model uses this event's payload (else only its header counts).
+fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
+    if tenant == SYSTEM_TENANT {
+        return event_type == "TenantCreated";
+    }
+    if customer::id_of_stream(stream).is_some() {
+        customer::EVENT_TYPES.contains(&event_type)
+    } else if stream.starts_with("deal-") {
+        deal::EVENT_TYPES.contains(&event_type)
+    } else if stream.starts_with("order-") {
+        order::EVENT_TYPES.contains(&event_type)
+    } else {
+        false
     }
 }
 
@@ -238,22 +293,63 @@ impl TenantViews {
             }
             _ => {}
         }
+        self.track_customer_stream(id, ev.version, ev.event_time, snapshot_every);
+    }
+
+    /// Time-travel bookkeeping for every event of a customer stream (whatever its type, since
+    /// every event moves the stream's version): the latest event time so far, each block's
+    /// earliest event time, and a snapshot of the profile at every block boundary.
+    fn track_customer_stream(&mut self, id: &str, version: u64, at: DateTime<Utc>, snapshot_every: u64) {
         let max_t = match self.max_event_time.get_mut(id) {
             Some(t) => {
-                if ev.event_time > *t {
-                    *t = ev.event_time;
+                if at > *t {
+                    *t = at;
                 }
                 *t
             }
             None => {
-                self.max_event_time.insert(id.to_owned(), ev.event_time);
-                ev.event_time
+                self.max_event_time.insert(id.to_owned(), at);
+                at
             }
         };
-        if ev.version % snapshot_every == 0 && c.status != customer::CustomerStatus::Erased {
-            let snap = Snapshot { version: ev.version, max_event_time: max_t, state: c.clone() };
-            self.snapshots.entry(id.to_owned()).or_default().push(snap);
+        let block = ((version.max(1) - 1) / snapshot_every) as usize;
+        let blocks = match self.time_blocks.get_mut(id) {
+            Some(b) => b,
+            None => self.time_blocks.entry(id.to_owned()).or_default(),
+        };
+        if blocks.len() <= block {
+            blocks.resize(block + 1, DateTime::<Utc>::MAX_UTC);
         }
+        if at < blocks[block] {
+            blocks[block] = at;
+        }
+        if version % snapshot_every == 0 {
+            if let Some(c) = self.customers.get(id).filter(|c| c.exists && c.status != customer::CustomerStatus::Erased) {
+                let snap = Snapshot { version, max_event_time: max_t, state: c.clone() };
+                self.snapshots.entry(id.to_owned()).or_default().push(snap);
+            }
+        }
+    }
+
+    /// The stream versions an as-of query at `t` must read on top of `base` (the snapshot it
+    /// starts from): the version ranges `[from, to]` of the blocks holding an event that
+    /// happened by `t`.
+    pub fn as_of_ranges(&self, customer_id: &str, base: Option<&Snapshot>, t: DateTime<Utc>, snapshot_every: u64) -> Vec<(u64, u64)> {
+        let after = base.map_or(0, |s| s.version);
+        let Some(blocks) = self.time_blocks.get(customer_id) else { return Vec::new() };
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (b, min) in blocks.iter().enumerate() {
+            let (from, to) = (b as u64 * snapshot_every + 1, (b as u64 + 1) * snapshot_every);
+            if *min > t || to <= after {
+                continue;
+            }
+            let from = from.max(after + 1);
+            match ranges.last_mut() {
+                Some(last) if last.1 + 1 == from => last.1 = to,
+                _ => ranges.push((from, to)),
+            }
+        }
+        ranges
     }
 
     /// The latest snapshot usable for an as-of query at `t`.
@@ -302,8 +398,11 @@ pub struct Pipeline {
 pub fn fold_customer<'a>(id: &str, base: Option<&Snapshot>, events: impl IntoIterator<Item = &'a EventEnvelope>) -> Customer {
     let mut c = base.map(|s| s.state.clone()).unwrap_or_else(|| Customer::new(id));
     for ev in events {
-        if let Ok(e) = CustomerEvent::from_parts(&ev.event_type, &ev.data) {
-            c.apply(&e, ev.version, ev.event_time);
+        let decoded = if customer::EVENT_TYPES.contains(&ev.event_type.as_str()) { CustomerEvent::from_parts(&ev.event_type, &ev.data).ok() } else { None };
+        match decoded {
+            Some(e) => c.apply(&e, ev.version, ev.event_time),
+            // Other events on the stream (page views…) only move its version.
+            None => c.version = ev.version,
         }
     }
     c

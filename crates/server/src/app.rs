@@ -210,19 +210,22 @@ impl App {
     }
 
     /// The customer as it was at instant `t` (by event time): the latest snapshot that lies
-    /// wholly before `t`, plus the stream's later events that happened by `t`.
+    /// wholly before `t`, plus the stream's later events that happened by `t` — read only from
+    /// the blocks of versions known to hold such an event.
     pub async fn customer_as_of(&self, tenant: &str, id: &str, t: DateTime<Utc>) -> Result<Customer, AppError> {
-        let (base, known) = {
+        let (base, ranges) = {
             let v = self.views();
-            let tv = v.tenant(tenant);
-            let known = tv.and_then(|t| t.customers.get(id)).is_some_and(|c| c.exists);
-            (tv.and_then(|tv| tv.snapshot_for(id, t)).cloned(), known)
+            let tv = v.tenant(tenant).filter(|tv| tv.customers.get(id).is_some_and(|c| c.exists)).ok_or(AppError::NotFound("customer"))?;
+            let base = tv.snapshot_for(id, t).cloned();
+            let ranges = tv.as_of_ranges(id, base.as_ref(), t, v.snapshot_every);
+            (base, ranges)
         };
-        if !known {
-            return Err(AppError::NotFound("customer"));
+        let stream = customer::stream_of(id);
+        let mut events = Vec::new();
+        for (from, to) in ranges {
+            let page = self.store.read_stream(tenant, &stream, from, (to - from + 1) as usize).await?;
+            events.extend(page.into_iter().filter(|e| e.event_time <= t));
         }
-        let from = base.as_ref().map_or(1, |s| s.version + 1);
-        let events = self.store.read_stream_until(tenant, &customer::stream_of(id), from, t).await?;
         let c = fold_customer(id, base.as_ref(), events.iter());
         if c.exists {
             Ok(c)

@@ -4,7 +4,9 @@
 
 use crate::error::AppError;
 use chronicle_projections::{load_checkpoint, Projections};
+use chronicle_core::envelope::RawEnvelope;
 use chronicle_store::EventStore;
+use std::sync::Arc;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -19,31 +21,58 @@ pub struct Replay {
 
 /// Fold the whole log into fresh projections, checking positions 1..=head with no gap and
 /// versions 1.. per stream with no gap. `progress` is called with each page's size.
-pub async fn replay(store: &dyn EventStore, mut progress: impl FnMut(u64)) -> Result<Replay, AppError> {
+///
+/// Pages are read (raw: payloads stay text until a read model needs them) on another task while
+/// the previous page is folded, so reading and folding use both cores.
+pub async fn replay(store: &Arc<dyn EventStore>, mut progress: impl FnMut(u64)) -> Result<Replay, AppError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<RawEnvelope>>(2);
+    let reader_store = store.clone();
+    let reader = tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            let page = reader_store.read_all_raw(after, PAGE).await?;
+            let Some(last) = page.last() else { return Ok::<(), AppError>(()) };
+            after = last.position;
+            if tx.send(page).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
     let mut fresh = Projections::new();
     let mut problems = Vec::new();
-    let mut versions: HashMap<(String, String), u64> = HashMap::new();
+    let mut versions: HashMap<String, HashMap<String, u64>> = HashMap::new();
     let mut events = 0;
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for ev in &page {
+    while let Some(page) = rx.recv().await {
+        let n = page.len() as u64;
+        for ev in page {
             if ev.position != fresh.position + 1 && problems.len() < 100 {
                 problems.push(format!("log: position {} follows {}", ev.position, fresh.position));
             }
-            let v = versions.entry((ev.tenant.clone(), ev.stream.clone())).or_insert(0);
-            if ev.version != *v + 1 && problems.len() < 100 {
-                problems.push(format!("log: {}/{} version {} follows {}", ev.tenant, ev.stream, ev.version, v));
-            }
-            *v = ev.version;
-            fresh.apply(ev);
+            check_version(&mut versions, &ev.tenant, &ev.stream, ev.version, &mut problems);
+            fresh.apply_raw(ev);
         }
-        events += page.len() as u64;
-        progress(page.len() as u64);
+        events += n;
+        progress(n);
     }
+    reader.await.map_err(|e| AppError::Internal(e.to_string()))??;
     Ok(Replay { projections: fresh, problems, events })
+}
+
+/// Versions of a stream must run 1, 2, 3… in log order. Looks up before inserting, so the
+/// common case allocates nothing.
+fn check_version(versions: &mut HashMap<String, HashMap<String, u64>>, tenant: &str, stream: &str, version: u64, problems: &mut Vec<String>) {
+    if !versions.contains_key(tenant) {
+        versions.insert(tenant.to_owned(), HashMap::new());
+    }
+    let streams = versions.get_mut(tenant).expect("inserted above");
+    let last = match streams.get_mut(stream) {
+        Some(v) => v,
+        None => streams.entry(stream.to_owned()).or_insert(0),
+    };
+    if version != *last + 1 && problems.len() < 100 {
+        problems.push(format!("log: {tenant}/{stream} version {version} follows {last}"));
+    }
+    *last = version;
 }
 
 /// The views a server would start with: the checkpoint at `path` plus the log after it.

@@ -48,6 +48,8 @@ macro_rules! contract_tests {
             concurrent_duplicate_submissions_store_once,
             subscription_sees_every_event_once_in_order,
             large_batches_are_atomic,
+            raw_reads_decode_to_what_read_all_returns,
+            read_stream_until_filters_by_event_time,
         );
     };
     (@each $fresh:expr; $($name:ident),* $(,)?) => {
@@ -983,4 +985,43 @@ pub async fn large_batches_are_atomic(store: Store) {
         12_000
     );
     assert_gap_free(&all(&store).await);
+}
+
+/// `read_all_raw` returns the same events as `read_all`, payloads as text (a backend may hand
+/// them out as stored, not yet upcast); decoding one
+/// (parse + upcast) gives exactly what `read_all` returns.
+pub async fn raw_reads_decode_to_what_read_all_returns(store: Store) {
+    let mut old = NewEvent::new(Uuid::now_v7(), "CustomerRegistered", json!({"name": "Ada Lovelace"}), event_time());
+    old.schema_version = 1;
+    store.append("t", "customer-1", ExpectedVersion::NoStream, vec![old]).await.unwrap();
+    store.append("t", "s", ExpectedVersion::Any, batch(3)).await.unwrap();
+    let decoded = store.read_all(0, 100).await.unwrap();
+    let raw = store.read_all_raw(0, 100).await.unwrap();
+    assert_eq!(raw.len(), 4);
+    assert_eq!(raw.iter().map(|r| r.position).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let raw_decoded: Vec<_> = raw.into_iter().map(|r| r.decode().unwrap()).collect();
+    assert_eq!(raw_decoded, decoded);
+    assert_eq!(decoded[0].schema_version, 2);
+    assert_eq!(store.read_all_raw(2, 1).await.unwrap()[0].position, 3);
+}
+
+/// Time travel reads: only the stream's events at or after a version that happened by an
+/// instant, in version order, whatever order their event times are in.
+pub async fn read_stream_until_filters_by_event_time(store: Store) {
+    let t0 = event_time();
+    let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
+    let mut events = Vec::new();
+    for (n, secs) in [(0u64, 0i64), (1, 10), (2, 5), (3, 30), (4, 20)] {
+        let mut e = event(n);
+        e.event_time = at(secs);
+        events.push(e);
+    }
+    store.append("t", "s", ExpectedVersion::NoStream, events).await.unwrap();
+    store.append("other", "s", ExpectedVersion::NoStream, batch(2)).await.unwrap();
+    let versions = |evs: Vec<EventEnvelope>| evs.iter().map(|e| e.version).collect::<Vec<_>>();
+    assert_eq!(versions(store.read_stream_until("t", "s", 1, at(10)).await.unwrap()), vec![1, 2, 3]);
+    assert_eq!(versions(store.read_stream_until("t", "s", 3, at(20)).await.unwrap()), vec![3, 5]);
+    assert_eq!(versions(store.read_stream_until("t", "s", 1, at(-1)).await.unwrap()), Vec::<u64>::new());
+    assert_eq!(versions(store.read_stream_until("t", "s", 1, at(99)).await.unwrap()), vec![1, 2, 3, 4, 5]);
+    assert!(store.read_stream_until("t", "nope", 1, at(99)).await.unwrap().is_empty());
 }

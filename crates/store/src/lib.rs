@@ -12,7 +12,7 @@ pub mod sqlite;
 mod subscription;
 
 use async_trait::async_trait;
-use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
 use std::sync::Arc;
 
 pub use subscription::Subscription;
@@ -76,6 +76,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Events of every tenant with `position > after`, in position order, at most `limit`.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError>;
+
+    /// Like `read_all`, with each payload left as its JSON text (see [`RawEnvelope`]), so a bulk
+    /// reader pays for parsing only the payloads it uses. Backends should override this.
+    async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
+        Ok(self.read_all(after, limit).await?.into_iter().map(RawEnvelope::from_envelope).collect())
+    }
 
     /// The position of the last committed event (0 when empty).
     async fn head(&self) -> Result<u64, ReadError>;

@@ -13,7 +13,7 @@
 use crate::rules::{self, StoredAt};
 use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
-use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
 use chrono::Utc;
 use rusqlite::types::{Type, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
@@ -83,6 +83,11 @@ const READ_STREAM: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM events WHERE tenant = ?1 AND stream = ?2 AND version >= ?3 ORDER BY version LIMIT ?4"
+);
+const READ_STREAM_UNTIL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE tenant = ?1 AND stream = ?2 AND version >= ?3 AND event_time <= ?4 ORDER BY version"
 );
 const STREAM_VERSION: &str = "SELECT max(version) FROM events WHERE tenant = ?1 AND stream = ?2";
 const HEAD: &str = "SELECT max(position) FROM events";
@@ -261,6 +266,35 @@ impl EventStore for SqliteStore {
         self.read(|c| {
             let mut stmt = c.prepare_cached(READ_ALL)?;
             let rows = stmt.query_map(params![to_i64(after), to_i64(limit as u64)], envelope)?;
+            rows.map(|r| r.map(rules::upcast_on_read)).collect()
+        })
+    }
+
+    async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(READ_ALL)?;
+            let rows = stmt.query_map(params![to_i64(after), to_i64(limit as u64)], raw_envelope)?;
+            rows.collect()
+        })
+    }
+
+    /// Filters on event time inside SQLite, so only the events that count are decoded.
+    async fn read_stream_until(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        until: chrono::DateTime<Utc>,
+    ) -> Result<Vec<EventEnvelope>, ReadError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(READ_STREAM_UNTIL)?;
+            let rows = stmt.query_map(
+                params![tenant, stream, to_i64(from_version), rules::to_micros(until)],
+                envelope,
+            )?;
             rows.map(|r| r.map(rules::upcast_on_read)).collect()
         })
     }
@@ -710,6 +744,26 @@ fn envelope(row: &Row<'_>) -> rusqlite::Result<EventEnvelope> {
         actor: row.get(12)?,
         data: json_at(row, 13)?,
         metadata: json_at(row, 14)?,
+    })
+}
+
+fn raw_envelope(row: &Row<'_>) -> rusqlite::Result<RawEnvelope> {
+    Ok(RawEnvelope {
+        position: row.get::<_, i64>(0)? as u64,
+        id: uuid_at(row, 1)?,
+        tenant: row.get(2)?,
+        stream: row.get(3)?,
+        version: row.get::<_, i64>(4)? as u64,
+        event_type: row.get(5)?,
+        schema_version: row.get(6)?,
+        event_time: time_at(row, 7)?,
+        ingest_time: time_at(row, 8)?,
+        source: row.get(9)?,
+        causation_id: optional_uuid_at(row, 10)?,
+        correlation_id: optional_uuid_at(row, 11)?,
+        actor: row.get(12)?,
+        data: row.get(13)?,
+        metadata: row.get(14)?,
     })
 }
 
