@@ -60,6 +60,8 @@ pub enum DealCommand {
     Create { name: String, customer_id: Option<String>, owner: Option<String>, stage: Option<String>, amount: Option<i64>, currency: Option<String> },
     ChangeStage { to: String },
     ChangeAmount { amount: i64 },
+    /// Several changes at once, validated whole: all of their events or none.
+    Update { stage: Option<String>, amount: Option<i64>, owner: Option<String> },
     AssignOwner { owner: String },
     Win,
     Lose { reason: Option<String> },
@@ -144,6 +146,13 @@ impl Deal {
                 }
                 if self.owner.as_deref() == Some(owner.as_str()) { vec![] } else { vec![E::DealOwnerAssigned { from: self.owner.clone(), to: owner }] }
             }
+            C::Update { stage, amount, owner } => {
+                let mut out = Vec::new();
+                for cmd in [amount.map(|amount| C::ChangeAmount { amount }), owner.map(|owner| C::AssignOwner { owner }), stage.map(|to| C::ChangeStage { to })].into_iter().flatten() {
+                    out.extend(self.decide(cmd)?);
+                }
+                out
+            }
             C::Win => match self.amount {
                 Some(a) if a > 0 => vec![E::DealWon { amount: a }],
                 _ => return Err(DealError::WonWithoutAmount),
@@ -216,6 +225,15 @@ mod tests {
         assert_eq!(d.decide(DealCommand::ChangeStage { to: "qualification".into() }), Ok(vec![]));
         assert_eq!(Deal::new("x").decide(DealCommand::Win), Err(DealError::NotFound));
         assert_eq!(d.decide(DealCommand::ChangeAmount { amount: -1 }), Err(DealError::NegativeAmount));
+    }
+
+    #[test]
+    fn update_is_all_or_nothing() {
+        let d = given(&[created(None)]);
+        let bad = DealCommand::Update { stage: Some("nowhere".into()), amount: Some(10), owner: None };
+        assert_eq!(d.decide(bad), Err(DealError::UnknownStage("nowhere".into())));
+        let good = DealCommand::Update { stage: Some("proposal".into()), amount: Some(10), owner: Some("kim".into()) };
+        assert_eq!(d.decide(good).unwrap().len(), 3);
     }
 
     #[test]

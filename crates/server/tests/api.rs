@@ -284,6 +284,10 @@ fn deals_and_pipeline() {
     assert_eq!(r.status, 201, "{}", r.body);
     let r = app.call("POST", "/v1/deals/d1/won", Some(&app.key), None);
     assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("deal_amount_missing")));
+    // A PATCH is validated whole: a bad stage writes no amount either.
+    let r = app.call("PATCH", "/v1/deals/d1", Some(&app.key), Some(r#"{"stage":"dreaming","amount":5}"#));
+    assert_eq!(r.status, 400);
+    assert_eq!(app.get("/v1/deals/d1").body["amount"], json!(null));
     let r = app.call("PATCH", "/v1/deals/d1", Some(&app.key), Some(r#"{"stage":"proposal","amount":120000}"#));
     assert_eq!((r.status, &r.body["stage"], &r.body["amount"]), (200, &json!("proposal"), &json!(120000)));
     let p = app.get("/v1/pipeline").body;

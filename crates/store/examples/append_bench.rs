@@ -1,43 +1,74 @@
-//! Durable append throughput and latency of the embedded store (`SqliteStore`).
+//! Durable append throughput and latency of the embedded backends, and their scan rate.
 //!
-//! `cargo run --release -p chronicle-store --example append_bench -- <writers> <seconds> [dir]`
+//! `cargo run --release -p chronicle-store --example append_bench -- [sqlite|log] <writers> <seconds> [dir]`
 //!
 //! N concurrent writer tasks each append one ~300-byte event at a time, with an exact expected
 //! version, to their own share of 100,000 customer streams (picked at random), for the given
 //! number of seconds. Every append waits until it is fsync'd. Prints one JSON object:
-//! `{"writers","events","seconds","events_per_sec","p50_us","p99_us"}`. The store lives in a
-//! fresh temp dir unless `dir` is given (it must be empty or absent).
+//! `{"backend","writers","events","seconds","events_per_sec","p50_us","p99_us"}`.
+//!
+//! `… -- [sqlite|log] scan <events> [dir]` fills a store with that many such events (16 tasks,
+//! batches of 100), reopens it (timing the open: the log store rebuilds its indexes there) and
+//! reads the whole log back with `read_all_raw` in pages of 10,000, as a projection rebuild
+//! does. Prints `{"backend","mode","events","open_seconds","scan_seconds","scan_events_per_sec"}`.
+//!
+//! The backend defaults to `sqlite`. The store lives in a fresh temp dir unless `dir` is given
+//! (it must be empty or absent).
 
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
+use chronicle_store::log::LogStore;
 use chronicle_store::sqlite::SqliteStore;
 use chronicle_store::{AppendError, EventStore};
 use chrono::Utc;
 use serde_json::json;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const STREAMS: usize = 100_000;
+const SCAN_PAGE: usize = 10_000;
+
+fn open(backend: &str, dir: &Path) -> Arc<dyn EventStore> {
+    match backend {
+        "sqlite" => Arc::new(SqliteStore::open(dir).expect("open store")),
+        "log" => Arc::new(LogStore::open(dir).expect("open store")),
+        other => panic!("unknown backend {other:?}: use sqlite or log"),
+    }
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, default: u64| {
-        args.get(i)
-            .map_or(default, |a| a.parse().expect("a number"))
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let backend = match args.first().map(String::as_str) {
+        Some("sqlite" | "log") => args.remove(0),
+        _ => "sqlite".to_string(),
     };
-    let writers = arg(0, 16).max(1) as usize;
-    let seconds = arg(1, 5).max(1);
-    let temp = tempfile::tempdir().expect("temp dir");
-    let dir = args
-        .get(2)
-        .map_or_else(|| temp.path().to_path_buf(), Into::into);
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir_arg = |i: usize| {
+        args.get(i)
+            .map_or_else(|| temp.path().to_path_buf(), Into::into)
+    };
+    let number = |i: usize, default: u64| {
+        args.get(i)
+            .map_or(default, |a| a.parse().expect("a number"))
+    };
+
+    if args.first().map(String::as_str) == Some("scan") {
+        let events = number(1, 1_000_000);
+        let dir = dir_arg(2);
+        println!("{}", runtime.block_on(scan(&backend, &dir, events)));
+        return;
+    }
+
+    let writers = number(0, 16).max(1) as usize;
+    let seconds = number(1, 5).max(1);
+    let dir = dir_arg(2);
     let (events, elapsed, mut latencies) = runtime.block_on(async {
-        let store = Arc::new(SqliteStore::open(&dir).expect("open store"));
+        let store = open(&backend, &dir);
         let start = Instant::now();
         let deadline = start + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..writers)
@@ -60,6 +91,7 @@ fn main() {
     println!(
         "{}",
         json!({
+            "backend": backend,
             "writers": writers,
             "events": events,
             "seconds": (elapsed * 100.0).round() / 100.0,
@@ -72,17 +104,18 @@ fn main() {
 
 /// One writer: appends to the streams `w, w + writers, …` below [`STREAMS`] until `deadline`;
 /// returns each append's latency in microseconds.
-async fn writer(store: Arc<SqliteStore>, w: usize, writers: usize, deadline: Instant) -> Vec<u32> {
+async fn writer(
+    store: Arc<dyn EventStore>,
+    w: usize,
+    writers: usize,
+    deadline: Instant,
+) -> Vec<u32> {
     let streams: Vec<usize> = (w..STREAMS).step_by(writers).collect();
     let mut versions = vec![0u64; streams.len()];
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
     let mut latencies = Vec::new();
     while Instant::now() < deadline {
-        // xorshift64: a cheap, reproducible pick of the next stream.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let k = (rng % streams.len() as u64) as usize;
+        let k = (xorshift(&mut rng) % streams.len() as u64) as usize;
         let customer = streams[k];
         let event = profile_update(customer, versions[k]);
         let started = Instant::now();
@@ -105,6 +138,71 @@ async fn writer(store: Arc<SqliteStore>, w: usize, writers: usize, deadline: Ins
         latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
     }
     latencies
+}
+
+/// Fills a store with `events` events, reopens it and times a full `read_all_raw` scan.
+async fn scan(backend: &str, dir: &Path, events: u64) -> serde_json::Value {
+    const FILLERS: u64 = 16;
+    const BATCH: u64 = 100;
+    let store = open(backend, dir);
+    let batches = events.div_ceil(BATCH);
+    let fillers: Vec<_> = (0..FILLERS)
+        .map(|f| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (f + 1);
+                for _ in (f..batches).step_by(FILLERS as usize) {
+                    let customer = (xorshift(&mut rng) % STREAMS as u64) as usize;
+                    let batch = (0..BATCH).map(|v| profile_update(customer, v)).collect();
+                    store
+                        .append(
+                            "bench",
+                            &format!("customer-{customer}"),
+                            ExpectedVersion::Any,
+                            batch,
+                        )
+                        .await
+                        .expect("fill");
+                }
+            })
+        })
+        .collect();
+    for f in fillers {
+        f.await.expect("filler");
+    }
+    drop(store);
+
+    let started = Instant::now();
+    let store = open(backend, dir);
+    let open_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (mut after, mut seen, mut bytes) = (0, 0u64, 0usize);
+    loop {
+        let page = store.read_all_raw(after, SCAN_PAGE).await.expect("scan");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        seen += page.len() as u64;
+        // Touch every payload, so nothing is optimised away.
+        bytes += page.iter().map(|e| e.data.len()).sum::<usize>();
+    }
+    let scan_seconds = started.elapsed().as_secs_f64();
+    assert!(bytes > 0);
+    json!({
+        "backend": backend,
+        "mode": "scan",
+        "events": seen,
+        "open_seconds": (open_seconds * 1000.0).round() / 1000.0,
+        "scan_seconds": (scan_seconds * 1000.0).round() / 1000.0,
+        "scan_events_per_sec": (seen as f64 / scan_seconds).round(),
+    })
+}
+
+/// xorshift64: a cheap, reproducible pick of the next stream.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 /// A realistic ~300-byte `CustomerProfileUpdated` (data plus metadata).

@@ -6,6 +6,7 @@
 //! that pins the behaviour; every backend runs it.
 
 pub mod contract;
+pub mod log;
 pub mod memory;
 mod rules;
 pub mod sqlite;

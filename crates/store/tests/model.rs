@@ -1,17 +1,20 @@
 //! Model-based property test: random operation sequences — appends to a few streams of a few
 //! tenants with right, stale, ahead, `Any` and `NoStream` expectations, fresh and reused ids,
-//! replays, small groups submitted concurrently — run against `SqliteStore` and the
-//! `MemoryStore` reference. Every operation must give the same answer on both, and at the end
-//! the logs (and what the commit hooks saw) must be identical but for ingest times: no loss,
-//! no duplicate, no reordering.
+//! replays, small groups submitted concurrently — run against each durable backend
+//! (`SqliteStore`, `LogStore`) and the `MemoryStore` reference. Every operation must give the
+//! same answer on both, and at the end the logs (and what the commit hooks saw) must be
+//! identical but for ingest times: no loss, no duplicate, no reordering. Then the backend is
+//! reopened and must read back the same log.
 
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chronicle_store::log::LogStore;
 use chronicle_store::memory::MemoryStore;
 use chronicle_store::sqlite::SqliteStore;
 use chronicle_store::{AppendError, AppendResult, EventStore};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::json;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -226,11 +229,23 @@ fn recording_hook(store: &dyn EventStore) -> Arc<Mutex<Vec<EventEnvelope>>> {
     seen
 }
 
-async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Opens a durable backend in a folder (again, for the reopen at the end of a case).
+type Open = fn(&Path) -> Box<dyn EventStore>;
+
+fn open_sqlite(dir: &Path) -> Box<dyn EventStore> {
+    Box::new(SqliteStore::open(dir).unwrap())
+}
+
+fn open_log(dir: &Path) -> Box<dyn EventStore> {
+    Box::new(LogStore::open(dir).unwrap())
+}
+
+async fn check(ops: Vec<Op>, open: Open) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(dir.path()).unwrap();
+    let opened = open(dir.path());
+    let store = &*opened;
     let memory = MemoryStore::new();
-    let (sqlite_hook, memory_hook) = (recording_hook(&sqlite), recording_hook(&memory));
+    let (store_hook, memory_hook) = (recording_hook(store), recording_hook(&memory));
     let mut driver = Driver::default();
 
     for (step, op) in ops.iter().enumerate() {
@@ -240,7 +255,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let want = memory
                     .append(TENANTS[t], STREAMS[s], e, events.clone())
                     .await;
-                let got = sqlite.append(TENANTS[t], STREAMS[s], e, events).await;
+                let got = store.append(TENANTS[t], STREAMS[s], e, events).await;
                 prop_assert_eq!(got, want, "step {}: {:?}", step, op);
             }
             Op::Together(group) => {
@@ -249,7 +264,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     resolved.push(driver.resolve(a, &memory).await);
                 }
                 let want = run_together(&memory, &resolved).await;
-                let got = run_together(&sqlite, &resolved).await;
+                let got = run_together(store, &resolved).await;
                 prop_assert_eq!(got, want, "step {}: {:?}", step, op);
             }
             Op::ReadStream {
@@ -260,7 +275,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             } => {
                 let (t, s) = (TENANTS[*tenant], STREAMS[*stream]);
                 let want = memory.read_stream(t, s, *from, *limit).await.unwrap();
-                let got = sqlite.read_stream(t, s, *from, *limit).await.unwrap();
+                let got = store.read_stream(t, s, *from, *limit).await.unwrap();
                 prop_assert_eq!(
                     without_ingest_time(got),
                     without_ingest_time(want),
@@ -270,7 +285,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::ReadAll { after, limit } => {
                 let want = memory.read_all(*after, *limit).await.unwrap();
-                let got = sqlite.read_all(*after, *limit).await.unwrap();
+                let got = store.read_all(*after, *limit).await.unwrap();
                 prop_assert_eq!(
                     without_ingest_time(got),
                     without_ingest_time(want),
@@ -279,11 +294,11 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 );
             }
             Op::Versions => {
-                prop_assert_eq!(sqlite.head().await.unwrap(), memory.head().await.unwrap());
+                prop_assert_eq!(store.head().await.unwrap(), memory.head().await.unwrap());
                 for t in TENANTS {
                     for s in STREAMS {
                         prop_assert_eq!(
-                            sqlite.stream_version(t, s).await.unwrap(),
+                            store.stream_version(t, s).await.unwrap(),
                             memory.stream_version(t, s).await.unwrap()
                         );
                     }
@@ -293,7 +308,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
 
     let want = without_ingest_time(memory.read_all(0, usize::MAX).await.unwrap());
-    let got = without_ingest_time(sqlite.read_all(0, usize::MAX).await.unwrap());
+    let got = without_ingest_time(store.read_all(0, usize::MAX).await.unwrap());
     prop_assert_eq!(&got, &want);
     for (i, e) in got.iter().enumerate() {
         prop_assert_eq!(e.position, i as u64 + 1);
@@ -303,16 +318,16 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .all(|e| e.event_type != "CustomerRegistered" || e.schema_version == 2),
         "upcast on read"
     );
-    prop_assert_eq!(sqlite.head().await.unwrap(), memory.head().await.unwrap());
-    prop_assert_eq!(*sqlite.head_watch().borrow(), got.len() as u64);
-    let sqlite_saw = without_ingest_time(sqlite_hook.lock().unwrap().clone());
+    prop_assert_eq!(store.head().await.unwrap(), memory.head().await.unwrap());
+    prop_assert_eq!(*store.head_watch().borrow(), got.len() as u64);
+    let store_saw = without_ingest_time(store_hook.lock().unwrap().clone());
     let memory_saw = without_ingest_time(memory_hook.lock().unwrap().clone());
-    prop_assert_eq!(&sqlite_saw, &want, "the sqlite hook saw the log");
+    prop_assert_eq!(&store_saw, &want, "the store's hook saw the log");
     prop_assert_eq!(&memory_saw, &want, "the memory hook saw the log");
 
     // And it all survives a reopen.
-    drop(sqlite);
-    let reopened = SqliteStore::open(dir.path()).unwrap();
+    drop(opened);
+    let reopened = open(dir.path());
     prop_assert_eq!(
         without_ingest_time(reopened.read_all(0, usize::MAX).await.unwrap()),
         want
@@ -326,6 +341,12 @@ proptest! {
     #[test]
     fn sqlite_matches_the_reference_model(ops in prop::collection::vec(op(), 1..40)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(check(ops))?;
+        runtime.block_on(check(ops, open_sqlite))?;
+    }
+
+    #[test]
+    fn log_matches_the_reference_model(ops in prop::collection::vec(op(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(check(ops, open_log))?;
     }
 }

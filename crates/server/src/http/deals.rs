@@ -46,17 +46,8 @@ pub struct PatchDeal {
 }
 
 pub async fn patch(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<PatchDeal>) -> Res<Json<Value>> {
-    app.deal(&p.tenant, &id)?;
-    // Each change is its own event; they are applied in this order.
-    let cmds = [
-        b.amount.map(|amount| DealCommand::ChangeAmount { amount }),
-        b.owner.map(|owner| DealCommand::AssignOwner { owner }),
-        b.stage.map(|to| DealCommand::ChangeStage { to }),
-    ];
-    for cmd in cmds.into_iter().flatten() {
-        app.deal_command(&p.tenant, &id, cmd, &p.actor).await?;
-    }
-    Ok(Json(json!(app.deal(&p.tenant, &id)?)))
+    let cmd = DealCommand::Update { stage: b.stage, amount: b.amount, owner: b.owner };
+    Ok(Json(json!(app.deal_command(&p.tenant, &id, cmd, &p.actor).await?)))
 }
 
 pub async fn won(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {

@@ -135,15 +135,16 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
     let res = next.run(req).await;
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     if res.status().is_server_error() || res.status().is_client_error() {
         app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
     }
-    // Paths carry ids, never personal data (e-mail is not an id here); bodies are never logged.
-    tracing::debug!(%method, %path, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    // Bodies, paths and keys are never logged.
+    tracing::debug!(%method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     res
 }
 
