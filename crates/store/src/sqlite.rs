@@ -728,23 +728,8 @@ fn writer_gone() -> AppendError {
 
 /// One row of `columns!()` as an envelope.
 fn envelope(row: &Row<'_>) -> rusqlite::Result<EventEnvelope> {
-    Ok(EventEnvelope {
-        position: row.get::<_, i64>(0)? as u64,
-        id: uuid_at(row, 1)?,
-        tenant: row.get(2)?,
-        stream: row.get(3)?,
-        version: row.get::<_, i64>(4)? as u64,
-        event_type: row.get(5)?,
-        schema_version: row.get(6)?,
-        event_time: time_at(row, 7)?,
-        ingest_time: time_at(row, 8)?,
-        source: row.get(9)?,
-        causation_id: optional_uuid_at(row, 10)?,
-        correlation_id: optional_uuid_at(row, 11)?,
-        actor: row.get(12)?,
-        data: json_at(row, 13)?,
-        metadata: json_at(row, 14)?,
-    })
+    // `decode` also upcasts; the read path's `upcast_on_read` then finds nothing left to do.
+    raw_envelope(row)?.decode().map_err(|e| bad_column(13, Type::Text, e))
 }
 
 fn raw_envelope(row: &Row<'_>) -> rusqlite::Result<RawEnvelope> {
@@ -789,8 +774,4 @@ fn optional_uuid_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
 fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<chrono::DateTime<Utc>> {
     let micros: i64 = row.get(i)?;
     rules::from_micros(micros).ok_or_else(|| bad_column(i, Type::Integer, "timestamp out of range"))
-}
-
-fn json_at(row: &Row<'_>, i: usize) -> rusqlite::Result<serde_json::Value> {
-    serde_json::from_str(row.get_ref(i)?.as_str()?).map_err(|e| bad_column(i, Type::Text, e))
 }
