@@ -333,3 +333,40 @@ fn health_metrics_and_openapi() {
     assert!(doc["paths"]["/v1/customers/{id}"].get("patch").is_some());
     assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
 }
+
+#[test]
+fn live_stream_catches_up_then_follows_without_gaps() {
+    use std::io::{BufRead, BufReader};
+    let app = spawn_app();
+    for i in 0..3 {
+        app.post("/v1/streams/s", json!({"expected_version": "any", "events": [{"type": "Before", "data": {"i": i}}]}));
+    }
+    // Another tenant's events must not leak into this stream.
+    app.call("POST", "/v1/streams/s", Some(&app.other_key), Some(r#"{"expected_version":"any","events":[{"type":"Secret","data":{}}]}"#));
+    let res = app.agent.get(format!("{}/v1/events/stream?after=0", app.base)).header("authorization", format!("Bearer {}", app.key)).call().unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let mut lines = BufReader::new(res.into_body().into_reader()).lines();
+    let mut next_event = || -> (u64, String) {
+        let (mut id, mut ty) = (None, None);
+        loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().parse::<u64>().unwrap());
+            } else if let Some(v) = line.strip_prefix("event:") {
+                ty = Some(v.trim().to_owned());
+            } else if line.is_empty() && id.is_some() {
+                return (id.unwrap(), ty.unwrap());
+            }
+        }
+    };
+    let caught_up: Vec<_> = (0..3).map(|_| next_event()).collect();
+    assert!(caught_up.iter().all(|(_, t)| t == "Before"), "{caught_up:?}");
+    // Live: appended after the subscriber caught up.
+    for i in 0..3 {
+        app.post("/v1/streams/s", json!({"expected_version": "any", "events": [{"type": "After", "data": {"i": i}}]}));
+    }
+    let live: Vec<_> = (0..3).map(|_| next_event()).collect();
+    assert!(live.iter().all(|(_, t)| t == "After"), "{live:?}");
+    let ids: Vec<u64> = caught_up.iter().chain(&live).map(|(p, _)| *p).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "positions ascend, no duplicate: {ids:?}");
+}
