@@ -42,7 +42,7 @@ fn flip_byte(dir: &Path, offset: u64) {
     f.write_all_at(&[b[0] ^ 0x20], offset).unwrap();
 }
 
-/// Three groups of 2, 3 and 4 events on one stream; returns the file length after each group.
+/// Three groups of 2, 3 and 4 events on one stream; returns the log's length after each group.
 async fn three_groups(dir: &Path) -> [u64; 3] {
     let store = LogStore::open(dir).unwrap();
     let mut ends = [0; 3];
@@ -51,9 +51,23 @@ async fn three_groups(dir: &Path) -> [u64; 3] {
             .append("t1", "s", ExpectedVersion::Any, batch(n))
             .await
             .unwrap();
-        ends[i] = file_len(dir);
+        ends[i] = store.committed_len();
     }
+    drop(store);
+    assert_eq!(
+        file_len(dir),
+        ends[2],
+        "a clean shutdown trims the zeroed space"
+    );
     ends
+}
+
+/// What `truncated_on_open` reports for cutting `tail`: its bytes up to the last non-zero one
+/// (trailing zeros look like the writer's preallocated space).
+fn torn_len(tail: &[u8]) -> u64 {
+    tail.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,14 +216,19 @@ async fn a_torn_tail_is_cut_off_on_open() {
     drop(store);
 
     // A group cut in the middle of a record: the whole group goes, the earlier ones stay.
+    let bytes = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+    let cut = ends[1] + (ends[2] - ends[1]) / 2;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(dir.path().join(LOG_FILE))
         .unwrap();
-    f.set_len(ends[1] + (ends[2] - ends[1]) / 2).unwrap();
+    f.set_len(cut).unwrap();
     drop(f);
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(store.truncated_on_open(), (ends[2] - ends[1]) / 2);
+    assert_eq!(
+        store.truncated_on_open(),
+        torn_len(&bytes[ends[1] as usize..cut as usize])
+    );
     assert_eq!(store.head().await.unwrap(), 5);
     assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), whole[..5]);
     // The store works on from there, and the lost group's ids are free again.
@@ -238,8 +257,12 @@ async fn a_torn_tail_is_cut_off_on_open() {
     // page of the group): indistinguishable from a torn write, so cut off too.
     let len = file_len(dir.path());
     flip_byte(dir.path(), len - 20);
+    let bytes = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(store.truncated_on_open(), len - ends[1]);
+    assert_eq!(
+        store.truncated_on_open(),
+        torn_len(&bytes[ends[1] as usize..])
+    );
     assert_eq!(store.head().await.unwrap(), 5);
 
     // Only a frame header's worth: cut off.
@@ -392,7 +415,7 @@ async fn small_log() -> (
             .append("t1", &format!("s{i}"), ExpectedVersion::Any, batch(n))
             .await
             .unwrap();
-        ends.push(file_len(dir.path()));
+        ends.push(store.committed_len());
     }
     let events = store.read_all(0, usize::MAX).await.unwrap();
     drop(store);
@@ -414,7 +437,11 @@ async fn a_cut_at_any_byte_keeps_exactly_the_whole_groups_before_it() {
         std::fs::write(dir.path().join(LOG_FILE), &bytes[..cut as usize]).unwrap();
         let store = LogStore::open(dir.path()).unwrap();
         let whole = ends.iter().rposition(|&e| e <= cut).unwrap();
-        assert_eq!(store.truncated_on_open(), cut - ends[whole], "cut at {cut}");
+        assert_eq!(
+            store.truncated_on_open(),
+            torn_len(&bytes[ends[whole] as usize..cut as usize]),
+            "cut at {cut}"
+        );
         assert_eq!(
             store.read_all(0, usize::MAX).await.unwrap(),
             events[..counts[whole]],
@@ -437,7 +464,10 @@ async fn every_damaged_byte_is_detected() {
         match LogStore::open(dir.path()) {
             Ok(store) => {
                 assert!(at as u64 >= last, "damage at {at} went unnoticed");
-                assert_eq!(store.truncated_on_open(), bytes.len() as u64 - last);
+                assert_eq!(
+                    store.truncated_on_open(),
+                    torn_len(&damaged[last as usize..])
+                );
                 assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events[..4]);
             }
             Err(LogOpenError::Corrupt { offset, .. }) => {
@@ -447,4 +477,34 @@ async fn every_damaged_byte_is_detected() {
             Err(e) => panic!("damage at {at}: {e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zeroed_space_after_a_crash_is_not_a_torn_tail() {
+    // A crash between commits leaves the writer's zeroed space behind: the next open drops it
+    // without calling it torn, and keeps every event.
+    let dir = tempfile::tempdir().unwrap();
+    let (events, end) = {
+        let store = LogStore::open(dir.path()).unwrap();
+        store
+            .append("t1", "s", ExpectedVersion::Any, batch(3))
+            .await
+            .unwrap();
+        assert!(file_len(dir.path()) > store.committed_len());
+        let events = store.read_all(0, usize::MAX).await.unwrap();
+        (events, store.committed_len())
+    };
+    // What a kill -9 would have left: the clean shutdown trimmed it, so put it back.
+    append_bytes(dir.path(), &vec![0u8; 1 << 20]);
+    let store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.truncated_on_open(), 0);
+    assert_eq!(file_len(dir.path()), end);
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events);
+    // And a torn group inside zeroed space: only the group's bytes count as torn.
+    drop(store);
+    append_bytes(dir.path(), &[0xFF, b'G', b'R', b'P', 1, 0, 0, 0, 4]);
+    append_bytes(dir.path(), &vec![0u8; 4096]);
+    let store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.truncated_on_open(), 9);
+    assert_eq!(store.head().await.unwrap(), 3);
 }
