@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! cargo run --release -p chronicle-bench -- all          # everything, as in the README
-//! cargo run --release -p chronicle-bench -- append 64    # durable appends with 64 writers
+//! cargo run --release -p chronicle-bench -- append 64 10 log     # durable appends, 64 writers, 10 s
+//! cargo run --release -p chronicle-bench -- append 64 10 sqlite  # the same on the SQLite backend
 //! cargo run --release -p chronicle-bench -- rebuild 1000000
 //! cargo run --release -p chronicle-bench -- consent
 //! cargo run --release -p chronicle-bench -- as-of 10000
@@ -16,6 +17,7 @@ use chrono::{DateTime, Duration, Utc};
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_server::{maintenance, App};
+use chronicle_store::log::LogStore;
 use chronicle_store::sqlite::SqliteStore;
 use chronicle_store::EventStore;
 use serde_json::{json, Map, Value};
@@ -28,7 +30,7 @@ fn main() {
     let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     rt.block_on(async {
         match args.first().map(String::as_str) {
-            Some("append") => print(append(arg(1, 64) as usize, arg(2, 5)).await),
+            Some("append") => print(append(arg(1, 64) as usize, arg(2, 5), args.get(3).map_or("log", String::as_str)).await),
             Some("rebuild") => print(rebuild(arg(1, 1_000_000)).await),
             Some("consent") => {
                 for r in consent().await {
@@ -38,7 +40,10 @@ fn main() {
             Some("as-of") => print(as_of(arg(1, 10_000)).await),
             Some("all") => {
                 for w in [1, 16, 64] {
-                    print(append(w, 5).await);
+                    print(append(w, 10, "log").await);
+                }
+                for w in [1, 16, 64] {
+                    print(append(w, 10, "sqlite").await);
                 }
                 print(rebuild(1_000_000).await);
                 for r in consent().await {
@@ -47,7 +52,7 @@ fn main() {
                 print(as_of(10_000).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] | rebuild EVENTS | consent | as-of EVENTS");
+                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS");
                 std::process::exit(2);
             }
         }
@@ -79,11 +84,19 @@ fn payload(i: u64) -> Value {
     json!({"kind": "track", "event": "Product Viewed", "properties": {"product_id": format!("sku-{}", i % 1000), "name": "Walnut desk", "price": 34900, "currency": "EUR", "path": "/products/walnut-desk", "referrer": "https://search.example/?q=desk", "session": format!("s-{i:012}")}, "context": {"ip": "198.51.100.7", "locale": "en-GB"}})
 }
 
+/// The default embedded backend (the append-only log), or SQLite.
+fn open(dir: &std::path::Path, backend: &str) -> Arc<dyn EventStore> {
+    match backend {
+        "sqlite" => Arc::new(SqliteStore::open(dir).expect("open SQLite store")),
+        _ => Arc::new(LogStore::open(dir).expect("open log store")),
+    }
+}
+
 /// Durable appends: `writers` tasks, each appending one ~300-byte event at a time to a
 /// customer stream of its own share of 100,000, with exact expected versions.
-async fn append(writers: usize, seconds: u64) -> Value {
+async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let store = open(dir.path(), backend);
     let bytes = payload(0).to_string().len();
     let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
     let started = Instant::now();
@@ -114,7 +127,7 @@ async fn append(writers: usize, seconds: u64) -> Value {
     }
     let secs = started.elapsed().as_secs_f64();
     let n = lat.len();
-    json!({"bench": "append", "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": (n as f64 / secs).round(), "latency": summary(lat)})
+    json!({"bench": "append", "backend": backend, "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": (n as f64 / secs).round(), "latency": summary(lat)})
 }
 
 fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {
@@ -166,7 +179,7 @@ fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {
 /// projections — exactly what `chronicle rebuild` does.
 async fn rebuild(n: u64) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let store = open(dir.path(), "log");
     let customers = 10_000u64.min(n.max(1));
     let per = n / customers;
     let start = Utc::now() - Duration::days(30);
@@ -187,19 +200,18 @@ async fn rebuild(n: u64) -> Value {
     let load_secs = load_started.elapsed().as_secs_f64();
     let head = store.head().await.expect("head");
     let started = Instant::now();
-    let store: Arc<dyn EventStore> = store;
     let r = maintenance::replay(&store, |_| {}).await.expect("replay");
     let secs = started.elapsed().as_secs_f64();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.events, head);
-    json!({"bench": "rebuild", "events": r.events, "customers": customers, "seconds": round2(secs), "events_per_sec": (r.events as f64 / secs).round(), "load_seconds": round2(load_secs), "load_events_per_sec": (head as f64 / load_secs).round()})
+    json!({"bench": "rebuild", "backend": "log", "events": r.events, "customers": customers, "seconds": round2(secs), "events_per_sec": (r.events as f64 / secs).round(), "load_seconds": round2(load_secs), "load_events_per_sec": (head as f64 / load_secs).round()})
 }
 
 /// Consent check latency: in-process against the live views (10,000 customers), and over
 /// HTTP on loopback with a keep-alive client.
 async fn consent() -> Vec<Value> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let store = open(dir.path(), "log");
     let app = App::start(store.clone(), None).await.expect("app");
     let (key, _) = app.create_tenant("bench").await.expect("tenant");
     let start = Utc::now() - Duration::days(30);
@@ -256,7 +268,7 @@ async fn consent() -> Vec<Value> {
 /// As-of queries on one customer with `n` events: instants spread across its history.
 async fn as_of(n: u64) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(dir.path()).expect("open store"));
+    let store = open(dir.path(), "log");
     let app = App::start(store.clone(), None).await.expect("app");
     let start = Utc::now() - Duration::days(60);
     let events = customer_events("big", n, start);

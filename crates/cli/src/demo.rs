@@ -292,7 +292,7 @@ pub async fn run(args: &StorageArgs, listen: Option<&str>, customers: u64, no_se
     let cfg = Config::resolve(&args, listen)?;
     if cfg.data.exists() {
         // A fresh tenant every time: only a folder that holds a Chronicle store is wiped.
-        let is_store = cfg.data.join("events.sqlite").exists();
+        let is_store = cfg.data.join(chronicle_store::sqlite::DB_FILE).exists() || cfg.data.join(chronicle_store::log::LOG_FILE).exists();
         let is_empty = std::fs::read_dir(&cfg.data)?.next().is_none();
         if !is_store && !is_empty {
             bail!("{} exists and is not a Chronicle data folder; choose another --data", cfg.data.display());

@@ -1,10 +1,14 @@
 //! Opening the configured storage: the embedded store in a data folder, locked to this
 //! process (a second process would break the single writer's position sequence and the
 //! inline projections), plus the projection checkpoint's path.
+//!
+//! New folders get the append-only log (`LogStore`, the default since it commits several
+//! times faster; ADR 0001); a folder that already holds an `events.sqlite` keeps SQLite.
 
 use crate::config::Config;
 use anyhow::{bail, Context};
-use chronicle_store::sqlite::SqliteStore;
+use chronicle_store::log::LogStore;
+use chronicle_store::sqlite::{self, SqliteStore};
 use chronicle_store::EventStore;
 use std::fs::File;
 use std::path::PathBuf;
@@ -26,6 +30,10 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     if lock.try_lock().is_err() {
         bail!("data folder {} is in use by another chronicle process (a running server?); stop it first", cfg.data.display());
     }
-    let store = SqliteStore::open(&cfg.data).with_context(|| format!("opening the event store in {}", cfg.data.display()))?;
-    Ok(Storage { store: Arc::new(store), checkpoint: cfg.data.join("projections.json"), _lock: lock })
+    let store: Arc<dyn EventStore> = if cfg.data.join(sqlite::DB_FILE).exists() {
+        Arc::new(SqliteStore::open(&cfg.data).with_context(|| format!("opening the SQLite event store in {}", cfg.data.display()))?)
+    } else {
+        Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
+    };
+    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), _lock: lock })
 }

@@ -1,8 +1,8 @@
-//! The HTTP API, end to end in-process: a real server on 127.0.0.1:0 over a real embedded store
-//! in a temporary folder, driven by a real HTTP client.
+//! The HTTP API, end to end in-process: a real server on 127.0.0.1:0 over the default embedded
+//! store (the append-only log) in a temporary folder, driven by a real HTTP client.
 
 use chronicle_server::App;
-use chronicle_store::sqlite::SqliteStore;
+use chronicle_store::log::LogStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ fn spawn_app() -> TestApp {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
-            let store = Arc::new(SqliteStore::open(&path).unwrap());
+            let store = Arc::new(LogStore::open(&path).unwrap());
             let app = App::start(store, Some(path.join("projections.json"))).await.unwrap();
             let (key, _) = app.create_tenant("acme").await.unwrap();
             let (other_key, _) = app.create_tenant("rival").await.unwrap();
