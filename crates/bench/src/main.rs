@@ -13,6 +13,11 @@
 //! Data goes to a temporary folder on the same disk as the system's temp dir (`TMPDIR`), so
 //! fsyncs are real.
 
+/// mimalloc: the rebuild and the API allocate many small strings on one thread and free them on
+/// another, where it measured markedly faster than the system allocator (see the README).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use chrono::{DateTime, Duration, Utc};
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};

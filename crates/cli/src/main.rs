@@ -1,6 +1,11 @@
 //! The `chronicle` binary: parses the command line, resolves configuration, and drives the
 //! application service. Commands: serve, demo, tenant create, rebuild, verify, history.
 
+/// mimalloc: the rebuild and the API allocate many small strings on one thread and free them on
+/// another, where it measured markedly faster than the system allocator (see the README).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod commands;
 mod config;
 mod demo;
