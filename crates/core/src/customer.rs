@@ -597,20 +597,63 @@ impl Customer {
     /// Marketing, analytics and profiling need an explicit, unrevoked grant (opt-in).
     /// Transactional messages rest on the contract and are allowed unless explicitly revoked.
     pub fn consent_check(&self, channel: Channel, purpose: Purpose) -> ConsentDecision {
+        ConsentBits::of(self).check(channel, purpose)
+    }
+}
+
+/// Everything a consent decision reads, packed into a few bytes: per channel and purpose
+/// whether a decision was recorded and whether it grants, plus the customer's status. The send
+/// path keeps one of these per customer, so a check touches little memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentBits {
+    recorded: u32,
+    granted: u32,
+    /// 0: no such customer, 1: active, 2: deactivated, 3: erased.
+    status: u8,
+}
+
+impl ConsentBits {
+    fn bit(channel: Channel, purpose: Purpose) -> u32 {
+        1 << (channel as u32 * 4 + purpose as u32)
+    }
+
+    pub fn of(c: &Customer) -> Self {
+        let mut bits = ConsentBits {
+            status: match (c.exists, c.status) {
+                (false, _) => 0,
+                (true, CustomerStatus::Active) => 1,
+                (true, CustomerStatus::Deactivated) => 2,
+                (true, CustomerStatus::Erased) => 3,
+            },
+            ..Default::default()
+        };
+        for s in c.consents.values() {
+            let b = Self::bit(s.channel, s.purpose);
+            bits.recorded |= b;
+            if s.granted {
+                bits.granted |= b;
+            }
+        }
+        bits
+    }
+
+    pub fn check(&self, channel: Channel, purpose: Purpose) -> ConsentDecision {
         let deny = |reason| ConsentDecision { allowed: false, reason };
-        if !self.exists {
-            return deny("unknown_customer");
-        }
         match self.status {
-            CustomerStatus::Erased => return deny("customer_erased"),
-            CustomerStatus::Deactivated => return deny("customer_deactivated"),
-            CustomerStatus::Active => {}
+            0 => return deny("unknown_customer"),
+            3 => return deny("customer_erased"),
+            2 => return deny("customer_deactivated"),
+            _ => {}
         }
-        match self.consents.get(consent_key(channel, purpose)) {
-            Some(c) if c.granted => ConsentDecision { allowed: true, reason: "granted" },
-            Some(_) => deny("revoked"),
-            None if purpose == Purpose::Transactional => ConsentDecision { allowed: true, reason: "transactional_default" },
-            None => deny("no_consent"),
+        let b = Self::bit(channel, purpose);
+        if self.granted & b != 0 {
+            ConsentDecision { allowed: true, reason: "granted" }
+        } else if self.recorded & b != 0 {
+            deny("revoked")
+        } else if purpose == Purpose::Transactional {
+            ConsentDecision { allowed: true, reason: "transactional_default" }
+        } else {
+            deny("no_consent")
         }
     }
 }

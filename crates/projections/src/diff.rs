@@ -3,9 +3,10 @@
 
 use crate::Projections;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use crate::Map;
+use std::collections::BTreeSet;
 
-fn differ_map<V: Serialize + PartialEq>(what: &str, tenant: &str, live: &HashMap<String, V>, fresh: &HashMap<String, V>, out: &mut Vec<String>) {
+fn differ_map<V: Serialize + PartialEq>(what: &str, tenant: &str, live: &Map<String, V>, fresh: &Map<String, V>, out: &mut Vec<String>) {
     let keys: BTreeSet<&String> = live.keys().chain(fresh.keys()).collect();
     for k in keys {
         match (live.get(k), fresh.get(k)) {
@@ -35,6 +36,7 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         let a = live.tenants.get(t).unwrap_or(&empty);
         let b = fresh.tenants.get(t).unwrap_or(&empty);
         differ_map("customer", t, &a.customers, &b.customers, &mut out);
+        differ_map("consent view of", t, &a.consent_bits, &b.consent_bits, &mut out);
         differ_map("consent history of", t, &a.consent_history, &b.consent_history, &mut out);
         differ_map("email index entry", t, &a.emails, &b.emails, &mut out);
         differ_map("deal", t, &a.deals, &b.deals, &mut out);

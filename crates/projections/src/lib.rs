@@ -13,12 +13,12 @@ pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointError};
 pub use diff::diff;
 
 use chrono::{DateTime, Utc};
-use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, CustomerEvent, Purpose};
+use chronicle_core::customer::{self, Channel, ConsentBits, ConsentDecision, Customer, CustomerEvent, Purpose};
 use chronicle_core::deal::{self, Deal, DealEvent, DealStatus};
 use chronicle_core::envelope::{EventEnvelope, RawEnvelope};
 use chronicle_core::order::{self, Order, OrderEvent};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
 pub const SYSTEM_TENANT: &str = "_system";
@@ -64,23 +64,30 @@ pub struct KeyRecord {
     pub kind: KeyKind,
 }
 
+/// The maps of the read models: keyed by ids that callers choose, so the hasher must resist
+/// collision attacks (foldhash seeds per process) while staying fast on the consent path.
+pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The read models of one tenant.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantViews {
-    pub customers: HashMap<String, Customer>,
-    pub consent_history: HashMap<String, Vec<ConsentEntry>>,
+    pub customers: Map<String, Customer>,
+    /// The consent view: per customer, what a send decision reads, packed (see `ConsentBits`).
+    #[serde(default)]
+    pub consent_bits: Map<String, ConsentBits>,
+    pub consent_history: Map<String, Vec<ConsentEntry>>,
     /// Normalised e-mail → customer id (uniqueness and look-up).
-    pub emails: HashMap<String, String>,
-    pub deals: HashMap<String, Deal>,
-    pub orders: HashMap<String, Order>,
+    pub emails: Map<String, String>,
+    pub deals: Map<String, Deal>,
+    pub orders: Map<String, Order>,
     /// Time-travel snapshots per customer, oldest first.
-    pub snapshots: HashMap<String, Vec<Snapshot>>,
+    pub snapshots: Map<String, Vec<Snapshot>>,
     /// Latest event time seen per customer stream (for the next snapshot's bound).
-    pub max_event_time: HashMap<String, DateTime<Utc>>,
+    pub max_event_time: Map<String, DateTime<Utc>>,
     /// Per customer, the earliest event time in each block of `snapshot_every` versions: an
     /// as-of query reads only the blocks that hold an event that happened by its instant.
     #[serde(default)]
-    pub time_blocks: HashMap<String, Vec<DateTime<Utc>>>,
+    pub time_blocks: Map<String, Vec<DateTime<Utc>>>,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -92,7 +99,7 @@ pub struct Projections {
     pub position: u64,
     pub tenants: BTreeMap<String, TenantViews>,
     /// Key hash (hex SHA-256) → tenant and kind.
-    pub keys: HashMap<String, KeyRecord>,
+    pub keys: Map<String, KeyRecord>,
     /// Events whose payload could not be decoded (counted, never fatal: events are facts).
     pub undecodable: u64,
     /// Events of a customer stream between two time-travel snapshots.
@@ -106,7 +113,7 @@ fn default_snapshot_every() -> u64 {
 
 impl Default for Projections {
     fn default() -> Self {
-        Projections { position: 0, tenants: BTreeMap::new(), keys: HashMap::new(), undecodable: 0, snapshot_every: SNAPSHOT_EVERY }
+        Projections { position: 0, tenants: BTreeMap::new(), keys: Map::default(), undecodable: 0, snapshot_every: SNAPSHOT_EVERY }
     }
 }
 
@@ -129,8 +136,8 @@ impl Projections {
 
     /// The consent decision for a customer, channel and purpose, from the live ledger.
     pub fn consent_check(&self, tenant: &str, customer_id: &str, channel: Channel, purpose: Purpose) -> ConsentDecision {
-        match self.customer(tenant, customer_id) {
-            Some(c) => c.consent_check(channel, purpose),
+        match self.tenants.get(tenant).and_then(|t| t.consent_bits.get(customer_id)) {
+            Some(bits) => bits.check(channel, purpose),
             None => ConsentDecision { allowed: false, reason: "unknown_customer" },
         }
     }
@@ -260,6 +267,13 @@ impl TenantViews {
         let c = self.customers.get_mut(id).expect("inserted above");
         let old_email = c.email.clone();
         c.apply(e, ev.version, ev.event_time);
+        let bits = ConsentBits::of(c);
+        match self.consent_bits.get_mut(id) {
+            Some(b) => *b = bits,
+            None => {
+                self.consent_bits.insert(id.to_owned(), bits);
+            }
+        }
         if old_email != c.email {
             if let Some(old) = old_email {
                 if self.emails.get(&old).map(String::as_str) == Some(id) {

@@ -5,6 +5,7 @@ use super::*;
 use chronicle_core::customer::{ConsentInput, CustomerCommand, LifecycleStage, NoEmails};
 use chronicle_core::envelope::EventEnvelope;
 use proptest::prelude::*;
+use std::collections::HashMap;
 use serde_json::json;
 
 fn envelope(tenant: &str, stream: &str, version: u64, position: u64, t: i64, e: &CustomerEvent) -> EventEnvelope {
@@ -95,6 +96,20 @@ proptest! {
         let a = replay(&log);
         prop_assert_eq!(&a, &replay(&log));
         prop_assert!(diff(&a, &replay(&log)).is_empty());
+    }
+
+    #[test]
+    fn the_consent_view_answers_as_the_profile_does(log in history()) {
+        let p = replay(&log);
+        for (tenant, tv) in &p.tenants {
+            for (id, c) in &tv.customers {
+                for ch in [Channel::Email, Channel::Sms, Channel::Push, Channel::InApp, Channel::Phone] {
+                    for pu in [Purpose::Marketing, Purpose::Transactional, Purpose::Analytics, Purpose::Profiling] {
+                        prop_assert_eq!(p.consent_check(tenant, id, ch, pu), c.consent_check(ch, pu));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
