@@ -160,14 +160,14 @@ fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {
     let mut i = out.len() as u64;
     while i < n {
         let at = start + Duration::seconds(i as i64 * 60);
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             let mut traits = Map::new();
             traits.insert("plan".into(), json!(format!("p{i}")));
             let e = c.decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits }, &NoEmails).expect("valid").remove(0);
             push(e, at, &mut c, &mut out);
-        } else if i % 25 == 0 {
+        } else if i.is_multiple_of(25) {
             let e = c
-                .decide(CustomerCommand::SetConsent(ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: i % 50 == 0, source: Some("prefs".into()), legal_basis: None, proof: None }), &NoEmails)
+                .decide(CustomerCommand::SetConsent(ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: i.is_multiple_of(50), source: Some("prefs".into()), legal_basis: None, proof: None }), &NoEmails)
                 .expect("valid")
                 .remove(0);
             push(e, at, &mut c, &mut out);

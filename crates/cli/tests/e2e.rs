@@ -17,9 +17,34 @@ fn chronicle(data: &Path, args: &[&str]) -> std::process::Output {
     Command::new(BIN).arg("--data").arg(data).args(args).env("CHRONICLE_LOG", "warn").output().expect("run chronicle")
 }
 
+/// A started server; killed if a failing test leaves it running.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Start `chronicle <args>` and read its stdout up to the line containing `marker`; returns
 /// the child, its URL and the lines read.
-fn start_until(data: &Path, args: &[&str], marker: &str) -> (Child, String, Vec<String>) {
+fn start_until(data: &Path, args: &[&str], marker: &str) -> (Server, String, Vec<String>) {
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
@@ -43,13 +68,15 @@ fn start_until(data: &Path, args: &[&str], marker: &str) -> (Child, String, Vec<
         if done {
             // Keep draining stdout so the child never blocks on a full pipe.
             std::thread::spawn(move || lines.for_each(drop));
-            return (child, url.expect("a URL before the marker"), seen);
+            return (Server(child), url.expect("a URL before the marker"), seen);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("chronicle exited before printing {marker:?}: {seen:?}");
 }
 
-fn start(data: &Path, args: &[&str]) -> (Child, String, Vec<String>) {
+fn start(data: &Path, args: &[&str]) -> (Server, String, Vec<String>) {
     start_until(data, args, "listening on")
 }
 

@@ -337,7 +337,7 @@ impl TenantViews {
         if at < blocks[block] {
             blocks[block] = at;
         }
-        if version % snapshot_every == 0 {
+        if version.is_multiple_of(snapshot_every) {
             if let Some(c) = self.customers.get(id).filter(|c| c.exists && c.status != customer::CustomerStatus::Erased) {
                 let snap = Snapshot { version, max_event_time: max_t, state: c.clone() };
                 self.snapshots.entry(id.to_owned()).or_default().push(snap);

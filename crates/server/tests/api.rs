@@ -354,8 +354,8 @@ fn live_stream_catches_up_then_follows_without_gaps() {
                 id = Some(v.trim().parse::<u64>().unwrap());
             } else if let Some(v) = line.strip_prefix("event:") {
                 ty = Some(v.trim().to_owned());
-            } else if line.is_empty() && id.is_some() {
-                return (id.unwrap(), ty.unwrap());
+            } else if let (true, Some(id)) = (line.is_empty(), id) {
+                return (id, ty.expect("every event names its type"));
             }
         }
     };
