@@ -18,13 +18,13 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use chrono::{DateTime, Duration, Utc};
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_server::{maintenance, App};
 use chronicle_store::log::LogStore;
 use chronicle_store::sqlite::SqliteStore;
 use chronicle_store::EventStore;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,7 +116,8 @@ async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
             while Instant::now() < deadline {
                 let s = (i as usize * 7919) % streams;
                 let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), Utc::now());
-                let expected = if versions[s] == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(versions[s]) };
+                let expected =
+                    if versions[s] == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(versions[s]) };
                 let t = Instant::now();
                 store.append("bench", &format!("customer-w{w}-{s}"), expected, vec![ev]).await.expect("append");
                 lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -149,7 +150,14 @@ fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {
                 email: Some(format!("{id}@example.com")),
                 phone: None,
                 traits: json!({"first_name": "Ada", "plan": "free"}).as_object().unwrap().clone(),
-                consents: vec![ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: true, source: Some("form".into()), legal_basis: None, proof: Some(json!({"ip": "198.51.100.7"})) }],
+                consents: vec![ConsentInput {
+                    channel: Channel::Email,
+                    purpose: Purpose::Marketing,
+                    granted: true,
+                    source: Some("form".into()),
+                    legal_basis: None,
+                    proof: Some(json!({"ip": "198.51.100.7"})),
+                }],
             },
             &NoEmails,
         )
@@ -163,11 +171,24 @@ fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {
         if i.is_multiple_of(10) {
             let mut traits = Map::new();
             traits.insert("plan".into(), json!(format!("p{i}")));
-            let e = c.decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits }, &NoEmails).expect("valid").remove(0);
+            let e = c
+                .decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits }, &NoEmails)
+                .expect("valid")
+                .remove(0);
             push(e, at, &mut c, &mut out);
         } else if i.is_multiple_of(25) {
             let e = c
-                .decide(CustomerCommand::SetConsent(ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: i.is_multiple_of(50), source: Some("prefs".into()), legal_basis: None, proof: None }), &NoEmails)
+                .decide(
+                    CustomerCommand::SetConsent(ConsentInput {
+                        channel: Channel::Email,
+                        purpose: Purpose::Marketing,
+                        granted: i.is_multiple_of(50),
+                        source: Some("prefs".into()),
+                        legal_basis: None,
+                        proof: None,
+                    }),
+                    &NoEmails,
+                )
                 .expect("valid")
                 .remove(0);
             push(e, at, &mut c, &mut out);
@@ -196,7 +217,15 @@ async fn rebuild(n: u64) -> Value {
             let mut i = w;
             while i < customers {
                 let id = format!("c{i}");
-                store.append("bench", &customer::stream_of(&id), ExpectedVersion::NoStream, customer_events(&id, per, start)).await.expect("append");
+                store
+                    .append(
+                        "bench",
+                        &customer::stream_of(&id),
+                        ExpectedVersion::NoStream,
+                        customer_events(&id, per, start),
+                    )
+                    .await
+                    .expect("append");
                 i += 16;
             }
         });
@@ -227,7 +256,14 @@ async fn consent() -> Vec<Value> {
             let mut i = w;
             while i < 10_000 {
                 let id = format!("c{i}");
-                app.append("bench", &customer::stream_of(&id), ExpectedVersion::NoStream, customer_events(&id, 10, start)).await.expect("append");
+                app.append(
+                    "bench",
+                    &customer::stream_of(&id),
+                    ExpectedVersion::NoStream,
+                    customer_events(&id, 10, start),
+                )
+                .await
+                .expect("append");
                 i += 16;
             }
         });

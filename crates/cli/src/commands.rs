@@ -26,8 +26,13 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>) -> anyhow::Result<E
 }
 
 /// Bind, serve, checkpoint periodically, and shut down gracefully.
-pub async fn run_server(cfg: &Config, app: Arc<App>, on_ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+pub async fn run_server(
+    cfg: &Config,
+    app: Arc<App>,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data = %cfg.data.display(), "serving");
     on_ready(addr);
@@ -96,7 +101,10 @@ pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     for p in &problems {
         eprintln!("{p}");
     }
-    println!("{}", json!({"rebuilt_events": n, "seconds": secs, "events_per_sec": rate.round(), "position": fresh.position}));
+    println!(
+        "{}",
+        json!({"rebuilt_events": n, "seconds": secs, "events_per_sec": rate.round(), "position": fresh.position})
+    );
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -8,21 +8,64 @@ use crate::config::{Config, StorageArgs};
 use crate::progress::Progress;
 use crate::{commands, storage};
 use anyhow::{bail, Context};
-use chrono::{DateTime, Duration, Utc};
-use chronicle_core::customer::{self, Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, NoEmails, Purpose};
+use chronicle_core::customer::{
+    self, Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, NoEmails, Purpose,
+};
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_core::order::{self, Order, OrderCommand};
 use chronicle_server::App;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const FIRST: &[&str] = &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Frances", "Dennis", "Radia", "John", "Hedy", "Tim", "Sophie", "Linus", "Karen", "Niklaus", "Joan", "Leslie"];
-const LAST: &[&str] = &["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson", "Allen", "Ritchie", "Perlman", "Backus", "Lamarr", "Berners-Lee", "Wilson", "Torvalds", "Sparck Jones", "Wirth", "Clarke", "Lamport"];
-const CITIES: &[(&str, &str)] = &[("Lisbon", "PT"), ("London", "GB"), ("Berlin", "DE"), ("Paris", "FR"), ("Madrid", "ES"), ("Dublin", "IE"), ("Amsterdam", "NL"), ("Porto", "PT")];
-const PAGES: &[&str] = &["/", "/pricing", "/features", "/blog/event-sourcing", "/docs", "/about", "/careers", "/blog/consent"];
-const PRODUCTS: &[(&str, &str, i64)] = &[("sku-101", "Walnut desk", 34900), ("sku-102", "Oak shelf", 8900), ("sku-103", "Linen lamp", 4500), ("sku-104", "Wool rug", 12900), ("sku-105", "Ceramic mug", 1500), ("sku-106", "Desk chair", 21900)];
+const FIRST: &[&str] = &[
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Frances", "Dennis", "Radia", "John",
+    "Hedy", "Tim", "Sophie", "Linus", "Karen", "Niklaus", "Joan", "Leslie",
+];
+const LAST: &[&str] = &[
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Hamilton",
+    "Thompson",
+    "Allen",
+    "Ritchie",
+    "Perlman",
+    "Backus",
+    "Lamarr",
+    "Berners-Lee",
+    "Wilson",
+    "Torvalds",
+    "Sparck Jones",
+    "Wirth",
+    "Clarke",
+    "Lamport",
+];
+const CITIES: &[(&str, &str)] = &[
+    ("Lisbon", "PT"),
+    ("London", "GB"),
+    ("Berlin", "DE"),
+    ("Paris", "FR"),
+    ("Madrid", "ES"),
+    ("Dublin", "IE"),
+    ("Amsterdam", "NL"),
+    ("Porto", "PT"),
+];
+const PAGES: &[&str] =
+    &["/", "/pricing", "/features", "/blog/event-sourcing", "/docs", "/about", "/careers", "/blog/consent"];
+const PRODUCTS: &[(&str, &str, i64)] = &[
+    ("sku-101", "Walnut desk", 34900),
+    ("sku-102", "Oak shelf", 8900),
+    ("sku-103", "Linen lamp", 4500),
+    ("sku-104", "Wool rug", 12900),
+    ("sku-105", "Ceramic mug", 1500),
+    ("sku-106", "Desk chair", 21900),
+];
 /// The customer whose plan changes three days before generation, for the `as_of` example.
 pub const SHOWCASE: &str = "c00042";
 
@@ -76,9 +119,22 @@ impl Gen {
         }
     }
 
-    fn activity(&mut self, kind: &str, name: &str, props: Value, at: DateTime<Utc>, c: &mut Customer, out: &mut Vec<NewEvent>) {
+    fn activity(
+        &mut self,
+        kind: &str,
+        name: &str,
+        props: Value,
+        at: DateTime<Utc>,
+        c: &mut Customer,
+        out: &mut Vec<NewEvent>,
+    ) {
         c.version += 1;
-        out.push(ev("ActivityTracked".into(), json!({"kind": kind, "event": name, "properties": props}), at, &mut self.rng));
+        out.push(ev(
+            "ActivityTracked".into(),
+            json!({"kind": kind, "event": name, "properties": props}),
+            at,
+            &mut self.rng,
+        ));
     }
 
     /// Generate one customer's streams.
@@ -106,7 +162,11 @@ impl Gen {
             legal_basis: Some("contract".into()),
             proof: Some(json!({"form": "signup", "ip": ip})),
         }];
-        for (channel, purpose, p) in [(Channel::Email, Purpose::Marketing, 0.6), (Channel::Sms, Purpose::Marketing, 0.2), (Channel::InApp, Purpose::Analytics, 0.5)] {
+        for (channel, purpose, p) in [
+            (Channel::Email, Purpose::Marketing, 0.6),
+            (Channel::Sms, Purpose::Marketing, 0.2),
+            (Channel::InApp, Purpose::Analytics, 0.5),
+        ] {
             if r.chance(p) {
                 consents.push(ConsentInput {
                     channel,
@@ -120,7 +180,12 @@ impl Gen {
         }
         let email = format!("{}.{}{}@example.com", first.to_lowercase(), last.to_lowercase().replace(' ', "-"), i);
         let phone = format!("+3519{:08}", i);
-        self.customer_cmd(&mut c, CustomerCommand::Register { email: Some(email), phone: Some(phone), traits, consents }, t, &mut out);
+        self.customer_cmd(
+            &mut c,
+            CustomerCommand::Register { email: Some(email), phone: Some(phone), traits, consents },
+            t,
+            &mut out,
+        );
         self.customer_cmd(&mut c, CustomerCommand::ChangeStage { to: LifecycleStage::Lead }, t, &mut out);
 
         let mut orders = Vec::new();
@@ -135,22 +200,62 @@ impl Gen {
             let roll = self.rng.below(100);
             if roll < 60 {
                 let page = *self.rng.pick(PAGES);
-                self.activity("page", "Page Viewed", json!({"path": page, "referrer": "https://search.example/"}), t, &mut c, &mut out);
+                self.activity(
+                    "page",
+                    "Page Viewed",
+                    json!({"path": page, "referrer": "https://search.example/"}),
+                    t,
+                    &mut c,
+                    &mut out,
+                );
             } else if roll < 85 {
                 let (sku, name, price) = *self.rng.pick(PRODUCTS);
-                self.activity("track", "Product Viewed", json!({"product_id": sku, "name": name, "price": price}), t, &mut c, &mut out);
+                self.activity(
+                    "track",
+                    "Product Viewed",
+                    json!({"product_id": sku, "name": name, "price": price}),
+                    t,
+                    &mut c,
+                    &mut out,
+                );
             } else if roll < 95 {
                 let (sku, name, price) = *self.rng.pick(PRODUCTS);
-                self.activity("track", "Product Added", json!({"product_id": sku, "name": name, "price": price, "quantity": 1}), t, &mut c, &mut out);
+                self.activity(
+                    "track",
+                    "Product Added",
+                    json!({"product_id": sku, "name": name, "price": price, "quantity": 1}),
+                    t,
+                    &mut c,
+                    &mut out,
+                );
             } else if roll < 97 && orders.len() < 3 {
                 let n = orders.len();
                 let order_id = format!("{id}-o{n}");
                 let (sku, name, price) = *self.rng.pick(PRODUCTS);
-                self.activity("track", "Checkout Started", json!({"order_id": order_id, "value": price}), t, &mut c, &mut out);
+                self.activity(
+                    "track",
+                    "Checkout Started",
+                    json!({"order_id": order_id, "value": price}),
+                    t,
+                    &mut c,
+                    &mut out,
+                );
                 orders.push(self.order(&order_id, &id, sku, name, price, t));
-                self.activity("track", "Order Completed", json!({"order_id": order_id, "total": price, "currency": "EUR"}), t, &mut c, &mut out);
+                self.activity(
+                    "track",
+                    "Order Completed",
+                    json!({"order_id": order_id, "total": price, "currency": "EUR"}),
+                    t,
+                    &mut c,
+                    &mut out,
+                );
                 if c.lifecycle_stage < Some(LifecycleStage::Customer) {
-                    self.customer_cmd(&mut c, CustomerCommand::ChangeStage { to: LifecycleStage::Customer }, t, &mut out);
+                    self.customer_cmd(
+                        &mut c,
+                        CustomerCommand::ChangeStage { to: LifecycleStage::Customer },
+                        t,
+                        &mut out,
+                    );
                 }
             } else if k % 20 == 7 && c.lifecycle_stage < Some(LifecycleStage::Mql) {
                 self.customer_cmd(&mut c, CustomerCommand::ChangeStage { to: LifecycleStage::Mql }, t, &mut out);
@@ -166,7 +271,14 @@ impl Gen {
         }
         if self.rng.chance(0.05) {
             let at = t.min(self.now - Duration::hours(1));
-            let revoke = ConsentInput { channel: Channel::Email, purpose: Purpose::Marketing, granted: false, source: Some("unsubscribe-link".into()), legal_basis: None, proof: Some(json!({"ip": ip})) };
+            let revoke = ConsentInput {
+                channel: Channel::Email,
+                purpose: Purpose::Marketing,
+                granted: false,
+                source: Some("unsubscribe-link".into()),
+                legal_basis: None,
+                proof: Some(json!({"ip": ip})),
+            };
             self.customer_cmd(&mut c, CustomerCommand::SetConsent(revoke), at, &mut out);
         }
         if id == SHOWCASE {
@@ -175,7 +287,12 @@ impl Gen {
             let mut traits = Map::new();
             traits.insert("plan".into(), json!(plan));
             let at = self.now - Duration::days(3);
-            self.customer_cmd(&mut c, CustomerCommand::UpdateProfile { email: None, phone: None, traits }, at, &mut out);
+            self.customer_cmd(
+                &mut c,
+                CustomerCommand::UpdateProfile { email: None, phone: None, traits },
+                at,
+                &mut out,
+            );
         }
         let mut batches = vec![StreamBatch { stream: customer::stream_of(&id), events: out }];
         batches.extend(orders);
@@ -183,15 +300,32 @@ impl Gen {
         batches
     }
 
-    fn order(&mut self, order_id: &str, customer_id: &str, sku: &str, name: &str, price: i64, at: DateTime<Utc>) -> StreamBatch {
+    fn order(
+        &mut self,
+        order_id: &str,
+        customer_id: &str,
+        sku: &str,
+        name: &str,
+        price: i64,
+        at: DateTime<Utc>,
+    ) -> StreamBatch {
         let mut o = Order::new(order_id);
         let mut out = Vec::new();
         let mut t = at;
-        let mut cmds = vec![OrderCommand::Place { customer_id: customer_id.into(), items: vec![json!({"product_id": sku, "name": name, "price": price, "quantity": 1})], total: price, currency: "EUR".into() }];
+        let mut cmds = vec![OrderCommand::Place {
+            customer_id: customer_id.into(),
+            items: vec![json!({"product_id": sku, "name": name, "price": price, "quantity": 1})],
+            total: price,
+            currency: "EUR".into(),
+        }];
         if self.rng.chance(0.08) {
             cmds.push(OrderCommand::FailPayment { reason: Some("card_declined".into()) });
         }
-        cmds.extend([OrderCommand::AuthorizePayment, OrderCommand::MarkPaid, OrderCommand::Ship { carrier: Some("CTT".into()) }]);
+        cmds.extend([
+            OrderCommand::AuthorizePayment,
+            OrderCommand::MarkPaid,
+            OrderCommand::Ship { carrier: Some("CTT".into()) },
+        ]);
         if self.rng.chance(0.9) {
             cmds.push(OrderCommand::Deliver);
             if self.rng.chance(0.05) {
@@ -213,7 +347,14 @@ impl Gen {
         let mut d = Deal::new(deal_id);
         let mut out = Vec::new();
         let amount = (5 + self.rng.below(200) as i64) * 10_000;
-        let mut cmds = vec![DealCommand::Create { name: format!("Deal with {customer_id}"), customer_id: Some(customer_id.into()), owner: Some((*self.rng.pick(&["sam", "alex", "kim"])).into()), stage: None, amount: None, currency: Some("EUR".into()) }];
+        let mut cmds = vec![DealCommand::Create {
+            name: format!("Deal with {customer_id}"),
+            customer_id: Some(customer_id.into()),
+            owner: Some((*self.rng.pick(&["sam", "alex", "kim"])).into()),
+            stage: None,
+            amount: None,
+            currency: Some("EUR".into()),
+        }];
         let depth = self.rng.below(4) as usize;
         for stage in &deal::STAGES[1..=depth.min(deal::STAGES.len() - 1)] {
             cmds.push(DealCommand::ChangeStage { to: (*stage).into() });
@@ -222,7 +363,11 @@ impl Gen {
             cmds.push(DealCommand::ChangeAmount { amount });
         }
         if depth == 3 {
-            cmds.push(if self.rng.chance(0.6) { DealCommand::Win } else { DealCommand::Lose { reason: Some("budget".into()) } });
+            cmds.push(if self.rng.chance(0.6) {
+                DealCommand::Win
+            } else {
+                DealCommand::Lose { reason: Some("budget".into()) }
+            });
         }
         let mut t = at;
         for cmd in cmds {
@@ -254,7 +399,9 @@ pub async fn generate(app: &Arc<App>, tenant: &str, customers: u64, now: DateTim
                 let mut g = Gen { rng: Rng(0xC0FFEE ^ i.wrapping_mul(0x9E37_79B9)), now };
                 for b in g.customer(i) {
                     let n = b.events.len() as u64;
-                    app.append(&tenant, &b.stream, ExpectedVersion::NoStream, b.events).await.with_context(|| format!("appending {}", b.stream))?;
+                    app.append(&tenant, &b.stream, ExpectedVersion::NoStream, b.events)
+                        .await
+                        .with_context(|| format!("appending {}", b.stream))?;
                     appended += n;
                     counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -292,7 +439,8 @@ pub async fn run(args: &StorageArgs, listen: Option<&str>, customers: u64, no_se
     let cfg = Config::resolve(&args, listen)?;
     if cfg.data.exists() {
         // A fresh tenant every time: only a folder that holds a Chronicle store is wiped.
-        let is_store = cfg.data.join(chronicle_store::sqlite::DB_FILE).exists() || cfg.data.join(chronicle_store::log::LOG_FILE).exists();
+        let is_store = cfg.data.join(chronicle_store::sqlite::DB_FILE).exists()
+            || cfg.data.join(chronicle_store::log::LOG_FILE).exists();
         let is_empty = std::fs::read_dir(&cfg.data)?.next().is_none();
         if !is_store && !is_empty {
             bail!("{} exists and is not a Chronicle data folder; choose another --data", cfg.data.display());

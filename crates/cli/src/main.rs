@@ -77,8 +77,12 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Serve { listen } => commands::serve(&cli.storage, listen.as_deref()).await,
-            Command::Demo { listen, customers, no_serve } => demo::run(&cli.storage, listen.as_deref(), customers, no_serve).await,
-            Command::Tenant { command: TenantCommand::Create { name } } => commands::tenant_create(&cli.storage, &name).await,
+            Command::Demo { listen, customers, no_serve } => {
+                demo::run(&cli.storage, listen.as_deref(), customers, no_serve).await
+            }
+            Command::Tenant { command: TenantCommand::Create { name } } => {
+                commands::tenant_create(&cli.storage, &name).await
+            }
             Command::Rebuild => commands::rebuild(&cli.storage).await,
             Command::Verify => commands::verify(&cli.storage).await,
             Command::History { customer, tenant } => commands::history(&cli.storage, &tenant, &customer).await,

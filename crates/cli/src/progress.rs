@@ -34,8 +34,18 @@ impl Progress {
 
     fn print(&self, last: bool) {
         let of = self.total.map(|t| format!(" / {t}")).unwrap_or_default();
-        let pct = self.total.filter(|t| *t > 0).map(|t| format!(" ({:.0}%)", self.done as f64 * 100.0 / t as f64)).unwrap_or_default();
-        let line = format!("{}: {}{of}{pct}, {:.0}/s, {:.1}s", self.what, self.done, self.rate(), self.started.elapsed().as_secs_f64());
+        let pct = self
+            .total
+            .filter(|t| *t > 0)
+            .map(|t| format!(" ({:.0}%)", self.done as f64 * 100.0 / t as f64))
+            .unwrap_or_default();
+        let line = format!(
+            "{}: {}{of}{pct}, {:.0}/s, {:.1}s",
+            self.what,
+            self.done,
+            self.rate(),
+            self.started.elapsed().as_secs_f64()
+        );
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}{}", if last { "\n" } else { "" });

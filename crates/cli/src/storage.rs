@@ -26,12 +26,23 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     }
     std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data folder {}", cfg.data.display()))?;
     let lock_path = cfg.data.join("LOCK");
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
-        bail!("data folder {} is in use by another chronicle process (a running server?); stop it first", cfg.data.display());
+        bail!(
+            "data folder {} is in use by another chronicle process (a running server?); stop it first",
+            cfg.data.display()
+        );
     }
     let store: Arc<dyn EventStore> = if cfg.data.join(sqlite::DB_FILE).exists() {
-        Arc::new(SqliteStore::open(&cfg.data).with_context(|| format!("opening the SQLite event store in {}", cfg.data.display()))?)
+        Arc::new(
+            SqliteStore::open(&cfg.data)
+                .with_context(|| format!("opening the SQLite event store in {}", cfg.data.display()))?,
+        )
     } else {
         Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
     };

@@ -81,7 +81,11 @@ fn start(data: &Path, args: &[&str]) -> (Server, String, Vec<String>) {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 fn get(agent: &ureq::Agent, url: &str, key: &str) -> (u16, Value) {
@@ -183,13 +187,17 @@ fn kill_9_under_load_loses_no_acknowledged_event_and_verify_passes() {
     }
     assert!(seen.values().all(|n| *n == 1), "no event is stored twice");
     // The restarted server keeps taking writes where the log left off.
-    let r = agent.post(format!("{url}/v1/streams/after-crash")).header("authorization", format!("Bearer {key}"))
-        .send_json(json!({"expected_version": "no_stream", "events": [{"type": "Back", "data": {}}]})).unwrap();
+    let r = agent
+        .post(format!("{url}/v1/streams/after-crash"))
+        .header("authorization", format!("Bearer {key}"))
+        .send_json(json!({"expected_version": "no_stream", "events": [{"type": "Back", "data": {}}]}))
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     sigterm(&mut server);
     let out = chronicle(&data, &["verify"]);
     assert!(out.status.success(), "verify after restart: {}", String::from_utf8_lossy(&out.stdout));
-    let summary: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
     assert_eq!(summary["ok"], true);
 }
 
@@ -206,7 +214,11 @@ fn verify_detects_a_tampered_projection() {
     std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
     let out = chronicle(&data, &["verify"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("DIFF acme: event count"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DIFF acme: event count"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // rebuild repairs it.
     let out = chronicle(&data, &["rebuild"]);
     assert!(out.status.success());
@@ -234,7 +246,12 @@ fn demo_serves_its_tenant_with_history() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let (mut server, url, banner) = start_until(&data, &["demo", "--customers", "300"], "Ctrl-C");
-    let key = banner.iter().find_map(|l| l.trim().strip_prefix("API key:")).expect("the banner shows the API key").trim().to_owned();
+    let key = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("API key:"))
+        .expect("the banner shows the API key")
+        .trim()
+        .to_owned();
     assert!(banner.iter().any(|l| l.contains("as_of=")), "the banner shows an as_of example: {banner:?}");
     let agent = agent();
     let (status, now) = get(&agent, &format!("{url}/v1/customers/c00042"), &key);
@@ -245,7 +262,8 @@ fn demo_serves_its_tenant_with_history() {
     assert_ne!(now["traits"]["plan"], then["traits"]["plan"], "the showcase customer's plan changed three days ago");
     let (_, tl) = get(&agent, &format!("{url}/v1/customers/c00042/timeline?limit=5"), &key);
     assert_eq!(tl["events"].as_array().unwrap().len(), 5);
-    let (status, check) = get(&agent, &format!("{url}/v1/consent-check?customer=c00042&channel=email&purpose=transactional"), &key);
+    let (status, check) =
+        get(&agent, &format!("{url}/v1/consent-check?customer=c00042&channel=email&purpose=transactional"), &key);
     assert_eq!((status, &check["allowed"]), (200, &json!(true)));
     sigterm(&mut server);
     assert!(chronicle(&data, &["verify"]).status.success());

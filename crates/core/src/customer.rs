@@ -435,7 +435,11 @@ impl Customer {
         let deactivated = self.status == CustomerStatus::Deactivated;
         let allowed_when_deactivated = matches!(
             &cmd,
-            C::Reactivate | C::Erase { .. } | C::AddNote { .. } | C::Deactivate { .. } | C::SetConsent(ConsentInput { granted: false, .. })
+            C::Reactivate
+                | C::Erase { .. }
+                | C::AddNote { .. }
+                | C::Deactivate { .. }
+                | C::SetConsent(ConsentInput { granted: false, .. })
         );
         if deactivated && !allowed_when_deactivated {
             return Err(CustomerError::Deactivated);
@@ -587,7 +591,14 @@ impl Customer {
             E::CustomerErased { .. } => {
                 // Erasure redacts the read model; crypto-shredding of the log is the privacy layer's.
                 let id = std::mem::take(&mut self.id);
-                *self = Customer { id, exists: true, version, status: CustomerStatus::Erased, updated_at: Some(at), ..Default::default() };
+                *self = Customer {
+                    id,
+                    exists: true,
+                    version,
+                    status: CustomerStatus::Erased,
+                    updated_at: Some(at),
+                    ..Default::default()
+                };
             }
         }
     }

@@ -39,11 +39,25 @@ pub enum DealEvent {
         amount: Option<i64>,
         currency: String,
     },
-    DealStageChanged { from: String, to: String },
-    DealAmountChanged { from: Option<i64>, to: i64 },
-    DealOwnerAssigned { from: Option<String>, to: String },
-    DealWon { amount: i64 },
-    DealLost { #[serde(default)] reason: Option<String> },
+    DealStageChanged {
+        from: String,
+        to: String,
+    },
+    DealAmountChanged {
+        from: Option<i64>,
+        to: i64,
+    },
+    DealOwnerAssigned {
+        from: Option<String>,
+        to: String,
+    },
+    DealWon {
+        amount: i64,
+    },
+    DealLost {
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 impl DealEvent {
@@ -57,14 +71,33 @@ impl DealEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DealCommand {
-    Create { name: String, customer_id: Option<String>, owner: Option<String>, stage: Option<String>, amount: Option<i64>, currency: Option<String> },
-    ChangeStage { to: String },
-    ChangeAmount { amount: i64 },
+    Create {
+        name: String,
+        customer_id: Option<String>,
+        owner: Option<String>,
+        stage: Option<String>,
+        amount: Option<i64>,
+        currency: Option<String>,
+    },
+    ChangeStage {
+        to: String,
+    },
+    ChangeAmount {
+        amount: i64,
+    },
     /// Several changes at once, validated whole: all of their events or none.
-    Update { stage: Option<String>, amount: Option<i64>, owner: Option<String> },
-    AssignOwner { owner: String },
+    Update {
+        stage: Option<String>,
+        amount: Option<i64>,
+        owner: Option<String>,
+    },
+    AssignOwner {
+        owner: String,
+    },
     Win,
-    Lose { reason: Option<String> },
+    Lose {
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +140,8 @@ impl Deal {
     pub fn decide(&self, cmd: DealCommand) -> Result<Vec<DealEvent>, DealError> {
         use DealCommand as C;
         use DealEvent as E;
-        let known_stage = |s: &str| if STAGES.contains(&s) { Ok(s.to_owned()) } else { Err(DealError::UnknownStage(s.to_owned())) };
+        let known_stage =
+            |s: &str| if STAGES.contains(&s) { Ok(s.to_owned()) } else { Err(DealError::UnknownStage(s.to_owned())) };
         if let C::Create { name, customer_id, owner, stage, amount, currency } = cmd {
             if self.exists {
                 return Err(DealError::AlreadyExists);
@@ -120,7 +154,14 @@ impl Deal {
             }
             let stage = known_stage(stage.as_deref().unwrap_or(STAGES[0]))?;
             let currency = currency.unwrap_or_else(|| "EUR".into()).to_uppercase();
-            return Ok(vec![E::DealCreated { name: name.trim().to_owned(), customer_id, owner, stage, amount, currency }]);
+            return Ok(vec![E::DealCreated {
+                name: name.trim().to_owned(),
+                customer_id,
+                owner,
+                stage,
+                amount,
+                currency,
+            }]);
         }
         if !self.exists {
             return Err(DealError::NotFound);
@@ -132,23 +173,42 @@ impl Deal {
             C::Create { .. } => unreachable!("handled above"),
             C::ChangeStage { to } => {
                 let to = known_stage(&to)?;
-                if to == self.stage { vec![] } else { vec![E::DealStageChanged { from: self.stage.clone(), to }] }
+                if to == self.stage {
+                    vec![]
+                } else {
+                    vec![E::DealStageChanged { from: self.stage.clone(), to }]
+                }
             }
             C::ChangeAmount { amount } => {
                 if amount < 0 {
                     return Err(DealError::NegativeAmount);
                 }
-                if self.amount == Some(amount) { vec![] } else { vec![E::DealAmountChanged { from: self.amount, to: amount }] }
+                if self.amount == Some(amount) {
+                    vec![]
+                } else {
+                    vec![E::DealAmountChanged { from: self.amount, to: amount }]
+                }
             }
             C::AssignOwner { owner } => {
                 if owner.trim().is_empty() {
                     return Err(DealError::Empty("owner"));
                 }
-                if self.owner.as_deref() == Some(owner.as_str()) { vec![] } else { vec![E::DealOwnerAssigned { from: self.owner.clone(), to: owner }] }
+                if self.owner.as_deref() == Some(owner.as_str()) {
+                    vec![]
+                } else {
+                    vec![E::DealOwnerAssigned { from: self.owner.clone(), to: owner }]
+                }
             }
             C::Update { stage, amount, owner } => {
                 let mut out = Vec::new();
-                for cmd in [amount.map(|amount| C::ChangeAmount { amount }), owner.map(|owner| C::AssignOwner { owner }), stage.map(|to| C::ChangeStage { to })].into_iter().flatten() {
+                for cmd in [
+                    amount.map(|amount| C::ChangeAmount { amount }),
+                    owner.map(|owner| C::AssignOwner { owner }),
+                    stage.map(|to| C::ChangeStage { to }),
+                ]
+                .into_iter()
+                .flatten()
+                {
                     out.extend(self.decide(cmd)?);
                 }
                 out
@@ -196,20 +256,33 @@ mod tests {
     }
 
     fn created(amount: Option<i64>) -> DealEvent {
-        DealEvent::DealCreated { name: "Acme renewal".into(), customer_id: Some("c1".into()), owner: None, stage: "qualification".into(), amount, currency: "EUR".into() }
+        DealEvent::DealCreated {
+            name: "Acme renewal".into(),
+            customer_id: Some("c1".into()),
+            owner: None,
+            stage: "qualification".into(),
+            amount,
+            currency: "EUR".into(),
+        }
     }
 
     #[test]
     fn cannot_win_without_an_amount() {
         assert_eq!(given(&[created(None)]).decide(DealCommand::Win), Err(DealError::WonWithoutAmount));
         assert_eq!(given(&[created(Some(0))]).decide(DealCommand::Win), Err(DealError::WonWithoutAmount));
-        assert_eq!(given(&[created(Some(120_000))]).decide(DealCommand::Win), Ok(vec![DealEvent::DealWon { amount: 120_000 }]));
+        assert_eq!(
+            given(&[created(Some(120_000))]).decide(DealCommand::Win),
+            Ok(vec![DealEvent::DealWon { amount: 120_000 }])
+        );
     }
 
     #[test]
     fn closed_deals_accept_no_change() {
         let d = given(&[created(Some(5)), DealEvent::DealWon { amount: 5 }]);
-        assert_eq!(d.decide(DealCommand::ChangeStage { to: "proposal".into() }), Err(DealError::Closed(DealStatus::Won)));
+        assert_eq!(
+            d.decide(DealCommand::ChangeStage { to: "proposal".into() }),
+            Err(DealError::Closed(DealStatus::Won))
+        );
         let d = given(&[created(None), DealEvent::DealLost { reason: None }]);
         assert_eq!(d.decide(DealCommand::Win), Err(DealError::Closed(DealStatus::Lost)));
     }
@@ -217,7 +290,10 @@ mod tests {
     #[test]
     fn stages_are_validated_and_moves_recorded() {
         let d = given(&[created(None)]);
-        assert_eq!(d.decide(DealCommand::ChangeStage { to: "dreaming".into() }), Err(DealError::UnknownStage("dreaming".into())));
+        assert_eq!(
+            d.decide(DealCommand::ChangeStage { to: "dreaming".into() }),
+            Err(DealError::UnknownStage("dreaming".into()))
+        );
         assert_eq!(
             d.decide(DealCommand::ChangeStage { to: "proposal".into() }),
             Ok(vec![DealEvent::DealStageChanged { from: "qualification".into(), to: "proposal".into() }])
@@ -238,7 +314,14 @@ mod tests {
 
     #[test]
     fn created_once() {
-        let cmd = DealCommand::Create { name: "n".into(), customer_id: None, owner: None, stage: None, amount: None, currency: None };
+        let cmd = DealCommand::Create {
+            name: "n".into(),
+            customer_id: None,
+            owner: None,
+            stage: None,
+            amount: None,
+            currency: None,
+        };
         assert!(Deal::new("d").decide(cmd.clone()).is_ok());
         assert_eq!(given(&[created(None)]).decide(cmd), Err(DealError::AlreadyExists));
     }

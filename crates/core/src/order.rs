@@ -39,14 +39,35 @@ pub enum OrderStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum OrderEvent {
-    OrderPlaced { customer_id: String, #[serde(default)] items: Vec<Value>, total: i64, currency: String },
-    PaymentAuthorized { amount: i64 },
-    PaymentFailed { #[serde(default)] reason: Option<String> },
-    OrderPaid { amount: i64 },
-    OrderShipped { #[serde(default)] carrier: Option<String> },
+    OrderPlaced {
+        customer_id: String,
+        #[serde(default)]
+        items: Vec<Value>,
+        total: i64,
+        currency: String,
+    },
+    PaymentAuthorized {
+        amount: i64,
+    },
+    PaymentFailed {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    OrderPaid {
+        amount: i64,
+    },
+    OrderShipped {
+        #[serde(default)]
+        carrier: Option<String>,
+    },
     OrderDelivered {},
-    OrderRefunded { amount: i64 },
-    OrderCancelled { #[serde(default)] reason: Option<String> },
+    OrderRefunded {
+        amount: i64,
+    },
+    OrderCancelled {
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 impl OrderEvent {
@@ -219,32 +240,69 @@ mod tests {
 
     #[test]
     fn happy_path() {
-        let o = run(vec![place(), OrderCommand::AuthorizePayment, OrderCommand::MarkPaid, OrderCommand::Ship { carrier: None }, OrderCommand::Deliver]).unwrap();
+        let o = run(vec![
+            place(),
+            OrderCommand::AuthorizePayment,
+            OrderCommand::MarkPaid,
+            OrderCommand::Ship { carrier: None },
+            OrderCommand::Deliver,
+        ])
+        .unwrap();
         assert_eq!((o.status, o.version, o.currency.as_str()), (OrderStatus::Delivered, 5, "GBP"));
     }
 
     #[test]
     fn failed_payment_can_be_retried() {
-        let o = run(vec![place(), OrderCommand::FailPayment { reason: None }, OrderCommand::AuthorizePayment, OrderCommand::MarkPaid]).unwrap();
+        let o = run(vec![
+            place(),
+            OrderCommand::FailPayment { reason: None },
+            OrderCommand::AuthorizePayment,
+            OrderCommand::MarkPaid,
+        ])
+        .unwrap();
         assert_eq!(o.status, OrderStatus::Paid);
     }
 
     #[test]
     fn no_shipping_before_payment_no_cancel_after_shipping() {
-        assert_eq!(run(vec![place(), OrderCommand::Ship { carrier: None }]).unwrap_err(), OrderError::InvalidTransition { status: OrderStatus::Placed, action: "ship" });
-        let e = run(vec![place(), OrderCommand::MarkPaid, OrderCommand::Ship { carrier: None }, OrderCommand::Cancel { reason: None }]).unwrap_err();
+        assert_eq!(
+            run(vec![place(), OrderCommand::Ship { carrier: None }]).unwrap_err(),
+            OrderError::InvalidTransition { status: OrderStatus::Placed, action: "ship" }
+        );
+        let e = run(vec![
+            place(),
+            OrderCommand::MarkPaid,
+            OrderCommand::Ship { carrier: None },
+            OrderCommand::Cancel { reason: None },
+        ])
+        .unwrap_err();
         assert_eq!(e, OrderError::InvalidTransition { status: OrderStatus::Shipped, action: "be cancelled" });
     }
 
     #[test]
     fn refunds_bounded_by_what_was_paid() {
-        assert!(matches!(run(vec![place(), OrderCommand::Refund { amount: 1 }]), Err(OrderError::InvalidTransition { .. })));
-        let o = run(vec![place(), OrderCommand::MarkPaid, OrderCommand::Refund { amount: 2000 }, OrderCommand::Refund { amount: 3000 }]).unwrap();
+        assert!(matches!(
+            run(vec![place(), OrderCommand::Refund { amount: 1 }]),
+            Err(OrderError::InvalidTransition { .. })
+        ));
+        let o = run(vec![
+            place(),
+            OrderCommand::MarkPaid,
+            OrderCommand::Refund { amount: 2000 },
+            OrderCommand::Refund { amount: 3000 },
+        ])
+        .unwrap();
         assert_eq!((o.refunded, o.status), (5000, OrderStatus::Refunded));
         let e = run(vec![place(), OrderCommand::MarkPaid, OrderCommand::Refund { amount: 5001 }]).unwrap_err();
         assert_eq!(e, OrderError::RefundTooLarge { requested: 5001, refundable: 5000 });
         // Cancelled after payment: the money goes back.
-        let o = run(vec![place(), OrderCommand::MarkPaid, OrderCommand::Cancel { reason: None }, OrderCommand::Refund { amount: 5000 }]).unwrap();
+        let o = run(vec![
+            place(),
+            OrderCommand::MarkPaid,
+            OrderCommand::Cancel { reason: None },
+            OrderCommand::Refund { amount: 5000 },
+        ])
+        .unwrap();
         assert_eq!(o.status, OrderStatus::Cancelled);
         assert!(run(vec![place(), OrderCommand::Cancel { reason: None }, OrderCommand::Refund { amount: 1 }]).is_err());
     }

@@ -21,7 +21,8 @@ pub fn load_checkpoint(path: &Path) -> Result<Projections, CheckpointError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Projections::new()),
         Err(source) => return Err(CheckpointError::Io { path: path.display().to_string(), source }),
     };
-    serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Corrupt { path: path.display().to_string(), source })
+    serde_json::from_slice(&bytes)
+        .map_err(|source| CheckpointError::Corrupt { path: path.display().to_string(), source })
 }
 
 /// Write the checkpoint atomically: a crash leaves either the old or the new file.

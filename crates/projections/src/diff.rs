@@ -1,12 +1,18 @@
 //! Comparing two projection states, for `chronicle verify`: a list of human-readable
 //! differences, empty when they agree.
 
+use crate::Map;
 use crate::Projections;
 use serde::Serialize;
-use crate::Map;
 use std::collections::BTreeSet;
 
-fn differ_map<V: Serialize + PartialEq>(what: &str, tenant: &str, live: &Map<String, V>, fresh: &Map<String, V>, out: &mut Vec<String>) {
+fn differ_map<V: Serialize + PartialEq>(
+    what: &str,
+    tenant: &str,
+    live: &Map<String, V>,
+    fresh: &Map<String, V>,
+    out: &mut Vec<String>,
+) {
     let keys: BTreeSet<&String> = live.keys().chain(fresh.keys()).collect();
     for k in keys {
         match (live.get(k), fresh.get(k)) {

@@ -12,11 +12,11 @@ mod diff;
 pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointError};
 pub use diff::diff;
 
-use chrono::{DateTime, Utc};
 use chronicle_core::customer::{self, Channel, ConsentBits, ConsentDecision, Customer, CustomerEvent, Purpose};
 use chronicle_core::deal::{self, Deal, DealEvent, DealStatus};
 use chronicle_core::envelope::{EventEnvelope, RawEnvelope};
 use chronicle_core::order::{self, Order, OrderEvent};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -113,7 +113,13 @@ fn default_snapshot_every() -> u64 {
 
 impl Default for Projections {
     fn default() -> Self {
-        Projections { position: 0, tenants: BTreeMap::new(), keys: Map::default(), undecodable: 0, snapshot_every: SNAPSHOT_EVERY }
+        Projections {
+            position: 0,
+            tenants: BTreeMap::new(),
+            keys: Map::default(),
+            undecodable: 0,
+            snapshot_every: SNAPSHOT_EVERY,
+        }
     }
 }
 
@@ -135,7 +141,13 @@ impl Projections {
     }
 
     /// The consent decision for a customer, channel and purpose, from the live ledger.
-    pub fn consent_check(&self, tenant: &str, customer_id: &str, channel: Channel, purpose: Purpose) -> ConsentDecision {
+    pub fn consent_check(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        channel: Channel,
+        purpose: Purpose,
+    ) -> ConsentDecision {
         match self.tenants.get(tenant).and_then(|t| t.consent_bits.get(customer_id)) {
             Some(bits) => bits.check(channel, purpose),
             None => ConsentDecision { allowed: false, reason: "unknown_customer" },
@@ -161,11 +173,14 @@ impl Projections {
         let views = self.tenant_mut(&ev.tenant);
         views.events += 1;
         let decoded = if let Some(id) = customer::id_of_stream(&ev.stream) {
-            CustomerEvent::from_parts(&ev.event_type, &ev.data).map(|e| views.apply_customer(id, &e, ev, snapshot_every))
+            CustomerEvent::from_parts(&ev.event_type, &ev.data)
+                .map(|e| views.apply_customer(id, &e, ev, snapshot_every))
         } else if let Some(id) = ev.stream.strip_prefix("deal-") {
-            DealEvent::from_parts(&ev.event_type, &ev.data).map(|e| views.deals.entry(id.to_owned()).or_insert_with(|| Deal::new(id)).apply(&e, ev.version))
+            DealEvent::from_parts(&ev.event_type, &ev.data)
+                .map(|e| views.deals.entry(id.to_owned()).or_insert_with(|| Deal::new(id)).apply(&e, ev.version))
         } else if let Some(id) = ev.stream.strip_prefix("order-") {
-            OrderEvent::from_parts(&ev.event_type, &ev.data).map(|e| views.orders.entry(id.to_owned()).or_insert_with(|| Order::new(id)).apply(&e, ev.version))
+            OrderEvent::from_parts(&ev.event_type, &ev.data)
+                .map(|e| views.orders.entry(id.to_owned()).or_insert_with(|| Order::new(id)).apply(&e, ev.version))
         } else {
             unreachable!("needs_payload only admits domain streams")
         };
@@ -185,7 +200,8 @@ impl Projections {
             self.apply_header(&raw.tenant, &raw.stream, raw.version, raw.position, raw.event_time);
             return;
         }
-        let (tenant, stream, version, position, at) = (raw.tenant.clone(), raw.stream.clone(), raw.version, raw.position, raw.event_time);
+        let (tenant, stream, version, position, at) =
+            (raw.tenant.clone(), raw.stream.clone(), raw.version, raw.position, raw.event_time);
         match raw.decode() {
             Ok(ev) => self.apply(&ev),
             Err(_) => {
@@ -338,7 +354,8 @@ impl TenantViews {
             blocks[block] = at;
         }
         if version.is_multiple_of(snapshot_every) {
-            if let Some(c) = self.customers.get(id).filter(|c| c.exists && c.status != customer::CustomerStatus::Erased) {
+            if let Some(c) = self.customers.get(id).filter(|c| c.exists && c.status != customer::CustomerStatus::Erased)
+            {
                 let snap = Snapshot { version, max_event_time: max_t, state: c.clone() };
                 self.snapshots.entry(id.to_owned()).or_default().push(snap);
             }
@@ -348,7 +365,13 @@ impl TenantViews {
     /// The stream versions an as-of query at `t` must read on top of `base` (the snapshot it
     /// starts from): the version ranges `[from, to]` of the blocks holding an event that
     /// happened by `t`.
-    pub fn as_of_ranges(&self, customer_id: &str, base: Option<&Snapshot>, t: DateTime<Utc>, snapshot_every: u64) -> Vec<(u64, u64)> {
+    pub fn as_of_ranges(
+        &self,
+        customer_id: &str,
+        base: Option<&Snapshot>,
+        t: DateTime<Utc>,
+        snapshot_every: u64,
+    ) -> Vec<(u64, u64)> {
         let after = base.map_or(0, |s| s.version);
         let Some(blocks) = self.time_blocks.get(customer_id) else { return Vec::new() };
         let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -409,10 +432,18 @@ pub struct Pipeline {
 
 /// Fold a customer's events (already filtered to those that count) onto an optional snapshot:
 /// the state as of an instant.
-pub fn fold_customer<'a>(id: &str, base: Option<&Snapshot>, events: impl IntoIterator<Item = &'a EventEnvelope>) -> Customer {
+pub fn fold_customer<'a>(
+    id: &str,
+    base: Option<&Snapshot>,
+    events: impl IntoIterator<Item = &'a EventEnvelope>,
+) -> Customer {
     let mut c = base.map(|s| s.state.clone()).unwrap_or_else(|| Customer::new(id));
     for ev in events {
-        let decoded = if customer::EVENT_TYPES.contains(&ev.event_type.as_str()) { CustomerEvent::from_parts(&ev.event_type, &ev.data).ok() } else { None };
+        let decoded = if customer::EVENT_TYPES.contains(&ev.event_type.as_str()) {
+            CustomerEvent::from_parts(&ev.event_type, &ev.data).ok()
+        } else {
+            None
+        };
         match decoded {
             Some(e) => c.apply(&e, ev.version, ev.event_time),
             // Other events on the stream (page views…) only move its version.

@@ -5,8 +5,8 @@ use super::*;
 use chronicle_core::customer::{ConsentInput, CustomerCommand, LifecycleStage, NoEmails};
 use chronicle_core::envelope::EventEnvelope;
 use proptest::prelude::*;
-use std::collections::HashMap;
 use serde_json::json;
+use std::collections::HashMap;
 
 fn envelope(tenant: &str, stream: &str, version: u64, position: u64, t: i64, e: &CustomerEvent) -> EventEnvelope {
     let (ty, data) = e.to_parts();
@@ -33,13 +33,28 @@ fn command() -> impl Strategy<Value = CustomerCommand> {
     let channel = prop_oneof![Just(Channel::Email), Just(Channel::Sms), Just(Channel::Push)];
     let purpose = prop_oneof![Just(Purpose::Marketing), Just(Purpose::Analytics)];
     prop_oneof![
-        (0u8..5).prop_map(|i| CustomerCommand::UpdateProfile { email: None, phone: None, traits: json!({"plan": format!("p{i}")}).as_object().unwrap().clone() }),
-        (0u8..3).prop_map(|i| CustomerCommand::UpdateProfile { email: Some(format!("x{i}@example.com")), phone: None, traits: Default::default() }),
+        (0u8..5).prop_map(|i| CustomerCommand::UpdateProfile {
+            email: None,
+            phone: None,
+            traits: json!({"plan": format!("p{i}")}).as_object().unwrap().clone()
+        }),
+        (0u8..3).prop_map(|i| CustomerCommand::UpdateProfile {
+            email: Some(format!("x{i}@example.com")),
+            phone: None,
+            traits: Default::default()
+        }),
         (0u8..3).prop_map(|i| CustomerCommand::Tag { tag: format!("t{i}") }),
         (0u8..3).prop_map(|i| CustomerCommand::Untag { tag: format!("t{i}") }),
-        (channel, purpose, any::<bool>()).prop_map(|(channel, purpose, granted)| CustomerCommand::SetConsent(ConsentInput {
-            channel, purpose, granted, source: Some("form".into()), legal_basis: None, proof: Some(json!({"ip": "192.0.2.7"}))
-        })),
+        (channel, purpose, any::<bool>()).prop_map(|(channel, purpose, granted)| CustomerCommand::SetConsent(
+            ConsentInput {
+                channel,
+                purpose,
+                granted,
+                source: Some("form".into()),
+                legal_basis: None,
+                proof: Some(json!({"ip": "192.0.2.7"}))
+            }
+        )),
         (0usize..7).prop_map(|i| CustomerCommand::ChangeStage { to: LifecycleStage::PATH[i] }),
         Just(CustomerCommand::Deactivate { reason: None }),
         Just(CustomerCommand::Reactivate),
@@ -62,14 +77,25 @@ fn history() -> impl Strategy<Value = Vec<EventEnvelope>> {
             if activity {
                 // A page view on the customer's stream: on the timeline, not in the profile.
                 clock += dt;
-                let mut ev = envelope(tenant, &customer::stream_of(&id), c.version + 1, log.len() as u64 + 1, clock, &CustomerEvent::CustomerReactivated {});
+                let mut ev = envelope(
+                    tenant,
+                    &customer::stream_of(&id),
+                    c.version + 1,
+                    log.len() as u64 + 1,
+                    clock,
+                    &CustomerEvent::CustomerReactivated {},
+                );
                 ev.event_type = "ActivityTracked".into();
                 ev.data = json!({"kind": "page", "event": "Page Viewed", "properties": {"path": "/"}});
                 c.version += 1;
                 log.push(ev);
                 continue;
             }
-            let cmd = if c.exists { cmd } else { CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] } };
+            let cmd = if c.exists {
+                cmd
+            } else {
+                CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] }
+            };
             let Ok(events) = c.decide(cmd, &NoEmails) else { continue };
             for e in events {
                 clock += dt;
@@ -153,7 +179,11 @@ proptest! {
 #[test]
 fn consent_ledger_keeps_full_history_and_current_state() {
     let s = customer::stream_of("c1");
-    let reg = CustomerEvent::CustomerRegistered { email: Some("ada@example.com".into()), phone: None, traits: Default::default() };
+    let reg = CustomerEvent::CustomerRegistered {
+        email: Some("ada@example.com".into()),
+        phone: None,
+        traits: Default::default(),
+    };
     let rec = |granted| chronicle_core::customer::ConsentRecord {
         channel: Channel::Email,
         purpose: Purpose::Marketing,
@@ -169,9 +199,15 @@ fn consent_ledger_keeps_full_history_and_current_state() {
     let p = replay(&log);
     let tv = p.tenant("t").unwrap();
     let hist = &tv.consent_history["c1"];
-    assert_eq!(hist.iter().map(|h| (h.granted, h.source.as_str())).collect::<Vec<_>>(), vec![(true, "signup"), (false, "unsubscribe-link")]);
+    assert_eq!(
+        hist.iter().map(|h| (h.granted, h.source.as_str())).collect::<Vec<_>>(),
+        vec![(true, "signup"), (false, "unsubscribe-link")]
+    );
     assert_eq!(hist[0].proof, Some(json!({"form": "newsletter", "ip": "192.0.2.1"})));
-    assert_eq!(p.consent_check("t", "c1", Channel::Email, Purpose::Marketing), ConsentDecision { allowed: false, reason: "revoked" });
+    assert_eq!(
+        p.consent_check("t", "c1", Channel::Email, Purpose::Marketing),
+        ConsentDecision { allowed: false, reason: "revoked" }
+    );
     assert_eq!(p.consent_check("other", "c1", Channel::Email, Purpose::Marketing).reason, "unknown_customer");
     assert_eq!(tv.emails.get("ada@example.com").map(String::as_str), Some("c1"));
 }
@@ -179,7 +215,14 @@ fn consent_ledger_keeps_full_history_and_current_state() {
 #[test]
 fn snapshots_are_taken_every_n_events() {
     let s = customer::stream_of("c1");
-    let mut log = vec![envelope("t", &s, 1, 1, 0, &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() })];
+    let mut log = vec![envelope(
+        "t",
+        &s,
+        1,
+        1,
+        0,
+        &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() },
+    )];
     for v in 2..=(SNAPSHOT_EVERY * 2 + 3) {
         log.push(envelope("t", &s, v, v, v as i64, &CustomerEvent::CustomerTagged { tag: format!("t{v}") }));
     }
@@ -191,7 +234,14 @@ fn snapshots_are_taken_every_n_events() {
 #[test]
 fn diff_reports_a_tampered_view() {
     let s = customer::stream_of("c1");
-    let log = [envelope("t", &s, 1, 1, 0, &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() })];
+    let log = [envelope(
+        "t",
+        &s,
+        1,
+        1,
+        0,
+        &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() },
+    )];
     let fresh = replay(&log);
     let mut live = fresh.clone();
     live.tenants.get_mut("t").unwrap().customers.get_mut("c1").unwrap().tags.insert("forged".into());
@@ -207,7 +257,14 @@ fn checkpoint_file_round_trips_and_missing_is_empty() {
     let path = dir.join("projections.json");
     assert_eq!(load_checkpoint(&path).unwrap(), Projections::new());
     let s = customer::stream_of("c1");
-    let p = replay(&[envelope("t", &s, 1, 1, 0, &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() })]);
+    let p = replay(&[envelope(
+        "t",
+        &s,
+        1,
+        1,
+        0,
+        &CustomerEvent::CustomerRegistered { email: None, phone: None, traits: Default::default() },
+    )]);
     save_checkpoint(&path, &p).unwrap();
     assert_eq!(load_checkpoint(&path).unwrap(), p);
     std::fs::write(&path, b"{not json").unwrap();

@@ -4,12 +4,12 @@
 
 use crate::error::AppError;
 use crate::keys;
-use chrono::{DateTime, Utc};
 use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, CustomerCommand, EmailIndex, Purpose};
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_projections::{fold_customer, ConsentEntry, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
 use chronicle_store::{AppendError, AppendResult, EventStore};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +116,9 @@ impl App {
         let ev = NewEvent::new(Uuid::now_v7(), "TenantCreated", data, Utc::now()).with_actor("cli");
         match self.store.append(SYSTEM_TENANT, &format!("tenant-{name}"), ExpectedVersion::NoStream, vec![ev]).await {
             Ok(_) => Ok((api_key, write_key)),
-            Err(AppendError::Conflict { .. }) => Err(AppError::Conflict { code: "tenant_exists", message: format!("tenant {name} already exists") }),
+            Err(AppendError::Conflict { .. }) => {
+                Err(AppError::Conflict { code: "tenant_exists", message: format!("tenant {name} already exists") })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -137,7 +139,10 @@ impl App {
             }
             let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
             let now = Utc::now();
-            let batch = events.into_iter().map(|(ty, data)| NewEvent::new(Uuid::now_v7(), ty, data, now).with_actor(actor)).collect();
+            let batch = events
+                .into_iter()
+                .map(|(ty, data)| NewEvent::new(Uuid::now_v7(), ty, data, now).with_actor(actor))
+                .collect();
             match self.append(tenant, stream, expected, batch).await {
                 Ok(r) => return Ok(Some(r)),
                 Err(AppError::VersionConflict { .. }) => continue,
@@ -148,9 +153,18 @@ impl App {
     }
 
     /// Run a command on a customer; returns the customer as it is after it.
-    pub async fn customer_command(&self, tenant: &str, id: &str, cmd: CustomerCommand, actor: &str) -> Result<Customer, AppError> {
+    pub async fn customer_command(
+        &self,
+        tenant: &str,
+        id: &str,
+        cmd: CustomerCommand,
+        actor: &str,
+    ) -> Result<Customer, AppError> {
         validate_id(id)?;
-        let claims_email = matches!(&cmd, CustomerCommand::Register { email: Some(_), .. } | CustomerCommand::UpdateProfile { email: Some(_), .. });
+        let claims_email = matches!(
+            &cmd,
+            CustomerCommand::Register { email: Some(_), .. } | CustomerCommand::UpdateProfile { email: Some(_), .. }
+        );
         let _guard = if claims_email { Some(self.email_lock.lock().await) } else { None };
         let stream = customer::stream_of(id);
         self.run_command(tenant, &stream, actor, |v| {
@@ -174,7 +188,13 @@ impl App {
     }
 
     /// Append raw events (the streams API); counts and maps store errors.
-    pub async fn append(&self, tenant: &str, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<AppendResult, AppError> {
+    pub async fn append(
+        &self,
+        tenant: &str,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppError> {
         let n = events.len() as u64;
         match self.store.append(tenant, stream, expected, events).await {
             Ok(r) => {
@@ -206,7 +226,10 @@ impl App {
     }
 
     pub fn pipeline(&self, tenant: &str) -> Pipeline {
-        self.views().tenant(tenant).map(|t| t.pipeline()).unwrap_or_else(|| chronicle_projections::TenantViews::default().pipeline())
+        self.views()
+            .tenant(tenant)
+            .map(|t| t.pipeline())
+            .unwrap_or_else(|| chronicle_projections::TenantViews::default().pipeline())
     }
 
     /// The customer as it was at instant `t` (by event time): the latest snapshot that lies
@@ -215,7 +238,10 @@ impl App {
     pub async fn customer_as_of(&self, tenant: &str, id: &str, t: DateTime<Utc>) -> Result<Customer, AppError> {
         let (base, ranges) = {
             let v = self.views();
-            let tv = v.tenant(tenant).filter(|tv| tv.customers.get(id).is_some_and(|c| c.exists)).ok_or(AppError::NotFound("customer"))?;
+            let tv = v
+                .tenant(tenant)
+                .filter(|tv| tv.customers.get(id).is_some_and(|c| c.exists))
+                .ok_or(AppError::NotFound("customer"))?;
             let base = tv.snapshot_for(id, t).cloned();
             let ranges = tv.as_of_ranges(id, base.as_ref(), t, v.snapshot_every);
             (base, ranges)
@@ -235,7 +261,15 @@ impl App {
     }
 
     /// A customer's timeline, oldest first, paged by stream version (`after` exclusive).
-    pub async fn timeline(&self, tenant: &str, id: &str, after: u64, limit: usize, as_of: Option<DateTime<Utc>>, types: &[String]) -> Result<Page, AppError> {
+    pub async fn timeline(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+        as_of: Option<DateTime<Utc>>,
+        types: &[String],
+    ) -> Result<Page, AppError> {
         self.customer(tenant, id)?;
         let stream = customer::stream_of(id);
         let mut out = Vec::new();
@@ -326,4 +360,3 @@ async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>) -> Result
         page.iter().for_each(|e| v.apply(e));
     }
 }
-

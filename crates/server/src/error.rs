@@ -61,7 +61,9 @@ impl From<DealError> for AppError {
 impl From<AppendError> for AppError {
     fn from(e: AppendError) -> Self {
         match e {
-            AppendError::Conflict { stream, expected, actual } => AppError::VersionConflict { stream, expected, actual },
+            AppendError::Conflict { stream, expected, actual } => {
+                AppError::VersionConflict { stream, expected, actual }
+            }
             AppendError::IdReused { .. } => AppError::Conflict { code: "event_id_reused", message: e.to_string() },
             AppendError::Invalid(m) => AppError::BadRequest(m),
             AppendError::Storage(m) => AppError::Internal(m),

@@ -35,7 +35,9 @@ pub fn validate_tenant_name(name: &str) -> Result<(), AppError> {
     if ok {
         Ok(())
     } else {
-        Err(AppError::BadRequest(format!("invalid tenant name {name:?}: use 1-64 of a-z, 0-9, - and _, not starting with _")))
+        Err(AppError::BadRequest(format!(
+            "invalid tenant name {name:?}: use 1-64 of a-z, 0-9, - and _, not starting with _"
+        )))
     }
 }
 

@@ -16,6 +16,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await
 }

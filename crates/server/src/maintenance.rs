@@ -3,12 +3,12 @@
 //! views as a server would (checkpoint plus the log's tail).
 
 use crate::error::AppError;
-use chronicle_projections::{load_checkpoint, Projections};
 use chronicle_core::envelope::RawEnvelope;
+use chronicle_projections::{load_checkpoint, Projections};
 use chronicle_store::EventStore;
-use std::sync::Arc;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 const PAGE: usize = 10_000;
 
@@ -60,7 +60,13 @@ pub async fn replay(store: &Arc<dyn EventStore>, mut progress: impl FnMut(u64)) 
 
 /// Versions of a stream must run 1, 2, 3… in log order. Looks up before inserting, so the
 /// common case allocates nothing.
-fn check_version(versions: &mut HashMap<String, HashMap<String, u64>>, tenant: &str, stream: &str, version: u64, problems: &mut Vec<String>) {
+fn check_version(
+    versions: &mut HashMap<String, HashMap<String, u64>>,
+    tenant: &str,
+    stream: &str,
+    version: u64,
+    problems: &mut Vec<String>,
+) {
     if !versions.contains_key(tenant) {
         versions.insert(tenant.to_owned(), HashMap::new());
     }

@@ -97,7 +97,8 @@ fn register_get_patch_and_profile_shape() {
     let r = app.call("PATCH", "/v1/customers/c1", Some(&app.key), Some(r#"{"traits":{"plan":"pro"}}"#));
     assert_eq!((r.status, &r.body["traits"]["plan"]), (200, &json!("pro")));
     let r = app.get("/v1/customers/c1");
-    for field in ["id", "email", "phone", "traits", "lifecycle_stage", "tags", "owner", "status", "consents", "version"] {
+    for field in ["id", "email", "phone", "traits", "lifecycle_stage", "tags", "owner", "status", "consents", "version"]
+    {
         assert!(r.body.get(field).is_some(), "profile lacks {field}: {}", r.body);
     }
     assert_eq!(r.body["status"], "active");
@@ -146,7 +147,10 @@ fn consent_revocation_is_seen_by_the_next_check() {
     assert_eq!(app.get(check).body, json!({"allowed": true, "reason": "granted"}));
     for i in 0..10 {
         let granted = i % 2 == 1;
-        let r = app.post("/v1/customers/c1/consents", json!({"channel": "email", "purpose": "marketing", "granted": granted, "source": "preference-center"}));
+        let r = app.post(
+            "/v1/customers/c1/consents",
+            json!({"channel": "email", "purpose": "marketing", "granted": granted, "source": "preference-center"}),
+        );
         assert_eq!(r.status, 201, "{}", r.body);
         assert_eq!(app.get(check).body["allowed"], json!(granted), "round {i}");
     }
@@ -170,17 +174,28 @@ fn consent_revocation_wins_under_concurrent_load() {
             s.spawn(move || {
                 for j in 0..40 {
                     let id = format!("c{}", 1 + (w + j) % 7);
-                    app.call("PATCH", &format!("/v1/customers/{id}"), Some(&app.key), Some(&format!(r#"{{"traits":{{"n":{j}}}}}"#)));
+                    app.call(
+                        "PATCH",
+                        &format!("/v1/customers/{id}"),
+                        Some(&app.key),
+                        Some(&format!(r#"{{"traits":{{"n":{j}}}}}"#)),
+                    );
                     app.get(&format!("/v1/consent-check?customer={id}&channel=email&purpose=marketing"));
                 }
             });
         }
         for round in 0..20 {
-            let r = app.post("/v1/customers/c0/consents", json!({"channel": "email", "purpose": "marketing", "granted": false, "source": "unsubscribe"}));
+            let r = app.post(
+                "/v1/customers/c0/consents",
+                json!({"channel": "email", "purpose": "marketing", "granted": false, "source": "unsubscribe"}),
+            );
             assert_eq!(r.status, 201);
             let d = app.get("/v1/consent-check?customer=c0&channel=email&purpose=marketing").body;
             assert_eq!(d, json!({"allowed": false, "reason": "revoked"}), "round {round}");
-            app.post("/v1/customers/c0/consents", json!({"channel": "email", "purpose": "marketing", "granted": true, "source": "resubscribe"}));
+            app.post(
+                "/v1/customers/c0/consents",
+                json!({"channel": "email", "purpose": "marketing", "granted": true, "source": "resubscribe"}),
+            );
         }
     });
 }
@@ -199,15 +214,23 @@ fn stream_append_conflicts_and_idempotency() {
     assert_eq!((again.status, &again.body["position"]), (200, &position));
     assert_eq!(app.get("/v1/streams/ticket-1").body["events"].as_array().unwrap().len(), 1);
     // Wrong expected version: 409 naming the actual version.
-    let r = app.post("/v1/streams/ticket-1", json!({"expected_version": 5, "events": [{"type": "TicketClosed", "data": {}}]}));
-    assert_eq!((r.status, &r.body["error"]["code"], &r.body["error"]["actual_version"]), (409, &json!("version_conflict"), &json!(1)));
-    let r = app.post("/v1/streams/ticket-1", json!({"expected_version": 1, "events": [{"type": "TicketClosed", "data": {}}]}));
+    let r = app
+        .post("/v1/streams/ticket-1", json!({"expected_version": 5, "events": [{"type": "TicketClosed", "data": {}}]}));
+    assert_eq!(
+        (r.status, &r.body["error"]["code"], &r.body["error"]["actual_version"]),
+        (409, &json!("version_conflict"), &json!(1))
+    );
+    let r = app
+        .post("/v1/streams/ticket-1", json!({"expected_version": 1, "events": [{"type": "TicketClosed", "data": {}}]}));
     assert_eq!(r.status, 200);
     let page = app.get("/v1/streams/ticket-1?after=1").body;
     assert_eq!(page["events"][0]["type"], "TicketClosed");
     assert_eq!(page["next"], 2);
     // Domain streams are written by commands only.
-    let r = app.post("/v1/streams/customer-x", json!({"expected_version": "any", "events": [{"type": "CustomerTagged", "data": {"tag": "x"}}]}));
+    let r = app.post(
+        "/v1/streams/customer-x",
+        json!({"expected_version": "any", "events": [{"type": "CustomerTagged", "data": {"tag": "x"}}]}),
+    );
     assert_eq!((r.status, &r.body["error"]["code"]), (422, &json!("reserved_stream")));
 }
 
@@ -240,7 +263,12 @@ fn tenants_are_walls_and_keys_are_required() {
     register(&app, "c1", "a@example.com");
     app.post("/v1/streams/notes-1", json!({"expected_version": "any", "events": [{"type": "Noted", "data": {}}]}));
     let other = Some(app.other_key.as_str());
-    for path in ["/v1/customers/c1", "/v1/customers/c1/timeline", "/v1/customers/c1/consents", "/v1/consent-check?customer=c1&channel=email&purpose=marketing"] {
+    for path in [
+        "/v1/customers/c1",
+        "/v1/customers/c1/timeline",
+        "/v1/customers/c1/consents",
+        "/v1/consent-check?customer=c1&channel=email&purpose=marketing",
+    ] {
         assert_eq!(app.call("GET", path, other, None).status, 404, "{path}");
     }
     assert_eq!(app.call("PATCH", "/v1/customers/c1", other, Some(r#"{"traits":{"x":1}}"#)).status, 404);
@@ -307,11 +335,30 @@ fn timeline_pages_and_filters() {
     assert_eq!(p1["events"].as_array().unwrap().len(), 3);
     assert_eq!(p1["next"], 3);
     let p2 = app.get("/v1/customers/c1/timeline?after=3&limit=10").body;
-    assert_eq!(p2["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    assert_eq!(
+        p2["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
     let tags = app.get("/v1/customers/c1/timeline?type=CustomerTagged").body;
     assert_eq!(tags["events"].as_array().unwrap().len(), 5);
     let e = &p1["events"][0];
-    for f in ["id", "tenant", "stream", "version", "position", "type", "schema_version", "event_time", "ingest_time", "source", "causation_id", "correlation_id", "actor", "data", "metadata"] {
+    for f in [
+        "id",
+        "tenant",
+        "stream",
+        "version",
+        "position",
+        "type",
+        "schema_version",
+        "event_time",
+        "ingest_time",
+        "source",
+        "causation_id",
+        "correlation_id",
+        "actor",
+        "data",
+        "metadata",
+    ] {
         assert!(e.get(f).is_some(), "envelope lacks {f}");
     }
 }
@@ -327,7 +374,9 @@ fn health_metrics_and_openapi() {
     assert!(m.contains("chronicle_customers 1"), "{m}");
     let doc = app.call("GET", "/openapi.json", None, None).body;
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/v1/customers", "/v1/customers/{id}", "/v1/consent-check", "/v1/streams/{stream}", "/v1/events/stream"] {
+    for path in
+        ["/v1/customers", "/v1/customers/{id}", "/v1/consent-check", "/v1/streams/{stream}", "/v1/events/stream"]
+    {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     assert!(doc["paths"]["/v1/customers/{id}"].get("patch").is_some());
@@ -342,8 +391,18 @@ fn live_stream_catches_up_then_follows_without_gaps() {
         app.post("/v1/streams/s", json!({"expected_version": "any", "events": [{"type": "Before", "data": {"i": i}}]}));
     }
     // Another tenant's events must not leak into this stream.
-    app.call("POST", "/v1/streams/s", Some(&app.other_key), Some(r#"{"expected_version":"any","events":[{"type":"Secret","data":{}}]}"#));
-    let res = app.agent.get(format!("{}/v1/events/stream?after=0", app.base)).header("authorization", format!("Bearer {}", app.key)).call().unwrap();
+    app.call(
+        "POST",
+        "/v1/streams/s",
+        Some(&app.other_key),
+        Some(r#"{"expected_version":"any","events":[{"type":"Secret","data":{}}]}"#),
+    );
+    let res = app
+        .agent
+        .get(format!("{}/v1/events/stream?after=0", app.base))
+        .header("authorization", format!("Bearer {}", app.key))
+        .call()
+        .unwrap();
     assert_eq!(res.status().as_u16(), 200);
     let mut lines = BufReader::new(res.into_body().into_reader()).lines();
     let mut next_event = || -> (u64, String) {

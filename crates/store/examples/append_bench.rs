@@ -47,19 +47,10 @@ fn main() {
         Some("sqlite" | "log" | "memory") => args.remove(0),
         _ => "sqlite".to_string(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let temp = tempfile::tempdir().expect("temp dir");
-    let dir_arg = |i: usize| {
-        args.get(i)
-            .map_or_else(|| temp.path().to_path_buf(), Into::into)
-    };
-    let number = |i: usize, default: u64| {
-        args.get(i)
-            .map_or(default, |a| a.parse().expect("a number"))
-    };
+    let dir_arg = |i: usize| args.get(i).map_or_else(|| temp.path().to_path_buf(), Into::into);
+    let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().expect("a number"));
 
     if args.first().map(String::as_str) == Some("scan") {
         let events = number(1, 1_000_000);
@@ -75,9 +66,7 @@ fn main() {
         let store = open(&backend, &dir);
         let start = Instant::now();
         let deadline = start + Duration::from_secs(seconds);
-        let tasks: Vec<_> = (0..writers)
-            .map(|w| tokio::spawn(writer(store.clone(), w, writers, deadline)))
-            .collect();
+        let tasks: Vec<_> = (0..writers).map(|w| tokio::spawn(writer(store.clone(), w, writers, deadline))).collect();
         let mut latencies = Vec::new();
         for t in tasks {
             latencies.extend(t.await.expect("writer task"));
@@ -86,12 +75,7 @@ fn main() {
         (latencies.len() as u64, elapsed, latencies)
     });
     latencies.sort_unstable();
-    let percentile = |p: usize| {
-        latencies
-            .get(latencies.len() * p / 100)
-            .copied()
-            .unwrap_or(0)
-    };
+    let percentile = |p: usize| latencies.get(latencies.len() * p / 100).copied().unwrap_or(0);
     println!(
         "{}",
         json!({
@@ -108,12 +92,7 @@ fn main() {
 
 /// One writer: appends to the streams `w, w + writers, …` below [`STREAMS`] until `deadline`;
 /// returns each append's latency in microseconds.
-async fn writer(
-    store: Arc<dyn EventStore>,
-    w: usize,
-    writers: usize,
-    deadline: Instant,
-) -> Vec<u32> {
+async fn writer(store: Arc<dyn EventStore>, w: usize, writers: usize, deadline: Instant) -> Vec<u32> {
     let streams: Vec<usize> = (w..STREAMS).step_by(writers).collect();
     let mut versions = vec![0u64; streams.len()];
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
@@ -124,12 +103,7 @@ async fn writer(
         let event = profile_update(customer, versions[k]);
         let started = Instant::now();
         match store
-            .append(
-                "bench",
-                &format!("customer-{customer}"),
-                ExpectedVersion::Exact(versions[k]),
-                vec![event],
-            )
+            .append("bench", &format!("customer-{customer}"), ExpectedVersion::Exact(versions[k]), vec![event])
             .await
         {
             Ok(r) => versions[k] = r.last_version,
@@ -161,12 +135,7 @@ async fn scan(backend: &str, dir: &Path, events: u64) -> serde_json::Value {
                     let customer = (xorshift(&mut rng) % STREAMS as u64) as usize;
                     let batch = (0..BATCH).map(|v| profile_update(customer, v)).collect();
                     store
-                        .append(
-                            "bench",
-                            &format!("customer-{customer}"),
-                            ExpectedVersion::Any,
-                            batch,
-                        )
+                        .append("bench", &format!("customer-{customer}"), ExpectedVersion::Any, batch)
                         .await
                         .expect("fill");
                 }
@@ -222,8 +191,7 @@ fn profile_update(customer: usize, version: u64) -> NewEvent {
         },
         "revision": version + 1,
     });
-    let mut e = NewEvent::new(Uuid::now_v7(), "CustomerProfileUpdated", data, Utc::now())
-        .with_actor("api-key:bench");
+    let mut e = NewEvent::new(Uuid::now_v7(), "CustomerProfileUpdated", data, Utc::now()).with_actor("api-key:bench");
     e.metadata = json!({ "ip": "192.0.2.10", "user_agent": "append-bench/1" });
     e
 }

@@ -27,21 +27,15 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let conn = Connection::open(dir.path().join("events.sqlite")).expect("open");
-    let _: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .expect("wal");
-    conn.pragma_update(None, "synchronous", "FULL")
-        .expect("pragma");
-    conn.pragma_update(None, "cache_size", -64 * 1024)
-        .expect("pragma");
+    let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL").expect("pragma");
+    conn.pragma_update(None, "cache_size", -64 * 1024).expect("pragma");
     // Checkpoint by hand (as often as the default autocheckpoint, and timed as part of the
     // commit) with TRUNCATE, so the WAL's growth per commit counts the pages each group wrote.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
-        .expect("pragma");
+    conn.pragma_update(None, "wal_autocheckpoint", 0).expect("pragma");
     conn.execute_batch(TABLE).expect("schema");
     if stream_index {
-        conn.execute_batch("CREATE UNIQUE INDEX events_stream ON events(tenant, stream, version);")
-            .expect("index");
+        conn.execute_batch("CREATE UNIQUE INDEX events_stream ON events(tenant, stream, version);").expect("index");
     }
 
     let data = json!({ "customer_id": "customer-00000", "changes": { "email": { "old": "a@example.com", "new": "b@example.org" },
@@ -52,8 +46,7 @@ fn main() {
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let (mut position, mut events, mut groups) = (0i64, 0u64, 0u64);
     let (mut inserting, mut committing) = (Duration::ZERO, Duration::ZERO);
-    let wal_bytes =
-        || std::fs::metadata(dir.path().join("events.sqlite-wal")).map_or(0, |m| m.len());
+    let wal_bytes = || std::fs::metadata(dir.path().join("events.sqlite-wal")).map_or(0, |m| m.len());
     let mut frames_written = 0u64;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(seconds) {
@@ -61,7 +54,9 @@ fn main() {
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
         {
             let mut insert = conn
-                .prepare_cached("INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")
+                .prepare_cached(
+                    "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
                 .expect("prepare");
             for _ in 0..group {
                 rng ^= rng << 13;
@@ -100,9 +95,7 @@ fn main() {
         frames_written += (after - before.max(32)) / 4120;
         if after > 1000 * 4120 {
             let _: (i64, i64, i64) = conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .expect("checkpoint");
         }
         inserting += t1 - t0;

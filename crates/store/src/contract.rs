@@ -65,20 +65,13 @@ macro_rules! contract_tests {
 
 /// The fixed event time of test events; it has nanoseconds, which stores keep to the microsecond.
 pub fn event_time() -> DateTime<Utc> {
-    Utc.timestamp_opt(1_700_000_000, 123_456_789)
-        .single()
-        .expect("valid time")
+    Utc.timestamp_opt(1_700_000_000, 123_456_789).single().expect("valid time")
 }
 
 /// A new test event with a fresh id. The type is one no upcaster knows, so reads return it as
 /// written.
 pub fn event(n: u64) -> NewEvent {
-    NewEvent::new(
-        Uuid::now_v7(),
-        "ContractTestEvent",
-        json!({ "n": n }),
-        event_time(),
-    )
+    NewEvent::new(Uuid::now_v7(), "ContractTestEvent", json!({ "n": n }), event_time())
 }
 
 pub fn batch(n: u64) -> Vec<NewEvent> {
@@ -107,20 +100,12 @@ fn ids(events: &[EventEnvelope]) -> Vec<Uuid> {
 }
 
 fn result(first_version: u64, last_version: u64, position: u64) -> AppendResult {
-    AppendResult {
-        first_version,
-        last_version,
-        position,
-    }
+    AppendResult { first_version, last_version, position }
 }
 
 fn assert_gap_free(events: &[EventEnvelope]) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(
-            e.position,
-            i as u64 + 1,
-            "positions must be 1-based and gap-free"
-        );
+        assert_eq!(e.position, i as u64 + 1, "positions must be 1-based and gap-free");
     }
 }
 
@@ -135,31 +120,15 @@ pub async fn empty_store_reads_nothing(store: Store) {
     assert_eq!(store.head().await.unwrap(), 0);
     assert_eq!(*store.head_watch().borrow(), 0);
     assert!(all(&store).await.is_empty());
-    assert!(store
-        .read_stream("t1", "s", 0, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.read_stream("t1", "s", 0, 10).await.unwrap().is_empty());
     assert_eq!(store.stream_version("t1", "s").await.unwrap(), 0);
 }
 
 pub async fn versions_and_positions_start_at_one(store: Store) {
-    assert_eq!(
-        append(&store, "t1", "a", ExpectedVersion::NoStream, batch(2)).await,
-        result(1, 2, 2)
-    );
-    assert_eq!(
-        append(&store, "t1", "a", ExpectedVersion::Exact(2), batch(1)).await,
-        result(3, 3, 3)
-    );
-    assert_eq!(
-        append(&store, "t1", "b", ExpectedVersion::Any, batch(1)).await,
-        result(1, 1, 4)
-    );
-    assert_eq!(
-        append(&store, "t1", "a", ExpectedVersion::Any, batch(2)).await,
-        result(4, 5, 6)
-    );
+    assert_eq!(append(&store, "t1", "a", ExpectedVersion::NoStream, batch(2)).await, result(1, 2, 2));
+    assert_eq!(append(&store, "t1", "a", ExpectedVersion::Exact(2), batch(1)).await, result(3, 3, 3));
+    assert_eq!(append(&store, "t1", "b", ExpectedVersion::Any, batch(1)).await, result(1, 1, 4));
+    assert_eq!(append(&store, "t1", "a", ExpectedVersion::Any, batch(2)).await, result(4, 5, 6));
     assert_eq!(store.head().await.unwrap(), 6);
     assert_eq!(store.stream_version("t1", "a").await.unwrap(), 5);
     assert_eq!(store.stream_version("t1", "b").await.unwrap(), 1);
@@ -167,44 +136,16 @@ pub async fn versions_and_positions_start_at_one(store: Store) {
     let log = all(&store).await;
     assert_gap_free(&log);
     let versions: Vec<(&str, u64)> = log.iter().map(|e| (e.stream.as_str(), e.version)).collect();
-    assert_eq!(
-        versions,
-        [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("a", 4), ("a", 5)]
-    );
+    assert_eq!(versions, [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("a", 4), ("a", 5)]);
 }
 
 pub async fn expected_version_rules(store: Store) {
     use ExpectedVersion::*;
-    assert_eq!(
-        append(&store, "t1", "new-1", NoStream, batch(1))
-            .await
-            .first_version,
-        1
-    );
-    assert_eq!(
-        append(&store, "t1", "new-2", Exact(0), batch(1))
-            .await
-            .first_version,
-        1
-    );
-    assert_eq!(
-        append(&store, "t1", "new-3", Any, batch(1))
-            .await
-            .first_version,
-        1
-    );
-    assert_eq!(
-        append(&store, "t1", "new-1", Exact(1), batch(1))
-            .await
-            .first_version,
-        2
-    );
-    assert_eq!(
-        append(&store, "t1", "new-1", Any, batch(1))
-            .await
-            .first_version,
-        3
-    );
+    assert_eq!(append(&store, "t1", "new-1", NoStream, batch(1)).await.first_version, 1);
+    assert_eq!(append(&store, "t1", "new-2", Exact(0), batch(1)).await.first_version, 1);
+    assert_eq!(append(&store, "t1", "new-3", Any, batch(1)).await.first_version, 1);
+    assert_eq!(append(&store, "t1", "new-1", Exact(1), batch(1)).await.first_version, 2);
+    assert_eq!(append(&store, "t1", "new-1", Any, batch(1)).await.first_version, 3);
     for (stream, expected, actual) in [
         ("new-1", NoStream, 3),
         ("new-1", Exact(0), 3),
@@ -213,45 +154,24 @@ pub async fn expected_version_rules(store: Store) {
         ("missing", Exact(1), 0),
     ] {
         let r = store.append("t1", stream, expected, batch(1)).await;
-        assert_eq!(
-            r,
-            Err(AppendError::Conflict {
-                stream: stream.into(),
-                expected,
-                actual
-            })
-        );
+        assert_eq!(r, Err(AppendError::Conflict { stream: stream.into(), expected, actual }));
     }
 }
 
 pub async fn conflict_names_the_actual_version(store: Store) {
     append(&store, "t1", "s", ExpectedVersion::NoStream, batch(3)).await;
-    for expected in [
-        ExpectedVersion::Exact(1),
-        ExpectedVersion::Exact(5),
-        ExpectedVersion::NoStream,
-    ] {
+    for expected in [ExpectedVersion::Exact(1), ExpectedVersion::Exact(5), ExpectedVersion::NoStream] {
         match store.append("t1", "s", expected, batch(1)).await {
-            Err(AppendError::Conflict {
-                stream,
-                expected: e,
-                actual,
-            }) => {
+            Err(AppendError::Conflict { stream, expected: e, actual }) => {
                 assert_eq!((stream.as_str(), e, actual), ("s", expected, 3));
             }
             other => panic!("expected a conflict, got {other:?}"),
         }
     }
-    let r = store
-        .append("t1", "fresh", ExpectedVersion::Exact(2), batch(1))
-        .await;
+    let r = store.append("t1", "fresh", ExpectedVersion::Exact(2), batch(1)).await;
     assert_eq!(
         r,
-        Err(AppendError::Conflict {
-            stream: "fresh".into(),
-            expected: ExpectedVersion::Exact(2),
-            actual: 0
-        })
+        Err(AppendError::Conflict { stream: "fresh".into(), expected: ExpectedVersion::Exact(2), actual: 0 })
     );
 }
 
@@ -259,38 +179,15 @@ pub async fn rejected_appends_write_nothing_and_leave_no_gap(store: Store) {
     let first = batch(2);
     append(&store, "t1", "s", ExpectedVersion::NoStream, first.clone()).await;
     // A conflict, a partial id reuse, a duplicate inside a batch and an empty batch.
-    assert!(store
-        .append("t1", "s", ExpectedVersion::Exact(7), batch(3))
-        .await
-        .is_err());
-    assert!(store
-        .append(
-            "t1",
-            "s",
-            ExpectedVersion::Any,
-            vec![event(9), first[0].clone()]
-        )
-        .await
-        .is_err());
+    assert!(store.append("t1", "s", ExpectedVersion::Exact(7), batch(3)).await.is_err());
+    assert!(store.append("t1", "s", ExpectedVersion::Any, vec![event(9), first[0].clone()]).await.is_err());
     let e = event(1);
-    assert!(store
-        .append("t1", "s", ExpectedVersion::Any, vec![e.clone(), e])
-        .await
-        .is_err());
-    assert!(store
-        .append("t1", "s", ExpectedVersion::Any, vec![])
-        .await
-        .is_err());
+    assert!(store.append("t1", "s", ExpectedVersion::Any, vec![e.clone(), e]).await.is_err());
+    assert!(store.append("t1", "s", ExpectedVersion::Any, vec![]).await.is_err());
     assert_eq!(store.head().await.unwrap(), 2);
     assert_eq!(store.stream_version("t1", "s").await.unwrap(), 2);
-    assert_eq!(
-        append(&store, "t1", "other", ExpectedVersion::Any, batch(1)).await,
-        result(1, 1, 3)
-    );
-    assert_eq!(
-        append(&store, "t1", "s", ExpectedVersion::Exact(2), batch(2)).await,
-        result(3, 4, 5)
-    );
+    assert_eq!(append(&store, "t1", "other", ExpectedVersion::Any, batch(1)).await, result(1, 1, 3));
+    assert_eq!(append(&store, "t1", "s", ExpectedVersion::Exact(2), batch(2)).await, result(3, 4, 5));
     let log = all(&store).await;
     assert_eq!(log.len(), 5);
     assert_gap_free(&log);
@@ -298,48 +195,22 @@ pub async fn rejected_appends_write_nothing_and_leave_no_gap(store: Store) {
 
 pub async fn idempotent_replay_returns_the_original_result(store: Store) {
     let original = batch(3);
-    let first = append(
-        &store,
-        "t1",
-        "s",
-        ExpectedVersion::NoStream,
-        original.clone(),
-    )
-    .await;
+    let first = append(&store, "t1", "s", ExpectedVersion::NoStream, original.clone()).await;
     assert_eq!(first, result(1, 3, 3));
     append(&store, "t1", "s", ExpectedVersion::Exact(3), batch(1)).await;
     append(&store, "t1", "other", ExpectedVersion::Any, batch(2)).await;
     let before = all(&store).await;
 
     // Whatever the expected version, a replay answers the original result and stores nothing.
-    for expected in [
-        ExpectedVersion::NoStream,
-        ExpectedVersion::Exact(3),
-        ExpectedVersion::Any,
-        ExpectedVersion::Exact(99),
-    ] {
-        assert_eq!(
-            store.append("t1", "s", expected, original.clone()).await,
-            Ok(first),
-            "{expected:?}"
-        );
+    for expected in
+        [ExpectedVersion::NoStream, ExpectedVersion::Exact(3), ExpectedVersion::Any, ExpectedVersion::Exact(99)]
+    {
+        assert_eq!(store.append("t1", "s", expected, original.clone()).await, Ok(first), "{expected:?}");
     }
     let single = event(7);
-    let single_result = append(
-        &store,
-        "t1",
-        "other",
-        ExpectedVersion::Exact(2),
-        vec![single.clone()],
-    )
-    .await;
+    let single_result = append(&store, "t1", "other", ExpectedVersion::Exact(2), vec![single.clone()]).await;
     assert_eq!(single_result, result(3, 3, 7));
-    assert_eq!(
-        store
-            .append("t1", "other", ExpectedVersion::Exact(0), vec![single])
-            .await,
-        Ok(single_result)
-    );
+    assert_eq!(store.append("t1", "other", ExpectedVersion::Exact(0), vec![single]).await, Ok(single_result));
 
     let after = all(&store).await;
     assert_eq!(after.len(), before.len() + 1);
@@ -350,27 +221,13 @@ pub async fn idempotent_replay_returns_the_original_result(store: Store) {
 
 pub async fn replay_must_match_stream_tenant_and_order(store: Store) {
     let original = batch(2);
-    append(
-        &store,
-        "t1",
-        "s",
-        ExpectedVersion::NoStream,
-        original.clone(),
-    )
-    .await;
+    append(&store, "t1", "s", ExpectedVersion::NoStream, original.clone()).await;
     let reversed = vec![original[1].clone(), original[0].clone()];
-    for (tenant, stream, events) in [
-        ("t1", "s", reversed),
-        ("t1", "other", original.clone()),
-        ("t2", "s", original.clone()),
-    ] {
-        let r = store
-            .append(tenant, stream, ExpectedVersion::Any, events)
-            .await;
-        assert!(
-            matches!(r, Err(AppendError::IdReused { .. })),
-            "{tenant}/{stream}: {r:?}"
-        );
+    for (tenant, stream, events) in
+        [("t1", "s", reversed), ("t1", "other", original.clone()), ("t2", "s", original.clone())]
+    {
+        let r = store.append(tenant, stream, ExpectedVersion::Any, events).await;
+        assert!(matches!(r, Err(AppendError::IdReused { .. })), "{tenant}/{stream}: {r:?}");
     }
     assert_eq!(store.head().await.unwrap(), 2);
     assert_eq!(store.stream_version("t1", "other").await.unwrap(), 0);
@@ -379,22 +236,12 @@ pub async fn replay_must_match_stream_tenant_and_order(store: Store) {
 
 pub async fn partial_id_reuse_is_rejected_and_writes_nothing(store: Store) {
     let original = batch(2);
-    append(
-        &store,
-        "t1",
-        "s",
-        ExpectedVersion::NoStream,
-        original.clone(),
-    )
-    .await;
+    append(&store, "t1", "s", ExpectedVersion::NoStream, original.clone()).await;
     let fresh = event(5);
     for (events, reused) in [
         (vec![original[0].clone(), fresh.clone()], original[0].id),
         (vec![fresh.clone(), original[1].clone()], original[1].id),
-        (
-            vec![original[0].clone(), original[1].clone(), fresh.clone()],
-            original[0].id,
-        ),
+        (vec![original[0].clone(), original[1].clone(), fresh.clone()], original[0].id),
     ] {
         match store.append("t1", "s", ExpectedVersion::Any, events).await {
             Err(AppendError::IdReused { id, .. }) => assert_eq!(id, reused),
@@ -403,110 +250,40 @@ pub async fn partial_id_reuse_is_rejected_and_writes_nothing(store: Store) {
     }
     assert_eq!(store.head().await.unwrap(), 2);
     // The fresh id was not stored by the rejected batches.
-    assert_eq!(
-        append(
-            &store,
-            "t1",
-            "s",
-            ExpectedVersion::Exact(2),
-            vec![fresh.clone()]
-        )
-        .await,
-        result(3, 3, 3)
-    );
-    assert_eq!(
-        ids(&all(&store).await),
-        vec![original[0].id, original[1].id, fresh.id]
-    );
+    assert_eq!(append(&store, "t1", "s", ExpectedVersion::Exact(2), vec![fresh.clone()]).await, result(3, 3, 3));
+    assert_eq!(ids(&all(&store).await), vec![original[0].id, original[1].id, fresh.id]);
 }
 
 pub async fn duplicate_ids_in_one_batch_are_rejected(store: Store) {
     let (a, b) = (event(1), event(2));
-    for events in [
-        vec![a.clone(), a.clone()],
-        vec![a.clone(), b.clone(), a.clone()],
-    ] {
-        match store
-            .append("t1", "s", ExpectedVersion::NoStream, events)
-            .await
-        {
+    for events in [vec![a.clone(), a.clone()], vec![a.clone(), b.clone(), a.clone()]] {
+        match store.append("t1", "s", ExpectedVersion::NoStream, events).await {
             Err(AppendError::IdReused { id, .. }) => assert_eq!(id, a.id),
             other => panic!("expected IdReused, got {other:?}"),
         }
     }
     assert_eq!(store.head().await.unwrap(), 0);
-    assert_eq!(
-        append(&store, "t1", "s", ExpectedVersion::NoStream, vec![a, b]).await,
-        result(1, 2, 2)
-    );
+    assert_eq!(append(&store, "t1", "s", ExpectedVersion::NoStream, vec![a, b]).await, result(1, 2, 2));
 }
 
 pub async fn ids_are_global_across_tenants(store: Store) {
     let e = event(1);
-    append(
-        &store,
-        "t1",
-        "secret-stream",
-        ExpectedVersion::NoStream,
-        vec![e.clone()],
-    )
-    .await;
-    match store
-        .append(
-            "t2",
-            "secret-stream",
-            ExpectedVersion::NoStream,
-            vec![e.clone()],
-        )
-        .await
-    {
+    append(&store, "t1", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await;
+    match store.append("t2", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await {
         Err(AppendError::IdReused { id, detail }) => {
             assert_eq!(id, e.id);
-            assert!(
-                !detail.contains("secret") && !detail.contains("t1"),
-                "leaks another tenant: {detail}"
-            );
+            assert!(!detail.contains("secret") && !detail.contains("t1"), "leaks another tenant: {detail}");
         }
         other => panic!("expected IdReused, got {other:?}"),
     }
-    assert_eq!(
-        store.stream_version("t2", "secret-stream").await.unwrap(),
-        0
-    );
+    assert_eq!(store.stream_version("t2", "secret-stream").await.unwrap(), 0);
     assert_eq!(store.head().await.unwrap(), 1);
 }
 
 pub async fn tenants_are_isolated(store: Store) {
-    append(
-        &store,
-        "t1",
-        "customer-1",
-        ExpectedVersion::NoStream,
-        batch(2),
-    )
-    .await;
-    assert_eq!(
-        append(
-            &store,
-            "t2",
-            "customer-1",
-            ExpectedVersion::NoStream,
-            batch(1)
-        )
-        .await,
-        result(1, 1, 3)
-    );
-    assert_eq!(
-        append(
-            &store,
-            "t1",
-            "customer-1",
-            ExpectedVersion::Exact(2),
-            batch(1)
-        )
-        .await,
-        result(3, 3, 4)
-    );
+    append(&store, "t1", "customer-1", ExpectedVersion::NoStream, batch(2)).await;
+    assert_eq!(append(&store, "t2", "customer-1", ExpectedVersion::NoStream, batch(1)).await, result(1, 1, 3));
+    assert_eq!(append(&store, "t1", "customer-1", ExpectedVersion::Exact(2), batch(1)).await, result(3, 3, 4));
     assert_eq!(store.stream_version("t1", "customer-1").await.unwrap(), 3);
     assert_eq!(store.stream_version("t2", "customer-1").await.unwrap(), 1);
     assert_eq!(store.stream_version("t3", "customer-1").await.unwrap(), 0);
@@ -514,27 +291,17 @@ pub async fn tenants_are_isolated(store: Store) {
     let t2 = store.read_stream("t2", "customer-1", 1, 100).await.unwrap();
     assert!(t1.iter().all(|e| e.tenant == "t1") && t1.len() == 3);
     assert!(t2.iter().all(|e| e.tenant == "t2") && t2.len() == 1);
-    assert!(store
-        .read_stream("t3", "customer-1", 1, 100)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.read_stream("t3", "customer-1", 1, 100).await.unwrap().is_empty());
     let log = all(&store).await;
     assert_gap_free(&log);
-    assert_eq!(
-        log.iter().map(|e| e.tenant.as_str()).collect::<Vec<_>>(),
-        ["t1", "t1", "t2", "t1"]
-    );
+    assert_eq!(log.iter().map(|e| e.tenant.as_str()).collect::<Vec<_>>(), ["t1", "t1", "t2", "t1"]);
 }
 
 pub async fn read_all_pages_with_limit(store: Store) {
     let mut n = 0;
     while n < 25 {
         let size = 1 + n % 3;
-        let (tenant, stream) = (
-            ["t1", "t2"][(n % 2) as usize],
-            ["a", "b", "c"][(n % 3) as usize],
-        );
+        let (tenant, stream) = (["t1", "t2"][(n % 2) as usize], ["a", "b", "c"][(n % 3) as usize]);
         append(&store, tenant, stream, ExpectedVersion::Any, batch(size)).await;
         n += size;
     }
@@ -542,25 +309,13 @@ pub async fn read_all_pages_with_limit(store: Store) {
     assert_eq!(every.len() as u64, n);
     assert_gap_free(&every);
     let positions = |v: Vec<EventEnvelope>| v.iter().map(|e| e.position).collect::<Vec<_>>();
-    assert_eq!(
-        positions(store.read_all(0, 10).await.unwrap()),
-        (1..=10).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        positions(store.read_all(10, 10).await.unwrap()),
-        (11..=20).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        positions(store.read_all(20, 10).await.unwrap()),
-        (21..=n).collect::<Vec<_>>()
-    );
+    assert_eq!(positions(store.read_all(0, 10).await.unwrap()), (1..=10).collect::<Vec<_>>());
+    assert_eq!(positions(store.read_all(10, 10).await.unwrap()), (11..=20).collect::<Vec<_>>());
+    assert_eq!(positions(store.read_all(20, 10).await.unwrap()), (21..=n).collect::<Vec<_>>());
     assert!(store.read_all(n, 10).await.unwrap().is_empty());
     assert!(store.read_all(u64::MAX, 10).await.unwrap().is_empty());
     assert!(store.read_all(0, 0).await.unwrap().is_empty());
-    assert_eq!(
-        positions(store.read_all(3, usize::MAX).await.unwrap()),
-        (4..=n).collect::<Vec<_>>()
-    );
+    assert_eq!(positions(store.read_all(3, usize::MAX).await.unwrap()), (4..=n).collect::<Vec<_>>());
     // Paging with `after` = the last position seen visits every event once.
     let (mut paged, mut after) = (Vec::new(), 0);
     loop {
@@ -578,40 +333,16 @@ pub async fn read_stream_pages_with_limit(store: Store) {
         append(&store, "t1", "noise", ExpectedVersion::Any, batch(1)).await;
     }
     let versions = |v: Vec<EventEnvelope>| v.iter().map(|e| e.version).collect::<Vec<_>>();
-    assert_eq!(
-        versions(store.read_stream("t1", "s", 0, 5).await.unwrap()),
-        [1, 2, 3, 4, 5]
-    );
-    assert_eq!(
-        versions(store.read_stream("t1", "s", 1, 5).await.unwrap()),
-        [1, 2, 3, 4, 5]
-    );
-    assert_eq!(
-        versions(store.read_stream("t1", "s", 6, 5).await.unwrap()),
-        [6, 7, 8, 9, 10]
-    );
-    assert_eq!(
-        versions(store.read_stream("t1", "s", 11, 5).await.unwrap()),
-        [11, 12]
-    );
-    assert!(store
-        .read_stream("t1", "s", 13, 5)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .read_stream("t1", "s", u64::MAX, 5)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(versions(store.read_stream("t1", "s", 0, 5).await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(versions(store.read_stream("t1", "s", 1, 5).await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(versions(store.read_stream("t1", "s", 6, 5).await.unwrap()), [6, 7, 8, 9, 10]);
+    assert_eq!(versions(store.read_stream("t1", "s", 11, 5).await.unwrap()), [11, 12]);
+    assert!(store.read_stream("t1", "s", 13, 5).await.unwrap().is_empty());
+    assert!(store.read_stream("t1", "s", u64::MAX, 5).await.unwrap().is_empty());
     assert!(store.read_stream("t1", "s", 1, 0).await.unwrap().is_empty());
     // A stream read returns the same envelopes as the global log.
     let stream = store.read_stream("t1", "s", 1, usize::MAX).await.unwrap();
-    let log: Vec<EventEnvelope> = all(&store)
-        .await
-        .into_iter()
-        .filter(|e| e.stream == "s")
-        .collect();
+    let log: Vec<EventEnvelope> = all(&store).await.into_iter().filter(|e| e.stream == "s").collect();
     assert_eq!(stream, log);
     assert!(stream.windows(2).all(|w| w[0].position < w[1].position));
 }
@@ -631,14 +362,7 @@ pub async fn envelope_round_trips(store: Store) {
     };
     let bare = event(2);
     let before = Utc::now();
-    let r = append(
-        &store,
-        "t1",
-        "s",
-        ExpectedVersion::NoStream,
-        vec![full.clone(), bare.clone()],
-    )
-    .await;
+    let r = append(&store, "t1", "s", ExpectedVersion::NoStream, vec![full.clone(), bare.clone()]).await;
     let after = Utc::now();
     assert_eq!(r, result(1, 2, 2));
     let read = store.read_stream("t1", "s", 1, 10).await.unwrap();
@@ -655,20 +379,11 @@ pub async fn envelope_round_trips(store: Store) {
         assert_eq!(got.data, sent.data);
         assert_eq!(got.metadata, sent.metadata);
         // Times are kept to the microsecond.
-        assert_eq!(
-            got.event_time,
-            Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap()
-        );
+        assert_eq!(got.event_time, Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap());
         assert_eq!(got.ingest_time.timestamp_subsec_nanos() % 1000, 0);
-        assert!(
-            got.ingest_time >= before - chrono::Duration::microseconds(1)
-                && got.ingest_time <= after
-        );
+        assert!(got.ingest_time >= before - chrono::Duration::microseconds(1) && got.ingest_time <= after);
     }
-    assert_eq!(
-        read[0].ingest_time, read[1].ingest_time,
-        "one batch, one ingest time"
-    );
+    assert_eq!(read[0].ingest_time, read[1].ingest_time, "one batch, one ingest time");
 }
 
 pub async fn head_watch_follows_commits(store: Store) {
@@ -681,10 +396,7 @@ pub async fn head_watch_follows_commits(store: Store) {
     let r = append(&store, "t1", "s", ExpectedVersion::Any, batch(2)).await;
     // The watch has moved by the time the append returns.
     assert!(*store.head_watch().borrow() >= r.position);
-    let seen = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("watch woke")
-        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("watch woke").unwrap();
     assert_eq!(seen, 2);
     let r = append(&store, "t2", "s", ExpectedVersion::Any, batch(1)).await;
     assert_eq!(*store.head_watch().borrow(), r.position);
@@ -693,40 +405,17 @@ pub async fn head_watch_follows_commits(store: Store) {
 pub async fn commit_hook_sees_every_event_once_in_order(store: Store) {
     let seen: Arc<Mutex<Vec<EventEnvelope>>> = Arc::default();
     let sink = seen.clone();
-    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| {
-        sink.lock().unwrap().extend_from_slice(events)
-    }));
+    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| sink.lock().unwrap().extend_from_slice(events)));
 
     // Sequentially: the hook has the events before the append returns; rejections and replays
     // call it with nothing new.
     let original = batch(3);
-    let r = append(
-        &store,
-        "t1",
-        "s",
-        ExpectedVersion::NoStream,
-        original.clone(),
-    )
-    .await;
-    assert_eq!(
-        seen.lock().unwrap().last().map(|e| e.position),
-        Some(r.position)
-    );
-    assert!(store
-        .append("t1", "s", ExpectedVersion::NoStream, batch(1))
-        .await
-        .is_err());
-    assert_eq!(
-        store
-            .append("t1", "s", ExpectedVersion::Any, original)
-            .await,
-        Ok(r)
-    );
+    let r = append(&store, "t1", "s", ExpectedVersion::NoStream, original.clone()).await;
+    assert_eq!(seen.lock().unwrap().last().map(|e| e.position), Some(r.position));
+    assert!(store.append("t1", "s", ExpectedVersion::NoStream, batch(1)).await.is_err());
+    assert_eq!(store.append("t1", "s", ExpectedVersion::Any, original).await, Ok(r));
     let r = append(&store, "t2", "s", ExpectedVersion::Any, batch(1)).await;
-    assert_eq!(
-        seen.lock().unwrap().last().map(|e| e.position),
-        Some(r.position)
-    );
+    assert_eq!(seen.lock().unwrap().last().map(|e| e.position), Some(r.position));
     assert_eq!(seen.lock().unwrap().len(), 4);
 
     // Concurrently: still every event once, in position order.
@@ -736,19 +425,9 @@ pub async fn commit_hook_sees_every_event_once_in_order(store: Store) {
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..20 {
-                let r = append(
-                    &store,
-                    "t1",
-                    &format!("w{t}"),
-                    ExpectedVersion::Any,
-                    batch(1 + i % 2),
-                )
-                .await;
+                let r = append(&store, "t1", &format!("w{t}"), ExpectedVersion::Any, batch(1 + i % 2)).await;
                 let max_seen = seen.lock().unwrap().iter().map(|e| e.position).max();
-                assert!(
-                    max_seen >= Some(r.position),
-                    "the hook ran before the append returned"
-                );
+                assert!(max_seen >= Some(r.position), "the hook ran before the append returned");
             }
         }));
     }
@@ -764,12 +443,7 @@ pub async fn commit_hook_sees_every_event_once_in_order(store: Store) {
 pub async fn concurrent_appends_are_gap_free(store: Store) {
     const TASKS: usize = 32;
     const APPENDS: u64 = 50;
-    const STREAMS: [(&str, &str); 4] = [
-        ("t1", "shared-0"),
-        ("t1", "shared-1"),
-        ("t2", "shared-0"),
-        ("t2", "shared-2"),
-    ];
+    const STREAMS: [(&str, &str); 4] = [("t1", "shared-0"), ("t1", "shared-1"), ("t2", "shared-0"), ("t2", "shared-2")];
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let store = store.clone();
@@ -780,15 +454,7 @@ pub async fn concurrent_appends_are_gap_free(store: Store) {
             for i in 0..APPENDS {
                 let events = batch(1 + u64::from(i % 5 == 0));
                 loop {
-                    match store
-                        .append(
-                            tenant,
-                            stream,
-                            ExpectedVersion::Exact(expected),
-                            events.clone(),
-                        )
-                        .await
-                    {
+                    match store.append(tenant, stream, ExpectedVersion::Exact(expected), events.clone()).await {
                         Ok(r) => {
                             expected = r.last_version;
                             acknowledged.push((events.iter().map(|e| e.id).collect::<Vec<_>>(), r));
@@ -810,11 +476,7 @@ pub async fn concurrent_appends_are_gap_free(store: Store) {
     let log = all(&store).await;
     assert_gap_free(&log);
     assert_eq!(store.head().await.unwrap(), log.len() as u64);
-    let total: usize = acknowledged
-        .iter()
-        .flat_map(|(_, _, a)| a)
-        .map(|(ids, _)| ids.len())
-        .sum();
+    let total: usize = acknowledged.iter().flat_map(|(_, _, a)| a).map(|(ids, _)| ids.len()).sum();
     assert_eq!(log.len(), total, "no loss, no duplicate");
     let unique: HashSet<Uuid> = log.iter().map(|e| e.id).collect();
     assert_eq!(unique.len(), log.len());
@@ -822,15 +484,9 @@ pub async fn concurrent_appends_are_gap_free(store: Store) {
     // Every stream's versions are 1..=n in position order.
     let mut versions: HashMap<(&str, &str), u64> = HashMap::new();
     for e in &log {
-        let v = versions
-            .entry((e.tenant.as_str(), e.stream.as_str()))
-            .or_default();
+        let v = versions.entry((e.tenant.as_str(), e.stream.as_str())).or_default();
         *v += 1;
-        assert_eq!(
-            e.version, *v,
-            "contiguous versions on {}/{}",
-            e.tenant, e.stream
-        );
+        assert_eq!(e.version, *v, "contiguous versions on {}/{}", e.tenant, e.stream);
     }
     // Every acknowledgement describes what is stored.
     for (tenant, stream, acks) in &acknowledged {
@@ -839,10 +495,7 @@ pub async fn concurrent_appends_are_gap_free(store: Store) {
             assert_eq!(r.last_version - r.first_version + 1, n);
             for (i, id) in ids.iter().enumerate() {
                 let e = &log[(r.position - n + i as u64) as usize];
-                assert_eq!(
-                    (e.id, e.tenant.as_str(), e.stream.as_str()),
-                    (*id, *tenant, *stream)
-                );
+                assert_eq!((e.id, e.tenant.as_str(), e.stream.as_str()), (*id, *tenant, *stream));
                 assert_eq!(e.version, r.first_version + i as u64);
             }
         }
@@ -855,22 +508,13 @@ pub async fn concurrent_duplicate_submissions_store_once(store: Store) {
     for i in 0..16 {
         let store = store.clone();
         let events = events.clone();
-        let expected = if i % 2 == 0 {
-            ExpectedVersion::NoStream
-        } else {
-            ExpectedVersion::Any
-        };
-        tasks.push(tokio::spawn(async move {
-            store.append("t1", "s", expected, events).await
-        }));
+        let expected = if i % 2 == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Any };
+        tasks.push(tokio::spawn(async move { store.append("t1", "s", expected, events).await }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), Ok(result(1, 3, 3)));
     }
-    assert_eq!(
-        ids(&all(&store).await),
-        events.iter().map(|e| e.id).collect::<Vec<_>>()
-    );
+    assert_eq!(ids(&all(&store).await), events.iter().map(|e| e.id).collect::<Vec<_>>());
 }
 
 pub async fn subscription_sees_every_event_once_in_order(store: Store) {
@@ -901,14 +545,7 @@ pub async fn subscription_sees_every_event_once_in_order(store: Store) {
         let store = store.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..PER_WRITER {
-                append(
-                    &store,
-                    "t1",
-                    &format!("live-{w}"),
-                    ExpectedVersion::Any,
-                    vec![event(i)],
-                )
-                .await;
+                append(&store, "t1", &format!("live-{w}"), ExpectedVersion::Any, vec![event(i)]).await;
                 if i % 8 == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -919,34 +556,18 @@ pub async fn subscription_sees_every_event_once_in_order(store: Store) {
         w.await.unwrap();
     }
     let limit = Duration::from_secs(60);
-    let from_start = tokio::time::timeout(limit, from_start)
-        .await
-        .expect("caught up")
-        .unwrap();
-    let from_middle = tokio::time::timeout(limit, from_middle)
-        .await
-        .expect("caught up")
-        .unwrap();
+    let from_start = tokio::time::timeout(limit, from_start).await.expect("caught up").unwrap();
+    let from_middle = tokio::time::timeout(limit, from_middle).await.expect("caught up").unwrap();
     let log = all(&store).await;
     assert_eq!(from_start, log);
     assert_eq!(from_middle[..], log[25..]);
 }
 
 pub async fn large_batches_are_atomic(store: Store) {
-    assert_eq!(
-        append(&store, "t1", "big", ExpectedVersion::NoStream, batch(3_000)).await,
-        result(1, 3_000, 3_000)
-    );
+    assert_eq!(append(&store, "t1", "big", ExpectedVersion::NoStream, batch(3_000)).await, result(1, 3_000, 3_000));
     // Larger than one commit group's event budget: still one atomic append.
     assert_eq!(
-        append(
-            &store,
-            "t1",
-            "bigger",
-            ExpectedVersion::NoStream,
-            batch(12_000)
-        )
-        .await,
+        append(&store, "t1", "bigger", ExpectedVersion::NoStream, batch(12_000)).await,
         result(1, 12_000, 15_000)
     );
     let mut partial = batch(4_000);
@@ -970,20 +591,11 @@ pub async fn large_batches_are_atomic(store: Store) {
         .next()
         .unwrap();
     assert!(matches!(
-        store
-            .append("t1", "big", ExpectedVersion::Any, partial)
-            .await,
+        store.append("t1", "big", ExpectedVersion::Any, partial).await,
         Err(AppendError::IdReused { .. })
     ));
     assert_eq!(store.head().await.unwrap(), 15_000);
-    assert_eq!(
-        store
-            .read_stream("t1", "bigger", 1, usize::MAX)
-            .await
-            .unwrap()
-            .len(),
-        12_000
-    );
+    assert_eq!(store.read_stream("t1", "bigger", 1, usize::MAX).await.unwrap().len(), 12_000);
     assert_gap_free(&all(&store).await);
 }
 

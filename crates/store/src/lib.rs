@@ -103,7 +103,9 @@ pub trait EventStore: Send + Sync + 'static {
         let mut from = from_version;
         loop {
             let page = self.read_stream(tenant, stream, from, 1000).await?;
-            let Some(last) = page.last() else { return Ok(out) };
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
             from = last.version + 1;
             out.extend(page.into_iter().filter(|e| e.event_time <= until));
         }

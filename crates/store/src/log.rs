@@ -77,10 +77,7 @@ const INGEST_TIME_AT: usize = 40;
 #[derive(Debug, thiserror::Error)]
 pub enum LogOpenError {
     #[error("cannot open the event log {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a Chronicle event log (bad header)")]
     NotALog { path: PathBuf },
     #[error("{path} is in log format {found}, this build knows format {FORMAT_VERSION}: upgrade Chronicle")]
@@ -89,11 +86,7 @@ pub enum LogOpenError {
     /// the store refuses to open (restore from a backup, or truncate at `offset` by hand and
     /// accept losing everything after it).
     #[error("{path} is corrupt at byte {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -179,11 +172,7 @@ impl Index {
         };
         let slot = self.streams.len() as u32;
         let name: Arc<str> = stream.into();
-        self.streams.push(StreamEntry {
-            tenant: t,
-            name: name.clone(),
-            positions: Vec::new(),
-        });
+        self.streams.push(StreamEntry { tenant: t, name: name.clone(), positions: Vec::new() });
         self.slots[t as usize].insert(name, slot);
         slot
     }
@@ -201,32 +190,16 @@ impl Index {
     /// Where an event (committed or tentative) is stored, for the idempotency rules.
     fn stored_at(&self, position: u64) -> StoredAt<'_> {
         let entry = &self.streams[self.stream_of[(position - 1) as usize] as usize];
-        let version = entry
-            .positions
-            .binary_search(&position)
-            .map_or(0, |i| i as u64 + 1);
-        StoredAt {
-            tenant: &self.tenants[entry.tenant as usize],
-            stream: &entry.name,
-            version,
-            position,
-        }
+        let version = entry.positions.binary_search(&position).map_or(0, |i| i as u64 + 1);
+        StoredAt { tenant: &self.tenants[entry.tenant as usize], stream: &entry.name, version, position }
     }
 
     /// The byte range that holds the record of committed position `p`: from its start to the
     /// next record's start (or the end of the log), so a read never crosses the head.
     fn locate(&self, position: u64) -> Loc {
         let i = (position - 1) as usize;
-        let end = if position < self.head {
-            self.offsets[i + 1]
-        } else {
-            self.end
-        };
-        Loc {
-            position,
-            start: self.offsets[i],
-            end,
-        }
+        let end = if position < self.head { self.offsets[i + 1] } else { self.end };
+        Loc { position, start: self.offsets[i], end }
     }
 }
 
@@ -258,20 +231,12 @@ impl LogStore {
         if !path.exists() {
             create_log(dir, &path).map_err(io_err(&path))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
         let (index, truncated) = recover(&file, &path)?;
 
         let head = Arc::new(watch::Sender::new(index.head));
         let hook: Arc<RwLock<Option<CommitHook>>> = Arc::new(RwLock::new(None));
-        let shared = Arc::new(Shared {
-            path,
-            file,
-            index: RwLock::new(index),
-        });
+        let shared = Arc::new(Shared { path, file, index: RwLock::new(index) });
         let writer = Writer {
             shared: shared.clone(),
             buf: Vec::new(),
@@ -285,14 +250,7 @@ impl LogStore {
             .name("chronicle-log-writer".into())
             .spawn(move || writer.run(inbox))
             .map_err(LogOpenError::Thread)?;
-        Ok(LogStore {
-            shared,
-            requests: Some(requests),
-            writer: Some(writer),
-            head,
-            hook,
-            truncated,
-        })
+        Ok(LogStore { shared, requests: Some(requests), writer: Some(writer), head, hook, truncated })
     }
 
     /// How many bytes of torn tail `open` cut off (0 after a clean shutdown, and after a crash
@@ -323,24 +281,14 @@ impl LogStore {
         (after + 1..=last).map(|p| ix.locate(p)).collect()
     }
 
-    fn locate_stream(
-        &self,
-        tenant: &str,
-        stream: &str,
-        from_version: u64,
-        limit: usize,
-    ) -> Vec<Loc> {
+    fn locate_stream(&self, tenant: &str, stream: &str, from_version: u64, limit: usize) -> Vec<Loc> {
         let ix = self.shared.read_index();
         let Some(slot) = ix.slot(tenant, stream) else {
             return Vec::new();
         };
         let positions = ix.committed(slot);
         let from = (from_version.saturating_sub(1) as usize).min(positions.len());
-        positions[from..]
-            .iter()
-            .take(limit)
-            .map(|&p| ix.locate(p))
-            .collect()
+        positions[from..].iter().take(limit).map(|&p| ix.locate(p)).collect()
     }
 
     /// Reads the records at `locs` (in file order), coalescing neighbours into large `pread`s,
@@ -374,8 +322,8 @@ impl LogStore {
             for loc in &locs[i..j] {
                 let rel = (loc.start - span_start) as usize;
                 let lim = (loc.end - span_start) as usize;
-                let payload = checked_payload(&buf[rel..lim], loc.position)
-                    .map_err(|why| self.read_error(loc.position, why))?;
+                let payload =
+                    checked_payload(&buf[rel..lim], loc.position).map_err(|why| self.read_error(loc.position, why))?;
                 f(loc.position, payload)?;
             }
             i = j;
@@ -513,9 +461,7 @@ impl EventStore for LogStore {
 
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
         let ix = self.shared.read_index();
-        Ok(ix
-            .slot(tenant, stream)
-            .map_or(0, |slot| ix.committed(slot).len() as u64))
+        Ok(ix.slot(tenant, stream).map_or(0, |slot| ix.committed(slot).len() as u64))
     }
 
     fn head_watch(&self) -> watch::Receiver<u64> {
@@ -608,11 +554,7 @@ impl Writer {
     fn trim(&mut self) {
         let end = self.shared.read_index().end;
         if self.failed.is_none() && self.allocated > end {
-            let trimmed = self
-                .shared
-                .file
-                .set_len(end)
-                .and_then(|()| self.shared.file.sync_all());
+            let trimmed = self.shared.file.set_len(end).and_then(|()| self.shared.file.sync_all());
             if trimmed.is_ok() {
                 self.allocated = end;
             }
@@ -651,13 +593,7 @@ impl Writer {
             return outcomes.into_iter().map(|o| o.result).collect();
         }
 
-        let written = self.write_frame(
-            group,
-            &outcomes,
-            first_position,
-            base_end,
-            rules::to_micros(ingest_time),
-        );
+        let written = self.write_frame(group, &outcomes, first_position, base_end, rules::to_micros(ingest_time));
         match written {
             Ok((offsets, end)) => {
                 let head = {
@@ -677,16 +613,11 @@ impl Writer {
             Err(e) => {
                 let mut message = format!("writing the log failed: {e}");
                 // Cut the group off again, so the file ends at the last durable frame.
-                let cut = self
-                    .shared
-                    .file
-                    .set_len(base_end)
-                    .and_then(|()| self.shared.file.sync_all());
+                let cut = self.shared.file.set_len(base_end).and_then(|()| self.shared.file.sync_all());
                 match cut {
                     Ok(()) => self.allocated = base_end,
                     Err(cut) => {
-                        message =
-                            format!("{message}; removing the partial group failed too: {cut}");
+                        message = format!("{message}; removing the partial group failed too: {cut}");
                         self.failed = Some(message.clone());
                     }
                 }
@@ -726,8 +657,7 @@ impl Writer {
                 let version = result.first_version + i as u64;
                 payload[POSITION_AT..POSITION_AT + 8].copy_from_slice(&position.to_le_bytes());
                 payload[VERSION_AT..VERSION_AT + 8].copy_from_slice(&version.to_le_bytes());
-                payload[INGEST_TIME_AT..INGEST_TIME_AT + 8]
-                    .copy_from_slice(&ingest_micros.to_le_bytes());
+                payload[INGEST_TIME_AT..INGEST_TIME_AT + 8].copy_from_slice(&ingest_micros.to_le_bytes());
                 let crc = crc32::checksum(payload);
                 let len = payload.len() as u32;
                 buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -774,24 +704,14 @@ impl Writer {
             };
             let first_position = result.position + 1 - request.events.len() as u64;
             for (i, p) in std::mem::take(&mut request.events).into_iter().enumerate() {
-                let e = p.event;
-                committed.push(rules::upcast_on_read(EventEnvelope {
-                    id: e.id,
-                    tenant: request.tenant.clone(),
-                    stream: request.stream.clone(),
-                    version: result.first_version + i as u64,
-                    position: first_position + i as u64,
-                    event_type: e.event_type,
-                    schema_version: e.schema_version,
-                    event_time: rules::truncate_to_micros(e.event_time),
+                committed.push(rules::upcast_on_read(rules::stored_envelope(
+                    &request.tenant,
+                    &request.stream,
+                    p.event,
+                    result.first_version + i as u64,
+                    first_position + i as u64,
                     ingest_time,
-                    source: e.source,
-                    causation_id: e.causation_id,
-                    correlation_id: e.correlation_id,
-                    actor: e.actor,
-                    data: e.data,
-                    metadata: e.metadata,
-                }));
+                )));
             }
         }
         // The events are committed whatever the hook does; a panic in it must not stop writes.
@@ -803,30 +723,18 @@ impl Writer {
 /// group). An accepted request's events enter the index tentatively, at `next…`; a rejected one
 /// changes nothing and uses no position.
 fn validate(ix: &mut Index, request: &Request, next: u64) -> Outcome {
-    if request
-        .events
-        .iter()
-        .any(|p| ix.ids.contains_key(&p.event.id))
-    {
+    if request.events.iter().any(|p| ix.ids.contains_key(&p.event.id)) {
         let ids: Vec<Uuid> = request.events.iter().map(|p| p.event.id).collect();
-        let found: Vec<Option<StoredAt<'_>>> = ids
-            .iter()
-            .map(|id| ix.ids.get(id).map(|&position| ix.stored_at(position)))
-            .collect();
+        let found: Vec<Option<StoredAt<'_>>> =
+            ids.iter().map(|id| ix.ids.get(id).map(|&position| ix.stored_at(position))).collect();
         if let Some(result) = rules::classify_ids(&request.tenant, &request.stream, &ids, &found) {
-            return Outcome {
-                result,
-                appended: false,
-            };
+            return Outcome { result, appended: false };
         }
     }
     let slot = ix.slot(&request.tenant, &request.stream);
     let actual = slot.map_or(0, |s| ix.streams[s as usize].positions.len() as u64);
     if !request.expected.admits(actual) {
-        return Outcome {
-            result: Err(rules::conflict(&request.stream, request.expected, actual)),
-            appended: false,
-        };
+        return Outcome { result: Err(rules::conflict(&request.stream, request.expected, actual)), appended: false };
     }
     let slot = slot.unwrap_or_else(|| ix.intern(&request.tenant, &request.stream));
     for (i, p) in request.events.iter().enumerate() {
@@ -837,11 +745,7 @@ fn validate(ix: &mut Index, request: &Request, next: u64) -> Outcome {
     }
     let n = request.events.len() as u64;
     Outcome {
-        result: Ok(AppendResult {
-            first_version: actual + 1,
-            last_version: actual + n,
-            position: next + n - 1,
-        }),
+        result: Ok(AppendResult { first_version: actual + 1, last_version: actual + n, position: next + n - 1 }),
         appended: true,
     }
 }
@@ -866,9 +770,7 @@ fn rollback(ix: &mut Index, group: &[Request], outcomes: &[Outcome]) {
 }
 
 fn storage_errors(message: &str, n: usize) -> Vec<Result<AppendResult, AppendError>> {
-    (0..n)
-        .map(|_| Err(AppendError::Storage(message.to_string())))
-        .collect()
+    (0..n).map(|_| Err(AppendError::Storage(message.to_string()))).collect()
 }
 
 fn writer_gone() -> AppendError {
@@ -904,41 +806,25 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// middle of the log and `open` fails with `Corrupt`. Groups are written one at a time, each
 /// after the previous one's fsync, so only the last frame can ever be torn.
 fn recover(file: &File, path: &Path) -> Result<(Index, u64), LogOpenError> {
-    let io_err = |source| LogOpenError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let corrupt = |offset: u64, reason: String| LogOpenError::Corrupt {
-        path: path.to_path_buf(),
-        offset,
-        reason,
-    };
+    let io_err = |source| LogOpenError::Io { path: path.to_path_buf(), source };
+    let corrupt = |offset: u64, reason: String| LogOpenError::Corrupt { path: path.to_path_buf(), offset, reason };
     let len = file.metadata().map_err(io_err)?.len();
     let mut header = [0u8; FILE_HEADER_LEN as usize];
     if len < FILE_HEADER_LEN {
-        return Err(LogOpenError::NotALog {
-            path: path.to_path_buf(),
-        });
+        return Err(LogOpenError::NotALog { path: path.to_path_buf() });
     }
     file.read_exact_at(&mut header, 0).map_err(io_err)?;
     if header[..8] != FILE_MAGIC {
-        return Err(LogOpenError::NotALog {
-            path: path.to_path_buf(),
-        });
+        return Err(LogOpenError::NotALog { path: path.to_path_buf() });
     }
     let found = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if found != FORMAT_VERSION {
-        return Err(LogOpenError::UnsupportedFormat {
-            path: path.to_path_buf(),
-            found,
-        });
+        return Err(LogOpenError::UnsupportedFormat { path: path.to_path_buf(), found });
     }
 
     let mut ix = Index::default();
     let mut reader = BufReader::with_capacity(4 << 20, file);
-    reader
-        .seek(SeekFrom::Start(FILE_HEADER_LEN))
-        .map_err(io_err)?;
+    reader.seek(SeekFrom::Start(FILE_HEADER_LEN)).map_err(io_err)?;
     let mut at = FILE_HEADER_LEN;
     let mut body = Vec::new();
     let mut torn_at = None;
@@ -960,9 +846,8 @@ fn recover(file: &File, path: &Path) -> Result<(Index, u64), LogOpenError> {
             }
             FrameHeader::Inconsistent(reason) => return Err(corrupt(at, reason)),
         };
-        let frame_end = (at + FRAME_HEADER_LEN as u64)
-            .checked_add(frame.body_len)
-            .and_then(|e| e.checked_add(TRAILER_LEN as u64));
+        let frame_end =
+            (at + FRAME_HEADER_LEN as u64).checked_add(frame.body_len).and_then(|e| e.checked_add(TRAILER_LEN as u64));
         let Some(frame_end) = frame_end.filter(|&e| e <= len) else {
             // The group's write did not finish.
             torn_at = Some(at);
@@ -1047,8 +932,7 @@ fn frame_header(count: u32, first_position: u64, body_len: u64) -> [u8; FRAME_HE
 }
 
 fn header_checksum_ok(h: &[u8]) -> bool {
-    h[..4] == FRAME_MAGIC
-        && crc32::checksum(&h[..28]) == u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"))
+    h[..4] == FRAME_MAGIC && crc32::checksum(&h[..28]) == u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"))
 }
 
 fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN], expected_first: u64) -> FrameHeader {
@@ -1066,20 +950,12 @@ fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN], expected_first: u64) -> FrameH
     if count == 0 || body_len < u64::from(count) * RECORD_HEADER_LEN as u64 {
         return FrameHeader::Inconsistent(format!("frame of {count} events in {body_len} bytes"));
     }
-    FrameHeader::Valid(Frame {
-        count,
-        first_position,
-        body_len,
-    })
+    FrameHeader::Valid(Frame { count, first_position, body_len })
 }
 
 /// Checks a frame's records and its commit marker (`body` = records then trailer). Returns each
 /// record's payload as (offset in `body`, length), or where and why the frame is bad.
-fn verify_frame(
-    header: &[u8],
-    count: u32,
-    body: &[u8],
-) -> Result<Vec<(usize, usize)>, (usize, String)> {
+fn verify_frame(header: &[u8], count: u32, body: &[u8]) -> Result<Vec<(usize, usize)>, (usize, String)> {
     let body_len = body.len() - TRAILER_LEN;
     let mut records = Vec::with_capacity(count as usize);
     let mut marker = crc32::checksum(header);
@@ -1105,9 +981,7 @@ fn verify_frame(
         return Err((at, "frame length does not match its records".into()));
     }
     let trailer = &body[body_len..];
-    if trailer[..4] != TRAILER_MAGIC
-        || u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) != marker
-    {
+    if trailer[..4] != TRAILER_MAGIC || u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) != marker {
         return Err((body_len, "commit marker missing or wrong".into()));
     }
     Ok(records)
@@ -1137,10 +1011,7 @@ fn frame_follows(file: &File, from: u64, len: u64) -> std::io::Result<bool> {
 fn index_record(ix: &mut Index, payload: &[u8], position: u64, at: u64) -> Result<(), String> {
     let r = decode(payload).map_err(|why| format!("record at position {position}: {why}"))?;
     if r.position != position {
-        return Err(format!(
-            "record holds position {}, expected {position}",
-            r.position
-        ));
+        return Err(format!("record holds position {}, expected {position}", r.position));
     }
     let tenant = utf8(r.tenant).map_err(str::to_string)?;
     let stream = utf8(r.stream).map_err(str::to_string)?;
@@ -1150,10 +1021,7 @@ fn index_record(ix: &mut Index, payload: &[u8], position: u64, at: u64) -> Resul
     };
     let version = ix.streams[slot as usize].positions.len() as u64 + 1;
     if r.version != version {
-        return Err(format!(
-            "position {position} is version {} of {tenant}/{stream}, expected {version}",
-            r.version
-        ));
+        return Err(format!("position {position} is version {} of {tenant}/{stream}, expected {version}", r.version));
     }
     if ix.ids.insert(r.id, position).is_some() {
         return Err(format!("event id {} is stored twice", r.id));
@@ -1285,10 +1153,7 @@ impl<'a> Cursor<'a> {
 }
 
 fn decode(payload: &[u8]) -> Result<Record<'_>, &'static str> {
-    let mut c = Cursor {
-        buf: payload,
-        at: 0,
-    };
+    let mut c = Cursor { buf: payload, at: 0 };
     let position = u64::from_le_bytes(c.array()?);
     let id = Uuid::from_bytes(c.array()?);
     let version = u64::from_le_bytes(c.array()?);
@@ -1300,11 +1165,7 @@ fn decode(payload: &[u8]) -> Result<Record<'_>, &'static str> {
         return Err("unknown flags");
     }
     let mut optional_id = |flag: u8| -> Result<Option<Uuid>, &'static str> {
-        Ok(if flags & flag != 0 {
-            Some(Uuid::from_bytes(c.array()?))
-        } else {
-            None
-        })
+        Ok(if flags & flag != 0 { Some(Uuid::from_bytes(c.array()?)) } else { None })
     };
     let causation_id = optional_id(HAS_CAUSATION)?;
     let correlation_id = optional_id(HAS_CORRELATION)?;
@@ -1312,11 +1173,7 @@ fn decode(payload: &[u8]) -> Result<Record<'_>, &'static str> {
     let stream = c.bytes()?;
     let event_type = c.bytes()?;
     let source = c.bytes()?;
-    let actor = if flags & HAS_ACTOR != 0 {
-        Some(c.bytes()?)
-    } else {
-        None
-    };
+    let actor = if flags & HAS_ACTOR != 0 { Some(c.bytes()?) } else { None };
     let data = c.bytes()?;
     let metadata = c.bytes()?;
     if c.at != payload.len() {
@@ -1347,9 +1204,7 @@ fn checked_payload(bytes: &[u8], position: u64) -> Result<&[u8], &'static str> {
     let h = bytes.get(..RECORD_HEADER_LEN).ok_or("record cut short")?;
     let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
-    let payload = bytes
-        .get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len)
-        .ok_or("record cut short")?;
+    let payload = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len).ok_or("record cut short")?;
     if crc32::checksum(payload) != crc {
         return Err("record checksum mismatch");
     }
@@ -1491,13 +1346,8 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let mut event = NewEvent::new(
-            Uuid::now_v7(),
-            "Thing",
-            serde_json::json!({"a": "é", "n": 1}),
-            Utc::now(),
-        )
-        .with_actor("user:ada");
+        let mut event = NewEvent::new(Uuid::now_v7(), "Thing", serde_json::json!({"a": "é", "n": 1}), Utc::now())
+            .with_actor("user:ada");
         event.causation_id = Some(Uuid::now_v7());
         let mut buf = encode_payload("t", &"s".repeat(300), &event);
         let capacity = buf.capacity();
@@ -1505,18 +1355,11 @@ mod tests {
         buf[VERSION_AT..VERSION_AT + 8].copy_from_slice(&3u64.to_le_bytes());
         buf[INGEST_TIME_AT..INGEST_TIME_AT + 8].copy_from_slice(&42i64.to_le_bytes());
         let e = to_envelope(&buf).unwrap();
-        assert_eq!(
-            buf.capacity(),
-            capacity,
-            "the capacity estimate is an upper bound"
-        );
+        assert_eq!(buf.capacity(), capacity, "the capacity estimate is an upper bound");
         assert_eq!((e.position, e.version, e.id), (7, 3, event.id));
         assert_eq!((e.tenant.as_str(), e.stream.len()), ("t", 300));
         assert_eq!(e.actor.as_deref(), Some("user:ada"));
-        assert_eq!(
-            (e.causation_id, e.correlation_id),
-            (event.causation_id, None)
-        );
+        assert_eq!((e.causation_id, e.correlation_id), (event.causation_id, None));
         assert_eq!(e.data, event.data);
         assert_eq!(e.ingest_time.timestamp_micros(), 42);
         assert_eq!(e.event_time, rules::truncate_to_micros(event.event_time));

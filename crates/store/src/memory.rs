@@ -30,20 +30,13 @@ struct State {
 
 impl State {
     fn stream(&self, tenant: &str, stream: &str) -> &[usize] {
-        self.streams
-            .get(tenant)
-            .and_then(|s| s.get(stream))
-            .map_or(&[], Vec::as_slice)
+        self.streams.get(tenant).and_then(|s| s.get(stream)).map_or(&[], Vec::as_slice)
     }
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
-        MemoryStore {
-            state: Mutex::new(State::default()),
-            head: watch::Sender::new(0),
-            hook: RwLock::new(None),
-        }
+        MemoryStore { state: Mutex::new(State::default()), head: watch::Sender::new(0), hook: RwLock::new(None) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -77,12 +70,7 @@ impl EventStore for MemoryStore {
             .map(|id| {
                 st.by_id.get(id).map(|&i| {
                     let e = &st.log[i];
-                    StoredAt {
-                        tenant: &e.tenant,
-                        stream: &e.stream,
-                        version: e.version,
-                        position: e.position,
-                    }
+                    StoredAt { tenant: &e.tenant, stream: &e.stream, version: e.version, position: e.position }
                 })
             })
             .collect();
@@ -99,51 +87,30 @@ impl EventStore for MemoryStore {
         let ingest_time = rules::truncate_to_micros(Utc::now());
         let first_index = st.log.len();
         let st = &mut *st;
-        let indices = st
-            .streams
-            .entry(tenant.to_string())
-            .or_default()
-            .entry(stream.to_string())
-            .or_default();
+        let indices = st.streams.entry(tenant.to_string()).or_default().entry(stream.to_string()).or_default();
         for (i, e) in events.into_iter().enumerate() {
             let index = first_index + i;
             st.by_id.insert(e.id, index);
             indices.push(index);
-            st.log.push(EventEnvelope {
-                id: e.id,
-                tenant: tenant.to_string(),
-                stream: stream.to_string(),
-                version: actual + 1 + i as u64,
-                position: index as u64 + 1,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                event_time: rules::truncate_to_micros(e.event_time),
+            st.log.push(rules::stored_envelope(
+                tenant,
+                stream,
+                e,
+                actual + 1 + i as u64,
+                index as u64 + 1,
                 ingest_time,
-                source: e.source,
-                causation_id: e.causation_id,
-                correlation_id: e.correlation_id,
-                actor: e.actor,
-                data: e.data,
-                metadata: e.metadata,
-            });
+            ));
         }
         let committed = &st.log[first_index..];
         let last = committed.last().expect("batch is not empty");
-        let result = AppendResult {
-            first_version: committed[0].version,
-            last_version: last.version,
-            position: last.position,
-        };
+        let result =
+            AppendResult { first_version: committed[0].version, last_version: last.version, position: last.position };
 
         // Called with the state still locked, so concurrent appends reach the hook in position
         // order, exactly once each.
         let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(hook) = hook {
-            let seen: Vec<EventEnvelope> = committed
-                .iter()
-                .cloned()
-                .map(rules::upcast_on_read)
-                .collect();
+            let seen: Vec<EventEnvelope> = committed.iter().cloned().map(rules::upcast_on_read).collect();
             // A panicking hook must not take the store down; the events are committed.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&seen)));
         }
@@ -160,27 +127,14 @@ impl EventStore for MemoryStore {
     ) -> Result<Vec<EventEnvelope>, ReadError> {
         let st = self.lock();
         let indices = st.stream(tenant, stream);
-        let start = usize::try_from(from_version.saturating_sub(1))
-            .unwrap_or(usize::MAX)
-            .min(indices.len());
-        Ok(indices[start..]
-            .iter()
-            .take(limit)
-            .map(|&i| rules::upcast_on_read(st.log[i].clone()))
-            .collect())
+        let start = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX).min(indices.len());
+        Ok(indices[start..].iter().take(limit).map(|&i| rules::upcast_on_read(st.log[i].clone())).collect())
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError> {
         let st = self.lock();
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(st.log.len());
-        Ok(st.log[start..]
-            .iter()
-            .take(limit)
-            .cloned()
-            .map(rules::upcast_on_read)
-            .collect())
+        let start = usize::try_from(after).unwrap_or(usize::MAX).min(st.log.len());
+        Ok(st.log[start..].iter().take(limit).cloned().map(rules::upcast_on_read).collect())
     }
 
     async fn head(&self) -> Result<u64, ReadError> {

@@ -12,18 +12,13 @@ use uuid::Uuid;
 /// Checks that need nothing but the batch itself: it is not empty and no id occurs twice.
 pub(crate) fn check_batch(events: &[NewEvent]) -> Result<(), AppendError> {
     if events.is_empty() {
-        return Err(AppendError::Invalid(
-            "an append needs at least one event".into(),
-        ));
+        return Err(AppendError::Invalid("an append needs at least one event".into()));
     }
     if events.len() > 1 {
         let mut seen = HashSet::with_capacity(events.len());
         for e in events {
             if !seen.insert(e.id) {
-                return Err(AppendError::IdReused {
-                    id: e.id,
-                    detail: "(twice in this batch)".into(),
-                });
+                return Err(AppendError::IdReused { id: e.id, detail: "(twice in this batch)".into() });
             }
         }
     }
@@ -52,9 +47,8 @@ pub(crate) fn classify_ids(
     let first_stored = found.iter().position(Option::is_some)?;
     let is_replay = match (found.first(), found.last()) {
         (Some(Some(first)), Some(Some(_))) => found.iter().enumerate().all(|(i, f)| {
-            f.as_ref().is_some_and(|at| {
-                at.tenant == tenant && at.stream == stream && at.version == first.version + i as u64
-            })
+            f.as_ref()
+                .is_some_and(|at| at.tenant == tenant && at.stream == stream && at.version == first.version + i as u64)
         }),
         _ => false,
     };
@@ -74,23 +68,13 @@ pub(crate) fn classify_ids(
     } else if at.stream != stream {
         format!("in stream {}", at.stream)
     } else {
-        format!(
-            "at version {} of this stream, and the batch is not a replay of an earlier append",
-            at.version
-        )
+        format!("at version {} of this stream, and the batch is not a replay of an earlier append", at.version)
     };
-    Some(Err(AppendError::IdReused {
-        id: ids[first_stored],
-        detail,
-    }))
+    Some(Err(AppendError::IdReused { id: ids[first_stored], detail }))
 }
 
 pub(crate) fn conflict(stream: &str, expected: ExpectedVersion, actual: u64) -> AppendError {
-    AppendError::Conflict {
-        stream: stream.to_string(),
-        expected,
-        actual,
-    }
+    AppendError::Conflict { stream: stream.to_string(), expected, actual }
 }
 
 /// Times are stored with microsecond precision (an `INTEGER` in SQLite, `timestamptz` in
@@ -112,4 +96,33 @@ pub(crate) fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// ever see the newest schema of each event type.
 pub(crate) fn upcast_on_read(e: EventEnvelope) -> EventEnvelope {
     chronicle_core::upcast::upcast(e)
+}
+
+/// The envelope a committed `NewEvent` becomes (before any upcast): every backend builds the
+/// stored form through here, so they agree on it field by field.
+pub(crate) fn stored_envelope(
+    tenant: &str,
+    stream: &str,
+    e: NewEvent,
+    version: u64,
+    position: u64,
+    ingest_time: DateTime<Utc>,
+) -> EventEnvelope {
+    EventEnvelope {
+        id: e.id,
+        tenant: tenant.to_string(),
+        stream: stream.to_string(),
+        version,
+        position,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        event_time: truncate_to_micros(e.event_time),
+        ingest_time,
+        source: e.source,
+        causation_id: e.causation_id,
+        correlation_id: e.correlation_id,
+        actor: e.actor,
+        data: e.data,
+        metadata: e.metadata,
+    }
 }

@@ -74,11 +74,7 @@ const INSERT: &str = concat!(
     columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
 );
-const READ_ALL: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-);
+const READ_ALL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2");
 const READ_STREAM: &str = concat!(
     "SELECT ",
     columns!(),
@@ -97,15 +93,9 @@ const UNDO_FROM: &str = "DELETE FROM events WHERE position >= ?1";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreOpenError {
     #[error("cannot create the data folder {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot open the event database {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("{path} is in storage format {found}, this build knows format {FORMAT_VERSION}: upgrade Chronicle")]
     UnsupportedFormat { path: PathBuf, found: i64 },
     #[error("cannot put {path} in WAL mode (journal mode is {mode})")]
@@ -127,15 +117,9 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, i.e. `dir/events.sqlite`.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreOpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreOpenError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreOpenError::Io { path: dir.to_path_buf(), source })?;
         let path = dir.join(DB_FILE);
-        let sqlite_err = |source| StoreOpenError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sqlite_err = |source| StoreOpenError::Sqlite { path: path.clone(), source };
 
         let conn = Connection::open(&path).map_err(sqlite_err)?;
         configure_writer(&conn, &path)?;
@@ -190,10 +174,7 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Readers first, so the writer's connection is the last one and checkpoints the WAL
         // into the main file on close.
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Closing the channel ends the writer once it has answered everything queued.
         self.requests.take();
         if let Some(writer) = self.writer.take() {
@@ -218,20 +199,10 @@ impl EventStore for SqliteStore {
         // JSON is serialised here, on the caller's task, to keep the single writer thread lean.
         let events = events
             .into_iter()
-            .map(|event| Prepared {
-                data: event.data.to_string(),
-                metadata: event.metadata.to_string(),
-                event,
-            })
+            .map(|event| Prepared { data: event.data.to_string(), metadata: event.metadata.to_string(), event })
             .collect();
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            tenant: tenant.to_string(),
-            stream: stream.to_string(),
-            expected,
-            events,
-            reply,
-        };
+        let request = Request { tenant: tenant.to_string(), stream: stream.to_string(), expected, events, reply };
         let requests = self.requests.as_ref().ok_or_else(writer_gone)?;
         // If this future is dropped after the send, the append still happens: cancelling a
         // request already handed to the writer is not possible.
@@ -251,10 +222,7 @@ impl EventStore for SqliteStore {
         }
         self.read(|c| {
             let mut stmt = c.prepare_cached(READ_STREAM)?;
-            let rows = stmt.query_map(
-                params![tenant, stream, to_i64(from_version), to_i64(limit as u64)],
-                envelope,
-            )?;
+            let rows = stmt.query_map(params![tenant, stream, to_i64(from_version), to_i64(limit as u64)], envelope)?;
             rows.map(|r| r.map(rules::upcast_on_read)).collect()
         })
     }
@@ -291,10 +259,8 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<EventEnvelope>, ReadError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(READ_STREAM_UNTIL)?;
-            let rows = stmt.query_map(
-                params![tenant, stream, to_i64(from_version), rules::to_micros(until)],
-                envelope,
-            )?;
+            let rows =
+                stmt.query_map(params![tenant, stream, to_i64(from_version), rules::to_micros(until)], envelope)?;
             rows.map(|r| r.map(rules::upcast_on_read)).collect()
         })
     }
@@ -383,9 +349,7 @@ impl Writer {
                 self.stale = true;
                 let message = e.to_string();
                 for request in group.drain(..) {
-                    let _ = request
-                        .reply
-                        .send(Err(AppendError::Storage(message.clone())));
+                    let _ = request.reply.send(Err(AppendError::Storage(message.clone())));
                 }
                 return;
             }
@@ -403,11 +367,7 @@ impl Writer {
     }
 
     /// The transaction of one group. An `Err` means the group failed as a whole.
-    fn write_group(
-        &mut self,
-        group: &[Request],
-        ingest_time: i64,
-    ) -> rusqlite::Result<Vec<Outcome>> {
+    fn write_group(&mut self, group: &[Request], ingest_time: i64) -> rusqlite::Result<Vec<Outcome>> {
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let dv = data_version(&self.conn)?;
         if self.stale || dv != self.data_version {
@@ -440,10 +400,7 @@ impl Writer {
                 Some(result) => result,
                 None => Err(rules::conflict(&request.stream, request.expected, actual)),
             };
-            return Ok(Outcome {
-                result,
-                appended: false,
-            });
+            return Ok(Outcome { result, appended: false });
         }
 
         let first_position = self.next_position;
@@ -451,11 +408,7 @@ impl Writer {
             Ok(()) => {
                 let n = request.events.len() as u64;
                 self.next_position += n;
-                if let Some(v) = self
-                    .versions
-                    .get_mut(&request.tenant)
-                    .and_then(|s| s.get_mut(&request.stream))
-                {
+                if let Some(v) = self.versions.get_mut(&request.tenant).and_then(|s| s.get_mut(&request.stream)) {
                     *v = actual + n;
                 }
                 let result = AppendResult {
@@ -463,22 +416,14 @@ impl Writer {
                     last_version: actual + n,
                     position: first_position + n - 1,
                 };
-                Ok(Outcome {
-                    result: Ok(result),
-                    appended: true,
-                })
+                Ok(Outcome { result: Ok(result), appended: true })
             }
             // Ids are checked by the UNIQUE index rather than a lookup per event: the hot path
             // does no SELECT, and only a clash pays for classifying the batch.
             Err(e) if is_constraint_violation(&e) => {
-                self.conn
-                    .prepare_cached(UNDO_FROM)?
-                    .execute([to_i64(first_position)])?;
+                self.conn.prepare_cached(UNDO_FROM)?.execute([to_i64(first_position)])?;
                 match self.classify(request)? {
-                    Some(result) => Ok(Outcome {
-                        result,
-                        appended: false,
-                    }),
+                    Some(result) => Ok(Outcome { result, appended: false }),
                     // No stored id, so the clash was on a version or a position: the caches are
                     // wrong. Fail the group; the caches are reloaded.
                     None => Err(e),
@@ -488,13 +433,7 @@ impl Writer {
         }
     }
 
-    fn insert(
-        &self,
-        request: &Request,
-        actual: u64,
-        first_position: u64,
-        ingest_time: i64,
-    ) -> rusqlite::Result<()> {
+    fn insert(&self, request: &Request, actual: u64, first_position: u64, ingest_time: i64) -> rusqlite::Result<()> {
         let mut stmt = self.conn.prepare_cached(INSERT)?;
         for (i, p) in request.events.iter().enumerate() {
             let e = &p.event;
@@ -529,61 +468,41 @@ impl Writer {
             self.versions.clear();
             self.cached_streams = 0;
         }
-        self.versions
-            .entry(tenant.to_string())
-            .or_default()
-            .insert(stream.to_string(), v);
+        self.versions.entry(tenant.to_string()).or_default().insert(stream.to_string(), v);
         self.cached_streams += 1;
         Ok(v)
     }
 
     /// Looks every id of the request up (the slow path, after a conflict or an id clash).
-    fn classify(
-        &self,
-        request: &Request,
-    ) -> rusqlite::Result<Option<Result<AppendResult, AppendError>>> {
+    fn classify(&self, request: &Request) -> rusqlite::Result<Option<Result<AppendResult, AppendError>>> {
         let mut stmt = self.conn.prepare_cached(FIND_ID)?;
         let ids: Vec<Uuid> = request.events.iter().map(|p| p.event.id).collect();
         let mut rows = Vec::with_capacity(ids.len());
         for id in &ids {
             let mut found = stmt.query([&id.as_bytes()[..]])?;
             rows.push(match found.next()? {
-                Some(r) => Some((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                )),
+                Some(r) => {
+                    Some((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                }
                 None => None,
             });
         }
         let found: Vec<Option<StoredAt<'_>>> = rows
             .iter()
             .map(|r| {
-                r.as_ref()
-                    .map(|(tenant, stream, version, position)| StoredAt {
-                        tenant,
-                        stream,
-                        version: *version as u64,
-                        position: *position as u64,
-                    })
+                r.as_ref().map(|(tenant, stream, version, position)| StoredAt {
+                    tenant,
+                    stream,
+                    version: *version as u64,
+                    position: *position as u64,
+                })
             })
             .collect();
-        Ok(rules::classify_ids(
-            &request.tenant,
-            &request.stream,
-            &ids,
-            &found,
-        ))
+        Ok(rules::classify_ids(&request.tenant, &request.stream, &ids, &found))
     }
 
     /// Hands the group's committed events, in position order, to the commit hook.
-    fn call_hook(
-        &self,
-        group: &mut [Request],
-        outcomes: &[Outcome],
-        ingest_time: chrono::DateTime<Utc>,
-    ) {
+    fn call_hook(&self, group: &mut [Request], outcomes: &[Outcome], ingest_time: chrono::DateTime<Utc>) {
         let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(hook) = hook else { return };
         let mut committed = Vec::new();
@@ -594,24 +513,14 @@ impl Writer {
             let n = result.last_version - result.first_version + 1;
             let first_position = result.position + 1 - n;
             for (i, p) in std::mem::take(&mut request.events).into_iter().enumerate() {
-                let e = p.event;
-                committed.push(rules::upcast_on_read(EventEnvelope {
-                    id: e.id,
-                    tenant: request.tenant.clone(),
-                    stream: request.stream.clone(),
-                    version: result.first_version + i as u64,
-                    position: first_position + i as u64,
-                    event_type: e.event_type,
-                    schema_version: e.schema_version,
-                    event_time: rules::truncate_to_micros(e.event_time),
+                committed.push(rules::upcast_on_read(rules::stored_envelope(
+                    &request.tenant,
+                    &request.stream,
+                    p.event,
+                    result.first_version + i as u64,
+                    first_position + i as u64,
                     ingest_time,
-                    source: e.source,
-                    causation_id: e.causation_id,
-                    correlation_id: e.correlation_id,
-                    actor: e.actor,
-                    data: e.data,
-                    metadata: e.metadata,
-                }));
+                )));
             }
         }
         // The events are committed whatever the hook does; a panic in it must not stop writes.
@@ -622,20 +531,11 @@ impl Writer {
 fn configure_writer(conn: &Connection, path: &Path) -> Result<(), StoreOpenError> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|source| StoreOpenError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| StoreOpenError::Sqlite { path: path.to_path_buf(), source })?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreOpenError::NoWal {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(StoreOpenError::NoWal { path: path.to_path_buf(), mode });
     }
-    configure_wal_writer(conn).map_err(|source| StoreOpenError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })
+    configure_wal_writer(conn).map_err(|source| StoreOpenError::Sqlite { path: path.to_path_buf(), source })
 }
 
 fn configure_wal_writer(conn: &Connection) -> rusqlite::Result<()> {
@@ -649,12 +549,8 @@ fn configure_wal_writer(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreOpenError> {
-    let sqlite_err = |source| StoreOpenError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
-    let user_version =
-        |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    let sqlite_err = |source| StoreOpenError::Sqlite { path: path.to_path_buf(), source };
+    let user_version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
     if user_version(conn).map_err(sqlite_err)? == 0 {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_err)?;
         // Re-read under the write lock: another process may have created the schema meanwhile.
@@ -673,19 +569,14 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreOpenError> {
     }
     match user_version(conn).map_err(sqlite_err)? {
         FORMAT_VERSION => Ok(()),
-        found => Err(StoreOpenError::UnsupportedFormat {
-            path: path.to_path_buf(),
-            found,
-        }),
+        found => Err(StoreOpenError::UnsupportedFormat { path: path.to_path_buf(), found }),
     }
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(16);
@@ -698,15 +589,12 @@ fn query_head(conn: &Connection) -> rusqlite::Result<u64> {
 }
 
 fn query_stream_version(conn: &Connection, tenant: &str, stream: &str) -> rusqlite::Result<u64> {
-    let v: Option<i64> = conn
-        .prepare_cached(STREAM_VERSION)?
-        .query_row([tenant, stream], |r| r.get(0))?;
+    let v: Option<i64> = conn.prepare_cached(STREAM_VERSION)?.query_row([tenant, stream], |r| r.get(0))?;
     Ok(v.unwrap_or(0) as u64)
 }
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("PRAGMA data_version")?
-        .query_row([], |r| r.get(0))
+    conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
 fn is_constraint_violation(e: &rusqlite::Error) -> bool {
@@ -752,11 +640,7 @@ fn raw_envelope(row: &Row<'_>) -> rusqlite::Result<RawEnvelope> {
     })
 }
 
-fn bad_column(
-    i: usize,
-    ty: Type,
-    why: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> rusqlite::Error {
+fn bad_column(i: usize, ty: Type, why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, ty, why.into())
 }
 

@@ -24,19 +24,12 @@ fn file_len(dir: &Path) -> u64 {
 }
 
 fn append_bytes(dir: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.join(LOG_FILE))
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.join(LOG_FILE)).unwrap();
     f.write_all(bytes).unwrap();
 }
 
 fn flip_byte(dir: &Path, offset: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dir.join(LOG_FILE))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(LOG_FILE)).unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
     f.write_all_at(&[b[0] ^ 0x20], offset).unwrap();
@@ -47,27 +40,18 @@ async fn three_groups(dir: &Path) -> [u64; 3] {
     let store = LogStore::open(dir).unwrap();
     let mut ends = [0; 3];
     for (i, n) in [2u64, 3, 4].into_iter().enumerate() {
-        store
-            .append("t1", "s", ExpectedVersion::Any, batch(n))
-            .await
-            .unwrap();
+        store.append("t1", "s", ExpectedVersion::Any, batch(n)).await.unwrap();
         ends[i] = store.committed_len();
     }
     drop(store);
-    assert_eq!(
-        file_len(dir),
-        ends[2],
-        "a clean shutdown trims the zeroed space"
-    );
+    assert_eq!(file_len(dir), ends[2], "a clean shutdown trims the zeroed space");
     ends
 }
 
 /// What `truncated_on_open` reports for cutting `tail`: its bytes up to the last non-zero one
 /// (trailing zeros look like the writer's preallocated space).
 fn torn_len(tail: &[u8]) -> u64 {
-    tail.iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |i| i as u64 + 1)
+    tail.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,81 +60,42 @@ async fn reopen_keeps_everything_and_continues_positions() {
     let data = dir.path().join("nested").join("data");
     let before = {
         let store = LogStore::open(&data).unwrap();
-        store
-            .append("t1", "a", ExpectedVersion::NoStream, batch(3))
-            .await
-            .unwrap();
-        store
-            .append("t2", "a", ExpectedVersion::NoStream, batch(2))
-            .await
-            .unwrap();
-        store
-            .append("t1", "b", ExpectedVersion::Any, batch(1))
-            .await
-            .unwrap();
+        store.append("t1", "a", ExpectedVersion::NoStream, batch(3)).await.unwrap();
+        store.append("t2", "a", ExpectedVersion::NoStream, batch(2)).await.unwrap();
+        store.append("t1", "b", ExpectedVersion::Any, batch(1)).await.unwrap();
         store.read_all(0, usize::MAX).await.unwrap()
     };
     assert!(data.join(LOG_FILE).exists());
     assert!(!data.join(format!("{LOG_FILE}.tmp")).exists());
 
     let store = LogStore::open(&data).unwrap();
-    assert_eq!(
-        store.truncated_on_open(),
-        0,
-        "a clean shutdown leaves no torn tail"
-    );
+    assert_eq!(store.truncated_on_open(), 0, "a clean shutdown leaves no torn tail");
     assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), before);
-    assert_eq!(
-        store.read_all_raw(0, usize::MAX).await.unwrap().len(),
-        before.len()
-    );
+    assert_eq!(store.read_all_raw(0, usize::MAX).await.unwrap().len(), before.len());
     assert_eq!(store.head().await.unwrap(), 6);
     assert_eq!(*store.head_watch().borrow(), 6);
     assert_eq!(store.stream_version("t1", "a").await.unwrap(), 3);
     assert_eq!(store.stream_version("t2", "a").await.unwrap(), 2);
-    assert_eq!(
-        store.read_stream("t1", "a", 2, 10).await.unwrap(),
-        before[1..3]
-    );
+    assert_eq!(store.read_stream("t1", "a", 2, 10).await.unwrap(), before[1..3]);
     // The version check and idempotency still hold against what the earlier process wrote:
     // the id index was rebuilt from the file.
-    let conflict = store
-        .append("t1", "a", ExpectedVersion::NoStream, batch(1))
-        .await;
+    let conflict = store.append("t1", "a", ExpectedVersion::NoStream, batch(1)).await;
     assert!(conflict.is_err());
     let mut replay = event(0);
     replay.id = before[5].id;
     assert_eq!(
-        store
-            .append("t1", "b", ExpectedVersion::Any, vec![replay.clone()])
-            .await,
-        Ok(AppendResult {
-            first_version: 1,
-            last_version: 1,
-            position: 6
-        })
+        store.append("t1", "b", ExpectedVersion::Any, vec![replay.clone()]).await,
+        Ok(AppendResult { first_version: 1, last_version: 1, position: 6 })
     );
-    assert!(store
-        .append("t2", "b", ExpectedVersion::Any, vec![replay])
-        .await
-        .is_err());
+    assert!(store.append("t2", "b", ExpectedVersion::Any, vec![replay]).await.is_err());
     assert_eq!(
-        store
-            .append("t1", "a", ExpectedVersion::Exact(3), batch(2))
-            .await,
-        Ok(AppendResult {
-            first_version: 4,
-            last_version: 5,
-            position: 8
-        })
+        store.append("t1", "a", ExpectedVersion::Exact(3), batch(2)).await,
+        Ok(AppendResult { first_version: 4, last_version: 5, position: 8 })
     );
     drop(store);
     let store = LogStore::open(&data).unwrap();
     assert_eq!(store.head().await.unwrap(), 8);
-    assert_eq!(
-        store.read_all(0, usize::MAX).await.unwrap()[..6],
-        before[..]
-    );
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap()[..6], before[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,10 +110,7 @@ async fn many_groups_of_every_size_survive_a_reopen() {
             tasks.push(tokio::spawn(async move {
                 for i in 0..60u64 {
                     let n = 1 + (i * 7 + t) % 90;
-                    store
-                        .append("t1", &format!("s{}", i % 5), ExpectedVersion::Any, batch(n))
-                        .await
-                        .unwrap();
+                    store.append("t1", &format!("s{}", i % 5), ExpectedVersion::Any, batch(n)).await.unwrap();
                 }
             }));
         }
@@ -182,18 +124,8 @@ async fn many_groups_of_every_size_survive_a_reopen() {
     assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), before);
     for s in 0..5 {
         let stream = format!("s{s}");
-        let want: Vec<_> = before
-            .iter()
-            .filter(|e| e.stream == stream)
-            .cloned()
-            .collect();
-        assert_eq!(
-            store
-                .read_stream("t1", &stream, 1, usize::MAX)
-                .await
-                .unwrap(),
-            want
-        );
+        let want: Vec<_> = before.iter().filter(|e| e.stream == stream).cloned().collect();
+        assert_eq!(store.read_stream("t1", &stream, 1, usize::MAX).await.unwrap(), want);
     }
 }
 
@@ -218,17 +150,11 @@ async fn a_torn_tail_is_cut_off_on_open() {
     // A group cut in the middle of a record: the whole group goes, the earlier ones stay.
     let bytes = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
     let cut = ends[1] + (ends[2] - ends[1]) / 2;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.path().join(LOG_FILE))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(dir.path().join(LOG_FILE)).unwrap();
     f.set_len(cut).unwrap();
     drop(f);
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(
-        store.truncated_on_open(),
-        torn_len(&bytes[ends[1] as usize..cut as usize])
-    );
+    assert_eq!(store.truncated_on_open(), torn_len(&bytes[ends[1] as usize..cut as usize]));
     assert_eq!(store.head().await.unwrap(), 5);
     assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), whole[..5]);
     // The store works on from there, and the lost group's ids are free again.
@@ -238,14 +164,8 @@ async fn a_torn_tail_is_cut_off_on_open() {
         e.id = *id;
     }
     assert_eq!(
-        store
-            .append("t1", "s", ExpectedVersion::Exact(5), again)
-            .await,
-        Ok(AppendResult {
-            first_version: 6,
-            last_version: 9,
-            position: 9
-        })
+        store.append("t1", "s", ExpectedVersion::Exact(5), again).await,
+        Ok(AppendResult { first_version: 6, last_version: 9, position: 9 })
     );
     drop(store);
     let store = LogStore::open(dir.path()).unwrap();
@@ -259,10 +179,7 @@ async fn a_torn_tail_is_cut_off_on_open() {
     flip_byte(dir.path(), len - 20);
     let bytes = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(
-        store.truncated_on_open(),
-        torn_len(&bytes[ends[1] as usize..])
-    );
+    assert_eq!(store.truncated_on_open(), torn_len(&bytes[ends[1] as usize..]));
     assert_eq!(store.head().await.unwrap(), 5);
 
     // Only a frame header's worth: cut off.
@@ -304,20 +221,14 @@ async fn damage_before_the_end_is_an_error_not_a_silent_loss() {
     let ends = three_groups(dir.path()).await;
     flip_byte(dir.path(), ends[1] - 2);
     let err = LogStore::open(dir.path()).err().expect("refused");
-    assert!(
-        matches!(&err, LogOpenError::Corrupt { reason, .. } if reason.contains("commit marker")),
-        "{err}"
-    );
+    assert!(matches!(&err, LogOpenError::Corrupt { reason, .. } if reason.contains("commit marker")), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_record_fails_the_read_instead_of_returning_garbage() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    store
-        .append("t1", "s", ExpectedVersion::Any, batch(3))
-        .await
-        .unwrap();
+    store.append("t1", "s", ExpectedVersion::Any, batch(3)).await.unwrap();
     // Bit rot under a running store (the reads go to the file, through the page cache).
     flip_byte(dir.path(), 16 + 32 + 8 + 40);
     let err = store.read_all(0, 10).await.unwrap_err();
@@ -341,17 +252,11 @@ fn a_foreign_file_or_a_newer_format_is_refused() {
     assert_eq!(header.len(), 16);
     assert_eq!(&header[..8], b"CHRONLOG");
     assert_eq!(header[8..12], FORMAT_VERSION.to_le_bytes());
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.path().join(LOG_FILE))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(dir.path().join(LOG_FILE)).unwrap();
     f.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
     drop(f);
     let err = LogStore::open(dir.path()).err().expect("refused");
-    assert!(
-        matches!(err, LogOpenError::UnsupportedFormat { found: 99, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LogOpenError::UnsupportedFormat { found: 99, .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,10 +270,7 @@ async fn readers_never_see_past_the_head() {
             let store = store.clone();
             tokio::spawn(async move {
                 for _ in 0..200 {
-                    store
-                        .append("t1", &format!("w{w}"), ExpectedVersion::Any, batch(3))
-                        .await
-                        .unwrap();
+                    store.append("t1", &format!("w{w}"), ExpectedVersion::Any, batch(3)).await.unwrap();
                 }
             })
         })
@@ -381,10 +283,7 @@ async fn readers_never_see_past_the_head() {
                 let page = store.read_all(0, usize::MAX).await.unwrap();
                 let head = store.head().await.unwrap();
                 assert!(page.len() as u64 <= head);
-                assert!(page
-                    .iter()
-                    .enumerate()
-                    .all(|(i, e)| e.position == i as u64 + 1));
+                assert!(page.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1));
                 let v = store.stream_version("t1", "w0").await.unwrap();
                 let stream = store.read_stream("t1", "w0", 1, usize::MAX).await.unwrap();
                 assert!(stream.len() as u64 >= v);
@@ -402,28 +301,17 @@ async fn readers_never_see_past_the_head() {
 
 /// A small log of groups of 1, 3 and 2 events; returns its bytes, the end of each group and the
 /// events.
-async fn small_log() -> (
-    Vec<u8>,
-    Vec<u64>,
-    Vec<chronicle_core::envelope::EventEnvelope>,
-) {
+async fn small_log() -> (Vec<u8>, Vec<u64>, Vec<chronicle_core::envelope::EventEnvelope>) {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
     let mut ends = vec![16];
     for (i, n) in [1u64, 3, 2].into_iter().enumerate() {
-        store
-            .append("t1", &format!("s{i}"), ExpectedVersion::Any, batch(n))
-            .await
-            .unwrap();
+        store.append("t1", &format!("s{i}"), ExpectedVersion::Any, batch(n)).await.unwrap();
         ends.push(store.committed_len());
     }
     let events = store.read_all(0, usize::MAX).await.unwrap();
     drop(store);
-    (
-        std::fs::read(dir.path().join(LOG_FILE)).unwrap(),
-        ends,
-        events,
-    )
+    (std::fs::read(dir.path().join(LOG_FILE)).unwrap(), ends, events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,16 +325,8 @@ async fn a_cut_at_any_byte_keeps_exactly_the_whole_groups_before_it() {
         std::fs::write(dir.path().join(LOG_FILE), &bytes[..cut as usize]).unwrap();
         let store = LogStore::open(dir.path()).unwrap();
         let whole = ends.iter().rposition(|&e| e <= cut).unwrap();
-        assert_eq!(
-            store.truncated_on_open(),
-            torn_len(&bytes[ends[whole] as usize..cut as usize]),
-            "cut at {cut}"
-        );
-        assert_eq!(
-            store.read_all(0, usize::MAX).await.unwrap(),
-            events[..counts[whole]],
-            "cut at {cut}"
-        );
+        assert_eq!(store.truncated_on_open(), torn_len(&bytes[ends[whole] as usize..cut as usize]), "cut at {cut}");
+        assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events[..counts[whole]], "cut at {cut}");
     }
 }
 
@@ -464,10 +344,7 @@ async fn every_damaged_byte_is_detected() {
         match LogStore::open(dir.path()) {
             Ok(store) => {
                 assert!(at as u64 >= last, "damage at {at} went unnoticed");
-                assert_eq!(
-                    store.truncated_on_open(),
-                    torn_len(&damaged[last as usize..])
-                );
+                assert_eq!(store.truncated_on_open(), torn_len(&damaged[last as usize..]));
                 assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), events[..4]);
             }
             Err(LogOpenError::Corrupt { offset, .. }) => {
@@ -486,10 +363,7 @@ async fn the_zeroed_space_after_a_crash_is_not_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (events, end) = {
         let store = LogStore::open(dir.path()).unwrap();
-        store
-            .append("t1", "s", ExpectedVersion::Any, batch(3))
-            .await
-            .unwrap();
+        store.append("t1", "s", ExpectedVersion::Any, batch(3)).await.unwrap();
         assert!(file_len(dir.path()) > store.committed_len());
         let events = store.read_all(0, usize::MAX).await.unwrap();
         (events, store.committed_len())

@@ -21,18 +21,9 @@ async fn reopen_keeps_everything_and_continues_positions() {
     let data = dir.path().join("nested").join("data");
     let before = {
         let store = SqliteStore::open(&data).unwrap();
-        store
-            .append("t1", "a", ExpectedVersion::NoStream, batch(3))
-            .await
-            .unwrap();
-        store
-            .append("t2", "a", ExpectedVersion::NoStream, batch(2))
-            .await
-            .unwrap();
-        store
-            .append("t1", "b", ExpectedVersion::Any, batch(1))
-            .await
-            .unwrap();
+        store.append("t1", "a", ExpectedVersion::NoStream, batch(3)).await.unwrap();
+        store.append("t2", "a", ExpectedVersion::NoStream, batch(2)).await.unwrap();
+        store.append("t1", "b", ExpectedVersion::Any, batch(1)).await.unwrap();
         store.read_all(0, usize::MAX).await.unwrap()
     };
     assert!(data.join(DB_FILE).exists());
@@ -43,39 +34,22 @@ async fn reopen_keeps_everything_and_continues_positions() {
     assert_eq!(*store.head_watch().borrow(), 6);
     assert_eq!(store.stream_version("t1", "a").await.unwrap(), 3);
     // The version check and idempotency still hold against what the earlier process wrote.
-    let conflict = store
-        .append("t1", "a", ExpectedVersion::NoStream, batch(1))
-        .await;
+    let conflict = store.append("t1", "a", ExpectedVersion::NoStream, batch(1)).await;
     assert!(conflict.is_err());
     let mut replay = event(0);
     replay.id = before[5].id;
     assert_eq!(
-        store
-            .append("t1", "b", ExpectedVersion::Any, vec![replay])
-            .await,
-        Ok(AppendResult {
-            first_version: 1,
-            last_version: 1,
-            position: 6
-        })
+        store.append("t1", "b", ExpectedVersion::Any, vec![replay]).await,
+        Ok(AppendResult { first_version: 1, last_version: 1, position: 6 })
     );
     assert_eq!(
-        store
-            .append("t1", "a", ExpectedVersion::Exact(3), batch(2))
-            .await,
-        Ok(AppendResult {
-            first_version: 4,
-            last_version: 5,
-            position: 8
-        })
+        store.append("t1", "a", ExpectedVersion::Exact(3), batch(2)).await,
+        Ok(AppendResult { first_version: 4, last_version: 5, position: 8 })
     );
     drop(store);
     let store = SqliteStore::open(&data).unwrap();
     assert_eq!(store.head().await.unwrap(), 8);
-    assert_eq!(
-        store.read_all(0, usize::MAX).await.unwrap()[..6],
-        before[..]
-    );
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap()[..6], before[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,17 +61,12 @@ async fn two_stores_on_one_folder_stay_consistent() {
     let b = SqliteStore::open(dir.path()).unwrap();
     for i in 0..10 {
         let (store, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let r = store
-            .append("t1", "s", ExpectedVersion::Exact(i), batch(1))
-            .await
-            .unwrap();
+        let r = store.append("t1", "s", ExpectedVersion::Exact(i), batch(1)).await.unwrap();
         assert_eq!((r.first_version, r.position), (i + 1, i + 1));
         assert_eq!(other.stream_version("t1", "s").await.unwrap(), i + 1);
         assert_eq!(other.head().await.unwrap(), i + 1);
     }
-    let stale = a
-        .append("t1", "s", ExpectedVersion::Exact(9), batch(1))
-        .await;
+    let stale = a.append("t1", "s", ExpectedVersion::Exact(9), batch(1)).await;
     assert!(stale.is_err(), "{stale:?}");
 }
 
@@ -109,8 +78,5 @@ fn a_newer_format_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = SqliteStore::open(dir.path()).err().expect("refused");
-    assert!(
-        matches!(err, StoreOpenError::UnsupportedFormat { found: 99, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, StoreOpenError::UnsupportedFormat { found: 99, .. }), "{err}");
 }

@@ -57,19 +57,13 @@ fn crash_child() {
                     for batch in 0u64.. {
                         let events = (0..BATCH)
                             .map(|i| {
-                                let data =
-                                    json!({ "round": round, "task": task, "batch": batch, "i": i });
+                                let data = json!({ "round": round, "task": task, "batch": batch, "i": i });
                                 NewEvent::new(Uuid::now_v7(), "CrashTestEvent", data, Utc::now())
                             })
                             .collect();
-                        let r = store
-                            .append("t1", &format!("task-{task}"), ExpectedVersion::Any, events)
-                            .await
-                            .unwrap();
-                        println!(
-                            "ACK {round} {task} {batch} {} {}",
-                            r.first_version, r.position
-                        );
+                        let r =
+                            store.append("t1", &format!("task-{task}"), ExpectedVersion::Any, events).await.unwrap();
+                        println!("ACK {round} {task} {batch} {} {}", r.first_version, r.position);
                     }
                 })
             })
@@ -136,32 +130,23 @@ async fn check(backend: &str, dir: &Path, acked: &[Ack]) {
             continue;
         }
         let field = |k: &str| e.data[k].as_u64().unwrap();
-        batches
-            .entry((field("round"), field("task"), field("batch")))
-            .or_default()
-            .push((field("i"), e.version, e.position));
+        batches.entry((field("round"), field("task"), field("batch"))).or_default().push((
+            field("i"),
+            e.version,
+            e.position,
+        ));
     }
     for (key, events) in &batches {
-        assert_eq!(
-            events.len() as u64,
-            BATCH,
-            "batch {key:?} is torn: {events:?}"
-        );
+        assert_eq!(events.len() as u64, BATCH, "batch {key:?} is torn: {events:?}");
         for (k, (i, v, p)) in events.iter().enumerate() {
-            assert_eq!(
-                (*i, *v, *p),
-                (k as u64, events[0].1 + k as u64, events[0].2 + k as u64)
-            );
+            assert_eq!((*i, *v, *p), (k as u64, events[0].1 + k as u64, events[0].2 + k as u64));
         }
     }
     for &(round, task, batch, first_version, position) in acked {
         let events = batches
             .get(&(round, task, batch))
             .unwrap_or_else(|| panic!("acknowledged batch {round}/{task}/{batch} lost"));
-        assert_eq!(
-            (events[0].1, events[BATCH as usize - 1].2),
-            (first_version, position)
-        );
+        assert_eq!((events[0].1, events[BATCH as usize - 1].2), (first_version, position));
     }
     // The reopened store carries on from where the killed one stopped.
     let round = acked.last().map_or(0, |a| a.0);
@@ -170,12 +155,7 @@ async fn check(backend: &str, dir: &Path, acked: &[Ack]) {
             "t1",
             &format!("after-{round}"),
             ExpectedVersion::NoStream,
-            vec![NewEvent::new(
-                Uuid::now_v7(),
-                "CrashTestEvent",
-                json!({}),
-                Utc::now(),
-            )],
+            vec![NewEvent::new(Uuid::now_v7(), "CrashTestEvent", json!({}), Utc::now())],
         )
         .await
         .unwrap();

@@ -84,14 +84,12 @@ fn append_op() -> impl Strategy<Value = AppendOp> {
         6 => prop::collection::vec((id, any::<bool>()), 0..4).prop_map(Body::Events),
         1 => any::<usize>().prop_map(Body::Resubmit),
     ];
-    (0..TENANTS.len(), 0..STREAMS.len(), expect, body).prop_map(
-        |(tenant, stream, expected, body)| AppendOp {
-            tenant,
-            stream,
-            expected,
-            body,
-        },
-    )
+    (0..TENANTS.len(), 0..STREAMS.len(), expect, body).prop_map(|(tenant, stream, expected, body)| AppendOp {
+        tenant,
+        stream,
+        expected,
+        body,
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -114,9 +112,7 @@ struct Driver {
 }
 
 fn event_time() -> DateTime<Utc> {
-    Utc.timestamp_opt(1_700_000_000, 987_654_321)
-        .single()
-        .unwrap()
+    Utc.timestamp_opt(1_700_000_000, 987_654_321).single().unwrap()
 }
 
 impl Driver {
@@ -131,21 +127,11 @@ impl Driver {
         self.used.push(id);
         if legacy {
             // An old schema: both backends must upcast it on read and in the hook.
-            let mut e = NewEvent::new(
-                id,
-                "CustomerRegistered",
-                json!({ "name": "Ada Lovelace" }),
-                event_time(),
-            );
+            let mut e = NewEvent::new(id, "CustomerRegistered", json!({ "name": "Ada Lovelace" }), event_time());
             e.schema_version = 1;
             e
         } else {
-            NewEvent::new(
-                id,
-                "ModelTestEvent",
-                json!({ "n": self.next_id as u64 }),
-                event_time(),
-            )
+            NewEvent::new(id, "ModelTestEvent", json!({ "n": self.next_id as u64 }), event_time())
         }
     }
 
@@ -156,10 +142,7 @@ impl Driver {
     ) -> (usize, usize, ExpectedVersion, Vec<NewEvent>) {
         let (mut tenant, mut stream) = (op.tenant, op.stream);
         let events = match &op.body {
-            Body::Events(ids) => ids
-                .iter()
-                .map(|(id, legacy)| self.event(id.clone(), *legacy))
-                .collect(),
+            Body::Events(ids) => ids.iter().map(|(id, legacy)| self.event(id.clone(), *legacy)).collect(),
             Body::Resubmit(i) if !self.batches.is_empty() => {
                 let (t, s, events) = self.batches[i % self.batches.len()].clone();
                 // Mostly to its own stream (a replay), sometimes elsewhere (an id reuse).
@@ -171,10 +154,7 @@ impl Driver {
             Body::Resubmit(_) => vec![self.event(Id::Fresh, false)],
         };
         self.batches.push((tenant, stream, events.clone()));
-        let right = reference
-            .stream_version(TENANTS[tenant], STREAMS[stream])
-            .await
-            .unwrap();
+        let right = reference.stream_version(TENANTS[tenant], STREAMS[stream]).await.unwrap();
         let expected = match op.expected {
             Expect::Right => ExpectedVersion::Exact(right),
             Expect::Stale => ExpectedVersion::Exact(right.saturating_sub(1)),
@@ -188,10 +168,7 @@ impl Driver {
 
 type Outcome = Result<AppendResult, AppendError>;
 
-async fn run_together(
-    store: &dyn EventStore,
-    ops: &[(usize, usize, ExpectedVersion, Vec<NewEvent>)],
-) -> Vec<Outcome> {
+async fn run_together(store: &dyn EventStore, ops: &[(usize, usize, ExpectedVersion, Vec<NewEvent>)]) -> Vec<Outcome> {
     let go = |i: usize| {
         let (t, s, e, events) = &ops[i];
         store.append(TENANTS[*t], STREAMS[*s], *e, events.clone())
@@ -223,9 +200,7 @@ fn without_ingest_time(mut events: Vec<EventEnvelope>) -> Vec<EventEnvelope> {
 fn recording_hook(store: &dyn EventStore) -> Arc<Mutex<Vec<EventEnvelope>>> {
     let seen: Arc<Mutex<Vec<EventEnvelope>>> = Arc::default();
     let sink = seen.clone();
-    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| {
-        sink.lock().unwrap().extend_from_slice(events)
-    }));
+    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| sink.lock().unwrap().extend_from_slice(events)));
     seen
 }
 
@@ -252,9 +227,7 @@ async fn check(ops: Vec<Op>, open: Open) -> Result<(), TestCaseError> {
         match op {
             Op::Append(a) => {
                 let (t, s, e, events) = driver.resolve(a, &memory).await;
-                let want = memory
-                    .append(TENANTS[t], STREAMS[s], e, events.clone())
-                    .await;
+                let want = memory.append(TENANTS[t], STREAMS[s], e, events.clone()).await;
                 let got = store.append(TENANTS[t], STREAMS[s], e, events).await;
                 prop_assert_eq!(got, want, "step {}: {:?}", step, op);
             }
@@ -267,31 +240,16 @@ async fn check(ops: Vec<Op>, open: Open) -> Result<(), TestCaseError> {
                 let got = run_together(store, &resolved).await;
                 prop_assert_eq!(got, want, "step {}: {:?}", step, op);
             }
-            Op::ReadStream {
-                tenant,
-                stream,
-                from,
-                limit,
-            } => {
+            Op::ReadStream { tenant, stream, from, limit } => {
                 let (t, s) = (TENANTS[*tenant], STREAMS[*stream]);
                 let want = memory.read_stream(t, s, *from, *limit).await.unwrap();
                 let got = store.read_stream(t, s, *from, *limit).await.unwrap();
-                prop_assert_eq!(
-                    without_ingest_time(got),
-                    without_ingest_time(want),
-                    "step {}",
-                    step
-                );
+                prop_assert_eq!(without_ingest_time(got), without_ingest_time(want), "step {}", step);
             }
             Op::ReadAll { after, limit } => {
                 let want = memory.read_all(*after, *limit).await.unwrap();
                 let got = store.read_all(*after, *limit).await.unwrap();
-                prop_assert_eq!(
-                    without_ingest_time(got),
-                    without_ingest_time(want),
-                    "step {}",
-                    step
-                );
+                prop_assert_eq!(without_ingest_time(got), without_ingest_time(want), "step {}", step);
             }
             Op::Versions => {
                 prop_assert_eq!(store.head().await.unwrap(), memory.head().await.unwrap());
@@ -313,11 +271,7 @@ async fn check(ops: Vec<Op>, open: Open) -> Result<(), TestCaseError> {
     for (i, e) in got.iter().enumerate() {
         prop_assert_eq!(e.position, i as u64 + 1);
     }
-    prop_assert!(
-        got.iter()
-            .all(|e| e.event_type != "CustomerRegistered" || e.schema_version == 2),
-        "upcast on read"
-    );
+    prop_assert!(got.iter().all(|e| e.event_type != "CustomerRegistered" || e.schema_version == 2), "upcast on read");
     prop_assert_eq!(store.head().await.unwrap(), memory.head().await.unwrap());
     prop_assert_eq!(*store.head_watch().borrow(), got.len() as u64);
     let store_saw = without_ingest_time(store_hook.lock().unwrap().clone());
@@ -328,10 +282,7 @@ async fn check(ops: Vec<Op>, open: Open) -> Result<(), TestCaseError> {
     // And it all survives a reopen.
     drop(opened);
     let reopened = open(dir.path());
-    prop_assert_eq!(
-        without_ingest_time(reopened.read_all(0, usize::MAX).await.unwrap()),
-        want
-    );
+    prop_assert_eq!(without_ingest_time(reopened.read_all(0, usize::MAX).await.unwrap()), want);
     Ok(())
 }
 

@@ -25,7 +25,14 @@ fn registered() -> Vec<CustomerEvent> {
 }
 
 fn grant(channel: Channel, purpose: Purpose) -> ConsentInput {
-    ConsentInput { channel, purpose, granted: true, source: Some("signup-form".into()), legal_basis: None, proof: Some(json!({"ip": "192.0.2.1"})) }
+    ConsentInput {
+        channel,
+        purpose,
+        granted: true,
+        source: Some("signup-form".into()),
+        legal_basis: None,
+        proof: Some(json!({"ip": "192.0.2.1"})),
+    }
 }
 
 struct Taken(&'static str, &'static str);
@@ -49,8 +56,12 @@ fn registration_with_consents_is_one_decision() {
         )
         .unwrap();
     assert_eq!(evs.len(), 2);
-    assert!(matches!(&evs[0], CustomerEvent::CustomerRegistered { email: Some(e), phone: Some(p), .. } if e == "ada@example.com" && p == "+442079460958"));
-    assert!(matches!(&evs[1], CustomerEvent::ConsentGranted(r) if r.source == "signup-form" && r.legal_basis == "consent"));
+    assert!(
+        matches!(&evs[0], CustomerEvent::CustomerRegistered { email: Some(e), phone: Some(p), .. } if e == "ada@example.com" && p == "+442079460958")
+    );
+    assert!(
+        matches!(&evs[1], CustomerEvent::ConsentGranted(r) if r.source == "signup-form" && r.legal_basis == "consent")
+    );
 }
 
 #[test]
@@ -58,7 +69,12 @@ fn registration_fails_whole_when_one_consent_lacks_a_source() {
     let mut bad = grant(Channel::Sms, Purpose::Marketing);
     bad.source = Some("  ".into());
     let r = Customer::new("c1").decide(
-        CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![grant(Channel::Email, Purpose::Marketing), bad] },
+        CustomerCommand::Register {
+            email: None,
+            phone: None,
+            traits: Map::new(),
+            consents: vec![grant(Channel::Email, Purpose::Marketing), bad],
+        },
         &NoEmails,
     );
     assert_eq!(r, Err(CustomerError::ConsentSourceMissing));
@@ -66,12 +82,21 @@ fn registration_fails_whole_when_one_consent_lacks_a_source() {
 
 #[test]
 fn email_is_unique_within_the_tenant() {
-    let cmd = CustomerCommand::Register { email: Some("ada@example.com".into()), phone: None, traits: Map::new(), consents: vec![] };
-    assert_eq!(Customer::new("c1").decide(cmd.clone(), &Taken("ada@example.com", "c2")), Err(CustomerError::EmailTaken));
+    let cmd = CustomerCommand::Register {
+        email: Some("ada@example.com".into()),
+        phone: None,
+        traits: Map::new(),
+        consents: vec![],
+    };
+    assert_eq!(
+        Customer::new("c1").decide(cmd.clone(), &Taken("ada@example.com", "c2")),
+        Err(CustomerError::EmailTaken)
+    );
     // The same customer holding its own address is fine (e.g. a retried registration's index).
     assert!(Customer::new("c1").decide(cmd, &Taken("ada@example.com", "c1")).is_ok());
     let c = given(&registered());
-    let change = CustomerCommand::UpdateProfile { email: Some("bob@example.com".into()), phone: None, traits: Map::new() };
+    let change =
+        CustomerCommand::UpdateProfile { email: Some("bob@example.com".into()), phone: None, traits: Map::new() };
     assert_eq!(c.decide(change, &Taken("bob@example.com", "c9")), Err(CustomerError::EmailTaken));
 }
 
@@ -87,13 +112,19 @@ fn invalid_contact_data_is_rejected() {
 #[test]
 fn registering_twice_is_refused() {
     let c = given(&registered());
-    let r = c.decide(CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![] }, &NoEmails);
+    let r = c.decide(
+        CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![] },
+        &NoEmails,
+    );
     assert_eq!(r, Err(CustomerError::AlreadyExists));
 }
 
 #[test]
 fn commands_on_unknown_customer_are_not_found() {
-    assert_eq!(Customer::new("x").decide(CustomerCommand::Tag { tag: "vip".into() }, &NoEmails), Err(CustomerError::NotFound));
+    assert_eq!(
+        Customer::new("x").decide(CustomerCommand::Tag { tag: "vip".into() }, &NoEmails),
+        Err(CustomerError::NotFound)
+    );
 }
 
 #[test]
@@ -117,14 +148,23 @@ fn profile_update_records_old_and_new_values() {
     after.apply(&evs[0], 2, t(5));
     assert_eq!(after.traits.get("first_name"), Some(&json!("Augusta")));
     // Same values again: nothing to record.
-    let again = after.decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits: after.traits.clone() }, &NoEmails).unwrap();
+    let again = after
+        .decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits: after.traits.clone() }, &NoEmails)
+        .unwrap();
     assert!(again.is_empty());
 }
 
 #[test]
 fn reserved_trait_names_are_refused() {
     let c = given(&registered());
-    let r = c.decide(CustomerCommand::UpdateProfile { email: None, phone: None, traits: json!({"email": "x@y.z"}).as_object().unwrap().clone() }, &NoEmails);
+    let r = c.decide(
+        CustomerCommand::UpdateProfile {
+            email: None,
+            phone: None,
+            traits: json!({"email": "x@y.z"}).as_object().unwrap().clone(),
+        },
+        &NoEmails,
+    );
     assert_eq!(r, Err(CustomerError::InvalidTrait("email".into())));
 }
 
@@ -133,7 +173,10 @@ fn consent_grant_needs_a_source_revocation_does_not() {
     let c = given(&registered());
     let mut no_source = grant(Channel::Email, Purpose::Marketing);
     no_source.source = None;
-    assert_eq!(c.decide(CustomerCommand::SetConsent(no_source.clone()), &NoEmails), Err(CustomerError::ConsentSourceMissing));
+    assert_eq!(
+        c.decide(CustomerCommand::SetConsent(no_source.clone()), &NoEmails),
+        Err(CustomerError::ConsentSourceMissing)
+    );
     no_source.granted = false;
     let evs = c.decide(CustomerCommand::SetConsent(no_source), &NoEmails).unwrap();
     assert!(matches!(&evs[0], CustomerEvent::ConsentRevoked(r) if r.source == "unspecified"));
@@ -142,7 +185,10 @@ fn consent_grant_needs_a_source_revocation_does_not() {
 #[test]
 fn consent_check_follows_the_latest_decision() {
     let mut c = given(&registered());
-    assert_eq!(c.consent_check(Channel::Email, Purpose::Marketing), ConsentDecision { allowed: false, reason: "no_consent" });
+    assert_eq!(
+        c.consent_check(Channel::Email, Purpose::Marketing),
+        ConsentDecision { allowed: false, reason: "no_consent" }
+    );
     assert!(c.consent_check(Channel::Email, Purpose::Transactional).allowed);
     for (i, granted) in [true, false, true, false].into_iter().enumerate() {
         let mut input = grant(Channel::Email, Purpose::Marketing);
@@ -179,7 +225,10 @@ fn deactivated_customers_keep_history_and_can_come_back() {
     assert_eq!(c.status, CustomerStatus::Deactivated);
     assert!(c.tags.contains("vip"), "history kept");
     assert_eq!(c.decide(CustomerCommand::Tag { tag: "x".into() }, &NoEmails), Err(CustomerError::Deactivated));
-    assert_eq!(c.decide(CustomerCommand::SetConsent(grant(Channel::Email, Purpose::Marketing)), &NoEmails), Err(CustomerError::Deactivated));
+    assert_eq!(
+        c.decide(CustomerCommand::SetConsent(grant(Channel::Email, Purpose::Marketing)), &NoEmails),
+        Err(CustomerError::Deactivated)
+    );
     let mut revoke = grant(Channel::Email, Purpose::Marketing);
     revoke.granted = false;
     assert!(c.decide(CustomerCommand::SetConsent(revoke), &NoEmails).is_ok(), "withdrawing consent is always possible");
@@ -215,9 +264,18 @@ fn erased_customers_accept_no_command_and_hold_no_personal_data() {
 fn events_round_trip_through_their_wire_parts() {
     let evs = vec![
         registered().remove(0),
-        CustomerEvent::ConsentGranted(ConsentRecord { channel: Channel::InApp, purpose: Purpose::Profiling, source: "s".into(), legal_basis: "consent".into(), proof: None }),
+        CustomerEvent::ConsentGranted(ConsentRecord {
+            channel: Channel::InApp,
+            purpose: Purpose::Profiling,
+            source: "s".into(),
+            legal_basis: "consent".into(),
+            proof: None,
+        }),
         CustomerEvent::CustomerReactivated {},
-        CustomerEvent::PreferencesUpdated(Preferences { time_zone: Some("Europe/Lisbon".into()), ..Default::default() }),
+        CustomerEvent::PreferencesUpdated(Preferences {
+            time_zone: Some("Europe/Lisbon".into()),
+            ..Default::default()
+        }),
     ];
     for e in evs {
         let (ty, data) = e.to_parts();

@@ -8,8 +8,10 @@ use crate::error::AppError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use chronicle_core::customer::{
+    Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, Preferences, Purpose,
+};
 use chrono::{DateTime, Utc};
-use chronicle_core::customer::{Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, Preferences, Purpose};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -50,7 +52,11 @@ pub struct CreateCustomer {
     consents: Vec<ConsentInput>,
 }
 
-pub async fn create(State(app): State<Arc<App>>, p: Principal, Body(b): Body<CreateCustomer>) -> Res<(StatusCode, Json<Value>)> {
+pub async fn create(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Body(b): Body<CreateCustomer>,
+) -> Res<(StatusCode, Json<Value>)> {
     let id = b.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let cmd = CustomerCommand::Register { email: b.email, phone: b.phone, traits: b.traits, consents: b.consents };
     let c = app.customer_command(&p.tenant, &id, cmd, &p.actor).await?;
@@ -62,7 +68,12 @@ pub struct AsOf {
     as_of: Option<DateTime<Utc>>,
 }
 
-pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Params(q): Params<AsOf>) -> Res<Json<Value>> {
+pub async fn get_one(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Params(q): Params<AsOf>,
+) -> Res<Json<Value>> {
     let c = match q.as_of {
         Some(t) => app.customer_as_of(&p.tenant, &id, t).await?,
         None => app.customer(&p.tenant, &id)?,
@@ -79,12 +90,19 @@ pub struct PatchCustomer {
     traits: Map<String, Value>,
 }
 
-pub async fn patch(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<PatchCustomer>) -> Res<Json<Value>> {
+pub async fn patch(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<PatchCustomer>,
+) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::UpdateProfile { email: b.email, phone: b.phone, traits: b.traits }).await
 }
 
 pub async fn erase(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    let c = app.customer_command(&p.tenant, &id, CustomerCommand::Erase { reason: Some("erasure request".into()) }, &p.actor).await?;
+    let c = app
+        .customer_command(&p.tenant, &id, CustomerCommand::Erase { reason: Some("erasure request".into()) }, &p.actor)
+        .await?;
     Ok(Json(json!({"id": c.id, "status": c.status, "erased": true, "profile_redacted": true, "version": c.version})))
 }
 
@@ -97,8 +115,16 @@ pub struct TimelineQuery {
     r#type: Option<String>,
 }
 
-pub async fn timeline(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Params(q): Params<TimelineQuery>) -> Res<Json<Value>> {
-    let types: Vec<String> = q.r#type.map(|t| t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+pub async fn timeline(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Params(q): Params<TimelineQuery>,
+) -> Res<Json<Value>> {
+    let types: Vec<String> = q
+        .r#type
+        .map(|t| t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
     let page = app.timeline(&p.tenant, &id, q.after.unwrap_or(0), clamp_limit(q.limit), q.as_of, &types).await?;
     Ok(Json(json!({"events": page.events, "next": page.next})))
 }
@@ -111,7 +137,12 @@ pub async fn consents(State(app): State<Arc<App>>, p: Principal, Path(id): Path<
     Ok(Json(ledger_json(app.consents(&p.tenant, &id)?)))
 }
 
-pub async fn set_consent(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<ConsentInput>) -> Res<(StatusCode, Json<Value>)> {
+pub async fn set_consent(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<ConsentInput>,
+) -> Res<(StatusCode, Json<Value>)> {
     app.customer_command(&p.tenant, &id, CustomerCommand::SetConsent(b), &p.actor).await?;
     Ok((StatusCode::CREATED, Json(ledger_json(app.consents(&p.tenant, &id)?))))
 }
@@ -123,7 +154,11 @@ pub struct CheckQuery {
     purpose: Purpose,
 }
 
-pub async fn consent_check(State(app): State<Arc<App>>, p: Principal, Params(q): Params<CheckQuery>) -> Res<Json<Value>> {
+pub async fn consent_check(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Params(q): Params<CheckQuery>,
+) -> Res<Json<Value>> {
     let d = app.consent_check(&p.tenant, &q.customer, q.channel, q.purpose);
     if d.reason == "unknown_customer" {
         return Err(AppError::NotFound("customer").into());
@@ -137,7 +172,12 @@ pub struct Reason {
     reason: Option<String>,
 }
 
-pub async fn deactivate(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, OptBody(body): OptBody<Reason>) -> Res<Json<Value>> {
+pub async fn deactivate(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    OptBody(body): OptBody<Reason>,
+) -> Res<Json<Value>> {
     let reason = body.unwrap_or_default().reason;
     command(&app, &p, &id, CustomerCommand::Deactivate { reason }).await
 }
@@ -152,11 +192,20 @@ pub struct TagBody {
     tag: String,
 }
 
-pub async fn tag(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<TagBody>) -> Res<Json<Value>> {
+pub async fn tag(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<TagBody>,
+) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::Tag { tag: b.tag }).await
 }
 
-pub async fn untag(State(app): State<Arc<App>>, p: Principal, Path((id, tag)): Path<(String, String)>) -> Res<Json<Value>> {
+pub async fn untag(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path((id, tag)): Path<(String, String)>,
+) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::Untag { tag }).await
 }
 
@@ -166,7 +215,12 @@ pub struct NoteBody {
     text: String,
 }
 
-pub async fn note(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<NoteBody>) -> Res<Json<Value>> {
+pub async fn note(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<NoteBody>,
+) -> Res<Json<Value>> {
     let author = Some(p.actor.clone());
     command(&app, &p, &id, CustomerCommand::AddNote { text: b.text, author }).await
 }
@@ -177,7 +231,12 @@ pub struct OwnerBody {
     owner: String,
 }
 
-pub async fn owner(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<OwnerBody>) -> Res<Json<Value>> {
+pub async fn owner(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<OwnerBody>,
+) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::AssignOwner { owner: b.owner }).await
 }
 
@@ -187,11 +246,21 @@ pub struct StageBody {
     stage: LifecycleStage,
 }
 
-pub async fn stage(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<StageBody>) -> Res<Json<Value>> {
+pub async fn stage(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<StageBody>,
+) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::ChangeStage { to: b.stage }).await
 }
 
-pub async fn preferences(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<Preferences>) -> Res<Json<Value>> {
+pub async fn preferences(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<Preferences>,
+) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::UpdatePreferences(b)).await
 }
 

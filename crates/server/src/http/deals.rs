@@ -26,9 +26,20 @@ pub struct CreateDeal {
     currency: Option<String>,
 }
 
-pub async fn create(State(app): State<Arc<App>>, p: Principal, Body(b): Body<CreateDeal>) -> Res<(StatusCode, Json<Value>)> {
+pub async fn create(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Body(b): Body<CreateDeal>,
+) -> Res<(StatusCode, Json<Value>)> {
     let id = b.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let cmd = DealCommand::Create { name: b.name, customer_id: b.customer_id, owner: b.owner, stage: b.stage, amount: b.amount, currency: b.currency };
+    let cmd = DealCommand::Create {
+        name: b.name,
+        customer_id: b.customer_id,
+        owner: b.owner,
+        stage: b.stage,
+        amount: b.amount,
+        currency: b.currency,
+    };
     let d = app.deal_command(&p.tenant, &id, cmd, &p.actor).await?;
     Ok((StatusCode::CREATED, Json(json!(d))))
 }
@@ -45,7 +56,12 @@ pub struct PatchDeal {
     owner: Option<String>,
 }
 
-pub async fn patch(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, Body(b): Body<PatchDeal>) -> Res<Json<Value>> {
+pub async fn patch(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<PatchDeal>,
+) -> Res<Json<Value>> {
     let cmd = DealCommand::Update { stage: b.stage, amount: b.amount, owner: b.owner };
     Ok(Json(json!(app.deal_command(&p.tenant, &id, cmd, &p.actor).await?)))
 }
@@ -60,7 +76,12 @@ pub struct LostBody {
     reason: Option<String>,
 }
 
-pub async fn lost(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>, OptBody(body): OptBody<LostBody>) -> Res<Json<Value>> {
+pub async fn lost(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    OptBody(body): OptBody<LostBody>,
+) -> Res<Json<Value>> {
     let reason = body.unwrap_or_default().reason;
     Ok(Json(json!(app.deal_command(&p.tenant, &id, DealCommand::Lose { reason }, &p.actor).await?)))
 }

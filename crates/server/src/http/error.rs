@@ -107,9 +107,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| ApiError::new(r.status(), if r.status() == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" }, r.body_text()))?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            ApiError::new(
+                r.status(),
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" },
+                r.body_text(),
+            )
+        })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptBody(None));
         }

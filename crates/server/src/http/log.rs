@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_store::Subscription;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -40,7 +40,12 @@ pub struct LiveQuery {
 
 /// Catch up from `after` (or `Last-Event-ID`, or the current head), then follow. Each SSE
 /// event's id is the envelope's position, so a reconnecting client resumes without a gap.
-pub async fn stream_live(State(app): State<Arc<App>>, p: Principal, headers: HeaderMap, Params(q): Params<LiveQuery>) -> Res<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
+pub async fn stream_live(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    headers: HeaderMap,
+    Params(q): Params<LiveQuery>,
+) -> Res<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
     let after = match q.after.or(resume) {
         Some(a) => a,
@@ -68,7 +73,12 @@ pub async fn stream_live(State(app): State<Arc<App>>, p: Principal, headers: Hea
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-pub async fn read_stream(State(app): State<Arc<App>>, p: Principal, Path(stream): Path<String>, Params(q): Params<PageQuery>) -> Res<Json<Value>> {
+pub async fn read_stream(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(stream): Path<String>,
+    Params(q): Params<PageQuery>,
+) -> Res<Json<Value>> {
     let page = app.read_stream(&p.tenant, &stream, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
     Ok(Json(json!({"events": page.events, "next": page.next})))
 }
@@ -95,7 +105,12 @@ pub struct IncomingEvent {
 }
 
 /// Validate the whole batch, then append it in one atomic write.
-pub async fn append(State(app): State<Arc<App>>, p: Principal, Path(stream): Path<String>, Body(b): Body<AppendBody>) -> Res<Json<Value>> {
+pub async fn append(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(stream): Path<String>,
+    Body(b): Body<AppendBody>,
+) -> Res<Json<Value>> {
     let bad = |m: String| -> ApiError { AppError::BadRequest(m).into() };
     if stream.is_empty() || stream.len() > 200 || stream.chars().any(|c| c.is_control() || c == '/') {
         return Err(bad("stream names are 1-200 characters, no control characters or '/'".into()));
@@ -120,7 +135,9 @@ pub async fn append(State(app): State<Arc<App>>, p: Principal, Path(stream): Pat
         if !metadata.is_object() {
             return Err(bad(format!("events[{i}].metadata must be an object")));
         }
-        let mut ev = NewEvent::new(e.id.unwrap_or_else(uuid::Uuid::now_v7), e.r#type, e.data, e.event_time.unwrap_or(now)).with_actor(p.actor.clone());
+        let mut ev =
+            NewEvent::new(e.id.unwrap_or_else(uuid::Uuid::now_v7), e.r#type, e.data, e.event_time.unwrap_or(now))
+                .with_actor(p.actor.clone());
         ev.metadata = metadata;
         ev.schema_version = e.schema_version.unwrap_or(ev.schema_version);
         ev.source = e.source.unwrap_or_else(|| "api".into());

@@ -16,8 +16,8 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use chronicle_projections::KeyKind;
 use error::ApiError;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Largest request body accepted (bytes); bigger ones get 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -160,13 +160,23 @@ impl FromRequestParts<Arc<App>> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| unauthorized("missing Authorization: Bearer <api_key>"))?;
-        let key = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| unauthorized("expected Authorization: Bearer <api_key>"))?;
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing Authorization: Bearer <api_key>"))?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("expected Authorization: Bearer <api_key>"))?;
         match app.authenticate(key) {
             Some(rec) if rec.kind == KeyKind::Api => {
                 Ok(Principal { tenant: rec.tenant, actor: format!("key:{}", &crate::keys::digest(key)[..12]) })
             }
-            Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use the API key")),
+            Some(_) => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use the API key"))
+            }
             None => Err(unauthorized("unknown API key")),
         }
     }

@@ -29,16 +29,56 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
-    metric("chronicle_http_requests_total", "counter", "HTTP requests served.", m.http_requests.load(Ordering::Relaxed));
-    metric("chronicle_http_errors_total", "counter", "HTTP requests answered with a 4xx or 5xx status.", m.http_errors.load(Ordering::Relaxed));
-    metric("chronicle_appends_total", "counter", "Successful appends through the API.", m.appends.load(Ordering::Relaxed));
-    metric("chronicle_events_appended_total", "counter", "Events appended through the API.", m.events_appended.load(Ordering::Relaxed));
-    metric("chronicle_append_conflicts_total", "counter", "Appends refused for a version conflict.", m.append_conflicts.load(Ordering::Relaxed));
-    metric("chronicle_consent_checks_total", "counter", "Consent decisions made.", m.consent_checks.load(Ordering::Relaxed));
-    metric("chronicle_checkpoints_total", "counter", "Projection checkpoints written.", m.checkpoints.load(Ordering::Relaxed));
+    metric(
+        "chronicle_http_requests_total",
+        "counter",
+        "HTTP requests served.",
+        m.http_requests.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_http_errors_total",
+        "counter",
+        "HTTP requests answered with a 4xx or 5xx status.",
+        m.http_errors.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_appends_total",
+        "counter",
+        "Successful appends through the API.",
+        m.appends.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_events_appended_total",
+        "counter",
+        "Events appended through the API.",
+        m.events_appended.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_append_conflicts_total",
+        "counter",
+        "Appends refused for a version conflict.",
+        m.append_conflicts.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_consent_checks_total",
+        "counter",
+        "Consent decisions made.",
+        m.consent_checks.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_checkpoints_total",
+        "counter",
+        "Projection checkpoints written.",
+        m.checkpoints.load(Ordering::Relaxed),
+    );
     metric("chronicle_log_head_position", "gauge", "Position of the last committed event.", head);
     metric("chronicle_projection_position", "gauge", "Position the read models reflect.", projected);
-    metric("chronicle_projection_lag_events", "gauge", "Committed events not yet in the read models.", head.saturating_sub(projected));
+    metric(
+        "chronicle_projection_lag_events",
+        "gauge",
+        "Committed events not yet in the read models.",
+        head.saturating_sub(projected),
+    );
     metric("chronicle_customers", "gauge", "Customers in the read models (all tenants).", customers as u64);
     metric("chronicle_tenants", "gauge", "Tenants.", tenants as u64);
     metric("chronicle_undecodable_events_total", "counter", "Events the read models could not decode.", undecodable);
