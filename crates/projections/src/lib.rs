@@ -396,7 +396,11 @@ impl TenantViews {
 
     /// The deal pipeline: per open stage, the count and summed amount; plus won and lost.
     pub fn pipeline(&self) -> Pipeline {
-        let mut p = Pipeline::default();
+        let mut p = Pipeline {
+            won: StageSummary { stage: "won".into(), ..Default::default() },
+            lost: StageSummary { stage: "lost".into(), ..Default::default() },
+            ..Default::default()
+        };
         for s in deal::STAGES {
             p.stages.push(StageSummary { stage: (*s).to_owned(), count: 0, amount: 0 });
         }
