@@ -19,7 +19,7 @@ use uuid::Uuid;
 /// How often a command is retried when another writer moved its stream first.
 const COMMAND_ATTEMPTS: usize = 8;
 /// Stream name prefixes owned by the domain: raw appends may not write there.
-pub const RESERVED_PREFIXES: &[&str] = &["customer-", "deal-", "order-", "tenant-", "_"];
+pub const RESERVED_PREFIXES: &[&str] = &["customer-", "deal-", "order-", "tenant-", "anonymous-", "_"];
 
 /// Counters for `/metrics`.
 #[derive(Default)]

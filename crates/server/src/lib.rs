@@ -6,6 +6,7 @@
 pub mod app;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod keys;
 pub mod maintenance;
 

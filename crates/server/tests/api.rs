@@ -10,6 +10,7 @@ struct TestApp {
     base: String,
     key: String,
     other_key: String,
+    write_key: String,
     agent: ureq::Agent,
     _dir: tempfile::TempDir,
 }
@@ -29,16 +30,16 @@ fn spawn_app() -> TestApp {
         rt.block_on(async move {
             let store = Arc::new(LogStore::open(&path).unwrap());
             let app = App::start(store, Some(path.join("projections.json"))).await.unwrap();
-            let (key, _) = app.create_tenant("acme").await.unwrap();
+            let (key, write_key) = app.create_tenant("acme").await.unwrap();
             let (other_key, _) = app.create_tenant("rival").await.unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send((listener.local_addr().unwrap(), key, other_key)).unwrap();
+            tx.send((listener.local_addr().unwrap(), key, other_key, write_key)).unwrap();
             chronicle_server::serve(app, listener, std::future::pending()).await.unwrap();
         });
     });
-    let (addr, key, other_key) = rx.recv().unwrap();
+    let (addr, key, other_key, write_key) = rx.recv().unwrap();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    TestApp { base: format!("http://{addr}"), key, other_key, agent, _dir: dir }
+    TestApp { base: format!("http://{addr}"), key, other_key, write_key, agent, _dir: dir }
 }
 
 impl TestApp {
@@ -428,4 +429,115 @@ fn live_stream_catches_up_then_follows_without_gaps() {
     assert!(live.iter().all(|(_, t)| t == "After"), "{live:?}");
     let ids: Vec<u64> = caught_up.iter().chain(&live).map(|(p, _)| *p).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "positions ascend, no duplicate: {ids:?}");
+}
+
+/// Segment's clients send the write key as the HTTP Basic user name with an empty password.
+fn segment(app: &TestApp, path: &str, body: &str, write_key: Option<&str>) -> Resp {
+    use base64::Engine;
+    let mut req = app.agent.post(format!("{}{}", app.base, path)).header("content-type", "application/json");
+    if let Some(k) = write_key {
+        req = req.header(
+            "authorization",
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{k}:"))),
+        );
+    }
+    let mut res = req.send(body).unwrap();
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap();
+    Resp { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+fn event_count(app: &TestApp) -> usize {
+    app.get("/v1/events?limit=1000").body["events"].as_array().unwrap().len()
+}
+
+#[test]
+fn segment_batch_lands_on_customers_and_retries_store_nothing() {
+    let app = spawn_app();
+    let batch = json!({"batch": [
+        {"type": "page", "anonymousId": "anon-1", "name": "Pricing", "messageId": "m0"},
+        {"type": "identify", "userId": "u1", "traits": {"email": "Ada@Example.com", "first_name": "Ada"}, "messageId": "m1"},
+        {"type": "track", "userId": "u1", "event": "Product Added", "properties": {"sku": "a"}, "messageId": "m2",
+         "timestamp": "2026-01-01T10:00:00Z"},
+        {"type": "screen", "userId": "u1", "name": "Dashboard", "messageId": "m3"}
+    ], "context": {"library": {"name": "test"}}, "sentAt": "2026-01-01T10:00:00Z"}).to_string();
+    let r = segment(&app, "/v1/batch", &batch, Some(&app.write_key));
+    assert_eq!((r.status, &r.body), (200, &json!({"success": true})));
+    let c = app.get("/v1/customers/u1").body;
+    assert_eq!((&c["email"], &c["traits"]["first_name"]), (&json!("ada@example.com"), &json!("Ada")));
+    let tl = app.get("/v1/customers/u1/timeline?type=ActivityTracked").body;
+    let events = tl["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["data"]["event"], "Product Added");
+    assert_eq!(events[0]["data"]["context"]["library"]["name"], "test", "batch context merged");
+    assert_eq!(events[0]["source"], "segment");
+    let anon = app.get("/v1/streams/anonymous-anon-1").body;
+    assert_eq!(anon["events"][0]["data"]["event"], "Pricing");
+    // A client retrying the same batch (same messageIds) stores nothing new.
+    let before = event_count(&app);
+    let r = segment(&app, "/v1/batch", &batch, Some(&app.write_key));
+    assert_eq!(r.status, 200);
+    assert_eq!(event_count(&app), before);
+    // Single-message endpoints, and writeKey in the body.
+    let r = segment(
+        &app,
+        "/v1/track",
+        &json!({"userId": "u1", "event": "Order Completed", "writeKey": app.write_key}).to_string(),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(event_count(&app), before + 1);
+}
+
+#[test]
+fn segment_bad_input_is_refused_whole() {
+    let app = spawn_app();
+    let wk = Some(app.write_key.as_str());
+    let before = event_count(&app);
+    for (path, body, status, code) in [
+        (
+            "/v1/batch",
+            r#"{"batch":[{"type":"track","userId":"u","event":"A"},{"type":"track","event":"B"}]}"#,
+            400,
+            "no_user_anon_id",
+        ),
+        ("/v1/batch", r#"{"batch":[{"type":"teleport","userId":"u"}]}"#, 400, "unknown_type"),
+        (
+            "/v1/batch",
+            r#"{"batch":[{"type":"track","userId":"u","event":"A","timestamp":"soon"}]}"#,
+            400,
+            "bad_timestamp",
+        ),
+        ("/v1/batch", r#"{"batch":[{"type":"track","userId":"u","#, 400, "bad_request"),
+        ("/v1/track", r#"{"event":"A"}"#, 400, "no_user_anon_id"),
+        ("/v1/identify", r#"{"userId":"u","traits":{"email":"not-an-email"}}"#, 400, "bad_request"),
+    ] {
+        let r = segment(&app, path, body, wk);
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{path} {body}: {}", r.body);
+    }
+    let big = json!({"userId": "u", "event": "A", "properties": {"blob": "x".repeat(40_000)}}).to_string();
+    assert_eq!(segment(&app, "/v1/track", &big, wk).body["error"]["code"], "message_too_large");
+    let ok = r#"{"batch":[{"type":"track","userId":"u","event":"A"}]}"#;
+    assert_eq!(segment(&app, "/v1/batch", ok, Some("wk_wrong")).status, 401);
+    assert_eq!(segment(&app, "/v1/batch", ok, Some(&app.key)).status, 401, "an API key is not a write key");
+    assert_eq!(segment(&app, "/v1/batch", ok, None).status, 401);
+    assert_eq!(event_count(&app), before, "nothing written by any refused call");
+}
+
+#[test]
+fn segment_rule_refusals_are_reported_per_message() {
+    let app = spawn_app();
+    register(&app, "c1", "taken@example.com");
+    let body = json!({"batch": [
+        {"type": "identify", "userId": "u2", "traits": {"email": "taken@example.com"}, "messageId": "x1"},
+        {"type": "track", "userId": "u2", "event": "Signed Up", "messageId": "x2"}
+    ]})
+    .to_string();
+    let r = segment(&app, "/v1/batch", &body, Some(&app.write_key));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body["rejected"],
+        json!([{"index": 0, "code": "email_taken", "message": "e-mail address is already used by another customer"}])
+    );
+    assert_eq!(r.body["written"], 1);
 }

@@ -6,6 +6,7 @@ mod customers;
 mod deals;
 pub mod error;
 mod log;
+mod segment;
 mod system;
 
 use crate::app::App;
@@ -105,6 +106,16 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200), post(deals::won)),
         (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#), post(deals::lost)),
         (r("get", "/v1/pipeline", "The deal pipeline by stage", 200), get(deals::pipeline)),
+        (
+            r("post", "/v1/batch", "Segment batch (write key as HTTP Basic user or writeKey)", 200).open().body(
+                r#"{"batch":[{"type":"identify","userId":"u1","traits":{"email":"ada@example.com"},"messageId":"m1"},{"type":"track","userId":"u1","event":"Product Added","properties":{"sku":"a"},"messageId":"m2"}]}"#
+            ),
+            post(segment::batch),
+        ),
+        (r("post", "/v1/identify", "Segment identify (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"}}"#), post(segment::identify)),
+        (r("post", "/v1/track", "Segment track (write key)", 200).open().body(r#"{"userId":"u1","event":"Order Completed","properties":{"total":30}}"#), post(segment::track)),
+        (r("post", "/v1/page", "Segment page (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing"}"#), post(segment::page)),
+        (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#), post(segment::screen)),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),

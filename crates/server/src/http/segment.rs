@@ -1,0 +1,92 @@
+//! Segment's HTTP Tracking API: `/v1/identify`, `/v1/track`, `/v1/page`, `/v1/screen` and
+//! `/v1/batch`, authenticated by the tenant's write key as HTTP Basic user name (empty
+//! password) or as `writeKey` in the body, answering `200 {"success": true}` as Segment does.
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::ingest::{self, Kind};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use chronicle_projections::KeyKind;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type Res = Result<Json<Value>, ApiError>;
+
+pub async fn identify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    single(app, headers, body, Kind::Identify).await
+}
+pub async fn track(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    single(app, headers, body, Kind::Track).await
+}
+pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    single(app, headers, body, Kind::Page).await
+}
+pub async fn screen(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    single(app, headers, body, Kind::Screen).await
+}
+
+pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    if body.len() > ingest::MAX_BATCH_BYTES {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "batch_too_large", "a batch is limited to 500 KB"));
+    }
+    let value = parse_json(&body)?;
+    let (tenant, actor) = authenticate(&app, &headers, &value)?;
+    let messages = ingest::parse_batch(&tenant, value, chrono::Utc::now()).map_err(refused)?;
+    answer(ingest::write(&app, &tenant, &actor, messages).await?)
+}
+
+async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Res {
+    if body.len() > ingest::MAX_MESSAGE_BYTES {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "message_too_large", "a message is limited to 32 KB"));
+    }
+    let value = parse_json(&body)?;
+    let (tenant, actor) = authenticate(&app, &headers, &value)?;
+    let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None).map_err(refused)?;
+    answer(ingest::write(&app, &tenant, &actor, vec![msg]).await?)
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+}
+
+fn refused(e: ingest::Invalid) -> ApiError {
+    ApiError { extra: Some(json!({"index": e.index})), ..ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message) }
+}
+
+fn answer(outcome: ingest::Outcome) -> Res {
+    if outcome.rejected.is_empty() {
+        return Ok(Json(json!({"success": true})));
+    }
+    let rejected: Vec<Value> = outcome
+        .rejected
+        .iter()
+        .map(|(i, code, message)| json!({"index": i, "code": code, "message": message}))
+        .collect();
+    Ok(Json(json!({"success": true, "written": outcome.written, "rejected": rejected})))
+}
+
+/// The write key: HTTP Basic user name (Segment's clients), else `writeKey` in the body.
+fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String, String), ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let from_header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .map(|userpass| userpass.split(':').next().unwrap_or_default().to_owned());
+    let key = from_header
+        .or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| unauthorized("a write key is required (HTTP Basic user name or writeKey)"))?;
+    match app.authenticate(&key) {
+        Some(rec) if rec.kind == KeyKind::Write => {
+            Ok((rec.tenant, format!("writekey:{}", &crate::keys::digest(&key)[..12])))
+        }
+        _ => Err(unauthorized("unknown write key")),
+    }
+}

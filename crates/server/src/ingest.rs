@@ -1,0 +1,333 @@
+//! Segment-compatible ingest: parsing and validating Segment messages (identify, track, page,
+//! screen, batch) and mapping them onto the domain.
+//!
+//! - `identify` registers the customer (`userId`) or updates its traits (old and new values);
+//!   `traits.email` / `traits.phone` become the profile's e-mail and phone.
+//! - `track` / `page` / `screen` become `ActivityTracked` on the customer's stream, or on
+//!   `anonymous-<anonymousId>` when there is no `userId` (linking those is identity
+//!   resolution, the next step).
+//! - `messageId` deduplicates: the event id is derived from (tenant, messageId), so a client
+//!   retrying after a timeout stores nothing new.
+//! - Event time corrects the client's clock as Segment does:
+//!   `receivedAt − (sentAt − timestamp)` when both are given.
+//! - A batch is validated whole first (400 and nothing written on any bad message); business
+//!   rules that only the write can check (an e-mail held by another customer, an erased
+//!   customer) reject just that message, reported in the answer with its index.
+
+use crate::app::App;
+use crate::error::AppError;
+use chronicle_core::customer::{self, CustomerCommand};
+use chronicle_core::envelope::{ExpectedVersion, NewEvent};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Segment's limits: 32 KB a message, 500 KB a batch.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+
+/// A validated message, ready to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: Kind,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub message_id: String,
+    pub event_time: DateTime<Utc>,
+    pub event_id: uuid::Uuid,
+    /// The message as received (with batch-level context merged in), kept as the payload.
+    pub raw: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Identify,
+    Track,
+    Page,
+    Screen,
+}
+
+/// A refused message, with Segment's error name where it has one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("message {index}: {message}")]
+pub struct Invalid {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(index: usize, code: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid { index, code, message: message.into() }
+}
+
+/// The event id for a message: a UUID (version 8) from SHA-256 of tenant and messageId.
+pub fn event_id(tenant: &str, message_id: &str) -> uuid::Uuid {
+    let digest = Sha256::digest(format!("segment\0{tenant}\0{message_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+fn time_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<DateTime<Utc>>, Invalid> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| invalid(index, "bad_timestamp", format!("{key} is not an ISO-8601 timestamp: {s:?}"))),
+        Some(_) => Err(invalid(index, "bad_timestamp", format!("{key} must be a string"))),
+    }
+}
+
+fn id_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<String>, Invalid> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        // Segment accepts numeric ids and stringifies them.
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(invalid(index, "bad_request", format!("{key} must be a string"))),
+    }
+}
+
+/// Validate one message (`kind` from the endpoint, or from `type` inside a batch).
+pub fn parse_message(
+    tenant: &str,
+    index: usize,
+    value: Value,
+    kind: Option<Kind>,
+    received_at: DateTime<Utc>,
+    batch_sent_at: Option<DateTime<Utc>>,
+) -> Result<Message, Invalid> {
+    let Value::Object(m) = value else { return Err(invalid(index, "bad_request", "a message must be a JSON object")) };
+    let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_MESSAGE_BYTES {
+        return Err(invalid(index, "message_too_large", format!("message is {size} bytes; the limit is 32 KB")));
+    }
+    let kind = match kind {
+        Some(k) => k,
+        None => match m.get("type").and_then(Value::as_str) {
+            Some("identify") => Kind::Identify,
+            Some("track") => Kind::Track,
+            Some("page") => Kind::Page,
+            Some("screen") => Kind::Screen,
+            Some(other) => return Err(invalid(index, "unknown_type", format!("unsupported message type {other:?}"))),
+            None => return Err(invalid(index, "unknown_type", "a batch message needs a type")),
+        },
+    };
+    let user_id = id_field(&m, "userId", index)?;
+    let anonymous_id = id_field(&m, "anonymousId", index)?;
+    if user_id.is_none() && anonymous_id.is_none() {
+        return Err(invalid(index, "no_user_anon_id", "either userId or anonymousId is required"));
+    }
+    for id in user_id.iter().chain(&anonymous_id) {
+        if id.len() > 128 || id.chars().any(char::is_control) {
+            return Err(invalid(index, "bad_request", "ids are at most 128 characters, no control characters"));
+        }
+    }
+    if kind == Kind::Track && m.get("event").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(invalid(index, "bad_request", "track needs an event name"));
+    }
+    if kind == Kind::Identify {
+        if user_id.is_none() {
+            // Anonymous identify: traits for a visitor not yet known; kept as activity.
+        } else if let Some(traits) = m.get("traits") {
+            let Value::Object(t) = traits else {
+                return Err(invalid(index, "bad_request", "traits must be an object"));
+            };
+            if let Some(Value::String(e)) = t.get("email") {
+                customer::normalize_email(e).map_err(|e| invalid(index, "bad_request", e.to_string()))?;
+            }
+            if let Some(Value::String(p)) = t.get("phone") {
+                customer::normalize_phone(p).map_err(|e| invalid(index, "bad_request", e.to_string()))?;
+            }
+        }
+    }
+    let timestamp = time_field(&m, "timestamp", index)?;
+    let sent_at = time_field(&m, "sentAt", index)?.or(batch_sent_at);
+    let event_time = match (timestamp, sent_at) {
+        (Some(ts), Some(sent)) => received_at - (sent - ts),
+        (Some(ts), None) => ts,
+        _ => received_at,
+    };
+    let message_id = match id_field(&m, "messageId", index)? {
+        Some(id) => id,
+        // No messageId: the message can't be deduplicated; give it a fresh one.
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    Ok(Message { kind, event_id: event_id(tenant, &message_id), user_id, anonymous_id, message_id, event_time, raw: m })
+}
+
+/// Validate a whole `/v1/batch` body; batch-level `context` and `integrations` are merged into
+/// each message (the message's own keys win).
+pub fn parse_batch(tenant: &str, body: Value, received_at: DateTime<Utc>) -> Result<Vec<Message>, Invalid> {
+    let Value::Object(mut b) = body else { return Err(invalid(0, "bad_request", "the body must be a JSON object")) };
+    let Some(Value::Array(batch)) = b.remove("batch") else {
+        return Err(invalid(0, "bad_request", "batch must be an array"));
+    };
+    let sent_at = time_field(&b, "sentAt", 0)?;
+    let shared: Vec<(String, Value)> =
+        ["context", "integrations"].iter().filter_map(|k| b.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect();
+    batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut msg)| {
+            if let Value::Object(m) = &mut msg {
+                for (k, v) in &shared {
+                    merge_into(m, k, v);
+                }
+            }
+            parse_message(tenant, i, msg, None, received_at, sent_at)
+        })
+        .collect()
+}
+
+fn merge_into(m: &mut Map<String, Value>, key: &str, shared: &Value) {
+    match (m.get_mut(key), shared) {
+        (Some(Value::Object(own)), Value::Object(base)) => {
+            for (k, v) in base {
+                own.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        (None, v) => {
+            m.insert(key.to_owned(), v.clone());
+        }
+        _ => {}
+    }
+}
+
+/// What happened to a batch: the messages refused at write time, by index.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub written: usize,
+    pub rejected: Vec<(usize, &'static str, String)>,
+}
+
+/// Write validated messages in order.
+pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>) -> Result<Outcome, AppError> {
+    let mut out = Outcome::default();
+    for (i, msg) in messages.into_iter().enumerate() {
+        match write_one(app, tenant, actor, msg).await {
+            Ok(()) => out.written += 1,
+            Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+            Err(e) => {
+                let (code, message) = match &e {
+                    AppError::Conflict { code, .. } | AppError::Rule { code, .. } => (*code, e.to_string()),
+                    AppError::NotFound(_) => ("not_found", e.to_string()),
+                    _ => ("bad_request", e.to_string()),
+                };
+                out.rejected.push((i, code, message));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result<(), AppError> {
+    if let (Kind::Identify, Some(user)) = (msg.kind, &msg.user_id) {
+        let mut traits = match msg.raw.get("traits") {
+            Some(Value::Object(t)) => t.clone(),
+            _ => Map::new(),
+        };
+        let email = traits.remove("email").and_then(|v| v.as_str().map(str::to_owned));
+        let phone = traits.remove("phone").and_then(|v| v.as_str().map(str::to_owned));
+        let exists = app.customer(tenant, user).is_ok();
+        let cmd = if exists {
+            CustomerCommand::UpdateProfile { email, phone, traits }
+        } else {
+            CustomerCommand::Register { email, phone, traits, consents: vec![] }
+        };
+        app.customer_command(tenant, user, cmd, actor).await?;
+        return Ok(());
+    }
+    let stream = match (&msg.user_id, &msg.anonymous_id) {
+        (Some(u), _) => customer::stream_of(u),
+        (None, Some(a)) => format!("anonymous-{a}"),
+        (None, None) => unreachable!("validated: one of the ids is present"),
+    };
+    let kind = match msg.kind {
+        Kind::Identify => "identify",
+        Kind::Track => "track",
+        Kind::Page => "page",
+        Kind::Screen => "screen",
+    };
+    let name = match msg.kind {
+        Kind::Track => msg.raw.get("event").cloned(),
+        _ => msg.raw.get("name").cloned(),
+    }
+    .unwrap_or(Value::Null);
+    let data = json!({
+        "kind": kind,
+        "event": name,
+        "properties": msg.raw.get("properties").or(msg.raw.get("traits")).cloned().unwrap_or_else(|| json!({})),
+        "context": msg.raw.get("context").cloned().unwrap_or_else(|| json!({})),
+        "message_id": msg.message_id,
+        "user_id": msg.user_id,
+        "anonymous_id": msg.anonymous_id,
+    });
+    let mut ev =
+        NewEvent::new(msg.event_id, "ActivityTracked", data, msg.event_time).with_source("segment").with_actor(actor);
+    ev.metadata = json!({"integrations": msg.raw.get("integrations").cloned().unwrap_or(Value::Null)});
+    app.append(tenant, &stream, ExpectedVersion::Any, vec![ev]).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_as_segment_defines_it() {
+        let m = json!({"type": "track", "userId": "u1", "event": "X", "timestamp": "2026-01-01T10:00:00Z", "sentAt": "2026-01-01T10:05:00Z"});
+        let msg = parse_message("t", 0, m, None, at("2026-01-01T12:00:10Z"), None).unwrap();
+        // The client's clock runs 2 h 5 s behind: the event happened 5 min before receipt.
+        assert_eq!(msg.event_time, at("2026-01-01T11:55:10Z"));
+        let no_sent = parse_message(
+            "t",
+            0,
+            json!({"type": "page", "anonymousId": "a", "timestamp": "2026-01-01T10:00:00Z"}),
+            None,
+            at("2026-01-02T00:00:00Z"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(no_sent.event_time, at("2026-01-01T10:00:00Z"));
+    }
+
+    #[test]
+    fn message_ids_give_stable_event_ids_per_tenant() {
+        assert_eq!(event_id("t", "m1"), event_id("t", "m1"));
+        assert_ne!(event_id("t", "m1"), event_id("u", "m1"));
+        assert_ne!(event_id("t", "m1"), event_id("t", "m2"));
+    }
+
+    #[test]
+    fn bad_messages_are_named() {
+        let r = |v: Value| parse_message("t", 3, v, None, Utc::now(), None).unwrap_err();
+        assert_eq!(r(json!({"type": "track", "event": "X"})).code, "no_user_anon_id");
+        assert_eq!(r(json!({"type": "teleport", "userId": "u"})).code, "unknown_type");
+        assert_eq!(r(json!({"type": "track", "userId": "u"})).code, "bad_request");
+        assert_eq!(r(json!({"type": "page", "userId": "u", "timestamp": "yesterday"})).code, "bad_timestamp");
+        assert_eq!(r(json!({"type": "identify", "userId": "u", "traits": {"email": "nope"}})).code, "bad_request");
+        let big = json!({"type": "track", "userId": "u", "event": "X", "properties": {"blob": "x".repeat(40_000)}});
+        let e = r(big);
+        assert_eq!((e.code, e.index), ("message_too_large", 3));
+    }
+
+    #[test]
+    fn batch_context_is_merged_and_one_bad_message_fails_the_batch() {
+        let body = json!({"batch": [
+            {"type": "track", "userId": "u", "event": "A", "context": {"ip": "192.0.2.9"}},
+            {"type": "page", "anonymousId": "a"}
+        ], "context": {"ip": "192.0.2.1", "library": {"name": "test"}}, "integrations": {"All": true}});
+        let msgs = parse_batch("t", body, Utc::now()).unwrap();
+        assert_eq!(msgs[0].raw["context"], json!({"ip": "192.0.2.9", "library": {"name": "test"}}));
+        assert_eq!(msgs[1].raw["context"]["ip"], "192.0.2.1");
+        assert_eq!(msgs[1].raw["integrations"], json!({"All": true}));
+        let bad = json!({"batch": [{"type": "track", "userId": "u", "event": "A"}, {"type": "track", "event": "B"}]});
+        assert_eq!(parse_batch("t", bad, Utc::now()).unwrap_err().index, 1);
+    }
+}
