@@ -268,3 +268,87 @@ fn demo_serves_its_tenant_with_history() {
     sigterm(&mut server);
     assert!(chronicle(&data, &["verify"]).status.success());
 }
+
+/// Where `scripts/test` installed the official Segment clients (a Python venv and an npm
+/// prefix). Missing: a failure in CI, a printed skip elsewhere.
+fn segment_clients() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CHRONICLE_E2E_CLIENTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-clients"));
+    let ready = dir.join("venv/bin/python").exists() && dir.join("node/node_modules/@segment/analytics-node").exists();
+    if ready {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the Segment client tests; scripts/test installs the clients into {}",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: the official Segment clients are not installed in {} (scripts/test installs them)",
+        dir.display()
+    );
+    None
+}
+
+#[test]
+fn official_segment_clients_land_on_the_right_customers_and_retries_store_nothing() {
+    let Some(clients) = segment_clients() else { return };
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = chronicle(&data, &["tenant", "create", "acme"]);
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (key, write_key) =
+        (created["api_key"].as_str().unwrap().to_owned(), created["write_key"].as_str().unwrap().to_owned());
+    let (mut server, url, _) = start(&data, &["serve"]);
+    let agent = agent();
+    let count = |agent: &ureq::Agent| {
+        let (_, page) = get(agent, &format!("{url}/v1/events?limit=1000"), &key);
+        page["events"].as_array().unwrap().len()
+    };
+    let python = clients.join("venv/bin/python");
+    let node_path = clients.join("node/node_modules");
+    let run = |prefix: &str| {
+        let mut cmd = match prefix {
+            "py" => {
+                let mut c = Command::new(&python);
+                c.arg(scripts.join("segment_client.py"));
+                c
+            }
+            _ => {
+                let mut c = Command::new("node");
+                c.arg(scripts.join("segment_client.js")).env("NODE_PATH", &node_path);
+                c
+            }
+        };
+        let out = cmd.args([url.as_str(), write_key.as_str(), prefix]).output().expect("run the Segment client");
+        assert!(
+            out.status.success(),
+            "{prefix} client failed: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for prefix in ["py", "node"] {
+        run(prefix);
+        let (status, profile) = get(&agent, &format!("{url}/v1/customers/{prefix}-user"), &key);
+        assert_eq!(status, 200, "{prefix}: identify registered the customer");
+        assert_eq!(
+            (&profile["email"], &profile["traits"]["first_name"]),
+            (&json!(format!("{prefix}@example.com")), &json!("Ada"))
+        );
+        let (_, tl) = get(&agent, &format!("{url}/v1/customers/{prefix}-user/timeline?type=ActivityTracked"), &key);
+        let names: Vec<&str> =
+            tl["events"].as_array().unwrap().iter().map(|e| e["data"]["event"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["Product Added", "Checkout"], "{prefix}: track and page on the customer's timeline");
+        let (_, anon) = get(&agent, &format!("{url}/v1/streams/anonymous-{prefix}-anon"), &key);
+        assert_eq!(anon["events"][0]["data"]["event"], "Pricing", "{prefix}: the anonymous page view is kept");
+        // The same messages again (a client retry): nothing new is stored.
+        let before = count(&agent);
+        run(prefix);
+        assert_eq!(count(&agent), before, "{prefix}: resending the same messageIds stores nothing");
+    }
+    sigterm(&mut server);
+    assert!(chronicle(&data, &["verify"]).status.success());
+}
