@@ -433,18 +433,55 @@ fn live_stream_catches_up_then_follows_without_gaps() {
 
 /// Segment's clients send the write key as the HTTP Basic user name with an empty password.
 fn segment(app: &TestApp, path: &str, body: &str, write_key: Option<&str>) -> Resp {
+    segment_raw(app, path, body.as_bytes().to_vec(), write_key, None)
+}
+
+fn segment_raw(app: &TestApp, path: &str, body: Vec<u8>, write_key: Option<&str>, encoding: Option<&str>) -> Resp {
     use base64::Engine;
     let mut req = app.agent.post(format!("{}{}", app.base, path)).header("content-type", "application/json");
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
     if let Some(k) = write_key {
         req = req.header(
             "authorization",
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{k}:"))),
         );
     }
-    let mut res = req.send(body).unwrap();
+    let mut res = req.send(&body[..]).unwrap();
     let status = res.status().as_u16();
     let text = res.body_mut().read_to_string().unwrap();
     Resp { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn segment_gzip_bodies_are_accepted_and_bombs_refused() {
+    let app = spawn_app();
+    let wk = Some(app.write_key.as_str());
+    let body = json!({"batch": [{"type": "track", "userId": "u1", "event": "Zipped", "messageId": "z1"}]}).to_string();
+    let r = segment_raw(&app, "/v1/batch", gzip(body.as_bytes()), wk, Some("gzip"));
+    assert_eq!((r.status, &r.body), (200, &json!({"success": true})));
+    let tl = app.get("/v1/streams/customer-u1").body;
+    assert_eq!(tl["events"][0]["data"]["event"], "Zipped");
+    let before = event_count(&app);
+    // 10 MB of JSON whitespace compresses to a few KB: refused as too large, nothing written.
+    let mut bomb = b"{\"batch\":[".to_vec();
+    bomb.extend(std::iter::repeat_n(b' ', 10 * 1024 * 1024));
+    bomb.extend(b"]}");
+    let r = segment_raw(&app, "/v1/batch", gzip(&bomb), wk, Some("gzip"));
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("batch_too_large")));
+    let r = segment_raw(&app, "/v1/batch", b"not gzip at all".to_vec(), wk, Some("gzip"));
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("bad_request")));
+    let r = segment_raw(&app, "/v1/batch", body.into_bytes(), wk, Some("br"));
+    assert_eq!(r.status, 415);
+    assert_eq!(event_count(&app), before);
 }
 
 fn event_count(app: &TestApp) -> usize {

@@ -30,6 +30,7 @@ pub async fn screen(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 }
 
 pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    let body = decoded(&headers, body, ingest::MAX_BATCH_BYTES)?;
     if body.len() > ingest::MAX_BATCH_BYTES {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "batch_too_large", "a batch is limited to 500 KB"));
     }
@@ -40,6 +41,7 @@ pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
 }
 
 async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Res {
+    let body = decoded(&headers, body, ingest::MAX_MESSAGE_BYTES)?;
     if body.len() > ingest::MAX_MESSAGE_BYTES {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "message_too_large", "a message is limited to 32 KB"));
     }
@@ -47,6 +49,29 @@ async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
     let (tenant, actor) = authenticate(&app, &headers, &value)?;
     let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None).map_err(refused)?;
     answer(ingest::write(&app, &tenant, &actor, vec![msg]).await?)
+}
+
+/// The body, gunzipped when `Content-Encoding: gzip` (as Segment's clients may send it). At most
+/// `limit + 1` bytes are inflated, so a small compressed body cannot expand without bound.
+fn decoded(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+    let encoding =
+        headers.get(axum::http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "identity" | "" => Ok(body),
+        "gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid gzip body: {e}"))
+            })?;
+            Ok(Bytes::from(out))
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )),
+    }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
