@@ -27,6 +27,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "CustomerDeactivated",
     "CustomerReactivated",
     "CustomerErased",
+    "IdentityLinked",
 ];
 
 /// The stream that holds a customer's events.
@@ -241,6 +242,10 @@ pub enum CustomerEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// An anonymous identity (Segment `anonymousId`) is this customer: its history is theirs.
+    IdentityLinked {
+        anonymous_id: String,
+    },
 }
 
 impl CustomerEvent {
@@ -269,6 +274,7 @@ pub enum CustomerCommand {
     Deactivate { reason: Option<String> },
     Reactivate,
     Erase { reason: Option<String> },
+    LinkIdentity { anonymous_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -326,6 +332,9 @@ pub struct Customer {
     pub consents: BTreeMap<String, ConsentState>,
     pub preferences: Preferences,
     pub notes: Vec<Note>,
+    /// Anonymous identities linked to this customer.
+    #[serde(default)]
+    pub anonymous_ids: BTreeSet<String>,
     pub version: u64,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
@@ -528,6 +537,14 @@ impl Customer {
                 }
             }
             C::Erase { reason } => vec![E::CustomerErased { reason }],
+            C::LinkIdentity { anonymous_id } => {
+                let anonymous_id = non_empty(anonymous_id, "anonymous id")?;
+                if self.anonymous_ids.contains(&anonymous_id) {
+                    vec![]
+                } else {
+                    vec![E::IdentityLinked { anonymous_id }]
+                }
+            }
         })
     }
 
@@ -586,6 +603,9 @@ impl Customer {
                 );
             }
             E::PreferencesUpdated(p) => self.preferences = p.clone(),
+            E::IdentityLinked { anonymous_id } => {
+                self.anonymous_ids.insert(anonymous_id.clone());
+            }
             E::CustomerDeactivated { .. } => self.status = CustomerStatus::Deactivated,
             E::CustomerReactivated {} => self.status = CustomerStatus::Active,
             E::CustomerErased { .. } => {

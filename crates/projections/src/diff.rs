@@ -44,6 +44,7 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         differ_map("customer", t, &a.customers, &b.customers, &mut out);
         differ_map("consent view of", t, &a.consent_bits, &b.consent_bits, &mut out);
         differ_map("consent history of", t, &a.consent_history, &b.consent_history, &mut out);
+        differ_map("identity", t, &a.identities, &b.identities, &mut out);
         differ_map("email index entry", t, &a.emails, &b.emails, &mut out);
         differ_map("deal", t, &a.deals, &b.deals, &mut out);
         differ_map("order", t, &a.orders, &b.orders, &mut out);

@@ -76,6 +76,9 @@ pub struct TenantViews {
     #[serde(default)]
     pub consent_bits: Map<String, ConsentBits>,
     pub consent_history: Map<String, Vec<ConsentEntry>>,
+    /// Anonymous id → the customer it is linked to (identity resolution).
+    #[serde(default)]
+    pub identities: Map<String, String>,
     /// Normalised e-mail → customer id (uniqueness and look-up).
     pub emails: Map<String, String>,
     pub deals: Map<String, Deal>,
@@ -313,6 +316,9 @@ impl TenantViews {
                     event_time: ev.event_time,
                     position: ev.position,
                 });
+            }
+            CustomerEvent::IdentityLinked { anonymous_id } => {
+                self.identities.insert(anonymous_id.clone(), id.to_owned());
             }
             CustomerEvent::CustomerErased { .. } => {
                 // Redact the ledger's evidence and the time-travel copies of the profile.

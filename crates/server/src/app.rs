@@ -260,7 +260,9 @@ impl App {
         }
     }
 
-    /// A customer's timeline, oldest first, paged by stream version (`after` exclusive).
+    /// A customer's timeline: the events of the customer's stream and of every anonymous
+    /// identity linked to it, in commit order, paged by global position (`after` exclusive;
+    /// `next` is the last position scanned).
     pub async fn timeline(
         &self,
         tenant: &str,
@@ -270,29 +272,85 @@ impl App {
         as_of: Option<DateTime<Utc>>,
         types: &[String],
     ) -> Result<Page, AppError> {
-        self.customer(tenant, id)?;
-        let stream = customer::stream_of(id);
+        let c = self.customer(tenant, id)?;
+        let mut streams = vec![customer::stream_of(id)];
+        streams.extend(c.anonymous_ids.iter().map(|a| format!("anonymous-{a}")));
+        let limit = limit.max(1);
         let mut out = Vec::new();
         let mut next = after;
         loop {
-            let page = self.store.read_stream(tenant, &stream, next + 1, limit.max(1)).await?;
-            let Some(last) = page.last() else { break };
-            let scanned = last.version;
-            for ev in page {
+            // The first `limit` events after the cursor of each stream hold the first `limit`
+            // of the merge.
+            let mut chunk = Vec::new();
+            for s in &streams {
+                if let Some(v) = self.first_version_after(tenant, s, next).await? {
+                    chunk.extend(self.store.read_stream(tenant, s, v, limit).await?);
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            chunk.sort_by_key(|e| e.position);
+            chunk.truncate(limit);
+            for ev in chunk {
                 if out.len() == limit {
                     break;
                 }
-                next = ev.version;
+                next = ev.position;
                 if as_of.is_some_and(|t| ev.event_time > t) || (!types.is_empty() && !types.contains(&ev.event_type)) {
                     continue;
                 }
                 out.push(ev);
             }
-            if out.len() == limit || next < scanned {
+            if out.len() == limit {
                 break;
             }
         }
         Ok(Page { events: out, next })
+    }
+
+    /// The first version of a stream whose position is after `position` (binary search over
+    /// the stream; positions grow with versions).
+    async fn first_version_after(&self, tenant: &str, stream: &str, position: u64) -> Result<Option<u64>, AppError> {
+        let n = self.store.stream_version(tenant, stream).await?;
+        let (mut lo, mut hi) = (1, n + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self.store.read_stream(tenant, stream, mid, 1).await?;
+            match at.first() {
+                Some(e) if e.position > position => hi = mid,
+                Some(_) => lo = mid + 1,
+                None => hi = mid,
+            }
+        }
+        Ok((lo <= n).then_some(lo))
+    }
+
+    /// Link an anonymous identity to a customer (identity resolution); refused when it is
+    /// already linked to someone else.
+    pub async fn link_identity(&self, tenant: &str, id: &str, anonymous_id: &str, actor: &str) -> Result<(), AppError> {
+        if let Some(owner) = self.identity_owner(tenant, anonymous_id) {
+            if owner != id {
+                return Err(AppError::Conflict {
+                    code: "identity_linked_elsewhere",
+                    message: "this anonymous id is already linked to another customer".into(),
+                });
+            }
+            return Ok(());
+        }
+        self.customer_command(
+            tenant,
+            id,
+            CustomerCommand::LinkIdentity { anonymous_id: anonymous_id.to_owned() },
+            actor,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The customer an anonymous id is linked to, if any.
+    pub fn identity_owner(&self, tenant: &str, anonymous_id: &str) -> Option<String> {
+        self.views().tenant(tenant)?.identities.get(anonymous_id).cloned()
     }
 
     pub fn consents(&self, tenant: &str, id: &str) -> Result<ConsentLedger, AppError> {

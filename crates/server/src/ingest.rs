@@ -4,8 +4,11 @@
 //! - `identify` registers the customer (`userId`) or updates its traits (old and new values);
 //!   `traits.email` / `traits.phone` become the profile's e-mail and phone.
 //! - `track` / `page` / `screen` become `ActivityTracked` on the customer's stream, or on
-//!   `anonymous-<anonymousId>` when there is no `userId` (linking those is identity
-//!   resolution, the next step).
+//!   `anonymous-<anonymousId>` when there is no `userId`.
+//! - Identity resolution: `identify` (or any call) carrying both `userId` and `anonymousId`,
+//!   and `alias` (`previousId` → `userId`), record `IdentityLinked` on the customer; the
+//!   customer's timeline then includes the anonymous stream's history. An anonymous id linked
+//!   to one customer is never moved to another (409 `identity_linked_elsewhere`).
 //! - `messageId` deduplicates: the event id is derived from (tenant, messageId), so a client
 //!   retrying after a timeout stores nothing new.
 //! - Event time corrects the client's clock as Segment does:
@@ -45,6 +48,7 @@ pub enum Kind {
     Track,
     Page,
     Screen,
+    Alias,
 }
 
 /// A refused message, with Segment's error name where it has one.
@@ -110,6 +114,7 @@ pub fn parse_message(
             Some("track") => Kind::Track,
             Some("page") => Kind::Page,
             Some("screen") => Kind::Screen,
+            Some("alias") => Kind::Alias,
             Some(other) => return Err(invalid(index, "unknown_type", format!("unsupported message type {other:?}"))),
             None => return Err(invalid(index, "unknown_type", "a batch message needs a type")),
         },
@@ -123,6 +128,9 @@ pub fn parse_message(
         if id.len() > 128 || id.chars().any(char::is_control) {
             return Err(invalid(index, "bad_request", "ids are at most 128 characters, no control characters"));
         }
+    }
+    if kind == Kind::Alias && (user_id.is_none() || id_field(&m, "previousId", index)?.is_none()) {
+        return Err(invalid(index, "bad_request", "alias needs userId and previousId"));
     }
     if kind == Kind::Track && m.get("event").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(invalid(index, "bad_request", "track needs an event name"));
@@ -223,7 +231,23 @@ pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>)
 }
 
 async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result<(), AppError> {
+    if let (Kind::Alias, Some(user)) = (msg.kind, &msg.user_id) {
+        let previous = msg
+            .raw
+            .get("previousId")
+            .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())));
+        let previous = previous.expect("validated: alias has a previousId");
+        refuse_foreign_identity(app, tenant, user, &previous)?;
+        if app.customer(tenant, user).is_err() {
+            let cmd = CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![] };
+            app.customer_command(tenant, user, cmd, actor).await?;
+        }
+        return app.link_identity(tenant, user, &previous, actor).await;
+    }
     if let (Kind::Identify, Some(user)) = (msg.kind, &msg.user_id) {
+        if let Some(anon) = &msg.anonymous_id {
+            refuse_foreign_identity(app, tenant, user, anon)?;
+        }
         let mut traits = match msg.raw.get("traits") {
             Some(Value::Object(t)) => t.clone(),
             _ => Map::new(),
@@ -237,6 +261,9 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
             CustomerCommand::Register { email, phone, traits, consents: vec![] }
         };
         app.customer_command(tenant, user, cmd, actor).await?;
+        if let Some(anon) = &msg.anonymous_id {
+            app.link_identity(tenant, user, anon, actor).await?;
+        }
         return Ok(());
     }
     let stream = match (&msg.user_id, &msg.anonymous_id) {
@@ -249,6 +276,7 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
         Kind::Track => "track",
         Kind::Page => "page",
         Kind::Screen => "screen",
+        Kind::Alias => "alias",
     };
     let name = match msg.kind {
         Kind::Track => msg.raw.get("event").cloned(),
@@ -268,7 +296,25 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
         NewEvent::new(msg.event_id, "ActivityTracked", data, msg.event_time).with_source("segment").with_actor(actor);
     ev.metadata = json!({"integrations": msg.raw.get("integrations").cloned().unwrap_or(Value::Null)});
     app.append(tenant, &stream, ExpectedVersion::Any, vec![ev]).await?;
+    // Activity sent with both ids links them once the customer is known (never stealing an
+    // identity already linked to someone else: the activity itself is kept either way).
+    if let (Some(user), Some(anon)) = (&msg.user_id, &msg.anonymous_id) {
+        if app.customer(tenant, user).is_ok() && app.identity_owner(tenant, anon).is_none() {
+            app.link_identity(tenant, user, anon, actor).await?;
+        }
+    }
     Ok(())
+}
+
+/// An anonymous id already linked to another customer is not moved (that would be a merge).
+fn refuse_foreign_identity(app: &App, tenant: &str, user: &str, anon: &str) -> Result<(), AppError> {
+    match app.identity_owner(tenant, anon) {
+        Some(owner) if owner != user => Err(AppError::Conflict {
+            code: "identity_linked_elsewhere",
+            message: "this anonymous id is already linked to another customer".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

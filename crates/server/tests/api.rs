@@ -334,12 +334,15 @@ fn timeline_pages_and_filters() {
     }
     let p1 = app.get("/v1/customers/c1/timeline?limit=3").body;
     assert_eq!(p1["events"].as_array().unwrap().len(), 3);
-    assert_eq!(p1["next"], 3);
-    let p2 = app.get("/v1/customers/c1/timeline?after=3&limit=10").body;
+    let next = p1["next"].as_u64().unwrap();
+    assert_eq!(next, p1["events"][2]["position"].as_u64().unwrap(), "next is the last position scanned");
+    let p2 = app.get(&format!("/v1/customers/c1/timeline?after={next}&limit=10")).body;
     assert_eq!(
         p2["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect::<Vec<_>>(),
         vec![4, 5, 6, 7]
     );
+    let p3 = app.get(&format!("/v1/customers/c1/timeline?after={}", p2["next"])).body;
+    assert_eq!(p3["events"], json!([]));
     let tags = app.get("/v1/customers/c1/timeline?type=CustomerTagged").body;
     assert_eq!(tags["events"].as_array().unwrap().len(), 5);
     let e = &p1["events"][0];
@@ -577,4 +580,44 @@ fn segment_rule_refusals_are_reported_per_message() {
         json!([{"index": 0, "code": "email_taken", "message": "e-mail address is already used by another customer"}])
     );
     assert_eq!(r.body["written"], 1);
+}
+
+#[test]
+fn anonymous_history_joins_the_customer_on_identify_and_alias() {
+    let app = spawn_app();
+    let wk = Some(app.write_key.as_str());
+    let send = |body: Value| segment(&app, "/v1/batch", &json!({"batch": [body]}).to_string(), wk);
+    assert_eq!(send(json!({"type": "page", "anonymousId": "a1", "name": "Pricing"})).status, 200);
+    assert_eq!(send(json!({"type": "track", "anonymousId": "a2", "event": "Product Added"})).status, 200);
+    for i in 0..3 {
+        send(json!({"type": "page", "anonymousId": "a1", "name": format!("Blog {i}")}));
+    }
+    let r = send(json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"first_name": "Ada"}}));
+    assert_eq!((r.status, &r.body), (200, &json!({"success": true})));
+    send(json!({"type": "track", "userId": "u1", "event": "Signed Up"}));
+    assert_eq!(send(json!({"type": "alias", "previousId": "a2", "userId": "u1"})).status, 200);
+    let tl = app.get("/v1/customers/u1/timeline?type=ActivityTracked").body;
+    let names: Vec<&str> =
+        tl["events"].as_array().unwrap().iter().map(|e| e["data"]["event"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["Pricing", "Product Added", "Blog 0", "Blog 1", "Blog 2", "Signed Up"]);
+    // Paging through the merged timeline gives the same sequence, no gap, no repeat.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app.get(&format!("/v1/customers/u1/timeline?type=ActivityTracked&limit=2&after={after}")).body;
+        let evs = page["events"].as_array().unwrap().clone();
+        if evs.is_empty() {
+            break;
+        }
+        paged.extend(evs.iter().map(|e| e["data"]["event"].as_str().unwrap().to_owned()));
+        after = page["next"].as_u64().unwrap();
+    }
+    assert_eq!(paged, names);
+    assert_eq!(app.get("/v1/customers/u1").body["anonymous_ids"], json!(["a1", "a2"]));
+    // An anonymous id already linked stays with its customer.
+    register(&app, "u2", "u2@example.com");
+    let r = send(json!({"type": "alias", "previousId": "a1", "userId": "u2"}));
+    assert_eq!(r.body["rejected"][0]["code"], "identity_linked_elsewhere");
+    assert_eq!(app.get("/v1/customers/u2").body["anonymous_ids"], json!([]));
+    assert_eq!(send(json!({"type": "alias", "userId": "u2"})).body["error"]["code"], "bad_request");
 }

@@ -1,6 +1,7 @@
 // Drives Chronicle with the official Segment Node client (@segment/analytics-node).
 // Usage: node segment_client.js URL WRITE_KEY PREFIX
-// Same messages as segment_client.py, each with a fixed messageId; exits non-zero on any error.
+// Same messages as segment_client.py (pages, identify, alias, track), each with a fixed messageId;
+// exits non-zero on any error.
 const { Analytics } = require('@segment/analytics-node')
 
 const [url, writeKey, prefix] = process.argv.slice(2)
@@ -11,7 +12,9 @@ analytics.on('error', (err) => errors.push(String(err && (err.reason || err.mess
 const user = `${prefix}-user`
 const anon = `${prefix}-anon`
 analytics.page({ anonymousId: anon, name: 'Pricing', properties: { path: '/pricing' }, messageId: `${prefix}-m1` })
-analytics.identify({ userId: user, traits: { email: `${prefix}@example.com`, first_name: 'Ada', plan: 'pro' }, messageId: `${prefix}-m2` })
+analytics.page({ anonymousId: `${anon}2`, name: 'Features', properties: { path: '/features' }, messageId: `${prefix}-m5` })
+analytics.identify({ userId: user, anonymousId: anon, traits: { email: `${prefix}@example.com`, first_name: 'Ada', plan: 'pro' }, messageId: `${prefix}-m2` })
+analytics.alias({ previousId: `${anon}2`, userId: user, messageId: `${prefix}-m6` })
 analytics.track({ userId: user, event: 'Product Added', properties: { sku: 'sku-101', price: 349 }, messageId: `${prefix}-m3` })
 analytics.page({ userId: user, name: 'Checkout', properties: { path: '/checkout' }, messageId: `${prefix}-m4` })
 
@@ -20,5 +23,5 @@ analytics.closeAndFlush({ timeout: 10000 }).then(() => {
     console.error('errors:', errors)
     process.exit(1)
   }
-  console.log('sent 4 messages')
+  console.log('sent 6 messages')
 })

@@ -284,3 +284,16 @@ fn events_round_trip_through_their_wire_parts() {
     }
     assert!(CustomerEvent::from_parts("Nope", &json!({})).is_err());
 }
+
+#[test]
+fn identities_link_once() {
+    let mut c = given(&registered());
+    let evs = c.decide(CustomerCommand::LinkIdentity { anonymous_id: "anon-1".into() }, &NoEmails).unwrap();
+    assert_eq!(evs, vec![CustomerEvent::IdentityLinked { anonymous_id: "anon-1".into() }]);
+    c.apply(&evs[0], 2, t(2));
+    assert!(c.decide(CustomerCommand::LinkIdentity { anonymous_id: "anon-1".into() }, &NoEmails).unwrap().is_empty());
+    assert_eq!(
+        c.decide(CustomerCommand::LinkIdentity { anonymous_id: " ".into() }, &NoEmails),
+        Err(CustomerError::Empty("anonymous id"))
+    );
+}

@@ -34,6 +34,7 @@ pub fn profile_json(c: &Customer) -> Value {
         "consents": c.consents.values().collect::<Vec<_>>(),
         "preferences": c.preferences,
         "notes": c.notes,
+        "anonymous_ids": c.anonymous_ids,
         "version": c.version,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
