@@ -8,6 +8,7 @@
 //! cargo run --release -p chronicle-bench -- rebuild 1000000
 //! cargo run --release -p chronicle-bench -- consent
 //! cargo run --release -p chronicle-bench -- as-of 10000
+//! cargo run --release -p chronicle-bench -- ingest 8 10   # Segment /v1/batch, 100 messages a request
 //! ```
 //!
 //! Data goes to a temporary folder on the same disk as the system's temp dir (`TMPDIR`), so
@@ -43,6 +44,7 @@ fn main() {
                 }
             }
             Some("as-of") => print(as_of(arg(1, 10_000)).await),
+            Some("ingest") => print(ingest(arg(1, 8) as usize, arg(2, 10)).await),
             Some("all") => {
                 for w in [1, 16, 64] {
                     print(append(w, 10, "log").await);
@@ -55,9 +57,10 @@ fn main() {
                     print(r)
                 }
                 print(as_of(10_000).await);
+                print(ingest(8, 10).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS");
+                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS]");
                 std::process::exit(2);
             }
         }
@@ -331,4 +334,64 @@ async fn as_of(n: u64) -> Value {
         assert!(c.exists);
     }
     json!({"bench": "as_of", "stream_events": n, "snapshot_every": chronicle_projections::SNAPSHOT_EVERY, "queries": lat.len(), "latency": summary(lat)})
+}
+
+/// Segment ingest over HTTP on loopback: `clients` threads, each with one keep-alive
+/// connection, POST `/v1/batch` requests of 100 `track` messages (unique messageIds, 1,000
+/// users) for `seconds`; every answer is durable.
+async fn ingest(clients: usize, seconds: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), "log");
+    let app = App::start(store.clone(), None).await.expect("app");
+    let (_, write_key) = app.create_tenant("bench").await.expect("tenant");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(chronicle_server::serve(app.clone(), listener, std::future::pending()));
+    let started = Instant::now();
+    let deadline = started + std::time::Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let write_key = write_key.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let auth = format!("Basic {}", base64_user(&write_key));
+                let mut lat = Vec::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let batch: Vec<Value> = (0..100)
+                        .map(|i| {
+                            let k = n * 100 + i;
+                            json!({"type": "track", "userId": format!("u{}", (k * 7 + c as u64) % 1000), "event": "Product Viewed",
+                                   "properties": {"product_id": format!("sku-{}", k % 500), "price": 349}, "messageId": format!("c{c}-{k}"),
+                                   "timestamp": "2026-11-01T10:00:00Z", "context": {"library": {"name": "bench"}}})
+                        })
+                        .collect();
+                    let body = json!({"batch": batch, "sentAt": "2026-11-01T10:00:00Z"}).to_string();
+                    let t = Instant::now();
+                    let mut r = agent.post(format!("http://{addr}/v1/batch")).header("authorization", &auth).header("content-type", "application/json").send(&body).expect("request");
+                    let _ = r.body_mut().read_to_string();
+                    assert_eq!(r.status().as_u16(), 200);
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    n += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in threads {
+        lat.extend(tokio::task::spawn_blocking(move || t.join().expect("client")).await.expect("join"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let events = lat.len() as u64 * 100;
+    let stored = store.head().await.expect("head");
+    server.abort();
+    json!({"bench": "ingest_segment_batch", "clients": clients, "messages_per_request": 100, "events": events, "stored_head": stored, "seconds": round2(secs),
+           "events_per_sec": (events as f64 / secs).round(), "request_latency": summary(lat)})
+}
+
+/// `user:` in base64, as an HTTP Basic credential with an empty password.
+fn base64_user(user: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
 }

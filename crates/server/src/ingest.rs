@@ -210,26 +210,151 @@ pub struct Outcome {
     pub rejected: Vec<(usize, &'static str, String)>,
 }
 
-/// Write validated messages in order.
+/// Write validated messages in order. Runs of activity messages (track, page, screen) between
+/// identify/alias messages are written together: one append per stream, the streams
+/// concurrently, so a batch costs a few group commits instead of one per message.
 pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>) -> Result<Outcome, AppError> {
     let mut out = Outcome::default();
+    let mut run: Vec<(usize, Message)> = Vec::new();
     for (i, msg) in messages.into_iter().enumerate() {
-        match write_one(app, tenant, actor, msg).await {
-            Ok(()) => out.written += 1,
-            Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
-            Err(e) => {
-                let (code, message) = match &e {
-                    AppError::Conflict { code, .. } | AppError::Rule { code, .. } => (*code, e.to_string()),
-                    AppError::NotFound(_) => ("not_found", e.to_string()),
-                    _ => ("bad_request", e.to_string()),
-                };
-                out.rejected.push((i, code, message));
-            }
+        // An identify without a userId only describes a visitor: kept as activity.
+        if msg.kind == Kind::Alias || (msg.kind == Kind::Identify && msg.user_id.is_some()) {
+            write_activity_run(app, tenant, actor, std::mem::take(&mut run), &mut out).await?;
+            let result = write_one(app, tenant, actor, msg).await;
+            record(&mut out, i, result)?;
+        } else {
+            run.push((i, msg));
         }
     }
+    write_activity_run(app, tenant, actor, run, &mut out).await?;
+    out.rejected.sort_by_key(|r| r.0);
     Ok(out)
 }
 
+fn record(out: &mut Outcome, index: usize, result: Result<(), AppError>) -> Result<(), AppError> {
+    match result {
+        Ok(()) => out.written += 1,
+        Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+        Err(e) => {
+            let code = match &e {
+                AppError::Conflict { code, .. } | AppError::Rule { code, .. } => *code,
+                AppError::NotFound(_) => "not_found",
+                _ => "bad_request",
+            };
+            out.rejected.push((index, code, e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+async fn write_activity_run(
+    app: &App,
+    tenant: &str,
+    actor: &str,
+    run: Vec<(usize, Message)>,
+    out: &mut Outcome,
+) -> Result<(), AppError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    // Group by stream, keeping each stream's messages in order.
+    let mut streams: Vec<(String, Vec<(usize, NewEvent)>)> = Vec::new();
+    let mut links: Vec<(String, String)> = Vec::new();
+    for (i, msg) in run {
+        if let (Some(u), Some(a)) = (&msg.user_id, &msg.anonymous_id) {
+            if !links.iter().any(|(lu, la)| lu == u && la == a) {
+                links.push((u.clone(), a.clone()));
+            }
+        }
+        let (stream, ev) = activity_event(actor, msg);
+        match streams.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, evs)) => evs.push((i, ev)),
+            None => streams.push((stream, vec![(i, ev)])),
+        }
+    }
+    let appends = streams.into_iter().map(|(stream, evs)| async move {
+        let indices: Vec<usize> = evs.iter().map(|(i, _)| *i).collect();
+        let batch: Vec<NewEvent> = evs.iter().map(|(_, e)| e.clone()).collect();
+        match app.append(tenant, &stream, ExpectedVersion::Any, batch).await {
+            Ok(_) => indices.into_iter().map(|i| (i, Ok(()))).collect::<Vec<_>>(),
+            // Some of these were stored by an earlier attempt (a client retry): write them one
+            // by one, so each stored one is a replay and each new one is appended.
+            Err(AppError::Conflict { code: "event_id_reused", .. }) => {
+                let mut results = Vec::new();
+                for (i, e) in evs {
+                    results.push((i, app.append(tenant, &stream, ExpectedVersion::Any, vec![e]).await.map(|_| ())));
+                }
+                results
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let internal = matches!(e, AppError::Internal(_));
+                indices
+                    .into_iter()
+                    .map(|i| {
+                        (
+                            i,
+                            Err(if internal {
+                                AppError::Internal(msg.clone())
+                            } else {
+                                AppError::BadRequest(msg.clone())
+                            }),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    });
+    for results in futures_util::future::join_all(appends).await {
+        for (i, r) in results {
+            record(out, i, r)?;
+        }
+    }
+    // Activity sent with both ids links them once the customer is known (never stealing an
+    // identity already linked to someone else: the activity itself is kept either way).
+    for (user, anon) in links {
+        if app.customer(tenant, &user).is_ok() && app.identity_owner(tenant, &anon).is_none() {
+            app.link_identity(tenant, &user, &anon, actor).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The stream and the `ActivityTracked` event of a track, page or screen message.
+fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
+    let stream = match (&msg.user_id, &msg.anonymous_id) {
+        (Some(u), _) => customer::stream_of(u),
+        (None, Some(a)) => format!("anonymous-{a}"),
+        (None, None) => unreachable!("validated: one of the ids is present"),
+    };
+    let kind = match msg.kind {
+        Kind::Identify => "identify",
+        Kind::Track => "track",
+        Kind::Page => "page",
+        Kind::Screen => "screen",
+        Kind::Alias => "alias",
+    };
+    let name = match msg.kind {
+        Kind::Track => msg.raw.get("event").cloned(),
+        _ => msg.raw.get("name").cloned(),
+    }
+    .unwrap_or(Value::Null);
+    let data = json!({
+        "kind": kind,
+        "event": name,
+        "properties": msg.raw.get("properties").or(msg.raw.get("traits")).cloned().unwrap_or_else(|| json!({})),
+        "context": msg.raw.get("context").cloned().unwrap_or_else(|| json!({})),
+        "message_id": msg.message_id,
+        "user_id": msg.user_id,
+        "anonymous_id": msg.anonymous_id,
+    });
+    let mut ev =
+        NewEvent::new(msg.event_id, "ActivityTracked", data, msg.event_time).with_source("segment").with_actor(actor);
+    ev.metadata = json!({"integrations": msg.raw.get("integrations").cloned().unwrap_or(Value::Null)});
+    (stream, ev)
+}
+
+/// Write one identify or alias message.
 async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result<(), AppError> {
     if let (Kind::Alias, Some(user)) = (msg.kind, &msg.user_id) {
         let previous = msg
@@ -266,44 +391,7 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
         }
         return Ok(());
     }
-    let stream = match (&msg.user_id, &msg.anonymous_id) {
-        (Some(u), _) => customer::stream_of(u),
-        (None, Some(a)) => format!("anonymous-{a}"),
-        (None, None) => unreachable!("validated: one of the ids is present"),
-    };
-    let kind = match msg.kind {
-        Kind::Identify => "identify",
-        Kind::Track => "track",
-        Kind::Page => "page",
-        Kind::Screen => "screen",
-        Kind::Alias => "alias",
-    };
-    let name = match msg.kind {
-        Kind::Track => msg.raw.get("event").cloned(),
-        _ => msg.raw.get("name").cloned(),
-    }
-    .unwrap_or(Value::Null);
-    let data = json!({
-        "kind": kind,
-        "event": name,
-        "properties": msg.raw.get("properties").or(msg.raw.get("traits")).cloned().unwrap_or_else(|| json!({})),
-        "context": msg.raw.get("context").cloned().unwrap_or_else(|| json!({})),
-        "message_id": msg.message_id,
-        "user_id": msg.user_id,
-        "anonymous_id": msg.anonymous_id,
-    });
-    let mut ev =
-        NewEvent::new(msg.event_id, "ActivityTracked", data, msg.event_time).with_source("segment").with_actor(actor);
-    ev.metadata = json!({"integrations": msg.raw.get("integrations").cloned().unwrap_or(Value::Null)});
-    app.append(tenant, &stream, ExpectedVersion::Any, vec![ev]).await?;
-    // Activity sent with both ids links them once the customer is known (never stealing an
-    // identity already linked to someone else: the activity itself is kept either way).
-    if let (Some(user), Some(anon)) = (&msg.user_id, &msg.anonymous_id) {
-        if app.customer(tenant, user).is_ok() && app.identity_owner(tenant, anon).is_none() {
-            app.link_identity(tenant, user, anon, actor).await?;
-        }
-    }
-    Ok(())
+    unreachable!("activity messages are written in runs")
 }
 
 /// An anonymous id already linked to another customer is not moved (that would be a merge).

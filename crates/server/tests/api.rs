@@ -518,6 +518,15 @@ fn segment_batch_lands_on_customers_and_retries_store_nothing() {
     let r = segment(&app, "/v1/batch", &batch, Some(&app.write_key));
     assert_eq!(r.status, 200);
     assert_eq!(event_count(&app), before);
+    // A retry that overlaps an earlier request only partly stores just the new messages.
+    let overlap = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Product Added", "properties": {"sku": "a"}, "messageId": "m2", "timestamp": "2026-01-01T10:00:00Z"},
+        {"type": "track", "userId": "u1", "event": "Cart Viewed", "messageId": "m9"}
+    ], "sentAt": "2026-01-01T10:00:00Z"}).to_string();
+    let r = segment(&app, "/v1/batch", &overlap, Some(&app.write_key));
+    assert_eq!((r.status, &r.body), (200, &json!({"success": true})));
+    assert_eq!(event_count(&app), before + 1);
+    let before = before + 1;
     // Single-message endpoints, and writeKey in the body.
     let r = segment(
         &app,
