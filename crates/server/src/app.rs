@@ -7,6 +7,7 @@ use crate::keys;
 use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, CustomerCommand, EmailIndex, Purpose};
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chronicle_core::order::{self, Order, OrderCommand};
 use chronicle_projections::{fold_customer, ConsentEntry, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
 use chronicle_store::{AppendError, AppendResult, EventStore};
 use chrono::{DateTime, Utc};
@@ -130,6 +131,20 @@ impl App {
         tenant: &str,
         stream: &str,
         actor: &str,
+        decide: impl FnMut(&Projections) -> Result<(u64, Vec<(String, Value)>), AppError>,
+    ) -> Result<Option<AppendResult>, AppError> {
+        self.run_command_from(tenant, stream, actor, None, decide).await
+    }
+
+    /// `run_command` for a command caused by an outside message: its events get ids derived
+    /// from `cause` (so a redelivered message is a replay, not a second effect) and the
+    /// message's time.
+    async fn run_command_from(
+        &self,
+        tenant: &str,
+        stream: &str,
+        actor: &str,
+        cause: Option<(&str, DateTime<Utc>)>,
         mut decide: impl FnMut(&Projections) -> Result<(u64, Vec<(String, Value)>), AppError>,
     ) -> Result<Option<AppendResult>, AppError> {
         for _ in 0..COMMAND_ATTEMPTS {
@@ -138,10 +153,17 @@ impl App {
                 return Ok(None);
             }
             let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-            let now = Utc::now();
+            let now = cause.map_or_else(Utc::now, |(_, at)| at);
             let batch = events
                 .into_iter()
-                .map(|(ty, data)| NewEvent::new(Uuid::now_v7(), ty, data, now).with_actor(actor))
+                .enumerate()
+                .map(|(i, (ty, data))| {
+                    let id = match cause {
+                        Some((key, _)) => crate::ingest::event_id(tenant, &format!("{key}/{stream}/{i}")),
+                        None => Uuid::now_v7(),
+                    };
+                    NewEvent::new(id, ty, data, now).with_actor(actor)
+                })
                 .collect();
             match self.append(tenant, stream, expected, batch).await {
                 Ok(r) => return Ok(Some(r)),
@@ -187,6 +209,25 @@ impl App {
         self.deal(tenant, id)
     }
 
+    /// Run a command on an order on behalf of an outside message (`cause`: its key and time).
+    pub async fn order_command(
+        &self,
+        tenant: &str,
+        id: &str,
+        cmd: OrderCommand,
+        actor: &str,
+        cause: (&str, DateTime<Utc>),
+    ) -> Result<(), AppError> {
+        validate_id(id)?;
+        self.run_command_from(tenant, &order::stream_of(id), actor, Some(cause), |v| {
+            let state = v.tenant(tenant).and_then(|t| t.orders.get(id)).cloned().unwrap_or_else(|| Order::new(id));
+            let events = state.decide(cmd.clone())?;
+            Ok((state.version, events.iter().map(|e| e.to_parts()).collect()))
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Append raw events (the streams API); counts and maps store errors.
     pub async fn append(
         &self,
@@ -222,6 +263,13 @@ impl App {
         match self.views().tenant(tenant).and_then(|t| t.deals.get(id)) {
             Some(d) if d.exists => Ok(d.clone()),
             _ => Err(AppError::NotFound("deal")),
+        }
+    }
+
+    pub fn order(&self, tenant: &str, id: &str) -> Result<Order, AppError> {
+        match self.views().tenant(tenant).and_then(|t| t.orders.get(id)) {
+            Some(o) if o.status != order::OrderStatus::None => Ok(o.clone()),
+            _ => Err(AppError::NotFound("order")),
         }
     }
 

@@ -4,6 +4,7 @@
 use chronicle_core::customer::CustomerError;
 use chronicle_core::deal::DealError;
 use chronicle_core::envelope::ExpectedVersion;
+use chronicle_core::order::OrderError;
 use chronicle_store::{AppendError, ReadError};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,19 @@ impl From<DealError> for AppError {
             E::Closed(_) => AppError::Rule { code: "deal_closed", message },
             E::WonWithoutAmount => AppError::Rule { code: "deal_amount_missing", message },
             E::UnknownStage(_) | E::NegativeAmount | E::Empty(_) => AppError::BadRequest(message),
+        }
+    }
+}
+
+impl From<OrderError> for AppError {
+    fn from(e: OrderError) -> Self {
+        let message = e.to_string();
+        match e {
+            OrderError::NotFound => AppError::NotFound("order"),
+            OrderError::AlreadyPlaced => AppError::Conflict { code: "order_exists", message },
+            OrderError::InvalidTransition { .. } => AppError::Rule { code: "invalid_order_transition", message },
+            OrderError::RefundTooLarge { .. } => AppError::Rule { code: "refund_too_large", message },
+            OrderError::NonPositiveAmount => AppError::BadRequest(message),
         }
     }
 }

@@ -9,6 +9,10 @@
 //!   and `alias` (`previousId` → `userId`), record `IdentityLinked` on the customer; the
 //!   customer's timeline then includes the anonymous stream's history. An anonymous id linked
 //!   to one customer is never moved to another (409 `identity_linked_elsewhere`).
+//! - Segment's e-commerce events also drive the Order aggregate: "Order Completed" places and
+//!   pays the order, "Order Refunded" refunds it (the given total, else what remains), "Order
+//!   Cancelled" cancels it; their events' ids derive from the messageId, so a redelivery never
+//!   acts twice.
 //! - `messageId` deduplicates: the event id is derived from (tenant, messageId), so a client
 //!   retrying after a timeout stores nothing new.
 //! - Event time corrects the client's clock as Segment does:
@@ -260,7 +264,9 @@ async fn write_activity_run(
     // Group by stream, keeping each stream's messages in order.
     let mut streams: Vec<(String, Vec<(usize, NewEvent)>)> = Vec::new();
     let mut links: Vec<(String, String)> = Vec::new();
+    let mut orders: Vec<OrderEffect> = Vec::new();
     for (i, msg) in run {
+        orders.extend(order_effect(&msg));
         if let (Some(u), Some(a)) = (&msg.user_id, &msg.anonymous_id) {
             if !links.iter().any(|(lu, la)| lu == u && la == a) {
                 links.push((u.clone(), a.clone()));
@@ -315,6 +321,99 @@ async fn write_activity_run(
     for (user, anon) in links {
         if app.customer(tenant, &user).is_ok() && app.identity_owner(tenant, &anon).is_none() {
             app.link_identity(tenant, &user, &anon, actor).await?;
+        }
+    }
+    for effect in orders {
+        apply_order_effect(app, tenant, actor, effect).await?;
+    }
+    Ok(())
+}
+
+/// What a Segment e-commerce event means for the Order aggregate.
+struct OrderEffect {
+    order_id: String,
+    customer_id: String,
+    kind: &'static str,
+    amount: Option<i64>,
+    currency: String,
+    items: Vec<Value>,
+    reason: Option<String>,
+    message_id: String,
+    at: DateTime<Utc>,
+}
+
+/// Segment's e-commerce names that move an order: "Order Completed" (placed and paid),
+/// "Order Refunded", "Order Cancelled". Money is in the currency's major unit on the wire and
+/// in minor units (cents) in the domain.
+fn order_effect(msg: &Message) -> Option<OrderEffect> {
+    if msg.kind != Kind::Track {
+        return None;
+    }
+    let kind = match msg.raw.get("event")?.as_str()? {
+        "Order Completed" => "completed",
+        "Order Refunded" => "refunded",
+        "Order Cancelled" => "cancelled",
+        _ => return None,
+    };
+    let props = msg.raw.get("properties")?.as_object()?;
+    let order_id = match props.get("order_id")? {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let amount =
+        props.get("total").or(props.get("revenue")).and_then(Value::as_f64).map(|x| (x * 100.0).round() as i64);
+    let customer_id = msg.user_id.clone().or_else(|| msg.anonymous_id.as_ref().map(|a| format!("anonymous:{a}")))?;
+    Some(OrderEffect {
+        order_id,
+        customer_id,
+        kind,
+        amount,
+        currency: props.get("currency").and_then(Value::as_str).unwrap_or("USD").to_uppercase(),
+        items: props.get("products").and_then(Value::as_array).cloned().unwrap_or_default(),
+        reason: props.get("reason").and_then(Value::as_str).map(str::to_owned),
+        message_id: msg.message_id.clone(),
+        at: msg.event_time,
+    })
+}
+
+/// Apply an order effect. Its events' ids derive from the message, so a redelivered message
+/// replays instead of acting twice (a refund is never paid out twice). An effect the order's
+/// rules refuse (a refund of an unknown order, an order completed twice) leaves the order as it
+/// is; the tracked event itself is stored either way.
+async fn apply_order_effect(app: &App, tenant: &str, actor: &str, e: OrderEffect) -> Result<(), AppError> {
+    use chronicle_core::order::OrderCommand as C;
+    let mut cmds = Vec::new();
+    match e.kind {
+        "completed" => {
+            cmds.push((
+                "place",
+                C::Place {
+                    customer_id: e.customer_id,
+                    items: e.items,
+                    total: e.amount.unwrap_or(0),
+                    currency: e.currency,
+                },
+            ));
+            cmds.push(("paid", C::MarkPaid));
+        }
+        "refunded" => {
+            let full = app.views().tenant(tenant).and_then(|t| t.orders.get(&e.order_id)).map(|o| o.total - o.refunded);
+            if let Some(amount) = e.amount.or(full) {
+                cmds.push(("refund", C::Refund { amount }));
+            }
+        }
+        _ => cmds.push(("cancel", C::Cancel { reason: e.reason })),
+    }
+    for (step, cmd) in cmds {
+        let key = format!("{}/order/{step}", e.message_id);
+        match app.order_command(tenant, &e.order_id, cmd, actor, (&key, e.at)).await {
+            Ok(()) => {}
+            Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+            Err(err) => {
+                tracing::debug!(step, error = %err, "order effect refused by the order's rules");
+                break;
+            }
         }
     }
     Ok(())

@@ -630,3 +630,48 @@ fn anonymous_history_joins_the_customer_on_identify_and_alias() {
     assert_eq!(app.get("/v1/customers/u2").body["anonymous_ids"], json!([]));
     assert_eq!(send(json!({"type": "alias", "userId": "u2"})).body["error"]["code"], "bad_request");
 }
+
+#[test]
+fn segment_ecommerce_events_drive_orders_once() {
+    let app = spawn_app();
+    let wk = Some(app.write_key.as_str());
+    let track = |mid: &str, event: &str, props: Value| {
+        let body = json!({"batch": [{"type": "track", "userId": "u1", "event": event, "properties": props, "messageId": mid}]});
+        segment(&app, "/v1/batch", &body.to_string(), wk)
+    };
+    let r = track(
+        "o1",
+        "Order Completed",
+        json!({"order_id": "A17", "total": 49.90, "currency": "eur", "products": [{"sku": "a"}]}),
+    );
+    assert_eq!(r.status, 200);
+    let o = app.get("/v1/orders/A17").body;
+    assert_eq!(
+        (&o["status"], &o["total"], &o["currency"], &o["customer_id"]),
+        (&json!("paid"), &json!(4990), &json!("EUR"), &json!("u1"))
+    );
+    // A partial refund, redelivered: paid out once.
+    for _ in 0..2 {
+        assert_eq!(track("o2", "Order Refunded", json!({"order_id": "A17", "total": 10})).status, 200);
+    }
+    assert_eq!(app.get("/v1/orders/A17").body["refunded"], 1000);
+    // The rest (no total given: what remains).
+    track("o3", "Order Refunded", json!({"order_id": "A17"}));
+    let o = app.get("/v1/orders/A17").body;
+    assert_eq!((&o["refunded"], &o["status"]), (&json!(4990), &json!("refunded")));
+    // A completed order redelivered stays one order; an unknown order's refund changes nothing.
+    track("o1", "Order Completed", json!({"order_id": "A17", "total": 49.90}));
+    assert_eq!(app.get("/v1/orders/A17").body["version"], 4);
+    assert_eq!(track("o4", "Order Refunded", json!({"order_id": "nope", "total": 1})).status, 200);
+    assert_eq!(app.get("/v1/orders/nope").status, 404);
+    // Cancelled before payment is a cancellation.
+    track("o5", "Order Cancelled", json!({"order_id": "B1"}));
+    assert_eq!(app.get("/v1/orders/B1").status, 404, "cancelling an order never placed changes nothing");
+    let tl = app.get("/v1/customers/u1/timeline").status;
+    assert_eq!(tl, 404, "u1 was never identified: its activity is on its stream, not a profile");
+    assert_eq!(
+        app.get("/v1/streams/customer-u1").body["events"].as_array().unwrap().len(),
+        5,
+        "every tracked event is kept"
+    );
+}

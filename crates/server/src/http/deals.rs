@@ -1,4 +1,4 @@
-//! Deal endpoints and the pipeline view.
+//! Deal endpoints, the pipeline view, and orders (read-only: Segment e-commerce events drive them).
 
 use super::error::{ApiError, Body, OptBody};
 use super::Principal;
@@ -88,4 +88,8 @@ pub async fn lost(
 
 pub async fn pipeline(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value>> {
     Ok(Json(json!(app.pipeline(&p.tenant))))
+}
+
+pub async fn order(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    Ok(Json(json!(app.order(&p.tenant, &id)?)))
 }

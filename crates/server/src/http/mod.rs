@@ -106,6 +106,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200), post(deals::won)),
         (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#), post(deals::lost)),
         (r("get", "/v1/pipeline", "The deal pipeline by stage", 200), get(deals::pipeline)),
+        (r("get", "/v1/orders/{id}", "An order (driven by Segment e-commerce events)", 200), get(deals::order)),
         (
             r("post", "/v1/batch", "Segment batch (write key as HTTP Basic user or writeKey)", 200).open().body(
                 r#"{"batch":[{"type":"identify","userId":"u1","traits":{"email":"ada@example.com"},"messageId":"m1"},{"type":"track","userId":"u1","event":"Product Added","properties":{"sku":"a"},"messageId":"m2"}]}"#
