@@ -28,6 +28,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "CustomerReactivated",
     "CustomerErased",
     "IdentityLinked",
+    "CustomerGroupJoined",
 ];
 
 /// The stream that holds a customer's events.
@@ -246,6 +247,12 @@ pub enum CustomerEvent {
     IdentityLinked {
         anonymous_id: String,
     },
+    /// The customer belongs to an account (company), with the account's traits as sent.
+    CustomerGroupJoined {
+        group_id: String,
+        #[serde(default)]
+        traits: Map<String, Value>,
+    },
 }
 
 impl CustomerEvent {
@@ -275,6 +282,7 @@ pub enum CustomerCommand {
     Reactivate,
     Erase { reason: Option<String> },
     LinkIdentity { anonymous_id: String },
+    JoinGroup { group_id: String, traits: Map<String, Value> },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -335,6 +343,9 @@ pub struct Customer {
     /// Anonymous identities linked to this customer.
     #[serde(default)]
     pub anonymous_ids: BTreeSet<String>,
+    /// Accounts (Segment groups) the customer belongs to, with the traits last sent for each.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Map<String, Value>>,
     pub version: u64,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
@@ -537,6 +548,14 @@ impl Customer {
                 }
             }
             C::Erase { reason } => vec![E::CustomerErased { reason }],
+            C::JoinGroup { group_id, traits } => {
+                let group_id = non_empty(group_id, "group id")?;
+                if self.groups.get(&group_id) == Some(&traits) {
+                    vec![]
+                } else {
+                    vec![E::CustomerGroupJoined { group_id, traits }]
+                }
+            }
             C::LinkIdentity { anonymous_id } => {
                 let anonymous_id = non_empty(anonymous_id, "anonymous id")?;
                 if self.anonymous_ids.contains(&anonymous_id) {
@@ -605,6 +624,9 @@ impl Customer {
             E::PreferencesUpdated(p) => self.preferences = p.clone(),
             E::IdentityLinked { anonymous_id } => {
                 self.anonymous_ids.insert(anonymous_id.clone());
+            }
+            E::CustomerGroupJoined { group_id, traits } => {
+                self.groups.insert(group_id.clone(), traits.clone());
             }
             E::CustomerDeactivated { .. } => self.status = CustomerStatus::Deactivated,
             E::CustomerReactivated {} => self.status = CustomerStatus::Active,

@@ -13,6 +13,7 @@
 //!   pays the order, "Order Refunded" refunds it (the given total, else what remains), "Order
 //!   Cancelled" cancels it; their events' ids derive from the messageId, so a redelivery never
 //!   acts twice.
+//! - `group` records `CustomerGroupJoined` (the account and its traits) on the customer.
 //! - `messageId` deduplicates: the event id is derived from (tenant, messageId), so a client
 //!   retrying after a timeout stores nothing new.
 //! - Event time corrects the client's clock as Segment does:
@@ -53,6 +54,7 @@ pub enum Kind {
     Page,
     Screen,
     Alias,
+    Group,
 }
 
 /// A refused message, with Segment's error name where it has one.
@@ -119,6 +121,7 @@ pub fn parse_message(
             Some("page") => Kind::Page,
             Some("screen") => Kind::Screen,
             Some("alias") => Kind::Alias,
+            Some("group") => Kind::Group,
             Some(other) => return Err(invalid(index, "unknown_type", format!("unsupported message type {other:?}"))),
             None => return Err(invalid(index, "unknown_type", "a batch message needs a type")),
         },
@@ -135,6 +138,9 @@ pub fn parse_message(
     }
     if kind == Kind::Alias && (user_id.is_none() || id_field(&m, "previousId", index)?.is_none()) {
         return Err(invalid(index, "bad_request", "alias needs userId and previousId"));
+    }
+    if kind == Kind::Group && (user_id.is_none() || id_field(&m, "groupId", index)?.is_none()) {
+        return Err(invalid(index, "bad_request", "group needs userId and groupId"));
     }
     if kind == Kind::Track && m.get("event").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(invalid(index, "bad_request", "track needs an event name"));
@@ -222,7 +228,7 @@ pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>)
     let mut run: Vec<(usize, Message)> = Vec::new();
     for (i, msg) in messages.into_iter().enumerate() {
         // An identify without a userId only describes a visitor: kept as activity.
-        if msg.kind == Kind::Alias || (msg.kind == Kind::Identify && msg.user_id.is_some()) {
+        if matches!(msg.kind, Kind::Alias | Kind::Group) || (msg.kind == Kind::Identify && msg.user_id.is_some()) {
             write_activity_run(app, tenant, actor, std::mem::take(&mut run), &mut out).await?;
             let result = write_one(app, tenant, actor, msg).await;
             record(&mut out, i, result)?;
@@ -432,6 +438,7 @@ fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
         Kind::Page => "page",
         Kind::Screen => "screen",
         Kind::Alias => "alias",
+        Kind::Group => "group",
     };
     let name = match msg.kind {
         Kind::Track => msg.raw.get("event").cloned(),
@@ -455,6 +462,23 @@ fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
 
 /// Write one identify or alias message.
 async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result<(), AppError> {
+    if let (Kind::Group, Some(user)) = (msg.kind, &msg.user_id) {
+        let group_id = msg
+            .raw
+            .get("groupId")
+            .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())));
+        let group_id = group_id.expect("validated: group has a groupId");
+        let traits = match msg.raw.get("traits") {
+            Some(Value::Object(t)) => t.clone(),
+            _ => Map::new(),
+        };
+        if app.customer(tenant, user).is_err() {
+            let cmd = CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![] };
+            app.customer_command(tenant, user, cmd, actor).await?;
+        }
+        app.customer_command(tenant, user, CustomerCommand::JoinGroup { group_id, traits }, actor).await?;
+        return Ok(());
+    }
     if let (Kind::Alias, Some(user)) = (msg.kind, &msg.user_id) {
         let previous = msg
             .raw

@@ -675,3 +675,16 @@ fn segment_ecommerce_events_drive_orders_once() {
         "every tracked event is kept"
     );
 }
+
+#[test]
+fn segment_group_links_the_customer_to_an_account() {
+    let app = spawn_app();
+    let wk = Some(app.write_key.as_str());
+    let body = json!({"userId": "u1", "groupId": "acme", "traits": {"name": "Acme", "employees": 40}}).to_string();
+    assert_eq!(segment(&app, "/v1/group", &body, wk).status, 200);
+    assert_eq!(segment(&app, "/v1/group", &body, wk).status, 200);
+    let c = app.get("/v1/customers/u1").body;
+    assert_eq!(c["groups"], json!({"acme": {"name": "Acme", "employees": 40}}));
+    assert_eq!(c["version"], 2, "registered, then one CustomerGroupJoined: the same traits again change nothing");
+    assert_eq!(segment(&app, "/v1/group", r#"{"userId":"u1"}"#, wk).body["error"]["code"], "bad_request");
+}

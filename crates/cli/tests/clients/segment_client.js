@@ -1,6 +1,6 @@
 // Drives Chronicle with the official Segment Node client (@segment/analytics-node).
 // Usage: node segment_client.js URL WRITE_KEY PREFIX
-// Same messages as segment_client.py (pages, identify, alias, track), each with a fixed messageId;
+// Same messages as segment_client.py (pages, identify, alias, group, track), each with a fixed messageId;
 // exits non-zero on any error.
 const { Analytics } = require('@segment/analytics-node')
 
@@ -15,6 +15,7 @@ analytics.page({ anonymousId: anon, name: 'Pricing', properties: { path: '/prici
 analytics.page({ anonymousId: `${anon}2`, name: 'Features', properties: { path: '/features' }, messageId: `${prefix}-m5` })
 analytics.identify({ userId: user, anonymousId: anon, traits: { email: `${prefix}@example.com`, first_name: 'Ada', plan: 'pro' }, messageId: `${prefix}-m2` })
 analytics.alias({ previousId: `${anon}2`, userId: user, messageId: `${prefix}-m6` })
+analytics.group({ userId: user, groupId: `${prefix}-acme`, traits: { name: 'Acme', employees: 40 }, messageId: `${prefix}-m7` })
 analytics.track({ userId: user, event: 'Product Added', properties: { sku: 'sku-101', price: 349 }, messageId: `${prefix}-m3` })
 analytics.page({ userId: user, name: 'Checkout', properties: { path: '/checkout' }, messageId: `${prefix}-m4` })
 
@@ -23,5 +24,5 @@ analytics.closeAndFlush({ timeout: 10000 }).then(() => {
     console.error('errors:', errors)
     process.exit(1)
   }
-  console.log('sent 6 messages')
+  console.log('sent 7 messages')
 })

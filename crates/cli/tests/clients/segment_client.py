@@ -2,7 +2,7 @@
 
 Usage: segment_client.py URL WRITE_KEY PREFIX
 Sends, for user PREFIX-user: anonymous pages under PREFIX-anon and PREFIX-anon2, an identify with
-traits that carries PREFIX-anon, an alias of PREFIX-anon2, a track and a page; each with a fixed
+traits that carries PREFIX-anon, an alias of PREFIX-anon2, a group, a track and a page; each with a fixed
 messageId, so a rerun is a pure retry.
 Exits non-zero if the client reports any error.
 """
@@ -27,10 +27,11 @@ analytics.identify(
     message_id=f"{prefix}-m2",
 )
 analytics.alias(f"{anon}2", user, message_id=f"{prefix}-m6")
+analytics.group(user, f"{prefix}-acme", {"name": "Acme", "employees": 40}, message_id=f"{prefix}-m7")
 analytics.track(user, "Product Added", {"sku": "sku-101", "price": 349}, message_id=f"{prefix}-m3")
 analytics.page(user, name="Checkout", properties={"path": "/checkout"}, message_id=f"{prefix}-m4")
 analytics.flush()
 if errors:
     print("errors:", errors, file=sys.stderr)
     sys.exit(1)
-print("sent 6 messages")
+print("sent 7 messages")

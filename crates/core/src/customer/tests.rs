@@ -297,3 +297,15 @@ fn identities_link_once() {
         Err(CustomerError::Empty("anonymous id"))
     );
 }
+
+#[test]
+fn joining_a_group_records_its_traits_once() {
+    let mut c = given(&registered());
+    let traits = json!({"name": "Acme", "plan": "enterprise"}).as_object().unwrap().clone();
+    let evs =
+        c.decide(CustomerCommand::JoinGroup { group_id: "g1".into(), traits: traits.clone() }, &NoEmails).unwrap();
+    assert_eq!(evs.len(), 1);
+    c.apply(&evs[0], 2, t(2));
+    assert_eq!(c.groups["g1"], traits);
+    assert!(c.decide(CustomerCommand::JoinGroup { group_id: "g1".into(), traits }, &NoEmails).unwrap().is_empty());
+}

@@ -35,6 +35,7 @@ pub fn profile_json(c: &Customer) -> Value {
         "preferences": c.preferences,
         "notes": c.notes,
         "anonymous_ids": c.anonymous_ids,
+        "groups": c.groups,
         "version": c.version,
         "created_at": c.created_at,
         "updated_at": c.updated_at,

@@ -117,6 +117,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("post", "/v1/track", "Segment track (write key)", 200).open().body(r#"{"userId":"u1","event":"Order Completed","properties":{"total":30}}"#), post(segment::track)),
         (r("post", "/v1/page", "Segment page (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing"}"#), post(segment::page)),
         (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#), post(segment::alias)),
+        (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#), post(segment::group)),
         (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#), post(segment::screen)),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),

@@ -1,5 +1,5 @@
 //! Segment's HTTP Tracking API: `/v1/identify`, `/v1/track`, `/v1/page`, `/v1/screen`,
-//! `/v1/alias` and `/v1/batch`, authenticated by the tenant's write key as HTTP Basic user name (empty
+//! `/v1/group`, `/v1/alias` and `/v1/batch`, authenticated by the tenant's write key as HTTP Basic user name (empty
 //! password) or as `writeKey` in the body, answering `200 {"success": true}` as Segment does.
 
 use super::error::ApiError;
@@ -30,6 +30,9 @@ pub async fn screen(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 }
 pub async fn alias(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
     single(app, headers, body, Kind::Alias).await
+}
+pub async fn group(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
+    single(app, headers, body, Kind::Group).await
 }
 
 pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
