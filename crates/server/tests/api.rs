@@ -688,3 +688,91 @@ fn segment_group_links_the_customer_to_an_account() {
     assert_eq!(c["version"], 2, "registered, then one CustomerGroupJoined: the same traits again change nothing");
     assert_eq!(segment(&app, "/v1/group", r#"{"userId":"u1"}"#, wk).body["error"]["code"], "bad_request");
 }
+
+fn cloudevents(app: &TestApp, content_type: &str, headers: &[(&str, &str)], body: &str, key: Option<&str>) -> Resp {
+    let mut req = app.agent.post(format!("{}/v1/cloudevents", app.base)).header("content-type", content_type);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let mut res = req.send(body).unwrap();
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap();
+    Resp { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+#[test]
+fn cloudevents_in_structured_binary_and_batch_modes() {
+    let app = spawn_app();
+    let key = Some(app.key.as_str());
+    let structured = json!({"specversion": "1.0", "id": "e-1", "source": "/billing", "type": "com.example.invoice.paid",
+                            "subject": "c-42", "time": "2026-11-01T10:00:00Z", "data": {"amount": 4990}, "traceparent": "00-abc"}).to_string();
+    let r = cloudevents(&app, "application/cloudevents+json", &[], &structured, key);
+    assert_eq!((r.status, &r.body["accepted"]), (200, &json!(1)), "{}", r.body);
+    let ev = &app.get("/v1/streams/customer-c-42").body["events"][0];
+    assert_eq!(
+        (&ev["type"], &ev["source"], &ev["event_time"]),
+        (&json!("com.example.invoice.paid"), &json!("/billing"), &json!("2026-11-01T10:00:00Z"))
+    );
+    assert_eq!(
+        (&ev["data"]["data"]["amount"], &ev["data"]["cloudevent"]["traceparent"]),
+        (&json!(4990), &json!("00-abc"))
+    );
+    // Redelivery of the same (source, id): nothing new.
+    let before = event_count(&app);
+    cloudevents(&app, "application/cloudevents+json", &[], &structured, key);
+    assert_eq!(event_count(&app), before);
+    // Binary mode.
+    let hdrs =
+        [("ce-specversion", "1.0"), ("ce-id", "b-1"), ("ce-source", "/shop"), ("ce-type", "com.example.cart.viewed")];
+    let r = cloudevents(&app, "application/json", &hdrs, r#"{"items":2}"#, key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.get("/v1/streams/source-%2Fshop").body["events"][0]["data"]["data"], json!({"items": 2}));
+    // Batch mode, and the write key works too.
+    let batch = json!([
+        {"specversion": "1.0", "id": "k-1", "source": "/crm", "type": "com.example.call", "subject": "c-1"},
+        {"specversion": "1.0", "id": "k-2", "source": "/crm", "type": "com.example.call", "subject": "c-2"}
+    ])
+    .to_string();
+    let mut req = app
+        .agent
+        .post(format!("{}/v1/cloudevents", app.base))
+        .header("content-type", "application/cloudevents-batch+json");
+    use base64::Engine;
+    req = req.header(
+        "authorization",
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:", app.write_key))),
+    );
+    assert_eq!(req.send(&batch).unwrap().status().as_u16(), 200);
+    assert_eq!(event_count(&app), before + 3);
+}
+
+#[test]
+fn cloudevents_bad_input_writes_nothing() {
+    let app = spawn_app();
+    let key = Some(app.key.as_str());
+    let before = event_count(&app);
+    let ok = r#"{"specversion":"1.0","id":"a","source":"/s","type":"t.x"}"#;
+    for (ct, body) in [
+        ("application/cloudevents+json", r#"{"specversion":"0.3","id":"a","source":"/s","type":"t"}"#),
+        ("application/cloudevents+json", r#"{"specversion":"1.0","source":"/s","type":"t"}"#),
+        (
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"a","source":"/s","type":"CustomerErased","subject":"c1"}"#,
+        ),
+        ("application/cloudevents+json", r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","time":"later"}"#),
+        ("application/cloudevents+json", "{not json"),
+        ("application/cloudevents-batch+json", &format!("[{ok}, {{\"specversion\":\"1.0\"}}]")),
+        ("application/cloudevents-batch+json", "[]"),
+    ] {
+        let r = cloudevents(&app, ct, &[], body, key);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.body["error"]["code"].is_string());
+    }
+    assert_eq!(cloudevents(&app, "text/plain", &[], "hello", key).status, 415);
+    assert_eq!(cloudevents(&app, "application/cloudevents+json", &[], ok, Some("ck_forged")).status, 401);
+    assert_eq!(cloudevents(&app, "application/cloudevents+json", &[], ok, None).status, 401);
+    assert_eq!(event_count(&app), before);
+}

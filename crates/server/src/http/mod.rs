@@ -2,6 +2,7 @@
 //! declared once in [`routes`], with its documentation; the router and `/openapi.json` are both
 //! built from that table, so they cannot drift apart.
 
+mod cloudevents;
 mod customers;
 mod deals;
 pub mod error;
@@ -119,6 +120,12 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#), post(segment::alias)),
         (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#), post(segment::group)),
         (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#), post(segment::screen)),
+        (
+            r("post", "/v1/cloudevents", "CloudEvents 1.0: structured, batch or binary mode (write key or API key)", 200)
+                .open()
+                .body(r#"{"specversion":"1.0","id":"e-1","source":"/billing","type":"com.example.invoice.paid","subject":"c-42","time":"2026-11-01T10:00:00Z","data":{"amount":4990}}"#),
+            post(cloudevents::receive),
+        ),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),

@@ -101,6 +101,21 @@ fn answer(outcome: ingest::Outcome) -> Res {
     Ok(Json(json!({"success": true, "written": outcome.written, "rejected": rejected})))
 }
 
+/// The tenant of an ingest request: a write key (HTTP Basic user name) or an API key (Bearer).
+pub(crate) fn ingest_tenant(app: &App, headers: &HeaderMap, body: &Value) -> Result<String, ApiError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    if let Some(key) = bearer {
+        return match app.authenticate(key.trim()) {
+            Some(rec) if rec.kind == KeyKind::Api => Ok(rec.tenant),
+            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")),
+        };
+    }
+    authenticate(app, headers, body).map(|(tenant, _)| tenant)
+}
+
 /// The write key: HTTP Basic user name (Segment's clients), else `writeKey` in the body.
 fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String, String), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
