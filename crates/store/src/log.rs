@@ -353,12 +353,7 @@ impl Drop for LogStore {
     fn drop(&mut self) {
         // Closing the channel ends the writer once it has answered everything queued.
         self.requests.take();
-        if let Some(writer) = self.writer.take() {
-            // A hook holding the last reference could drop the store on the writer thread.
-            if writer.thread().id() != std::thread::current().id() {
-                let _ = writer.join();
-            }
-        }
+        rules::join_writer(self.writer.take());
     }
 }
 

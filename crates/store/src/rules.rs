@@ -126,3 +126,13 @@ pub(crate) fn stored_envelope(
         metadata: e.metadata,
     }
 }
+
+/// Wait for a backend's writer thread to finish (its request channel already closed), unless
+/// this is that thread: a commit hook holding the last reference can drop the store there.
+pub(crate) fn join_writer(writer: Option<std::thread::JoinHandle<()>>) {
+    if let Some(writer) = writer {
+        if writer.thread().id() != std::thread::current().id() {
+            let _ = writer.join();
+        }
+    }
+}

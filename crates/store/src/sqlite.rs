@@ -177,12 +177,7 @@ impl Drop for SqliteStore {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Closing the channel ends the writer once it has answered everything queued.
         self.requests.take();
-        if let Some(writer) = self.writer.take() {
-            // A hook holding the last reference could drop the store on the writer thread.
-            if writer.thread().id() != std::thread::current().id() {
-                let _ = writer.join();
-            }
-        }
+        rules::join_writer(self.writer.take());
     }
 }
 
