@@ -9,6 +9,7 @@
 //! cargo run --release -p chronicle-bench -- consent
 //! cargo run --release -p chronicle-bench -- as-of 10000
 //! cargo run --release -p chronicle-bench -- ingest 8 10   # Segment /v1/batch, 100 messages a request
+//! cargo run --release -p chronicle-bench -- import 1000000 # bulk import of an NDJSON file, then again
 //! ```
 //!
 //! Data goes to a temporary folder on the same disk as the system's temp dir (`TMPDIR`), so
@@ -45,6 +46,9 @@ fn main() {
             }
             Some("as-of") => print(as_of(arg(1, 10_000)).await),
             Some("ingest") => print(ingest(arg(1, 8) as usize, arg(2, 10)).await),
+            Some("import") => print(import(arg(1, 1_000_000)).await),
+            // The import benchmark's file, for timing the `chronicle import` command itself.
+            Some("export-file") => write_export(arg(1, 1_000_000), std::path::Path::new(args.get(2).map_or("export.ndjson", String::as_str))),
             Some("all") => {
                 for w in [1, 16, 64] {
                     print(append(w, 10, "log").await);
@@ -58,9 +62,10 @@ fn main() {
                 }
                 print(as_of(10_000).await);
                 print(ingest(8, 10).await);
+                print(import(1_000_000).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS]");
+                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH");
                 std::process::exit(2);
             }
         }
@@ -394,4 +399,79 @@ async fn ingest(clients: usize, seconds: u64) -> Value {
 fn base64_user(user: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
+}
+
+/// One line of a Segment export: per 100 lines about 3 identifies (with the visitor's
+/// anonymous id, so they link it), 10 anonymous page views, 1 "Order Completed" (which also
+/// drives an order) and 86 tracks, over `users` users; every tenth line has no messageId (the
+/// import derives one from the line).
+fn export_line(k: u64, users: u64) -> String {
+    const PLANS: [&str; 3] = ["free", "pro", "team"];
+    const EVENTS: [&str; 4] = ["Product Viewed", "Product Added", "Cart Viewed", "Checkout Started"];
+    let h = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    let u = h % users;
+    let ts = format!("2026-10-{:02}T{:02}:{:02}:00Z", 1 + (k * 29 / 1_000_000) % 28, (h >> 8) % 24, (h >> 16) % 60);
+    let context = json!({"library": {"name": "analytics-python", "version": "2.4.0"}, "ip": "192.0.2.10", "userAgent": "Mozilla/5.0"});
+    let mut m = match k % 100 {
+        0..=2 => json!({"type": "identify", "userId": format!("u{u}"), "anonymousId": format!("anon-{u}"),
+                        "traits": {"email": format!("u{u}@example.com"), "first_name": format!("Name{u}"), "plan": PLANS[(k % 3) as usize]}}),
+        3..=12 => {
+            json!({"type": "page", "anonymousId": format!("anon-{u}"), "name": "Pricing", "properties": {"path": "/pricing", "referrer": "https://search.example/"}})
+        }
+        13 => json!({"type": "track", "userId": format!("u{u}"), "event": "Order Completed",
+                     "properties": {"order_id": format!("o-{k}"), "total": 49.5, "currency": "EUR", "products": [{"product_id": format!("sku-{}", h % 500), "price": 49.5, "quantity": 1}]}}),
+        _ => {
+            json!({"type": "track", "userId": format!("u{u}"), "event": EVENTS[(h % 4) as usize],
+                    "properties": {"product_id": format!("sku-{}", h % 500), "price": 349, "category": "shoes"}})
+        }
+    };
+    m["timestamp"] = json!(ts);
+    m["receivedAt"] = json!(ts);
+    m["context"] = context;
+    if k % 10 != 7 {
+        m["messageId"] = json!(format!("msg-{k}"));
+    }
+    m.to_string()
+}
+
+struct Quiet;
+impl chronicle_server::import::Observer for Quiet {
+    fn progress(&mut self, _: u64) {}
+    fn rejected(&mut self, r: chronicle_server::import::Rejected) {
+        panic!("the generated file has a bad line: {r:?}");
+    }
+}
+
+fn write_export(lines: u64, path: &std::path::Path) {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).expect("file"));
+    for k in 0..lines {
+        writeln!(w, "{}", export_line(k, (lines / 100).max(1))).expect("write");
+    }
+    w.flush().expect("flush");
+}
+
+/// `chronicle import` of an NDJSON Segment export of `lines` lines, then the same file again.
+async fn import(lines: u64) -> Value {
+    use chronicle_server::import::{self, Format};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("export.ndjson");
+    write_export(lines, &file);
+    let bytes = std::fs::metadata(&file).expect("size").len();
+    let data = dir.path().join("data");
+    let store = open(&data, "log");
+    let app = App::start(store.clone(), None).await.expect("app");
+    app.create_tenant("bench").await.expect("tenant");
+    let run = || async {
+        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).expect("open"));
+        let t = Instant::now();
+        let report =
+            import::import(&app, "bench", Format::Ndjson, input, "export.ndjson", &mut Quiet).await.expect("import");
+        (report, t.elapsed().as_secs_f64())
+    };
+    let (first, secs) = run().await;
+    let (again, again_secs) = run().await;
+    json!({"bench": "import_ndjson", "lines": first.lines, "file_mb": round2(bytes as f64 / 1e6), "new_events": first.new_events,
+           "seconds": round2(secs), "lines_per_sec": (first.lines as f64 / secs).round(), "new_events_per_sec": (first.new_events as f64 / secs).round(),
+           "rerun_new_events": again.new_events, "rerun_seconds": round2(again_secs), "rerun_lines_per_sec": (again.lines as f64 / again_secs).round()})
 }

@@ -1,5 +1,5 @@
 //! The `chronicle` binary: parses the command line, resolves configuration, and drives the
-//! application service. Commands: serve, demo, tenant create, rebuild, verify, history.
+//! application service. Commands: serve, demo, tenant create, import, rebuild, verify, history.
 
 /// mimalloc: the rebuild and the API allocate many small strings on one thread and free them on
 /// another, where it measured markedly faster than the system allocator (see the README).
@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod commands;
 mod config;
 mod demo;
+mod import;
 mod progress;
 mod storage;
 
@@ -49,6 +50,18 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Import an NDJSON file of Segment messages or CloudEvents, or a CSV of contacts (safe to rerun)
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        /// ndjson or csv [default: from the file's extension]
+        #[arg(long)]
+        format: Option<String>,
+        /// Write every rejected line, as NDJSON, to this file
+        #[arg(long)]
+        rejects: Option<std::path::PathBuf>,
+    },
     /// Drop every projection and rebuild it from the log
     Rebuild,
     /// Replay the log into fresh projections and compare them with the live ones
@@ -83,6 +96,9 @@ fn main() -> ExitCode {
             }
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await
+            }
+            Command::Import { file, tenant, format, rejects } => {
+                import::run(&cli.storage, &file, &tenant, format.as_deref(), rejects.as_deref()).await
             }
             Command::Rebuild => commands::rebuild(&cli.storage).await,
             Command::Verify => commands::verify(&cli.storage).await,

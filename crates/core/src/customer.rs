@@ -7,6 +7,15 @@
 //! grant needs a source; lifecycle stages only move forward along [`LifecycleStage::PATH`]; a
 //! deactivated customer keeps its history, may withdraw consent, get notes, be reactivated or
 //! erased, and nothing else.
+//!
+//! Merging two known customers (duplicates of one person) is two events: the duplicate records
+//! `CustomerMergedInto` (it is frozen from then on, its id resolving to the survivor) and the
+//! survivor records `CustomersMerged`, carrying what it took over, so each stream folds on its
+//! own. The survivor is the customer the merge names (for Segment's `alias`, the `userId`).
+//! What the survivor already has wins; it takes the duplicate's e-mail, phone, owner and traits
+//! only where it has none, tags, groups, notes and anonymous ids are unioned, the later
+//! lifecycle stage is kept, and per channel and purpose the more recent consent decision wins
+//! (it is the person's latest word, with its original source, time and proof).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -29,6 +38,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "CustomerErased",
     "IdentityLinked",
     "CustomerGroupJoined",
+    "CustomerMergedInto",
+    "CustomersMerged",
 ];
 
 /// The stream that holds a customer's events.
@@ -115,6 +126,8 @@ pub enum CustomerStatus {
     Active,
     Deactivated,
     Erased,
+    /// A duplicate merged into another customer (`merged_into`); frozen.
+    Merged,
 }
 
 /// One consent decision as recorded (grant or revocation) with its evidence.
@@ -253,6 +266,37 @@ pub enum CustomerEvent {
         #[serde(default)]
         traits: Map<String, Value>,
     },
+    /// This customer was a duplicate and now lives on as `survivor`: its record is frozen.
+    CustomerMergedInto {
+        survivor: String,
+    },
+    /// This customer absorbed the duplicate `merged` (and the customers `merged` had absorbed
+    /// before, `also`); the fields are what it took over.
+    CustomersMerged {
+        merged: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<String>,
+        #[serde(default)]
+        traits: Map<String, Value>,
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        anonymous_ids: Vec<String>,
+        #[serde(default)]
+        consents: Vec<ConsentState>,
+        #[serde(default)]
+        groups: BTreeMap<String, Map<String, Value>>,
+        #[serde(default)]
+        notes: Vec<Note>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lifecycle_stage: Option<LifecycleStage>,
+    },
 }
 
 impl CustomerEvent {
@@ -269,20 +313,57 @@ impl CustomerEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CustomerCommand {
-    Register { email: Option<String>, phone: Option<String>, traits: Map<String, Value>, consents: Vec<ConsentInput> },
-    UpdateProfile { email: Option<String>, phone: Option<String>, traits: Map<String, Value> },
-    Tag { tag: String },
-    Untag { tag: String },
-    AddNote { text: String, author: Option<String> },
-    AssignOwner { owner: String },
-    ChangeStage { to: LifecycleStage },
+    Register {
+        email: Option<String>,
+        phone: Option<String>,
+        traits: Map<String, Value>,
+        consents: Vec<ConsentInput>,
+    },
+    UpdateProfile {
+        email: Option<String>,
+        phone: Option<String>,
+        traits: Map<String, Value>,
+    },
+    Tag {
+        tag: String,
+    },
+    Untag {
+        tag: String,
+    },
+    AddNote {
+        text: String,
+        author: Option<String>,
+    },
+    AssignOwner {
+        owner: String,
+    },
+    ChangeStage {
+        to: LifecycleStage,
+    },
     SetConsent(ConsentInput),
     UpdatePreferences(Preferences),
-    Deactivate { reason: Option<String> },
+    Deactivate {
+        reason: Option<String>,
+    },
     Reactivate,
-    Erase { reason: Option<String> },
-    LinkIdentity { anonymous_id: String },
-    JoinGroup { group_id: String, traits: Map<String, Value> },
+    Erase {
+        reason: Option<String>,
+    },
+    LinkIdentity {
+        anonymous_id: String,
+    },
+    JoinGroup {
+        group_id: String,
+        traits: Map<String, Value>,
+    },
+    /// Mark this customer as a duplicate of `survivor` (the first half of a merge).
+    MergeInto {
+        survivor: String,
+    },
+    /// Take over the duplicate `other` (its state after `MergeInto`; the second half).
+    Absorb {
+        other: Box<Customer>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -309,6 +390,10 @@ pub enum CustomerError {
     Empty(&'static str),
     #[error("trait name {0:?} is reserved or invalid")]
     InvalidTrait(String),
+    #[error("customer was merged into {into}; send commands there")]
+    Merged { into: String },
+    #[error("cannot merge: {0}")]
+    InvalidMerge(&'static str),
 }
 
 /// Who, if anyone, holds an e-mail address in this tenant (the unique e-mail index).
@@ -346,6 +431,12 @@ pub struct Customer {
     /// Accounts (Segment groups) the customer belongs to, with the traits last sent for each.
     #[serde(default)]
     pub groups: BTreeMap<String, Map<String, Value>>,
+    /// The survivor this duplicate was merged into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+    /// Customers merged into this one (directly or through an earlier merge).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub merged_ids: BTreeSet<String>,
     pub version: u64,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
@@ -452,6 +543,15 @@ impl Customer {
         if self.status == CustomerStatus::Erased {
             return Err(CustomerError::Erased);
         }
+        if let Some(into) = &self.merged_into {
+            // The duplicate is frozen; it may still be erased (its stream holds personal data),
+            // and marking it again for the same survivor is a no-op (a resumed merge).
+            match &cmd {
+                C::Erase { .. } => {}
+                C::MergeInto { survivor } if survivor == into => return Ok(vec![]),
+                _ => return Err(CustomerError::Merged { into: into.clone() }),
+            }
+        }
         let deactivated = self.status == CustomerStatus::Deactivated;
         let allowed_when_deactivated = matches!(
             &cmd,
@@ -459,6 +559,7 @@ impl Customer {
                 | C::Erase { .. }
                 | C::AddNote { .. }
                 | C::Deactivate { .. }
+                | C::MergeInto { .. }
                 | C::SetConsent(ConsentInput { granted: false, .. })
         );
         if deactivated && !allowed_when_deactivated {
@@ -564,7 +665,65 @@ impl Customer {
                     vec![E::IdentityLinked { anonymous_id }]
                 }
             }
+            C::MergeInto { survivor } => {
+                if survivor == self.id {
+                    return Err(CustomerError::InvalidMerge("a customer cannot be merged into itself"));
+                }
+                vec![E::CustomerMergedInto { survivor }]
+            }
+            C::Absorb { other } => vec![self.absorb(&other)?].into_iter().flatten().collect(),
         })
+    }
+
+    /// What the survivor takes over from the duplicate `other` (None: already absorbed).
+    fn absorb(&self, other: &Customer) -> Result<Option<CustomerEvent>, CustomerError> {
+        if other.id == self.id {
+            return Err(CustomerError::InvalidMerge("a customer cannot be merged into itself"));
+        }
+        if self.merged_ids.contains(&other.id) {
+            return Ok(None);
+        }
+        if !other.exists {
+            return Err(CustomerError::InvalidMerge("the customer to merge does not exist"));
+        }
+        if other.status == CustomerStatus::Erased {
+            return Err(CustomerError::InvalidMerge("the customer to merge has been erased"));
+        }
+        if other.merged_into.as_deref() != Some(self.id.as_str()) {
+            return Err(CustomerError::InvalidMerge("the duplicate must be marked as merged into this customer first"));
+        }
+        let consents = other
+            .consents
+            .iter()
+            .filter(|(k, theirs)| self.consents.get(*k).is_none_or(|ours| theirs.at > ours.at))
+            .map(|(_, s)| s.clone())
+            .collect();
+        Ok(Some(CustomerEvent::CustomersMerged {
+            merged: other.id.clone(),
+            also: other.merged_ids.iter().cloned().collect(),
+            email: if self.email.is_none() { other.email.clone() } else { None },
+            phone: if self.phone.is_none() { other.phone.clone() } else { None },
+            traits: other
+                .traits
+                .iter()
+                .filter(|(k, _)| !self.traits.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tags: other.tags.difference(&self.tags).cloned().collect(),
+            anonymous_ids: other.anonymous_ids.difference(&self.anonymous_ids).cloned().collect(),
+            consents,
+            groups: other
+                .groups
+                .iter()
+                .filter(|(k, _)| !self.groups.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            notes: other.notes.clone(),
+            owner: if self.owner.is_none() { other.owner.clone() } else { None },
+            lifecycle_stage: other
+                .lifecycle_stage
+                .filter(|theirs| self.lifecycle_stage.is_none_or(|ours| *theirs > ours)),
+        }))
     }
 
     /// Fold one event into the state (evolve). Never fails: events are facts.
@@ -628,6 +787,52 @@ impl Customer {
             E::CustomerGroupJoined { group_id, traits } => {
                 self.groups.insert(group_id.clone(), traits.clone());
             }
+            E::CustomerMergedInto { survivor } => {
+                self.status = CustomerStatus::Merged;
+                self.merged_into = Some(survivor.clone());
+            }
+            E::CustomersMerged {
+                merged,
+                also,
+                email,
+                phone,
+                traits,
+                tags,
+                anonymous_ids,
+                consents,
+                groups,
+                notes,
+                owner,
+                lifecycle_stage,
+            } => {
+                self.merged_ids.insert(merged.clone());
+                self.merged_ids.extend(also.iter().cloned());
+                if self.email.is_none() {
+                    self.email = email.clone();
+                }
+                if self.phone.is_none() {
+                    self.phone = phone.clone();
+                }
+                for (k, v) in traits {
+                    self.traits.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                self.tags.extend(tags.iter().cloned());
+                self.anonymous_ids.extend(anonymous_ids.iter().cloned());
+                for c in consents {
+                    self.consents.insert(consent_key(c.channel, c.purpose).to_owned(), c.clone());
+                }
+                for (k, v) in groups {
+                    self.groups.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                self.notes.extend(notes.iter().cloned());
+                self.notes.sort_by_key(|n| n.at);
+                if self.owner.is_none() {
+                    self.owner = owner.clone();
+                }
+                if lifecycle_stage.is_some() && *lifecycle_stage > self.lifecycle_stage {
+                    self.lifecycle_stage = *lifecycle_stage;
+                }
+            }
             E::CustomerDeactivated { .. } => self.status = CustomerStatus::Deactivated,
             E::CustomerReactivated {} => self.status = CustomerStatus::Active,
             E::CustomerErased { .. } => {
@@ -661,7 +866,7 @@ impl Customer {
 pub struct ConsentBits {
     recorded: u32,
     granted: u32,
-    /// 0: no such customer, 1: active, 2: deactivated, 3: erased.
+    /// 0: no such customer, 1: active, 2: deactivated, 3: erased, 4: merged into another.
     status: u8,
 }
 
@@ -677,6 +882,7 @@ impl ConsentBits {
                 (true, CustomerStatus::Active) => 1,
                 (true, CustomerStatus::Deactivated) => 2,
                 (true, CustomerStatus::Erased) => 3,
+                (true, CustomerStatus::Merged) => 4,
             },
             ..Default::default()
         };
@@ -696,6 +902,8 @@ impl ConsentBits {
             0 => return deny("unknown_customer"),
             3 => return deny("customer_erased"),
             2 => return deny("customer_deactivated"),
+            // The duplicate's consent lives on with the survivor; ask there.
+            4 => return deny("customer_merged"),
             _ => {}
         }
         let b = Self::bit(channel, purpose);

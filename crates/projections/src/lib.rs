@@ -295,7 +295,9 @@ impl TenantViews {
         }
         if old_email != c.email {
             if let Some(old) = old_email {
-                if self.emails.get(&old).map(String::as_str) == Some(id) {
+                // An erased duplicate's address may point at its survivor by now: it goes too.
+                let erased = matches!(e, CustomerEvent::CustomerErased { .. });
+                if erased || self.emails.get(&old).map(String::as_str) == Some(id) {
                     self.emails.remove(&old);
                 }
             }
@@ -319,6 +321,35 @@ impl TenantViews {
             }
             CustomerEvent::IdentityLinked { anonymous_id } => {
                 self.identities.insert(anonymous_id.clone(), id.to_owned());
+            }
+            CustomerEvent::CustomersMerged { merged, also, anonymous_ids, consents, .. } => {
+                for a in anonymous_ids {
+                    self.identities.insert(a.clone(), id.to_owned());
+                }
+                // The duplicates' addresses now find the survivor (and stay taken).
+                let gone: Vec<&String> = std::iter::once(merged).chain(also).collect();
+                for m in &gone {
+                    if let Some(e) = self.customers.get(m.as_str()).and_then(|c| c.email.clone()) {
+                        if self.emails.get(&e).is_some_and(|owner| gone.contains(&owner)) {
+                            self.emails.insert(e, id.to_owned());
+                        }
+                    }
+                }
+                // Carried decisions join the survivor's ledger with their original evidence.
+                let history = self.consent_history.entry(id.to_owned()).or_default();
+                for c in consents {
+                    history.push(ConsentEntry {
+                        channel: c.channel,
+                        purpose: c.purpose,
+                        granted: c.granted,
+                        source: format!("merged from {merged}: {}", c.source),
+                        legal_basis: c.legal_basis.clone(),
+                        proof: c.proof.clone(),
+                        event_id: ev.id,
+                        event_time: c.at,
+                        position: ev.position,
+                    });
+                }
             }
             CustomerEvent::CustomerErased { .. } => {
                 // Redact the ledger's evidence and the time-travel copies of the profile.

@@ -66,13 +66,30 @@ fn command() -> impl Strategy<Value = CustomerCommand> {
 /// A random but valid log: commands decided against the aggregate, across a few customers and
 /// two tenants, with event times that sometimes run backwards (late producers).
 fn history() -> impl Strategy<Value = Vec<EventEnvelope>> {
-    prop::collection::vec((0usize..4, command(), -3i64..10, prop::bool::weighted(0.3)), 1..120).prop_map(|steps| {
+    let step = (0usize..4, command(), -3i64..10, prop::bool::weighted(0.3), prop::bool::weighted(0.06));
+    prop::collection::vec(step, 1..120).prop_map(|steps| {
         let mut log = Vec::new();
         let mut states: HashMap<usize, Customer> = HashMap::new();
         let mut clock = 0i64;
-        for (who, cmd, dt, activity) in steps {
+        for (who, cmd, dt, activity, merge) in steps {
             let tenant = if who % 2 == 0 { "a" } else { "b" };
             let id = format!("c{who}");
+            if merge {
+                // Merge `who` into the other customer of its tenant: mark, then absorb.
+                let survivor = (who + 2) % 4;
+                if !states.contains_key(&survivor) {
+                    continue;
+                }
+                let Some(d) = states.get_mut(&who) else { continue };
+                let mark = CustomerCommand::MergeInto { survivor: format!("c{survivor}") };
+                let Ok(events) = d.decide(mark, &NoEmails) else { continue };
+                record(&mut log, tenant, d, &mut clock, dt, events);
+                let marked = Box::new(d.clone());
+                let s = states.get_mut(&survivor).expect("checked above");
+                let Ok(events) = s.decide(CustomerCommand::Absorb { other: marked }, &NoEmails) else { continue };
+                record(&mut log, tenant, s, &mut clock, dt, events);
+                continue;
+            }
             let c = states.entry(who).or_insert_with(|| Customer::new(id.clone()));
             if activity {
                 // A page view on the customer's stream: on the timeline, not in the profile.
@@ -97,15 +114,27 @@ fn history() -> impl Strategy<Value = Vec<EventEnvelope>> {
                 CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] }
             };
             let Ok(events) = c.decide(cmd, &NoEmails) else { continue };
-            for e in events {
-                clock += dt;
-                let ev = envelope(tenant, &customer::stream_of(&id), c.version + 1, log.len() as u64 + 1, clock, &e);
-                c.apply(&e, ev.version, ev.event_time);
-                log.push(ev);
-            }
+            record(&mut log, tenant, c, &mut clock, dt, events);
         }
         log
     })
+}
+
+/// Append a customer's decided events to the log, folding them into its state.
+fn record(
+    log: &mut Vec<EventEnvelope>,
+    tenant: &str,
+    c: &mut Customer,
+    clock: &mut i64,
+    dt: i64,
+    events: Vec<CustomerEvent>,
+) {
+    for e in events {
+        *clock += dt;
+        let ev = envelope(tenant, &customer::stream_of(&c.id), c.version + 1, log.len() as u64 + 1, *clock, &e);
+        c.apply(&e, ev.version, ev.event_time);
+        log.push(ev);
+    }
 }
 
 fn replay(log: &[EventEnvelope]) -> Projections {
@@ -270,4 +299,40 @@ fn checkpoint_file_round_trips_and_missing_is_empty() {
     std::fs::write(&path, b"{not json").unwrap();
     assert!(matches!(load_checkpoint(&path), Err(CheckpointError::Corrupt { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_merge_moves_identities_addresses_and_consent_evidence_to_the_survivor() {
+    let reg = |email: &str| CustomerEvent::CustomerRegistered {
+        email: Some(email.into()),
+        phone: None,
+        traits: Default::default(),
+    };
+    let grant = CustomerEvent::ConsentGranted(customer::ConsentRecord {
+        channel: Channel::Sms,
+        purpose: Purpose::Marketing,
+        source: "kiosk".into(),
+        legal_basis: "consent".into(),
+        proof: Some(json!({"signature": "s-1"})),
+    });
+    let mut log = Vec::new();
+    let (mut s, mut d) = (Customer::new("s"), Customer::new("d"));
+    record(&mut log, "a", &mut s, &mut 0, 1, vec![reg("s@example.com")]);
+    let linked = CustomerEvent::IdentityLinked { anonymous_id: "anon-9".into() };
+    record(&mut log, "a", &mut d, &mut 0, 1, vec![reg("d@example.com"), grant, linked]);
+    let mark = d.decide(CustomerCommand::MergeInto { survivor: "s".into() }, &NoEmails).unwrap();
+    record(&mut log, "a", &mut d, &mut 10, 1, mark);
+    let absorb = s.decide(CustomerCommand::Absorb { other: Box::new(d.clone()) }, &NoEmails).unwrap();
+    record(&mut log, "a", &mut s, &mut 20, 1, absorb);
+
+    let p = replay(&log);
+    let t = p.tenant("a").unwrap();
+    assert_eq!(t.identities["anon-9"], "s");
+    // Both addresses find the survivor and stay taken.
+    assert_eq!((t.emails["s@example.com"].as_str(), t.emails["d@example.com"].as_str()), ("s", "s"));
+    let carried = t.consent_history["s"].last().unwrap();
+    assert_eq!((carried.granted, carried.proof.clone()), (true, Some(json!({"signature": "s-1"}))));
+    assert!(p.consent_check("a", "s", Channel::Sms, Purpose::Marketing).allowed);
+    assert_eq!(p.consent_check("a", "d", Channel::Sms, Purpose::Marketing).reason, "customer_merged");
+    assert_eq!(replay(&log), p, "a replay gives the same views");
 }

@@ -19,6 +19,8 @@ use uuid::Uuid;
 
 /// How often a command is retried when another writer moved its stream first.
 const COMMAND_ATTEMPTS: usize = 8;
+/// Stripes of the e-mail claim lock.
+const EMAIL_STRIPES: usize = 64;
 /// Stream name prefixes owned by the domain: raw appends may not write there.
 pub const RESERVED_PREFIXES: &[&str] = &["customer-", "deal-", "order-", "tenant-", "anonymous-", "_"];
 
@@ -38,8 +40,9 @@ pub struct App {
     store: Arc<dyn EventStore>,
     views: Arc<RwLock<Projections>>,
     checkpoint_path: Option<PathBuf>,
-    /// Serialises commands that claim an e-mail address, so that two can't claim the same one.
-    email_lock: tokio::sync::Mutex<()>,
+    /// Commands that claim an e-mail address take the address's stripe, so two can't claim the
+    /// same one while claims of different addresses run side by side.
+    email_locks: Vec<tokio::sync::Mutex<()>>,
     pub metrics: Metrics,
 }
 
@@ -84,7 +87,8 @@ impl App {
             let mut v = hook_views.write().expect("views lock");
             evs.iter().for_each(|e| v.apply(e));
         }));
-        Ok(Arc::new(App { store, views, checkpoint_path, email_lock: Default::default(), metrics: Metrics::default() }))
+        let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, metrics: Metrics::default() }))
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -168,6 +172,9 @@ impl App {
             match self.append(tenant, stream, expected, batch).await {
                 Ok(r) => return Ok(Some(r)),
                 Err(AppError::VersionConflict { .. }) => continue,
+                // The ids derive from the cause, and an append is all or nothing: a stored id
+                // means this message already had its effect (decided then on an older state).
+                Err(AppError::Conflict { code: "event_id_reused", .. }) if cause.is_some() => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -182,17 +189,65 @@ impl App {
         cmd: CustomerCommand,
         actor: &str,
     ) -> Result<Customer, AppError> {
+        self.customer_command_from(tenant, id, cmd, actor, None).await
+    }
+
+    /// `customer_command` on behalf of an outside message (`cause`: its key and time), whose
+    /// events get ids derived from the key: delivering the message again has no second effect,
+    /// even when the customer has changed since.
+    pub async fn customer_command_from(
+        &self,
+        tenant: &str,
+        id: &str,
+        cmd: CustomerCommand,
+        actor: &str,
+        cause: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<Customer, AppError> {
+        self.customer_commands_from(tenant, id, vec![cmd], actor, cause, None).await
+    }
+
+    /// Several commands on one customer as one decision and one append: all of them take
+    /// effect or none does (each is decided on the state the ones before it leave).
+    ///
+    /// `record` (an event type and payload: the outside message itself) is written after the
+    /// commands' events in the same append, even when they change nothing. With a `cause`, that makes the
+    /// message's handling a fact in the log: delivered again later, it finds its ids stored
+    /// and has no effect, rather than being decided afresh on a newer state (an old identify
+    /// undoing a newer one's traits).
+    pub async fn customer_commands_from(
+        &self,
+        tenant: &str,
+        id: &str,
+        cmds: Vec<CustomerCommand>,
+        actor: &str,
+        cause: Option<(&str, DateTime<Utc>)>,
+        record: Option<(String, Value)>,
+    ) -> Result<Customer, AppError> {
         validate_id(id)?;
-        let claims_email = matches!(
-            &cmd,
-            CustomerCommand::Register { email: Some(_), .. } | CustomerCommand::UpdateProfile { email: Some(_), .. }
-        );
-        let _guard = if claims_email { Some(self.email_lock.lock().await) } else { None };
+        let claimed = cmds.iter().find_map(|cmd| match cmd {
+            CustomerCommand::Register { email: Some(e), .. }
+            | CustomerCommand::UpdateProfile { email: Some(e), .. } => customer::normalize_email(e).ok(),
+            _ => None,
+        });
+        // Two commands can't claim one address: claims of the same address take turns.
+        let _guard = match &claimed {
+            Some(e) => Some(self.email_locks[email_stripe(e)].lock().await),
+            None => None,
+        };
         let stream = customer::stream_of(id);
-        self.run_command(tenant, &stream, actor, |v| {
-            let state = v.customer(tenant, id).cloned().unwrap_or_else(|| Customer::new(id));
-            let events = state.decide(cmd.clone(), &ViewEmails(v.tenant(tenant)))?;
-            Ok((state.version, events.iter().map(|e| e.to_parts()).collect()))
+        self.run_command_from(tenant, &stream, actor, cause, |v| {
+            let mut state = v.customer(tenant, id).cloned().unwrap_or_else(|| Customer::new(id));
+            let version = state.version;
+            let emails = ViewEmails(v.tenant(tenant));
+            let mut out = Vec::new();
+            for cmd in &cmds {
+                for e in state.decide(cmd.clone(), &emails)? {
+                    state.apply(&e, state.version + 1, Utc::now());
+                    out.push(e.to_parts());
+                }
+            }
+            out.extend(record.iter().cloned());
+            Ok((version, out))
         })
         .await?;
         self.customer(tenant, id)
@@ -308,8 +363,8 @@ impl App {
         }
     }
 
-    /// A customer's timeline: the events of the customer's stream and of every anonymous
-    /// identity linked to it, in commit order, paged by global position (`after` exclusive;
+    /// A customer's timeline: the events of the customer's stream, of every duplicate merged
+    /// into it and of every anonymous identity linked to it, in commit order, paged by global position (`after` exclusive;
     /// `next` is the last position scanned).
     pub async fn timeline(
         &self,
@@ -322,6 +377,7 @@ impl App {
     ) -> Result<Page, AppError> {
         let c = self.customer(tenant, id)?;
         let mut streams = vec![customer::stream_of(id)];
+        streams.extend(c.merged_ids.iter().map(|m| customer::stream_of(m)));
         streams.extend(c.anonymous_ids.iter().map(|a| format!("anonymous-{a}")));
         let limit = limit.max(1);
         let mut out = Vec::new();
@@ -396,6 +452,53 @@ impl App {
         Ok(())
     }
 
+    /// Merge the duplicate `from` into `survivor` (CustomerMergedInto on the duplicate, then
+    /// CustomersMerged on the survivor). Both are checked before anything is written; a merge
+    /// cut off between its two appends (a crash) is finished by running it again, and running
+    /// a finished merge again changes nothing.
+    pub async fn merge_customers(
+        &self,
+        tenant: &str,
+        survivor: &str,
+        from: &str,
+        actor: &str,
+    ) -> Result<Customer, AppError> {
+        validate_id(survivor)?;
+        validate_id(from)?;
+        // No e-mail lock: an address only moves from the duplicate to the survivor, and while
+        // it moves the index names one of the two, so no third customer can claim it.
+        let s = self.customer(tenant, survivor)?;
+        let d = self.customer(tenant, from)?;
+        if s.merged_ids.contains(from) {
+            return Ok(s);
+        }
+        // Dry-run both halves on the current states, so a refusal writes nothing.
+        let mut marked = d.clone();
+        if d.merged_into.as_deref() != Some(survivor) {
+            let evs = d.decide(CustomerCommand::MergeInto { survivor: survivor.to_owned() }, &customer::NoEmails)?;
+            evs.iter().for_each(|e| marked.apply(e, d.version + 1, Utc::now()));
+        }
+        s.decide(CustomerCommand::Absorb { other: Box::new(marked) }, &customer::NoEmails)?;
+        self.customer_command(tenant, from, CustomerCommand::MergeInto { survivor: survivor.to_owned() }, actor)
+            .await?;
+        let frozen = self.customer(tenant, from)?;
+        self.customer_command(tenant, survivor, CustomerCommand::Absorb { other: Box::new(frozen) }, actor).await
+    }
+
+    /// Erase a customer and every duplicate merged into it (one person, one erasure).
+    pub async fn erase_customer(&self, tenant: &str, id: &str, actor: &str) -> Result<Customer, AppError> {
+        let merged = self.customer(tenant, id)?.merged_ids;
+        let reason = || CustomerCommand::Erase { reason: Some("erasure request".into()) };
+        let c = self.customer_command(tenant, id, reason(), actor).await?;
+        for m in merged {
+            match self.customer_command(tenant, &m, reason(), actor).await {
+                Ok(_) | Err(AppError::Rule { code: "customer_erased", .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(c)
+    }
+
     /// The customer an anonymous id is linked to, if any.
     pub fn identity_owner(&self, tenant: &str, anonymous_id: &str) -> Option<String> {
         self.views().tenant(tenant)?.identities.get(anonymous_id).cloned()
@@ -444,6 +547,12 @@ impl App {
         let next = events.last().map_or(after, |e| e.version);
         Ok(Page { events, next })
     }
+}
+
+fn email_stripe(email: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(email);
+    (h % EMAIL_STRIPES as u64) as usize
 }
 
 fn validate_id(id: &str) -> Result<(), AppError> {

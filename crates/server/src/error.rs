@@ -28,6 +28,22 @@ pub enum AppError {
     Internal(String),
 }
 
+impl AppError {
+    /// The error's machine-readable code: the `code` of the HTTP error shape, and what ingest
+    /// and import report for a refused message or line.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadRequest(_) => "bad_request",
+            AppError::Unauthorized => "unauthorized",
+            AppError::NotFound(_) => "not_found",
+            AppError::VersionConflict { .. } => "version_conflict",
+            AppError::Conflict { code, .. } | AppError::Rule { code, .. } => code,
+            AppError::TooLarge(_) => "too_large",
+            AppError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<CustomerError> for AppError {
     fn from(e: CustomerError) -> Self {
         use CustomerError as E;
@@ -38,6 +54,8 @@ impl From<CustomerError> for AppError {
             E::EmailTaken => AppError::Conflict { code: "email_taken", message },
             E::InvalidEmail | E::InvalidPhone | E::Empty(_) | E::InvalidTrait(_) => AppError::BadRequest(message),
             E::Erased => AppError::Rule { code: "customer_erased", message },
+            E::Merged { .. } => AppError::Rule { code: "customer_merged", message },
+            E::InvalidMerge(_) => AppError::Rule { code: "invalid_merge", message },
             E::Deactivated => AppError::Rule { code: "customer_deactivated", message },
             E::ConsentSourceMissing => AppError::Rule { code: "consent_source_missing", message },
             E::InvalidStageTransition { .. } => AppError::Rule { code: "invalid_stage_transition", message },

@@ -2,20 +2,25 @@
 //! screen, batch) and mapping them onto the domain.
 //!
 //! - `identify` registers the customer (`userId`) or updates its traits (old and new values);
-//!   `traits.email` / `traits.phone` become the profile's e-mail and phone.
+//!   `traits.email` / `traits.phone` become the profile's e-mail and phone. The call itself is
+//!   recorded on the timeline (`ActivityTracked`, kind `identify`) in the same append, which
+//!   is what makes a redelivery a no-op even after newer identifies changed the traits.
 //! - `track` / `page` / `screen` become `ActivityTracked` on the customer's stream, or on
 //!   `anonymous-<anonymousId>` when there is no `userId`.
 //! - Identity resolution: `identify` (or any call) carrying both `userId` and `anonymousId`,
 //!   and `alias` (`previousId` → `userId`), record `IdentityLinked` on the customer; the
 //!   customer's timeline then includes the anonymous stream's history. An anonymous id linked
 //!   to one customer is never moved to another (409 `identity_linked_elsewhere`).
+//! - `alias` whose `previousId` is itself a known customer merges the two (`previousId` into
+//!   `userId`, which survives; see `App::merge_customers`).
 //! - Segment's e-commerce events also drive the Order aggregate: "Order Completed" places and
 //!   pays the order, "Order Refunded" refunds it (the given total, else what remains), "Order
 //!   Cancelled" cancels it; their events' ids derive from the messageId, so a redelivery never
 //!   acts twice.
 //! - `group` records `CustomerGroupJoined` (the account and its traits) on the customer.
-//! - `messageId` deduplicates: the event id is derived from (tenant, messageId), so a client
-//!   retrying after a timeout stores nothing new.
+//! - `messageId` deduplicates: the event ids are derived from (tenant, messageId), so a client
+//!   retrying after a timeout stores nothing new (an identify delivered again changes nothing,
+//!   even after later identifies changed the traits it set).
 //! - Event time corrects the client's clock as Segment does:
 //!   `receivedAt − (sentAt − timestamp)` when both are given.
 //! - A batch is validated whole first (400 and nothing written on any bad message); business
@@ -78,7 +83,7 @@ pub fn event_id(tenant: &str, message_id: &str) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-fn time_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<DateTime<Utc>>, Invalid> {
+pub(crate) fn time_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<DateTime<Utc>>, Invalid> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
@@ -245,14 +250,7 @@ fn record(out: &mut Outcome, index: usize, result: Result<(), AppError>) -> Resu
     match result {
         Ok(()) => out.written += 1,
         Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
-        Err(e) => {
-            let code = match &e {
-                AppError::Conflict { code, .. } | AppError::Rule { code, .. } => *code,
-                AppError::NotFound(_) => "not_found",
-                _ => "bad_request",
-            };
-            out.rejected.push((index, code, e.to_string()));
-        }
+        Err(e) => out.rejected.push((index, e.code(), e.to_string())),
     }
     Ok(())
 }
@@ -284,39 +282,7 @@ async fn write_activity_run(
             None => streams.push((stream, vec![(i, ev)])),
         }
     }
-    let appends = streams.into_iter().map(|(stream, evs)| async move {
-        let indices: Vec<usize> = evs.iter().map(|(i, _)| *i).collect();
-        let batch: Vec<NewEvent> = evs.iter().map(|(_, e)| e.clone()).collect();
-        match app.append(tenant, &stream, ExpectedVersion::Any, batch).await {
-            Ok(_) => indices.into_iter().map(|i| (i, Ok(()))).collect::<Vec<_>>(),
-            // Some of these were stored by an earlier attempt (a client retry): write them one
-            // by one, so each stored one is a replay and each new one is appended.
-            Err(AppError::Conflict { code: "event_id_reused", .. }) => {
-                let mut results = Vec::new();
-                for (i, e) in evs {
-                    results.push((i, app.append(tenant, &stream, ExpectedVersion::Any, vec![e]).await.map(|_| ())));
-                }
-                results
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let internal = matches!(e, AppError::Internal(_));
-                indices
-                    .into_iter()
-                    .map(|i| {
-                        (
-                            i,
-                            Err(if internal {
-                                AppError::Internal(msg.clone())
-                            } else {
-                                AppError::BadRequest(msg.clone())
-                            }),
-                        )
-                    })
-                    .collect()
-            }
-        }
-    });
+    let appends = streams.into_iter().map(|(stream, evs)| append_run(app, tenant, stream, evs));
     for results in futures_util::future::join_all(appends).await {
         for (i, r) in results {
             record(out, i, r)?;
@@ -333,6 +299,35 @@ async fn write_activity_run(
         apply_order_effect(app, tenant, actor, effect).await?;
     }
     Ok(())
+}
+
+/// Append a run of events (each tagged with its message's index) to one stream in one append.
+/// When some were stored by an earlier attempt (a client retry, an import run again), they are
+/// written one by one, so each stored one is a replay and each new one is appended.
+pub(crate) async fn append_run(
+    app: &App,
+    tenant: &str,
+    stream: String,
+    evs: Vec<(usize, NewEvent)>,
+) -> Vec<(usize, Result<(), AppError>)> {
+    let indices: Vec<usize> = evs.iter().map(|(i, _)| *i).collect();
+    let batch: Vec<NewEvent> = evs.iter().map(|(_, e)| e.clone()).collect();
+    match app.append(tenant, &stream, ExpectedVersion::Any, batch).await {
+        Ok(_) => indices.into_iter().map(|i| (i, Ok(()))).collect(),
+        Err(AppError::Conflict { code: "event_id_reused", .. }) => {
+            let mut results = Vec::with_capacity(evs.len());
+            for (i, e) in evs {
+                results.push((i, app.append(tenant, &stream, ExpectedVersion::Any, vec![e]).await.map(|_| ())));
+            }
+            results
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let internal = matches!(e, AppError::Internal(_));
+            let err = || if internal { AppError::Internal(msg.clone()) } else { AppError::BadRequest(msg.clone()) };
+            indices.into_iter().map(|i| (i, Err(err()))).collect()
+        }
+    }
 }
 
 /// What a Segment e-commerce event means for the Order aggregate.
@@ -460,6 +455,13 @@ fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
     (stream, ev)
 }
 
+/// An identify or group call as the `ActivityTracked` event that records it on the customer's
+/// timeline (written with the profile change it causes; see `App::customer_commands_from`).
+fn call_record(actor: &str, msg: Message) -> (String, Value) {
+    let (_, ev) = activity_event(actor, msg);
+    (ev.event_type, ev.data)
+}
+
 /// Write one identify or alias message.
 async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result<(), AppError> {
     if let (Kind::Group, Some(user)) = (msg.kind, &msg.user_id) {
@@ -476,7 +478,11 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
             let cmd = CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![] };
             app.customer_command(tenant, user, cmd, actor).await?;
         }
-        app.customer_command(tenant, user, CustomerCommand::JoinGroup { group_id, traits }, actor).await?;
+        let cmd = CustomerCommand::JoinGroup { group_id, traits };
+        let key = format!("{}/group", msg.message_id);
+        let at = msg.event_time;
+        let record = Some(call_record(actor, msg.clone()));
+        app.customer_commands_from(tenant, user, vec![cmd], actor, Some((&key, at)), record).await?;
         return Ok(());
     }
     if let (Kind::Alias, Some(user)) = (msg.kind, &msg.user_id) {
@@ -485,10 +491,18 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
             .get("previousId")
             .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())));
         let previous = previous.expect("validated: alias has a previousId");
-        refuse_foreign_identity(app, tenant, user, &previous)?;
+        let previous_is_customer = previous != *user && app.customer(tenant, &previous).is_ok();
+        if !previous_is_customer {
+            refuse_foreign_identity(app, tenant, user, &previous)?;
+        }
         if app.customer(tenant, user).is_err() {
             let cmd = CustomerCommand::Register { email: None, phone: None, traits: Map::new(), consents: vec![] };
             app.customer_command(tenant, user, cmd, actor).await?;
+        }
+        if previous_is_customer {
+            // Both ids are known customers: one person, two records. `userId` survives.
+            app.merge_customers(tenant, user, &previous, actor).await?;
+            return Ok(());
         }
         return app.link_identity(tenant, user, &previous, actor).await;
     }
@@ -508,7 +522,9 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
         } else {
             CustomerCommand::Register { email, phone, traits, consents: vec![] }
         };
-        app.customer_command(tenant, user, cmd, actor).await?;
+        let key = format!("{}/profile", msg.message_id);
+        let record = Some(call_record(actor, msg.clone()));
+        app.customer_commands_from(tenant, user, vec![cmd], actor, Some((&key, msg.event_time)), record).await?;
         if let Some(anon) = &msg.anonymous_id {
             app.link_identity(tenant, user, anon, actor).await?;
         }

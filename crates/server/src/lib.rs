@@ -4,8 +4,10 @@
 //! on a bound listener until a shutdown future resolves; tests and the binary share it.
 
 pub mod app;
+pub mod cloudevents;
 pub mod error;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod keys;
 pub mod maintenance;

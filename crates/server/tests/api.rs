@@ -507,10 +507,12 @@ fn segment_batch_lands_on_customers_and_retries_store_nothing() {
     assert_eq!((&c["email"], &c["traits"]["first_name"]), (&json!("ada@example.com"), &json!("Ada")));
     let tl = app.get("/v1/customers/u1/timeline?type=ActivityTracked").body;
     let events = tl["events"].as_array().unwrap();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[0]["data"]["event"], "Product Added");
-    assert_eq!(events[0]["data"]["context"]["library"]["name"], "test", "batch context merged");
-    assert_eq!(events[0]["source"], "segment");
+    // The identify call is on the timeline too, written with the profile change it made.
+    let kinds: Vec<&str> = events.iter().map(|e| e["data"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["identify", "track", "screen"]);
+    assert_eq!(events[1]["data"]["event"], "Product Added");
+    assert_eq!(events[1]["data"]["context"]["library"]["name"], "test", "batch context merged");
+    assert_eq!(events[1]["source"], "segment");
     let anon = app.get("/v1/streams/anonymous-anon-1").body;
     assert_eq!(anon["events"][0]["data"]["event"], "Pricing");
     // A client retrying the same batch (same messageIds) stores nothing new.
@@ -606,9 +608,13 @@ fn anonymous_history_joins_the_customer_on_identify_and_alias() {
     send(json!({"type": "track", "userId": "u1", "event": "Signed Up"}));
     assert_eq!(send(json!({"type": "alias", "previousId": "a2", "userId": "u1"})).status, 200);
     let tl = app.get("/v1/customers/u1/timeline?type=ActivityTracked").body;
-    let names: Vec<&str> =
-        tl["events"].as_array().unwrap().iter().map(|e| e["data"]["event"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["Pricing", "Product Added", "Blog 0", "Blog 1", "Blog 2", "Signed Up"]);
+    let names: Vec<&str> = tl["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["event"].as_str().or(e["data"]["kind"].as_str()).unwrap())
+        .collect();
+    assert_eq!(names, vec!["Pricing", "Product Added", "Blog 0", "Blog 1", "Blog 2", "identify", "Signed Up"]);
     // Paging through the merged timeline gives the same sequence, no gap, no repeat.
     let mut paged = Vec::new();
     let mut after = 0;
@@ -618,7 +624,8 @@ fn anonymous_history_joins_the_customer_on_identify_and_alias() {
         if evs.is_empty() {
             break;
         }
-        paged.extend(evs.iter().map(|e| e["data"]["event"].as_str().unwrap().to_owned()));
+        paged
+            .extend(evs.iter().map(|e| e["data"]["event"].as_str().or(e["data"]["kind"].as_str()).unwrap().to_owned()));
         after = page["next"].as_u64().unwrap();
     }
     assert_eq!(paged, names);
@@ -685,7 +692,10 @@ fn segment_group_links_the_customer_to_an_account() {
     assert_eq!(segment(&app, "/v1/group", &body, wk).status, 200);
     let c = app.get("/v1/customers/u1").body;
     assert_eq!(c["groups"], json!({"acme": {"name": "Acme", "employees": 40}}));
-    assert_eq!(c["version"], 2, "registered, then one CustomerGroupJoined: the same traits again change nothing");
+    let joined = app.get("/v1/customers/u1/timeline?type=CustomerGroupJoined").body;
+    assert_eq!(joined["events"].as_array().unwrap().len(), 1, "the same traits again change nothing");
+    // Registered, joined, and both calls recorded (each had its own messageId).
+    assert_eq!(c["version"], 4);
     assert_eq!(segment(&app, "/v1/group", r#"{"userId":"u1"}"#, wk).body["error"]["code"], "bad_request");
 }
 
@@ -775,4 +785,63 @@ fn cloudevents_bad_input_writes_nothing() {
     assert_eq!(cloudevents(&app, "application/cloudevents+json", &[], ok, Some("ck_forged")).status, 401);
     assert_eq!(cloudevents(&app, "application/cloudevents+json", &[], ok, None).status, 401);
     assert_eq!(event_count(&app), before);
+}
+
+#[test]
+fn two_known_customers_merge_with_a_defined_survivor() {
+    let app = spawn_app();
+    register(&app, "u1", "one@example.com");
+    register(&app, "u2", "two@example.com");
+    app.call("PATCH", "/v1/customers/u2", Some(&app.key), Some(r#"{"traits":{"city":"Oslo","plan":"pro"}}"#));
+    app.post("/v1/customers/u2/notes", json!({"text": "prefers phone"}));
+    let wk = Some(app.write_key.as_str());
+    let track = json!({"batch": [{"type": "track", "userId": "u2", "event": "Webinar Joined"}]});
+    assert_eq!(segment(&app, "/v1/batch", &track.to_string(), wk).status, 200);
+
+    // Refusals first: they write nothing.
+    let before = event_count(&app);
+    assert_eq!(app.post("/v1/customers/u1/merge", json!({"from": "u1"})).body["error"]["code"], "invalid_merge");
+    assert_eq!(app.post("/v1/customers/u1/merge", json!({"from": "nobody"})).status, 404);
+    assert_eq!(app.post("/v1/customers/u1/merge", json!({"form": "u2"})).status, 400);
+    assert_eq!(app.call("POST", "/v1/customers/u1/merge", Some(&app.other_key), Some(r#"{"from":"u2"}"#)).status, 404);
+    assert_eq!(event_count(&app), before);
+
+    let r = app.post("/v1/customers/u1/merge", json!({"from": "u2"}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The survivor keeps its own values and takes what it lacked.
+    assert_eq!(r.body["email"], "one@example.com");
+    assert_eq!(r.body["traits"]["plan"], "free");
+    assert_eq!(r.body["traits"]["city"], "Oslo");
+    assert_eq!(r.body["notes"][0]["text"], "prefers phone");
+    assert_eq!(r.body["merged_ids"], json!(["u2"]));
+    let dup = app.get("/v1/customers/u2").body;
+    assert_eq!((dup["status"].as_str(), dup["merged_into"].as_str()), (Some("merged"), Some("u1")));
+    // The duplicate is frozen and its address still taken (it finds the survivor).
+    let r = app.call("PATCH", "/v1/customers/u2", Some(&app.key), Some(r#"{"traits":{"x":1}}"#));
+    assert_eq!(r.body["error"]["code"], "customer_merged");
+    assert_eq!(register(&app, "u9", "two@example.com").body["error"]["code"], "email_taken");
+    let check = app.get("/v1/consent-check?customer=u2&channel=email&purpose=marketing").body;
+    assert_eq!(check["reason"], "customer_merged");
+    // The duplicate's history is on the survivor's timeline.
+    let tl = app.get("/v1/customers/u1/timeline?type=ActivityTracked").body;
+    assert_eq!(tl["events"][0]["data"]["event"], "Webinar Joined");
+    // Merging again changes nothing.
+    let before = event_count(&app);
+    assert_eq!(app.post("/v1/customers/u1/merge", json!({"from": "u2"})).status, 200);
+    assert_eq!(event_count(&app), before);
+
+    // Segment: an alias whose previousId is a known customer merges it into the userId.
+    register(&app, "u3", "three@example.com");
+    register(&app, "u4", "four@example.com");
+    let alias = json!({"batch": [{"type": "alias", "previousId": "u3", "userId": "u4"}]});
+    assert_eq!(segment(&app, "/v1/batch", &alias.to_string(), wk).body, json!({"success": true}));
+    assert_eq!(app.get("/v1/customers/u4").body["merged_ids"], json!(["u3"]));
+    assert_eq!(app.get("/v1/customers/u3").body["merged_into"], "u4");
+
+    // Erasing the survivor erases the person's duplicate records too.
+    let r = app.call("DELETE", "/v1/customers/u1", Some(&app.key), None);
+    assert_eq!(r.body["merged_customers_erased"], json!(["u2"]));
+    let dup = app.get("/v1/customers/u2").body;
+    assert_eq!((dup["status"].as_str(), dup["email"].clone()), (Some("erased"), Value::Null));
+    assert_eq!(register(&app, "u9", "two@example.com").status, 201, "the erased addresses are released");
 }

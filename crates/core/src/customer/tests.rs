@@ -309,3 +309,138 @@ fn joining_a_group_records_its_traits_once() {
     assert_eq!(c.groups["g1"], traits);
     assert!(c.decide(CustomerCommand::JoinGroup { group_id: "g1".into(), traits }, &NoEmails).unwrap().is_empty());
 }
+
+/// A customer `id` folded from `events` (versions from 1).
+fn customer(id: &str, events: &[(CustomerEvent, i64)]) -> Customer {
+    let mut c = Customer::new(id);
+    for (i, (e, at)) in events.iter().enumerate() {
+        c.apply(e, i as u64 + 1, t(*at));
+    }
+    c
+}
+
+fn consent(granted: bool) -> CustomerEvent {
+    let r = ConsentRecord {
+        channel: Channel::Email,
+        purpose: Purpose::Marketing,
+        source: "form".into(),
+        legal_basis: "consent".into(),
+        proof: Some(json!({"ip": "192.0.2.7"})),
+    };
+    if granted {
+        CustomerEvent::ConsentGranted(r)
+    } else {
+        CustomerEvent::ConsentRevoked(r)
+    }
+}
+
+fn reg(email: Option<&str>, traits: Value) -> CustomerEvent {
+    CustomerEvent::CustomerRegistered {
+        email: email.map(str::to_owned),
+        phone: None,
+        traits: traits.as_object().unwrap().clone(),
+    }
+}
+
+/// Merge `d` into `s` the way the application does: mark, then absorb.
+fn merge(s: &Customer, d: &Customer) -> (Customer, Customer) {
+    let mut d = d.clone();
+    for e in d.decide(CustomerCommand::MergeInto { survivor: s.id.clone() }, &NoEmails).unwrap() {
+        d.apply(&e, d.version + 1, t(100));
+    }
+    let mut s = s.clone();
+    for e in s.decide(CustomerCommand::Absorb { other: Box::new(d.clone()) }, &NoEmails).unwrap() {
+        s.apply(&e, s.version + 1, t(100));
+    }
+    (s, d)
+}
+
+#[test]
+fn merge_keeps_the_survivors_values_and_takes_what_it_lacks() {
+    let s = customer("s", &[(reg(Some("s@example.com"), json!({"plan": "pro"})), 0), (consent(true), 1)]);
+    let d = customer(
+        "d",
+        &[
+            (reg(Some("d@example.com"), json!({"plan": "free", "city": "Oslo"})), 0),
+            (CustomerEvent::CustomerTagged { tag: "vip".into() }, 1),
+            (CustomerEvent::IdentityLinked { anonymous_id: "anon-1".into() }, 2),
+            (CustomerEvent::LifecycleStageChanged { from: None, to: LifecycleStage::Customer }, 3),
+            // The duplicate's revocation is the person's later word: it wins.
+            (consent(false), 5),
+        ],
+    );
+    let (s, d) = merge(&s, &d);
+    assert_eq!(s.email.as_deref(), Some("s@example.com"));
+    assert_eq!(s.traits["plan"], "pro");
+    assert_eq!(s.traits["city"], "Oslo");
+    assert!(s.tags.contains("vip") && s.anonymous_ids.contains("anon-1"));
+    assert_eq!(s.lifecycle_stage, Some(LifecycleStage::Customer));
+    assert!(!s.consent_check(Channel::Email, Purpose::Marketing).allowed);
+    assert!(s.merged_ids.contains("d"));
+    assert_eq!((d.status, d.merged_into.as_deref()), (CustomerStatus::Merged, Some("s")));
+    assert_eq!(d.consent_check(Channel::Email, Purpose::Marketing).reason, "customer_merged");
+}
+
+#[test]
+fn an_older_decision_of_the_duplicate_does_not_override_the_survivors() {
+    let s = customer("s", &[(reg(None, json!({})), 0), (consent(false), 9)]);
+    let d = customer("d", &[(reg(Some("d@example.com"), json!({})), 0), (consent(true), 3)]);
+    let (s, _) = merge(&s, &d);
+    assert!(!s.consent_check(Channel::Email, Purpose::Marketing).allowed);
+    // The survivor had no address: it takes the duplicate's.
+    assert_eq!(s.email.as_deref(), Some("d@example.com"));
+}
+
+#[test]
+fn a_merged_duplicate_is_frozen_and_merges_are_idempotent() {
+    let s = customer("s", &[(reg(None, json!({})), 0)]);
+    let d = customer("d", &[(reg(None, json!({})), 0)]);
+    let (s2, d2) = merge(&s, &d);
+    let e = d2.decide(CustomerCommand::Tag { tag: "x".into() }, &NoEmails).unwrap_err();
+    assert_eq!(e, CustomerError::Merged { into: "s".into() });
+    // A resumed merge: marking again and absorbing again decide nothing.
+    assert!(d2.decide(CustomerCommand::MergeInto { survivor: "s".into() }, &NoEmails).unwrap().is_empty());
+    assert!(s2.decide(CustomerCommand::Absorb { other: Box::new(d2.clone()) }, &NoEmails).unwrap().is_empty());
+    // Into someone else: refused. Erasure is still allowed.
+    assert!(matches!(
+        d2.decide(CustomerCommand::MergeInto { survivor: "x".into() }, &NoEmails),
+        Err(CustomerError::Merged { .. })
+    ));
+    assert_eq!(d2.decide(CustomerCommand::Erase { reason: None }, &NoEmails).unwrap().len(), 1);
+}
+
+#[test]
+fn merges_are_refused_when_they_make_no_sense() {
+    let s = customer("s", &[(reg(None, json!({})), 0)]);
+    let d = customer("d", &[(reg(None, json!({})), 0)]);
+    let self_merge = s.decide(CustomerCommand::MergeInto { survivor: "s".into() }, &NoEmails);
+    assert!(matches!(self_merge, Err(CustomerError::InvalidMerge(_))));
+    // Absorbing a duplicate that was not marked first.
+    let unmarked = s.decide(CustomerCommand::Absorb { other: Box::new(d.clone()) }, &NoEmails);
+    assert!(matches!(unmarked, Err(CustomerError::InvalidMerge(_))));
+    let erased = customer("e", &[(reg(None, json!({})), 0), (CustomerEvent::CustomerErased { reason: None }, 1)]);
+    assert_eq!(
+        erased.decide(CustomerCommand::MergeInto { survivor: "s".into() }, &NoEmails),
+        Err(CustomerError::Erased)
+    );
+    let deactivated =
+        customer("s", &[(reg(None, json!({})), 0), (CustomerEvent::CustomerDeactivated { reason: None }, 1)]);
+    let (_, marked) = merge(&customer("s", &[(reg(None, json!({})), 0)]), &d);
+    let r = deactivated.decide(CustomerCommand::Absorb { other: Box::new(marked) }, &NoEmails);
+    assert_eq!(r, Err(CustomerError::Deactivated));
+}
+
+#[test]
+fn merge_events_round_trip_through_the_wire_shape() {
+    let s = customer("s", &[(reg(None, json!({})), 0)]);
+    let d = customer("d", &[(reg(Some("d@example.com"), json!({"a": 1})), 0), (consent(true), 1)]);
+    let mut marked = d.clone();
+    for e in d.decide(CustomerCommand::MergeInto { survivor: "s".into() }, &NoEmails).unwrap() {
+        marked.apply(&e, 2, t(2));
+    }
+    for e in s.decide(CustomerCommand::Absorb { other: Box::new(marked) }, &NoEmails).unwrap() {
+        let (ty, data) = e.to_parts();
+        assert_eq!(ty, "CustomersMerged");
+        assert_eq!(CustomerEvent::from_parts(&ty, &data).unwrap(), e);
+    }
+}

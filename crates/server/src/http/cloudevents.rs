@@ -1,13 +1,8 @@
 //! CloudEvents 1.0 over HTTP (`POST /v1/cloudevents`): structured mode
 //! (`application/cloudevents+json`), batch mode (`application/cloudevents-batch+json`) and
 //! binary mode (`ce-*` headers, the body is the data). Authenticated by the tenant's write key
-//! (HTTP Basic user name) or API key (Bearer). A batch is validated whole, then appended.
-//!
-//! Mapping: `id` (unique per `source`) → the event id (derived from source and id, so a
-//! redelivery stores nothing new); `type` → the event type; `source` → the envelope's source;
-//! `time` → event time; `subject` → the customer (`customer-<subject>` stream), else the
-//! `source-<source>` stream. The data and the extension attributes are kept in the payload.
-//! Types that name Chronicle's own domain events are refused: those are written by commands.
+//! (HTTP Basic user name) or API key (Bearer). A batch is validated whole, then appended; the
+//! mapping onto events is `crate::cloudevents`.
 
 use super::error::ApiError;
 use crate::app::App;
@@ -15,9 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use chronicle_core::envelope::{ExpectedVersion, NewEvent};
-use chronicle_core::{customer, deal, order};
-use chrono::{DateTime, Utc};
+use chronicle_core::envelope::ExpectedVersion;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -77,50 +70,14 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     // Validate every event before writing any.
     let mut prepared = Vec::with_capacity(events.len());
     for (i, m) in events.into_iter().enumerate() {
-        prepared.push(prepare(&tenant, m).map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e) })?);
+        prepared.push(
+            crate::cloudevents::prepare(&tenant, m)
+                .map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e) })?,
+        );
     }
     let count = prepared.len();
     for (stream, ev) in prepared {
         app.append(&tenant, &stream, ExpectedVersion::Any, vec![ev]).await?;
     }
     Ok(Json(json!({"success": true, "accepted": count})))
-}
-
-fn prepare(tenant: &str, mut m: Map<String, Value>) -> Result<(String, NewEvent), String> {
-    let text =
-        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    if text(&m, "specversion").as_deref() != Some("1.0") {
-        return Err("specversion must be \"1.0\"".into());
-    }
-    let id = text(&m, "id").ok_or("id is required")?;
-    let source = text(&m, "source").ok_or("source is required")?;
-    let ty = text(&m, "type").ok_or("type is required")?;
-    if ty.len() > 128 {
-        return Err("type is at most 128 characters".into());
-    }
-    if customer::EVENT_TYPES.contains(&ty.as_str())
-        || deal::EVENT_TYPES.contains(&ty.as_str())
-        || order::EVENT_TYPES.contains(&ty.as_str())
-    {
-        return Err(format!("type {ty:?} names one of Chronicle's domain events, which only its commands write"));
-    }
-    let time = match m.get("time") {
-        None => Utc::now(),
-        Some(Value::String(t)) => {
-            DateTime::parse_from_rfc3339(t).map_err(|_| format!("time is not RFC 3339: {t:?}"))?.with_timezone(&Utc)
-        }
-        Some(_) => return Err("time must be a string".into()),
-    };
-    let stream = match text(&m, "subject") {
-        Some(subject) if subject.len() <= 128 && !subject.chars().any(char::is_control) => {
-            customer::stream_of(&subject)
-        }
-        Some(_) => return Err("subject is at most 128 characters, no control characters".into()),
-        None => format!("source-{source}"),
-    };
-    let event_id = crate::ingest::event_id(tenant, &format!("cloudevents\0{source}\0{id}"));
-    let data = m.remove("data").unwrap_or(Value::Null);
-    let mut ev = NewEvent::new(event_id, ty, json!({"data": data, "cloudevent": m}), time).with_source(source);
-    ev.metadata = json!({"transport": "cloudevents"});
-    Ok((stream, ev))
 }

@@ -36,6 +36,8 @@ pub fn profile_json(c: &Customer) -> Value {
         "notes": c.notes,
         "anonymous_ids": c.anonymous_ids,
         "groups": c.groups,
+        "merged_into": c.merged_into,
+        "merged_ids": c.merged_ids,
         "version": c.version,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
@@ -102,10 +104,29 @@ pub async fn patch(
 }
 
 pub async fn erase(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    let c = app
-        .customer_command(&p.tenant, &id, CustomerCommand::Erase { reason: Some("erasure request".into()) }, &p.actor)
-        .await?;
-    Ok(Json(json!({"id": c.id, "status": c.status, "erased": true, "profile_redacted": true, "version": c.version})))
+    let merged: Vec<String> = app.customer(&p.tenant, &id)?.merged_ids.into_iter().collect();
+    let c = app.erase_customer(&p.tenant, &id, &p.actor).await?;
+    Ok(Json(json!({
+        "id": c.id, "status": c.status, "erased": true, "profile_redacted": true, "version": c.version,
+        "merged_customers_erased": merged,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeBody {
+    /// The duplicate to merge into the customer in the path (the survivor).
+    from: String,
+}
+
+pub async fn merge(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<MergeBody>,
+) -> Res<Json<Value>> {
+    let c = app.merge_customers(&p.tenant, &id, &b.from, &p.actor).await?;
+    Ok(Json(profile_json(&c)))
 }
 
 #[derive(Deserialize)]

@@ -27,23 +27,24 @@ impl ApiError {
 
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
-        let message = e.to_string();
-        match e {
-            AppError::BadRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message),
-            AppError::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
-            AppError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
-            AppError::VersionConflict { actual, .. } => ApiError {
-                extra: Some(json!({"actual_version": actual})),
-                ..ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
-            },
-            AppError::Conflict { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
-            AppError::Rule { code, .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
-            AppError::TooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+        let (message, code) = (e.to_string(), e.code());
+        let status = match &e {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::VersionConflict { .. } | AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error; see the server log");
             }
-        }
+        };
+        let extra = match e {
+            AppError::VersionConflict { actual, .. } => Some(json!({"actual_version": actual})),
+            _ => None,
+        };
+        ApiError { extra, ..ApiError::new(status, code, message) }
     }
 }
 

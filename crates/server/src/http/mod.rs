@@ -86,6 +86,11 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
             r("get", "/v1/consent-check", "May this customer be contacted on this channel for this purpose?", 200).query(&["customer", "channel", "purpose"]),
             get(customers::consent_check),
         ),
+        (
+            r("post", "/v1/customers/{id}/merge", "Merge a duplicate customer into this one (this one survives)", 200)
+                .body(r#"{"from":"c-43"}"#),
+            post(customers::merge),
+        ),
         (r("post", "/v1/customers/{id}/deactivate", "Deactivate (history kept)", 200).body(r#"{"reason":"left"}"#), post(customers::deactivate)),
         (r("post", "/v1/customers/{id}/reactivate", "Reactivate", 200), post(customers::reactivate)),
         (r("post", "/v1/customers/{id}/tags", "Tag", 200).body(r#"{"tag":"vip"}"#), post(customers::tag)),

@@ -1,0 +1,52 @@
+//! CloudEvents 1.0 mapped onto Chronicle's events, for the HTTP endpoint and the bulk import.
+//!
+//! Mapping: `id` (unique per `source`) → the event id (derived from source and id, so a
+//! redelivery stores nothing new); `type` → the event type; `source` → the envelope's source;
+//! `time` → event time; `subject` → the customer (`customer-<subject>` stream), else the
+//! `source-<source>` stream. The data and the extension attributes are kept in the payload.
+//! Types that name Chronicle's own domain events are refused: those are written by commands.
+
+use chronicle_core::envelope::NewEvent;
+use chronicle_core::{customer, deal, order};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+/// Validate one event (its attributes as a JSON object) and map it to its stream and event.
+pub fn prepare(tenant: &str, mut m: Map<String, Value>) -> Result<(String, NewEvent), String> {
+    let text =
+        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    if text(&m, "specversion").as_deref() != Some("1.0") {
+        return Err("specversion must be \"1.0\"".into());
+    }
+    let id = text(&m, "id").ok_or("id is required")?;
+    let source = text(&m, "source").ok_or("source is required")?;
+    let ty = text(&m, "type").ok_or("type is required")?;
+    if ty.len() > 128 {
+        return Err("type is at most 128 characters".into());
+    }
+    if customer::EVENT_TYPES.contains(&ty.as_str())
+        || deal::EVENT_TYPES.contains(&ty.as_str())
+        || order::EVENT_TYPES.contains(&ty.as_str())
+    {
+        return Err(format!("type {ty:?} names one of Chronicle's domain events, which only its commands write"));
+    }
+    let time = match m.get("time") {
+        None => Utc::now(),
+        Some(Value::String(t)) => {
+            DateTime::parse_from_rfc3339(t).map_err(|_| format!("time is not RFC 3339: {t:?}"))?.with_timezone(&Utc)
+        }
+        Some(_) => return Err("time must be a string".into()),
+    };
+    let stream = match text(&m, "subject") {
+        Some(subject) if subject.len() <= 128 && !subject.chars().any(char::is_control) => {
+            customer::stream_of(&subject)
+        }
+        Some(_) => return Err("subject is at most 128 characters, no control characters".into()),
+        None => format!("source-{source}"),
+    };
+    let event_id = crate::ingest::event_id(tenant, &format!("cloudevents\0{source}\0{id}"));
+    let data = m.remove("data").unwrap_or(Value::Null);
+    let mut ev = NewEvent::new(event_id, ty, json!({"data": data, "cloudevent": m}), time).with_source(source);
+    ev.metadata = json!({"transport": "cloudevents"});
+    Ok((stream, ev))
+}

@@ -1,0 +1,568 @@
+//! Bulk import (`chronicle import FILE`): NDJSON files of Segment messages or CloudEvents (one
+//! per line, told apart by `specversion`), and CSV files of contacts.
+//!
+//! - **Safe to run again.** Every event's id derives from its line: a Segment line's
+//!   `messageId` (or, when it has none, the SHA-256 of the line), a CloudEvent's `source` and
+//!   `id`, a CSV row's content. A rerun is a replay and stores nothing new.
+//! - **Never half a line.** A line is validated whole before anything of it is written; a line
+//!   that a rule refuses at write time (an e-mail held by another customer) is rejected whole.
+//!   A CSV row is one append. A Segment line that becomes several appends (an identify that
+//!   also links an anonymous id, an "Order Completed" that also places the order) is finished
+//!   by a rerun if a crash cuts it short.
+//! - **Rejected lines** are reported with their line number, a code and the reason; the rest of
+//!   the file is imported.
+//! - **Fast.** Lines are read in chunks; the next chunk is parsed on another core while the
+//!   current one is written; a chunk's lines are written per customer concurrently (activity
+//!   as one append per stream), so the store's group commit carries many appends per fsync.
+//!
+//! CSV contacts: a header row; `id` (or `user_id`, `userId`, `customer_id`) is required;
+//! `email` and `phone` are the profile's; a column `consent:<channel>:<purpose>` holds
+//! `granted` / `revoked` (also true/false, yes/no, 1/0; empty: no decision), recorded with the
+//! row's `consent_source` (else "import") as source and the file and line as proof; every other
+//! non-empty column is a trait (as text). A known customer is updated with what differs.
+
+use crate::app::App;
+use crate::error::AppError;
+use crate::ingest::{self, Message};
+use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Purpose};
+use chronicle_core::envelope::NewEvent;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+
+/// Lines read, parsed and written as one unit of work.
+const CHUNK_LINES: usize = 50_000;
+/// Customers written at once within a chunk.
+const CONCURRENCY: usize = 512;
+/// The longest NDJSON line accepted (a Segment message is further limited to 32 KB).
+const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Who the imported events name as their actor.
+const ACTOR: &str = "import";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+impl Format {
+    /// The format a file's extension names: `.csv`; `.ndjson`, `.jsonl`, `.json`.
+    pub fn of_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+}
+
+/// A line that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    pub line: u64,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Lines (or CSV rows) read, blank lines not counted.
+    pub lines: u64,
+    pub imported: u64,
+    pub rejected: u64,
+    /// Events the log holds now that it did not before (0 on a rerun).
+    pub new_events: u64,
+}
+
+/// Where the import reports as it goes: lines done, and each rejected line.
+pub trait Observer {
+    fn progress(&mut self, lines: u64);
+    fn rejected(&mut self, r: Rejected);
+}
+
+/// Import `input` into `tenant`. `name` (the file's name) goes into CSV consent proofs.
+pub async fn import(
+    app: &App,
+    tenant: &str,
+    format: Format,
+    input: impl BufRead + Send + 'static,
+    name: &str,
+    observer: &mut dyn Observer,
+) -> Result<Report, AppError> {
+    if !app.views().tenant_exists(tenant) {
+        return Err(AppError::BadRequest(format!("no tenant {tenant:?}; create it with `chronicle tenant create`")));
+    }
+    let head = app.store().head().await?;
+    let mut report = match format {
+        Format::Ndjson => ndjson(app, tenant, input, observer).await?,
+        Format::Csv => csv_contacts(app, tenant, input, name, observer).await?,
+    };
+    report.new_events = app.store().head().await? - head;
+    Ok(report)
+}
+
+/// One parsed NDJSON line, ready to write.
+enum Item {
+    Segment(Message),
+    Cloud(String, NewEvent),
+}
+
+type Parsed = Vec<(u64, Result<Item, Rejected>)>;
+
+/// Read up to `CHUNK_LINES` non-blank lines; `next_line` is the number of the next line.
+fn read_chunk(input: &mut impl BufRead, next_line: &mut u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let mut chunk = Vec::new();
+    while chunk.len() < CHUNK_LINES {
+        let mut buf = Vec::new();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        let n = *next_line;
+        *next_line += 1;
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        if !buf.iter().all(u8::is_ascii_whitespace) {
+            chunk.push((n, buf));
+        }
+    }
+    Ok(chunk)
+}
+
+fn parse_chunk(tenant: &str, chunk: Vec<(u64, Vec<u8>)>, now: DateTime<Utc>) -> Parsed {
+    chunk.into_iter().map(|(n, line)| (n, parse_line(tenant, n, &line, now))).collect()
+}
+
+fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
+    let reject = |code, message: String| Rejected { line: n, code, message };
+    if line.len() > MAX_LINE_BYTES {
+        return Err(reject("line_too_large", format!("the line is {} bytes; the limit is 1 MiB", line.len())));
+    }
+    let value: Value = serde_json::from_slice(line).map_err(|e| reject("invalid_json", e.to_string()))?;
+    let Value::Object(mut m) = value else { return Err(reject("bad_request", "a line must be a JSON object".into())) };
+    if m.contains_key("specversion") {
+        let (stream, ev) = crate::cloudevents::prepare(tenant, m).map_err(|e| reject("bad_request", e))?;
+        return Ok(Item::Cloud(stream, ev));
+    }
+    if m.get("messageId").and_then(Value::as_str).is_none_or(str::is_empty) {
+        // Without a messageId the line itself is the identity: the same line again is a replay.
+        let digest = Sha256::digest(line);
+        m.insert("messageId".into(), Value::String(format!("import-{}", hex(&digest[..16]))));
+    }
+    let received_at = ingest::time_field(&m, "receivedAt", 0).map_err(|e| reject(e.code, e.message))?.unwrap_or(now);
+    ingest::parse_message(tenant, 0, Value::Object(m), None, received_at, None)
+        .map(Item::Segment)
+        .map_err(|e| reject(e.code, e.message))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn ndjson(
+    app: &App,
+    tenant: &str,
+    mut input: impl BufRead + Send + 'static,
+    observer: &mut dyn Observer,
+) -> Result<Report, AppError> {
+    let io = |e: std::io::Error| AppError::BadRequest(format!("reading the file: {e}"));
+    let mut next_line = 1;
+    let mut report = Report::default();
+    let first = read_chunk(&mut input, &mut next_line).map_err(io)?;
+    let spawn_parse = |chunk: Vec<(u64, Vec<u8>)>| {
+        let tenant = tenant.to_owned();
+        tokio::task::spawn_blocking(move || parse_chunk(&tenant, chunk, Utc::now()))
+    };
+    let mut pending = (!first.is_empty()).then(|| spawn_parse(first));
+    // The reader moves into a blocking task per chunk and comes back with the chunk read.
+    let mut reader = Some(input);
+    let mut progressed = 1;
+    while let Some(parsing) = pending.take() {
+        let mut r = reader.take().expect("the reader is back");
+        let reading = tokio::task::spawn_blocking(move || {
+            let chunk = read_chunk(&mut r, &mut next_line);
+            (r, next_line, chunk)
+        });
+        let parsed = parsing.await.map_err(|e| AppError::Internal(e.to_string()))?;
+        let (r, n, chunk) = reading.await.map_err(|e| AppError::Internal(e.to_string()))?;
+        let chunk = chunk.map_err(io)?;
+        // Progress counts the file's lines, blank ones included, up to the parsed chunk's end.
+        let done_to = chunk.first().map_or(n, |(first, _)| *first);
+        (reader, next_line) = (Some(r), n);
+        pending = (!chunk.is_empty()).then(|| spawn_parse(chunk));
+        write_parsed(app, tenant, parsed, &mut report, observer).await?;
+        observer.progress(done_to - std::mem::replace(&mut progressed, done_to));
+    }
+    Ok(report)
+}
+
+/// Write one chunk. Lines that touch a common resource (a customer, an anonymous id, an
+/// e-mail address claimed, an order) fall into one group and are written in file order, so the
+/// file's order decides every conflict (the first line claiming an address gets it); the
+/// groups, independent of each other, are written concurrently.
+async fn write_parsed(
+    app: &App,
+    tenant: &str,
+    parsed: Parsed,
+    report: &mut Report,
+    observer: &mut dyn Observer,
+) -> Result<(), AppError> {
+    let lines = parsed.len() as u64;
+    let mut rejected = Vec::new();
+    let mut items = Vec::with_capacity(parsed.len());
+    for (n, item) in parsed {
+        match item {
+            Err(r) => rejected.push(r),
+            Ok(item) => items.push((n, item)),
+        }
+    }
+    let groups = group_by_resources(items, |item| resources(item));
+    let writes = futures_util::stream::iter(groups.into_iter().map(|group| write_group(app, tenant, group)))
+        .buffer_unordered(CONCURRENCY);
+    let results: Vec<Result<Vec<Rejected>, AppError>> = writes.collect().await;
+    for r in results {
+        rejected.extend(r?);
+    }
+    rejected.sort_by_key(|r| r.line);
+    report.lines += lines;
+    report.rejected += rejected.len() as u64;
+    report.imported += lines - rejected.len() as u64;
+    rejected.into_iter().for_each(|r| observer.rejected(r));
+    Ok(())
+}
+
+/// The resources a line touches, as keys: `u` customer, `a` anonymous id, `e` e-mail, `o` order.
+fn resources(item: &Item) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2);
+    match item {
+        Item::Segment(m) => {
+            keys.extend(m.user_id.iter().map(|u| format!("u\0{u}")));
+            keys.extend(m.anonymous_id.iter().map(|a| format!("a\0{a}")));
+            let text = |k: &str| {
+                m.raw
+                    .get(k)
+                    .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())))
+            };
+            if let Some(prev) = text("previousId") {
+                // An alias's previousId may be a visitor or a customer.
+                keys.push(format!("a\0{prev}"));
+                keys.push(format!("u\0{prev}"));
+            }
+            let traits = m.raw.get("traits").and_then(Value::as_object);
+            if let Some(e) = traits.and_then(|t| t.get("email")).and_then(Value::as_str) {
+                keys.push(format!("e\0{}", e.trim().to_lowercase()));
+            }
+            let order = m.raw.get("properties").and_then(|p| p.get("order_id"));
+            if let Some(o) =
+                order.and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())))
+            {
+                keys.push(format!("o\0{o}"));
+            }
+        }
+        Item::Cloud(stream, _) => match chronicle_core::customer::id_of_stream(stream) {
+            Some(id) => keys.push(format!("u\0{id}")),
+            None => keys.push(format!("s\0{stream}")),
+        },
+    }
+    keys
+}
+
+/// Group items that share a resource (transitively), keeping file order within each group.
+fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<String>) -> Vec<Vec<(u64, T)>> {
+    // Union-find over the items: each resource remembers the first item that touched it.
+    let mut parent: Vec<usize> = (0..items.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut first: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for (i, (_, item)) in items.iter().enumerate() {
+        for key in keys_of(item) {
+            match first.get(&key) {
+                Some(&j) => {
+                    let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                    parent[a.max(b)] = a.min(b);
+                }
+                None => {
+                    first.insert(key, i);
+                }
+            }
+        }
+    }
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    let mut groups: Vec<Vec<(u64, T)>> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let r = root(&mut parent, i);
+        let g = *group_of.entry(r).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(item);
+    }
+    groups
+}
+
+/// Write one group's lines in file order (consecutive Segment lines together, consecutive
+/// CloudEvents of one stream as one append); returns the lines a rule refused.
+async fn write_group(app: &App, tenant: &str, group: Vec<(u64, Item)>) -> Result<Vec<Rejected>, AppError> {
+    let lines: Vec<u64> = group.iter().map(|(n, _)| *n).collect();
+    let mut rejected = Vec::new();
+    let mut items = group.into_iter().map(|(_, item)| item).enumerate().peekable();
+    while let Some((first, item)) = items.next() {
+        match item {
+            Item::Segment(m) => {
+                let mut run = vec![m];
+                while let Some((_, Item::Segment(_))) = items.peek() {
+                    let Some((_, Item::Segment(m))) = items.next() else { unreachable!("peeked") };
+                    run.push(m);
+                }
+                let out = ingest::write(app, tenant, ACTOR, run).await?;
+                rejected.extend(out.rejected.into_iter().map(|(i, code, message)| Rejected {
+                    line: lines[first + i],
+                    code,
+                    message,
+                }));
+            }
+            Item::Cloud(stream, ev) => {
+                let mut run = vec![(first, ev)];
+                while let Some((_, Item::Cloud(s, _))) = items.peek() {
+                    if *s != stream {
+                        break;
+                    }
+                    let Some((i, Item::Cloud(_, ev))) = items.next() else { unreachable!("peeked") };
+                    run.push((i, ev));
+                }
+                for (i, result) in ingest::append_run(app, tenant, stream, run).await {
+                    match result {
+                        Ok(()) => {}
+                        Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+                        Err(e) => rejected.push(Rejected { line: lines[i], code: e.code(), message: e.to_string() }),
+                    }
+                }
+            }
+        }
+    }
+    Ok(rejected)
+}
+
+/// The CSV columns that mean something; every other column is a trait.
+struct Columns {
+    id: usize,
+    email: Option<usize>,
+    phone: Option<usize>,
+    consent_source: Option<usize>,
+    consents: Vec<(usize, Channel, Purpose)>,
+    traits: Vec<(usize, String)>,
+    names: Vec<String>,
+}
+
+impl Columns {
+    fn of(headers: &csv::StringRecord) -> Result<Columns, AppError> {
+        let names: Vec<String> = headers.iter().map(|h| h.trim().to_owned()).collect();
+        let find = |alts: &[&str]| names.iter().position(|n| alts.iter().any(|a| n.eq_ignore_ascii_case(a)));
+        let id = find(&["id", "user_id", "userId", "customer_id"]).ok_or_else(|| {
+            AppError::BadRequest("the CSV header needs an id column (id, user_id or customer_id)".into())
+        })?;
+        let (email, phone, consent_source) = (find(&["email"]), find(&["phone"]), find(&["consent_source"]));
+        let mut consents = Vec::new();
+        let mut traits = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            if [Some(id), email, phone, consent_source].contains(&Some(i)) {
+                continue;
+            }
+            if let Some(rest) = n.strip_prefix("consent:") {
+                let bad = || {
+                    AppError::BadRequest(format!(
+                        "column {n:?}: write consent:<channel>:<purpose>, e.g. consent:email:marketing"
+                    ))
+                };
+                let (c, p) = rest.split_once(':').ok_or_else(bad)?;
+                let channel = serde_json::from_value(json!(c)).map_err(|_| bad())?;
+                let purpose = serde_json::from_value(json!(p)).map_err(|_| bad())?;
+                consents.push((i, channel, purpose));
+            } else if n.is_empty() {
+                return Err(AppError::BadRequest(format!("column {} has no name", i + 1)));
+            } else {
+                traits.push((i, n.clone()));
+            }
+        }
+        Ok(Columns { id, email, phone, consent_source, consents, traits, names })
+    }
+}
+
+/// One CSV row as a customer's commands (validated) and the key its events' ids derive from.
+struct Contact {
+    line: u64,
+    id: String,
+    email: Option<String>,
+    phone: Option<String>,
+    traits: Map<String, Value>,
+    consents: Vec<ConsentInput>,
+    key: String,
+}
+
+fn contact(cols: &Columns, row: &csv::StringRecord, line: u64, name: &str) -> Result<Contact, Rejected> {
+    let reject = |code, message: String| Rejected { line, code, message };
+    let field = |i: usize| row.get(i).map(str::trim).filter(|s| !s.is_empty());
+    let id = field(cols.id).ok_or_else(|| reject("bad_request", "the id is empty".into()))?.to_owned();
+    let email = field_opt(cols.email, &field);
+    if let Some(e) = &email {
+        chronicle_core::customer::normalize_email(e).map_err(|e| reject("bad_request", e.to_string()))?;
+    }
+    let phone = field_opt(cols.phone, &field);
+    if let Some(p) = &phone {
+        chronicle_core::customer::normalize_phone(p).map_err(|e| reject("bad_request", e.to_string()))?;
+    }
+    let source = field_opt(cols.consent_source, &field).unwrap_or_else(|| "import".into());
+    let mut consents = Vec::new();
+    for (i, channel, purpose) in &cols.consents {
+        let granted = match field(*i).map(str::to_ascii_lowercase).as_deref() {
+            None => continue,
+            Some("granted" | "true" | "yes" | "1") => true,
+            Some("revoked" | "false" | "no" | "0") => false,
+            Some(other) => {
+                return Err(reject("bad_request", format!("{}: {other:?} is not granted or revoked", cols.names[*i])))
+            }
+        };
+        consents.push(ConsentInput {
+            channel: *channel,
+            purpose: *purpose,
+            granted,
+            source: Some(source.clone()),
+            legal_basis: None,
+            proof: Some(json!({"import": name, "line": line})),
+        });
+    }
+    let traits =
+        cols.traits.iter().filter_map(|(i, n)| field(*i).map(|v| (n.clone(), Value::String(v.to_owned())))).collect();
+    let mut h = Sha256::new();
+    for f in row.iter() {
+        h.update(f.as_bytes());
+        h.update([0x1f]);
+    }
+    Ok(Contact { line, id, email, phone, traits, consents, key: format!("import-csv-{}", hex(&h.finalize()[..16])) })
+}
+
+fn field_opt<'a>(i: Option<usize>, field: &impl Fn(usize) -> Option<&'a str>) -> Option<String> {
+    i.and_then(field).map(str::to_owned)
+}
+
+async fn csv_contacts(
+    app: &App,
+    tenant: &str,
+    input: impl BufRead,
+    name: &str,
+    observer: &mut dyn Observer,
+) -> Result<Report, AppError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let headers = reader.headers().map_err(|e| AppError::BadRequest(format!("reading the CSV header: {e}")))?.clone();
+    let cols = Columns::of(&headers)?;
+    let mut report = Report::default();
+    let mut records = reader.records();
+    loop {
+        let mut rejected = Vec::new();
+        let mut contacts = Vec::new();
+        let mut lines = 0u64;
+        for row in records.by_ref().take(CHUNK_LINES) {
+            lines += 1;
+            match row {
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    rejected.push(Rejected { line, code: "bad_request", message: e.to_string() });
+                }
+                Ok(row) if row.len() != headers.len() => {
+                    let line = row.position().map_or(0, |p| p.line());
+                    let message = format!("the row has {} fields; the header has {}", row.len(), headers.len());
+                    rejected.push(Rejected { line, code: "bad_request", message });
+                }
+                Ok(row) => {
+                    let line = row.position().map_or(0, |p| p.line());
+                    match contact(&cols, &row, line, name) {
+                        Ok(c) => contacts.push((line, c)),
+                        Err(r) => rejected.push(r),
+                    }
+                }
+            }
+        }
+        if lines == 0 {
+            break;
+        }
+        let writes = futures_util::stream::iter(
+            group_by_resources(contacts, contact_keys).into_iter().map(|g| write_contacts(app, tenant, name, g)),
+        )
+        .buffer_unordered(CONCURRENCY);
+        let results: Vec<Result<Vec<Rejected>, AppError>> = writes.collect().await;
+        for r in results {
+            rejected.extend(r?);
+        }
+        rejected.sort_by_key(|r| r.line);
+        report.lines += lines;
+        report.rejected += rejected.len() as u64;
+        report.imported += lines - rejected.len() as u64;
+        rejected.into_iter().for_each(|r| observer.rejected(r));
+        observer.progress(lines);
+    }
+    Ok(report)
+}
+
+/// Write one customer's rows in order, each as one append.
+/// Rows of one customer, or claiming one address, are written in file order.
+fn contact_keys(c: &Contact) -> Vec<String> {
+    let mut k = vec![format!("u\0{}", c.id)];
+    k.extend(c.email.iter().map(|e| format!("e\0{}", e.trim().to_lowercase())));
+    k
+}
+
+async fn write_contacts(
+    app: &App,
+    tenant: &str,
+    name: &str,
+    contacts: Vec<(u64, Contact)>,
+) -> Result<Vec<Rejected>, AppError> {
+    let mut rejected = Vec::new();
+    for (_, c) in contacts {
+        let cmds = match app.customer(tenant, &c.id) {
+            Err(_) => vec![CustomerCommand::Register {
+                email: c.email,
+                phone: c.phone,
+                traits: c.traits,
+                consents: c.consents,
+            }],
+            Ok(known) => {
+                let mut cmds =
+                    vec![CustomerCommand::UpdateProfile { email: c.email, phone: c.phone, traits: c.traits }];
+                // Only decisions that differ from the current one are news.
+                cmds.extend(
+                    c.consents
+                        .into_iter()
+                        .filter(|i| {
+                            known
+                                .consents
+                                .values()
+                                .all(|s| (s.channel, s.purpose) != (i.channel, i.purpose) || s.granted != i.granted)
+                        })
+                        .map(CustomerCommand::SetConsent),
+                );
+                cmds
+            }
+        };
+        // The row itself is recorded with its effect, so running the file again never applies
+        // an old row on top of a newer one (see `App::customer_commands_from`).
+        let record = ("ContactImported".to_owned(), json!({"file": name, "line": c.line}));
+        match app.customer_commands_from(tenant, &c.id, cmds, ACTOR, Some((&c.key, Utc::now())), Some(record)).await {
+            Ok(_) => {}
+            Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+            Err(e) => rejected.push(Rejected { line: c.line, code: e.code(), message: e.to_string() }),
+        }
+    }
+    Ok(rejected)
+}
