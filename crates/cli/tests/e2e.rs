@@ -357,3 +357,96 @@ fn official_segment_clients_land_on_the_right_customers_and_retries_store_nothin
     sigterm(&mut server);
     assert!(chronicle(&data, &["verify"]).status.success());
 }
+
+/// The `{...}` summary line `chronicle import` prints on stdout.
+fn import_summary(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("no summary in {stdout:?}"))
+}
+
+#[test]
+fn import_reports_rejected_lines_and_a_rerun_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(chronicle(&data, &["tenant", "create", "acme"]).status.success());
+    let ndjson = dir.path().join("export.ndjson");
+    std::fs::write(
+        &ndjson,
+        [
+            r#"{"type":"page","anonymousId":"a1","name":"Pricing","timestamp":"2026-10-01T10:00:00Z"}"#,
+            r#"{"type":"identify","userId":"u1","anonymousId":"a1","traits":{"email":"u1@example.com","plan":"free"},"messageId":"m1"}"#,
+            "",
+            r#"{"type":"track","event":"No ids"}"#,
+            r#"{"type":"track","userId":"u1","event":"Order Completed","properties":{"order_id":"o1","total":12.5}}"#,
+            r#"{"type":"track","userId":"u2","event":"Cut off""#,
+            r#"{"type":"identify","userId":"u1","traits":{"plan":"pro"},"messageId":"m2"}"#,
+            r#"{"type":"identify","userId":"u3","traits":{"email":"u1@example.com"}}"#,
+            r#"{"specversion":"1.0","id":"e1","source":"/crm","type":"com.example.call","subject":"u1","time":"2026-10-02T09:00:00Z"}"#,
+            r#"{"specversion":"1.0","id":"e2","source":"/crm","type":"CustomerErased","subject":"u1"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let rejects = dir.path().join("rejects.ndjson");
+    let args = ["import", ndjson.to_str().unwrap(), "--tenant", "acme", "--rejects", rejects.to_str().unwrap()];
+    let out = chronicle(&data, &args);
+    assert_eq!(out.status.code(), Some(1), "some lines were rejected");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in ["line 4: no_user_anon_id", "line 6: invalid_json", "line 8: email_taken", "line 10: bad_request"] {
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    }
+    let summary = import_summary(&out);
+    assert_eq!(
+        (summary["lines"].as_u64(), summary["imported"].as_u64(), summary["rejected"].as_u64()),
+        (Some(9), Some(5), Some(4))
+    );
+    let first_events = summary["new_events"].as_u64().unwrap();
+    assert!(first_events >= 5, "{summary}");
+    let rejected: Vec<Value> =
+        std::fs::read_to_string(&rejects).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rejected.iter().map(|r| r["line"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 6, 8, 10]);
+
+    // The same file again: the same lines rejected, nothing new stored (the older identify in
+    // it does not undo the newer one).
+    let again = import_summary(&chronicle(&data, &args));
+    assert_eq!((again["new_events"].as_u64(), again["rejected"].as_u64()), (Some(0), Some(4)));
+
+    // A CSV of contacts: one bad row, one update of a known customer, one new customer.
+    let csv = dir.path().join("contacts.csv");
+    std::fs::write(
+        &csv,
+        "id,email,first_name,consent:email:marketing,consent_source\n\
+         u1,,Ada,granted,fair-2026\n\
+         c2,not-an-email,Bo,,\n\
+         c3,c3@example.com,\"Cy, Jr.\",revoked,\n",
+    )
+    .unwrap();
+    let csv_args = ["import", csv.to_str().unwrap(), "--tenant", "acme"];
+    let out = chronicle(&data, &csv_args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3: bad_request: invalid e-mail address"));
+    assert_eq!(import_summary(&out)["imported"], 2);
+    assert_eq!(import_summary(&chronicle(&data, &csv_args))["new_events"], 0, "a rerun adds nothing");
+
+    // An import goes through the data folder's lock like every other command.
+    let (mut server, _, _) = start(&data, &["serve"]);
+    let out = chronicle(&data, &csv_args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    sigterm(&mut server);
+
+    let history = chronicle(&data, &["history", "u1", "--tenant", "acme"]);
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&history.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"IdentityLinked") && types.contains(&"com.example.call") && types.contains(&"ConsentGranted")
+    );
+    let plan_changes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "CustomerProfileUpdated")
+        .filter_map(|e| e["data"]["changes"].get("traits.plan"))
+        .collect();
+    assert_eq!(plan_changes.len(), 1, "free → pro once, never back: {plan_changes:?}");
+    let imported = events.iter().filter(|e| e["type"] == "ContactImported").count();
+    assert_eq!(imported, 1);
+    assert!(chronicle(&data, &["verify"]).status.success());
+}

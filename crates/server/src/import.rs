@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Lines read, parsed and written as one unit of work.
 const CHUNK_LINES: usize = 50_000;
@@ -88,7 +89,7 @@ pub trait Observer {
 
 /// Import `input` into `tenant`. `name` (the file's name) goes into CSV consent proofs.
 pub async fn import(
-    app: &App,
+    app: &Arc<App>,
     tenant: &str,
     format: Format,
     input: impl BufRead + Send + 'static,
@@ -135,8 +136,22 @@ fn read_chunk(input: &mut impl BufRead, next_line: &mut u64) -> std::io::Result<
     Ok(chunk)
 }
 
-fn parse_chunk(tenant: &str, chunk: Vec<(u64, Vec<u8>)>, now: DateTime<Utc>) -> Parsed {
-    chunk.into_iter().map(|(n, line)| (n, parse_line(tenant, n, &line, now))).collect()
+/// Parse a chunk on every core (its halves side by side), keeping line order.
+fn parse_chunk(tenant: &str, mut chunk: Vec<(u64, Vec<u8>)>, now: DateTime<Utc>) -> Parsed {
+    let parse = |part: Vec<(u64, Vec<u8>)>| -> Parsed {
+        part.into_iter().map(|(n, line)| (n, parse_line(tenant, n, &line, now))).collect()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || chunk.len() < 1000 {
+        return parse(chunk);
+    }
+    let second = chunk.split_off(chunk.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| parse(second));
+        let mut first = parse(chunk);
+        first.extend(other.join().expect("parser thread"));
+        first
+    })
 }
 
 fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
@@ -150,13 +165,15 @@ fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<I
         let (stream, ev) = crate::cloudevents::prepare(tenant, m).map_err(|e| reject("bad_request", e))?;
         return Ok(Item::Cloud(stream, ev));
     }
+    let mut text_len = line.len();
     if m.get("messageId").and_then(Value::as_str).is_none_or(str::is_empty) {
+        text_len += 64;
         // Without a messageId the line itself is the identity: the same line again is a replay.
         let digest = Sha256::digest(line);
         m.insert("messageId".into(), Value::String(format!("import-{}", hex(&digest[..16]))));
     }
     let received_at = ingest::time_field(&m, "receivedAt", 0).map_err(|e| reject(e.code, e.message))?.unwrap_or(now);
-    ingest::parse_message(tenant, 0, Value::Object(m), None, received_at, None)
+    ingest::parse_message(tenant, 0, Value::Object(m), None, received_at, None, Some(text_len))
         .map(Item::Segment)
         .map_err(|e| reject(e.code, e.message))
 }
@@ -166,7 +183,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 async fn ndjson(
-    app: &App,
+    app: &Arc<App>,
     tenant: &str,
     mut input: impl BufRead + Send + 'static,
     observer: &mut dyn Observer,
@@ -207,7 +224,7 @@ async fn ndjson(
 /// file's order decides every conflict (the first line claiming an address gets it); the
 /// groups, independent of each other, are written concurrently.
 async fn write_parsed(
-    app: &App,
+    app: &Arc<App>,
     tenant: &str,
     parsed: Parsed,
     report: &mut Report,
@@ -222,19 +239,31 @@ async fn write_parsed(
             Ok(item) => items.push((n, item)),
         }
     }
-    let groups = group_by_resources(items, |item| resources(item));
-    let writes = futures_util::stream::iter(groups.into_iter().map(|group| write_group(app, tenant, group)))
-        .buffer_unordered(CONCURRENCY);
-    let results: Vec<Result<Vec<Rejected>, AppError>> = writes.collect().await;
-    for r in results {
-        rejected.extend(r?);
-    }
+    let groups = group_by_resources(items, resources);
+    let spawn = |group| {
+        let (app, tenant) = (app.clone(), tenant.to_owned());
+        tokio::spawn(async move { write_group(&app, &tenant, group).await })
+    };
+    rejected.extend(run_all(groups.into_iter().map(spawn)).await?);
     rejected.sort_by_key(|r| r.line);
     report.lines += lines;
     report.rejected += rejected.len() as u64;
     report.imported += lines - rejected.len() as u64;
     rejected.into_iter().for_each(|r| observer.rejected(r));
     Ok(())
+}
+
+/// Run the group writes (spawned lazily, at most `CONCURRENCY` at a time, on every core) and
+/// gather the lines they refused.
+async fn run_all(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<Result<Vec<Rejected>, AppError>>>,
+) -> Result<Vec<Rejected>, AppError> {
+    let mut results = futures_util::stream::iter(tasks).buffer_unordered(CONCURRENCY);
+    let mut rejected = Vec::new();
+    while let Some(r) = results.next().await {
+        rejected.extend(r.map_err(|e| AppError::Internal(e.to_string()))??);
+    }
+    Ok(rejected)
 }
 
 /// The resources a line touches, as keys: `u` customer, `a` anonymous id, `e` e-mail, `o` order.
@@ -457,7 +486,7 @@ fn field_opt<'a>(i: Option<usize>, field: &impl Fn(usize) -> Option<&'a str>) ->
 }
 
 async fn csv_contacts(
-    app: &App,
+    app: &Arc<App>,
     tenant: &str,
     input: impl BufRead,
     name: &str,
@@ -496,14 +525,11 @@ async fn csv_contacts(
         if lines == 0 {
             break;
         }
-        let writes = futures_util::stream::iter(
-            group_by_resources(contacts, contact_keys).into_iter().map(|g| write_contacts(app, tenant, name, g)),
-        )
-        .buffer_unordered(CONCURRENCY);
-        let results: Vec<Result<Vec<Rejected>, AppError>> = writes.collect().await;
-        for r in results {
-            rejected.extend(r?);
-        }
+        let spawn = |group| {
+            let (app, tenant, name) = (app.clone(), tenant.to_owned(), name.to_owned());
+            tokio::spawn(async move { write_contacts(&app, &tenant, &name, group).await })
+        };
+        rejected.extend(run_all(group_by_resources(contacts, contact_keys).into_iter().map(spawn)).await?);
         rejected.sort_by_key(|r| r.line);
         report.lines += lines;
         report.rejected += rejected.len() as u64;

@@ -112,9 +112,15 @@ pub fn parse_message(
     kind: Option<Kind>,
     received_at: DateTime<Utc>,
     batch_sent_at: Option<DateTime<Utc>>,
+    text_len: Option<usize>,
 ) -> Result<Message, Invalid> {
     let Value::Object(m) = value else { return Err(invalid(index, "bad_request", "a message must be a JSON object")) };
-    let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
+    // `text_len`: the length of the JSON text the message was parsed from, when known. Compact
+    // serialization never outgrows its source text, so a short text needs no measuring.
+    let size = match text_len {
+        Some(n) if n <= MAX_MESSAGE_BYTES => n,
+        _ => serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX),
+    };
     if size > MAX_MESSAGE_BYTES {
         return Err(invalid(index, "message_too_large", format!("message is {size} bytes; the limit is 32 KB")));
     }
@@ -199,7 +205,7 @@ pub fn parse_batch(tenant: &str, body: Value, received_at: DateTime<Utc>) -> Res
                     merge_into(m, k, v);
                 }
             }
-            parse_message(tenant, i, msg, None, received_at, sent_at)
+            parse_message(tenant, i, msg, None, received_at, sent_at, None)
         })
         .collect()
 }
@@ -302,32 +308,54 @@ async fn write_activity_run(
 }
 
 /// Append a run of events (each tagged with its message's index) to one stream in one append.
-/// When some were stored by an earlier attempt (a client retry, an import run again), they are
-/// written one by one, so each stored one is a replay and each new one is appended.
+/// Events already stored (a client retry, an import run again) are left out: their messages
+/// were delivered before. Asking first, rather than retrying after a refusal, spares copying
+/// every batch just in case.
 pub(crate) async fn append_run(
     app: &App,
     tenant: &str,
     stream: String,
     evs: Vec<(usize, NewEvent)>,
 ) -> Vec<(usize, Result<(), AppError>)> {
-    let indices: Vec<usize> = evs.iter().map(|(i, _)| *i).collect();
-    let batch: Vec<NewEvent> = evs.iter().map(|(_, e)| e.clone()).collect();
-    match app.append(tenant, &stream, ExpectedVersion::Any, batch).await {
-        Ok(_) => indices.into_iter().map(|i| (i, Ok(()))).collect(),
-        Err(AppError::Conflict { code: "event_id_reused", .. }) => {
-            let mut results = Vec::with_capacity(evs.len());
-            for (i, e) in evs {
-                results.push((i, app.append(tenant, &stream, ExpectedVersion::Any, vec![e]).await.map(|_| ())));
-            }
-            results
-        }
+    let ids: Vec<uuid::Uuid> = evs.iter().map(|(_, e)| e.id).collect();
+    let stored = match app.store().stored(&ids).await {
+        Ok(s) => s,
         Err(e) => {
             let msg = e.to_string();
-            let internal = matches!(e, AppError::Internal(_));
-            let err = || if internal { AppError::Internal(msg.clone()) } else { AppError::BadRequest(msg.clone()) };
-            indices.into_iter().map(|i| (i, Err(err()))).collect()
+            return evs.into_iter().map(|(i, _)| (i, Err(AppError::Internal(msg.clone())))).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(evs.len());
+    let mut batch = Vec::with_capacity(evs.len());
+    let mut indices = Vec::with_capacity(evs.len());
+    for ((i, e), stored) in evs.into_iter().zip(stored) {
+        if stored {
+            results.push((i, Ok(())));
+        } else {
+            indices.push(i);
+            batch.push(e);
         }
     }
+    if batch.is_empty() {
+        return results;
+    }
+    match app.append(tenant, &stream, ExpectedVersion::Any, batch).await {
+        Ok(_) => results.extend(indices.into_iter().map(|i| (i, Ok(())))),
+        Err(e) => {
+            // Internal errors abort the request; anything else (another delivery of the same
+            // messages racing this one) refuses these messages, which the sender may retry.
+            let (msg, internal) = (e.to_string(), matches!(e, AppError::Internal(_)));
+            let err = || {
+                if internal {
+                    AppError::Internal(msg.clone())
+                } else {
+                    AppError::Conflict { code: "retry", message: format!("{msg}; send it again") }
+                }
+            };
+            results.extend(indices.into_iter().map(|i| (i, Err(err()))));
+        }
+    }
+    results
 }
 
 /// What a Segment e-commerce event means for the Order aggregate.
@@ -422,12 +450,13 @@ async fn apply_order_effect(app: &App, tenant: &str, actor: &str, e: OrderEffect
 
 /// The stream and the `ActivityTracked` event of a track, page or screen message.
 fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
-    let stream = match (&msg.user_id, &msg.anonymous_id) {
+    let Message { kind, user_id, anonymous_id, message_id, event_time, event_id, raw: mut m } = msg;
+    let stream = match (&user_id, &anonymous_id) {
         (Some(u), _) => customer::stream_of(u),
         (None, Some(a)) => format!("anonymous-{a}"),
         (None, None) => unreachable!("validated: one of the ids is present"),
     };
-    let kind = match msg.kind {
+    let kind_name = match kind {
         Kind::Identify => "identify",
         Kind::Track => "track",
         Kind::Page => "page",
@@ -435,23 +464,23 @@ fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
         Kind::Alias => "alias",
         Kind::Group => "group",
     };
-    let name = match msg.kind {
-        Kind::Track => msg.raw.get("event").cloned(),
-        _ => msg.raw.get("name").cloned(),
-    }
-    .unwrap_or(Value::Null);
-    let data = json!({
-        "kind": kind,
-        "event": name,
-        "properties": msg.raw.get("properties").or(msg.raw.get("traits")).cloned().unwrap_or_else(|| json!({})),
-        "context": msg.raw.get("context").cloned().unwrap_or_else(|| json!({})),
-        "message_id": msg.message_id,
-        "user_id": msg.user_id,
-        "anonymous_id": msg.anonymous_id,
-    });
-    let mut ev =
-        NewEvent::new(msg.event_id, "ActivityTracked", data, msg.event_time).with_source("segment").with_actor(actor);
-    ev.metadata = json!({"integrations": msg.raw.get("integrations").cloned().unwrap_or(Value::Null)});
+    // The message is ours: its parts move into the event instead of being copied.
+    let name = m.remove(if kind == Kind::Track { "event" } else { "name" }).unwrap_or(Value::Null);
+    let properties = m.remove("properties").or_else(|| m.remove("traits")).unwrap_or_else(|| json!({}));
+    let mut data = Map::with_capacity(7);
+    data.insert("kind".into(), Value::String(kind_name.into()));
+    data.insert("event".into(), name);
+    data.insert("properties".into(), properties);
+    data.insert("context".into(), m.remove("context").unwrap_or_else(|| json!({})));
+    data.insert("message_id".into(), Value::String(message_id));
+    data.insert("user_id".into(), user_id.map_or(Value::Null, Value::String));
+    data.insert("anonymous_id".into(), anonymous_id.map_or(Value::Null, Value::String));
+    let mut ev = NewEvent::new(event_id, "ActivityTracked", Value::Object(data), event_time)
+        .with_source("segment")
+        .with_actor(actor);
+    let mut meta = Map::with_capacity(1);
+    meta.insert("integrations".into(), m.remove("integrations").unwrap_or(Value::Null));
+    ev.metadata = Value::Object(meta);
     (stream, ev)
 }
 
@@ -555,7 +584,7 @@ mod tests {
     #[test]
     fn clock_skew_is_corrected_as_segment_defines_it() {
         let m = json!({"type": "track", "userId": "u1", "event": "X", "timestamp": "2026-01-01T10:00:00Z", "sentAt": "2026-01-01T10:05:00Z"});
-        let msg = parse_message("t", 0, m, None, at("2026-01-01T12:00:10Z"), None).unwrap();
+        let msg = parse_message("t", 0, m, None, at("2026-01-01T12:00:10Z"), None, None).unwrap();
         // The client's clock runs 2 h 5 s behind: the event happened 5 min before receipt.
         assert_eq!(msg.event_time, at("2026-01-01T11:55:10Z"));
         let no_sent = parse_message(
@@ -564,6 +593,7 @@ mod tests {
             json!({"type": "page", "anonymousId": "a", "timestamp": "2026-01-01T10:00:00Z"}),
             None,
             at("2026-01-02T00:00:00Z"),
+            None,
             None,
         )
         .unwrap();
@@ -579,7 +609,7 @@ mod tests {
 
     #[test]
     fn bad_messages_are_named() {
-        let r = |v: Value| parse_message("t", 3, v, None, Utc::now(), None).unwrap_err();
+        let r = |v: Value| parse_message("t", 3, v, None, Utc::now(), None, None).unwrap_err();
         assert_eq!(r(json!({"type": "track", "event": "X"})).code, "no_user_anon_id");
         assert_eq!(r(json!({"type": "teleport", "userId": "u"})).code, "unknown_type");
         assert_eq!(r(json!({"type": "track", "userId": "u"})).code, "bad_request");

@@ -36,6 +36,7 @@ macro_rules! contract_tests {
             idempotent_replay_returns_the_original_result,
             replay_must_match_stream_tenant_and_order,
             partial_id_reuse_is_rejected_and_writes_nothing,
+            stored_tells_which_ids_are_committed,
             duplicate_ids_in_one_batch_are_rejected,
             ids_are_global_across_tenants,
             tenants_are_isolated,
@@ -252,6 +253,19 @@ pub async fn partial_id_reuse_is_rejected_and_writes_nothing(store: Store) {
     // The fresh id was not stored by the rejected batches.
     assert_eq!(append(&store, "t1", "s", ExpectedVersion::Exact(2), vec![fresh.clone()]).await, result(3, 3, 3));
     assert_eq!(ids(&all(&store).await), vec![original[0].id, original[1].id, fresh.id]);
+}
+
+pub async fn stored_tells_which_ids_are_committed(store: Store) {
+    let (a, b) = (batch(2), batch(1));
+    append(&store, "t1", "s", ExpectedVersion::NoStream, a.clone()).await;
+    append(&store, "t2", "other", ExpectedVersion::NoStream, b.clone()).await;
+    let fresh = event(9);
+    let asked = [a[1].id, fresh.id, b[0].id, a[0].id];
+    assert_eq!(store.stored(&asked).await.unwrap(), vec![true, false, true, true]);
+    assert!(store.stored(&[]).await.unwrap().is_empty());
+    // A rejected append stores nothing.
+    let _ = store.append("t1", "s", ExpectedVersion::Exact(7), vec![fresh.clone()]).await;
+    assert_eq!(store.stored(&[fresh.id]).await.unwrap(), vec![false]);
 }
 
 pub async fn duplicate_ids_in_one_batch_are_rejected(store: Store) {

@@ -84,6 +84,10 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(self.read_all(after, limit).await?.into_iter().map(RawEnvelope::from_envelope).collect())
     }
 
+    /// Which of `ids` are stored (committed, in any stream of any tenant), in order. A writer of
+    /// messages that may have been delivered before sends only the new ones.
+    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError>;
+
     /// The position of the last committed event (0 when empty).
     async fn head(&self) -> Result<u64, ReadError>;
 

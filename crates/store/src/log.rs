@@ -454,6 +454,12 @@ impl EventStore for LogStore {
         Ok(self.shared.read_index().head)
     }
 
+    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
+        let ix = self.shared.read_index();
+        // Ids of a group still being committed are in the index tentatively, above the head.
+        Ok(ids.iter().map(|id| ix.ids.get(id).is_some_and(|&p| p <= ix.head)).collect())
+    }
+
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
         let ix = self.shared.read_index();
         Ok(ix.slot(tenant, stream).map_or(0, |slot| ix.committed(slot).len() as u64))

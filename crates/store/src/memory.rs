@@ -141,6 +141,11 @@ impl EventStore for MemoryStore {
         Ok(self.lock().log.len() as u64)
     }
 
+    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
+        let st = self.lock();
+        Ok(ids.iter().map(|id| st.by_id.contains_key(id)).collect())
+    }
+
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
         Ok(self.lock().stream(tenant, stream).len() as u64)
     }

@@ -264,6 +264,13 @@ impl EventStore for SqliteStore {
         self.read(query_head)
     }
 
+    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(FIND_ID)?;
+            ids.iter().map(|id| stmt.exists([&id.as_bytes()[..]])).collect()
+        })
+    }
+
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
         self.read(|c| query_stream_version(c, tenant, stream))
     }

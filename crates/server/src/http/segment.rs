@@ -53,7 +53,7 @@ async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
     }
     let value = parse_json(&body)?;
     let (tenant, actor) = authenticate(&app, &headers, &value)?;
-    let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None).map_err(refused)?;
+    let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None, None).map_err(refused)?;
     answer(ingest::write(&app, &tenant, &actor, vec![msg]).await?)
 }
 
