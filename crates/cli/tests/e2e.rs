@@ -344,11 +344,17 @@ fn official_segment_clients_land_on_the_right_customers_and_retries_store_nothin
             (&json!(format!("{prefix}@example.com")), &json!("Ada"))
         );
         let (_, tl) = get(&agent, &format!("{url}/v1/customers/{prefix}-user/timeline?type=ActivityTracked"), &key);
-        let names: Vec<&str> =
-            tl["events"].as_array().unwrap().iter().map(|e| e["data"]["event"].as_str().unwrap()).collect();
+        let names: Vec<&str> = tl["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["data"]["event"].as_str().or(e["data"]["kind"].as_str()).unwrap())
+            .collect();
         // Pages sent anonymously before identify (linked by identify) and before alias are on
-        // the customer's timeline, in the order they happened.
-        assert_eq!(names, vec!["Pricing", "Features", "Product Added", "Checkout"], "{prefix}: timeline");
+        // the customer's timeline, in the order they happened, with the identify and group
+        // calls themselves.
+        let expected = ["Pricing", "Features", "identify", "group", "Product Added", "Checkout"];
+        assert_eq!(names, expected, "{prefix}: timeline");
         // The same messages again (a client retry): nothing new is stored.
         let before = count(&agent);
         run(prefix);
