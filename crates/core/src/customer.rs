@@ -671,7 +671,7 @@ impl Customer {
                 }
                 vec![E::CustomerMergedInto { survivor }]
             }
-            C::Absorb { other } => vec![self.absorb(&other)?].into_iter().flatten().collect(),
+            C::Absorb { other } => self.absorb(&other)?.into_iter().collect(),
         })
     }
 

@@ -81,6 +81,17 @@ pub struct Report {
     pub new_events: u64,
 }
 
+impl Report {
+    /// Count a chunk of `lines`, of which `rejected` were refused, and report those in line order.
+    fn tally(&mut self, lines: u64, mut rejected: Vec<Rejected>, observer: &mut dyn Observer) {
+        rejected.sort_by_key(|r| r.line);
+        self.lines += lines;
+        self.rejected += rejected.len() as u64;
+        self.imported += lines - rejected.len() as u64;
+        rejected.into_iter().for_each(|r| observer.rejected(r));
+    }
+}
+
 /// Where the import reports as it goes: lines done, and each rejected line.
 pub trait Observer {
     fn progress(&mut self, lines: u64);
@@ -245,11 +256,7 @@ async fn write_parsed(
         tokio::spawn(async move { write_group(&app, &tenant, group).await })
     };
     rejected.extend(run_all(groups.into_iter().map(spawn)).await?);
-    rejected.sort_by_key(|r| r.line);
-    report.lines += lines;
-    report.rejected += rejected.len() as u64;
-    report.imported += lines - rejected.len() as u64;
-    rejected.into_iter().for_each(|r| observer.rejected(r));
+    report.tally(lines, rejected, observer);
     Ok(())
 }
 
@@ -530,11 +537,7 @@ async fn csv_contacts(
             tokio::spawn(async move { write_contacts(&app, &tenant, &name, group).await })
         };
         rejected.extend(run_all(group_by_resources(contacts, contact_keys).into_iter().map(spawn)).await?);
-        rejected.sort_by_key(|r| r.line);
-        report.lines += lines;
-        report.rejected += rejected.len() as u64;
-        report.imported += lines - rejected.len() as u64;
-        rejected.into_iter().for_each(|r| observer.rejected(r));
+        report.tally(lines, rejected, observer);
         observer.progress(lines);
     }
     Ok(report)
