@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// A stored event, as every reader sees it (times in RFC 3339 UTC on the wire).
@@ -41,8 +43,71 @@ pub struct NewEvent {
     pub causation_id: Option<Uuid>,
     pub correlation_id: Option<Uuid>,
     pub actor: Option<String>,
-    pub data: Value,
+    pub data: Payload,
     pub metadata: Value,
+}
+
+/// An event's payload on its way into the store: a JSON value, or JSON text that a bulk path
+/// assembled from its input without ever building the tree (see `chronicle import`). The store
+/// keeps both alike, as compact JSON text; readers always get a `Value`.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Value(Value),
+    /// Valid JSON by construction (`RawValue` is only made from checked text).
+    Text(Box<RawValue>),
+}
+
+impl Payload {
+    /// The payload as JSON text (borrowed when it already is text).
+    pub fn json_text(&self) -> Cow<'_, str> {
+        match self {
+            Payload::Value(v) => Cow::Owned(v.to_string()),
+            Payload::Text(t) => Cow::Borrowed(t.get()),
+        }
+    }
+
+    /// The payload as a value (text is parsed).
+    pub fn into_value(self) -> Value {
+        match self {
+            Payload::Value(v) => v,
+            Payload::Text(t) => serde_json::from_str(t.get()).expect("RawValue holds valid JSON"),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        self.clone().into_value()
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Self {
+        Payload::Value(v)
+    }
+}
+
+/// Two payloads are equal when they hold the same JSON value, whatever their form.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Payload::Value(a), Payload::Value(b)) => a == b,
+            _ => self.to_value() == other.to_value(),
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Value(v) => v.serialize(s),
+            Payload::Text(t) => t.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Payload::Value)
+    }
 }
 
 impl NewEvent {
@@ -58,9 +123,19 @@ impl NewEvent {
             causation_id: None,
             correlation_id: None,
             actor: None,
-            data,
+            data: Payload::Value(data),
             metadata: Value::Object(Default::default()),
         }
+    }
+
+    /// A new event whose payload is JSON text already checked (see [`Payload::Text`]).
+    pub fn from_json_text(
+        id: Uuid,
+        event_type: impl Into<String>,
+        data: Box<RawValue>,
+        event_time: DateTime<Utc>,
+    ) -> Self {
+        NewEvent { data: Payload::Text(data), ..NewEvent::new(id, event_type, Value::Null, event_time) }
     }
 
     pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
@@ -169,23 +244,23 @@ pub struct RawEnvelope {
 
 impl RawEnvelope {
     /// Parse the payload and bring it to the current schema: what `read_all` would return.
-    pub fn decode(self) -> Result<EventEnvelope, serde_json::Error> {
+    pub fn decode(&self) -> Result<EventEnvelope, serde_json::Error> {
         let env = EventEnvelope {
             data: serde_json::from_str(&self.data)?,
             metadata: serde_json::from_str(&self.metadata)?,
             id: self.id,
-            tenant: self.tenant,
-            stream: self.stream,
+            tenant: self.tenant.clone(),
+            stream: self.stream.clone(),
             version: self.version,
             position: self.position,
-            event_type: self.event_type,
+            event_type: self.event_type.clone(),
             schema_version: self.schema_version,
             event_time: self.event_time,
             ingest_time: self.ingest_time,
-            source: self.source,
+            source: self.source.clone(),
             causation_id: self.causation_id,
             correlation_id: self.correlation_id,
-            actor: self.actor,
+            actor: self.actor.clone(),
         };
         Ok(crate::upcast::upcast(env))
     }

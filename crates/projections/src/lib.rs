@@ -126,6 +126,17 @@ impl Default for Projections {
     }
 }
 
+/// What a fold needs of an event to decide whether its payload matters.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub event_type: &'a str,
+    pub version: u64,
+    pub position: u64,
+    pub event_time: DateTime<Utc>,
+}
+
 impl Projections {
     pub fn new() -> Self {
         Self::default()
@@ -195,20 +206,32 @@ impl Projections {
     /// Like [`apply`](Self::apply) for an event whose payload is still text: the payload is
     /// parsed only when a read model uses it (most events, such as page views, only move the
     /// stream's version), which is what makes a rebuild fast.
-    pub fn apply_raw(&mut self, raw: RawEnvelope) {
-        if raw.position <= self.position {
+    pub fn apply_raw(&mut self, raw: &RawEnvelope) {
+        let head = Head {
+            tenant: &raw.tenant,
+            stream: &raw.stream,
+            event_type: &raw.event_type,
+            version: raw.version,
+            position: raw.position,
+            event_time: raw.event_time,
+        };
+        self.apply_lazy(head, || raw.decode());
+    }
+
+    /// Fold an event known by its header; `whole` builds the full event, called only when a
+    /// read model uses the payload. The commit hook and the rebuild both come through here.
+    pub fn apply_lazy<E>(&mut self, head: Head<'_>, whole: impl FnOnce() -> Result<EventEnvelope, E>) {
+        if head.position <= self.position {
             return;
         }
-        if !needs_payload(&raw.tenant, &raw.stream, &raw.event_type) {
-            self.apply_header(&raw.tenant, &raw.stream, raw.version, raw.position, raw.event_time);
+        if !needs_payload(head.tenant, head.stream, head.event_type) {
+            self.apply_header(head.tenant, head.stream, head.version, head.position, head.event_time);
             return;
         }
-        let (tenant, stream, version, position, at) =
-            (raw.tenant.clone(), raw.stream.clone(), raw.version, raw.position, raw.event_time);
-        match raw.decode() {
+        match whole() {
             Ok(ev) => self.apply(&ev),
             Err(_) => {
-                self.apply_header(&tenant, &stream, version, position, at);
+                self.apply_header(head.tenant, head.stream, head.version, head.position, head.event_time);
                 self.undecodable += 1;
             }
         }

@@ -170,7 +170,7 @@ proptest! {
     #[test]
     fn raw_replay_equals_decoded_replay(log in history()) {
         let mut raw = Projections::new();
-        log.iter().cloned().for_each(|e| raw.apply_raw(chronicle_core::envelope::RawEnvelope::from_envelope(e)));
+        log.iter().cloned().for_each(|e| raw.apply_raw(&chronicle_core::envelope::RawEnvelope::from_envelope(e)));
         prop_assert_eq!(&raw, &replay(&log));
     }
 

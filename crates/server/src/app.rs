@@ -8,8 +8,8 @@ use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, Custome
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_core::order::{self, Order, OrderCommand};
-use chronicle_projections::{fold_customer, ConsentEntry, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
-use chronicle_store::{AppendError, AppendResult, EventStore};
+use chronicle_projections::{fold_customer, ConsentEntry, Head, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
+use chronicle_store::{AppendError, AppendResult, Committed, EventStore};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -83,9 +83,19 @@ impl App {
         // Nothing appends through this store before `start` returns (the data folder is locked
         // to this process), so no commit can fall between the catch-up and the hook.
         let hook_views = views.clone();
-        store.set_commit_hook(Arc::new(move |evs: &[EventEnvelope]| {
+        store.set_commit_hook(Arc::new(move |evs: &[Committed<'_>]| {
             let mut v = hook_views.write().expect("views lock");
-            evs.iter().for_each(|e| v.apply(e));
+            for c in evs {
+                let head = Head {
+                    tenant: c.tenant,
+                    stream: c.stream,
+                    event_type: c.event_type,
+                    version: c.version,
+                    position: c.position,
+                    event_time: c.event_time,
+                };
+                v.apply_lazy(head, || Ok::<_, std::convert::Infallible>(c.envelope()));
+            }
         }));
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         Ok(Arc::new(App { store, views, checkpoint_path, email_locks, metrics: Metrics::default() }))

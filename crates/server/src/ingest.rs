@@ -488,7 +488,7 @@ fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
 /// timeline (written with the profile change it causes; see `App::customer_commands_from`).
 fn call_record(actor: &str, msg: Message) -> (String, Value) {
     let (_, ev) = activity_event(actor, msg);
-    (ev.event_type, ev.data)
+    (ev.event_type, ev.data.into_value())
 }
 
 /// Write one identify or alias message.

@@ -49,7 +49,7 @@ pub async fn replay(store: &Arc<dyn EventStore>, mut progress: impl FnMut(u64)) 
                 problems.push(format!("log: position {} follows {}", ev.position, fresh.position));
             }
             check_version(&mut versions, &ev.tenant, &ev.stream, ev.version, &mut problems);
-            fresh.apply_raw(ev);
+            fresh.apply_raw(&ev);
         }
         events += n;
         progress(n);

@@ -10,10 +10,11 @@
 //! The expression is evaluated inside each (async) test, so it may `.await`; it yields the store
 //! and a guard (a temp dir, a database handle…) kept alive until the test ends.
 
-use crate::{AppendError, AppendResult, EventStore, Subscription};
+use crate::{AppendError, AppendResult, Committed, EventStore, Subscription};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
+use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -371,17 +372,27 @@ pub async fn envelope_round_trips(store: Store) {
         causation_id: Some(Uuid::now_v7()),
         correlation_id: Some(Uuid::now_v7()),
         actor: Some("user:ada".into()),
-        data: json!({ "name": "Zoë 🚀", "nested": { "list": [1, 2, 3], "flag": true, "none": null }, "big": 9007199254740993u64 }),
+        data: json!({ "name": "Zoë 🚀", "nested": { "list": [1, 2, 3], "flag": true, "none": null }, "big": 9007199254740993u64 }).into(),
         metadata: json!({ "ip": "192.0.2.1" }),
     };
     let bare = event(2);
+    // A payload submitted as JSON text (bulk import) reads back as the same value.
+    let text = r#"{ "z": "Zo\u00eb", "a": [1, {"b": null}], "n": -1.5e3 }"#;
+    let as_text = NewEvent::from_json_text(
+        Uuid::now_v7(),
+        "ContractTestEvent",
+        RawValue::from_string(text.into()).unwrap(),
+        event_time(),
+    );
     let before = Utc::now();
-    let r = append(&store, "t1", "s", ExpectedVersion::NoStream, vec![full.clone(), bare.clone()]).await;
+    let sent = [full.clone(), bare.clone(), as_text.clone()];
+    let r = append(&store, "t1", "s", ExpectedVersion::NoStream, sent.to_vec()).await;
     let after = Utc::now();
-    assert_eq!(r, result(1, 2, 2));
+    assert_eq!(r, result(1, 3, 3));
     let read = store.read_stream("t1", "s", 1, 10).await.unwrap();
-    assert_eq!(read.len(), 2);
-    for (got, sent) in read.iter().zip([&full, &bare]) {
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[2].data, json!({"z": "Zoë", "a": [1, {"b": null}], "n": -1500.0}));
+    for (got, sent) in read.iter().zip(&sent) {
         assert_eq!(got.id, sent.id);
         assert_eq!((got.tenant.as_str(), got.stream.as_str()), ("t1", "s"));
         assert_eq!(got.event_type, sent.event_type);
@@ -390,7 +401,7 @@ pub async fn envelope_round_trips(store: Store) {
         assert_eq!(got.causation_id, sent.causation_id);
         assert_eq!(got.correlation_id, sent.correlation_id);
         assert_eq!(got.actor, sent.actor);
-        assert_eq!(got.data, sent.data);
+        assert_eq!(got.data, sent.data.to_value());
         assert_eq!(got.metadata, sent.metadata);
         // Times are kept to the microsecond.
         assert_eq!(got.event_time, Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap());
@@ -419,7 +430,19 @@ pub async fn head_watch_follows_commits(store: Store) {
 pub async fn commit_hook_sees_every_event_once_in_order(store: Store) {
     let seen: Arc<Mutex<Vec<EventEnvelope>>> = Arc::default();
     let sink = seen.clone();
-    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| sink.lock().unwrap().extend_from_slice(events)));
+    store.set_commit_hook(Arc::new(move |events: &[Committed<'_>]| {
+        let mut sink = sink.lock().unwrap();
+        for c in events {
+            let e = c.envelope();
+            // The header the hook has at hand is the stored event's.
+            let head = (c.tenant, c.stream, c.version, c.position, c.event_type, c.event_time);
+            assert_eq!(
+                head,
+                (e.tenant.as_str(), e.stream.as_str(), e.version, e.position, e.event_type.as_str(), e.event_time)
+            );
+            sink.push(e);
+        }
+    }));
 
     // Sequentially: the hook has the events before the append returns; rejections and replays
     // call it with nothing new.
@@ -599,7 +622,7 @@ pub async fn large_batches_are_atomic(store: Store) {
             causation_id: e.causation_id,
             correlation_id: e.correlation_id,
             actor: e.actor,
-            data: e.data,
+            data: e.data.into(),
             metadata: e.metadata,
         })
         .next()

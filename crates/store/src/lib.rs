@@ -51,7 +51,73 @@ pub enum ReadError {
 
 /// The store's hook for projections that must be updated in the commit path (read-your-writes):
 /// called once per committed group, in position order, before any append of the group returns.
-pub type CommitHook = Arc<dyn Fn(&[EventEnvelope]) + Send + Sync>;
+pub type CommitHook = Arc<dyn Fn(&[Committed<'_>]) + Send + Sync>;
+
+/// A committed event as the commit hook sees it: the stored header at hand, the whole event
+/// built only on request. The hook runs in the commit path, on the writer thread; most events
+/// (page views, tracks) only move a stream's version in the views, and building, then freeing,
+/// their payload trees there was most of the cost of a bulk import's commits.
+pub struct Committed<'a> {
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub version: u64,
+    pub position: u64,
+    pub event_type: &'a str,
+    /// As stored (microsecond precision).
+    pub event_time: chrono::DateTime<chrono::Utc>,
+    whole: Whole<'a>,
+}
+
+enum Whole<'a> {
+    /// As submitted, with the ingest time the store gave it.
+    Submitted(&'a NewEvent, chrono::DateTime<chrono::Utc>),
+    /// Already in stored form (not yet upcast).
+    Stored(&'a EventEnvelope),
+}
+
+impl<'a> Committed<'a> {
+    fn submitted(
+        tenant: &'a str,
+        stream: &'a str,
+        version: u64,
+        position: u64,
+        event: &'a NewEvent,
+        ingest_time: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        Committed {
+            tenant,
+            stream,
+            version,
+            position,
+            event_type: &event.event_type,
+            event_time: rules::truncate_to_micros(event.event_time),
+            whole: Whole::Submitted(event, ingest_time),
+        }
+    }
+
+    fn stored(e: &'a EventEnvelope) -> Self {
+        Committed {
+            tenant: &e.tenant,
+            stream: &e.stream,
+            version: e.version,
+            position: e.position,
+            event_type: &e.event_type,
+            event_time: e.event_time,
+            whole: Whole::Stored(e),
+        }
+    }
+
+    /// The event as a reader gets it (upcast to the current schema).
+    pub fn envelope(&self) -> EventEnvelope {
+        let stored = match self.whole {
+            Whole::Submitted(e, ingest_time) => {
+                rules::stored_envelope(self.tenant, self.stream, e.clone(), self.version, self.position, ingest_time)
+            }
+            Whole::Stored(e) => e.clone(),
+        };
+        rules::upcast_on_read(stored)
+    }
+}
 
 /// One event store. Positions are global, 1-based, gap-free and follow commit order; versions
 /// are 1-based per `(tenant, stream)`.

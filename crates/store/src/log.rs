@@ -12,7 +12,7 @@
 //! for the writer's fsync. docs/storage.md describes the format, the protocol and the recovery.
 
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
+use crate::{AppendError, AppendResult, CommitHook, Committed, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
 use chrono::{DateTime, Utc};
@@ -695,24 +695,24 @@ impl Writer {
     }
 
     /// Hands the group's committed events, in position order, to the commit hook.
-    fn call_hook(&self, group: &mut [Request], outcomes: &[Outcome], ingest_time: DateTime<Utc>) {
+    fn call_hook(&self, group: &[Request], outcomes: &[Outcome], ingest_time: DateTime<Utc>) {
         let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(hook) = hook else { return };
         let mut committed = Vec::new();
-        for (request, outcome) in group.iter_mut().zip(outcomes) {
+        for (request, outcome) in group.iter().zip(outcomes) {
             let (true, Ok(result)) = (outcome.appended, &outcome.result) else {
                 continue;
             };
             let first_position = result.position + 1 - request.events.len() as u64;
-            for (i, p) in std::mem::take(&mut request.events).into_iter().enumerate() {
-                committed.push(rules::upcast_on_read(rules::stored_envelope(
+            for (i, p) in request.events.iter().enumerate() {
+                committed.push(Committed::submitted(
                     &request.tenant,
                     &request.stream,
-                    p.event,
                     result.first_version + i as u64,
                     first_position + i as u64,
+                    &p.event,
                     ingest_time,
-                )));
+                ));
             }
         }
         // The events are committed whatever the hook does; a panic in it must not stop writes.
@@ -1043,7 +1043,7 @@ fn index_record(ix: &mut Index, payload: &[u8], position: u64, at: u64) -> Resul
 
 /// Encodes a payload with position, version and ingest time left zero, for the writer to fill.
 fn encode_payload(tenant: &str, stream: &str, e: &NewEvent) -> Vec<u8> {
-    let data = e.data.to_string();
+    let data = e.data.json_text();
     let metadata = e.metadata.to_string();
     let strings = [
         tenant.len(),
@@ -1361,7 +1361,7 @@ mod tests {
         assert_eq!((e.tenant.as_str(), e.stream.len()), ("t", 300));
         assert_eq!(e.actor.as_deref(), Some("user:ada"));
         assert_eq!((e.causation_id, e.correlation_id), (event.causation_id, None));
-        assert_eq!(e.data, event.data);
+        assert_eq!(e.data, event.data.to_value());
         assert_eq!(e.ingest_time.timestamp_micros(), 42);
         assert_eq!(e.event_time, rules::truncate_to_micros(event.event_time));
         assert!(decode(&buf[..buf.len() - 1]).is_err());

@@ -122,7 +122,7 @@ pub(crate) fn stored_envelope(
         causation_id: e.causation_id,
         correlation_id: e.correlation_id,
         actor: e.actor,
-        data: e.data,
+        data: e.data.into_value(),
         metadata: e.metadata,
     }
 }

@@ -11,10 +11,10 @@
 //! docs/storage.md describes the file format and the protocol in full.
 
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
+use crate::{AppendError, AppendResult, CommitHook, Committed, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::types::{Type, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
 use std::collections::HashMap;
@@ -194,7 +194,11 @@ impl EventStore for SqliteStore {
         // JSON is serialised here, on the caller's task, to keep the single writer thread lean.
         let events = events
             .into_iter()
-            .map(|event| Prepared { data: event.data.to_string(), metadata: event.metadata.to_string(), event })
+            .map(|event| Prepared {
+                data: event.data.json_text().into_owned(),
+                metadata: event.metadata.to_string(),
+                event,
+            })
             .collect();
         let (reply, answer) = oneshot::channel();
         let request = Request { tenant: tenant.to_string(), stream: stream.to_string(), expected, events, reply };
@@ -504,25 +508,24 @@ impl Writer {
     }
 
     /// Hands the group's committed events, in position order, to the commit hook.
-    fn call_hook(&self, group: &mut [Request], outcomes: &[Outcome], ingest_time: chrono::DateTime<Utc>) {
+    fn call_hook(&self, group: &[Request], outcomes: &[Outcome], ingest_time: DateTime<Utc>) {
         let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(hook) = hook else { return };
         let mut committed = Vec::new();
-        for (request, outcome) in group.iter_mut().zip(outcomes) {
+        for (request, outcome) in group.iter().zip(outcomes) {
             let (true, Ok(result)) = (outcome.appended, &outcome.result) else {
                 continue;
             };
-            let n = result.last_version - result.first_version + 1;
-            let first_position = result.position + 1 - n;
-            for (i, p) in std::mem::take(&mut request.events).into_iter().enumerate() {
-                committed.push(rules::upcast_on_read(rules::stored_envelope(
+            let first_position = result.position + 1 - request.events.len() as u64;
+            for (i, p) in request.events.iter().enumerate() {
+                committed.push(Committed::submitted(
                     &request.tenant,
                     &request.stream,
-                    p.event,
                     result.first_version + i as u64,
                     first_position + i as u64,
+                    &p.event,
                     ingest_time,
-                )));
+                ));
             }
         }
         // The events are committed whatever the hook does; a panic in it must not stop writes.

@@ -10,7 +10,7 @@ use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_store::log::LogStore;
 use chronicle_store::memory::MemoryStore;
 use chronicle_store::sqlite::SqliteStore;
-use chronicle_store::{AppendError, AppendResult, EventStore};
+use chronicle_store::{AppendError, AppendResult, Committed, EventStore};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::json;
@@ -200,7 +200,9 @@ fn without_ingest_time(mut events: Vec<EventEnvelope>) -> Vec<EventEnvelope> {
 fn recording_hook(store: &dyn EventStore) -> Arc<Mutex<Vec<EventEnvelope>>> {
     let seen: Arc<Mutex<Vec<EventEnvelope>>> = Arc::default();
     let sink = seen.clone();
-    store.set_commit_hook(Arc::new(move |events: &[EventEnvelope]| sink.lock().unwrap().extend_from_slice(events)));
+    store.set_commit_hook(Arc::new(move |events: &[Committed<'_>]| {
+        sink.lock().unwrap().extend(events.iter().map(Committed::envelope))
+    }));
     seen
 }
 
