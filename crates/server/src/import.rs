@@ -23,7 +23,7 @@
 
 use crate::app::App;
 use crate::error::AppError;
-use crate::ingest::{self, Message};
+use crate::ingest::{self, Call};
 use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Purpose};
 use chronicle_core::envelope::NewEvent;
 use chrono::{DateTime, Utc};
@@ -121,7 +121,7 @@ pub async fn import(
 
 /// One parsed NDJSON line, ready to write.
 enum Item {
-    Segment(Message),
+    Segment(Call),
     Cloud(String, NewEvent),
 }
 
@@ -170,6 +170,18 @@ fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<I
     if line.len() > MAX_LINE_BYTES {
         return Err(reject("line_too_large", format!("the line is {} bytes; the limit is 1 MiB", line.len())));
     }
+    // Most lines of an export are page views and tracks: they are read straight from the text.
+    if let Ok(text) = std::str::from_utf8(line) {
+        if let Some(a) = ingest::activity_from_text(tenant, text, now, ACTOR, || derived_message_id(line)) {
+            return Ok(Item::Segment(Call::Activity(a)));
+        }
+    }
+    parse_general(tenant, n, line, now)
+}
+
+/// Any line, through the JSON tree (every error is named here).
+fn parse_general(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
+    let reject = |code, message: String| Rejected { line: n, code, message };
     let value: Value = serde_json::from_slice(line).map_err(|e| reject("invalid_json", e.to_string()))?;
     let Value::Object(mut m) = value else { return Err(reject("bad_request", "a line must be a JSON object".into())) };
     if m.contains_key("specversion") {
@@ -179,14 +191,17 @@ fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<I
     let mut text_len = line.len();
     if m.get("messageId").and_then(Value::as_str).is_none_or(str::is_empty) {
         text_len += 64;
-        // Without a messageId the line itself is the identity: the same line again is a replay.
-        let digest = Sha256::digest(line);
-        m.insert("messageId".into(), Value::String(format!("import-{}", hex(&digest[..16]))));
+        m.insert("messageId".into(), Value::String(derived_message_id(line)));
     }
     let received_at = ingest::time_field(&m, "receivedAt", 0).map_err(|e| reject(e.code, e.message))?.unwrap_or(now);
     ingest::parse_message(tenant, 0, Value::Object(m), None, received_at, None, Some(text_len))
-        .map(Item::Segment)
+        .map(|m| Item::Segment(Call::of(ACTOR, m)))
         .map_err(|e| reject(e.code, e.message))
+}
+
+/// A line without a messageId is its own identity: the same line again is a replay.
+fn derived_message_id(line: &[u8]) -> String {
+    format!("import-{}", hex(&Sha256::digest(line)[..16]))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -232,8 +247,11 @@ async fn ndjson(
 
 /// Write one chunk. Lines that touch a common resource (a customer, an anonymous id, an
 /// e-mail address claimed, an order) fall into one group and are written in file order, so the
-/// file's order decides every conflict (the first line claiming an address gets it); the
-/// groups, independent of each other, are written concurrently.
+/// file's order decides every conflict (the first line claiming an address gets it); groups,
+/// independent of each other, are written side by side, in rounds: each round takes the next
+/// step of every group — a run of activity lines, or one other line (an identify, alias or
+/// group call; a run of CloudEvents of one stream) — and writes all the activity runs of the
+/// round together (see `ingest::write_activity_runs`) while the other steps run concurrently.
 async fn write_parsed(
     app: &Arc<App>,
     tenant: &str,
@@ -250,14 +268,60 @@ async fn write_parsed(
             Ok(item) => items.push((n, item)),
         }
     }
-    let groups = group_by_resources(items, resources);
-    let spawn = |group| {
-        let (app, tenant) = (app.clone(), tenant.to_owned());
-        tokio::spawn(async move { write_group(&app, &tenant, group).await })
-    };
-    rejected.extend(run_all(groups.into_iter().map(spawn)).await?);
+    let mut groups: Vec<_> =
+        group_by_resources(items, resources).into_iter().map(|g| g.into_iter().peekable()).collect();
+    while !groups.is_empty() {
+        let mut runs = Vec::new();
+        let mut run_lines: Vec<Vec<u64>> = Vec::new();
+        let mut steps = Vec::new();
+        for g in &mut groups {
+            if let Some((_, Item::Segment(Call::Activity(_)))) = g.peek() {
+                let (mut run, mut lines) = (Vec::new(), Vec::new());
+                while let Some((n, Item::Segment(Call::Activity(_)))) = g.peek() {
+                    lines.push(*n);
+                    let Some((_, Item::Segment(Call::Activity(a)))) = g.next() else { unreachable!("peeked") };
+                    run.push((run.len(), a));
+                }
+                runs.push(run);
+                run_lines.push(lines);
+            } else if let Some(step) = next_step(g) {
+                steps.push(step);
+            }
+        }
+        groups.retain_mut(|g| g.peek().is_some());
+        let spawn = |step| {
+            let (app, tenant) = (app.clone(), tenant.to_owned());
+            tokio::spawn(async move { write_step(&app, &tenant, step).await })
+        };
+        let (done, refused) =
+            tokio::join!(ingest::write_activity_runs(app, tenant, ACTOR, runs), run_all(steps.into_iter().map(spawn)));
+        rejected.extend(refused?);
+        for (results, lines) in done?.into_iter().zip(run_lines) {
+            for (i, result) in results {
+                if let Err(e) = result {
+                    rejected.push(Rejected { line: lines[i], code: e.code(), message: e.to_string() });
+                }
+            }
+        }
+    }
     report.tally(lines, rejected, observer);
     Ok(())
+}
+
+/// A group's next line that is not activity, with the CloudEvents of the same stream after it.
+fn next_step(g: &mut std::iter::Peekable<std::vec::IntoIter<(u64, Item)>>) -> Option<Vec<(u64, Item)>> {
+    let first = g.next()?;
+    let mut step = vec![first];
+    if let (_, Item::Cloud(stream, _)) = &step[0] {
+        let stream = stream.clone();
+        while let Some((_, Item::Cloud(s, _))) = g.peek() {
+            if *s != stream {
+                break;
+            }
+            step.push(g.next().expect("peeked"));
+        }
+    }
+    Some(step)
 }
 
 /// Run the group writes (spawned lazily, at most `CONCURRENCY` at a time, on every core) and
@@ -273,13 +337,28 @@ async fn run_all(
     Ok(rejected)
 }
 
-/// The resources a line touches, as keys: `u` customer, `a` anonymous id, `e` e-mail, `o` order.
-fn resources(item: &Item) -> Vec<String> {
+/// A resource as a grouping key: `kind` (`u` customer, `a` anonymous id, `e` e-mail, `o` order,
+/// `s` other stream) and its name, hashed. Two resources sharing a hash only put their lines
+/// in one group, which is never wrong, just less concurrent.
+fn key(kind: u8, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (kind, name).hash(&mut h);
+    h.finish()
+}
+
+/// The resources a line touches.
+fn resources(item: &Item) -> Vec<u64> {
     let mut keys = Vec::with_capacity(2);
     match item {
-        Item::Segment(m) => {
-            keys.extend(m.user_id.iter().map(|u| format!("u\0{u}")));
-            keys.extend(m.anonymous_id.iter().map(|a| format!("a\0{a}")));
+        Item::Segment(Call::Activity(a)) => {
+            keys.extend(a.user_id.iter().map(|u| key(b'u', u)));
+            keys.extend(a.anonymous_id.iter().map(|an| key(b'a', an)));
+            keys.extend(a.order_id().map(|o| key(b'o', o)));
+        }
+        Item::Segment(Call::Change(m)) => {
+            keys.extend(m.user_id.iter().map(|u| key(b'u', u)));
+            keys.extend(m.anonymous_id.iter().map(|a| key(b'a', a)));
             let text = |k: &str| {
                 m.raw
                     .get(k)
@@ -287,30 +366,24 @@ fn resources(item: &Item) -> Vec<String> {
             };
             if let Some(prev) = text("previousId") {
                 // An alias's previousId may be a visitor or a customer.
-                keys.push(format!("a\0{prev}"));
-                keys.push(format!("u\0{prev}"));
+                keys.push(key(b'a', &prev));
+                keys.push(key(b'u', &prev));
             }
             let traits = m.raw.get("traits").and_then(Value::as_object);
             if let Some(e) = traits.and_then(|t| t.get("email")).and_then(Value::as_str) {
-                keys.push(format!("e\0{}", e.trim().to_lowercase()));
-            }
-            let order = m.raw.get("properties").and_then(|p| p.get("order_id"));
-            if let Some(o) =
-                order.and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())))
-            {
-                keys.push(format!("o\0{o}"));
+                keys.push(key(b'e', &e.trim().to_lowercase()));
             }
         }
         Item::Cloud(stream, _) => match chronicle_core::customer::id_of_stream(stream) {
-            Some(id) => keys.push(format!("u\0{id}")),
-            None => keys.push(format!("s\0{stream}")),
+            Some(id) => keys.push(key(b'u', id)),
+            None => keys.push(key(b's', stream)),
         },
     }
     keys
 }
 
 /// Group items that share a resource (transitively), keeping file order within each group.
-fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<String>) -> Vec<Vec<(u64, T)>> {
+fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<u64>) -> Vec<Vec<(u64, T)>> {
     // Union-find over the items: each resource remembers the first item that touched it.
     let mut parent: Vec<usize> = (0..items.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -320,7 +393,7 @@ fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<Strin
         }
         i
     }
-    let mut first: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut first: HashMap<u64, usize> = HashMap::with_capacity(items.len());
     for (i, (_, item)) in items.iter().enumerate() {
         for key in keys_of(item) {
             match first.get(&key) {
@@ -347,43 +420,33 @@ fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<Strin
     groups
 }
 
-/// Write one group's lines in file order (consecutive Segment lines together, consecutive
-/// CloudEvents of one stream as one append); returns the lines a rule refused.
-async fn write_group(app: &App, tenant: &str, group: Vec<(u64, Item)>) -> Result<Vec<Rejected>, AppError> {
-    let lines: Vec<u64> = group.iter().map(|(n, _)| *n).collect();
+/// Write one step of a group: a call that changes a customer, or a run of CloudEvents of one
+/// stream (one append); returns the lines a rule refused.
+async fn write_step(app: &App, tenant: &str, step: Vec<(u64, Item)>) -> Result<Vec<Rejected>, AppError> {
+    let lines: Vec<u64> = step.iter().map(|(n, _)| *n).collect();
     let mut rejected = Vec::new();
-    let mut items = group.into_iter().map(|(_, item)| item).enumerate().peekable();
-    while let Some((first, item)) = items.next() {
+    let mut calls = Vec::new();
+    let mut cloud = Vec::new();
+    let mut cloud_stream = String::new();
+    for (i, (_, item)) in step.into_iter().enumerate() {
         match item {
-            Item::Segment(m) => {
-                let mut run = vec![m];
-                while let Some((_, Item::Segment(_))) = items.peek() {
-                    let Some((_, Item::Segment(m))) = items.next() else { unreachable!("peeked") };
-                    run.push(m);
-                }
-                let out = ingest::write(app, tenant, ACTOR, run).await?;
-                rejected.extend(out.rejected.into_iter().map(|(i, code, message)| Rejected {
-                    line: lines[first + i],
-                    code,
-                    message,
-                }));
-            }
+            Item::Segment(call) => calls.push(call),
             Item::Cloud(stream, ev) => {
-                let mut run = vec![(first, ev)];
-                while let Some((_, Item::Cloud(s, _))) = items.peek() {
-                    if *s != stream {
-                        break;
-                    }
-                    let Some((i, Item::Cloud(_, ev))) = items.next() else { unreachable!("peeked") };
-                    run.push((i, ev));
-                }
-                for (i, result) in ingest::append_run(app, tenant, stream, run).await {
-                    match result {
-                        Ok(()) => {}
-                        Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
-                        Err(e) => rejected.push(Rejected { line: lines[i], code: e.code(), message: e.to_string() }),
-                    }
-                }
+                cloud_stream = stream;
+                cloud.push((i, ev));
+            }
+        }
+    }
+    if !calls.is_empty() {
+        let out = ingest::write_calls(app, tenant, ACTOR, calls).await?;
+        rejected.extend(out.rejected.into_iter().map(|(i, code, message)| Rejected { line: lines[i], code, message }));
+    }
+    if !cloud.is_empty() {
+        for (i, result) in ingest::append_run(app, tenant, cloud_stream, cloud).await {
+            match result {
+                Ok(()) => {}
+                Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+                Err(e) => rejected.push(Rejected { line: lines[i], code: e.code(), message: e.to_string() }),
             }
         }
     }
@@ -545,9 +608,9 @@ async fn csv_contacts(
 
 /// Write one customer's rows in order, each as one append.
 /// Rows of one customer, or claiming one address, are written in file order.
-fn contact_keys(c: &Contact) -> Vec<String> {
-    let mut k = vec![format!("u\0{}", c.id)];
-    k.extend(c.email.iter().map(|e| format!("e\0{}", e.trim().to_lowercase())));
+fn contact_keys(c: &Contact) -> Vec<u64> {
+    let mut k = vec![key(b'u', &c.id)];
+    k.extend(c.email.iter().map(|e| key(b'e', &e.trim().to_lowercase())));
     k
 }
 
@@ -594,4 +657,70 @@ async fn write_contacts(
         }
     }
     Ok(rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn general(line: &str) -> ingest::Activity {
+        match parse_general("t", 1, line.as_bytes(), now()) {
+            Ok(Item::Segment(Call::Activity(a))) => a,
+            _ => panic!("not an activity: {line}"),
+        }
+    }
+
+    fn fast(line: &str) -> Option<ingest::Activity> {
+        ingest::activity_from_text("t", line, now(), ACTOR, || derived_message_id(line.as_bytes()))
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn activity_read_from_the_text_is_the_event_the_general_way_gives() {
+        let lines = [
+            r#"{"type":"track","userId":"u1","event":"Product Viewed","properties":{"sku":"s-1","price":9.5},"context":{"ip":"192.0.2.1"},"messageId":"m1","timestamp":"2026-10-01T10:00:00Z","receivedAt":"2026-10-01T10:00:05Z","sentAt":"2026-10-01T10:00:01Z"}"#,
+            r#"{"type":"page","anonymousId":"a1","name":"Pricing","properties":{"path":"/pricing"}}"#,
+            r#"{ "type" : "screen", "userId": "u1", "anonymousId": "a1", "name": null, "integrations": {"All": false}, "extra": [1, 2] }"#,
+            r#"{"type":"track","userId":"u2","event":"Signed Up","traits":{"plan":"pro"},"messageId":""}"#,
+            r#"{"type":"track","userId":"u2","event":"Signed Up","properties":null,"messageId":7}"#,
+            r#"{"type":"identify","anonymousId":"a2","traits":{"first_name":"Zoë"},"messageId":"m\u00e9"}"#,
+            r#"{"type":"page","userId":"","anonymousId":"a3","timestamp":null,"context":{"library":{"name":"x"}}}"#,
+        ];
+        for line in lines {
+            let (want, got) = (general(line), fast(line).unwrap_or_else(|| panic!("fast path refused {line}")));
+            assert_eq!((&got.stream, &got.user_id, &got.anonymous_id), (&want.stream, &want.user_id, &want.anonymous_id));
+            assert_eq!(got.event, want.event, "{line}");
+            assert!(matches!(got.event.data, chronicle_core::envelope::Payload::Text(_)));
+        }
+    }
+
+    #[test]
+    fn what_the_text_path_does_not_handle_goes_the_general_way() {
+        let lines = [
+            // Changes to a customer, orders, CloudEvents.
+            r#"{"type":"identify","userId":"u1","traits":{"email":"a@example.com"}}"#,
+            r#"{"type":"alias","userId":"u1","previousId":"a1"}"#,
+            r#"{"type":"track","userId":"u1","event":"Order Completed","properties":{"order_id":"o1","total":5}}"#,
+            r#"{"specversion":"1.0","type":"x","source":"s","id":"1"}"#,
+            // Shapes the general way names or normalises.
+            r#"{"type":"track","userId":42,"event":"X"}"#,
+            r#"{"type":"track","userId":"u\"1","event":"X"}"#,
+            r#"{"type":"track","userId":"u1","event":"X","event":"Y"}"#,
+            r#"{"type":"track","userId":"u1","event":""}"#,
+            r#"{"type":"track","userId":"u1"}"#,
+            r#"{"type":"page"}"#,
+            r#"{"type":"page","userId":"u1","timestamp":"yesterday"}"#,
+            r#"{"type":"teleport","userId":"u1"}"#,
+            r#"{"type":"page","userId":"u1""#,
+            r#"[1]"#,
+        ];
+        for line in lines {
+            assert!(fast(line).is_none(), "{line}");
+        }
+        let long = format!(r#"{{"type":"page","userId":"{}"}}"#, "x".repeat(129));
+        assert!(fast(&long).is_none());
+    }
 }

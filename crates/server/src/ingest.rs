@@ -32,8 +32,10 @@ use crate::error::AppError;
 use chronicle_core::customer::{self, CustomerCommand};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 
 /// Segment's limits: 32 KB a message, 500 KB a batch.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -104,6 +106,24 @@ fn id_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<St
     }
 }
 
+/// Segment's clock-skew correction: `receivedAt − (sentAt − timestamp)`.
+fn corrected_time(
+    timestamp: Option<DateTime<Utc>>,
+    sent_at: Option<DateTime<Utc>>,
+    received_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match (timestamp, sent_at) {
+        (Some(ts), Some(sent)) => received_at - (sent - ts),
+        (Some(ts), None) => ts,
+        _ => received_at,
+    }
+}
+
+/// Ids are at most 128 characters, without control characters.
+fn acceptable_id(id: &str) -> bool {
+    id.len() <= 128 && !id.chars().any(char::is_control)
+}
+
 /// Validate one message (`kind` from the endpoint, or from `type` inside a batch).
 pub fn parse_message(
     tenant: &str,
@@ -143,7 +163,7 @@ pub fn parse_message(
         return Err(invalid(index, "no_user_anon_id", "either userId or anonymousId is required"));
     }
     for id in user_id.iter().chain(&anonymous_id) {
-        if id.len() > 128 || id.chars().any(char::is_control) {
+        if !acceptable_id(id) {
             return Err(invalid(index, "bad_request", "ids are at most 128 characters, no control characters"));
         }
     }
@@ -173,11 +193,7 @@ pub fn parse_message(
     }
     let timestamp = time_field(&m, "timestamp", index)?;
     let sent_at = time_field(&m, "sentAt", index)?.or(batch_sent_at);
-    let event_time = match (timestamp, sent_at) {
-        (Some(ts), Some(sent)) => received_at - (sent - ts),
-        (Some(ts), None) => ts,
-        _ => received_at,
-    };
+    let event_time = corrected_time(timestamp, sent_at, received_at);
     let message_id = match id_field(&m, "messageId", index)? {
         Some(id) => id,
         // No messageId: the message can't be deduplicated; give it a fresh one.
@@ -231,20 +247,68 @@ pub struct Outcome {
     pub rejected: Vec<(usize, &'static str, String)>,
 }
 
-/// Write validated messages in order. Runs of activity messages (track, page, screen) between
-/// identify/alias messages are written together: one append per stream, the streams
-/// concurrently, so a batch costs a few group commits instead of one per message.
-pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>) -> Result<Outcome, AppError> {
-    let mut out = Outcome::default();
-    let mut run: Vec<(usize, Message)> = Vec::new();
-    for (i, msg) in messages.into_iter().enumerate() {
+/// A validated message as `write` takes it: an activity (track, page, screen, or an identify
+/// that only describes a visitor) already in the form it is stored in, or a call that changes
+/// a customer (identify, alias, group).
+pub enum Call {
+    Activity(Activity),
+    Change(Message),
+}
+
+impl Call {
+    pub fn of(actor: &str, msg: Message) -> Call {
         // An identify without a userId only describes a visitor: kept as activity.
         if matches!(msg.kind, Kind::Alias | Kind::Group) || (msg.kind == Kind::Identify && msg.user_id.is_some()) {
-            write_activity_run(app, tenant, actor, std::mem::take(&mut run), &mut out).await?;
-            let result = write_one(app, tenant, actor, msg).await;
-            record(&mut out, i, result)?;
+            Call::Change(msg)
         } else {
-            run.push((i, msg));
+            Call::Activity(Activity::of(actor, msg))
+        }
+    }
+}
+
+/// An activity message as the `ActivityTracked` event it becomes, with what it implies.
+pub struct Activity {
+    pub stream: String,
+    pub event: NewEvent,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    /// For Segment's e-commerce events: what the message does to an order.
+    order: Option<OrderEffect>,
+}
+
+impl Activity {
+    fn of(actor: &str, msg: Message) -> Activity {
+        let order = order_effect(&msg);
+        let (user_id, anonymous_id) = (msg.user_id.clone(), msg.anonymous_id.clone());
+        let (stream, event) = activity_event(actor, msg);
+        Activity { stream, event, user_id, anonymous_id, order }
+    }
+
+    /// The order the message moves, if any.
+    pub fn order_id(&self) -> Option<&str> {
+        self.order.as_ref().map(|o| o.order_id.as_str())
+    }
+}
+
+/// Write validated messages in order (see [`write_calls`]).
+pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>) -> Result<Outcome, AppError> {
+    write_calls(app, tenant, actor, messages.into_iter().map(|m| Call::of(actor, m)).collect()).await
+}
+
+/// Write calls in order. Runs of activity between identify/alias/group calls are written
+/// together: one append per stream, the streams concurrently, so a batch costs a few group
+/// commits instead of one per message.
+pub async fn write_calls(app: &App, tenant: &str, actor: &str, calls: Vec<Call>) -> Result<Outcome, AppError> {
+    let mut out = Outcome::default();
+    let mut run: Vec<(usize, Activity)> = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        match call {
+            Call::Change(msg) => {
+                write_activity_run(app, tenant, actor, std::mem::take(&mut run), &mut out).await?;
+                let result = write_one(app, tenant, actor, msg).await;
+                record(&mut out, i, result)?;
+            }
+            Call::Activity(a) => run.push((i, a)),
         }
     }
     write_activity_run(app, tenant, actor, run, &mut out).await?;
@@ -265,94 +329,140 @@ async fn write_activity_run(
     app: &App,
     tenant: &str,
     actor: &str,
-    run: Vec<(usize, Message)>,
+    run: Vec<(usize, Activity)>,
     out: &mut Outcome,
 ) -> Result<(), AppError> {
     if run.is_empty() {
         return Ok(());
     }
-    // Group by stream, keeping each stream's messages in order.
-    let mut streams: Vec<(String, Vec<(usize, NewEvent)>)> = Vec::new();
-    let mut links: Vec<(String, String)> = Vec::new();
-    let mut orders: Vec<OrderEffect> = Vec::new();
-    for (i, msg) in run {
-        orders.extend(order_effect(&msg));
-        if let (Some(u), Some(a)) = (&msg.user_id, &msg.anonymous_id) {
-            if !links.iter().any(|(lu, la)| lu == u && la == a) {
-                links.push((u.clone(), a.clone()));
-            }
-        }
-        let (stream, ev) = activity_event(actor, msg);
-        match streams.iter_mut().find(|(s, _)| *s == stream) {
-            Some((_, evs)) => evs.push((i, ev)),
-            None => streams.push((stream, vec![(i, ev)])),
-        }
-    }
-    let appends = streams.into_iter().map(|(stream, evs)| append_run(app, tenant, stream, evs));
-    for results in futures_util::future::join_all(appends).await {
-        for (i, r) in results {
-            record(out, i, r)?;
-        }
-    }
-    // Activity sent with both ids links them once the customer is known (never stealing an
-    // identity already linked to someone else: the activity itself is kept either way).
-    for (user, anon) in links {
-        if app.customer(tenant, &user).is_ok() && app.identity_owner(tenant, &anon).is_none() {
-            app.link_identity(tenant, &user, &anon, actor).await?;
-        }
-    }
-    for effect in orders {
-        apply_order_effect(app, tenant, actor, effect).await?;
+    let done = write_activity_runs(app, tenant, actor, vec![run]).await?;
+    for (i, r) in done.into_iter().flatten() {
+        record(out, i, r)?;
     }
     Ok(())
 }
 
-/// Append a run of events (each tagged with its message's index) to one stream in one append.
-/// Events already stored (a client retry, an import run again) are left out: their messages
-/// were delivered before. Asking first, rather than retrying after a refusal, spares copying
-/// every batch just in case.
+/// Write runs of activity from independent senders (no two runs share a stream, visitor or
+/// order): every run's events go out together, one append per stream, all streams at once, so
+/// a bulk import pays for one look-up of already stored ids and few group commits per chunk.
+/// Then, run by run, what the messages imply: identity links and order effects. Returns each
+/// run's results by message index.
+pub(crate) async fn write_activity_runs(
+    app: &App,
+    tenant: &str,
+    actor: &str,
+    runs: Vec<Vec<(usize, Activity)>>,
+) -> Result<Vec<Vec<(usize, Result<(), AppError>)>>, AppError> {
+    // Group by stream, keeping each stream's messages in order.
+    let mut streams: Vec<(String, Vec<((usize, usize), NewEvent)>)> = Vec::new();
+    let mut slot: HashMap<String, usize> = HashMap::new();
+    let mut effects: Vec<(Vec<(String, String)>, Vec<OrderEffect>)> = Vec::with_capacity(runs.len());
+    for (r, run) in runs.into_iter().enumerate() {
+        let (mut links, mut orders) = (Vec::new(), Vec::new());
+        for (i, a) in run {
+            orders.extend(a.order);
+            if let (Some(u), Some(an)) = (a.user_id, a.anonymous_id) {
+                if !links.iter().any(|(lu, la)| *lu == u && *la == an) {
+                    links.push((u, an));
+                }
+            }
+            match slot.get(&a.stream) {
+                Some(&k) => streams[k].1.push(((r, i), a.event)),
+                None => {
+                    slot.insert(a.stream.clone(), streams.len());
+                    streams.push((a.stream, vec![((r, i), a.event)]));
+                }
+            }
+        }
+        effects.push((links, orders));
+    }
+    let mut done: Vec<Vec<(usize, Result<(), AppError>)>> = effects.iter().map(|_| Vec::new()).collect();
+    for ((r, i), result) in append_runs(app, tenant, streams).await {
+        if let Err(AppError::Internal(m)) = result {
+            return Err(AppError::Internal(m));
+        }
+        done[r].push((i, result));
+    }
+    let follow_ups = effects.into_iter().map(|(links, orders)| async move {
+        // Activity sent with both ids links them once the customer is known (never stealing
+        // an identity already linked to someone else: the activity itself is kept either way).
+        for (user, anon) in links {
+            if app.customer(tenant, &user).is_ok() && app.identity_owner(tenant, &anon).is_none() {
+                app.link_identity(tenant, &user, &anon, actor).await?;
+            }
+        }
+        for effect in orders {
+            apply_order_effect(app, tenant, actor, effect).await?;
+        }
+        Ok::<(), AppError>(())
+    });
+    for r in futures_util::future::join_all(follow_ups).await {
+        r?;
+    }
+    Ok(done)
+}
+
+/// Append a run of events (each tagged with its message's index) to one stream in one append
+/// (see [`append_runs`]).
 pub(crate) async fn append_run(
     app: &App,
     tenant: &str,
     stream: String,
     evs: Vec<(usize, NewEvent)>,
 ) -> Vec<(usize, Result<(), AppError>)> {
-    let ids: Vec<uuid::Uuid> = evs.iter().map(|(_, e)| e.id).collect();
-    let stored = match app.store().stored(&ids).await {
-        Ok(s) => s,
+    append_runs(app, tenant, vec![(stream, evs)]).await
+}
+
+/// Append runs of events, one append per stream, all streams at once. Events already stored (a
+/// client retry, an import run again) are left out: their messages were delivered before.
+/// Asking first, rather than retrying after a refusal, spares copying every batch just in case.
+async fn append_runs<T: Copy>(
+    app: &App,
+    tenant: &str,
+    streams: Vec<(String, Vec<(T, NewEvent)>)>,
+) -> Vec<(T, Result<(), AppError>)> {
+    let ids: Vec<uuid::Uuid> = streams.iter().flat_map(|(_, evs)| evs.iter().map(|(_, e)| e.id)).collect();
+    let mut stored = match app.store().stored(&ids).await {
+        Ok(s) => s.into_iter(),
         Err(e) => {
             let msg = e.to_string();
-            return evs.into_iter().map(|(i, _)| (i, Err(AppError::Internal(msg.clone())))).collect();
+            let all = streams.into_iter().flat_map(|(_, evs)| evs.into_iter().map(|(t, _)| t));
+            return all.map(|t| (t, Err(AppError::Internal(msg.clone())))).collect();
         }
     };
-    let mut results = Vec::with_capacity(evs.len());
-    let mut batch = Vec::with_capacity(evs.len());
-    let mut indices = Vec::with_capacity(evs.len());
-    for ((i, e), stored) in evs.into_iter().zip(stored) {
-        if stored {
-            results.push((i, Ok(())));
-        } else {
-            indices.push(i);
-            batch.push(e);
+    let mut results = Vec::with_capacity(ids.len());
+    let mut appends = Vec::with_capacity(streams.len());
+    for (stream, evs) in streams {
+        let mut batch = Vec::with_capacity(evs.len());
+        let mut tags = Vec::with_capacity(evs.len());
+        for (t, e) in evs {
+            if stored.next().unwrap_or(false) {
+                results.push((t, Ok(())));
+            } else {
+                tags.push(t);
+                batch.push(e);
+            }
+        }
+        if !batch.is_empty() {
+            appends.push(async move { (tags, app.append(tenant, &stream, ExpectedVersion::Any, batch).await) });
         }
     }
-    if batch.is_empty() {
-        return results;
-    }
-    match app.append(tenant, &stream, ExpectedVersion::Any, batch).await {
-        Ok(_) => results.extend(indices.into_iter().map(|i| (i, Ok(())))),
-        Err(e) => {
-            // Internal errors abort the request; anything else (another delivery of the same
-            // messages racing this one) refuses these messages, which the sender may retry.
-            let (msg, internal) = (e.to_string(), matches!(e, AppError::Internal(_)));
-            let err = || {
-                if internal {
-                    AppError::Internal(msg.clone())
-                } else {
-                    AppError::Conflict { code: "retry", message: format!("{msg}; send it again") }
-                }
-            };
-            results.extend(indices.into_iter().map(|i| (i, Err(err()))));
+    for (tags, outcome) in futures_util::future::join_all(appends).await {
+        match outcome {
+            Ok(_) => results.extend(tags.into_iter().map(|t| (t, Ok(())))),
+            Err(e) => {
+                // Internal errors abort the request; anything else (another delivery of the same
+                // messages racing this one) refuses these messages, which the sender may retry.
+                let (msg, internal) = (e.to_string(), matches!(e, AppError::Internal(_)));
+                let err = || {
+                    if internal {
+                        AppError::Internal(msg.clone())
+                    } else {
+                        AppError::Conflict { code: "retry", message: format!("{msg}; send it again") }
+                    }
+                };
+                results.extend(tags.into_iter().map(|t| (t, Err(err()))));
+            }
         }
     }
     results
@@ -478,10 +588,157 @@ fn activity_event(actor: &str, msg: Message) -> (String, NewEvent) {
     let mut ev = NewEvent::new(event_id, "ActivityTracked", Value::Object(data), event_time)
         .with_source("segment")
         .with_actor(actor);
-    let mut meta = Map::with_capacity(1);
-    meta.insert("integrations".into(), m.remove("integrations").unwrap_or(Value::Null));
-    ev.metadata = Value::Object(meta);
+    ev.metadata = activity_metadata(m.remove("integrations"));
     (stream, ev)
+}
+
+/// The fields of an activity message, borrowed from its JSON text: no tree is built, and the
+/// payload is assembled from the text of its parts. Stricter than [`parse_message`] (ids and
+/// times must be plain strings without escapes, no key twice): whatever does not fit goes the
+/// general way, which also names every error.
+#[derive(serde::Deserialize)]
+struct ActivityText<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "userId", default)]
+    user_id: Option<&'a str>,
+    #[serde(rename = "anonymousId", default)]
+    anonymous_id: Option<&'a str>,
+    #[serde(rename = "messageId", default, borrow, deserialize_with = "present")]
+    message_id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    event: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    properties: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    traits: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    context: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    integrations: Option<&'a RawValue>,
+    #[serde(default)]
+    timestamp: Option<&'a str>,
+    #[serde(rename = "sentAt", default)]
+    sent_at: Option<&'a str>,
+    #[serde(rename = "receivedAt", default)]
+    received_at: Option<&'a str>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    specversion: Option<&'a RawValue>,
+}
+
+/// A key that is present, `null` included (an absent key is `None` by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// The activity a bulk line describes, without building its JSON tree: `Some` for a plain
+/// track, page or screen call (or an identify without userId) that passes every check
+/// [`parse_message`] makes, giving exactly the event that [`Call::of`] would; `None` for
+/// anything else, which the caller sends the general way. A line without a messageId gets
+/// `derived_id` (see `import`), as the general way would after inserting it.
+pub(crate) fn activity_from_text(
+    tenant: &str,
+    text: &str,
+    now: DateTime<Utc>,
+    actor: &str,
+    derived_id: impl FnOnce() -> String,
+) -> Option<Activity> {
+    let m: ActivityText<'_> = serde_json::from_str(text).ok()?;
+    if m.specversion.is_some() {
+        return None;
+    }
+    let user_id = m.user_id.filter(|u| !u.is_empty());
+    let anonymous_id = m.anonymous_id.filter(|a| !a.is_empty());
+    if user_id.is_none() && anonymous_id.is_none() || !user_id.into_iter().chain(anonymous_id).all(acceptable_id) {
+        return None;
+    }
+    let (kind, name) = match m.kind {
+        "track" => {
+            // A track needs a name, and the e-commerce names also move an order.
+            let name = m.event?;
+            let event: &str = serde_json::from_str(name.get()).ok()?;
+            if event.is_empty() || matches!(event, "Order Completed" | "Order Refunded" | "Order Cancelled") {
+                return None;
+            }
+            ("track", Some(name))
+        }
+        "page" => ("page", m.name),
+        "screen" => ("screen", m.name),
+        "identify" if user_id.is_none() => ("identify", m.name),
+        _ => return None,
+    };
+    // A messageId that is a non-empty string is the line's; anything else gets the derived one.
+    let given = match m.message_id {
+        Some(raw) if raw.get().starts_with('"') => Some(serde_json::from_str::<String>(raw.get()).ok()?),
+        _ => None,
+    };
+    let (message_id, extra) = match given {
+        Some(id) if !id.is_empty() => (id, 0),
+        _ => (derived_id(), 64),
+    };
+    if text.len() + extra > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    let time = |t: Option<&str>| -> Option<Option<DateTime<Utc>>> {
+        t.map(|s| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))).map_or(Some(None), |t| t.map(Some))
+    };
+    let received_at = time(m.received_at)?.unwrap_or(now);
+    let event_time = corrected_time(time(m.timestamp)?, time(m.sent_at)?, received_at);
+    let null = RawValue::NULL;
+    let empty: &RawValue = serde_json::from_str("{}").ok()?;
+    let data = serde_json::value::to_raw_value(&ActivityData {
+        kind,
+        event: name.unwrap_or(null),
+        properties: m.properties.or(m.traits).unwrap_or(empty),
+        context: m.context.unwrap_or(empty),
+        message_id: &message_id,
+        user_id,
+        anonymous_id,
+    })
+    .ok()?;
+    let integrations = match m.integrations {
+        Some(raw) => Some(serde_json::from_str(raw.get()).ok()?),
+        None => None,
+    };
+    let stream = match (user_id, anonymous_id) {
+        (Some(u), _) => customer::stream_of(u),
+        (None, Some(a)) => format!("anonymous-{a}"),
+        (None, None) => unreachable!("checked above"),
+    };
+    let mut event = NewEvent::from_json_text(event_id(tenant, &message_id), "ActivityTracked", data, event_time)
+        .with_source("segment")
+        .with_actor(actor);
+    event.metadata = activity_metadata(integrations);
+    Some(Activity {
+        stream,
+        event,
+        user_id: user_id.map(str::to_owned),
+        anonymous_id: anonymous_id.map(str::to_owned),
+        order: None,
+    })
+}
+
+/// An activity's metadata: the message's `integrations`, when it has them.
+fn activity_metadata(integrations: Option<Value>) -> Value {
+    let mut meta = Map::new();
+    if let Some(i) = integrations {
+        meta.insert("integrations".into(), i);
+    }
+    Value::Object(meta)
+}
+
+/// An activity's payload, as `activity_event` builds it, from the parts' JSON text.
+#[derive(serde::Serialize)]
+struct ActivityData<'a> {
+    kind: &'a str,
+    event: &'a RawValue,
+    properties: &'a RawValue,
+    context: &'a RawValue,
+    message_id: &'a str,
+    user_id: Option<&'a str>,
+    anonymous_id: Option<&'a str>,
 }
 
 /// An identify or group call as the `ActivityTracked` event that records it on the customer's

@@ -1044,7 +1044,11 @@ fn index_record(ix: &mut Index, payload: &[u8], position: u64, at: u64) -> Resul
 /// Encodes a payload with position, version and ingest time left zero, for the writer to fill.
 fn encode_payload(tenant: &str, stream: &str, e: &NewEvent) -> Vec<u8> {
     let data = e.data.json_text();
-    let metadata = e.metadata.to_string();
+    // Most events carry no metadata: no need to run the serializer for "{}".
+    let metadata = match &e.metadata {
+        serde_json::Value::Object(m) if m.is_empty() => std::borrow::Cow::Borrowed("{}"),
+        v => std::borrow::Cow::Owned(v.to_string()),
+    };
     let strings = [
         tenant.len(),
         stream.len(),
