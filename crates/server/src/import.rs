@@ -341,10 +341,9 @@ async fn run_all(
 /// `s` other stream) and its name, hashed. Two resources sharing a hash only put their lines
 /// in one group, which is never wrong, just less concurrent.
 fn key(kind: u8, name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (kind, name).hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    // Fixed seed: the grouping only has to be the same within one run.
+    foldhash::fast::FixedState::with_seed(0x636872_6f6e).hash_one((kind, name))
 }
 
 /// The resources a line touches.
@@ -393,7 +392,8 @@ fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<u64>)
         }
         i
     }
-    let mut first: HashMap<u64, usize> = HashMap::with_capacity(items.len());
+    let mut first: HashMap<u64, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(items.len(), Default::default());
     for (i, (_, item)) in items.iter().enumerate() {
         for key in keys_of(item) {
             match first.get(&key) {
@@ -407,7 +407,7 @@ fn group_by_resources<T>(items: Vec<(u64, T)>, keys_of: impl Fn(&T) -> Vec<u64>)
             }
         }
     }
-    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    let mut group_of: HashMap<usize, usize, foldhash::fast::RandomState> = HashMap::default();
     let mut groups: Vec<Vec<(u64, T)>> = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let r = root(&mut parent, i);
@@ -691,7 +691,10 @@ mod tests {
         ];
         for line in lines {
             let (want, got) = (general(line), fast(line).unwrap_or_else(|| panic!("fast path refused {line}")));
-            assert_eq!((&got.stream, &got.user_id, &got.anonymous_id), (&want.stream, &want.user_id, &want.anonymous_id));
+            assert_eq!(
+                (&got.stream, &got.user_id, &got.anonymous_id),
+                (&want.stream, &want.user_id, &want.anonymous_id)
+            );
             assert_eq!(got.event, want.event, "{line}");
             assert!(matches!(got.event.data, chronicle_core::envelope::Payload::Text(_)));
         }

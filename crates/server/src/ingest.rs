@@ -273,12 +273,12 @@ pub struct Activity {
     pub user_id: Option<String>,
     pub anonymous_id: Option<String>,
     /// For Segment's e-commerce events: what the message does to an order.
-    order: Option<OrderEffect>,
+    order: Option<Box<OrderEffect>>,
 }
 
 impl Activity {
     fn of(actor: &str, msg: Message) -> Activity {
-        let order = order_effect(&msg);
+        let order = order_effect(&msg).map(Box::new);
         let (user_id, anonymous_id) = (msg.user_id.clone(), msg.anonymous_id.clone());
         let (stream, event) = activity_event(actor, msg);
         Activity { stream, event, user_id, anonymous_id, order }
@@ -355,12 +355,12 @@ pub(crate) async fn write_activity_runs(
 ) -> Result<Vec<Vec<(usize, Result<(), AppError>)>>, AppError> {
     // Group by stream, keeping each stream's messages in order.
     let mut streams: Vec<(String, Vec<((usize, usize), NewEvent)>)> = Vec::new();
-    let mut slot: HashMap<String, usize> = HashMap::new();
+    let mut slot: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
     let mut effects: Vec<(Vec<(String, String)>, Vec<OrderEffect>)> = Vec::with_capacity(runs.len());
     for (r, run) in runs.into_iter().enumerate() {
         let (mut links, mut orders) = (Vec::new(), Vec::new());
         for (i, a) in run {
-            orders.extend(a.order);
+            orders.extend(a.order.map(|o| *o));
             if let (Some(u), Some(an)) = (a.user_id, a.anonymous_id) {
                 if !links.iter().any(|(lu, la)| *lu == u && *la == an) {
                     links.push((u, an));
@@ -682,7 +682,8 @@ pub(crate) fn activity_from_text(
         return None;
     }
     let time = |t: Option<&str>| -> Option<Option<DateTime<Utc>>> {
-        t.map(|s| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))).map_or(Some(None), |t| t.map(Some))
+        t.map(|s| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)))
+            .map_or(Some(None), |t| t.map(Some))
     };
     let received_at = time(m.received_at)?.unwrap_or(now);
     let event_time = corrected_time(time(m.timestamp)?, time(m.sent_at)?, received_at);

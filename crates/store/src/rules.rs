@@ -15,7 +15,7 @@ pub(crate) fn check_batch(events: &[NewEvent]) -> Result<(), AppendError> {
         return Err(AppendError::Invalid("an append needs at least one event".into()));
     }
     if events.len() > 1 {
-        let mut seen = HashSet::with_capacity(events.len());
+        let mut seen = HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
         for e in events {
             if !seen.insert(e.id) {
                 return Err(AppendError::IdReused { id: e.id, detail: "(twice in this batch)".into() });
