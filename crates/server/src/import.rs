@@ -343,7 +343,7 @@ async fn run_all(
 fn key(kind: u8, name: &str) -> u64 {
     use std::hash::BuildHasher;
     // Fixed seed: the grouping only has to be the same within one run.
-    foldhash::fast::FixedState::with_seed(0x636872_6f6e).hash_one((kind, name))
+    foldhash::fast::FixedState::with_seed(0x0063_6872_6f6e).hash_one((kind, name))
 }
 
 /// The resources a line touches.

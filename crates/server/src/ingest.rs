@@ -354,9 +354,10 @@ pub(crate) async fn write_activity_runs(
     runs: Vec<Vec<(usize, Activity)>>,
 ) -> Result<Vec<Vec<(usize, Result<(), AppError>)>>, AppError> {
     // Group by stream, keeping each stream's messages in order.
-    let mut streams: Vec<(String, Vec<((usize, usize), NewEvent)>)> = Vec::new();
+    let mut streams: Vec<StreamRun<(usize, usize)>> = Vec::new();
     let mut slot: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
-    let mut effects: Vec<(Vec<(String, String)>, Vec<OrderEffect>)> = Vec::with_capacity(runs.len());
+    // Per run: the (userId, anonymousId) pairs to link, and the order effects.
+    let mut effects: Vec<(Links, Vec<OrderEffect>)> = Vec::with_capacity(runs.len());
     for (r, run) in runs.into_iter().enumerate() {
         let (mut links, mut orders) = (Vec::new(), Vec::new());
         for (i, a) in run {
@@ -402,6 +403,10 @@ pub(crate) async fn write_activity_runs(
     Ok(done)
 }
 
+/// A stream and the events to append to it, each tagged with where it came from.
+type StreamRun<T> = (String, Vec<(T, NewEvent)>);
+type Links = Vec<(String, String)>;
+
 /// Append a run of events (each tagged with its message's index) to one stream in one append
 /// (see [`append_runs`]).
 pub(crate) async fn append_run(
@@ -416,11 +421,7 @@ pub(crate) async fn append_run(
 /// Append runs of events, one append per stream, all streams at once. Events already stored (a
 /// client retry, an import run again) are left out: their messages were delivered before.
 /// Asking first, rather than retrying after a refusal, spares copying every batch just in case.
-async fn append_runs<T: Copy>(
-    app: &App,
-    tenant: &str,
-    streams: Vec<(String, Vec<(T, NewEvent)>)>,
-) -> Vec<(T, Result<(), AppError>)> {
+async fn append_runs<T: Copy>(app: &App, tenant: &str, streams: Vec<StreamRun<T>>) -> Vec<(T, Result<(), AppError>)> {
     let ids: Vec<uuid::Uuid> = streams.iter().flat_map(|(_, evs)| evs.iter().map(|(_, e)| e.id)).collect();
     let mut stored = match app.store().stored(&ids).await {
         Ok(s) => s.into_iter(),
