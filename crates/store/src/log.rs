@@ -12,7 +12,7 @@
 //! for the writer's fsync. docs/storage.md describes the format, the protocol and the recovery.
 
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, Committed, EventStore, ReadError};
+use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
 use chrono::{DateTime, Utc};
@@ -700,27 +700,14 @@ impl Writer {
 
     /// Hands the group's committed events, in position order, to the commit hook.
     fn call_hook(&self, group: &[Request], outcomes: &[Outcome], ingest_time: DateTime<Utc>) {
-        let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(hook) = hook else { return };
-        let mut committed = Vec::new();
-        for (request, outcome) in group.iter().zip(outcomes) {
-            let (true, Ok(result)) = (outcome.appended, &outcome.result) else {
-                continue;
-            };
-            let first_position = result.position + 1 - request.events.len() as u64;
-            for (i, p) in request.events.iter().enumerate() {
-                committed.push(Committed::submitted(
-                    &request.tenant,
-                    &request.stream,
-                    result.first_version + i as u64,
-                    first_position + i as u64,
-                    &p.event,
-                    ingest_time,
-                ));
+        let appended = group.iter().zip(outcomes).filter_map(|(request, outcome)| match outcome {
+            Outcome { appended: true, result: Ok(result) } => {
+                let events = request.events.iter().map(|p| &p.event).collect();
+                Some((request.tenant.as_str(), request.stream.as_str(), *result, events))
             }
-        }
-        // The events are committed whatever the hook does; a panic in it must not stop writes.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&committed)));
+            _ => None,
+        });
+        rules::call_hook(&self.hook, appended, ingest_time);
     }
 }
 
