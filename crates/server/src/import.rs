@@ -11,9 +11,12 @@
 //!   by a rerun if a crash cuts it short.
 //! - **Rejected lines** are reported with their line number, a code and the reason; the rest of
 //!   the file is imported.
-//! - **Fast.** Lines are read in chunks; the next chunk is parsed on another core while the
-//!   current one is written; a chunk's lines are written per customer concurrently (activity
-//!   as one append per stream), so the store's group commit carries many appends per fsync.
+//! - **Fast.** Lines are read in chunks; the next chunk is parsed on both cores while the
+//!   current one is written. Activity lines (track, page, screen) are read straight from their
+//!   text into an event whose payload stays JSON text (`ingest::activity_from_text`); all other
+//!   lines go through a `Value`. A chunk is written in rounds (see `write_parsed`): every
+//!   group's next activity run goes out together, one append per stream, so the store's group
+//!   commit carries many appends per fsync.
 //!
 //! CSV contacts: a header row; `id` (or `user_id`, `userId`, `customer_id`) is required;
 //! `email` and `phone` are the profile's; a column `consent:<channel>:<purpose>` holds

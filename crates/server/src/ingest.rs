@@ -682,10 +682,9 @@ pub(crate) fn activity_from_text(
     if text.len() + extra > MAX_MESSAGE_BYTES {
         return None;
     }
-    let time = |t: Option<&str>| -> Option<Option<DateTime<Utc>>> {
-        t.map(|s| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)))
-            .map_or(Some(None), |t| t.map(Some))
-    };
+    // Absent: `Some(None)`; not a timestamp: `None` (the general way names the error).
+    let time =
+        |t: Option<&str>| t.map(|s| DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))).transpose().ok();
     let received_at = time(m.received_at)?.unwrap_or(now);
     let event_time = corrected_time(time(m.timestamp)?, time(m.sent_at)?, received_at);
     let null = RawValue::NULL;
