@@ -19,7 +19,7 @@ pub struct DecodeError {
 }
 
 /// Turn a typed event enum (`#[serde(tag = "type", content = "data")]`) into its wire parts.
-pub(crate) fn to_parts<T: serde::Serialize>(ev: &T) -> (String, serde_json::Value) {
+pub fn to_parts<T: serde::Serialize>(ev: &T) -> (String, serde_json::Value) {
     match serde_json::to_value(ev).expect("domain events always serialize") {
         serde_json::Value::Object(mut m) => {
             let ty = match m.remove("type") {
@@ -33,7 +33,7 @@ pub(crate) fn to_parts<T: serde::Serialize>(ev: &T) -> (String, serde_json::Valu
 }
 
 /// The inverse of [`to_parts`].
-pub(crate) fn from_parts<T: serde::de::DeserializeOwned>(
+pub fn from_parts<T: serde::de::DeserializeOwned>(
     event_type: &str,
     data: &serde_json::Value,
 ) -> Result<T, DecodeError> {
