@@ -1,11 +1,12 @@
 //! The events of automation: definitions (campaigns and templates, each on its own stream) and
 //! what campaigns did to a customer (on the customer's stream, so the timeline shows it).
 
-use chronicle_core::customer::{Channel, Purpose};
+use chronicle_core::customer::Purpose;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 pub const EVENT_TYPES: &[&str] = &[
     "CampaignSaved",
@@ -75,11 +76,13 @@ pub enum AutomationEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A step ran; `next` is where the program goes on (a branch jumps).
     CampaignStepExecuted {
         campaign: String,
         enrolment: String,
         step: usize,
         action: String,
+        next: usize,
     },
     CampaignExited {
         campaign: String,
@@ -94,7 +97,8 @@ pub enum AutomationEvent {
     /// The intent to send, recorded before any attempt; `message` is the idempotency key.
     MessageQueued {
         message: String,
-        channel: Channel,
+        /// `email`, `sms`, `push`, `in_app`, `phone`, or `webhook`.
+        channel: String,
         purpose: Purpose,
         to: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,7 +111,7 @@ pub enum AutomationEvent {
     },
     MessageSuppressed {
         message: String,
-        channel: Channel,
+        channel: String,
         purpose: Purpose,
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,7 +119,7 @@ pub enum AutomationEvent {
     },
     MessageSent {
         message: String,
-        channel: Channel,
+        channel: String,
         attempt: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         provider_id: Option<String>,
@@ -150,16 +154,17 @@ impl AutomationEvent {
 
 /// A stable id from the parts of a cause: the same cause always gives the same id, so the
 /// event it names is stored once however often it is decided (after a crash, on a replay).
-pub fn derive_id(parts: &[&str]) -> String {
+pub fn derive_id(parts: &[&str]) -> Uuid {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
         h.update([0]);
     }
     let d = h.finalize();
-    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-    // Shaped like a UUID so it reads as an event id.
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&d[..16]);
+    // Version 8: a UUID whose bits are the application's own.
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 #[cfg(test)]
@@ -170,7 +175,7 @@ mod tests {
     fn events_round_trip_through_their_wire_parts() {
         let e = AutomationEvent::MessageSuppressed {
             message: "m1".into(),
-            channel: Channel::Email,
+            channel: "email".into(),
             purpose: Purpose::Marketing,
             reason: "no_consent".into(),
             origin: Some(Origin { campaign: "welcome".into(), enrolment: "e".into(), step: 0 }),
@@ -185,6 +190,6 @@ mod tests {
     fn derived_ids_are_stable_and_distinct() {
         assert_eq!(derive_id(&["a", "b"]), derive_id(&["a", "b"]));
         assert_ne!(derive_id(&["a", "b"]), derive_id(&["ab", ""]));
-        assert_eq!(derive_id(&["x"]).len(), 36);
+        assert_eq!(derive_id(&["x"]).get_version_num(), 8);
     }
 }

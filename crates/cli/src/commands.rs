@@ -1,7 +1,7 @@
 //! The commands that open storage and act on it: serve, tenant create, rebuild, verify and
 //! history. (`demo` lives in its own module.)
 
-use crate::config::{Config, StorageArgs};
+use crate::config::{AutomationArgs, Config, StorageArgs};
 use crate::progress::Progress;
 use crate::storage;
 use anyhow::Context;
@@ -17,12 +17,27 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
 /// and write a final checkpoint.
-pub async fn serve(args: &StorageArgs, listen: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn serve(args: &StorageArgs, listen: Option<&str>, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, listen)?;
     let st = storage::open(&cfg)?;
     let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await.context("starting the application")?;
+    if let Some(dir) = &automation.campaigns {
+        let n = chronicle_server::automation::definitions::load_folder(&app, dir)
+            .await
+            .with_context(|| format!("loading campaigns from {}", dir.display()))?;
+        tracing::info!(changed = n, folder = %dir.display(), "campaigns and templates loaded");
+    }
+    start_automation(&app, automation)?;
     run_server(&cfg, app, |addr| println!("chronicle listening on http://{addr}")).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start the automation engine (campaigns, timers, the outbox) on the running app.
+pub fn start_automation(app: &Arc<App>, automation: &AutomationArgs) -> anyhow::Result<()> {
+    chronicle_server::automation::Engine::start(app.clone(), automation.engine_config())
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("starting the automation engine")?;
+    Ok(())
 }
 
 /// Bind, serve, checkpoint periodically, and shut down gracefully.

@@ -25,6 +25,60 @@ pub struct StorageArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Where campaigns deliver, for `serve` and `demo`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AutomationArgs {
+    /// SMTP server for e-mail, smtp://[user:pass@]host:port (plain SMTP: a local relay or sink)
+    #[arg(long, env = "CHRONICLE_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The From: address of e-mail
+    #[arg(long, env = "CHRONICLE_MAIL_FROM", default_value = "chronicle@localhost")]
+    pub mail_from: String,
+    /// HMAC-SHA256 key that signs webhooks [default: a random one per process]
+    #[arg(long, env = "CHRONICLE_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// The SMS provider's webhook (JSON POST, signed like every webhook)
+    #[arg(long, env = "CHRONICLE_SMS_WEBHOOK_URL")]
+    pub sms_webhook_url: Option<String>,
+    /// The push provider's webhook
+    #[arg(long, env = "CHRONICLE_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    /// First retry delay of a failed delivery in milliseconds (doubling, with jitter)
+    #[arg(long, env = "CHRONICLE_RETRY_BASE_MS", default_value_t = 2000)]
+    pub retry_base_ms: u64,
+    /// Attempts before a message goes to the dead-letter queue
+    #[arg(long, env = "CHRONICLE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Folder of campaigns and templates to load at start: TENANT/templates/NAME.json and
+    /// TENANT/campaigns/NAME.json
+    #[arg(long, env = "CHRONICLE_CAMPAIGNS")]
+    pub campaigns: Option<PathBuf>,
+}
+
+impl AutomationArgs {
+    pub fn engine_config(&self) -> chronicle_server::automation::EngineConfig {
+        use chronicle_server::automation::{delivery::DeliveryConfig, EngineConfig};
+        let secret = self.webhook_secret.clone().unwrap_or_else(|| {
+            tracing::warn!("no --webhook-secret: webhooks are signed with a random key that changes on restart");
+            let mut b = [0u8; 32];
+            let _ = getrandom::fill(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        });
+        EngineConfig {
+            delivery: DeliveryConfig {
+                smtp_url: self.smtp_url.clone(),
+                mail_from: self.mail_from.clone(),
+                sms_webhook_url: self.sms_webhook_url.clone(),
+                push_webhook_url: self.push_webhook_url.clone(),
+                webhook_secret: secret,
+            },
+            retry_base: std::time::Duration::from_millis(self.retry_base_ms.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            ..EngineConfig::default()
+        }
+    }
+}
+
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {

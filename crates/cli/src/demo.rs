@@ -431,7 +431,42 @@ pub async fn generate(app: &Arc<App>, tenant: &str, customers: u64, now: DateTim
     Ok(total)
 }
 
-pub async fn run(args: &StorageArgs, listen: Option<&str>, customers: u64, no_serve: bool) -> anyhow::Result<ExitCode> {
+/// The example campaigns and templates (`examples/automation/demo`), loaded into the demo
+/// tenant once its history is generated (so only what happens next triggers them).
+macro_rules! example {
+    ($kind:literal, $name:literal) => {
+        ($name, include_str!(concat!("../../../examples/automation/demo/", $kind, "/", $name, ".json")))
+    };
+}
+const TEMPLATES: &[(&str, &str)] = &[
+    example!("templates", "welcome"),
+    example!("templates", "cart-reminder"),
+    example!("templates", "review-request"),
+    example!("templates", "payment-failed"),
+    example!("templates", "payment-reminder"),
+];
+const CAMPAIGNS: &[(&str, &str)] = &[
+    example!("campaigns", "welcome"),
+    example!("campaigns", "abandoned-cart"),
+    example!("campaigns", "review-request"),
+    example!("campaigns", "payment-failed"),
+];
+
+async fn load_examples(app: &App, tenant: &str) -> anyhow::Result<usize> {
+    let parse = |set: &[(&str, &str)]| -> anyhow::Result<Vec<(String, Value)>> {
+        set.iter().map(|(n, t)| Ok((n.to_string(), serde_json::from_str(t).with_context(|| format!("example {n}"))?))).collect()
+    };
+    let n = chronicle_server::automation::definitions::load(app, tenant, &parse(TEMPLATES)?, &parse(CAMPAIGNS)?, "demo").await?;
+    Ok(n)
+}
+
+pub async fn run(
+    args: &StorageArgs,
+    listen: Option<&str>,
+    customers: u64,
+    no_serve: bool,
+    automation: &crate::config::AutomationArgs,
+) -> anyhow::Result<ExitCode> {
     let mut args = args.clone();
     if args.data.is_none() {
         args.data = Some("./chronicle-demo-data".into());
@@ -455,12 +490,14 @@ pub async fn run(args: &StorageArgs, listen: Option<&str>, customers: u64, no_se
     let now = Utc::now();
     let events = generate(&app, "demo", customers, now).await?;
     let secs = started.elapsed().as_secs_f64();
+    let campaigns = load_examples(&app, "demo").await?;
     app.checkpoint()?;
-    let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});
+    let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});
     if no_serve {
         println!("{summary}");
         return Ok(ExitCode::SUCCESS);
     }
+    commands::start_automation(&app, automation)?;
     let week_ago = (now - Duration::days(7)).format("%Y-%m-%dT%H:%M:%SZ");
     commands::run_server(&cfg, app, |addr| {
         let base = format!("http://{addr}");

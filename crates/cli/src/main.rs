@@ -33,6 +33,8 @@ enum Command {
         /// Address to listen on [default: 127.0.0.1:7070]
         #[arg(long, env = "CHRONICLE_LISTEN")]
         listen: Option<String>,
+        #[command(flatten)]
+        automation: config::AutomationArgs,
     },
     /// Generate a fresh demo tenant with realistic data, then serve it
     Demo {
@@ -44,6 +46,8 @@ enum Command {
         /// Generate, print the summary, and exit instead of serving
         #[arg(long)]
         no_serve: bool,
+        #[command(flatten)]
+        automation: config::AutomationArgs,
     },
     /// Manage tenants
     Tenant {
@@ -90,9 +94,9 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve { listen } => commands::serve(&cli.storage, listen.as_deref()).await,
-            Command::Demo { listen, customers, no_serve } => {
-                demo::run(&cli.storage, listen.as_deref(), customers, no_serve).await
+            Command::Serve { listen, automation } => commands::serve(&cli.storage, listen.as_deref(), &automation).await,
+            Command::Demo { listen, customers, no_serve, automation } => {
+                demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &automation).await
             }
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await

@@ -50,6 +50,16 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         differ_map("order", t, &a.orders, &b.orders, &mut out);
         differ_map("snapshots of", t, &a.snapshots, &b.snapshots, &mut out);
         differ_map("time blocks of", t, &a.time_blocks, &b.time_blocks, &mut out);
+        let (x, y) = (&a.automation, &b.automation);
+        differ_map("campaign", t, &x.campaigns, &y.campaigns, &mut out);
+        differ_map("template", t, &x.templates, &y.templates, &mut out);
+        differ_map("enrolment", t, &x.enrolments, &y.enrolments, &mut out);
+        differ_map("outbox message", t, &x.outbox, &y.outbox, &mut out);
+        differ_map("dead letter", t, &x.dead_letters, &y.dead_letters, &mut out);
+        differ_map("campaign stats of", t, &x.stats, &y.stats, &mut out);
+        if x.timers != y.timers || x.outbox_due != y.outbox_due || x.queued != y.queued || x.decided != y.decided {
+            out.push(format!("{t}: automation timers, outbox schedule or send counts differ from the replay"));
+        }
         if a.events != b.events {
             out.push(format!("{t}: event count live {} vs replay {}", a.events, b.events));
         }

@@ -6,6 +6,7 @@
 //! so a replay is the same function over the same events. The whole state serializes to a
 //! checkpoint (with the position it reflects), so a restart resumes from there.
 
+pub mod automation;
 mod checkpoint;
 mod diff;
 
@@ -91,6 +92,9 @@ pub struct TenantViews {
     /// as-of query reads only the blocks that hold an event that happened by its instant.
     #[serde(default)]
     pub time_blocks: Map<String, Vec<DateTime<Utc>>>,
+    /// Campaigns, templates, enrolments, timers, the outbox (see [`automation`]).
+    #[serde(default)]
+    pub automation: automation::AutomationView,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -108,6 +112,11 @@ pub struct Projections {
     /// Events of a customer stream between two time-travel snapshots.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// Not a read model: the automation engine's cursor (the last position it reacted to),
+    /// saved with the checkpoint so a restart goes on from there. Reacting again to an event
+    /// is harmless (every reaction has a derived id), so an older cursor only costs time.
+    #[serde(default)]
+    pub reacted: u64,
 }
 
 fn default_snapshot_every() -> u64 {
@@ -122,6 +131,7 @@ impl Default for Projections {
             keys: Map::default(),
             undecodable: 0,
             snapshot_every: SNAPSHOT_EVERY,
+            reacted: 0,
         }
     }
 }
@@ -176,6 +186,15 @@ impl Projections {
         }
         if !needs_payload(&ev.tenant, &ev.stream, &ev.event_type) {
             self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            return;
+        }
+        if chronicle_automation::events::EVENT_TYPES.contains(&ev.event_type.as_str()) {
+            // On a customer stream these move its version like any event the customer fold skips.
+            self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            match chronicle_automation::AutomationEvent::from_parts(&ev.event_type, &ev.data) {
+                Ok(e) => self.tenant_mut(&ev.tenant).automation.apply(&ev.stream, ev.version, ev.position, ev.event_time, e),
+                Err(_) => self.undecodable += 1,
+            }
             return;
         }
         self.position = ev.position;
@@ -289,6 +308,9 @@ impl Projections {
 fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     if tenant == SYSTEM_TENANT {
         return event_type == "TenantCreated";
+    }
+    if chronicle_automation::events::EVENT_TYPES.contains(&event_type) {
+        return true;
     }
     if customer::id_of_stream(stream).is_some() {
         customer::EVENT_TYPES.contains(&event_type)

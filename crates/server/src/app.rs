@@ -22,7 +22,8 @@ const COMMAND_ATTEMPTS: usize = 8;
 /// Stripes of the e-mail claim lock.
 const EMAIL_STRIPES: usize = 64;
 /// Stream name prefixes owned by the domain: raw appends may not write there.
-pub const RESERVED_PREFIXES: &[&str] = &["customer-", "deal-", "order-", "tenant-", "anonymous-", "_"];
+pub const RESERVED_PREFIXES: &[&str] =
+    &["customer-", "deal-", "order-", "tenant-", "anonymous-", "campaign-", "template-", "_"];
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -43,6 +44,10 @@ pub struct App {
     /// Commands that claim an e-mail address take the address's stripe, so two can't claim the
     /// same one while claims of different addresses run side by side.
     email_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The automation engine's cursor (see `Projections::reacted`).
+    reacted: AtomicU64,
+    /// Wakes the automation engine's clock: something in the outbox or a timer changed.
+    pub automation_wake: tokio::sync::Notify,
     pub metrics: Metrics,
 }
 
@@ -78,6 +83,7 @@ impl App {
             tracing::warn!(checkpoint = initial.position, "checkpoint is ahead of the log; rebuilding the views");
             initial = Projections::new();
         }
+        let reacted = AtomicU64::new(initial.reacted);
         let views = Arc::new(RwLock::new(initial));
         catch_up(&*store, &views).await?;
         // Nothing appends through this store before `start` returns (the data folder is locked
@@ -98,7 +104,7 @@ impl App {
             }
         }));
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, metrics: Metrics::default() }))
+        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, reacted, automation_wake: tokio::sync::Notify::new(), metrics: Metrics::default() }))
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -112,10 +118,20 @@ impl App {
     /// Write the views to the checkpoint file (no-op without one).
     pub fn checkpoint(&self) -> Result<u64, AppError> {
         let Some(path) = &self.checkpoint_path else { return Ok(0) };
-        let snapshot = self.views().clone();
+        let mut snapshot = self.views().clone();
+        snapshot.reacted = self.reacted();
         chronicle_projections::save_checkpoint(path, &snapshot).map_err(|e| AppError::Internal(e.to_string()))?;
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(snapshot.position)
+    }
+
+    /// The last log position the automation engine has reacted to.
+    pub fn reacted(&self) -> u64 {
+        self.reacted.load(Ordering::Relaxed)
+    }
+
+    pub fn set_reacted(&self, position: u64) {
+        self.reacted.store(position, Ordering::Relaxed);
     }
 
     pub fn authenticate(&self, presented_key: &str) -> Option<KeyRecord> {

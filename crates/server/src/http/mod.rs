@@ -2,6 +2,7 @@
 //! declared once in [`routes`], with its documentation; the router and `/openapi.json` are both
 //! built from that table, so they cannot drift apart.
 
+mod campaigns;
 mod cloudevents;
 mod customers;
 mod deals;
@@ -131,6 +132,20 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
                 .body(r#"{"specversion":"1.0","id":"e-1","source":"/billing","type":"com.example.invoice.paid","subject":"c-42","time":"2026-11-01T10:00:00Z","data":{"amount":4990}}"#),
             post(cloudevents::receive),
         ),
+        (r("get", "/v1/campaigns", "Campaigns in force, with their counters", 200), get(campaigns::list)),
+        (r("put", "/v1/campaigns/{name}", "Create or replace a campaign (checked whole)", 200).body(campaigns::CAMPAIGN_EXAMPLE), put(campaigns::put)),
+        (r("get", "/v1/campaigns/{name}", "A campaign's definition and counters", 200), get(campaigns::get_one)),
+        (r("delete", "/v1/campaigns/{name}", "Stop a campaign (running enrolments exit)", 200), delete(campaigns::delete)),
+        (r("get", "/v1/campaigns/{name}/stats", "Enrolled, in progress, exited, converted, sent, suppressed", 200), get(campaigns::get_stats)),
+        (
+            r("put", "/v1/templates/{name}", "Create or replace a message template", 200)
+                .body(r#"{"subject":"Welcome, {{ traits.first_name }}","body":"<p>Hello {{ traits.first_name }}!</p>"}"#),
+            put(campaigns::put_template),
+        ),
+        (r("get", "/v1/templates/{name}", "A message template", 200), get(campaigns::get_template)),
+        (r("delete", "/v1/templates/{name}", "Delete a template no campaign sends", 200), delete(campaigns::delete_template)),
+        (r("get", "/v1/dead-letters", "Messages that failed every attempt", 200), get(campaigns::dead_letters)),
+        (r("post", "/v1/dead-letters/{id}/retry", "Send a dead letter back to the outbox", 200), post(campaigns::retry)),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),

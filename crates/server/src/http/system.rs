@@ -19,10 +19,10 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
     let head = app.store().head().await.map_err(AppError::from)?;
-    let (projected, customers, tenants, undecodable) = {
+    let (projected, customers, tenants, undecodable, (outbox, outbox_lag, dead, timers)) = {
         let v = app.views();
         let customers: usize = v.tenants.values().map(|t| t.customers.values().filter(|c| c.exists).count()).sum();
-        (v.position, customers, v.tenants.len(), v.undecodable)
+        (v.position, customers, v.tenants.len(), v.undecodable, crate::automation::gauges(&v, chrono::Utc::now()))
     };
     let m = &app.metrics;
     let mut out = String::new();
@@ -82,6 +82,14 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     metric("chronicle_customers", "gauge", "Customers in the read models (all tenants).", customers as u64);
     metric("chronicle_tenants", "gauge", "Tenants.", tenants as u64);
     metric("chronicle_undecodable_events_total", "counter", "Events the read models could not decode.", undecodable);
+    metric("chronicle_outbox_depth", "gauge", "Messages queued and not yet sent (retries included).", outbox as u64);
+    metric("chronicle_dead_letters", "gauge", "Messages in the dead-letter queue.", dead as u64);
+    metric("chronicle_pending_waits", "gauge", "Campaign waits and deferred sends not yet due or fired.", timers as u64);
+    metric("chronicle_automation_reacted_position", "gauge", "The last log position the automation engine reacted to.", app.reacted());
+    let _ = writeln!(
+        out,
+        "# HELP chronicle_outbox_lag_seconds How late the most overdue outbox message is.\n# TYPE chronicle_outbox_lag_seconds gauge\nchronicle_outbox_lag_seconds {outbox_lag:.3}"
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
