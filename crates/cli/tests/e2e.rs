@@ -2,110 +2,16 @@
 //! loses no acknowledged event and duplicates none, and `verify` passes after it; the demo
 //! starts and serves its tenant.
 
+mod common;
+
+use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_chronicle");
-
-fn chronicle(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).arg("--data").arg(data).args(args).env("CHRONICLE_LOG", "warn").output().expect("run chronicle")
-}
-
-/// A started server; killed if a failing test leaves it running.
-struct Server(Child);
-
-impl std::ops::Deref for Server {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Server {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Start `chronicle <args>` and read its stdout up to the line containing `marker`; returns
-/// the child, its URL and the lines read.
-fn start_until(data: &Path, args: &[&str], marker: &str) -> (Server, String, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("CHRONICLE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chronicle");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let mut url = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(i) = line.find("http://127.0.0.1:") {
-            url.get_or_insert_with(|| line[i..].split_whitespace().next().unwrap().trim_end_matches('/').to_owned());
-        }
-        let done = line.contains(marker);
-        seen.push(line);
-        if done {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (Server(child), url.expect("a URL before the marker"), seen);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("chronicle exited before printing {marker:?}: {seen:?}");
-}
-
-fn start(data: &Path, args: &[&str]) -> (Server, String, Vec<String>) {
-    start_until(data, args, "listening on")
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-fn get(agent: &ureq::Agent, url: &str, key: &str) -> (u16, Value) {
-    let mut r = agent.get(url).header("authorization", format!("Bearer {key}")).call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
-}
-
-fn sigterm(child: &mut Child) {
-    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success();
-    assert!(ok);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "graceful shutdown exits 0, got {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("server did not stop on SIGTERM");
-}
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_event_and_verify_passes() {
@@ -267,28 +173,6 @@ fn demo_serves_its_tenant_with_history() {
     assert_eq!((status, &check["allowed"]), (200, &json!(true)));
     sigterm(&mut server);
     assert!(chronicle(&data, &["verify"]).status.success());
-}
-
-/// Where `scripts/test` installed the official Segment clients (a Python venv and an npm
-/// prefix). Missing: a failure in CI, a printed skip elsewhere.
-fn segment_clients() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("CHRONICLE_E2E_CLIENTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-clients"));
-    let ready = dir.join("venv/bin/python").exists() && dir.join("node/node_modules/@segment/analytics-node").exists();
-    if ready {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run the Segment client tests; scripts/test installs the clients into {}",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: the official Segment clients are not installed in {} (scripts/test installs them)",
-        dir.display()
-    );
-    None
 }
 
 #[test]

@@ -1,0 +1,350 @@
+//! End-to-end tests of campaigns on the real binary, delivering to a real SMTP server
+//! (aiosmtpd) and a real HTTP webhook receiver: who gets mail and who does not, waits across
+//! `kill -9`, restarts that never re-send, retries into the dead-letter queue and back.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Tenant {
+    api: String,
+    write: String,
+}
+
+fn tenant(data: &Path) -> Tenant {
+    let out = chronicle(data, &["tenant", "create", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Tenant { api: v["api_key"].as_str().unwrap().into(), write: v["write_key"].as_str().unwrap().into() }
+}
+
+/// A Segment `track` through the tracking API (the write key in the body, as Segment allows).
+fn track(agent: &ureq::Agent, url: &str, t: &Tenant, user: &str, event: &str, message_id: &str) {
+    let body = json!({"writeKey": t.write, "userId": user, "event": event, "messageId": message_id, "properties": {"sku": "A1"}});
+    let r = agent
+        .post(format!("{url}/v1/track"))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+fn register(agent: &ureq::Agent, url: &str, t: &Tenant, id: &str, email: &str, name: &str, consent: bool) {
+    let consents = if consent {
+        json!([{"channel": "email", "purpose": "marketing", "granted": true, "source": "signup-form"}])
+    } else {
+        json!([])
+    };
+    let body = json!({"id": id, "email": email, "traits": {"first_name": name}, "consents": consents});
+    let (status, v) = send(agent, "POST", &format!("{url}/v1/customers"), &t.api, &body);
+    assert_eq!(status, 201, "{v}");
+}
+
+fn put(agent: &ureq::Agent, url: &str, t: &Tenant, path: &str, body: Value) {
+    let (status, v) = send(agent, "PUT", &format!("{url}{path}"), &t.api, &body);
+    assert_eq!(status, 200, "{path}: {v}");
+}
+
+/// The customer's timeline event types, with the suppression reasons.
+fn timeline(agent: &ureq::Agent, url: &str, t: &Tenant, id: &str) -> Vec<(String, Value)> {
+    let (status, v) = get(agent, &format!("{url}/v1/customers/{id}/timeline?limit=1000"), &t.api);
+    assert_eq!(status, 200, "{v}");
+    v["events"].as_array().unwrap().iter().map(|e| (e["type"].as_str().unwrap().to_owned(), e["data"].clone())).collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn has(tl: &[(String, Value)], ty: &str) -> bool {
+    tl.iter().any(|(t, _)| t == ty)
+}
+
+/// The example campaigns and templates of `examples/automation/demo`, as a `--campaigns`
+/// folder for tenant `acme`.
+fn examples_folder(dir: &Path) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/automation/demo");
+    let root = dir.join("campaigns");
+    for kind in ["templates", "campaigns"] {
+        let to = root.join("acme").join(kind);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(src.join(kind)).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn welcome_mail_goes_to_consenting_customers_only_and_a_revocation_always_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let folder = examples_folder(dir.path());
+    let (_server, url, _) =
+        start(&data, &["serve", "--smtp-url", &smtp.url(), "--campaigns", folder.to_str().unwrap()]);
+    let agent = agent();
+
+    // Loaded from the folder at start.
+    let (status, welcome) = get(&agent, &format!("{url}/v1/campaigns/welcome"), &t.api);
+    assert_eq!(status, 200, "{welcome}");
+
+    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", true);
+    register(&agent, &url, &t, "c2", "bob@example.com", "Bob", false);
+    let mail = smtp.wait_for("ada@example.com", 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "the consenting customer gets the welcome mail");
+    assert!(mail[0].contains("Subject: Welcome to Chronicle, Ada!"), "{}", mail[0]);
+    assert!(mail[0].contains("<p>Hi Ada,</p>"), "{}", mail[0]);
+    assert!(mail[0].contains("Message-ID: <"), "{}", mail[0]);
+
+    // The one without consent: no mail, and the suppression with its reason on the timeline.
+    wait_until("c2's suppression", Duration::from_secs(20), || has(&timeline(&agent, &url, &t, "c2"), "MessageSuppressed"));
+    let tl = timeline(&agent, &url, &t, "c2");
+    let (_, suppressed) = tl.iter().find(|(ty, _)| ty == "MessageSuppressed").unwrap();
+    assert_eq!(suppressed["reason"], "no_consent");
+    assert!(smtp.to("bob@example.com").is_empty());
+
+    // Revoke, then trigger at once: no mail, ever.
+    put(&agent, &url, &t, "/v1/templates/promo", json!({"subject": "A deal for {{ traits.first_name }}", "body": "<p>20% off</p>"}));
+    put(
+        &agent,
+        &url,
+        &t,
+        "/v1/campaigns/promo",
+        json!({"trigger": {"event": "Promo Clicked"}, "reentry": "always",
+               "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]}),
+    );
+    track(&agent, &url, &t, "c1", "Promo Clicked", "promo-1");
+    let mail = smtp.wait_for("ada@example.com", 2, Duration::from_secs(20));
+    assert_eq!(mail.len(), 2, "with consent, the promo is sent");
+    let revoke = json!({"channel": "email", "purpose": "marketing", "granted": false, "source": "preference-center"});
+    let (status, v) = send(&agent, "POST", &format!("{url}/v1/customers/c1/consents"), &t.api, &revoke);
+    assert_eq!(status, 201, "{v}");
+    track(&agent, &url, &t, "c1", "Promo Clicked", "promo-2");
+    wait_until("the second promo's decision", Duration::from_secs(20), || {
+        timeline(&agent, &url, &t, "c1").iter().filter(|(ty, _)| ty == "MessageSuppressed").count() == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(smtp.to("ada@example.com").len(), 2, "after the revocation nothing more is sent");
+
+    let (_, stats) = get(&agent, &format!("{url}/v1/campaigns/promo/stats"), &t.api);
+    assert_eq!(stats["enrolled"], 2);
+    assert_eq!(stats["sent"], 1);
+    assert_eq!(stats["suppressed"], 1);
+    let (_, stats) = get(&agent, &format!("{url}/v1/campaigns/welcome/stats"), &t.api);
+    assert_eq!((stats["enrolled"].as_u64(), stats["sent"].as_u64(), stats["suppressed"].as_u64()), (Some(2), Some(1), Some(1)));
+}
+
+#[test]
+fn abandoned_cart_reminds_the_customer_who_did_not_buy_and_not_the_one_who_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url()]);
+    let agent = agent();
+    // The example's shape with a 2-second wait instead of an hour.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/automation/demo");
+    let read = |p: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(src.join(p)).unwrap()).unwrap() };
+    put(&agent, &url, &t, "/v1/templates/cart-reminder", read("templates/cart-reminder.json"));
+    let mut cart = read("campaigns/abandoned-cart.json");
+    cart["steps"][0] = json!({"wait": "2s"});
+    put(&agent, &url, &t, "/v1/campaigns/abandoned-cart", cart);
+
+    register(&agent, &url, &t, "buyer", "buyer@example.com", "Bea", true);
+    register(&agent, &url, &t, "browser", "browser@example.com", "Ben", true);
+    track(&agent, &url, &t, "buyer", "Product Added", "b-1");
+    track(&agent, &url, &t, "browser", "Product Added", "r-1");
+    track(&agent, &url, &t, "buyer", "Order Completed", "b-2");
+
+    let mail = smtp.wait_for("browser@example.com", 1, Duration::from_secs(30));
+    assert_eq!(mail.len(), 1);
+    assert!(mail[0].contains("Subject: Ben, you left something in your cart"), "{}", mail[0]);
+    wait_until("the buyer's conversion", Duration::from_secs(10), || has(&timeline(&agent, &url, &t, "buyer"), "CampaignConverted"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(smtp.to("buyer@example.com").is_empty(), "the customer who bought gets no reminder");
+    let (_, stats) = get(&agent, &format!("{url}/v1/campaigns/abandoned-cart/stats"), &t.api);
+    assert_eq!(stats, json!({"enrolled": 2, "in_progress": 0, "exited": 1, "converted": 1, "sent": 1, "suppressed": 0}));
+}
+
+#[test]
+fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let args = ["serve", "--smtp-url", &smtp.url()];
+    let (mut server, url, _) = start(&data, &args);
+    let agent = agent();
+    put(&agent, &url, &t, "/v1/templates/nudge", json!({"subject": "Still there, {{ traits.first_name }}?", "body": "<p>Hi</p>"}));
+    put(
+        &agent,
+        &url,
+        &t,
+        "/v1/campaigns/nudge",
+        json!({"trigger": "CustomerRegistered", "steps": [
+            {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}},
+            {"wait": "3s"},
+            {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}}]}),
+    );
+    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", true);
+    assert_eq!(smtp.wait_for("ada@example.com", 1, Duration::from_secs(20)).len(), 1, "the first send");
+    wait_until("the wait to be scheduled", Duration::from_secs(10), || {
+        has(&timeline(&agent, &url, &t, "c1"), "CampaignStepScheduled")
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // Restarted after the wait fell due: the second message goes out once, the first not again.
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut server, url, _) = start(&data, &args);
+    let mail = smtp.wait_for("ada@example.com", 2, Duration::from_secs(20));
+    assert_eq!(mail.len(), 2);
+    wait_until("the enrolment to complete", Duration::from_secs(10), || has(&timeline(&agent, &url, &t, "c1"), "CampaignExited"));
+    sigterm(&mut server);
+    let (_server, url, _) = start(&data, &args);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.to("ada@example.com").len(), 2, "a restart re-sends nothing");
+    let tl = timeline(&agent, &url, &t, "c1");
+    assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageSent").count(), 2);
+    assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageQueued").count(), 2);
+    let ids: Vec<String> = mail.iter().map(|m| m.lines().find(|l| l.starts_with("Message-ID:")).unwrap().to_owned()).collect();
+    assert_ne!(ids[0], ids[1]);
+}
+
+/// A webhook receiver on loopback: answers 500 while `failing` is above zero (counting it
+/// down), then 200; records every request's headers and body.
+struct Receiver {
+    url: String,
+    failing: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
+}
+
+fn receiver(failures: usize) -> Receiver {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let failing = Arc::new(AtomicUsize::new(failures));
+    let seen: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>> = Arc::default();
+    let (f, s) = (failing.clone(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let (k, v) = l.split_once(':').unwrap();
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+            let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            s.lock().unwrap().push((headers, String::from_utf8(body).unwrap()));
+            let fail = f.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            let status = if fail { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    Receiver { url, failing, seen }
+}
+
+#[test]
+fn a_webhook_failing_five_times_lands_in_the_dead_letter_queue_and_a_retry_delivers_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let hook = receiver(usize::MAX);
+    let (_server, url, _) =
+        start(&data, &["serve", "--retry-base-ms", "20", "--webhook-secret", "s3cret", "--max-attempts", "5"]);
+    let agent = agent();
+    put(
+        &agent,
+        &url,
+        &t,
+        "/v1/campaigns/sales-alert",
+        json!({"trigger": {"event": "Demo Requested"}, "steps": [{"webhook": {"url": hook.url}}]}),
+    );
+    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", false);
+    track(&agent, &url, &t, "c1", "Demo Requested", "d-1");
+
+    let mut dead = Value::Null;
+    wait_until("the dead letter", Duration::from_secs(30), || {
+        dead = get(&agent, &format!("{url}/v1/dead-letters"), &t.api).1;
+        dead["dead_letters"].as_array().is_some_and(|a| a.len() == 1)
+    });
+    let letter = &dead["dead_letters"][0];
+    assert_eq!(letter["attempts"], 5);
+    assert!(letter["last_error"].as_str().unwrap().contains("HTTP 500"), "{letter}");
+    assert_eq!(hook.seen.lock().unwrap().len(), 5, "five attempts, then no more");
+    let tl = timeline(&agent, &url, &t, "c1");
+    assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageFailed").count(), 4);
+    assert!(has(&tl, "MessageDeadLettered"));
+    let metrics = agent.get(format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(metrics.contains("chronicle_dead_letters 1"), "{metrics}");
+
+    // The receiver is fixed; an operator retries: delivered once, with the same key.
+    hook.failing.store(0, Ordering::SeqCst);
+    let id = letter["id"].as_str().unwrap();
+    let (status, v) = send(&agent, "POST", &format!("{url}/v1/dead-letters/{id}/retry"), &t.api, &json!({}));
+    assert_eq!(status, 200, "{v}");
+    wait_until("the retried delivery", Duration::from_secs(10), || has(&timeline(&agent, &url, &t, "c1"), "MessageSent"));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = hook.seen.lock().unwrap();
+    assert_eq!(seen.len(), 6, "exactly one more request");
+    let header = |i: usize, k: &str| seen[i].0.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(header(0, "idempotency-key"), header(5, "idempotency-key"));
+    assert_eq!(header(5, "idempotency-key"), id);
+    // The signature is HMAC-SHA256 over "timestamp.body" with the configured secret.
+    let (ts, body) = (header(5, "x-chronicle-timestamp"), &seen[5].1);
+    let expected = chronicle_server::automation::delivery::sign("s3cret", &ts, body.as_bytes());
+    assert_eq!(header(5, "x-chronicle-signature"), format!("v1={expected}"));
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["customer"], "c1");
+    assert_eq!(payload["campaign"], "sales-alert");
+    drop(seen);
+    let (_, dead) = get(&agent, &format!("{url}/v1/dead-letters"), &t.api);
+    assert_eq!(dead["dead_letters"], json!([]));
+    let (status, _) = send(&agent, "POST", &format!("{url}/v1/dead-letters/{id}/retry"), &t.api, &json!({}));
+    assert_eq!(status, 404, "a delivered message is no longer a dead letter");
+}
+
+#[test]
+fn bad_campaigns_and_templates_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let (_server, url, _) = start(&data, &["serve"]);
+    let agent = agent();
+    let c = json!({"trigger": "X", "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "nope"}}]});
+    let (status, v) = send(&agent, "PUT", &format!("{url}/v1/campaigns/x"), &t.api, &c);
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("unknown_template")), "{v}");
+    let (status, v) = send(&agent, "PUT", &format!("{url}/v1/campaigns/x"), &t.api, &json!({"trigger": "X", "steps": [{"wait": "soon"}]}));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("steps[0]"), "{v}");
+    let (status, _) = send(&agent, "PUT", &format!("{url}/v1/templates/t"), &t.api, &json!({"subject": "{{ x", "body": ""}));
+    assert_eq!(status, 400);
+    let (status, _) = send(&agent, "PUT", &format!("{url}/v1/campaigns/Bad%20Name"), &t.api, &json!({"trigger": "X", "steps": []}));
+    assert_eq!(status, 400);
+    let (_, events) = get(&agent, &format!("{url}/v1/events"), &t.api);
+    assert_eq!(events["events"], json!([]), "nothing was written");
+    let (status, _) = get(&agent, &format!("{url}/v1/campaigns/x"), &t.api);
+    assert_eq!(status, 404);
+}

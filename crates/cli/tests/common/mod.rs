@@ -1,0 +1,222 @@
+//! Helpers the end-to-end tests share: running the real binary, a started server, an HTTP
+//! agent, and where `scripts/test` installed the outside tools the tests drive.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_chronicle");
+
+pub fn chronicle(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).arg("--data").arg(data).args(args).env("CHRONICLE_LOG", "warn").output().expect("run chronicle")
+}
+
+/// A started server; killed if a failing test leaves it running.
+pub struct Server(pub Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Start `chronicle <args>` and read its stdout up to the line containing `marker`; returns
+/// the child, its URL and the lines read.
+pub fn start_until(data: &Path, args: &[&str], marker: &str) -> (Server, String, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("CHRONICLE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chronicle");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(i) = line.find("http://127.0.0.1:") {
+            url.get_or_insert_with(|| line[i..].split_whitespace().next().unwrap().trim_end_matches('/').to_owned());
+        }
+        let done = line.contains(marker);
+        seen.push(line);
+        if done {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (Server(child), url.expect("a URL before the marker"), seen);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("chronicle exited before printing {marker:?}: {seen:?}");
+}
+
+pub fn start(data: &Path, args: &[&str]) -> (Server, String, Vec<String>) {
+    start_until(data, args, "listening on")
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+pub fn get(agent: &ureq::Agent, url: &str, key: &str) -> (u16, Value) {
+    let mut r = agent.get(url).header("authorization", format!("Bearer {key}")).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+pub fn sigterm(child: &mut Child) {
+    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "graceful shutdown exits 0, got {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("server did not stop on SIGTERM");
+}
+
+/// Where `scripts/test` installed the official Segment clients (a Python venv and an npm
+/// prefix). Missing: a failure in CI, a printed skip elsewhere.
+pub fn segment_clients() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CHRONICLE_E2E_CLIENTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-clients"));
+    let ready = dir.join("venv/bin/python").exists() && dir.join("node/node_modules/@segment/analytics-node").exists();
+    if ready {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the Segment client tests; scripts/test installs the clients into {}",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: the official Segment clients are not installed in {} (scripts/test installs them)",
+        dir.display()
+    );
+    None
+}
+
+
+/// A real SMTP server (aiosmtpd, installed by `scripts/test`) writing what it receives into a
+/// Maildir. Missing: a failure in CI, a printed skip elsewhere.
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    pub maildir: std::path::PathBuf,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SmtpSink {
+    pub fn start(dir: &Path) -> Option<SmtpSink> {
+        let tools = std::env::var_os("CHRONICLE_E2E_CLIENTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-clients"));
+        let python = tools.join("venv/bin/python");
+        let ready = python.exists()
+            && Command::new(&python).args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
+        if !ready {
+            assert!(std::env::var_os("CI").is_none(), "CI must run the SMTP tests; scripts/test installs aiosmtpd");
+            eprintln!("SKIPPED: aiosmtpd is not installed in {} (scripts/test installs it)", tools.display());
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let maildir = dir.join("maildir");
+        let child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(SmtpSink { child, port, maildir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, as text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in rd.flatten() {
+                    out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    /// The messages to `to`.
+    pub fn to(&self, to: &str) -> Vec<String> {
+        let line = format!("\nTo: {to}\n");
+        self.messages().into_iter().filter(|m| format!("\n{m}").contains(&line)).collect()
+    }
+
+    /// Wait until `to` has received `n` messages (or the timeout); returns them.
+    pub fn wait_for(&self, to: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.to(to);
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// POST JSON with the API key; (status, body).
+pub fn send(agent: &ureq::Agent, method: &str, url: &str, key: &str, body: &Value) -> (u16, Value) {
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .unwrap();
+    let mut r = agent.run(req).unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
+}
