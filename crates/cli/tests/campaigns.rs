@@ -223,19 +223,22 @@ fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend()
     assert_ne!(ids[0], ids[1]);
 }
 
+/// One request a receiver saw: its headers (names lower-cased) and body.
+type Seen = Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>;
+
 /// A webhook receiver on loopback: answers 500 while `failing` is above zero (counting it
 /// down), then 200; records every request's headers and body.
 struct Receiver {
     url: String,
     failing: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
+    seen: Seen,
 }
 
 fn receiver(failures: usize) -> Receiver {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let failing = Arc::new(AtomicUsize::new(failures));
-    let seen: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let (f, s) = (failing.clone(), seen.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
