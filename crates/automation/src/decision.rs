@@ -99,8 +99,28 @@ fn suppress(channel: Channel, reason: &str) -> Decision {
     Decision::Suppress { channel, reason: reason.to_owned() }
 }
 
-fn hhmm(s: &str) -> Result<NaiveTime, chrono::ParseError> {
-    NaiveTime::parse_from_str(s, "%H:%M")
+/// A time of day, `HH:MM` or `HH:MM:SS`.
+pub fn hhmm(s: &str) -> Result<NaiveTime, chrono::ParseError> {
+    NaiveTime::parse_from_str(s, "%H:%M").or_else(|_| NaiveTime::parse_from_str(s, "%H:%M:%S"))
+}
+
+/// Check preferences before they are recorded: the decision above must be able to read them.
+pub fn check_preferences(p: &Preferences) -> Result<(), String> {
+    if let Some(q) = &p.quiet_hours {
+        for (what, t) in [("start", &q.start), ("end", &q.end)] {
+            hhmm(t).map_err(|_| format!("quiet_hours.{what} must be a time of day, HH:MM: {t:?}"))?;
+        }
+    }
+    if let Some(tz) = &p.time_zone {
+        tz.parse::<chrono_tz::Tz>().map_err(|_| format!("time_zone {tz:?} is not an IANA time zone such as Europe/Lisbon"))?;
+    }
+    if let Some(cap) = &p.frequency_cap {
+        parse_duration(&cap.per).map_err(|e| format!("frequency_cap.per: {e}"))?;
+        if cap.max == 0 {
+            return Err("frequency_cap.max must be at least 1 (revoke consent to send nothing)".into());
+        }
+    }
+    Ok(())
 }
 
 pub fn channel_name(c: Channel) -> &'static str {
@@ -172,5 +192,19 @@ mod tests {
         assert_eq!(decide(&spec(Purpose::Transactional), &r, &both, |_, _| 9, night), Decision::Send { channel: Channel::Sms });
         assert_eq!(decide(&spec(Purpose::Marketing), &r, &both, |_, _| 2, noon), suppress(Channel::Sms, "frequency_cap"));
         assert_eq!(decide(&spec(Purpose::Marketing), &r, &both, |_, _| 1, noon), Decision::Send { channel: Channel::Sms });
+    }
+
+    #[test]
+    fn preferences_are_checked_before_they_are_recorded() {
+        let mut p = Preferences { time_zone: Some("Europe/Lisbon".into()), ..Default::default() };
+        assert!(check_preferences(&p).is_ok());
+        p.quiet_hours = Some(QuietHours { start: "22:00:30".into(), end: "7am".into() });
+        assert!(check_preferences(&p).unwrap_err().contains("quiet_hours.end"));
+        p.quiet_hours = None;
+        p.time_zone = Some("Lisbon".into());
+        assert!(check_preferences(&p).unwrap_err().contains("IANA"));
+        p.time_zone = None;
+        p.frequency_cap = Some(FrequencyCap { max: 3, per: "fortnight".into() });
+        assert!(check_preferences(&p).unwrap_err().contains("frequency_cap.per"));
     }
 }

@@ -351,3 +351,57 @@ fn bad_campaigns_and_templates_are_refused_whole() {
     let (status, _) = get(&agent, &format!("{url}/v1/campaigns/x"), &t.api);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn quiet_hours_defer_then_deliver_and_the_frequency_cap_suppresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url()]);
+    let agent = agent();
+    put(&agent, &url, &t, "/v1/templates/promo", json!({"subject": "News for {{ traits.first_name }}", "body": "<p>News</p>"}));
+    put(
+        &agent,
+        &url,
+        &t,
+        "/v1/campaigns/promo",
+        json!({"trigger": {"event": "Promo Clicked"}, "reentry": "always",
+               "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]}),
+    );
+    register(&agent, &url, &t, "night", "night@example.com", "Nia", true);
+    register(&agent, &url, &t, "capped", "capped@example.com", "Cal", true);
+
+    // Quiet from 5 s ago to 4 s from now, in the customer's zone (seconds, so the test is quick).
+    let quiet_ends = Instant::now() + Duration::from_secs(3);
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Tokyo);
+    let hms = |d: i64| (now + chrono::Duration::seconds(d)).format("%H:%M:%S").to_string();
+    let prefs = json!({"quiet_hours": {"start": hms(-5), "end": hms(4)}, "time_zone": "Asia/Tokyo"});
+    let (status, v) = send(&agent, "PUT", &format!("{url}/v1/customers/night/preferences"), &t.api, &prefs);
+    assert_eq!(status, 200, "{v}");
+    track(&agent, &url, &t, "night", "Promo Clicked", "n-1");
+    wait_until("the deferral", Duration::from_secs(10), || {
+        timeline(&agent, &url, &t, "night").iter().any(|(ty, d)| ty == "CampaignStepScheduled" && d["reason"] == "quiet_hours")
+    });
+    assert!(smtp.to("night@example.com").is_empty(), "nothing during quiet hours");
+    let mail = smtp.wait_for("night@example.com", 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "delivered once the quiet hours end");
+    assert!(Instant::now() >= quiet_ends, "not before the quiet hours end");
+
+    // At most one marketing e-mail a day: the second promo is suppressed with the reason.
+    let prefs = json!({"frequency_cap": {"max": 1, "per": "1d"}});
+    let (status, _) = send(&agent, "PUT", &format!("{url}/v1/customers/capped/preferences"), &t.api, &prefs);
+    assert_eq!(status, 200);
+    track(&agent, &url, &t, "capped", "Promo Clicked", "c-1");
+    assert_eq!(smtp.wait_for("capped@example.com", 1, Duration::from_secs(20)).len(), 1);
+    track(&agent, &url, &t, "capped", "Promo Clicked", "c-2");
+    wait_until("the capped decision", Duration::from_secs(10), || {
+        timeline(&agent, &url, &t, "capped").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "frequency_cap")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(smtp.to("capped@example.com").len(), 1);
+
+    // Preferences the decision could not read are refused.
+    let (status, _) = send(&agent, "PUT", &format!("{url}/v1/customers/capped/preferences"), &t.api, &json!({"time_zone": "Moon/Base"}));
+    assert_eq!(status, 400);
+}

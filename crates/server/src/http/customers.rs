@@ -284,6 +284,7 @@ pub async fn preferences(
     Path(id): Path<String>,
     Body(b): Body<Preferences>,
 ) -> Res<Json<Value>> {
+    chronicle_automation::decision::check_preferences(&b).map_err(AppError::BadRequest)?;
     command(&app, &p, &id, CustomerCommand::UpdatePreferences(b)).await
 }
 
