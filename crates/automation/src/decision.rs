@@ -18,6 +18,8 @@ use chrono::{DateTime, Duration, NaiveTime, Utc};
 pub struct Recipient<'a> {
     pub status: CustomerStatus,
     pub email: Option<&'a str>,
+    /// The e-mail address hard-bounced: it is not mailed again.
+    pub email_bounced: bool,
     pub phone: Option<&'a str>,
     pub preferences: &'a Preferences,
 }
@@ -56,6 +58,10 @@ pub fn decide(
         let d = consent(c, spec.purpose);
         if !d.allowed {
             refusal.get_or_insert_with(|| d.reason.to_owned());
+            continue;
+        }
+        if c == Channel::Email && r.email_bounced {
+            refusal.get_or_insert_with(|| "address_bounced".to_owned());
             continue;
         }
         let addressed = match c {
@@ -151,7 +157,7 @@ mod tests {
     #[test]
     fn each_check_refuses_in_its_order() {
         let prefs = Preferences::default();
-        let mut r = Recipient { status: CustomerStatus::Erased, email: Some("a@x"), phone: Some("+1"), preferences: &prefs };
+        let mut r = Recipient { status: CustomerStatus::Erased, email: Some("a@x"), email_bounced: false, phone: Some("+1"), preferences: &prefs };
         let now = at("2026-05-01T12:00:00Z");
         let none = |_, _| 0;
         // Erased wins over everything, even consent.
@@ -162,6 +168,11 @@ mod tests {
         assert_eq!(decide(&spec(Purpose::Marketing), &r, allow(&[]), none, now), suppress(Channel::Email, "no_consent"));
         // Falls back to the next allowed channel.
         assert_eq!(decide(&spec(Purpose::Marketing), &r, allow(&[Channel::Sms]), none, now), Decision::Send { channel: Channel::Sms });
+        // A hard-bounced address is not mailed again; SMS is the fallback.
+        r.email_bounced = true;
+        assert_eq!(decide(&spec(Purpose::Marketing), &r, allow(&[Channel::Email, Channel::Sms]), none, now), Decision::Send { channel: Channel::Sms });
+        assert_eq!(decide(&spec(Purpose::Marketing), &r, allow(&[Channel::Email]), none, now), suppress(Channel::Email, "address_bounced"));
+        r.email_bounced = false;
         // No address for the only allowed channel.
         r.phone = None;
         assert_eq!(
@@ -178,7 +189,7 @@ mod tests {
             time_zone: Some("Europe/Berlin".into()),
             frequency_cap: Some(FrequencyCap { max: 2, per: "1d".into() }),
         };
-        let r = Recipient { status: CustomerStatus::Active, email: Some("a@x"), phone: Some("+1"), preferences: &prefs };
+        let r = Recipient { status: CustomerStatus::Active, email: Some("a@x"), email_bounced: false, phone: Some("+1"), preferences: &prefs };
         let both = allow(&[Channel::Email, Channel::Sms]);
         let noon = at("2026-05-01T10:00:00Z");
         assert_eq!(decide(&spec(Purpose::Marketing), &r, &both, |_, _| 0, noon), Decision::Send { channel: Channel::Sms });

@@ -193,3 +193,42 @@ mod tests {
         assert_eq!(derive_id(&["x"]).get_version_num(), 8);
     }
 }
+
+/// What a provider reported about a message after it left (SendGrid's Event Webhook):
+/// recorded on the customer's stream. Unlike the events above, these may trigger campaigns
+/// (a click can start a follow-up).
+pub const FEEDBACK_TYPES: &[&str] = &[
+    "MessageDelivered",
+    "MessageOpened",
+    "MessageClicked",
+    "MessageBounced",
+    "MessageDropped",
+    "MessageSpamReported",
+    "MessageUnsubscribed",
+];
+
+/// The payload of every feedback event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Our message id, when the provider's report names it (its `smtp-id`, our Message-ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub email: String,
+    pub provider: String,
+    pub provider_event_id: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// For a bounce: a hard bounce (`bounce`), after which the address is not mailed again, or
+    /// a soft one (`blocked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl Feedback {
+    pub fn hard_bounce(&self) -> bool {
+        self.kind.as_deref() == Some("bounce")
+    }
+}

@@ -34,6 +34,10 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, automation: &Automa
 
 /// Start the automation engine (campaigns, timers, the outbox) on the running app.
 pub fn start_automation(app: &Arc<App>, automation: &AutomationArgs) -> anyhow::Result<()> {
+    if let Some(k) = &automation.sendgrid_public_key {
+        let key = chronicle_server::automation::feedback::parse_public_key(k).map_err(|e| anyhow::anyhow!(e))?;
+        let _ = app.sendgrid_key.set(key);
+    }
     chronicle_server::automation::Engine::start(app.clone(), automation.engine_config())
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the automation engine")?;

@@ -49,6 +49,10 @@ pub struct AutomationArgs {
     /// Attempts before a message goes to the dead-letter queue
     #[arg(long, env = "CHRONICLE_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+    /// SendGrid's Event Webhook verification key (base64, as SendGrid shows it); without it
+    /// delivery feedback is refused
+    #[arg(long, env = "CHRONICLE_SENDGRID_PUBLIC_KEY")]
+    pub sendgrid_public_key: Option<String>,
     /// Folder of campaigns and templates to load at start: TENANT/templates/NAME.json and
     /// TENANT/campaigns/NAME.json
     #[arg(long, env = "CHRONICLE_CAMPAIGNS")]

@@ -405,3 +405,81 @@ fn quiet_hours_defer_then_deliver_and_the_frequency_cap_suppresses() {
     let (status, _) = send(&agent, "PUT", &format!("{url}/v1/customers/capped/preferences"), &t.api, &json!({"time_zone": "Moon/Base"}));
     assert_eq!(status, 400);
 }
+
+#[test]
+fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::EncodePublicKey;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let signing = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
+    let public = b64(signing.verifying_key().to_public_key_der().unwrap().as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url(), "--sendgrid-public-key", &public]);
+    let agent = agent();
+    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", true);
+    register(&agent, &url, &t, "c2", "gone@example.com", "Gus", true);
+
+    let post = |body: &str, sig: &str, ts: &str| -> u16 {
+        agent
+            .post(format!("{url}/v1/webhooks/sendgrid?key={}", t.write))
+            .header("content-type", "application/json")
+            .header("X-Twilio-Email-Event-Webhook-Signature", sig)
+            .header("X-Twilio-Email-Event-Webhook-Timestamp", ts)
+            .send(body)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let sign = |ts: &str, body: &str| -> String {
+        let sig: p256::ecdsa::Signature = signing.sign(&[ts.as_bytes(), body.as_bytes()].concat());
+        b64(sig.to_der().as_bytes())
+    };
+    let batch = json!([
+        {"email": "ada@example.com", "event": "delivered", "sg_event_id": "e1", "timestamp": 1764000000, "smtp-id": "<m1@chronicle>"},
+        {"email": "ada@example.com", "event": "open", "sg_event_id": "e2", "timestamp": 1764000060},
+        {"email": "ada@example.com", "event": "click", "sg_event_id": "e3", "timestamp": 1764000120, "url": "https://example.com/p"},
+        {"email": "ada@example.com", "event": "unsubscribe", "sg_event_id": "e4", "timestamp": 1764000180},
+        {"email": "gone@example.com", "event": "bounce", "type": "bounce", "reason": "550 no such user", "sg_event_id": "e5", "timestamp": 1764000240},
+        {"email": "ada@example.com", "event": "processed", "sg_event_id": "e6", "timestamp": 1764000000}
+    ])
+    .to_string();
+    let ts = "1764000300";
+
+    // Refused before anything is read: a bad signature, a signature of another body, none.
+    let before = get(&agent, &format!("{url}/healthz"), "").1;
+    assert_eq!(post(&batch, &sign("1764000301", &batch), ts), 401, "signed with another timestamp");
+    assert_eq!(post(&batch, &sign(ts, "[]"), ts), 401, "signed over another body");
+    assert_eq!(post(&batch, "", ts), 401);
+    assert_eq!(get(&agent, &format!("{url}/healthz"), "").1, before, "nothing was written");
+
+    assert_eq!(post(&batch, &sign(ts, &batch), ts), 200);
+    let tl = timeline(&agent, &url, &t, "c1");
+    for ty in ["MessageDelivered", "MessageOpened", "MessageClicked", "MessageUnsubscribed", "ConsentRevoked"] {
+        assert!(has(&tl, ty), "{ty} on the timeline: {tl:?}");
+    }
+    let (_, check) = get(&agent, &format!("{url}/v1/consent-check?customer=c1&channel=email&purpose=marketing"), &t.api);
+    assert_eq!(check["allowed"], false, "an unsubscribe revokes e-mail marketing consent");
+    // SendGrid retries deliveries: the same batch again stores nothing.
+    let after = get(&agent, &format!("{url}/healthz"), "").1;
+    assert_eq!(post(&batch, &sign(ts, &batch), ts), 200);
+    assert_eq!(get(&agent, &format!("{url}/healthz"), "").1, after);
+
+    // The hard-bounced address is not mailed again.
+    put(&agent, &url, &t, "/v1/templates/promo", json!({"subject": "Hi", "body": "<p>Hi</p>"}));
+    put(
+        &agent,
+        &url,
+        &t,
+        "/v1/campaigns/promo",
+        json!({"trigger": {"event": "Promo Clicked"}, "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]}),
+    );
+    track(&agent, &url, &t, "c2", "Promo Clicked", "p-1");
+    wait_until("the bounced address's suppression", Duration::from_secs(10), || {
+        timeline(&agent, &url, &t, "c2").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "address_bounced")
+    });
+    assert!(smtp.to("gone@example.com").is_empty());
+}

@@ -100,6 +100,9 @@ pub struct AutomationView {
     pub stats: Map<String, CampaignStats>,
     /// Messages queued or suppressed so far (a message is decided once).
     pub decided: Map<String, String>,
+    /// Normalised e-mail addresses that hard-bounced: never mailed again.
+    #[serde(default)]
+    pub bounced: std::collections::BTreeSet<String>,
 }
 
 /// How long queue times are kept for frequency caps.
@@ -250,6 +253,16 @@ impl AutomationView {
                 }
             }
         }
+    }
+
+    pub(crate) fn apply_feedback(&mut self, event_type: &str, f: &chronicle_automation::events::Feedback) {
+        if event_type == "MessageBounced" && f.hard_bounce() {
+            self.bounced.insert(f.email.trim().to_lowercase());
+        }
+    }
+
+    pub fn bounced(&self, email: &str) -> bool {
+        self.bounced.contains(&email.trim().to_lowercase())
     }
 
     fn end(&mut self, enrolment: &str, status: EnrolmentStatus) {

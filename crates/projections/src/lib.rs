@@ -197,6 +197,14 @@ impl Projections {
             }
             return;
         }
+        if chronicle_automation::events::FEEDBACK_TYPES.contains(&ev.event_type.as_str()) {
+            self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            match serde_json::from_value::<chronicle_automation::events::Feedback>(ev.data.clone()) {
+                Ok(f) => self.tenant_mut(&ev.tenant).automation.apply_feedback(&ev.event_type, &f),
+                Err(_) => self.undecodable += 1,
+            }
+            return;
+        }
         self.position = ev.position;
         if ev.tenant == SYSTEM_TENANT {
             self.apply_system(ev);
@@ -309,7 +317,7 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     if tenant == SYSTEM_TENANT {
         return event_type == "TenantCreated";
     }
-    if chronicle_automation::events::EVENT_TYPES.contains(&event_type) {
+    if chronicle_automation::events::EVENT_TYPES.contains(&event_type) || event_type == "MessageBounced" {
         return true;
     }
     if customer::id_of_stream(stream).is_some() {

@@ -48,6 +48,8 @@ pub struct App {
     reacted: AtomicU64,
     /// Wakes the automation engine's clock: something in the outbox or a timer changed.
     pub automation_wake: tokio::sync::Notify,
+    /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
+    pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
     pub metrics: Metrics,
 }
 
@@ -104,7 +106,7 @@ impl App {
             }
         }));
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, reacted, automation_wake: tokio::sync::Notify::new(), metrics: Metrics::default() }))
+        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, reacted, automation_wake: tokio::sync::Notify::new(), sendgrid_key: Default::default(), metrics: Metrics::default() }))
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {

@@ -21,6 +21,7 @@
 
 pub mod definitions;
 pub mod delivery;
+pub mod feedback;
 
 use crate::app::App;
 use crate::error::AppError;
@@ -597,6 +598,7 @@ fn send_decision(v: &Projections, tenant: &str, person: &Customer, spec: &SendSp
     let r = Recipient {
         status: person.status,
         email: person.email.as_deref(),
+        email_bounced: person.email.as_deref().is_some_and(|e| a.bounced(e)),
         phone: person.phone.as_deref(),
         preferences: &person.preferences,
     };

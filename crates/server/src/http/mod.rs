@@ -10,6 +10,7 @@ pub mod error;
 mod log;
 mod segment;
 mod system;
+mod webhooks;
 
 use crate::app::App;
 use axum::extract::FromRequestParts;
@@ -146,6 +147,13 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("delete", "/v1/templates/{name}", "Delete a template no campaign sends", 200), delete(campaigns::delete_template)),
         (r("get", "/v1/dead-letters", "Messages that failed every attempt", 200), get(campaigns::dead_letters)),
         (r("post", "/v1/dead-letters/{id}/retry", "Send a dead letter back to the outbox", 200), post(campaigns::retry)),
+        (
+            r("post", "/v1/webhooks/sendgrid", "SendGrid Event Webhook: delivery feedback, ECDSA-signed (write key as Basic user or ?key=)", 200)
+                .open()
+                .query(&["key"])
+                .body(r#"[{"email":"ada@example.com","event":"open","sg_event_id":"ev-1","timestamp":1764000000}]"#),
+            post(webhooks::sendgrid),
+        ),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),
