@@ -15,12 +15,29 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, CampaignError> {
 }
 
 /// What starts an enrolment: an event type (`CustomerRegistered`) or a tracked event's name
-/// (`Product Added`), optionally only when some of its fields have given values.
+/// (`Product Added`), optionally only when some of its fields have given values; or the
+/// absence of something, found by a periodic scan: no tracked activity for a while
+/// (`inactive_for`), an open deal in the same stage for a while (`deal_stuck_for`, enrolling
+/// the deal's customer with the deal as context).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trigger {
-    pub event: String,
-    #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
-    pub filter: Map<String, Value>,
+pub enum Trigger {
+    Event {
+        event: String,
+        #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
+        filter: Map<String, Value>,
+    },
+    InactiveFor(#[serde(with = "secs")] Duration),
+    DealStuckFor(#[serde(with = "secs")] Duration),
+}
+
+impl Trigger {
+    pub fn describe(&self) -> String {
+        match self {
+            Trigger::Event { event, .. } => event.clone(),
+            Trigger::InactiveFor(d) => format!("inactive for {}d", d.num_days()),
+            Trigger::DealStuckFor(d) => format!("deal stuck for {}d", d.num_days()),
+        }
+    }
 }
 
 /// When a customer may enrol again once an earlier enrolment ended.
@@ -101,7 +118,19 @@ impl Campaign {
             return bad(format!("unknown field {k:?}; a campaign has {}", FIELDS.join(", ")));
         }
         let trigger = match m.get("trigger") {
-            Some(Value::String(s)) => Trigger { event: s.clone(), filter: Map::new() },
+            Some(Value::String(s)) => Trigger::Event { event: s.clone(), filter: Map::new() },
+            Some(Value::Object(t)) if t.contains_key("inactive_for") || t.contains_key("deal_stuck_for") => {
+                let (key, v) = t.iter().next().expect("not empty");
+                if t.len() != 1 {
+                    return bad(format!("trigger.{key} stands alone"));
+                }
+                let d = v
+                    .as_str()
+                    .ok_or_else(|| CampaignError("must be a duration such as 60d".into()))
+                    .and_then(parse_duration)
+                    .map_err(|e| CampaignError(format!("trigger.{key}: {}", e.0)))?;
+                if key == "inactive_for" { Trigger::InactiveFor(d) } else { Trigger::DealStuckFor(d) }
+            }
             Some(Value::Object(t)) => {
                 let event = t.get("event").and_then(Value::as_str).filter(|s| !s.is_empty());
                 let Some(event) = event else { return bad("trigger.event must be an event type or name") };
@@ -110,9 +139,9 @@ impl Campaign {
                     Some(Value::Object(w)) => w.clone(),
                     Some(_) => return bad("trigger.where must be an object of field values"),
                 };
-                Trigger { event: event.to_owned(), filter }
+                Trigger::Event { event: event.to_owned(), filter }
             }
-            _ => return bad("a campaign needs a trigger: {\"event\": \"…\"}"),
+            _ => return bad("a campaign needs a trigger: {\"event\": \"…\"}, {\"inactive_for\": \"60d\"} or {\"deal_stuck_for\": \"21d\"}"),
         };
         let exit_on = match m.get("exit_on") {
             None | Some(Value::Null) => Vec::new(),
@@ -143,8 +172,12 @@ impl Campaign {
     /// Whether an event starts this campaign: `name` is the event type, or for a tracked event
     /// its name; `fields` are the tracked event's properties or the event's data.
     pub fn triggered_by(&self, event_type: &str, name: Option<&str>, fields: &Value) -> bool {
-        names_match(&self.trigger.event, event_type, name)
-            && self.trigger.filter.iter().all(|(k, v)| fields.get(k) == Some(v))
+        match &self.trigger {
+            Trigger::Event { event, filter } => {
+                names_match(event, event_type, name) && filter.iter().all(|(k, v)| fields.get(k) == Some(v))
+            }
+            _ => false,
+        }
     }
 
     pub fn exits_on(&self, event_type: &str, name: Option<&str>) -> bool {
@@ -331,6 +364,9 @@ mod tests {
         assert!(!c.triggered_by("ActivityTracked", Some("Product Added"), &json!({"category": "hats"})));
         assert!(c.exits_on("ActivityTracked", Some("Order Completed")));
         assert_eq!(c.templates().collect::<Vec<_>>(), ["t1"]);
+        let idle = Campaign::parse(&json!({"trigger": {"inactive_for": "60d"}, "steps": []})).unwrap();
+        assert_eq!(idle.trigger, Trigger::InactiveFor(Duration::days(60)));
+        assert!(!idle.triggered_by("ActivityTracked", Some("Product Added"), &json!({})));
     }
 
     #[test]
@@ -346,6 +382,8 @@ mod tests {
             (json!({"trigger": "X", "steps": [{"if": {"happened": "Y"}, "then": [{"dance": 1}]}]}), "steps[0].then[0]"),
             (json!({"trigger": "X", "reentry": "sometimes", "steps": []}), "reentry"),
             (json!({"trigger": "X", "steps": [], "colour": "red"}), "colour"),
+            (json!({"trigger": {"inactive_for": "a while"}, "steps": []}), "inactive_for"),
+            (json!({"trigger": {"deal_stuck_for": "21d", "event": "X"}, "steps": []}), "stands alone"),
         ] {
             let err = Campaign::parse(&def).unwrap_err().0;
             assert!(err.contains(says), "{def}: {err}");

@@ -66,6 +66,9 @@ pub enum AutomationEvent {
         /// The campaign stream's version the enrolment runs (a later edit does not move it).
         definition: u64,
         trigger: String,
+        /// What started it, for templates and webhooks (e.g. the stuck deal).
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        context: Value,
     },
     /// A wait began (or a send was deferred): the step runs at `due`.
     CampaignStepScheduled {

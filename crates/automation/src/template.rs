@@ -16,6 +16,8 @@ pub struct Context<'a> {
     pub email: Option<&'a str>,
     pub phone: Option<&'a str>,
     pub traits: &'a serde_json::Map<String, Value>,
+    /// What started the enrolment (e.g. `context.deal.name`); null when nothing.
+    pub context: &'a Value,
 }
 
 fn env(html: bool) -> minijinja::Environment<'static> {
@@ -50,7 +52,7 @@ mod tests {
     #[test]
     fn placeholders_render_and_the_body_escapes_html() {
         let traits = json!({"first_name": "Ada <b>", "plan": "pro"}).as_object().unwrap().clone();
-        let ctx = Context { id: "c1", email: Some("ada@example.com"), phone: None, traits: &traits };
+        let ctx = Context { id: "c1", email: Some("ada@example.com"), phone: None, traits: &traits, context: &Value::Null };
         let (s, b) = render("Hi {{ traits.first_name }}", "<p>Hello {{ traits.first_name }} ({{ email }}){{ traits.missing }}</p>", &ctx).unwrap();
         assert_eq!(s, "Hi Ada <b>");
         assert_eq!(b, "<p>Hello Ada &lt;b&gt; (ada@example.com)</p>");

@@ -49,6 +49,10 @@ pub struct AutomationArgs {
     /// Attempts before a message goes to the dead-letter queue
     #[arg(long, env = "CHRONICLE_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+    /// How often campaigns triggered by an absence (inactive_for, deal_stuck_for) look for
+    /// whom they apply to, in milliseconds
+    #[arg(long, env = "CHRONICLE_SCAN_EVERY_MS", default_value_t = 60_000)]
+    pub scan_every_ms: u64,
     /// SendGrid's Event Webhook verification key (base64, as SendGrid shows it); without it
     /// delivery feedback is refused
     #[arg(long, env = "CHRONICLE_SENDGRID_PUBLIC_KEY")]
@@ -78,6 +82,7 @@ impl AutomationArgs {
             },
             retry_base: std::time::Duration::from_millis(self.retry_base_ms.max(1)),
             max_attempts: self.max_attempts.max(1),
+            scan_every: std::time::Duration::from_millis(self.scan_every_ms.max(10)),
             ..EngineConfig::default()
         }
     }

@@ -444,12 +444,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     example!("templates", "review-request"),
     example!("templates", "payment-failed"),
     example!("templates", "payment-reminder"),
+    example!("templates", "we-miss-you"),
 ];
 const CAMPAIGNS: &[(&str, &str)] = &[
     example!("campaigns", "welcome"),
     example!("campaigns", "abandoned-cart"),
     example!("campaigns", "review-request"),
     example!("campaigns", "payment-failed"),
+    example!("campaigns", "re-engagement"),
+    example!("campaigns", "stuck-deal"),
 ];
 
 async fn load_examples(app: &App, tenant: &str) -> anyhow::Result<usize> {

@@ -483,3 +483,59 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
     });
     assert!(smtp.to("gone@example.com").is_empty());
 }
+
+#[test]
+fn absence_triggers_enrol_the_inactive_customer_and_alert_on_a_stuck_deal() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let hook = receiver(0);
+    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url(), "--scan-every-ms", "100"]);
+    let agent = agent();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/automation/demo");
+    let read = |p: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(src.join(p)).unwrap()).unwrap() };
+    put(&agent, &url, &t, "/v1/templates/we-miss-you", read("templates/we-miss-you.json"));
+    // The examples' shapes with spans of seconds instead of weeks.
+    let mut idle = read("campaigns/re-engagement.json");
+    idle["trigger"] = json!({"inactive_for": "2s"});
+    put(&agent, &url, &t, "/v1/campaigns/re-engagement", idle);
+    let mut stuck = read("campaigns/stuck-deal.json");
+    stuck["trigger"] = json!({"deal_stuck_for": "1s"});
+    stuck["steps"][0]["webhook"]["url"] = json!(hook.url);
+    put(&agent, &url, &t, "/v1/campaigns/stuck-deal", stuck);
+
+    register(&agent, &url, &t, "idle", "idle@example.com", "Ida", true);
+    register(&agent, &url, &t, "busy", "busy@example.com", "Bo", true);
+    track(&agent, &url, &t, "idle", "Page Viewed", "i-1");
+    let (status, v) = send(&agent, "POST", &format!("{url}/v1/deals"), &t.api,
+        &json!({"id": "d1", "name": "Acme renewal", "customer_id": "busy", "owner": "sam", "amount": 120000, "currency": "EUR"}));
+    assert_eq!(status, 201, "{v}");
+    // The busy customer keeps being active; the idle one stops.
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        n += 1;
+        track(&agent, &url, &t, "busy", "Page Viewed", &format!("b-{n}"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mail = smtp.wait_for("idle@example.com", 1, Duration::from_secs(10));
+    assert_eq!(mail.len(), 1);
+    assert!(mail[0].contains("Subject: We miss you, Ida"), "{}", mail[0]);
+    assert!(smtp.to("busy@example.com").is_empty(), "an active customer is not re-engaged");
+    wait_until("the dormant tag", Duration::from_secs(5), || has(&timeline(&agent, &url, &t, "idle"), "CustomerTagged"));
+    // One enrolment per inactive spell, however often the scan runs.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(smtp.to("idle@example.com").len(), 1);
+
+    wait_until("the stuck-deal alert", Duration::from_secs(10), || !hook.seen.lock().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = hook.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one alert per deal and stage");
+    let alert: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(alert["customer"], "busy");
+    let body: Value = serde_json::from_str(alert["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["context"]["deal"]["id"], "d1");
+    assert_eq!(body["context"]["deal"]["owner"], "sam");
+    assert_eq!(body["context"]["deal"]["stage"], "qualification");
+}

@@ -43,6 +43,9 @@ pub struct Enrolment {
     pub enrolled_at: DateTime<Utc>,
     /// The log position of the enrolment: only later events can end it.
     pub enrolled_position: u64,
+    /// What started it (the deal of a stuck-deal alert, say): templates and webhooks see it.
+    #[serde(default)]
+    pub context: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +106,12 @@ pub struct AutomationView {
     /// Normalised e-mail addresses that hard-bounced: never mailed again.
     #[serde(default)]
     pub bounced: std::collections::BTreeSet<String>,
+    /// Customer → when they last did something (a tracked event): for `inactive_for` triggers.
+    #[serde(default)]
+    pub last_active: Map<String, DateTime<Utc>>,
+    /// Open deal → since when it has been in its stage: for `deal_stuck_for` triggers.
+    #[serde(default)]
+    pub deal_stage_since: Map<String, DateTime<Utc>>,
 }
 
 /// How long queue times are kept for frequency caps.
@@ -147,7 +156,7 @@ impl AutomationView {
             A::TemplateDeleted { name } => {
                 self.templates.remove(&name);
             }
-            A::CampaignEnrolled { campaign, enrolment, definition, .. } => {
+            A::CampaignEnrolled { campaign, enrolment, definition, context, .. } => {
                 let stats = self.stats.entry(campaign.clone()).or_default();
                 stats.enrolled += 1;
                 stats.in_progress += 1;
@@ -163,6 +172,7 @@ impl AutomationView {
                     status: EnrolmentStatus::Active,
                     enrolled_at: at,
                     enrolled_position: position,
+                    context,
                 };
                 self.enrolments.insert(enrolment, e);
             }
@@ -252,6 +262,27 @@ impl AutomationView {
                     self.outbox.insert(message, m);
                 }
             }
+        }
+    }
+
+    pub(crate) fn note_activity(&mut self, customer: &str, at: DateTime<Utc>) {
+        match self.last_active.get_mut(customer) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                self.last_active.insert(customer.to_owned(), at);
+            }
+        }
+    }
+
+    pub(crate) fn note_deal(&mut self, deal: &str, event_type: &str, at: DateTime<Utc>) {
+        match event_type {
+            "DealCreated" | "DealStageChanged" => {
+                self.deal_stage_since.insert(deal.to_owned(), at);
+            }
+            "DealWon" | "DealLost" => {
+                self.deal_stage_since.remove(deal);
+            }
+            _ => {}
         }
     }
 

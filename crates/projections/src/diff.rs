@@ -57,7 +57,10 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         differ_map("outbox message", t, &x.outbox, &y.outbox, &mut out);
         differ_map("dead letter", t, &x.dead_letters, &y.dead_letters, &mut out);
         differ_map("campaign stats of", t, &x.stats, &y.stats, &mut out);
-        if x.timers != y.timers || x.outbox_due != y.outbox_due || x.queued != y.queued || x.decided != y.decided || x.bounced != y.bounced {
+        if x.timers != y.timers || x.outbox_due != y.outbox_due || x.queued != y.queued || x.decided != y.decided || x.bounced != y.bounced
+            || x.last_active != y.last_active
+            || x.deal_stage_since != y.deal_stage_since
+        {
             out.push(format!("{t}: automation timers, outbox schedule or send counts differ from the replay"));
         }
         if a.events != b.events {

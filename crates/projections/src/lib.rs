@@ -185,12 +185,12 @@ impl Projections {
             return;
         }
         if !needs_payload(&ev.tenant, &ev.stream, &ev.event_type) {
-            self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             return;
         }
         if chronicle_automation::events::EVENT_TYPES.contains(&ev.event_type.as_str()) {
             // On a customer stream these move its version like any event the customer fold skips.
-            self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             match chronicle_automation::AutomationEvent::from_parts(&ev.event_type, &ev.data) {
                 Ok(e) => self.tenant_mut(&ev.tenant).automation.apply(&ev.stream, ev.version, ev.position, ev.event_time, e),
                 Err(_) => self.undecodable += 1,
@@ -198,7 +198,7 @@ impl Projections {
             return;
         }
         if chronicle_automation::events::FEEDBACK_TYPES.contains(&ev.event_type.as_str()) {
-            self.apply_header(&ev.tenant, &ev.stream, ev.version, ev.position, ev.event_time);
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             match serde_json::from_value::<chronicle_automation::events::Feedback>(ev.data.clone()) {
                 Ok(f) => self.tenant_mut(&ev.tenant).automation.apply_feedback(&ev.event_type, &f),
                 Err(_) => self.undecodable += 1,
@@ -217,8 +217,10 @@ impl Projections {
             CustomerEvent::from_parts(&ev.event_type, &ev.data)
                 .map(|e| views.apply_customer(id, &e, ev, snapshot_every))
         } else if let Some(id) = ev.stream.strip_prefix("deal-") {
-            DealEvent::from_parts(&ev.event_type, &ev.data)
-                .map(|e| views.deals.entry(id.to_owned()).or_insert_with(|| Deal::new(id)).apply(&e, ev.version))
+            DealEvent::from_parts(&ev.event_type, &ev.data).map(|e| {
+                views.automation.note_deal(id, &ev.event_type, ev.event_time);
+                views.deals.entry(id.to_owned()).or_insert_with(|| Deal::new(id)).apply(&e, ev.version)
+            })
         } else if let Some(id) = ev.stream.strip_prefix("order-") {
             OrderEvent::from_parts(&ev.event_type, &ev.data)
                 .map(|e| views.orders.entry(id.to_owned()).or_insert_with(|| Order::new(id)).apply(&e, ev.version))
@@ -252,21 +254,22 @@ impl Projections {
             return;
         }
         if !needs_payload(head.tenant, head.stream, head.event_type) {
-            self.apply_header(head.tenant, head.stream, head.version, head.position, head.event_time);
+            self.apply_header(head.tenant, head.stream, head.event_type, head.version, head.position, head.event_time);
             return;
         }
         match whole() {
             Ok(ev) => self.apply(&ev),
             Err(_) => {
-                self.apply_header(head.tenant, head.stream, head.version, head.position, head.event_time);
+                self.apply_header(head.tenant, head.stream, head.event_type, head.version, head.position, head.event_time);
                 self.undecodable += 1;
             }
         }
     }
 
     /// The part of applying an event that needs no payload: the position, the tenant's event
-    /// count, and a customer stream's version (which commands use for optimistic concurrency).
-    fn apply_header(&mut self, tenant: &str, stream: &str, version: u64, position: u64, at: DateTime<Utc>) {
+    /// count, a customer stream's version (which commands use for optimistic concurrency), and
+    /// when the customer was last active (for campaigns that react to inactivity).
+    fn apply_header(&mut self, tenant: &str, stream: &str, event_type: &str, version: u64, position: u64, at: DateTime<Utc>) {
         self.position = position;
         if tenant == SYSTEM_TENANT {
             return;
@@ -284,6 +287,9 @@ impl Projections {
                 }
             }
             views.track_customer_stream(id, version, at, snapshot_every);
+            if event_type == "ActivityTracked" {
+                views.automation.note_activity(id, at);
+            }
         }
     }
 

@@ -25,7 +25,7 @@ pub mod feedback;
 
 use crate::app::App;
 use crate::error::AppError;
-use chronicle_automation::campaign::{next_local_time, zone, Condition, Op, Reentry, SendSpec, Wait};
+use chronicle_automation::campaign::{next_local_time, zone, Condition, Op, Reentry, SendSpec, Trigger, Wait};
 use chronicle_automation::decision::{self, channel_name, Decision, Recipient};
 use chronicle_automation::events::{AutomationEvent as A, Origin, EVENT_TYPES};
 use chronicle_automation::{derive_id, template};
@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub retry_max: Duration,
     /// Attempts before a message goes to the dead-letter queue.
     pub max_attempts: u32,
+    /// How often the absence triggers (`inactive_for`, `deal_stuck_for`) are looked for.
+    pub scan_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +61,7 @@ impl Default for EngineConfig {
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(600),
             max_attempts: 5,
+            scan_every: Duration::from_secs(60),
         }
     }
 }
@@ -206,12 +209,8 @@ impl Engine {
             self.write(tenant, &customer, vec![(derive_id(&[tenant, &enrolment, "end"]), e)]).await?;
         }
         for (campaign, definition, enrolment) in starts {
-            let e = A::CampaignEnrolled {
-                campaign,
-                enrolment: enrolment.clone(),
-                definition,
-                trigger: ev.id.to_string(),
-            };
+            let context = json!({"event": {"id": ev.id, "type": ev.event_type, "name": name, "properties": fields}});
+            let e = A::CampaignEnrolled { campaign, enrolment: enrolment.clone(), definition, trigger: ev.id.to_string(), context };
             self.write(tenant, &customer, vec![(derive_id(&[tenant, &enrolment, "enrolled"]), e)]).await?;
             self.advance(tenant, &enrolment).await?;
         }
@@ -276,7 +275,14 @@ impl Engine {
 
 
     async fn clock(self: Arc<Self>) {
+        let mut next_scan = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_scan {
+                if let Err(e) = self.scan(Utc::now()).await {
+                    tracing::warn!(error = %e, "automation: the scan for absence triggers failed");
+                }
+                next_scan = tokio::time::Instant::now() + self.config.scan_every;
+            }
             let now = Utc::now();
             let (timers, messages, next) = self.due(now);
             let mut failed = false;
@@ -300,12 +306,74 @@ impl Engine {
                 Duration::from_secs(1)
             } else {
                 next.map_or(Duration::from_secs(1), |t| (t - now).to_std().unwrap_or_default().min(Duration::from_secs(1)))
-            };
+            }
+            .min(next_scan.saturating_duration_since(tokio::time::Instant::now()));
             tokio::select! {
                 _ = self.app.automation_wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Enrol whoever an absence trigger now applies to: customers inactive for the campaign's
+    /// span (once per inactive spell: the enrolment id comes from the last activity's time),
+    /// and the customers of deals stuck in a stage (once per deal and stage).
+    async fn scan(&self, now: DateTime<Utc>) -> Result<(), AppError> {
+        let starts: Vec<(String, String, String, u64, String, Value)> = {
+            let v = self.app.views();
+            let mut out = Vec::new();
+            for (tenant, t) in &v.tenants {
+                let a = &t.automation;
+                for (campaign, version, c) in a.live_campaigns() {
+                    let candidates: Vec<(String, String, Value)> = match c.trigger {
+                        Trigger::Event { .. } => continue,
+                        Trigger::InactiveFor(d) => a
+                            .last_active
+                            .iter()
+                            .filter(|(_, last)| **last + d <= now)
+                            .map(|(id, last)| (id.clone(), last.to_rfc3339(), json!({"last_active": last})))
+                            .collect(),
+                        Trigger::DealStuckFor(d) => a
+                            .deal_stage_since
+                            .iter()
+                            .filter(|(_, since)| **since + d <= now)
+                            .filter_map(|(deal, since)| {
+                                let dl = t.deals.get(deal)?;
+                                let customer = dl.customer_id.clone()?;
+                                let ctx = json!({"deal": {"id": dl.id, "name": dl.name, "stage": dl.stage, "owner": dl.owner,
+                                                          "amount": dl.amount, "currency": dl.currency, "in_stage_since": since}});
+                                Some((customer, format!("{deal}/{}/{}", dl.stage, since.to_rfc3339()), ctx))
+                            })
+                            .collect(),
+                    };
+                    for (customer, spell, context) in candidates {
+                        let enrolment = derive_id(&[tenant, campaign, &customer, &spell]).to_string();
+                        let eligible = t.customers.get(&customer).is_some_and(|c| c.exists && c.status == CustomerStatus::Active);
+                        if !eligible || a.enrolments.contains_key(&enrolment) {
+                            continue;
+                        }
+                        let running = a.active.get(&customer).into_iter().flatten().any(|id| {
+                            a.enrolments.get(id).is_some_and(|e| e.campaign == campaign && e.status == EnrolmentStatus::Active)
+                        });
+                        let again = match (c.reentry, a.last_enrolled.get(&enrolment_key(campaign, &customer))) {
+                            (_, None) | (Reentry::Always, _) => true,
+                            (Reentry::Never, Some(_)) => false,
+                            (Reentry::After(d), Some(t)) => *t + d <= now,
+                        };
+                        if !running && again {
+                            out.push((tenant.clone(), customer, campaign.to_owned(), version, enrolment, context));
+                        }
+                    }
+                }
+            }
+            out
+        };
+        for (tenant, customer, campaign, definition, enrolment, context) in starts {
+            let e = A::CampaignEnrolled { campaign, enrolment: enrolment.clone(), definition, trigger: "scan".into(), context };
+            self.write(&tenant, &customer, vec![(derive_id(&[&tenant, &enrolment, "enrolled"]), e)]).await?;
+            self.advance(&tenant, &enrolment).await?;
+        }
+        Ok(())
     }
 
     /// The waits and messages due at `now`, and when the next one falls due.
@@ -547,7 +615,7 @@ fn plan(v: &Projections, tenant: &str, enrolment: &str, now: DateTime<Utc>) -> O
                     Plan::Write(vec![(key, ev), executed("send: suppressed", step + 1)])
                 }
                 Decision::Send { channel } => {
-                    let queued = match queue(a, person, spec, channel, key.to_string(), origin.clone()) {
+                    let queued = match queue(a, person, &e.context, spec, channel, key.to_string(), origin.clone()) {
                         Ok(ev) => ev,
                         Err(reason) => A::MessageSuppressed {
                             message: key.to_string(),
@@ -564,7 +632,8 @@ fn plan(v: &Projections, tenant: &str, enrolment: &str, now: DateTime<Utc>) -> O
         Op::Webhook { url } => {
             let person = person.expect("checked above");
             let key = derive_id(&[tenant, enrolment, "message", &step_s]);
-            let body = json!({"customer": customer, "campaign": e.campaign, "traits": person.traits, "lifecycle_stage": person.lifecycle_stage});
+            let body = json!({"customer": customer, "campaign": e.campaign, "traits": person.traits,
+                              "lifecycle_stage": person.lifecycle_stage, "owner": person.owner, "context": e.context});
             let ev = A::MessageQueued {
                 message: key.to_string(),
                 channel: "webhook".into(),
@@ -616,13 +685,14 @@ fn send_decision(v: &Projections, tenant: &str, person: &Customer, spec: &SendSp
 fn queue(
     a: &chronicle_projections::automation::AutomationView,
     person: &Customer,
+    context: &Value,
     spec: &SendSpec,
     channel: Channel,
     message: String,
     origin: Origin,
 ) -> Result<A, String> {
     let Some(t) = a.templates.get(&spec.template) else { return Err(format!("template_missing: {}", spec.template)) };
-    let ctx = template::Context { id: &person.id, email: person.email.as_deref(), phone: person.phone.as_deref(), traits: &person.traits };
+    let ctx = template::Context { id: &person.id, email: person.email.as_deref(), phone: person.phone.as_deref(), traits: &person.traits, context };
     let (subject, body) = template::render(&t.subject, &t.body, &ctx).map_err(|e| format!("template_error: {e}"))?;
     let to = match channel {
         Channel::Email => person.email.clone(),

@@ -35,7 +35,7 @@ pub async fn list(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value>>
         Some(t) => t
             .automation
             .live_campaigns()
-            .map(|(name, _, c)| json!({"name": name, "trigger": c.trigger.event, "stats": t.automation.stats.get(name).cloned().unwrap_or_default()}))
+            .map(|(name, _, c)| json!({"name": name, "trigger": c.trigger.describe(), "stats": t.automation.stats.get(name).cloned().unwrap_or_default()}))
             .collect(),
         None => Vec::new(),
     };
