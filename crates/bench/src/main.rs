@@ -10,6 +10,9 @@
 //! cargo run --release -p chronicle-bench -- as-of 10000
 //! cargo run --release -p chronicle-bench -- ingest 8 10   # Segment /v1/batch, 100 messages a request
 //! cargo run --release -p chronicle-bench -- import 1000000 # bulk import of an NDJSON file, then again
+//! cargo run --release -p chronicle-bench -- campaign-latency 2000   # append → e-mail handed to SMTP
+//! cargo run --release -p chronicle-bench -- campaign-eval 1000000   # 20 campaigns reacting to the log
+//! cargo run --release -p chronicle-bench -- waits 100000            # pending waits across a restart
 //! ```
 //!
 //! Data goes to a temporary folder on the same disk as the system's temp dir (`TMPDIR`), so
@@ -19,6 +22,8 @@
 /// another, where it measured markedly faster than the system allocator (see the README).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod automation;
 
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
@@ -47,6 +52,9 @@ fn main() {
             Some("as-of") => print(as_of(arg(1, 10_000)).await),
             Some("ingest") => print(ingest(arg(1, 8) as usize, arg(2, 10)).await),
             Some("import") => print(import(arg(1, 1_000_000)).await),
+            Some("campaign-latency") => print(automation::latency(arg(1, 2000)).await),
+            Some("campaign-eval") => print(automation::evaluation(arg(1, 1_000_000)).await),
+            Some("waits") => print(automation::waits(arg(1, 100_000)).await),
             // The import benchmark's file, for timing the `chronicle import` command itself.
             Some("export-file") => write_export(arg(1, 1_000_000), std::path::Path::new(args.get(2).map_or("export.ndjson", String::as_str))),
             Some("all") => {
@@ -63,9 +71,12 @@ fn main() {
                 print(as_of(10_000).await);
                 print(ingest(8, 10).await);
                 print(import(1_000_000).await);
+                print(automation::latency(2000).await);
+                print(automation::evaluation(1_000_000).await);
+                print(automation::waits(100_000).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH");
+                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N");
                 std::process::exit(2);
             }
         }

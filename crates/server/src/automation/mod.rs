@@ -36,6 +36,7 @@ use chronicle_projections::{Projections, SYSTEM_TENANT};
 use chronicle_store::Subscription;
 use chrono::{DateTime, Utc};
 use delivery::{Delivery, DeliveryConfig};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,8 @@ impl Default for EngineConfig {
 }
 
 const STRIPES: usize = 64;
+/// Due steps run at once.
+const TIMERS_IN_FLIGHT: usize = 64;
 /// Messages handed over at once.
 const DELIVERIES_IN_FLIGHT: usize = 32;
 
@@ -285,13 +288,21 @@ impl Engine {
             }
             let now = Utc::now();
             let (timers, messages, next) = self.due(now);
-            let mut failed = false;
-            for (tenant, enrolment) in timers {
-                if let Err(e) = self.advance(&tenant, &enrolment).await {
-                    tracing::warn!(error = %e, %enrolment, "automation: a due step failed");
-                    failed = true;
-                }
-            }
+            // Due steps run side by side, so their appends share commits (group commit).
+            let failed = futures_util::stream::iter(timers)
+                .map(|(tenant, enrolment)| {
+                    let this = self.clone();
+                    async move {
+                        let r = this.advance(&tenant, &enrolment).await;
+                        if let Err(e) = &r {
+                            tracing::warn!(error = %e, %enrolment, "automation: a due step failed");
+                        }
+                        r.is_err()
+                    }
+                })
+                .buffer_unordered(TIMERS_IN_FLIGHT)
+                .fold(false, |any, failed| async move { any || failed })
+                .await;
             for (tenant, message) in messages {
                 let this = self.clone();
                 tokio::spawn(async move {
