@@ -185,7 +185,7 @@ pub async fn evaluation(events: u64) -> Value {
                 let batch = (0..per_append)
                     .map(|j| {
                         let i = b * per_append + j;
-                        let plan = if i % 100 == 0 { "enterprise" } else { "free" };
+                        let plan = if i.is_multiple_of(100) { "enterprise" } else { "free" };
                         tracked(&format!("Event {}", i % 40), json!({"plan": plan, "path": "/pricing"}))
                     })
                     .collect();
