@@ -1,0 +1,167 @@
+//! The automation engine in-process over the embedded store: the program's steps (stage, tags,
+//! both kinds of branch, a wait until a local time of day) and a send that falls back from
+//! e-mail to SMS through the SMS provider's webhook (a real HTTP receiver on loopback).
+
+use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Preferences, Purpose};
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
+use chronicle_server::automation::definitions::{save_campaign, save_template};
+use chronicle_server::automation::{delivery::DeliveryConfig, Engine, EngineConfig};
+use chronicle_server::App;
+use chronicle_store::log::LogStore;
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+async fn app(dir: &std::path::Path) -> Arc<App> {
+    let app = App::start(Arc::new(LogStore::open(dir).unwrap()), None).await.unwrap();
+    app.create_tenant("acme").await.unwrap();
+    app
+}
+
+async fn register(app: &App, id: &str, traits: Value, phone: Option<&str>, consents: Vec<ConsentInput>) {
+    let cmd = CustomerCommand::Register {
+        email: Some(format!("{id}@example.com")),
+        phone: phone.map(str::to_owned),
+        traits: traits.as_object().cloned().unwrap(),
+        consents,
+    };
+    app.customer_command("acme", id, cmd, "test").await.unwrap();
+}
+
+async fn track(app: &App, id: &str, name: &str) {
+    let data = json!({"kind": "track", "event": name, "properties": {}, "context": {}});
+    let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", data, Utc::now());
+    app.append("acme", &format!("customer-{id}"), ExpectedVersion::Any, vec![ev]).await.unwrap();
+}
+
+async fn events(app: &App, id: &str) -> Vec<EventEnvelope> {
+    app.store().read_stream("acme", &format!("customer-{id}"), 1, usize::MAX).await.unwrap()
+}
+
+async fn wait_for(app: &App, id: &str, what: &str, f: impl Fn(&[EventEnvelope]) -> bool) -> Vec<EventEnvelope> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let evs = events(app, id).await;
+        if f(&evs) {
+            return evs;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", evs.iter().map(|e| &e.event_type).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tags(evs: &[EventEnvelope]) -> Vec<String> {
+    evs.iter().filter(|e| e.event_type == "CustomerTagged").map(|e| e.data["tag"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_set_the_stage_tag_branch_on_traits_and_on_what_happened_and_wait_until_a_local_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let flow = json!({"trigger": {"event": "Signed Up"}, "steps": [
+        {"set_stage": "lead"},
+        {"if": {"trait": "plan", "equals": "pro"}, "then": [{"tag": "pro"}], "else": [{"tag": "free"}]},
+        {"wait": "1s"},
+        {"if": {"happened": "Checkout Started"}, "then": [{"tag": "checkout"}], "else": [{"tag": "no-checkout"}]},
+        {"wait": {"until": "09:30"}}
+    ]});
+    save_campaign(&app, "acme", "flow", flow, "test").await.unwrap();
+    register(&app, "a", json!({"plan": "pro"}), None, vec![]).await;
+    register(&app, "b", json!({"plan": "free"}), None, vec![]).await;
+    let prefs = Preferences { time_zone: Some("Asia/Tokyo".into()), ..Default::default() };
+    app.customer_command("acme", "b", CustomerCommand::UpdatePreferences(prefs), "test").await.unwrap();
+    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    track(&app, "a", "Signed Up").await;
+    track(&app, "b", "Signed Up").await;
+    track(&app, "a", "Checkout Started").await;
+
+    // Compiled: 0 stage, 1 branch, 2-3 then + jump, 4 else, 5 wait, 6 branch, 7-8, 9, 10 the wait until.
+    let until = |evs: &[EventEnvelope]| evs.iter().any(|e| e.event_type == "CampaignStepScheduled" && e.data["step"] == 10);
+    let a = wait_for(&app, "a", "a's last wait", until).await;
+    let b = wait_for(&app, "b", "b's last wait", until).await;
+    assert_eq!(tags(&a), ["pro", "checkout"]);
+    assert_eq!(tags(&b), ["free", "no-checkout"]);
+    for evs in [&a, &b] {
+        let stage = evs.iter().find(|e| e.event_type == "LifecycleStageChanged").expect("stage set");
+        assert_eq!(stage.data["to"], "lead");
+    }
+    assert_eq!(app.customer("acme", "a").unwrap().tags.len(), 2);
+    // 09:30 on the customer's clock: UTC for a, Tokyo (UTC+9) for b.
+    let due = |evs: &[EventEnvelope]| {
+        let e = evs.iter().rev().find(|e| e.event_type == "CampaignStepScheduled").unwrap();
+        chrono::DateTime::parse_from_rfc3339(e.data["due"].as_str().unwrap()).unwrap().with_timezone(&Utc)
+    };
+    assert_eq!(due(&a).format("%H:%M").to_string(), "09:30");
+    assert_eq!(due(&b).format("%H:%M").to_string(), "00:30");
+    assert!(due(&a) > Utc::now() && due(&a) <= Utc::now() + chrono::Duration::days(1));
+}
+
+/// An HTTP receiver on loopback that records each request's body and answers 200.
+fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/sms", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut len) = (String::new(), 0usize);
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            s.lock().unwrap().push(String::from_utf8(body).unwrap());
+            let mut out = stream;
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_falls_back_from_email_to_sms_through_the_providers_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let (url, seen) = receiver();
+    save_template(&app, "acme", "code", &json!({"subject": "Your code", "body": "Hi {{ traits.first_name }}, 123456"}), "test")
+        .await
+        .unwrap();
+    let c = json!({"trigger": {"event": "Login Started"}, "reentry": "always", "steps": [
+        {"send": {"channel": "email", "purpose": "transactional", "template": "code", "fallback": ["sms"]}}]});
+    save_campaign(&app, "acme", "otp", c, "test").await.unwrap();
+    let sms_only = ConsentInput {
+        channel: Channel::Sms,
+        purpose: Purpose::Transactional,
+        granted: true,
+        source: Some("app".into()),
+        legal_basis: None,
+        proof: None,
+    };
+    let no_email = ConsentInput { channel: Channel::Email, granted: false, ..sms_only.clone() };
+    register(&app, "p", json!({"first_name": "Pat"}), Some("+351910000000"), vec![sms_only, no_email]).await;
+    let config = EngineConfig {
+        delivery: DeliveryConfig { sms_webhook_url: Some(url), mail_from: "x@localhost".into(), ..Default::default() },
+        ..EngineConfig::default()
+    };
+    Engine::start(app.clone(), config).unwrap();
+    track(&app, "p", "Login Started").await;
+    let evs = wait_for(&app, "p", "the SMS to be sent", |e| e.iter().any(|e| e.event_type == "MessageSent")).await;
+    let queued = evs.iter().find(|e| e.event_type == "MessageQueued").unwrap();
+    assert_eq!(queued.data["channel"], "sms");
+    assert_eq!(queued.data["to"], "+351910000000");
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    let sent: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!((sent["channel"].as_str(), sent["to"].as_str()), (Some("sms"), Some("+351910000000")));
+    assert_eq!(sent["body"], "Hi Pat, 123456", "the SMS body is the rendered template");
+}
