@@ -85,23 +85,69 @@ fn examples_folder(dir: &Path) -> std::path::PathBuf {
     root
 }
 
-#[test]
-fn welcome_mail_goes_to_consenting_customers_only_and_a_revocation_always_wins() {
+/// A test's world: a data folder with tenant `acme`, and the SMTP server when the test mails.
+struct World {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    t: Tenant,
+    smtp: Option<SmtpSink>,
+}
+
+/// `None` when the test needs the SMTP server and it is not installed (a skip outside CI).
+fn world(mail: bool) -> Option<World> {
     let dir = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let smtp = if mail { Some(SmtpSink::start(dir.path())?) } else { None };
     let data = dir.path().join("data");
     let t = tenant(&data);
-    let folder = examples_folder(dir.path());
-    let (_server, url, _) =
-        start(&data, &["serve", "--smtp-url", &smtp.url(), "--campaigns", folder.to_str().unwrap()]);
+    Some(World { dir, data, t, smtp })
+}
+
+impl World {
+    fn smtp(&self) -> &SmtpSink {
+        self.smtp.as_ref().expect("started with mail")
+    }
+
+    /// `chronicle serve` with `args`, delivering e-mail to the SMTP server when there is one.
+    fn serve(&self, args: &[&str]) -> (Server, String) {
+        let url = self.smtp.as_ref().map(SmtpSink::url);
+        let mut all = vec!["serve"];
+        if let Some(u) = &url {
+            all.extend(["--smtp-url", u.as_str()]);
+        }
+        all.extend(args);
+        let (server, url, _) = start(&self.data, &all);
+        (server, url)
+    }
+}
+
+/// A marketing e-mail campaign started by each "Promo Clicked" (re-entry always).
+fn promo(agent: &ureq::Agent, url: &str, t: &Tenant, subject: &str) {
+    put(agent, url, t, "/v1/templates/promo", json!({"subject": subject, "body": "<p>News</p>"}));
+    let c = json!({"trigger": {"event": "Promo Clicked"}, "reentry": "always",
+                   "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]});
+    put(agent, url, t, "/v1/campaigns/promo", c);
+}
+
+/// A file of the shipped examples (`examples/automation/demo`).
+fn example(path: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/automation/demo").join(path);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn welcome_mail_goes_to_consenting_customers_only_and_a_revocation_always_wins() {
+    let Some(w) = world(true) else { return };
+    let (t, smtp) = (&w.t, w.smtp());
+    let folder = examples_folder(w.dir.path());
+    let (_server, url) = w.serve(&["--campaigns", folder.to_str().unwrap()]);
     let agent = agent();
 
     // Loaded from the folder at start.
     let (status, welcome) = get(&agent, &format!("{url}/v1/campaigns/welcome"), &t.api);
     assert_eq!(status, 200, "{welcome}");
 
-    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", true);
-    register(&agent, &url, &t, "c2", "bob@example.com", "Bob", false);
+    register(&agent, &url, t, "c1", "ada@example.com", "Ada", true);
+    register(&agent, &url, t, "c2", "bob@example.com", "Bob", false);
     let mail = smtp.wait_for("ada@example.com", 1, Duration::from_secs(20));
     assert_eq!(mail.len(), 1, "the consenting customer gets the welcome mail");
     assert!(mail[0].contains("Subject: Welcome to Chronicle, Ada!"), "{}", mail[0]);
@@ -109,31 +155,23 @@ fn welcome_mail_goes_to_consenting_customers_only_and_a_revocation_always_wins()
     assert!(mail[0].contains("Message-ID: <"), "{}", mail[0]);
 
     // The one without consent: no mail, and the suppression with its reason on the timeline.
-    wait_until("c2's suppression", Duration::from_secs(20), || has(&timeline(&agent, &url, &t, "c2"), "MessageSuppressed"));
-    let tl = timeline(&agent, &url, &t, "c2");
+    wait_until("c2's suppression", Duration::from_secs(20), || has(&timeline(&agent, &url, t, "c2"), "MessageSuppressed"));
+    let tl = timeline(&agent, &url, t, "c2");
     let (_, suppressed) = tl.iter().find(|(ty, _)| ty == "MessageSuppressed").unwrap();
     assert_eq!(suppressed["reason"], "no_consent");
     assert!(smtp.to("bob@example.com").is_empty());
 
     // Revoke, then trigger at once: no mail, ever.
-    put(&agent, &url, &t, "/v1/templates/promo", json!({"subject": "A deal for {{ traits.first_name }}", "body": "<p>20% off</p>"}));
-    put(
-        &agent,
-        &url,
-        &t,
-        "/v1/campaigns/promo",
-        json!({"trigger": {"event": "Promo Clicked"}, "reentry": "always",
-               "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]}),
-    );
-    track(&agent, &url, &t, "c1", "Promo Clicked", "promo-1");
+    promo(&agent, &url, t, "A deal for {{ traits.first_name }}");
+    track(&agent, &url, t, "c1", "Promo Clicked", "promo-1");
     let mail = smtp.wait_for("ada@example.com", 2, Duration::from_secs(20));
     assert_eq!(mail.len(), 2, "with consent, the promo is sent");
     let revoke = json!({"channel": "email", "purpose": "marketing", "granted": false, "source": "preference-center"});
     let (status, v) = send(&agent, "POST", &format!("{url}/v1/customers/c1/consents"), &t.api, &revoke);
     assert_eq!(status, 201, "{v}");
-    track(&agent, &url, &t, "c1", "Promo Clicked", "promo-2");
+    track(&agent, &url, t, "c1", "Promo Clicked", "promo-2");
     wait_until("the second promo's decision", Duration::from_secs(20), || {
-        timeline(&agent, &url, &t, "c1").iter().filter(|(ty, _)| ty == "MessageSuppressed").count() == 1
+        timeline(&agent, &url, t, "c1").iter().filter(|(ty, _)| ty == "MessageSuppressed").count() == 1
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(smtp.to("ada@example.com").len(), 2, "after the revocation nothing more is sent");
@@ -148,30 +186,26 @@ fn welcome_mail_goes_to_consenting_customers_only_and_a_revocation_always_wins()
 
 #[test]
 fn abandoned_cart_reminds_the_customer_who_did_not_buy_and_not_the_one_who_did() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
-    let data = dir.path().join("data");
-    let t = tenant(&data);
-    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url()]);
+    let Some(w) = world(true) else { return };
+    let (t, smtp) = (&w.t, w.smtp());
+    let (_server, url) = w.serve(&[]);
     let agent = agent();
     // The example's shape with a 2-second wait instead of an hour.
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/automation/demo");
-    let read = |p: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(src.join(p)).unwrap()).unwrap() };
-    put(&agent, &url, &t, "/v1/templates/cart-reminder", read("templates/cart-reminder.json"));
-    let mut cart = read("campaigns/abandoned-cart.json");
+    put(&agent, &url, t, "/v1/templates/cart-reminder", example("templates/cart-reminder.json"));
+    let mut cart = example("campaigns/abandoned-cart.json");
     cart["steps"][0] = json!({"wait": "2s"});
-    put(&agent, &url, &t, "/v1/campaigns/abandoned-cart", cart);
+    put(&agent, &url, t, "/v1/campaigns/abandoned-cart", cart);
 
-    register(&agent, &url, &t, "buyer", "buyer@example.com", "Bea", true);
-    register(&agent, &url, &t, "browser", "browser@example.com", "Ben", true);
-    track(&agent, &url, &t, "buyer", "Product Added", "b-1");
-    track(&agent, &url, &t, "browser", "Product Added", "r-1");
-    track(&agent, &url, &t, "buyer", "Order Completed", "b-2");
+    register(&agent, &url, t, "buyer", "buyer@example.com", "Bea", true);
+    register(&agent, &url, t, "browser", "browser@example.com", "Ben", true);
+    track(&agent, &url, t, "buyer", "Product Added", "b-1");
+    track(&agent, &url, t, "browser", "Product Added", "r-1");
+    track(&agent, &url, t, "buyer", "Order Completed", "b-2");
 
     let mail = smtp.wait_for("browser@example.com", 1, Duration::from_secs(30));
     assert_eq!(mail.len(), 1);
     assert!(mail[0].contains("Subject: Ben, you left something in your cart"), "{}", mail[0]);
-    wait_until("the buyer's conversion", Duration::from_secs(10), || has(&timeline(&agent, &url, &t, "buyer"), "CampaignConverted"));
+    wait_until("the buyer's conversion", Duration::from_secs(10), || has(&timeline(&agent, &url, t, "buyer"), "CampaignConverted"));
     std::thread::sleep(Duration::from_secs(3));
     assert!(smtp.to("buyer@example.com").is_empty(), "the customer who bought gets no reminder");
     let (_, stats) = get(&agent, &format!("{url}/v1/campaigns/abandoned-cart/stats"), &t.api);
@@ -180,43 +214,40 @@ fn abandoned_cart_reminds_the_customer_who_did_not_buy_and_not_the_one_who_did()
 
 #[test]
 fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
-    let data = dir.path().join("data");
-    let t = tenant(&data);
-    let args = ["serve", "--smtp-url", &smtp.url()];
-    let (mut server, url, _) = start(&data, &args);
+    let Some(w) = world(true) else { return };
+    let (t, smtp) = (&w.t, w.smtp());
+    let (mut server, url) = w.serve(&[]);
     let agent = agent();
-    put(&agent, &url, &t, "/v1/templates/nudge", json!({"subject": "Still there, {{ traits.first_name }}?", "body": "<p>Hi</p>"}));
+    put(&agent, &url, t, "/v1/templates/nudge", json!({"subject": "Still there, {{ traits.first_name }}?", "body": "<p>Hi</p>"}));
     put(
         &agent,
         &url,
-        &t,
+        t,
         "/v1/campaigns/nudge",
         json!({"trigger": "CustomerRegistered", "steps": [
             {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}},
             {"wait": "3s"},
             {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}}]}),
     );
-    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", true);
+    register(&agent, &url, t, "c1", "ada@example.com", "Ada", true);
     assert_eq!(smtp.wait_for("ada@example.com", 1, Duration::from_secs(20)).len(), 1, "the first send");
     wait_until("the wait to be scheduled", Duration::from_secs(10), || {
-        has(&timeline(&agent, &url, &t, "c1"), "CampaignStepScheduled")
+        has(&timeline(&agent, &url, t, "c1"), "CampaignStepScheduled")
     });
     server.kill().unwrap();
     server.wait().unwrap();
 
     // Restarted after the wait fell due: the second message goes out once, the first not again.
     std::thread::sleep(Duration::from_secs(3));
-    let (mut server, url, _) = start(&data, &args);
+    let (mut server, url) = w.serve(&[]);
     let mail = smtp.wait_for("ada@example.com", 2, Duration::from_secs(20));
     assert_eq!(mail.len(), 2);
-    wait_until("the enrolment to complete", Duration::from_secs(10), || has(&timeline(&agent, &url, &t, "c1"), "CampaignExited"));
+    wait_until("the enrolment to complete", Duration::from_secs(10), || has(&timeline(&agent, &url, t, "c1"), "CampaignExited"));
     sigterm(&mut server);
-    let (_server, url, _) = start(&data, &args);
+    let (_server, url) = w.serve(&[]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(smtp.to("ada@example.com").len(), 2, "a restart re-sends nothing");
-    let tl = timeline(&agent, &url, &t, "c1");
+    let tl = timeline(&agent, &url, t, "c1");
     assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageSent").count(), 2);
     assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageQueued").count(), 2);
     let ids: Vec<String> = mail.iter().map(|m| m.lines().find(|l| l.starts_with("Message-ID:")).unwrap().to_owned()).collect();
@@ -271,22 +302,20 @@ fn receiver(failures: usize) -> Receiver {
 
 #[test]
 fn a_webhook_failing_five_times_lands_in_the_dead_letter_queue_and_a_retry_delivers_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let t = tenant(&data);
+    let w = world(false).expect("needs no mail");
+    let t = &w.t;
     let hook = receiver(usize::MAX);
-    let (_server, url, _) =
-        start(&data, &["serve", "--retry-base-ms", "20", "--webhook-secret", "s3cret", "--max-attempts", "5"]);
+    let (_server, url) = w.serve(&["--retry-base-ms", "20", "--webhook-secret", "s3cret", "--max-attempts", "5"]);
     let agent = agent();
     put(
         &agent,
         &url,
-        &t,
+        t,
         "/v1/campaigns/sales-alert",
         json!({"trigger": {"event": "Demo Requested"}, "steps": [{"webhook": {"url": hook.url}}]}),
     );
-    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", false);
-    track(&agent, &url, &t, "c1", "Demo Requested", "d-1");
+    register(&agent, &url, t, "c1", "ada@example.com", "Ada", false);
+    track(&agent, &url, t, "c1", "Demo Requested", "d-1");
 
     let mut dead = Value::Null;
     wait_until("the dead letter", Duration::from_secs(30), || {
@@ -297,7 +326,7 @@ fn a_webhook_failing_five_times_lands_in_the_dead_letter_queue_and_a_retry_deliv
     assert_eq!(letter["attempts"], 5);
     assert!(letter["last_error"].as_str().unwrap().contains("HTTP 500"), "{letter}");
     assert_eq!(hook.seen.lock().unwrap().len(), 5, "five attempts, then no more");
-    let tl = timeline(&agent, &url, &t, "c1");
+    let tl = timeline(&agent, &url, t, "c1");
     assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageFailed").count(), 4);
     assert!(has(&tl, "MessageDeadLettered"));
     let metrics = agent.get(format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
@@ -308,7 +337,7 @@ fn a_webhook_failing_five_times_lands_in_the_dead_letter_queue_and_a_retry_deliv
     let id = letter["id"].as_str().unwrap();
     let (status, v) = send(&agent, "POST", &format!("{url}/v1/dead-letters/{id}/retry"), &t.api, &json!({}));
     assert_eq!(status, 200, "{v}");
-    wait_until("the retried delivery", Duration::from_secs(10), || has(&timeline(&agent, &url, &t, "c1"), "MessageSent"));
+    wait_until("the retried delivery", Duration::from_secs(10), || has(&timeline(&agent, &url, t, "c1"), "MessageSent"));
     std::thread::sleep(Duration::from_millis(500));
     let seen = hook.seen.lock().unwrap();
     assert_eq!(seen.len(), 6, "exactly one more request");
@@ -331,10 +360,9 @@ fn a_webhook_failing_five_times_lands_in_the_dead_letter_queue_and_a_retry_deliv
 
 #[test]
 fn bad_campaigns_and_templates_are_refused_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let t = tenant(&data);
-    let (_server, url, _) = start(&data, &["serve"]);
+    let w = world(false).expect("needs no mail");
+    let t = &w.t;
+    let (_server, url) = w.serve(&[]);
     let agent = agent();
     let c = json!({"trigger": "X", "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "nope"}}]});
     let (status, v) = send(&agent, "PUT", &format!("{url}/v1/campaigns/x"), &t.api, &c);
@@ -354,23 +382,13 @@ fn bad_campaigns_and_templates_are_refused_whole() {
 
 #[test]
 fn quiet_hours_defer_then_deliver_and_the_frequency_cap_suppresses() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
-    let data = dir.path().join("data");
-    let t = tenant(&data);
-    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url()]);
+    let Some(w) = world(true) else { return };
+    let (t, smtp) = (&w.t, w.smtp());
+    let (_server, url) = w.serve(&[]);
     let agent = agent();
-    put(&agent, &url, &t, "/v1/templates/promo", json!({"subject": "News for {{ traits.first_name }}", "body": "<p>News</p>"}));
-    put(
-        &agent,
-        &url,
-        &t,
-        "/v1/campaigns/promo",
-        json!({"trigger": {"event": "Promo Clicked"}, "reentry": "always",
-               "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]}),
-    );
-    register(&agent, &url, &t, "night", "night@example.com", "Nia", true);
-    register(&agent, &url, &t, "capped", "capped@example.com", "Cal", true);
+    promo(&agent, &url, t, "News for {{ traits.first_name }}");
+    register(&agent, &url, t, "night", "night@example.com", "Nia", true);
+    register(&agent, &url, t, "capped", "capped@example.com", "Cal", true);
 
     // Quiet from 5 s ago to 4 s from now, in the customer's zone (seconds, so the test is quick).
     let quiet_ends = Instant::now() + Duration::from_secs(3);
@@ -379,9 +397,9 @@ fn quiet_hours_defer_then_deliver_and_the_frequency_cap_suppresses() {
     let prefs = json!({"quiet_hours": {"start": hms(-5), "end": hms(4)}, "time_zone": "Asia/Tokyo"});
     let (status, v) = send(&agent, "PUT", &format!("{url}/v1/customers/night/preferences"), &t.api, &prefs);
     assert_eq!(status, 200, "{v}");
-    track(&agent, &url, &t, "night", "Promo Clicked", "n-1");
+    track(&agent, &url, t, "night", "Promo Clicked", "n-1");
     wait_until("the deferral", Duration::from_secs(10), || {
-        timeline(&agent, &url, &t, "night").iter().any(|(ty, d)| ty == "CampaignStepScheduled" && d["reason"] == "quiet_hours")
+        timeline(&agent, &url, t, "night").iter().any(|(ty, d)| ty == "CampaignStepScheduled" && d["reason"] == "quiet_hours")
     });
     assert!(smtp.to("night@example.com").is_empty(), "nothing during quiet hours");
     let mail = smtp.wait_for("night@example.com", 1, Duration::from_secs(20));
@@ -392,11 +410,11 @@ fn quiet_hours_defer_then_deliver_and_the_frequency_cap_suppresses() {
     let prefs = json!({"frequency_cap": {"max": 1, "per": "1d"}});
     let (status, _) = send(&agent, "PUT", &format!("{url}/v1/customers/capped/preferences"), &t.api, &prefs);
     assert_eq!(status, 200);
-    track(&agent, &url, &t, "capped", "Promo Clicked", "c-1");
+    track(&agent, &url, t, "capped", "Promo Clicked", "c-1");
     assert_eq!(smtp.wait_for("capped@example.com", 1, Duration::from_secs(20)).len(), 1);
-    track(&agent, &url, &t, "capped", "Promo Clicked", "c-2");
+    track(&agent, &url, t, "capped", "Promo Clicked", "c-2");
     wait_until("the capped decision", Duration::from_secs(10), || {
-        timeline(&agent, &url, &t, "capped").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "frequency_cap")
+        timeline(&agent, &url, t, "capped").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "frequency_cap")
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(smtp.to("capped@example.com").len(), 1);
@@ -414,14 +432,12 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let signing = p256::ecdsa::SigningKey::from_slice(&[42u8; 32]).unwrap();
     let public = b64(signing.verifying_key().to_public_key_der().unwrap().as_bytes());
-    let dir = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
-    let data = dir.path().join("data");
-    let t = tenant(&data);
-    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url(), "--sendgrid-public-key", &public]);
+    let Some(w) = world(true) else { return };
+    let (t, smtp) = (&w.t, w.smtp());
+    let (_server, url) = w.serve(&["--sendgrid-public-key", &public]);
     let agent = agent();
-    register(&agent, &url, &t, "c1", "ada@example.com", "Ada", true);
-    register(&agent, &url, &t, "c2", "gone@example.com", "Gus", true);
+    register(&agent, &url, t, "c1", "ada@example.com", "Ada", true);
+    register(&agent, &url, t, "c2", "gone@example.com", "Gus", true);
 
     let post = |body: &str, sig: &str, ts: &str| -> u16 {
         agent
@@ -457,7 +473,7 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
     assert_eq!(get(&agent, &format!("{url}/healthz"), "").1, before, "nothing was written");
 
     assert_eq!(post(&batch, &sign(ts, &batch), ts), 200);
-    let tl = timeline(&agent, &url, &t, "c1");
+    let tl = timeline(&agent, &url, t, "c1");
     for ty in ["MessageDelivered", "MessageOpened", "MessageClicked", "MessageUnsubscribed", "ConsentRevoked"] {
         assert!(has(&tl, ty), "{ty} on the timeline: {tl:?}");
     }
@@ -469,45 +485,34 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
     assert_eq!(get(&agent, &format!("{url}/healthz"), "").1, after);
 
     // The hard-bounced address is not mailed again.
-    put(&agent, &url, &t, "/v1/templates/promo", json!({"subject": "Hi", "body": "<p>Hi</p>"}));
-    put(
-        &agent,
-        &url,
-        &t,
-        "/v1/campaigns/promo",
-        json!({"trigger": {"event": "Promo Clicked"}, "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "promo"}}]}),
-    );
-    track(&agent, &url, &t, "c2", "Promo Clicked", "p-1");
+    promo(&agent, &url, t, "Hi");
+    track(&agent, &url, t, "c2", "Promo Clicked", "p-1");
     wait_until("the bounced address's suppression", Duration::from_secs(10), || {
-        timeline(&agent, &url, &t, "c2").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "address_bounced")
+        timeline(&agent, &url, t, "c2").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "address_bounced")
     });
     assert!(smtp.to("gone@example.com").is_empty());
 }
 
 #[test]
 fn absence_triggers_enrol_the_inactive_customer_and_alert_on_a_stuck_deal() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
-    let data = dir.path().join("data");
-    let t = tenant(&data);
+    let Some(w) = world(true) else { return };
+    let (t, smtp) = (&w.t, w.smtp());
     let hook = receiver(0);
-    let (_server, url, _) = start(&data, &["serve", "--smtp-url", &smtp.url(), "--scan-every-ms", "100"]);
+    let (_server, url) = w.serve(&["--scan-every-ms", "100"]);
     let agent = agent();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/automation/demo");
-    let read = |p: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(src.join(p)).unwrap()).unwrap() };
-    put(&agent, &url, &t, "/v1/templates/we-miss-you", read("templates/we-miss-you.json"));
+    put(&agent, &url, t, "/v1/templates/we-miss-you", example("templates/we-miss-you.json"));
     // The examples' shapes with spans of seconds instead of weeks.
-    let mut idle = read("campaigns/re-engagement.json");
+    let mut idle = example("campaigns/re-engagement.json");
     idle["trigger"] = json!({"inactive_for": "2s"});
-    put(&agent, &url, &t, "/v1/campaigns/re-engagement", idle);
-    let mut stuck = read("campaigns/stuck-deal.json");
+    put(&agent, &url, t, "/v1/campaigns/re-engagement", idle);
+    let mut stuck = example("campaigns/stuck-deal.json");
     stuck["trigger"] = json!({"deal_stuck_for": "1s"});
     stuck["steps"][0]["webhook"]["url"] = json!(hook.url);
-    put(&agent, &url, &t, "/v1/campaigns/stuck-deal", stuck);
+    put(&agent, &url, t, "/v1/campaigns/stuck-deal", stuck);
 
-    register(&agent, &url, &t, "idle", "idle@example.com", "Ida", true);
-    register(&agent, &url, &t, "busy", "busy@example.com", "Bo", true);
-    track(&agent, &url, &t, "idle", "Page Viewed", "i-1");
+    register(&agent, &url, t, "idle", "idle@example.com", "Ida", true);
+    register(&agent, &url, t, "busy", "busy@example.com", "Bo", true);
+    track(&agent, &url, t, "idle", "Page Viewed", "i-1");
     let (status, v) = send(&agent, "POST", &format!("{url}/v1/deals"), &t.api,
         &json!({"id": "d1", "name": "Acme renewal", "customer_id": "busy", "owner": "sam", "amount": 120000, "currency": "EUR"}));
     assert_eq!(status, 201, "{v}");
@@ -516,14 +521,14 @@ fn absence_triggers_enrol_the_inactive_customer_and_alert_on_a_stuck_deal() {
     let mut n = 0;
     while started.elapsed() < Duration::from_millis(3500) {
         n += 1;
-        track(&agent, &url, &t, "busy", "Page Viewed", &format!("b-{n}"));
+        track(&agent, &url, t, "busy", "Page Viewed", &format!("b-{n}"));
         std::thread::sleep(Duration::from_millis(300));
     }
     let mail = smtp.wait_for("idle@example.com", 1, Duration::from_secs(10));
     assert_eq!(mail.len(), 1);
     assert!(mail[0].contains("Subject: We miss you, Ida"), "{}", mail[0]);
     assert!(smtp.to("busy@example.com").is_empty(), "an active customer is not re-engaged");
-    wait_until("the dormant tag", Duration::from_secs(5), || has(&timeline(&agent, &url, &t, "idle"), "CustomerTagged"));
+    wait_until("the dormant tag", Duration::from_secs(5), || has(&timeline(&agent, &url, t, "idle"), "CustomerTagged"));
     // One enrolment per inactive spell, however often the scan runs.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(smtp.to("idle@example.com").len(), 1);

@@ -613,29 +613,21 @@ fn plan(v: &Projections, tenant: &str, enrolment: &str, now: DateTime<Utc>) -> O
             let person = person.expect("checked above");
             let origin = Origin { campaign: e.campaign.clone(), enrolment: e.id.clone(), step };
             let key = derive_id(&[tenant, enrolment, "message", &step_s]);
+            let suppressed = |channel: Channel, reason: String| A::MessageSuppressed {
+                message: key.to_string(),
+                channel: channel_name(channel).into(),
+                purpose: spec.purpose,
+                reason,
+                origin: Some(origin.clone()),
+            };
             match send_decision(v, tenant, person, spec, now) {
                 Decision::Defer { until, .. } => Plan::Write(vec![schedule(until, Some("quiet_hours"))]),
                 Decision::Suppress { channel, reason } => {
-                    let ev = A::MessageSuppressed {
-                        message: key.to_string(),
-                        channel: channel_name(channel).into(),
-                        purpose: spec.purpose,
-                        reason,
-                        origin: Some(origin),
-                    };
-                    Plan::Write(vec![(key, ev), executed("send: suppressed", step + 1)])
+                    Plan::Write(vec![(key, suppressed(channel, reason)), executed("send: suppressed", step + 1)])
                 }
                 Decision::Send { channel } => {
-                    let queued = match queue(a, person, &e.context, spec, channel, key.to_string(), origin.clone()) {
-                        Ok(ev) => ev,
-                        Err(reason) => A::MessageSuppressed {
-                            message: key.to_string(),
-                            channel: channel_name(channel).into(),
-                            purpose: spec.purpose,
-                            reason,
-                            origin: Some(origin),
-                        },
-                    };
+                    let queued = queue(a, person, &e.context, spec, channel, key.to_string(), origin.clone())
+                        .unwrap_or_else(|reason| suppressed(channel, reason));
                     Plan::Write(vec![(key, queued), executed("send", step + 1)])
                 }
             }
