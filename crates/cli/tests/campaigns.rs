@@ -244,7 +244,7 @@ fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend()
     assert_eq!(mail.len(), 2);
     wait_until("the enrolment to complete", Duration::from_secs(10), || has(&timeline(&agent, &url, t, "c1"), "CampaignExited"));
     sigterm(&mut server);
-    let (_server, url) = w.serve(&[]);
+    let (mut server, url) = w.serve(&[]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(smtp.to("ada@example.com").len(), 2, "a restart re-sends nothing");
     let tl = timeline(&agent, &url, t, "c1");
@@ -252,6 +252,10 @@ fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend()
     assert_eq!(tl.iter().filter(|(ty, _)| ty == "MessageQueued").count(), 2);
     let ids: Vec<String> = mail.iter().map(|m| m.lines().find(|l| l.starts_with("Message-ID:")).unwrap().to_owned()).collect();
     assert_ne!(ids[0], ids[1]);
+    // The automation read model (enrolments, timers, outbox) agrees with a replay of the log.
+    sigterm(&mut server);
+    let out = chronicle(&w.data, &["verify"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// One request a receiver saw: its headers (names lower-cased) and body.
@@ -434,7 +438,7 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
     let public = b64(signing.verifying_key().to_public_key_der().unwrap().as_bytes());
     let Some(w) = world(true) else { return };
     let (t, smtp) = (&w.t, w.smtp());
-    let (_server, url) = w.serve(&["--sendgrid-public-key", &public]);
+    let (mut server, url) = w.serve(&["--sendgrid-public-key", &public]);
     let agent = agent();
     register(&agent, &url, t, "c1", "ada@example.com", "Ada", true);
     register(&agent, &url, t, "c2", "gone@example.com", "Gus", true);
@@ -491,6 +495,9 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
         timeline(&agent, &url, t, "c2").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "address_bounced")
     });
     assert!(smtp.to("gone@example.com").is_empty());
+    sigterm(&mut server);
+    let out = chronicle(&w.data, &["verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
