@@ -57,6 +57,7 @@ pub type CommitHook = Arc<dyn Fn(&[Committed<'_>]) + Send + Sync>;
 /// built only on request. The hook runs in the commit path, on the writer thread; most events
 /// (page views, tracks) only move a stream's version in the views, and building, then freeing,
 /// their payload trees there was most of the cost of a bulk import's commits.
+#[derive(Clone)]
 pub struct Committed<'a> {
     pub tenant: &'a str,
     pub stream: &'a str,
@@ -68,11 +69,14 @@ pub struct Committed<'a> {
     whole: Whole<'a>,
 }
 
+#[derive(Clone)]
 enum Whole<'a> {
     /// As submitted, with the ingest time the store gave it.
     Submitted(&'a NewEvent, chrono::DateTime<chrono::Utc>),
     /// Already in stored form (not yet upcast).
     Stored(&'a EventEnvelope),
+    /// What a layer over the store makes of the event (opened from its sealed form, say).
+    Mapped(Box<Whole<'a>>, &'a (dyn Fn(EventEnvelope) -> EventEnvelope + Sync)),
 }
 
 impl<'a> Committed<'a> {
@@ -109,13 +113,24 @@ impl<'a> Committed<'a> {
 
     /// The event as a reader gets it (upcast to the current schema).
     pub fn envelope(&self) -> EventEnvelope {
-        let stored = match self.whole {
+        self.envelope_of(&self.whole)
+    }
+
+    fn envelope_of(&self, whole: &Whole<'a>) -> EventEnvelope {
+        let stored = match whole {
             Whole::Submitted(e, ingest_time) => {
-                rules::stored_envelope(self.tenant, self.stream, e.clone(), self.version, self.position, ingest_time)
+                rules::stored_envelope(self.tenant, self.stream, (*e).clone(), self.version, self.position, *ingest_time)
             }
-            Whole::Stored(e) => e.clone(),
+            Whole::Stored(e) => (*e).clone(),
+            Whole::Mapped(inner, f) => return f(self.envelope_of(inner)),
         };
         rules::upcast_on_read(stored)
+    }
+
+    /// The same event, with `f` applied to it whenever it is built whole: how a layer over the
+    /// store (one that opens sealed payloads) shows the hook what readers see, still lazily.
+    pub fn mapped(&self, f: &'a (dyn Fn(EventEnvelope) -> EventEnvelope + Sync)) -> Committed<'a> {
+        Committed { whole: Whole::Mapped(Box::new(self.whole.clone()), f), ..self.clone() }
     }
 }
 

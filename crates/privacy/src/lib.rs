@@ -1,0 +1,20 @@
+//! Crypto-shredding. Personal data in events is sealed (AES-256-GCM) with a key of its owner —
+//! the customer, or the anonymous visitor — before it reaches the log; the keys live in a key
+//! store, wrapped by a master key; erasing a customer destroys their keys in place, after which
+//! their events read redacted, in every replay, while the log itself stays append-only and
+//! whole. See `docs/privacy.md` for the threat model.
+//!
+//! - [`cipher`]: data keys, sealing and opening;
+//! - [`keystore`]: the key file (slots overwritten in place on destruction), master key,
+//!   rotation;
+//! - [`seal`]: which parts of which events are personal;
+//! - [`store`]: the `EventStore` layer that seals on append and opens on read.
+
+pub mod cipher;
+pub mod keystore;
+pub mod seal;
+pub mod store;
+
+pub use cipher::DataKey;
+pub use keystore::{KeyStore, MasterKey};
+pub use store::SealedStore;

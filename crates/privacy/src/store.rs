@@ -1,0 +1,186 @@
+//! `SealedStore`: an [`EventStore`] over another that seals personal data on append and opens
+//! it on every read (and for the commit hook), with the owner's key from the [`KeyStore`].
+//! Everything above it — the application, the views, the automation engine, exports — sees
+//! plaintext while the key exists and the redacted form once it is destroyed; everything
+//! below it — the log on disk — only ever holds the sealed form.
+
+use crate::keystore::KeyStore;
+use crate::seal::{self, Rule};
+use async_trait::async_trait;
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, Payload, RawEnvelope};
+use chronicle_core::upcast::current_schema_version_of;
+use chronicle_store::{AppendError, AppendResult, CommitHook, Committed, EventStore, ReadError};
+use std::sync::Arc;
+
+pub struct SealedStore {
+    inner: Arc<dyn EventStore>,
+    keys: Arc<KeyStore>,
+}
+
+impl SealedStore {
+    pub fn new(inner: Arc<dyn EventStore>, keys: Arc<KeyStore>) -> SealedStore {
+        SealedStore { inner, keys }
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+}
+
+/// Open an event in place (a no-op for events without an owner or anything sealed).
+pub fn open_envelope(keys: &KeyStore, env: &mut EventEnvelope) {
+    let rule = seal::rule(&env.event_type);
+    if rule == Rule::Clear {
+        return;
+    }
+    if let Some(owner) = seal::owner(&env.stream) {
+        let key = keys.get(&env.tenant, &owner);
+        if let Some(legacy) = seal::open_value(rule, key.as_ref(), &mut env.data) {
+            // The store could not upcast the sealed payload; now it is open, upcast it.
+            env.schema_version = legacy;
+            let e = std::mem::replace(env, placeholder());
+            *env = chronicle_core::upcast::upcast(e);
+        }
+    }
+}
+
+fn placeholder() -> EventEnvelope {
+    EventEnvelope {
+        id: uuid::Uuid::nil(),
+        tenant: String::new(),
+        stream: String::new(),
+        version: 0,
+        position: 0,
+        event_type: String::new(),
+        schema_version: 0,
+        event_time: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        ingest_time: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        source: String::new(),
+        causation_id: None,
+        correlation_id: None,
+        actor: None,
+        data: serde_json::Value::Null,
+        metadata: serde_json::Value::Null,
+    }
+}
+
+fn open_raw(keys: &KeyStore, raw: &mut RawEnvelope) {
+    let rule = seal::rule(&raw.event_type);
+    if rule == Rule::Clear || !seal::looks_sealed(&raw.data) {
+        return;
+    }
+    if let Some(owner) = seal::owner(&raw.stream) {
+        let Ok(mut v) = serde_json::from_str(&raw.data) else { return };
+        let key = keys.get(&raw.tenant, &owner);
+        if let Some(legacy) = seal::open_value(rule, key.as_ref(), &mut v) {
+            // Raw envelopes are upcast when decoded, from their schema version.
+            raw.schema_version = legacy;
+        }
+        raw.data = v.to_string();
+    }
+}
+
+#[async_trait]
+impl EventStore for SealedStore {
+    async fn append(
+        &self,
+        tenant: &str,
+        stream: &str,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        let owner = seal::owner(stream).filter(|_| events.iter().any(|e| seal::rule(&e.event_type) != Rule::Clear));
+        if let Some(owner) = owner {
+            let key = match self.keys.get(tenant, &owner) {
+                Some(k) => k,
+                None => {
+                    // A new owner: its key is written and synced before anything sealed with it.
+                    let (keys, t) = (self.keys.clone(), tenant.to_owned());
+                    tokio::task::spawn_blocking(move || keys.get_or_create(&t, &owner))
+                        .await
+                        .map_err(|e| AppendError::Storage(e.to_string()))?
+                        .map_err(|e| AppendError::Storage(e.to_string()))?
+                }
+            };
+            for e in &mut events {
+                let rule = seal::rule(&e.event_type);
+                let legacy = (e.schema_version != current_schema_version_of(&e.event_type)).then_some(e.schema_version);
+                match &mut e.data {
+                    Payload::Value(v) => seal::seal_value(rule, &key, v, legacy),
+                    Payload::Text(t) => {
+                        if rule != Rule::Clear {
+                            let sealed = seal::seal_text(rule, &key, t.get(), legacy);
+                            *t = serde_json::value::RawValue::from_string(sealed).expect("sealing keeps JSON valid");
+                        }
+                    }
+                }
+            }
+        }
+        self.inner.append(tenant, stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, ReadError> {
+        let mut evs = self.inner.read_stream(tenant, stream, from_version, limit).await?;
+        evs.iter_mut().for_each(|e| open_envelope(&self.keys, e));
+        Ok(evs)
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError> {
+        let mut evs = self.inner.read_all(after, limit).await?;
+        evs.iter_mut().for_each(|e| open_envelope(&self.keys, e));
+        Ok(evs)
+    }
+
+    async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
+        let mut evs = self.inner.read_all_raw(after, limit).await?;
+        evs.iter_mut().for_each(|e| open_raw(&self.keys, e));
+        Ok(evs)
+    }
+
+    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {
+        self.inner.stored(ids).await
+    }
+
+    async fn head(&self) -> Result<u64, ReadError> {
+        self.inner.head().await
+    }
+
+    async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
+        self.inner.stream_version(tenant, stream).await
+    }
+
+    async fn read_stream_until(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<EventEnvelope>, ReadError> {
+        let mut evs = self.inner.read_stream_until(tenant, stream, from_version, until).await?;
+        evs.iter_mut().for_each(|e| open_envelope(&self.keys, e));
+        Ok(evs)
+    }
+
+    fn head_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.head_watch()
+    }
+
+    fn set_commit_hook(&self, hook: CommitHook) {
+        let keys = self.keys.clone();
+        self.inner.set_commit_hook(Arc::new(move |evs: &[Committed<'_>]| {
+            let open = |mut env: EventEnvelope| {
+                open_envelope(&keys, &mut env);
+                env
+            };
+            // Opened lazily: most events (page views) are never built whole by the hook.
+            let mapped: Vec<Committed<'_>> = evs.iter().map(|c| c.mapped(&open)).collect();
+            hook(&mapped);
+        }));
+    }
+}
