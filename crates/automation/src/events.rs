@@ -103,9 +103,12 @@ pub enum AutomationEvent {
         /// `email`, `sms`, `push`, `in_app`, `phone`, or `webhook`.
         channel: String,
         purpose: Purpose,
+        /// Personal: sealed, and absent once the person is erased (so are subject and body).
+        #[serde(default)]
         to: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subject: Option<String>,
+        #[serde(default)]
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         template: Option<String>,
@@ -130,12 +133,14 @@ pub enum AutomationEvent {
     MessageFailed {
         message: String,
         attempt: u32,
+        #[serde(default)]
         error: String,
         retry_at: DateTime<Utc>,
     },
     MessageDeadLettered {
         message: String,
         attempts: u32,
+        #[serde(default)]
         error: String,
     },
     /// An operator sent a dead letter back to the outbox.

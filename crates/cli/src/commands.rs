@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::storage;
 use anyhow::Context;
 use chronicle_core::customer;
-use chronicle_projections::{diff, save_checkpoint};
+use chronicle_projections::{diff, save_checkpoint_sealed};
 use chronicle_server::{maintenance, App};
 use serde_json::json;
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 pub async fn serve(args: &StorageArgs, listen: Option<&str>, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, listen)?;
     let st = storage::open(&cfg)?;
-    let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await.context("starting the application")?;
+    let app = st.app().await?;
     if let Some(dir) = &automation.campaigns {
         let n = chronicle_server::automation::definitions::load_folder(&app, dir)
             .await
@@ -101,7 +101,7 @@ async fn shutdown_signal() {
 pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
-    let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await?;
+    let app = st.app().await?;
     let (api_key, write_key) = app.create_tenant(name).await?;
     app.checkpoint()?;
     println!("{}", json!({"tenant": name, "api_key": api_key, "write_key": write_key}));
@@ -111,12 +111,17 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
 pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
+    let old_key = chronicle_server::sealing::checkpoint_key_name(&st.checkpoint);
     let _ = std::fs::remove_file(&st.checkpoint);
     let mut progress = Progress::new("rebuild", Some(st.store.head().await?));
     let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
     let (n, secs, rate) = progress.finish();
     let (fresh, problems) = (replay.projections, replay.problems);
-    save_checkpoint(&st.checkpoint, &fresh)?;
+    let seal = chronicle_server::sealing::CheckpointKeys::new(st.keys.clone());
+    save_checkpoint_sealed(&st.checkpoint, &fresh, Some(&seal))?;
+    if let Some(old) = old_key {
+        seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
+    }
     for p in &problems {
         eprintln!("{p}");
     }
@@ -131,7 +136,8 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
     // The live views: what a server would run on (checkpoint plus the log's tail).
-    let live = maintenance::live_views(&*st.store, &st.checkpoint).await?;
+    let seal = chronicle_server::sealing::CheckpointKeys::new(st.keys.clone());
+    let live = maintenance::live_views(&*st.store, &st.checkpoint, Some(&seal)).await?;
     let mut progress = Progress::new("verify", Some(st.store.head().await?));
     let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
     let (n, secs, _) = progress.finish();

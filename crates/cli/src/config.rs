@@ -23,6 +23,13 @@ pub struct StorageArgs {
     /// Configuration file (TOML with keys data, listen, database_url)
     #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// File holding the master key that wraps the data keys ([N:]base64 of 32 bytes)
+    /// [default: DATA/master.key, created on first use]
+    #[arg(long, env = "CHRONICLE_MASTER_KEY_FILE", global = true)]
+    pub master_key_file: Option<PathBuf>,
+    /// The master key itself, instead of a file (prefer the file: environments leak)
+    #[arg(long, env = "CHRONICLE_MASTER_KEY", global = true, hide_env_values = true)]
+    pub master_key: Option<String>,
 }
 
 /// Where campaigns deliver, for `serve` and `demo`.
@@ -102,6 +109,8 @@ pub struct Config {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub database_url: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub master_key: Option<String>,
 }
 
 impl Config {
@@ -113,7 +122,13 @@ impl Config {
         let data = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
         let listen_s = listen.map(str::to_owned).or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_s.parse().with_context(|| format!("invalid listen address {listen_s:?} (want IP:PORT)"))?;
-        Ok(Config { data, listen, database_url: args.database_url.clone().or(file.database_url) })
+        Ok(Config {
+            data,
+            listen,
+            database_url: args.database_url.clone().or(file.database_url),
+            master_key_file: args.master_key_file.clone(),
+            master_key: args.master_key.clone(),
+        })
     }
 }
 

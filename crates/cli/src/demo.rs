@@ -486,7 +486,7 @@ pub async fn run(
         std::fs::remove_dir_all(&cfg.data).with_context(|| format!("clearing {}", cfg.data.display()))?;
     }
     let st = storage::open(&cfg)?;
-    let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await?;
+    let app = st.app().await?;
     let (api_key, write_key) = app.create_tenant("demo").await?;
     eprintln!("generating {customers} customers (about 100 events each)…");
     let started = std::time::Instant::now();

@@ -8,7 +8,6 @@ use crate::progress::Progress;
 use crate::storage;
 use anyhow::{bail, Context};
 use chronicle_server::import::{self, Format, Observer, Rejected};
-use chronicle_server::App;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -36,7 +35,7 @@ pub async fn run(
     let input = BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
-    let app = App::start(st.store.clone(), Some(st.checkpoint.clone())).await.context("starting the application")?;
+    let app = st.app().await?;
     let rejects = match rejects {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

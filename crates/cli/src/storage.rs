@@ -9,15 +9,58 @@ use crate::config::Config;
 use anyhow::{bail, Context};
 use chronicle_store::log::LogStore;
 use chronicle_store::sqlite::{self, SqliteStore};
+use chronicle_privacy::{KeyStore, MasterKey, SealedStore};
+use chronicle_server::App;
 use chronicle_store::EventStore;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct Storage {
+    /// The event store, sealing personal data (see `chronicle_privacy`).
     pub store: Arc<dyn EventStore>,
     pub checkpoint: PathBuf,
+    pub keys: Arc<KeyStore>,
     _lock: File,
+}
+
+impl Storage {
+    /// The application over this storage (views from the sealed checkpoint plus the log).
+    pub async fn app(&self) -> anyhow::Result<Arc<App>> {
+        App::start_sealed(self.store.clone(), Some(self.checkpoint.clone()), Some(self.keys.clone()))
+            .await
+            .context("starting the application")
+    }
+}
+
+/// The master key: `--master-key`, else `--master-key-file`, else `DATA/master.key` (made on
+/// first use, readable by the owner only). Kept beside the data it protects, it still makes
+/// erasure real (destroyed data keys are gone whatever the master key); keep it elsewhere to
+/// also protect a copied data folder.
+fn master_key(cfg: &Config) -> anyhow::Result<MasterKey> {
+    if let Some(text) = &cfg.master_key {
+        return MasterKey::parse(text).context("CHRONICLE_MASTER_KEY");
+    }
+    let path = cfg.master_key_file.clone().unwrap_or_else(|| cfg.data.join("master.key"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => MasterKey::parse(&text).with_context(|| format!("reading the master key {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && cfg.master_key_file.is_none() => {
+            let (key, text) = MasterKey::generate(1);
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            tracing::warn!(path = %path.display(), "created a master key beside the data; set --master-key-file to keep it elsewhere");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading the master key {}", path.display())),
+    }
 }
 
 pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
@@ -46,5 +89,9 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     } else {
         Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
     };
-    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), _lock: lock })
+    let keys = Arc::new(
+        KeyStore::open(&cfg.data, master_key(cfg)?).with_context(|| format!("opening the key store in {}", cfg.data.display()))?,
+    );
+    let store: Arc<dyn EventStore> = Arc::new(SealedStore::new(store, keys.clone()));
+    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, _lock: lock })
 }

@@ -265,6 +265,28 @@ impl AutomationView {
         }
     }
 
+    /// An erased customer: their messages leave the outbox and the dead-letter queue (never
+    /// sent), their enrolments end (waits with them), what started them is forgotten, and their
+    /// address leaves the bounce list.
+    pub(crate) fn forget(&mut self, customer: &str, email: Option<&str>) {
+        let gone: Vec<String> = self.outbox.values().filter(|m| m.customer == customer).map(|m| m.message.clone()).collect();
+        for id in gone {
+            if let Some(m) = self.outbox.remove(&id) {
+                self.outbox_due.remove(&(m.next_attempt, id));
+            }
+        }
+        self.dead_letters.retain(|_, m| m.customer != customer);
+        for id in self.active.get(customer).cloned().unwrap_or_default() {
+            self.end(&id, EnrolmentStatus::Exited);
+        }
+        for e in self.enrolments.values_mut().filter(|e| e.customer == customer) {
+            e.context = serde_json::Value::Null;
+        }
+        if let Some(e) = email {
+            self.bounced.remove(&e.trim().to_lowercase());
+        }
+    }
+
     pub(crate) fn note_activity(&mut self, customer: &str, at: DateTime<Utc>) {
         match self.last_active.get_mut(customer) {
             Some(t) => *t = (*t).max(at),

@@ -12,24 +12,71 @@ pub enum CheckpointError {
     Io { path: String, source: std::io::Error },
     #[error("checkpoint {path} is corrupt: {source}")]
     Corrupt { path: String, source: serde_json::Error },
+    #[error("checkpoint {path} is sealed with a key that is not available ({key})")]
+    Sealed { path: String, key: String },
+    #[error("sealing the checkpoint: {0}")]
+    Seal(String),
 }
+
+/// Encryption of the checkpoint file (the views hold personal data): `seal` names the key it
+/// used, `open` is given that name back.
+pub trait CheckpointSeal: Send + Sync {
+    fn seal(&self, plain: &[u8]) -> Result<(String, Vec<u8>), String>;
+    fn open(&self, key: &str, sealed: &[u8]) -> Option<Vec<u8>>;
+}
+
+const SEALED_MAGIC: &[u8] = b"CHRONICLE-SEALED-CHECKPOINT\n";
 
 /// Load the checkpoint at `path`; a missing file is an empty state at position 0.
 pub fn load_checkpoint(path: &Path) -> Result<Projections, CheckpointError> {
+    load_checkpoint_sealed(path, None)
+}
+
+/// Load a checkpoint that may be sealed (see [`CheckpointSeal`]).
+pub fn load_checkpoint_sealed(path: &Path, seal: Option<&dyn CheckpointSeal>) -> Result<Projections, CheckpointError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Projections::new()),
         Err(source) => return Err(CheckpointError::Io { path: path.display().to_string(), source }),
     };
-    serde_json::from_slice(&bytes)
+    let plain = match bytes.strip_prefix(SEALED_MAGIC) {
+        Some(rest) => {
+            let nl = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+            let key = String::from_utf8_lossy(&rest[..nl]).into_owned();
+            let body = rest.get(nl + 1..).unwrap_or_default();
+            match seal.and_then(|s| s.open(&key, body)) {
+                Some(p) => p,
+                None => return Err(CheckpointError::Sealed { path: path.display().to_string(), key }),
+            }
+        }
+        None => bytes,
+    };
+    serde_json::from_slice(&plain)
         .map_err(|source| CheckpointError::Corrupt { path: path.display().to_string(), source })
 }
 
 /// Write the checkpoint atomically: a crash leaves either the old or the new file.
 pub fn save_checkpoint(path: &Path, p: &Projections) -> Result<(), CheckpointError> {
+    save_checkpoint_sealed(path, p, None)
+}
+
+/// Write the checkpoint atomically, sealed when `seal` is given.
+pub fn save_checkpoint_sealed(path: &Path, p: &Projections, seal: Option<&dyn CheckpointSeal>) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(p).expect("projections always serialize");
+    let json = serde_json::to_vec(p).expect("projections always serialize");
+    let bytes = match seal {
+        Some(s) => {
+            let (key, sealed) = s.seal(&json).map_err(CheckpointError::Seal)?;
+            let mut out = Vec::with_capacity(SEALED_MAGIC.len() + key.len() + 1 + sealed.len());
+            out.extend_from_slice(SEALED_MAGIC);
+            out.extend_from_slice(key.as_bytes());
+            out.push(b'\n');
+            out.extend_from_slice(&sealed);
+            out
+        }
+        None => json,
+    };
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&bytes).map_err(io)?;
     f.sync_all().map_err(io)?;

@@ -10,7 +10,7 @@ pub mod automation;
 mod checkpoint;
 mod diff;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointError};
+pub use checkpoint::{load_checkpoint, load_checkpoint_sealed, save_checkpoint, save_checkpoint_sealed, CheckpointError, CheckpointSeal};
 pub use diff::diff;
 
 use chronicle_core::customer::{self, Channel, ConsentBits, ConsentDecision, Customer, CustomerEvent, Purpose};
@@ -188,6 +188,12 @@ impl Projections {
             self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             return;
         }
+        if is_redacted(&ev.data) {
+            // Sealed with a key that was destroyed (an erased person's): only its header counts,
+            // as for the live views, which the erasure redacted.
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
+            return;
+        }
         if chronicle_automation::events::EVENT_TYPES.contains(&ev.event_type.as_str()) {
             // On a customer stream these move its version like any event the customer fold skips.
             self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
@@ -318,6 +324,11 @@ impl Projections {
     }
 }
 
+/// The payload an event reads as when it was sealed with a key that no longer exists.
+fn is_redacted(data: &serde_json::Value) -> bool {
+    matches!(data, serde_json::Value::Object(m) if m.len() == 1 && m.get("redacted") == Some(&serde_json::Value::Bool(true)))
+}
+
 /// Whether any read model uses this event's payload (else only its header counts).
 fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     if tenant == SYSTEM_TENANT {
@@ -353,11 +364,11 @@ impl TenantViews {
             }
         }
         if old_email != c.email {
-            if let Some(old) = old_email {
+            if let Some(old) = &old_email {
                 // An erased duplicate's address may point at its survivor by now: it goes too.
                 let erased = matches!(e, CustomerEvent::CustomerErased { .. });
-                if erased || self.emails.get(&old).map(String::as_str) == Some(id) {
-                    self.emails.remove(&old);
+                if erased || self.emails.get(old).map(String::as_str) == Some(id) {
+                    self.emails.remove(old);
                 }
             }
             if let Some(new) = &c.email {
@@ -411,11 +422,13 @@ impl TenantViews {
                 }
             }
             CustomerEvent::CustomerErased { .. } => {
-                // Redact the ledger's evidence and the time-travel copies of the profile.
-                for entry in self.consent_history.get_mut(id).into_iter().flatten() {
-                    entry.proof = None;
-                }
+                // Everything folded from the person's (now unreadable) events goes: the consent
+                // ledger, their anonymous identities, the time-travel copies, their messages and
+                // enrolments — so the live views equal a replay after the keys are destroyed.
+                self.consent_history.remove(id);
+                self.identities.retain(|_, owner| owner != id);
                 self.snapshots.remove(id);
+                self.automation.forget(id, old_email.as_deref());
             }
             _ => {}
         }

@@ -10,6 +10,8 @@ use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_core::order::{self, Order, OrderCommand};
 use chronicle_projections::{fold_customer, ConsentEntry, Head, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
 use chronicle_store::{AppendError, AppendResult, Committed, EventStore};
+use crate::sealing::CheckpointKeys;
+use chronicle_privacy::KeyStore;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -50,6 +52,10 @@ pub struct App {
     pub automation_wake: tokio::sync::Notify,
     /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
     pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
+    /// Crypto-shredding: the key store under the sealing store layer (erasure destroys keys)
+    /// and the checkpoint's key. `None` over a store that does not seal (tests, benchmarks).
+    keys: Option<Arc<KeyStore>>,
+    checkpoint_keys: Option<CheckpointKeys>,
     pub metrics: Metrics,
 }
 
@@ -67,6 +73,18 @@ pub struct ConsentLedger {
     pub history: Vec<ConsentEntry>,
 }
 
+/// What an erasure did.
+pub struct Erasure {
+    pub customer: Customer,
+    pub merged_customers_erased: Vec<String>,
+    /// Data keys destroyed: the customer's, their anonymous identities', their duplicates'.
+    pub keys_destroyed: usize,
+    /// Messages waiting in the outbox or the dead-letter queue, dropped.
+    pub pending_sends_cancelled: usize,
+    /// Campaign enrolments ended (their waits with them).
+    pub enrolments_ended: usize,
+}
+
 /// One page of events and the cursor for the next.
 pub struct Page {
     pub events: Vec<EventEnvelope>,
@@ -77,8 +95,28 @@ impl App {
     /// Start over a store: load the checkpoint (if any), catch up from the log, then keep the
     /// views current from the store's commit hook.
     pub async fn start(store: Arc<dyn EventStore>, checkpoint_path: Option<PathBuf>) -> Result<Arc<App>, AppError> {
+        App::start_sealed(store, checkpoint_path, None).await
+    }
+
+    /// Like [`start`](Self::start) over a store that seals personal data (`SealedStore`) with
+    /// the keys of `keys`: erasure destroys them, and the checkpoint is sealed too.
+    pub async fn start_sealed(
+        store: Arc<dyn EventStore>,
+        checkpoint_path: Option<PathBuf>,
+        keys: Option<Arc<KeyStore>>,
+    ) -> Result<Arc<App>, AppError> {
+        let checkpoint_keys = keys.clone().map(CheckpointKeys::new);
+        let seal = checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         let mut initial = match &checkpoint_path {
-            Some(p) => chronicle_projections::load_checkpoint(p).map_err(|e| AppError::Internal(e.to_string()))?,
+            Some(p) => match chronicle_projections::load_checkpoint_sealed(p, seal) {
+                Ok(v) => v,
+                // Its key was destroyed by an erasure before the next checkpoint was written.
+                Err(chronicle_projections::CheckpointError::Sealed { .. }) => {
+                    tracing::warn!("the checkpoint's key is gone; rebuilding the views from the log");
+                    Projections::new()
+                }
+                Err(e) => return Err(AppError::Internal(e.to_string())),
+            },
             None => Projections::new(),
         };
         if initial.position > store.head().await? {
@@ -106,7 +144,7 @@ impl App {
             }
         }));
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, reacted, automation_wake: tokio::sync::Notify::new(), sendgrid_key: Default::default(), metrics: Metrics::default() }))
+        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, reacted, automation_wake: tokio::sync::Notify::new(), sendgrid_key: Default::default(), keys, checkpoint_keys, metrics: Metrics::default() }))
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -122,7 +160,8 @@ impl App {
         let Some(path) = &self.checkpoint_path else { return Ok(0) };
         let mut snapshot = self.views().clone();
         snapshot.reacted = self.reacted();
-        chronicle_projections::save_checkpoint(path, &snapshot).map_err(|e| AppError::Internal(e.to_string()))?;
+        let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
+        chronicle_projections::save_checkpoint_sealed(path, &snapshot, seal).map_err(|e| AppError::Internal(e.to_string()))?;
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(snapshot.position)
     }
@@ -514,17 +553,60 @@ impl App {
     }
 
     /// Erase a customer and every duplicate merged into it (one person, one erasure).
-    pub async fn erase_customer(&self, tenant: &str, id: &str, actor: &str) -> Result<Customer, AppError> {
-        let merged = self.customer(tenant, id)?.merged_ids;
+    /// Erase a customer (and the duplicates merged into them): `CustomerErased` on each, the
+    /// read models redacted (and their pending sends and waits cancelled) in the same commit
+    /// path, then — with crypto-shredding on — their data keys and those of their anonymous
+    /// identities destroyed, and a new checkpoint written under a new key.
+    pub async fn erase_customer(&self, tenant: &str, id: &str, actor: &str) -> Result<Erasure, AppError> {
+        let c = self.customer(tenant, id)?;
+        let mut people = vec![c.clone()];
+        for m in &c.merged_ids {
+            if let Some(d) = self.views().customer(tenant, m).cloned() {
+                people.push(d);
+            }
+        }
+        let (sends, waits) = {
+            let v = self.views();
+            let a = v.tenant(tenant).map(|t| &t.automation);
+            let ids: Vec<&str> = people.iter().map(|p| p.id.as_str()).collect();
+            let sends = a.map_or(0, |a| {
+                a.outbox.values().chain(a.dead_letters.values()).filter(|m| ids.contains(&m.customer.as_str())).count()
+            });
+            let waits = a.map_or(0, |a| {
+                ids.iter().map(|i| a.active.get(*i).map_or(0, Vec::len)).sum::<usize>()
+            });
+            (sends, waits)
+        };
         let reason = || CustomerCommand::Erase { reason: Some("erasure request".into()) };
-        let c = self.customer_command(tenant, id, reason(), actor).await?;
-        for m in merged {
-            match self.customer_command(tenant, &m, reason(), actor).await {
+        let erased = self.customer_command(tenant, id, reason(), actor).await?;
+        for m in &c.merged_ids {
+            match self.customer_command(tenant, m, reason(), actor).await {
                 Ok(_) | Err(AppError::Rule { code: "customer_erased", .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(c)
+        let mut keys_destroyed = 0;
+        if let Some(keys) = &self.keys {
+            for p in &people {
+                let owners = std::iter::once(p.id.clone()).chain(p.anonymous_ids.iter().map(|a| chronicle_privacy::seal::anonymous_owner(a)));
+                for owner in owners {
+                    keys_destroyed += usize::from(keys.destroy(tenant, &owner).map_err(|e| AppError::Internal(e.to_string()))?);
+                }
+            }
+            // The checkpoint on disk still holds the person's data: replace it, under a new key.
+            if let (Some(ck), Some(_)) = (&self.checkpoint_keys, &self.checkpoint_path) {
+                let old = ck.rotate();
+                self.checkpoint()?;
+                ck.destroy(&old).map_err(AppError::Internal)?;
+            }
+        }
+        Ok(Erasure {
+            customer: erased,
+            merged_customers_erased: c.merged_ids.iter().cloned().collect(),
+            keys_destroyed,
+            pending_sends_cancelled: sends,
+            enrolments_ended: waits,
+        })
     }
 
     /// The customer an anonymous id is linked to, if any.

@@ -12,6 +12,7 @@ pub mod import;
 pub mod ingest;
 pub mod keys;
 pub mod maintenance;
+pub mod sealing;
 
 pub use app::App;
 pub use error::AppError;

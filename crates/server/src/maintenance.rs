@@ -4,7 +4,7 @@
 
 use crate::error::AppError;
 use chronicle_core::envelope::RawEnvelope;
-use chronicle_projections::{load_checkpoint, Projections};
+use chronicle_projections::{load_checkpoint_sealed, Projections};
 use chronicle_store::EventStore;
 use std::collections::HashMap;
 use std::path::Path;
@@ -82,8 +82,12 @@ fn check_version(
 }
 
 /// The views a server would start with: the checkpoint at `path` plus the log after it.
-pub async fn live_views(store: &dyn EventStore, checkpoint: &Path) -> Result<Projections, AppError> {
-    let mut live = load_checkpoint(checkpoint).map_err(|e| AppError::Internal(e.to_string()))?;
+pub async fn live_views(
+    store: &dyn EventStore,
+    checkpoint: &Path,
+    seal: Option<&dyn chronicle_projections::CheckpointSeal>,
+) -> Result<Projections, AppError> {
+    let mut live = load_checkpoint_sealed(checkpoint, seal).map_err(|e| AppError::Internal(e.to_string()))?;
     let mut after = live.position;
     loop {
         let page = store.read_all(after, PAGE).await?;

@@ -42,14 +42,23 @@ impl Drop for Server {
 /// Start `chronicle <args>` and read its stdout up to the line containing `marker`; returns
 /// the child, its URL and the lines read.
 pub fn start_until(data: &Path, args: &[&str], marker: &str) -> (Server, String, Vec<String>) {
+    start_logging(data, args, marker, None)
+}
+
+/// Like [`start_until`], with the server's log (at debug level) appended to `log`.
+pub fn start_logging(data: &Path, args: &[&str], marker: &str, log: Option<&Path>) -> (Server, String, Vec<String>) {
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(p).expect("log file")),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
-        .env("CHRONICLE_LOG", "warn")
+        .env("CHRONICLE_LOG", if log.is_some() { "debug" } else { "warn" })
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start chronicle");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

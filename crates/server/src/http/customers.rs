@@ -104,11 +104,12 @@ pub async fn patch(
 }
 
 pub async fn erase(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    let merged: Vec<String> = app.customer(&p.tenant, &id)?.merged_ids.into_iter().collect();
-    let c = app.erase_customer(&p.tenant, &id, &p.actor).await?;
+    let e = app.erase_customer(&p.tenant, &id, &p.actor).await?;
+    let c = e.customer;
     Ok(Json(json!({
         "id": c.id, "status": c.status, "erased": true, "profile_redacted": true, "version": c.version,
-        "merged_customers_erased": merged,
+        "merged_customers_erased": e.merged_customers_erased, "keys_destroyed": e.keys_destroyed,
+        "pending_sends_cancelled": e.pending_sends_cancelled, "enrolments_ended": e.enrolments_ended,
     })))
 }
 

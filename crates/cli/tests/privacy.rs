@@ -1,0 +1,125 @@
+//! Erasure by crypto-shredding, end to end on the real binary: after `DELETE
+//! /v1/customers/{id}`, no byte of the data folder and no line of the server's log holds the
+//! person's e-mail, name, phone or IP; the log still replays (`verify` passes) and shows the
+//! redaction; commands on the erased customer are refused.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const EMAIL: &str = "zelda.quux@example.com";
+const FIRST: &str = "Zelda";
+const LAST: &str = "Quuxington";
+const PHONE: &str = "+15550001234";
+const IP: &str = "203.0.113.77";
+
+/// Every file under `dir` that contains one of `needles`, with the needle.
+fn scan(dir: &Path, needles: &[&str]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            for n in needles {
+                if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                    found.push((p.display().to_string(), n.to_string()));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn segment(agent: &ureq::Agent, url: &str, write_key: &str, path: &str, body: Value) {
+    let mut body = body;
+    body["writeKey"] = json!(write_key);
+    let r = agent.post(format!("{url}{path}")).header("content-type", "application/json").send(body.to_string()).unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{path}");
+}
+
+#[test]
+fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let out = chronicle(&data, &["tenant", "create", "acme"]);
+    assert!(out.status.success());
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (key, write) = (t["api_key"].as_str().unwrap().to_owned(), t["write_key"].as_str().unwrap().to_owned());
+    let args = ["serve", "--retry-base-ms", "20", "--max-attempts", "2"];
+    let (mut server, url, _) = start_logging(&data, &args, "listening on", Some(&log));
+    let agent = agent();
+
+    // Someone else, who stays.
+    let other = json!({"id": "c-other", "email": "other@example.com", "traits": {"first_name": "Otto"}});
+    assert_eq!(send(&agent, "POST", &format!("{url}/v1/customers"), &key, &other).0, 201);
+    // The person: a profile, consent with its proof, a note, a page view before sign-up from
+    // their IP, then identify (which links it), tracked activity, and a campaign e-mail that
+    // fails into the dead-letter queue (no SMTP server is configured).
+    segment(&agent, &url, &write, "/v1/page", json!({"anonymousId": "anon-z", "name": "Pricing", "context": {"ip": IP}, "messageId": "p1"}));
+    let body = json!({"id": "c-zelda", "email": EMAIL, "phone": PHONE, "traits": {"first_name": FIRST, "last_name": LAST},
+        "consents": [{"channel": "email", "purpose": "marketing", "granted": true, "source": "signup-form", "proof": {"ip": IP}}]});
+    let put = |path: &str, body: Value| send(&agent, "PUT", &format!("{url}{path}"), &key, &body);
+    assert_eq!(put("/v1/templates/hello", json!({"subject": "Hello {{ traits.first_name }}", "body": "<p>{{ traits.last_name }}</p>"})).0, 200);
+    let c = json!({"trigger": {"event": "Plan Viewed"}, "steps": [{"send": {"channel": "email", "purpose": "marketing", "template": "hello"}}]});
+    assert_eq!(put("/v1/campaigns/hello", c).0, 200);
+    assert_eq!(send(&agent, "POST", &format!("{url}/v1/customers"), &key, &body).0, 201);
+    assert_eq!(send(&agent, "POST", &format!("{url}/v1/customers/c-zelda/notes"), &key, &json!({"text": format!("{FIRST} called from {PHONE}")})).0, 200);
+    segment(&agent, &url, &write, "/v1/identify", json!({"userId": "c-zelda", "anonymousId": "anon-z", "traits": {"first_name": FIRST}, "context": {"ip": IP}, "messageId": "i1"}));
+    segment(&agent, &url, &write, "/v1/track", json!({"userId": "c-zelda", "event": "Plan Viewed", "properties": {"name": LAST}, "context": {"ip": IP}, "messageId": "t1"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&agent, &format!("{url}/v1/dead-letters"), &key).1["dead_letters"].as_array().is_none_or(|a| a.is_empty()) {
+        assert!(Instant::now() < deadline, "the campaign e-mail never reached the dead-letter queue");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, tl) = get(&agent, &format!("{url}/v1/customers/c-zelda/timeline?limit=100"), &key);
+    assert!(tl.to_string().contains(IP), "before erasure the timeline holds the page view from before sign-up");
+
+    let (status, erased) = send(&agent, "DELETE", &format!("{url}/v1/customers/c-zelda"), &key, &json!({}));
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(erased["keys_destroyed"], 2, "the customer's key and their anonymous identity's: {erased}");
+    assert_eq!(erased["pending_sends_cancelled"], 1, "{erased}");
+
+    // Redacted everywhere the API looks; refused for commands; the other customer intact.
+    let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &key);
+    assert_eq!(profile["status"], "erased");
+    let (_, tl) = get(&agent, &format!("{url}/v1/customers/c-zelda/timeline?limit=100"), &key);
+    let text = tl.to_string();
+    for secret in [EMAIL, FIRST, LAST, PHONE, IP] {
+        assert!(!text.contains(secret), "{secret} still on the timeline");
+    }
+    assert!(text.contains("\"redacted\":true"), "{text}");
+    let (_, all) = get(&agent, &format!("{url}/v1/events?limit=1000"), &key);
+    assert!(!all.to_string().contains(FIRST));
+    assert_eq!(get(&agent, &format!("{url}/v1/dead-letters"), &key).1["dead_letters"], json!([]));
+    let (status, _) = send(&agent, "PATCH", &format!("{url}/v1/customers/c-zelda"), &key, &json!({"traits": {"x": 1}}));
+    assert_eq!(status, 422);
+    let (_, o) = get(&agent, &format!("{url}/v1/customers/c-other"), &key);
+    assert_eq!(o["traits"]["first_name"], "Otto");
+
+    sigterm(&mut server);
+    let found = scan(&data, &[EMAIL, FIRST, LAST, PHONE, IP]);
+    assert!(found.is_empty(), "plaintext left in the data folder: {found:?}");
+    assert!(scan(&data, &["Otto"]).is_empty(), "nobody's personal data is in the clear on disk");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("listening") || logged.contains("serving"), "the log was captured");
+    for secret in [EMAIL, FIRST, LAST, PHONE, IP] {
+        assert!(!logged.contains(secret), "{secret} in the server's log");
+    }
+    let out = chronicle(&data, &["verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Restarted from the sealed checkpoint: still erased, the other customer still readable.
+    let (_server, url, _) = start(&data, &["serve"]);
+    let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &key);
+    assert_eq!(profile["status"], "erased");
+    assert_eq!(get(&agent, &format!("{url}/v1/customers/c-other"), &key).1["traits"]["first_name"], "Otto");
+}
