@@ -110,10 +110,13 @@ fn payload(i: u64) -> Value {
 
 /// The default embedded backend (the append-only log), or SQLite.
 fn open(dir: &std::path::Path, backend: &str) -> Arc<dyn EventStore> {
-    match backend {
+    let inner: Arc<dyn EventStore> = match backend {
         "sqlite" => Arc::new(SqliteStore::open(dir).expect("open SQLite store")),
         _ => Arc::new(LogStore::open(dir).expect("open log store")),
-    }
+    };
+    // What the binary runs: personal data sealed on its way to the log (crypto-shredding).
+    let keys = chronicle_privacy::KeyStore::open(dir, chronicle_privacy::MasterKey::new(1, [42; 32])).expect("key store");
+    Arc::new(chronicle_privacy::SealedStore::new(inner, Arc::new(keys)))
 }
 
 /// Durable appends: `writers` tasks, each appending one ~300-byte event at a time to a

@@ -3,19 +3,49 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroize;
 
 /// What a sealed string starts with.
 pub const SEALED_PREFIX: &str = "enc:v1:";
 
-/// A 256-bit key; its bytes are wiped when it is dropped.
+/// A 256-bit key; its bytes (and the cipher's expanded round keys) are wiped when it is
+/// dropped.
 #[derive(Clone)]
-pub struct DataKey([u8; 32]);
+pub struct DataKey(Arc<Inner>);
 
-impl Drop for DataKey {
+struct Inner {
+    bytes: [u8; 32],
+    aead: Aes256Gcm,
+}
+
+impl Drop for Inner {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.bytes.zeroize();
     }
+}
+
+/// Nonces: a random 64-bit prefix per process and a 32-bit counter (a new prefix when it wraps),
+/// so no two seals under one key share a nonce without a per-seal system call.
+fn next_nonce() -> [u8; 12] {
+    static STATE: Mutex<Option<([u8; 8], u32)>> = Mutex::new(None);
+    let mut s = STATE.lock().expect("nonce lock");
+    let (prefix, counter) = match s.as_mut() {
+        Some((p, c)) if *c < u32::MAX => {
+            *c += 1;
+            (*p, *c)
+        }
+        _ => {
+            let mut p = [0u8; 8];
+            getrandom::fill(&mut p).expect("the OS random source");
+            *s = Some((p, 0));
+            (p, 0)
+        }
+    };
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&prefix);
+    n[8..].copy_from_slice(&counter.to_le_bytes());
+    n
 }
 
 impl std::fmt::Debug for DataKey {
@@ -28,25 +58,27 @@ impl DataKey {
     pub fn random() -> DataKey {
         let mut k = [0u8; 32];
         getrandom::fill(&mut k).expect("the OS random source");
-        DataKey(k)
+        let key = DataKey::from_bytes(k);
+        k.zeroize();
+        key
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> DataKey {
-        DataKey(bytes)
+        let aead = Aes256Gcm::new_from_slice(&bytes).expect("32-byte key");
+        DataKey(Arc::new(Inner { bytes, aead }))
     }
 
     pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.0.bytes
     }
 
-    fn aead(&self) -> Aes256Gcm {
-        Aes256Gcm::new_from_slice(&self.0).expect("32-byte key")
+    fn aead(&self) -> &Aes256Gcm {
+        &self.0.aead
     }
 
     /// `nonce || ciphertext || tag`, authenticated with `aad`.
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).expect("the OS random source");
+        let nonce = next_nonce();
         let ct = self
             .aead()
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
@@ -67,11 +99,26 @@ impl DataKey {
 
     /// Seal text into `enc:v1:<base64>`.
     pub fn seal(&self, plaintext: &str) -> String {
-        let b = self.encrypt(plaintext.as_bytes(), SEALED_PREFIX.as_bytes());
-        let mut out = String::with_capacity(SEALED_PREFIX.len() + b.len() * 4 / 3 + 4);
-        out.push_str(SEALED_PREFIX);
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(&b, &mut out);
+        let mut out = String::with_capacity(SEALED_PREFIX.len() + (plaintext.len() + 28) * 4 / 3 + 4);
+        self.seal_into(plaintext, &mut out);
         out
+    }
+
+    /// [`seal`](Self::seal), appending to `out` (bulk writers seal many payloads; this spares
+    /// a buffer per payload).
+    pub fn seal_into(&self, plaintext: &str, out: &mut String) {
+        use aes_gcm::aead::AeadInPlace;
+        let nonce = next_nonce();
+        let mut buf = Vec::with_capacity(12 + plaintext.len() + 16);
+        buf.extend_from_slice(&nonce);
+        buf.extend_from_slice(plaintext.as_bytes());
+        let tag = self
+            .aead()
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), SEALED_PREFIX.as_bytes(), &mut buf[12..])
+            .expect("AES-GCM encrypts any length we use");
+        buf.extend_from_slice(&tag);
+        out.push_str(SEALED_PREFIX);
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(&buf, out);
     }
 
     /// Open what [`seal`](Self::seal) made; `None` if it is not sealed with this key.

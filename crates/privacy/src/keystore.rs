@@ -70,12 +70,18 @@ impl MasterKey {
 struct Live {
     slot: u64,
     key: DataKey,
+    /// The write that made it: usable once a sync covered it (nothing may be sealed with a
+    /// key that a crash could lose).
+    ticket: u64,
 }
 
 struct Inner {
     file: File,
     master: MasterKey,
     keys: HashMap<[u8; 32], Live>,
+    /// Tenant → owner → digest, so a look-up by name needs no hashing of its own (the digest is
+    /// SHA-256; look-ups run for every append).
+    names: HashMap<String, HashMap<String, [u8; 32]>>,
     free: Vec<u64>,
     slots: u64,
     /// Slot writes so far, and the count the last sync covered (group sync).
@@ -141,17 +147,19 @@ impl KeyStore {
                 .decrypt(&s[37..97], &digest)
                 .ok_or_else(|| KeyError::Invalid("a data key does not unwrap with this master key (wrong master key?)".into()))?;
             let key: [u8; 32] = raw.try_into().map_err(|_| KeyError::Invalid("a wrapped key has the wrong length".into()))?;
-            keys.insert(digest, Live { slot: i, key: DataKey::from_bytes(key) });
+            keys.insert(digest, Live { slot: i, key: DataKey::from_bytes(key), ticket: 0 });
         }
         free.reverse();
-        let inner = Inner { file, master, keys, free, slots, written: 0, synced: 0 };
+        let inner = Inner { file, master, keys, names: HashMap::new(), free, slots, written: 0, synced: 0 };
         Ok(KeyStore { inner: Mutex::new(inner), sync: Mutex::new(()) })
     }
 
-    /// The owner's key, if it has one (none: never had personal data, or erased).
+    /// The owner's key, if it has one, durably stored (none: never had personal data, erased,
+    /// or still being made).
     pub fn get(&self, tenant: &str, owner: &str) -> Option<DataKey> {
-        let d = owner_digest(tenant, owner);
-        self.inner.lock().expect("key store lock").keys.get(&d).map(|l| l.key.clone())
+        let mut g = self.inner.lock().expect("key store lock");
+        let d = g.digest(tenant, owner);
+        g.keys.get(&d).filter(|l| l.ticket <= g.synced).map(|l| l.key.clone())
     }
 
     /// The owner's key, made (and durably stored) on first use.
@@ -160,7 +168,10 @@ impl KeyStore {
         let (key, ticket) = {
             let mut g = self.inner.lock().expect("key store lock");
             if let Some(l) = g.keys.get(&d) {
-                return Ok(l.key.clone());
+                let (key, ticket) = (l.key.clone(), l.ticket);
+                drop(g);
+                self.sync_through(ticket)?;
+                return Ok(key);
             }
             let key = DataKey::random();
             let slot = g.free.pop().unwrap_or_else(|| {
@@ -169,12 +180,43 @@ impl KeyStore {
             });
             let bytes = wrap(&g.master, &d, &key);
             g.file.write_all_at(&bytes, offset(slot))?;
-            g.keys.insert(d, Live { slot, key: key.clone() });
             g.written += 1;
-            (key, g.written)
+            let ticket = g.written;
+            g.keys.insert(d, Live { slot, key: key.clone(), ticket });
+            (key, ticket)
         };
         self.sync_through(ticket)?;
         Ok(key)
+    }
+
+    /// Make the keys of every owner that has none, with one sync for all of them.
+    pub fn create_many(&self, tenant: &str, owners: &[String]) -> Result<usize, KeyError> {
+        let (made, ticket) = {
+            let mut g = self.inner.lock().expect("key store lock");
+            let mut made = 0;
+            for owner in owners {
+                let d = owner_digest(tenant, owner);
+                if g.keys.contains_key(&d) {
+                    continue;
+                }
+                let key = DataKey::random();
+                let slot = g.free.pop().unwrap_or_else(|| {
+                    g.slots += 1;
+                    g.slots - 1
+                });
+                let bytes = wrap(&g.master, &d, &key);
+                g.file.write_all_at(&bytes, offset(slot))?;
+                g.written += 1;
+                let ticket = g.written;
+                g.keys.insert(d, Live { slot, key, ticket });
+                made += 1;
+            }
+            (made, g.written)
+        };
+        if made > 0 {
+            self.sync_through(ticket)?;
+        }
+        Ok(made)
     }
 
     /// Destroy the owner's key: its slot is overwritten with zeros and synced. Returns whether
@@ -183,6 +225,9 @@ impl KeyStore {
         let d = owner_digest(tenant, owner);
         let ticket = {
             let mut g = self.inner.lock().expect("key store lock");
+            if let Some(m) = g.names.get_mut(tenant) {
+                m.remove(owner);
+            }
             let Some(live) = g.keys.remove(&d) else { return Ok(false) };
             g.file.write_all_at(&[0u8; SLOT], offset(live.slot))?;
             g.free.push(live.slot);
@@ -228,6 +273,20 @@ impl KeyStore {
         let mut g = self.inner.lock().expect("key store lock");
         g.synced = g.synced.max(upto);
         Ok(())
+    }
+}
+
+impl Inner {
+    fn digest(&mut self, tenant: &str, owner: &str) -> [u8; 32] {
+        if let Some(d) = self.names.get(tenant).and_then(|m| m.get(owner)) {
+            return *d;
+        }
+        let d = owner_digest(tenant, owner);
+        // Remembered only for owners that have a key (erased ones are forgotten below).
+        if self.keys.contains_key(&d) {
+            self.names.entry(tenant.to_owned()).or_default().insert(owner.to_owned(), d);
+        }
+        d
     }
 }
 

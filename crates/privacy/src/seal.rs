@@ -63,12 +63,11 @@ pub fn seal_text(rule: Rule, key: &DataKey, text: &str, legacy: Option<u32>) -> 
     match rule {
         Rule::Clear => text.to_owned(),
         Rule::Whole => {
-            let sealed = key.seal(text);
-            let mut out = String::with_capacity(sealed.len() + 24);
+            let mut out = String::with_capacity((text.len() + 28) * 4 / 3 + 40);
             out.push_str("{\"");
             out.push_str(WHOLE_KEY);
             out.push_str("\":\"");
-            out.push_str(&sealed);
+            key.seal_into(text, &mut out);
             out.push('"');
             if let Some(v) = legacy {
                 out.push_str(&format!(",\"{SCHEMA_KEY}\":{v}"));

@@ -64,7 +64,7 @@ fn placeholder() -> EventEnvelope {
     }
 }
 
-fn open_raw(keys: &KeyStore, raw: &mut RawEnvelope) {
+fn open_raw_with(keys: &KeyStore, raw: &mut RawEnvelope) {
     let rule = seal::rule(&raw.event_type);
     if rule == Rule::Clear || !seal::looks_sealed(&raw.data) {
         return;
@@ -137,10 +137,28 @@ impl EventStore for SealedStore {
         Ok(evs)
     }
 
+    /// As stored: a bulk reader opens only the payloads it uses ([`open_raw`](Self::open_raw)),
+    /// so a rebuild does not decrypt every page view it only counts.
     async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
-        let mut evs = self.inner.read_all_raw(after, limit).await?;
-        evs.iter_mut().for_each(|e| open_raw(&self.keys, e));
-        Ok(evs)
+        self.inner.read_all_raw(after, limit).await
+    }
+
+    fn open_raw(&self, raw: &mut RawEnvelope) {
+        self.inner.open_raw(raw);
+        open_raw_with(&self.keys, raw);
+    }
+
+    async fn prepare_streams(&self, tenant: &str, streams: &[&str]) -> Result<(), AppendError> {
+        let missing: Vec<String> =
+            streams.iter().filter_map(|s| seal::owner(s)).filter(|o| self.keys.get(tenant, o).is_none()).collect();
+        if !missing.is_empty() {
+            let (keys, t) = (self.keys.clone(), tenant.to_owned());
+            tokio::task::spawn_blocking(move || keys.create_many(&t, &missing))
+                .await
+                .map_err(|e| AppendError::Storage(e.to_string()))?
+                .map_err(|e| AppendError::Storage(e.to_string()))?;
+        }
+        self.inner.prepare_streams(tenant, streams).await
     }
 
     async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {

@@ -57,7 +57,9 @@ async fn personal_data_is_sealed_on_disk_readable_with_the_key_and_gone_without_
     assert_eq!(all[1].data, queued);
     assert_eq!(all[2].data, page);
     assert_eq!(seen.lock().unwrap()[..3], [registered.clone(), queued.clone(), page.clone()]);
-    let raw = store.read_all_raw(0, 100).await.unwrap();
+    let mut raw = store.read_all_raw(0, 100).await.unwrap();
+    assert!(!raw[0].data.contains("ada@"), "raw reads hand out the sealed form");
+    store.open_raw(&mut raw[0]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&raw[0].data).unwrap(), registered);
 
     // The keys destroyed: redacted everywhere, in every read.
@@ -68,7 +70,8 @@ async fn personal_data_is_sealed_on_disk_readable_with_the_key_and_gone_without_
     assert_eq!(all[1].data, json!({"message": "m1", "channel": "email", "purpose": "marketing"}));
     assert_eq!(all[2].data, json!({"redacted": true}));
     assert_eq!(all[3].data, json!({"total": 100}));
-    let raw = store.read_all_raw(0, 100).await.unwrap();
+    let mut raw = store.read_all_raw(0, 100).await.unwrap();
+    store.open_raw(&mut raw[0]);
     assert_eq!(raw[0].data, r#"{"redacted":true}"#);
     assert_eq!(store.read_stream("t", "customer-c1", 1, 10).await.unwrap()[0].data, json!({"redacted": true}));
 }

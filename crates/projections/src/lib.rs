@@ -242,6 +242,12 @@ impl Projections {
     /// parsed only when a read model uses it (most events, such as page views, only move the
     /// stream's version), which is what makes a rebuild fast.
     pub fn apply_raw(&mut self, raw: &RawEnvelope) {
+        self.apply_raw_with(raw, |r| r.decode());
+    }
+
+    /// [`apply_raw`](Self::apply_raw), with `decode` making the whole event when a read model
+    /// needs it (a store layer that seals payloads opens them there).
+    pub fn apply_raw_with<E>(&mut self, raw: &RawEnvelope, decode: impl FnOnce(&RawEnvelope) -> Result<EventEnvelope, E>) {
         let head = Head {
             tenant: &raw.tenant,
             stream: &raw.stream,
@@ -250,7 +256,7 @@ impl Projections {
             position: raw.position,
             event_time: raw.event_time,
         };
-        self.apply_lazy(head, || raw.decode());
+        self.apply_lazy(head, || decode(raw));
     }
 
     /// Fold an event known by its header; `whole` builds the full event, called only when a

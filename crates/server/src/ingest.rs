@@ -378,6 +378,10 @@ pub(crate) async fn write_activity_runs(
         effects.push((links, orders));
     }
     let mut done: Vec<Vec<(usize, Result<(), AppError>)>> = effects.iter().map(|_| Vec::new()).collect();
+    // Whatever the appends need made first (the data keys of new customers and visitors), in
+    // one durable step for all of them.
+    let names: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
+    app.store().prepare_streams(tenant, &names).await.map_err(AppError::from)?;
     for ((r, i), result) in append_runs(app, tenant, streams).await {
         if let Err(AppError::Internal(m)) = result {
             return Err(AppError::Internal(m));

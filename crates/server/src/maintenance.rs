@@ -49,7 +49,11 @@ pub async fn replay(store: &Arc<dyn EventStore>, mut progress: impl FnMut(u64)) 
                 problems.push(format!("log: position {} follows {}", ev.position, fresh.position));
             }
             check_version(&mut versions, &ev.tenant, &ev.stream, ev.version, &mut problems);
-            fresh.apply_raw(&ev);
+            fresh.apply_raw_with(&ev, |raw| {
+                let mut raw = raw.clone();
+                store.open_raw(&mut raw);
+                raw.decode()
+            });
         }
         events += n;
         progress(n);

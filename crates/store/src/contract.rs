@@ -648,7 +648,13 @@ pub async fn raw_reads_decode_to_what_read_all_returns(store: Store) {
     let raw = store.read_all_raw(0, 100).await.unwrap();
     assert_eq!(raw.len(), 4);
     assert_eq!(raw.iter().map(|r| r.position).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-    let raw_decoded: Vec<_> = raw.into_iter().map(|r| r.decode().unwrap()).collect();
+    let raw_decoded: Vec<_> = raw
+        .into_iter()
+        .map(|mut r| {
+            store.open_raw(&mut r);
+            r.decode().unwrap()
+        })
+        .collect();
     assert_eq!(raw_decoded, decoded);
     assert_eq!(decoded[0].schema_version, 2);
     assert_eq!(store.read_all_raw(2, 1).await.unwrap()[0].position, 3);

@@ -160,9 +160,20 @@ pub trait EventStore: Send + Sync + 'static {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError>;
 
     /// Like `read_all`, with each payload left as its JSON text (see [`RawEnvelope`]), so a bulk
-    /// reader pays for parsing only the payloads it uses. Backends should override this.
+    /// reader pays for parsing only the payloads it uses. Backends should override this. A
+    /// layer that transforms payloads on read (sealing) leaves them as stored here: a reader
+    /// passes each payload it uses through [`open_raw`](Self::open_raw) before decoding it.
     async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
         Ok(self.read_all(after, limit).await?.into_iter().map(RawEnvelope::from_envelope).collect())
+    }
+
+    /// Make a raw envelope's payload what `read_all` would return (see `read_all_raw`).
+    fn open_raw(&self, _raw: &mut RawEnvelope) {}
+
+    /// Get ready for appends to these streams (a sealing layer makes the keys they need in one
+    /// durable step, instead of one per append); appending without it is correct too.
+    async fn prepare_streams(&self, _tenant: &str, _streams: &[&str]) -> Result<(), AppendError> {
+        Ok(())
     }
 
     /// Which of `ids` are stored (committed, in any stream of any tenant), in order. A writer of
