@@ -114,7 +114,11 @@ fn open(dir: &std::path::Path, backend: &str) -> Arc<dyn EventStore> {
         "sqlite" => Arc::new(SqliteStore::open(dir).expect("open SQLite store")),
         _ => Arc::new(LogStore::open(dir).expect("open log store")),
     };
-    // What the binary runs: personal data sealed on its way to the log (crypto-shredding).
+    // CHRONICLE_BENCH_SEALED=1: what `chronicle --seal` runs, personal data sealed on its way
+    // to the log (crypto-shredding); otherwise the plain store.
+    if std::env::var_os("CHRONICLE_BENCH_SEALED").is_none() {
+        return inner;
+    }
     let keys = chronicle_privacy::KeyStore::open(dir, chronicle_privacy::MasterKey::new(1, [42; 32])).expect("key store");
     Arc::new(chronicle_privacy::SealedStore::new(inner, Arc::new(keys)))
 }

@@ -117,9 +117,9 @@ pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
     let (n, secs, rate) = progress.finish();
     let (fresh, problems) = (replay.projections, replay.problems);
-    let seal = chronicle_server::sealing::CheckpointKeys::new(st.keys.clone());
-    save_checkpoint_sealed(&st.checkpoint, &fresh, Some(&seal))?;
-    if let Some(old) = old_key {
+    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    save_checkpoint_sealed(&st.checkpoint, &fresh, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))?;
+    if let (Some(seal), Some(old)) = (&seal, old_key) {
         seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
     }
     for p in &problems {
@@ -136,8 +136,10 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
     // The live views: what a server would run on (checkpoint plus the log's tail).
-    let seal = chronicle_server::sealing::CheckpointKeys::new(st.keys.clone());
-    let live = maintenance::live_views(&*st.store, &st.checkpoint, Some(&seal)).await?;
+    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    let live =
+        maintenance::live_views(&*st.store, &st.checkpoint, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
+            .await?;
     let mut progress = Progress::new("verify", Some(st.store.head().await?));
     let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
     let (n, secs, _) = progress.finish();

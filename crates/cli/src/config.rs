@@ -23,6 +23,10 @@ pub struct StorageArgs {
     /// Configuration file (TOML with keys data, listen, database_url)
     #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// Crypto-shredding: seal personal data in events with per-customer keys (a data folder
+    /// once sealed stays sealed)
+    #[arg(long, env = "CHRONICLE_SEAL", global = true)]
+    pub seal: bool,
     /// File holding the master key that wraps the data keys ([N:]base64 of 32 bytes)
     /// [default: DATA/master.key, created on first use]
     #[arg(long, env = "CHRONICLE_MASTER_KEY_FILE", global = true)]
@@ -109,6 +113,7 @@ pub struct Config {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub database_url: Option<String>,
+    pub seal: bool,
     pub master_key_file: Option<PathBuf>,
     pub master_key: Option<String>,
 }
@@ -126,6 +131,7 @@ impl Config {
             data,
             listen,
             database_url: args.database_url.clone().or(file.database_url),
+            seal: args.seal,
             master_key_file: args.master_key_file.clone(),
             master_key: args.master_key.clone(),
         })

@@ -20,14 +20,15 @@ pub struct Storage {
     /// The event store, sealing personal data (see `chronicle_privacy`).
     pub store: Arc<dyn EventStore>,
     pub checkpoint: PathBuf,
-    pub keys: Arc<KeyStore>,
+    /// With crypto-shredding on (`--seal`, or a folder that has `keys.bin`).
+    pub keys: Option<Arc<KeyStore>>,
     _lock: File,
 }
 
 impl Storage {
     /// The application over this storage (views from the sealed checkpoint plus the log).
     pub async fn app(&self) -> anyhow::Result<Arc<App>> {
-        App::start_sealed(self.store.clone(), Some(self.checkpoint.clone()), Some(self.keys.clone()))
+        App::start_sealed(self.store.clone(), Some(self.checkpoint.clone()), self.keys.clone())
             .await
             .context("starting the application")
     }
@@ -89,9 +90,13 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     } else {
         Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
     };
+    // A folder that was ever sealed stays sealed: its events can only be read through the keys.
+    if !(cfg.seal || cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists()) {
+        return Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys: None, _lock: lock });
+    }
     let keys = Arc::new(
         KeyStore::open(&cfg.data, master_key(cfg)?).with_context(|| format!("opening the key store in {}", cfg.data.display()))?,
     );
     let store: Arc<dyn EventStore> = Arc::new(SealedStore::new(store, keys.clone()));
-    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, _lock: lock })
+    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys: Some(keys), _lock: lock })
 }

@@ -50,8 +50,10 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    let out = chronicle(&data, &["tenant", "create", "acme"]);
+    // Crypto-shredding is switched on when the folder is made; the folder stays sealed after.
+    let out = chronicle(&data, &["--seal", "tenant", "create", "acme"]);
     assert!(out.status.success());
+    assert!(data.join("keys.bin").exists());
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (key, write) = (t["api_key"].as_str().unwrap().to_owned(), t["write_key"].as_str().unwrap().to_owned());
     let args = ["serve", "--retry-base-ms", "20", "--max-attempts", "2"];

@@ -578,7 +578,11 @@ impl App {
             (sends, waits)
         };
         let reason = || CustomerCommand::Erase { reason: Some("erasure request".into()) };
-        let erased = self.customer_command(tenant, id, reason(), actor).await?;
+        // Erased already (a request repeated after a crash cut the first short): go on to the keys.
+        let erased = match self.customer_command(tenant, id, reason(), actor).await {
+            Err(AppError::Rule { code: "customer_erased", .. }) => c.clone(),
+            other => other?,
+        };
         for m in &c.merged_ids {
             match self.customer_command(tenant, m, reason(), actor).await {
                 Ok(_) | Err(AppError::Rule { code: "customer_erased", .. }) => {}
