@@ -174,3 +174,21 @@ pub async fn history(args: &StorageArgs, tenant: &str, customer_id: &str) -> any
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `chronicle export CUSTOMER`: the same document as `GET /v1/customers/{id}/export`.
+pub async fn export(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg)?;
+    let app = st.app().await?;
+    match app.export_customer(tenant, customer_id, chronicle_server::http::profile_json).await {
+        Ok(doc) => {
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(chronicle_server::AppError::NotFound(_)) => {
+            eprintln!("no customer {customer_id} in tenant {tenant}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

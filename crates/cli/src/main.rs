@@ -76,6 +76,12 @@ enum Command {
         #[arg(long, default_value = "demo")]
         tenant: String,
     },
+    /// Everything held about a customer, as one JSON document (subject access)
+    Export {
+        customer: String,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
             Command::Rebuild => commands::rebuild(&cli.storage).await,
             Command::Verify => commands::verify(&cli.storage).await,
             Command::History { customer, tenant } => commands::history(&cli.storage, &tenant, &customer).await,
+            Command::Export { customer, tenant } => commands::export(&cli.storage, &tenant, &customer).await,
         }
     });
     match result {

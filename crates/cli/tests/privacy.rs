@@ -85,6 +85,24 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     let (_, tl) = get(&agent, &format!("{url}/v1/customers/c-zelda/timeline?limit=100"), &key);
     assert!(tl.to_string().contains(IP), "before erasure the timeline holds the page view from before sign-up");
 
+    // Subject access before the erasure: the profile, the consent proof, the activity (the page
+    // view from before sign-up included) and the message waiting in the dead-letter queue.
+    let (status, export) = get(&agent, &format!("{url}/v1/customers/c-zelda/export"), &key);
+    assert_eq!(status, 200);
+    assert_eq!(export["customer"]["email"], EMAIL);
+    assert_eq!(export["customer"]["traits"]["last_name"], LAST);
+    assert!(export["consents"]["history"].to_string().contains(IP), "consent proof: {}", export["consents"]);
+    let types: Vec<&str> = export["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for ty in ["CustomerRegistered", "ConsentGranted", "NoteAdded", "IdentityLinked", "CampaignEnrolled", "MessageQueued"] {
+        assert!(types.contains(&ty), "{ty} in the export: {types:?}");
+    }
+    assert!(export["events"].to_string().contains("Pricing"), "the anonymous page view is in the export");
+    assert_eq!(export["messages"][0]["state"], "dead_letter");
+    assert_eq!(export["messages"][0]["subject"], format!("Hello {FIRST}"));
+    assert_eq!(export["campaign_enrolments"].as_array().unwrap().len(), 1);
+    let (status, _) = get(&agent, &format!("{url}/v1/customers/nobody/export"), &key);
+    assert_eq!(status, 404);
+
     let (status, erased) = send(&agent, "DELETE", &format!("{url}/v1/customers/c-zelda"), &key, &json!({}));
     assert_eq!(status, 200, "{erased}");
     assert_eq!(erased["keys_destroyed"], 2, "the customer's key and their anonymous identity's: {erased}");
@@ -99,6 +117,13 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
         assert!(!text.contains(secret), "{secret} still on the timeline");
     }
     assert!(text.contains("\"redacted\":true"), "{text}");
+    let (status, export) = get(&agent, &format!("{url}/v1/customers/c-zelda/export"), &key);
+    assert_eq!(status, 200);
+    let text = export.to_string();
+    for secret in [EMAIL, FIRST, LAST, PHONE, IP] {
+        assert!(!text.contains(secret), "{secret} in the export after erasure");
+    }
+    assert_eq!(export["customer"]["status"], "erased");
     let (_, all) = get(&agent, &format!("{url}/v1/events?limit=1000"), &key);
     assert!(!all.to_string().contains(FIRST));
     assert_eq!(get(&agent, &format!("{url}/v1/dead-letters"), &key).1["dead_letters"], json!([]));
@@ -118,6 +143,14 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     }
     let out = chronicle(&data, &["verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // The CLI twin of the export.
+    let out = chronicle(&data, &["export", "c-zelda", "--tenant", "acme"]);
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["customer"]["status"], "erased");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(EMAIL));
+    let out = chronicle(&data, &["export", "c-other", "--tenant", "acme"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["customer"]["traits"]["first_name"], "Otto");
 
     // Restarted from the sealed checkpoint: still erased, the other customer still readable.
     let (_server, url, _) = start(&data, &["serve"]);

@@ -471,6 +471,12 @@ impl App {
                 if as_of.is_some_and(|t| ev.event_time > t) || (!types.is_empty() && !types.contains(&ev.event_type)) {
                     continue;
                 }
+                let mut ev = ev;
+                if c.status == customer::CustomerStatus::Erased && ev.event_type != "CustomerErased" {
+                    // The timeline is a read model too: an erased person's is redacted (with
+                    // crypto-shredding on, the log itself no longer opens).
+                    ev.data = json!({"redacted": true});
+                }
                 out.push(ev);
             }
             if out.len() == limit {
@@ -611,6 +617,54 @@ impl App {
             pending_sends_cancelled: sends,
             enrolments_ended: waits,
         })
+    }
+
+    /// Subject access: everything held about a person as one document — the profile, every
+    /// event of their timeline (their anonymous history and merged duplicates included, opened
+    /// where sealing is on), the consent ledger with its proofs, the messages waiting or dead-
+    /// lettered, and their campaign enrolments. `profile` is how the API shows a profile.
+    pub async fn export_customer(&self, tenant: &str, id: &str, profile: impl Fn(&Customer) -> Value) -> Result<Value, AppError> {
+        let c = self.customer(tenant, id)?;
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.timeline(tenant, id, after, 1000, None, &[]).await?;
+            if page.events.is_empty() {
+                break;
+            }
+            after = page.next;
+            events.extend(page.events);
+        }
+        let consents = self.consents(tenant, id)?;
+        let (messages, enrolments) = {
+            let v = self.views();
+            let a = v.tenant(tenant).map(|t| &t.automation);
+            let messages: Vec<Value> = a.map_or_else(Vec::new, |a| {
+                a.outbox
+                    .values()
+                    .map(|m| (m, "queued"))
+                    .chain(a.dead_letters.values().map(|m| (m, "dead_letter")))
+                    .filter(|(m, _)| m.customer == id)
+                    .map(|(m, state)| json!({"id": m.message, "state": state, "channel": m.channel, "purpose": m.purpose,
+                                              "to": m.to, "subject": m.subject, "body": m.body, "queued_at": m.queued_at,
+                                              "attempts": m.attempts}))
+                    .collect()
+            });
+            let enrolments: Vec<Value> = a.map_or_else(Vec::new, |a| {
+                a.enrolments.values().filter(|e| e.customer == id).map(|e| json!(e)).collect()
+            });
+            (messages, enrolments)
+        };
+        Ok(json!({
+            "exported_at": Utc::now(),
+            "tenant": tenant,
+            "customer": profile(&c),
+            "consents": consents,
+            "events": events,
+            "messages": messages,
+            "campaign_enrolments": enrolments,
+            "scores": [],
+        }))
     }
 
     /// The customer an anonymous id is linked to, if any.

@@ -103,6 +103,10 @@ pub async fn patch(
     command(&app, &p, &id, CustomerCommand::UpdateProfile { email: b.email, phone: b.phone, traits: b.traits }).await
 }
 
+pub async fn export(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    Ok(Json(app.export_customer(&p.tenant, &id, profile_json).await?))
+}
+
 pub async fn erase(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
     let e = app.erase_customer(&p.tenant, &id, &p.actor).await?;
     let c = e.customer;

@@ -5,6 +5,8 @@
 mod campaigns;
 mod cloudevents;
 mod customers;
+
+pub use customers::profile_json;
 mod deals;
 pub mod error;
 mod log;
@@ -74,6 +76,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]), get(customers::get_one)),
         (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#), patch(customers::patch)),
         (r("delete", "/v1/customers/{id}", "Erase the customer", 200), delete(customers::erase)),
+        (
+            r("get", "/v1/customers/{id}/export", "Everything held about the person: profile, events, consents with proofs, messages, enrolments", 200),
+            get(customers::export),
+        ),
         (
             r("get", "/v1/customers/{id}/timeline", "The customer's events, oldest first, paged by version", 200).query(&["after", "limit", "as_of", "type"]),
             get(customers::timeline),
