@@ -71,6 +71,7 @@ pub async fn run_server(
     });
     chronicle_server::serve(app.clone(), listener, shutdown_signal()).await.context("serving HTTP")?;
     ticker.abort();
+    app.audit.flush(&app).await.context("writing the audit trail")?;
     let pos = app.checkpoint().context("writing the final checkpoint")?;
     tracing::info!(position = pos, "stopped; checkpoint written");
     Ok(())

@@ -50,6 +50,7 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         differ_map("order", t, &a.orders, &b.orders, &mut out);
         differ_map("snapshots of", t, &a.snapshots, &b.snapshots, &mut out);
         differ_map("time blocks of", t, &a.time_blocks, &b.time_blocks, &mut out);
+        differ_map("audit trail of", t, &a.audit, &b.audit, &mut out);
         let (x, y) = (&a.automation, &b.automation);
         differ_map("campaign", t, &x.campaigns, &y.campaigns, &mut out);
         differ_map("template", t, &x.templates, &y.templates, &mut out);

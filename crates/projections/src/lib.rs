@@ -26,6 +26,24 @@ pub const SYSTEM_TENANT: &str = "_system";
 /// How many events of a customer stream lie between two time-travel snapshots.
 pub const SNAPSHOT_EVERY: u64 = 500;
 
+/// How many audit entries a customer's read model keeps.
+pub const AUDIT_KEEP: usize = 1000;
+
+/// One access to a customer's data through the API (an `AuditRecorded` event holds a batch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// The key: `key:` and a prefix of its digest.
+    pub actor: String,
+    /// `read` or `change`.
+    pub action: String,
+    pub method: String,
+    /// The route's template, e.g. `/v1/customers/{id}/timeline`.
+    pub route: String,
+    pub customer: String,
+    pub status: u16,
+}
+
 /// One consent decision in the ledger's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsentEntry {
@@ -95,6 +113,10 @@ pub struct TenantViews {
     /// Campaigns, templates, enrolments, timers, the outbox (see [`automation`]).
     #[serde(default)]
     pub automation: automation::AutomationView,
+    /// Per customer, who read or changed their data through the API, oldest first (the last
+    /// [`AUDIT_KEEP`] entries; the log keeps them all).
+    #[serde(default)]
+    pub audit: Map<String, Vec<AuditEntry>>,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -200,6 +222,20 @@ impl Projections {
             match chronicle_automation::AutomationEvent::from_parts(&ev.event_type, &ev.data) {
                 Ok(e) => self.tenant_mut(&ev.tenant).automation.apply(&ev.stream, ev.version, ev.position, ev.event_time, e),
                 Err(_) => self.undecodable += 1,
+            }
+            return;
+        }
+        if ev.event_type == "AuditRecorded" {
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
+            let entries: Vec<AuditEntry> =
+                ev.data.get("entries").and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
+            let views = self.tenant_mut(&ev.tenant);
+            for e in entries {
+                let list = views.audit.entry(e.customer.clone()).or_default();
+                list.push(e);
+                if list.len() > AUDIT_KEEP {
+                    list.remove(0);
+                }
             }
             return;
         }
@@ -340,7 +376,7 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     if tenant == SYSTEM_TENANT {
         return event_type == "TenantCreated";
     }
-    if chronicle_automation::events::EVENT_TYPES.contains(&event_type) || event_type == "MessageBounced" {
+    if chronicle_automation::events::EVENT_TYPES.contains(&event_type) || event_type == "MessageBounced" || event_type == "AuditRecorded" {
         return true;
     }
     if customer::id_of_stream(stream).is_some() {

@@ -48,6 +48,8 @@ pub struct App {
     email_locks: Vec<tokio::sync::Mutex<()>>,
     /// The automation engine's cursor (see `Projections::reacted`).
     reacted: AtomicU64,
+    /// Accesses to customers' data not yet written to the audit trail.
+    pub audit: crate::audit::Audit,
     /// Wakes the automation engine's clock: something in the outbox or a timer changed.
     pub automation_wake: tokio::sync::Notify,
     /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
@@ -144,7 +146,21 @@ impl App {
             }
         }));
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Arc::new(App { store, views, checkpoint_path, email_locks, reacted, automation_wake: tokio::sync::Notify::new(), sendgrid_key: Default::default(), keys, checkpoint_keys, metrics: Metrics::default() }))
+        let app = Arc::new(App {
+            store,
+            views,
+            checkpoint_path,
+            email_locks,
+            reacted,
+            audit: Default::default(),
+            automation_wake: tokio::sync::Notify::new(),
+            sendgrid_key: Default::default(),
+            keys,
+            checkpoint_keys,
+            metrics: Metrics::default(),
+        });
+        crate::audit::spawn_flusher(&app);
+        Ok(app)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -619,6 +635,12 @@ impl App {
         })
     }
 
+    /// Who read or changed the customer's data through the API, oldest first (what is still
+    /// waiting to be written included).
+    pub fn audit_trail(&self, tenant: &str, id: &str) -> Vec<chronicle_projections::AuditEntry> {
+        self.views().tenant(tenant).and_then(|t| t.audit.get(id)).cloned().unwrap_or_default()
+    }
+
     /// Subject access: everything held about a person as one document — the profile, every
     /// event of their timeline (their anonymous history and merged duplicates included, opened
     /// where sealing is on), the consent ledger with its proofs, the messages waiting or dead-
@@ -699,7 +721,7 @@ impl App {
                     break;
                 }
                 next = ev.position;
-                if ev.tenant == tenant {
+                if ev.tenant == tenant && !crate::audit::is_internal(&ev.stream) {
                     out.push(ev);
                 }
             }

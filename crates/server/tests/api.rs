@@ -845,3 +845,35 @@ fn two_known_customers_merge_with_a_defined_survivor() {
     assert_eq!((dup["status"].as_str(), dup["email"].clone()), (Some("erased"), Value::Null));
     assert_eq!(register(&app, "u9", "two@example.com").status, 201, "the erased addresses are released");
 }
+
+#[test]
+fn every_read_and_change_of_a_customer_is_on_the_audit_trail_with_its_key() {
+    let app = spawn_app();
+    assert_eq!(register(&app, "c1", "ada@example.com").status, 201);
+    assert_eq!(app.get("/v1/customers/c1").status, 200);
+    assert_eq!(app.get("/v1/customers/c1/timeline").status, 200);
+    let r = app.call("PATCH", "/v1/customers/c1", Some(&app.key), Some(r#"{"traits":{"plan":"pro"}}"#));
+    assert_eq!(r.status, 200);
+    assert_eq!(app.get("/v1/consent-check?customer=c1&channel=email&purpose=marketing").status, 200);
+    assert_eq!(app.get("/v1/customers/c1/export").status, 200);
+    let r = app.get("/v1/audit?customer=c1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let entries = r.body["entries"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = entries.iter().map(|e| (e["action"].as_str().unwrap(), e["route"].as_str().unwrap())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("read", "/v1/customers/{id}"),
+            ("read", "/v1/customers/{id}/timeline"),
+            ("change", "/v1/customers/{id}"),
+            ("read", "/v1/consent-check"),
+            ("read", "/v1/customers/{id}/export"),
+        ]
+    );
+    assert!(entries.iter().all(|e| e["actor"].as_str().unwrap().starts_with("key:") && e["customer"] == "c1"));
+    assert!(entries.iter().all(|e| e["status"] == 200));
+    // The trail is the tenant's: another tenant sees nothing of it, and it is not in the event feed.
+    assert_eq!(app.call("GET", "/v1/audit?customer=c1", Some(&app.other_key), None).body["entries"], json!([]));
+    assert!(!app.get("/v1/events?limit=1000").body.to_string().contains("AuditRecorded"));
+    assert_eq!(app.call("GET", "/v1/audit?customer=c1", None, None).status, 401);
+}

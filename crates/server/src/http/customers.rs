@@ -103,6 +103,17 @@ pub async fn patch(
     command(&app, &p, &id, CustomerCommand::UpdateProfile { email: b.email, phone: b.phone, traits: b.traits }).await
 }
 
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    customer: String,
+}
+
+pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<AuditQuery>) -> Res<Json<Value>> {
+    // Written every fraction of a second; make what is pending visible to this answer.
+    app.audit.flush(&app).await?;
+    Ok(Json(json!({"customer": q.customer, "entries": app.audit_trail(&p.tenant, &q.customer)})))
+}
+
 pub async fn export(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
     Ok(Json(app.export_customer(&p.tenant, &id, profile_json).await?))
 }

@@ -56,7 +56,7 @@ pub async fn stream_live(
     let stream = futures_util::stream::unfold((sub, tenant), |(mut sub, tenant)| async move {
         loop {
             match sub.next().await {
-                Ok(Some(ev)) if ev.tenant == tenant => {
+                Ok(Some(ev)) if ev.tenant == tenant && !crate::audit::is_internal(&ev.stream) => {
                     let data = serde_json::to_string(&ev).unwrap_or_default();
                     let event = Event::default().id(ev.position.to_string()).event(ev.event_type.clone()).data(data);
                     return Some((Ok(event), (sub, tenant)));

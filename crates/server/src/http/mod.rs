@@ -160,6 +160,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
                 .body(r#"[{"email":"ada@example.com","event":"open","sg_event_id":"ev-1","timestamp":1764000000}]"#),
             post(webhooks::sendgrid),
         ),
+        (
+            r("get", "/v1/audit", "Who read or changed a customer's data through the API, and when", 200).query(&["customer"]),
+            get(customers::audit),
+        ),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),
@@ -193,7 +197,25 @@ async fn count_requests(
     // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
+    let audited = audit_subject(&app, &req, &route);
     let res = next.run(req).await;
+    if let Some((tenant, actor, customer)) = audited {
+        let status = res.status().as_u16();
+        // Attempts that got through authentication, whatever their outcome.
+        if status != 401 {
+            let action = if method == axum::http::Method::GET { "read" } else { "change" };
+            let entry = chronicle_projections::AuditEntry {
+                at: chrono::Utc::now(),
+                actor,
+                action: action.into(),
+                method: method.to_string(),
+                route: route.clone(),
+                customer,
+                status,
+            };
+            app.audit.note(&tenant, entry);
+        }
+    }
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     if res.status().is_server_error() || res.status().is_client_error() {
         app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +223,14 @@ async fn count_requests(
     // Bodies, paths and keys are never logged.
     tracing::debug!(%method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     res
+}
+
+/// Whether a request touches a customer's data: its tenant, the caller and the customer.
+fn audit_subject(app: &App, req: &axum::extract::Request, route: &str) -> Option<(String, String, String)> {
+    let customer = crate::audit::customer_of(route, req.uri().path(), req.uri().query())?;
+    let key = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+    let rec = app.authenticate(key).filter(|r| r.kind == KeyKind::Api)?;
+    Some((rec.tenant, format!("key:{}", &crate::keys::digest(key)[..12]), customer))
 }
 
 /// The caller, authenticated by `Authorization: Bearer <api_key>`.
