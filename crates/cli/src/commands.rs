@@ -17,10 +17,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
 /// and write a final checkpoint.
-pub async fn serve(args: &StorageArgs, listen: Option<&str>, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
+pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, listen)?;
     let st = storage::open(&cfg)?;
     let app = st.app().await?;
+    app.set_rate_limit(rate_limit);
     if let Some(dir) = &automation.campaigns {
         let n = chronicle_server::automation::definitions::load_folder(&app, dir)
             .await

@@ -33,6 +33,9 @@ enum Command {
         /// Address to listen on [default: 127.0.0.1:7070]
         #[arg(long, env = "CHRONICLE_LISTEN")]
         listen: Option<String>,
+        /// Requests per second each API key may make (twice that in a burst); 0: no limit
+        #[arg(long, env = "CHRONICLE_RATE_LIMIT", default_value_t = 1000)]
+        rate_limit: u64,
         #[command(flatten)]
         automation: config::AutomationArgs,
     },
@@ -100,7 +103,9 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve { listen, automation } => commands::serve(&cli.storage, listen.as_deref(), &automation).await,
+            Command::Serve { listen, rate_limit, automation } => {
+                commands::serve(&cli.storage, listen.as_deref(), rate_limit, &automation).await
+            }
             Command::Demo { listen, customers, no_serve, automation } => {
                 demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &automation).await
             }

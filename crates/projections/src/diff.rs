@@ -36,6 +36,7 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         out.push(format!("position: live {} vs replay {}", live.position, fresh.position));
     }
     differ_map("key", "-", &live.keys, &fresh.keys, &mut out);
+    differ_map("API key", "-", &live.api_keys, &fresh.api_keys, &mut out);
     let tenants: BTreeSet<&String> = live.tenants.keys().chain(fresh.tenants.keys()).collect();
     let empty = Default::default();
     for t in tenants {

@@ -77,10 +77,41 @@ pub enum KeyKind {
     Write,
 }
 
+/// What a key may do. `Reader` < `Writer` < `Admin` for the management API; `Ingest` keys only
+/// send events (Segment, CloudEvents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Ingest,
+    Reader,
+    Writer,
+    #[default]
+    Admin,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub tenant: String,
     pub kind: KeyKind,
+    /// The tenant's first API key is an admin key; its write key ingests.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// A key made with `POST /v1/api-keys`: presented as `ck_<id>_<secret>`, kept as an argon2
+/// hash of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub tenant: String,
+    pub role: Role,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The PHC string of the argon2id hash of the secret.
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// The maps of the read models: keyed by ids that callers choose, so the hasher must resist
@@ -129,6 +160,9 @@ pub struct Projections {
     pub tenants: BTreeMap<String, TenantViews>,
     /// Key hash (hex SHA-256) → tenant and kind.
     pub keys: Map<String, KeyRecord>,
+    /// Keys made through the API, by id.
+    #[serde(default)]
+    pub api_keys: Map<String, ApiKey>,
     /// Events whose payload could not be decoded (counted, never fatal: events are facts).
     pub undecodable: u64,
     /// Events of a customer stream between two time-travel snapshots.
@@ -151,6 +185,7 @@ impl Default for Projections {
             position: 0,
             tenants: BTreeMap::new(),
             keys: Map::default(),
+            api_keys: Map::default(),
             undecodable: 0,
             snapshot_every: SNAPSHOT_EVERY,
             reacted: 0,
@@ -350,15 +385,32 @@ impl Projections {
     }
 
     fn apply_system(&mut self, ev: &EventEnvelope) {
-        if ev.event_type != "TenantCreated" {
-            return;
+        match ev.event_type.as_str() {
+            "ApiKeyCreated" => {
+                match serde_json::from_value::<ApiKey>(ev.data.clone()) {
+                    Ok(k) => {
+                        self.api_keys.insert(k.id.clone(), k);
+                    }
+                    Err(_) => self.undecodable += 1,
+                }
+                return;
+            }
+            "ApiKeyRevoked" => {
+                let id = ev.data.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+                if let Some(k) = self.api_keys.get_mut(id) {
+                    k.revoked_at.get_or_insert(ev.event_time);
+                }
+                return;
+            }
+            "TenantCreated" => {}
+            _ => return,
         }
         let name = ev.data.get("name").and_then(|v| v.as_str());
         let api = ev.data.get("api_key_sha256").and_then(|v| v.as_str());
         let write = ev.data.get("write_key_sha256").and_then(|v| v.as_str());
         if let (Some(name), Some(api), Some(write)) = (name, api, write) {
-            self.keys.insert(api.to_owned(), KeyRecord { tenant: name.to_owned(), kind: KeyKind::Api });
-            self.keys.insert(write.to_owned(), KeyRecord { tenant: name.to_owned(), kind: KeyKind::Write });
+            self.keys.insert(api.to_owned(), KeyRecord { tenant: name.to_owned(), kind: KeyKind::Api, role: Role::Admin });
+            self.keys.insert(write.to_owned(), KeyRecord { tenant: name.to_owned(), kind: KeyKind::Write, role: Role::Ingest });
             self.tenants.entry(name.to_owned()).or_default();
         } else {
             self.undecodable += 1;
@@ -374,7 +426,7 @@ fn is_redacted(data: &serde_json::Value) -> bool {
 /// Whether any read model uses this event's payload (else only its header counts).
 fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     if tenant == SYSTEM_TENANT {
-        return event_type == "TenantCreated";
+        return matches!(event_type, "TenantCreated" | "ApiKeyCreated" | "ApiKeyRevoked");
     }
     if chronicle_automation::events::EVENT_TYPES.contains(&event_type) || event_type == "MessageBounced" || event_type == "AuditRecorded" {
         return true;

@@ -50,6 +50,11 @@ pub struct App {
     reacted: AtomicU64,
     /// Accesses to customers' data not yet written to the audit trail.
     pub audit: crate::audit::Audit,
+    /// Digests of API-made keys verified against their argon2 hash in this process.
+    verified: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per-key request budgets (token buckets) and the rate they refill at.
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    rate_limit: AtomicU64,
     /// Wakes the automation engine's clock: something in the outbox or a timer changed.
     pub automation_wake: tokio::sync::Notify,
     /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
@@ -153,6 +158,9 @@ impl App {
             email_locks,
             reacted,
             audit: Default::default(),
+            verified: Default::default(),
+            buckets: Default::default(),
+            rate_limit: AtomicU64::new(0),
             automation_wake: tokio::sync::Notify::new(),
             sendgrid_key: Default::default(),
             keys,
@@ -191,8 +199,81 @@ impl App {
         self.reacted.store(position, Ordering::Relaxed);
     }
 
+    /// The key's tenant, kind and role; `None` for an unknown or revoked key.
     pub fn authenticate(&self, presented_key: &str) -> Option<KeyRecord> {
+        if let Some(id) = keys::api_key_id(presented_key) {
+            let k = self.views().api_keys.get(id).cloned()?;
+            if k.revoked_at.is_some() {
+                return None;
+            }
+            let digest = keys::digest(presented_key);
+            let known = self.verified.lock().expect("verified keys lock").contains(&digest);
+            if !known {
+                if !keys::verify_secret(presented_key, &k.hash) {
+                    return None;
+                }
+                self.verified.lock().expect("verified keys lock").insert(digest);
+            }
+            return Some(KeyRecord { tenant: k.tenant, kind: chronicle_projections::KeyKind::Api, role: k.role });
+        }
         self.views().keys.get(&keys::digest(presented_key)).cloned()
+    }
+
+    /// Make an API key with a role; the key itself is returned once, only its hash is kept.
+    pub async fn create_api_key(
+        &self,
+        tenant: &str,
+        role: chronicle_projections::Role,
+        name: Option<String>,
+        actor: &str,
+    ) -> Result<(chronicle_projections::ApiKey, String), AppError> {
+        let (id, key, hash) = tokio::task::spawn_blocking(keys::mint_api_key).await.map_err(|e| AppError::Internal(e.to_string()))?;
+        let record = chronicle_projections::ApiKey { id: id.clone(), tenant: tenant.to_owned(), role, name, hash, created_at: Utc::now(), revoked_at: None };
+        let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyCreated", json!(record), record.created_at).with_actor(actor);
+        self.append(SYSTEM_TENANT, &format!("apikeys-{tenant}"), ExpectedVersion::Any, vec![ev]).await?;
+        self.verified.lock().expect("verified keys lock").insert(keys::digest(&key));
+        Ok((record, key))
+    }
+
+    pub fn api_keys(&self, tenant: &str) -> Vec<chronicle_projections::ApiKey> {
+        let mut out: Vec<_> = self.views().api_keys.values().filter(|k| k.tenant == tenant).cloned().collect();
+        out.sort_by_key(|k| k.created_at);
+        out
+    }
+
+    pub async fn revoke_api_key(&self, tenant: &str, id: &str, actor: &str) -> Result<(), AppError> {
+        let known = self.views().api_keys.get(id).is_some_and(|k| k.tenant == tenant);
+        if !known {
+            return Err(AppError::NotFound("API key"));
+        }
+        let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyRevoked", json!({"id": id, "tenant": tenant}), Utc::now()).with_actor(actor);
+        self.append(SYSTEM_TENANT, &format!("apikeys-{tenant}"), ExpectedVersion::Any, vec![ev]).await?;
+        Ok(())
+    }
+
+    /// Take one request from the key's budget; `Err(seconds)` to wait when it is spent.
+    pub fn rate_check(&self, actor: &str) -> Result<(), u64> {
+        let per_sec = self.rate_limit.load(Ordering::Relaxed) as f64;
+        if per_sec <= 0.0 {
+            return Ok(());
+        }
+        let burst = per_sec * 2.0;
+        let now = std::time::Instant::now();
+        let mut b = self.buckets.lock().expect("rate lock");
+        let (tokens, at) = b.entry(actor.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / per_sec).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Requests a key may make per second (twice that in a burst); 0: no limit.
+    pub fn set_rate_limit(&self, per_sec: u64) {
+        self.rate_limit.store(per_sec, Ordering::Relaxed);
     }
 
     /// Create a tenant and return its freshly minted (api_key, write_key); only hashes are kept.

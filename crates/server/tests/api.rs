@@ -22,6 +22,11 @@ struct Resp {
 
 /// Start the API on its own runtime thread, with tenants `acme` and `rival`.
 fn spawn_app() -> TestApp {
+    spawn_app_with(0)
+}
+
+/// [`spawn_app`] with a per-key rate limit (requests per second; 0: none).
+fn spawn_app_with(rate_limit: u64) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -30,6 +35,7 @@ fn spawn_app() -> TestApp {
         rt.block_on(async move {
             let store = Arc::new(LogStore::open(&path).unwrap());
             let app = App::start(store, Some(path.join("projections.json"))).await.unwrap();
+            app.set_rate_limit(rate_limit);
             let (key, write_key) = app.create_tenant("acme").await.unwrap();
             let (other_key, _) = app.create_tenant("rival").await.unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -876,4 +882,61 @@ fn every_read_and_change_of_a_customer_is_on_the_audit_trail_with_its_key() {
     assert_eq!(app.call("GET", "/v1/audit?customer=c1", Some(&app.other_key), None).body["entries"], json!([]));
     assert!(!app.get("/v1/events?limit=1000").body.to_string().contains("AuditRecorded"));
     assert_eq!(app.call("GET", "/v1/audit?customer=c1", None, None).status, 401);
+}
+
+#[test]
+fn roles_limit_what_a_key_may_do_revoked_keys_are_refused_and_rates_are_limited() {
+    let app = spawn_app();
+    assert_eq!(register(&app, "c1", "ada@example.com").status, 201);
+    let make = |role: &str| {
+        let r = app.post("/v1/api-keys", json!({"role": role, "name": format!("{role} key")}));
+        assert_eq!(r.status, 201, "{}", r.body);
+        (r.body["id"].as_str().unwrap().to_owned(), r.body["key"].as_str().unwrap().to_owned())
+    };
+    let (reader_id, reader) = make("reader");
+    let (_, writer) = make("writer");
+    let (_, ingest) = make("ingest");
+    let call = |m: &str, p: &str, k: &str, b: Option<&str>| app.call(m, p, Some(k), b).status;
+    // A reader reads, and may neither write nor erase nor manage keys.
+    assert_eq!(call("GET", "/v1/customers/c1", &reader, None), 200);
+    assert_eq!(call("GET", "/v1/customers/c1/timeline", &reader, None), 200);
+    assert_eq!(call("PATCH", "/v1/customers/c1", &reader, Some(r#"{"traits":{"x":1}}"#)), 403);
+    assert_eq!(call("DELETE", "/v1/customers/c1", &reader, None), 403);
+    assert_eq!(call("POST", "/v1/api-keys", &reader, Some(r#"{"role":"admin"}"#)), 403);
+    assert_eq!(call("GET", "/v1/customers/c1/export", &reader, None), 403, "the export is an admin's");
+    // A writer writes, and may not erase.
+    assert_eq!(call("PATCH", "/v1/customers/c1", &writer, Some(r#"{"traits":{"x":1}}"#)), 200);
+    assert_eq!(call("DELETE", "/v1/customers/c1", &writer, None), 403);
+    // An ingest key only sends events.
+    assert_eq!(call("GET", "/v1/customers/c1", &ingest, None), 403);
+    let track = |k: &str| json!({"writeKey": k, "userId": "c1", "event": "Ping", "messageId": "m-ingest"}).to_string();
+    assert_eq!(app.call("POST", "/v1/track", None, Some(&track(&ingest))).status, 200);
+    assert_eq!(app.call("POST", "/v1/track", None, Some(&track(&reader))).status, 403);
+    // Keys are listed without their secrets, and a revoked key is refused.
+    let listed = app.get("/v1/api-keys").body;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 3);
+    assert!(!listed.to_string().contains(&reader[20..]), "no secret in the list");
+    assert_eq!(app.call("DELETE", &format!("/v1/api-keys/{reader_id}"), Some(&app.key), None).status, 200);
+    assert_eq!(call("GET", "/v1/customers/c1", &reader, None), 401);
+    assert_eq!(app.call("DELETE", "/v1/api-keys/0000000000000000", Some(&app.key), None).status, 404);
+    assert_eq!(app.call("GET", "/v1/api-keys", Some(&app.other_key), None).body["keys"], json!([]), "another tenant's keys are not listed");
+    // The admin key erases.
+    assert_eq!(app.call("DELETE", "/v1/customers/c1", Some(&app.key), None).status, 200);
+
+    // Rate limits: a key that spends its budget gets 429 with Retry-After.
+    let limited = spawn_app_with(5);
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..30 {
+        let res = limited.agent.get(format!("{}/v1/pipeline", limited.base)).header("authorization", format!("Bearer {}", limited.key)).call().unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status().as_u16() == 429 {
+            retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        }
+    }
+    assert!(statuses[..10].iter().all(|s| *s == 200), "a burst of twice the rate is allowed: {statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let other = limited.agent.get(format!("{}/v1/pipeline", limited.base)).header("authorization", format!("Bearer {}", limited.other_key)).call().unwrap();
+    assert_eq!(other.status().as_u16(), 200, "budgets are per key");
 }

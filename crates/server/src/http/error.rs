@@ -50,11 +50,17 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A rate-limited answer says when to come back, as a header too.
+        let retry_after = self.extra.as_ref().and_then(|e| e.get("retry_after_seconds")).and_then(|v| v.as_u64());
         let mut error = json!({"code": self.code, "message": self.message});
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (self.extra, error.as_object_mut()) {
             obj.extend(extra);
         }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        let mut res = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(s) = retry_after {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
+        res
     }
 }
 

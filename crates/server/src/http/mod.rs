@@ -20,7 +20,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::MethodRouter;
 use axum::Router;
-use chronicle_projections::KeyKind;
+use chronicle_projections::{KeyKind, Role};
 use error::ApiError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,11 +41,18 @@ pub struct Route {
     pub body: Option<&'static str>,
     /// The success status.
     pub ok: u16,
+    /// The least a key must be allowed to call it (reads: reader; changes: writer).
+    pub role: Role,
 }
 
 const fn r(method: &'static str, path: &'static str, summary: &'static str, ok: u16) -> Route {
-    Route { method, path, summary, auth: true, query: &[], body: None, ok }
+    let role = if matches!(method.as_bytes(), b"get") { Role::Reader } else { Role::Writer };
+    Route { method, path, summary, auth: true, query: &[], body: None, ok, role }
 }
+
+/// The role a route requires, put on its requests for [`Principal`] to check.
+#[derive(Clone, Copy)]
+struct RequiredRole(Role);
 
 impl Route {
     const fn open(mut self) -> Self {
@@ -58,6 +65,10 @@ impl Route {
     }
     const fn body(mut self, example: &'static str) -> Self {
         self.body = Some(example);
+        self
+    }
+    const fn admin(mut self) -> Self {
+        self.role = Role::Admin;
         self
     }
 }
@@ -75,9 +86,9 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         ),
         (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]), get(customers::get_one)),
         (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#), patch(customers::patch)),
-        (r("delete", "/v1/customers/{id}", "Erase the customer", 200), delete(customers::erase)),
+        (r("delete", "/v1/customers/{id}", "Erase the customer", 200).admin(), delete(customers::erase)),
         (
-            r("get", "/v1/customers/{id}/export", "Everything held about the person: profile, events, consents with proofs, messages, enrolments", 200),
+            r("get", "/v1/customers/{id}/export", "Everything held about the person: profile, events, consents with proofs, messages, enrolments", 200).admin(),
             get(customers::export),
         ),
         (
@@ -161,9 +172,17 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
             post(webhooks::sendgrid),
         ),
         (
-            r("get", "/v1/audit", "Who read or changed a customer's data through the API, and when", 200).query(&["customer"]),
+            r("get", "/v1/audit", "Who read or changed a customer's data through the API, and when", 200).query(&["customer"]).admin(),
             get(customers::audit),
         ),
+        (
+            r("post", "/v1/api-keys", "Make a key with a role (admin, writer, reader, ingest); the key is shown once", 201)
+                .admin()
+                .body(r#"{"role":"reader","name":"dashboard"}"#),
+            post(system::create_key),
+        ),
+        (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin(), get(system::list_keys)),
+        (r("delete", "/v1/api-keys/{id}", "Revoke a key", 200).admin(), delete(system::revoke_key)),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),
@@ -179,7 +198,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
 pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new();
     for (route, handler) in routes() {
-        router = router.route(route.path, handler);
+        router = router.route(route.path, handler.layer(axum::Extension(RequiredRole(route.role))));
     }
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -255,15 +274,25 @@ impl FromRequestParts<Arc<App>> for Principal {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer <api_key>"))?;
-        match app.authenticate(key) {
-            Some(rec) if rec.kind == KeyKind::Api => {
-                Ok(Principal { tenant: rec.tenant, actor: format!("key:{}", &crate::keys::digest(key)[..12]) })
-            }
+        let rec = match app.authenticate(key) {
+            Some(rec) if rec.kind == KeyKind::Api => rec,
             Some(_) => {
-                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use the API key"))
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use an API key"))
             }
-            None => Err(unauthorized("unknown API key")),
+            None => return Err(unauthorized("unknown or revoked API key")),
+        };
+        let needed = parts.extensions.get::<RequiredRole>().map_or(Role::Admin, |r| r.0);
+        if rec.role == Role::Ingest || rec.role < needed {
+            let msg = format!("this key's role ({:?}) may not do this; it needs {:?}", rec.role, needed).to_lowercase();
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg));
         }
+        let actor = format!("key:{}", &crate::keys::digest(key)[..12]);
+        if let Err(wait) = app.rate_check(&actor) {
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many requests for this key; retry in {wait} s"));
+            e.extra = Some(serde_json::json!({"retry_after_seconds": wait}));
+            return Err(e);
+        }
+        Ok(Principal { tenant: rec.tenant, actor })
     }
 }
 

@@ -109,7 +109,8 @@ pub(crate) fn ingest_tenant(app: &App, headers: &HeaderMap, body: &Value) -> Res
         .and_then(|h| h.strip_prefix("Bearer "));
     if let Some(key) = bearer {
         return match app.authenticate(key.trim()) {
-            Some(rec) if rec.kind == KeyKind::Api => Ok(rec.tenant),
+            Some(rec) if rec.kind == KeyKind::Api && rec.role != chronicle_projections::Role::Reader => Ok(rec.tenant),
+            Some(rec) if rec.kind == KeyKind::Api => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a reader key may not send events")),
             _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")),
         };
     }
@@ -133,6 +134,13 @@ fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String,
         Some(rec) if rec.kind == KeyKind::Write => {
             Ok((rec.tenant, format!("writekey:{}", &crate::keys::digest(&key)[..12])))
         }
-        _ => Err(unauthorized("unknown write key")),
+        // A key made with the ingest role is a write key too.
+        Some(rec) if rec.role == chronicle_projections::Role::Ingest => {
+            Ok((rec.tenant, format!("key:{}", &crate::keys::digest(&key)[..12])))
+        }
+        Some(rec) if rec.role == chronicle_projections::Role::Reader => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a reader key may not send events"))
+        }
+        _ => Err(unauthorized("unknown write key (an API key is not a write key; make one with the ingest role)")),
     }
 }

@@ -120,6 +120,7 @@ pub fn openapi_document() -> Value {
         });
         if route.auth {
             op["security"] = json!([{"apiKey": []}]);
+            op["x-required-role"] = json!(route.role);
             op["responses"]["401"] = json!({"$ref": "#/components/responses/Error"});
         }
         if let Some(example) = route.body {
@@ -147,4 +148,40 @@ pub fn openapi_document() -> Value {
             }}}}}
         }
     })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    role: chronicle_projections::Role,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn key_json(k: &chronicle_projections::ApiKey) -> Value {
+    json!({"id": k.id, "role": k.role, "name": k.name, "created_at": k.created_at, "revoked_at": k.revoked_at})
+}
+
+pub async fn create_key(
+    State(app): State<Arc<App>>,
+    p: super::Principal,
+    super::error::Body(b): super::error::Body<NewKey>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let (record, key) = app.create_api_key(&p.tenant, b.role, b.name, &p.actor).await?;
+    let mut out = key_json(&record);
+    out["key"] = json!(key);
+    Ok((axum::http::StatusCode::CREATED, Json(out)))
+}
+
+pub async fn list_keys(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"keys": app.api_keys(&p.tenant).iter().map(key_json).collect::<Vec<_>>()})))
+}
+
+pub async fn revoke_key(
+    State(app): State<Arc<App>>,
+    p: super::Principal,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.revoke_api_key(&p.tenant, &id, &p.actor).await?;
+    Ok(Json(json!({"revoked": id})))
 }
