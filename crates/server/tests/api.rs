@@ -280,7 +280,7 @@ fn tenants_are_walls_and_keys_are_required() {
     }
     assert_eq!(app.call("PATCH", "/v1/customers/c1", other, Some(r#"{"traits":{"x":1}}"#)).status, 404);
     assert_eq!(app.call("DELETE", "/v1/customers/c1", other, None).status, 404);
-    assert_eq!(app.call("GET", "/v1/streams/notes-1", other, None).body["events"], json!([]));
+    assert_eq!(app.call("GET", "/v1/streams/notes-1", other, None).status, 404, "another tenant's stream is not found");
     assert_eq!(app.call("GET", "/v1/events", other, None).body["events"], json!([]));
     assert_eq!(app.get("/v1/customers/c1").status, 200, "the owner still sees it");
     let r = app.call("GET", "/v1/customers/c1", None, None);
@@ -879,7 +879,7 @@ fn every_read_and_change_of_a_customer_is_on_the_audit_trail_with_its_key() {
     assert!(entries.iter().all(|e| e["actor"].as_str().unwrap().starts_with("key:") && e["customer"] == "c1"));
     assert!(entries.iter().all(|e| e["status"] == 200));
     // The trail is the tenant's: another tenant sees nothing of it, and it is not in the event feed.
-    assert_eq!(app.call("GET", "/v1/audit?customer=c1", Some(&app.other_key), None).body["entries"], json!([]));
+    assert_eq!(app.call("GET", "/v1/audit?customer=c1", Some(&app.other_key), None).status, 404);
     assert!(!app.get("/v1/events?limit=1000").body.to_string().contains("AuditRecorded"));
     assert_eq!(app.call("GET", "/v1/audit?customer=c1", None, None).status, 401);
 }
@@ -939,4 +939,72 @@ fn roles_limit_what_a_key_may_do_revoked_keys_are_refused_and_rates_are_limited(
     assert_eq!(retry_after.as_deref(), Some("1"));
     let other = limited.agent.get(format!("{}/v1/pipeline", limited.base)).header("authorization", format!("Bearer {}", limited.other_key)).call().unwrap();
     assert_eq!(other.status().as_u16(), 200, "budgets are per key");
+}
+
+/// Walks every route of `/openapi.json` that names a resource (a path parameter, or the
+/// `customer` query parameter) and calls it with the other tenant's key on this tenant's ids:
+/// 404 every time, except where the route creates under the caller's own tenant (an upsert by
+/// name, an append to a stream by name) — and then this tenant's resource is left as it was.
+#[test]
+fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing() {
+    let app = spawn_app();
+    assert_eq!(register(&app, "c1", "ada@example.com").status, 201);
+    assert_eq!(app.post("/v1/deals", json!({"id": "d1", "name": "Renewal", "customer_id": "c1", "amount": 100})).status, 201);
+    let order = r#"{"userId":"c1","event":"Order Completed","properties":{"order_id":"o1","total":30},"messageId":"o1-m"}"#;
+    assert_eq!(segment(&app, "/v1/track", order, Some(&app.write_key)).status, 200);
+    assert_eq!(app.get("/v1/orders/o1").status, 200);
+    assert_eq!(app.call("PUT", "/v1/templates/t1", Some(&app.key), Some(r#"{"subject":"Hi","body":"Hi"}"#)).status, 200);
+    let c = r#"{"trigger":"Never","steps":[{"send":{"channel":"email","purpose":"marketing","template":"t1"}}]}"#;
+    assert_eq!(app.call("PUT", "/v1/campaigns/welcome", Some(&app.key), Some(c)).status, 200);
+    let key_id = app.post("/v1/api-keys", json!({"role": "reader"})).body["id"].as_str().unwrap().to_owned();
+    let append = r#"{"expected_version":"any","events":[{"type":"NoteTaken","data":{"text":"mine"}}]}"#;
+    assert_eq!(app.call("POST", "/v1/streams/notes-1", Some(&app.key), Some(append)).status, 200);
+    let snapshot = |app: &TestApp| {
+        ["/v1/customers/c1", "/v1/customers/c1/timeline", "/v1/customers/c1/consents", "/v1/deals/d1", "/v1/orders/o1",
+         "/v1/campaigns/welcome", "/v1/templates/t1", "/v1/api-keys", "/v1/streams/notes-1"]
+            .map(|p| app.get(p).body)
+    };
+    let before = snapshot(&app);
+
+    let doc = app.call("GET", "/openapi.json", None, None).body;
+    let mut walked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op.get("security").is_none() {
+                continue; // open routes: health, metrics, Segment and webhook ingest (write keys)
+            }
+            let has_query_customer = op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "customer");
+            if !path.contains('{') && !has_query_customer {
+                continue; // lists and creations: the caller's own tenant only
+            }
+            let concrete = path
+                .replace("/v1/customers/{id}", "/v1/customers/c1")
+                .replace("/v1/deals/{id}", "/v1/deals/d1")
+                .replace("/v1/orders/{id}", "/v1/orders/o1")
+                .replace("/v1/dead-letters/{id}", "/v1/dead-letters/dl-1")
+                .replace("/v1/api-keys/{id}", &format!("/v1/api-keys/{key_id}"))
+                .replace("/v1/campaigns/{name}", "/v1/campaigns/welcome")
+                .replace("/v1/templates/{name}", "/v1/templates/t1")
+                .replace("/v1/streams/{stream}", "/v1/streams/notes-1")
+                .replace("{tag}", "vip");
+            assert!(!concrete.contains('{'), "no id for {path}");
+            let query = if has_query_customer { "?customer=c1&channel=email&purpose=marketing" } else { "" };
+            let body = op.pointer("/requestBody/content/application~1json/example").map(|e| e.to_string());
+            let r = app.call(&method.to_uppercase(), &format!("{concrete}{query}"), Some(&app.other_key), body.as_deref());
+            let creates_own = matches!(
+                (method.as_str(), path.as_str()),
+                ("put", "/v1/campaigns/{name}") | ("put", "/v1/templates/{name}") | ("post", "/v1/streams/{stream}")
+            );
+            if creates_own {
+                assert!(r.status != 500, "{method} {path}: {}", r.body);
+            } else if path == "/v1/events/stream" {
+                continue;
+            } else {
+                assert_eq!(r.status, 404, "{method} {path} with another tenant's ids: {}", r.body);
+            }
+            walked += 1;
+        }
+    }
+    assert!(walked >= 30, "walked {walked} routes");
+    assert_eq!(snapshot(&app), before, "nothing of this tenant changed");
 }

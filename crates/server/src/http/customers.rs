@@ -109,6 +109,7 @@ pub struct AuditQuery {
 }
 
 pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<AuditQuery>) -> Res<Json<Value>> {
+    app.customer(&p.tenant, &q.customer)?;
     // Written every fraction of a second; make what is pending visible to this answer.
     app.audit.flush(&app).await?;
     Ok(Json(json!({"customer": q.customer, "entries": app.audit_trail(&p.tenant, &q.customer)})))

@@ -79,6 +79,10 @@ pub async fn read_stream(
     Path(stream): Path<String>,
     Params(q): Params<PageQuery>,
 ) -> Res<Json<Value>> {
+    // A stream that does not exist (in this tenant) is not found, like any other resource.
+    if app.store().stream_version(&p.tenant, &stream).await.map_err(crate::error::AppError::from)? == 0 {
+        return Err(crate::error::AppError::NotFound("stream").into());
+    }
     let page = app.read_stream(&p.tenant, &stream, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
     Ok(Json(json!({"events": page.events, "next": page.next})))
 }
