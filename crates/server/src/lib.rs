@@ -8,6 +8,7 @@ pub mod audit;
 pub mod automation;
 pub mod cloudevents;
 pub mod error;
+pub mod fuzzing;
 pub mod http;
 pub mod import;
 pub mod ingest;
