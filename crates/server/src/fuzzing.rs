@@ -82,8 +82,11 @@ pub fn stored_event(data: &[u8]) {
     let _ = chronicle_projections::diff(&views, &chronicle_projections::Projections::new());
 }
 
+/// A fuzz target: takes any bytes, must not panic.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the corpus folders are named the same).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("segment", segment),
     ("import_line", import_line),
     ("cloudevent", cloudevent),

@@ -75,6 +75,8 @@ async fn steps_set_the_stage_tag_branch_on_traits_and_on_what_happened_and_wait_
     Engine::start(app.clone(), EngineConfig::default()).unwrap();
     track(&app, "a", "Signed Up").await;
     track(&app, "b", "Signed Up").await;
+    // "Since the enrolment": the checkout comes after it (the engine may enrol a moment later).
+    wait_for(&app, "a", "a's enrolment", |e| e.iter().any(|e| e.event_type == "CampaignEnrolled")).await;
     track(&app, "a", "Checkout Started").await;
 
     // Compiled: 0 stage, 1 branch, 2-3 then + jump, 4 else, 5 wait, 6 branch, 7-8, 9, 10 the wait until.
