@@ -102,7 +102,7 @@ fn the_parsers_and_the_event_decoding_never_panic_on_the_corpus_or_its_mutations
             .collect();
         assert!(!corpus.is_empty(), "the corpus of {name} is empty");
         corpus.sort();
-        let mut rng = Rng(seed ^ name.len() as u64 * 0x9E37_79B9);
+        let mut rng = Rng(seed ^ (name.len() as u64 * 0x9E37_79B9));
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         let mut runs = 0u64;
         let mut i = 0;
