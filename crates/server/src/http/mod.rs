@@ -19,6 +19,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::MethodRouter;
+use axum::response::IntoResponse;
 use axum::Router;
 use chronicle_projections::{KeyKind, Role};
 use error::ApiError;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 /// Largest request body accepted (bytes); bigger ones get 413.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// How long a request may take before it is answered 503 `timeout`.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One documented route.
 pub struct Route {
@@ -217,7 +220,15 @@ async fn count_requests(
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
     let audited = audit_subject(&app, &req, &route);
-    let res = next.run(req).await;
+    // Every request but the live stream gets an answer within the time limit.
+    let res = if route == "/v1/events/stream" {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+            Ok(res) => res,
+            Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; it may or may not have taken effect (retry with the same ids)").into_response(),
+        }
+    };
     if let Some((tenant, actor, customer)) = audited {
         let status = res.status().as_u16();
         // Attempts that got through authentication, whatever their outcome.
