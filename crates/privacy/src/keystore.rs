@@ -173,17 +173,7 @@ impl KeyStore {
                 self.sync_through(ticket)?;
                 return Ok(key);
             }
-            let key = DataKey::random();
-            let slot = g.free.pop().unwrap_or_else(|| {
-                g.slots += 1;
-                g.slots - 1
-            });
-            let bytes = wrap(&g.master, &d, &key);
-            g.file.write_all_at(&bytes, offset(slot))?;
-            g.written += 1;
-            let ticket = g.written;
-            g.keys.insert(d, Live { slot, key: key.clone(), ticket });
-            (key, ticket)
+            g.make(d)?
         };
         self.sync_through(ticket)?;
         Ok(key)
@@ -199,16 +189,7 @@ impl KeyStore {
                 if g.keys.contains_key(&d) {
                     continue;
                 }
-                let key = DataKey::random();
-                let slot = g.free.pop().unwrap_or_else(|| {
-                    g.slots += 1;
-                    g.slots - 1
-                });
-                let bytes = wrap(&g.master, &d, &key);
-                g.file.write_all_at(&bytes, offset(slot))?;
-                g.written += 1;
-                let ticket = g.written;
-                g.keys.insert(d, Live { slot, key, ticket });
+                g.make(d)?;
                 made += 1;
             }
             (made, g.written)
@@ -277,6 +258,20 @@ impl KeyStore {
 }
 
 impl Inner {
+    /// A new key for `d`, written to a free slot (not yet synced); returns it and its ticket.
+    fn make(&mut self, d: [u8; 32]) -> Result<(DataKey, u64), KeyError> {
+        let key = DataKey::random();
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots += 1;
+            self.slots - 1
+        });
+        self.file.write_all_at(&wrap(&self.master, &d, &key), offset(slot))?;
+        self.written += 1;
+        let ticket = self.written;
+        self.keys.insert(d, Live { slot, key: key.clone(), ticket });
+        Ok((key, ticket))
+    }
+
     fn digest(&mut self, tenant: &str, owner: &str) -> [u8; 32] {
         if let Some(d) = self.names.get(tenant).and_then(|m| m.get(owner)) {
             return *d;
