@@ -55,6 +55,9 @@ pub async fn run_server(
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data = %cfg.data.display(), "serving");
+    // The handlers are in place before anyone is told the server is up: a SIGTERM right after
+    // the "listening" line must shut down gracefully, not kill the process.
+    let shutdown = shutdown_signal()?;
     on_ready(addr);
     let ticker_app = app.clone();
     let ticker = tokio::spawn(async move {
@@ -70,7 +73,7 @@ pub async fn run_server(
             }
         }
     });
-    chronicle_server::serve(app.clone(), listener, shutdown_signal()).await.context("serving HTTP")?;
+    chronicle_server::serve(app.clone(), listener, shutdown).await.context("serving HTTP")?;
     ticker.abort();
     app.audit.flush(&app).await.context("writing the audit trail")?;
     let pos = app.checkpoint().context("writing the final checkpoint")?;
@@ -78,26 +81,25 @@ pub async fn run_server(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that resolves on Ctrl-C or SIGTERM; the handlers are installed when it is made.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        let term = async move {
+            term.recv().await;
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    })
 }
 
 pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
