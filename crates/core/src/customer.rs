@@ -255,6 +255,10 @@ pub enum CustomerEvent {
     CustomerErased {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The anonymous identities linked to the person, whose data goes with theirs (kept on
+        /// the erased record, so what belongs to them can still be found and destroyed).
+        #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+        anonymous_ids: BTreeSet<String>,
     },
     /// An anonymous identity (Segment `anonymousId`) is this customer: its history is theirs.
     IdentityLinked {
@@ -648,7 +652,7 @@ impl Customer {
                     vec![]
                 }
             }
-            C::Erase { reason } => vec![E::CustomerErased { reason }],
+            C::Erase { reason } => vec![E::CustomerErased { reason, anonymous_ids: self.anonymous_ids.clone() }],
             C::JoinGroup { group_id, traits } => {
                 let group_id = non_empty(group_id, "group id")?;
                 if self.groups.get(&group_id) == Some(&traits) {
@@ -835,7 +839,7 @@ impl Customer {
             }
             E::CustomerDeactivated { .. } => self.status = CustomerStatus::Deactivated,
             E::CustomerReactivated {} => self.status = CustomerStatus::Active,
-            E::CustomerErased { .. } => {
+            E::CustomerErased { anonymous_ids, .. } => {
                 // Erasure redacts the read model; crypto-shredding of the log is the privacy layer's.
                 let id = std::mem::take(&mut self.id);
                 *self = Customer {
@@ -844,6 +848,7 @@ impl Customer {
                     version,
                     status: CustomerStatus::Erased,
                     updated_at: Some(at),
+                    anonymous_ids: anonymous_ids.clone(),
                     ..Default::default()
                 };
             }

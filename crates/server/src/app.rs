@@ -167,6 +167,7 @@ impl App {
             checkpoint_keys,
             metrics: Metrics::default(),
         });
+        app.finish_erasures()?;
         crate::audit::spawn_flusher(&app);
         Ok(app)
     }
@@ -714,6 +715,31 @@ impl App {
             pending_sends_cancelled: sends,
             enrolments_ended: waits,
         })
+    }
+
+    /// Destroy the keys an erasure cut short by a crash left behind: every erased customer's,
+    /// and their anonymous identities' (the erased record keeps those ids).
+    fn finish_erasures(&self) -> Result<(), AppError> {
+        let Some(keys) = &self.keys else { return Ok(()) };
+        let owners: Vec<(String, String)> = {
+            let v = self.views();
+            let mut out = Vec::new();
+            for (t, views) in &v.tenants {
+                for c in views.customers.values().filter(|c| c.status == customer::CustomerStatus::Erased) {
+                    out.push((t.clone(), c.id.clone()));
+                    out.extend(c.anonymous_ids.iter().map(|a| (t.clone(), chronicle_privacy::seal::anonymous_owner(a))));
+                }
+            }
+            out
+        };
+        let mut destroyed = 0;
+        for (tenant, owner) in owners {
+            destroyed += usize::from(keys.destroy(&tenant, &owner).map_err(|e| AppError::Internal(e.to_string()))?);
+        }
+        if destroyed > 0 {
+            tracing::info!(keys = destroyed, "destroyed the keys of erasures a crash had cut short");
+        }
+        Ok(())
     }
 
     /// Who read or changed the customer's data through the API, oldest first (what is still

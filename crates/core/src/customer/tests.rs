@@ -245,7 +245,7 @@ fn deactivated_customers_keep_history_and_can_come_back() {
 fn erased_customers_accept_no_command_and_hold_no_personal_data() {
     let mut evs = registered();
     evs.push(CustomerEvent::NoteAdded { text: "called, wants a demo".into(), author: None });
-    evs.push(CustomerEvent::CustomerErased { reason: None });
+    evs.push(CustomerEvent::CustomerErased { reason: None, anonymous_ids: Default::default() });
     let c = given(&evs);
     assert_eq!(c.status, CustomerStatus::Erased);
     assert_eq!((c.email.as_deref(), c.traits.len(), c.notes.len()), (None, 0, 0));
@@ -418,7 +418,7 @@ fn merges_are_refused_when_they_make_no_sense() {
     // Absorbing a duplicate that was not marked first.
     let unmarked = s.decide(CustomerCommand::Absorb { other: Box::new(d.clone()) }, &NoEmails);
     assert!(matches!(unmarked, Err(CustomerError::InvalidMerge(_))));
-    let erased = customer("e", &[(reg(None, json!({})), 0), (CustomerEvent::CustomerErased { reason: None }, 1)]);
+    let erased = customer("e", &[(reg(None, json!({})), 0), (CustomerEvent::CustomerErased { reason: None, anonymous_ids: Default::default() }, 1)]);
     assert_eq!(
         erased.decide(CustomerCommand::MergeInto { survivor: "s".into() }, &NoEmails),
         Err(CustomerError::Erased)
