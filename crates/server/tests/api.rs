@@ -1008,3 +1008,49 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
     assert!(walked >= 30, "walked {walked} routes");
     assert_eq!(snapshot(&app), before, "nothing of this tenant changed");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Any sequence of requests another tenant's key can make — any route of `/openapi.json`,
+    /// with this tenant's ids, its own, or made-up ones, with the route's example body or a
+    /// body naming this tenant's ids — never shows this tenant's data and never changes it.
+    #[test]
+    fn no_request_with_another_tenants_key_reads_or_changes_this_tenants_data(
+        requests in proptest::collection::vec((0usize..64, 0usize..6, 0usize..3), 1..24)
+    ) {
+        let app = spawn_app();
+        assert_eq!(app.post("/v1/customers", json!({"id": "c1", "email": "secret-a@example.com", "traits": {"first_name": "Secreta"}})).status, 201);
+        assert_eq!(app.post("/v1/deals", json!({"id": "d1", "name": "Secret deal", "customer_id": "c1"})).status, 201);
+        assert_eq!(app.call("PUT", "/v1/templates/t1", Some(&app.key), Some(r#"{"subject":"Secret","body":"Secret"}"#)).status, 200);
+        let snapshot = |app: &TestApp| ["/v1/customers/c1", "/v1/customers/c1/timeline", "/v1/deals/d1", "/v1/templates/t1", "/v1/pipeline"].map(|p| app.get(p).body);
+        let before = snapshot(&app);
+        let doc = app.call("GET", "/openapi.json", None, None).body;
+        let mut routes: Vec<(String, String, Option<String>)> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                if op.get("security").is_some() && path != "/v1/events/stream" {
+                    let body = op.pointer("/requestBody/content/application~1json/example").map(|e| e.to_string());
+                    routes.push((method.to_uppercase(), path.clone(), body));
+                }
+            }
+        }
+        let ids = ["c1", "d1", "t1", "welcome", "nobody", "c-42"];
+        for (r, i, b) in requests {
+            let (method, path, example) = &routes[r % routes.len()];
+            let id = ids[i];
+            let concrete = ["{id}", "{name}", "{stream}", "{tag}"].iter().fold(path.clone(), |p, k| p.replace(k, id));
+            let query = if path == "/v1/consent-check" || path == "/v1/audit" { format!("?customer={id}&channel=email&purpose=marketing") } else { String::new() };
+            let body = match b {
+                0 => example.clone(),
+                1 => example.as_ref().map(|e| e.replace("c1", id).replace("c-42", id).replace("u1", id)),
+                _ => Some(json!({"id": id, "customer_id": id, "from": id, "name": id}).to_string()),
+            };
+            let res = app.call(method, &format!("{concrete}{query}"), Some(&app.other_key), body.as_deref());
+            let text = res.body.to_string();
+            proptest::prop_assert!(!text.contains("secret-a") && !text.contains("Secret"), "{method} {concrete}: {text}");
+            proptest::prop_assert!(res.status != 500, "{method} {concrete}: {text}");
+        }
+        proptest::prop_assert_eq!(snapshot(&app), before);
+    }
+}
