@@ -115,7 +115,7 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
 pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
-    let old_key = chronicle_server::sealing::checkpoint_key_name(&st.checkpoint);
+    let old_key = chronicle_projections::sealed_key_name(&st.checkpoint);
     let _ = std::fs::remove_file(&st.checkpoint);
     let mut progress = Progress::new("rebuild", Some(st.store.head().await?));
     let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;

@@ -21,10 +21,6 @@ impl SealedStore {
     pub fn new(inner: Arc<dyn EventStore>, keys: Arc<KeyStore>) -> SealedStore {
         SealedStore { inner, keys }
     }
-
-    pub fn keys(&self) -> &Arc<KeyStore> {
-        &self.keys
-    }
 }
 
 /// Open an event in place (a no-op for events without an owner or anything sealed).
@@ -38,29 +34,8 @@ pub fn open_envelope(keys: &KeyStore, env: &mut EventEnvelope) {
         if let Some(legacy) = seal::open_value(rule, key.as_ref(), &mut env.data) {
             // The store could not upcast the sealed payload; now it is open, upcast it.
             env.schema_version = legacy;
-            let e = std::mem::replace(env, placeholder());
-            *env = chronicle_core::upcast::upcast(e);
+            *env = chronicle_core::upcast::upcast(env.clone());
         }
-    }
-}
-
-fn placeholder() -> EventEnvelope {
-    EventEnvelope {
-        id: uuid::Uuid::nil(),
-        tenant: String::new(),
-        stream: String::new(),
-        version: 0,
-        position: 0,
-        event_type: String::new(),
-        schema_version: 0,
-        event_time: chrono::DateTime::<chrono::Utc>::MIN_UTC,
-        ingest_time: chrono::DateTime::<chrono::Utc>::MIN_UTC,
-        source: String::new(),
-        causation_id: None,
-        correlation_id: None,
-        actor: None,
-        data: serde_json::Value::Null,
-        metadata: serde_json::Value::Null,
     }
 }
 

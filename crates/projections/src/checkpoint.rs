@@ -55,6 +55,29 @@ pub fn load_checkpoint_sealed(path: &Path, seal: Option<&dyn CheckpointSeal>) ->
         .map_err(|source| CheckpointError::Corrupt { path: path.display().to_string(), source })
 }
 
+/// What a process resumes from: the checkpoint, or fresh views (to be rebuilt from the log) when
+/// it cannot be used — sealed with a key that is gone (an erasure rotated it before the next
+/// checkpoint was written), or of an older read-model version — with the reason.
+pub fn resume_from(path: &Path, seal: Option<&dyn CheckpointSeal>) -> Result<(Projections, Option<String>), CheckpointError> {
+    match load_checkpoint_sealed(path, seal) {
+        Ok(p) if p.models != crate::MODELS => Ok((
+            Projections::new(),
+            Some(format!("the checkpoint holds read models of version {}, this build has {}", p.models, crate::MODELS)),
+        )),
+        Ok(p) => Ok((p, None)),
+        Err(CheckpointError::Sealed { key, .. }) => Ok((Projections::new(), Some(format!("the checkpoint's key {key} is gone")))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The name of the key a checkpoint file is sealed with, if the file exists and is sealed.
+pub fn sealed_key_name(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(SEALED_MAGIC)?;
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    Some(String::from_utf8_lossy(&rest[..nl]).into_owned())
+}
+
 /// Write the checkpoint atomically: a crash leaves either the old or the new file.
 pub fn save_checkpoint(path: &Path, p: &Projections) -> Result<(), CheckpointError> {
     save_checkpoint_sealed(path, p, None)

@@ -10,7 +10,10 @@ pub mod automation;
 mod checkpoint;
 mod diff;
 
-pub use checkpoint::{load_checkpoint, load_checkpoint_sealed, save_checkpoint, save_checkpoint_sealed, CheckpointError, CheckpointSeal};
+pub use checkpoint::{
+    load_checkpoint, load_checkpoint_sealed, resume_from, save_checkpoint, save_checkpoint_sealed, sealed_key_name,
+    CheckpointError, CheckpointSeal,
+};
 pub use diff::diff;
 
 use chronicle_core::customer::{self, Channel, ConsentBits, ConsentDecision, Customer, CustomerEvent, Purpose};
@@ -20,6 +23,11 @@ use chronicle_core::order::{self, Order, OrderEvent};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The version of the read models' shape. A checkpoint of another version is not resumed from
+/// (a read model added since would miss everything before it): the views are rebuilt from the
+/// log instead. 2: campaigns, audit, API keys with roles.
+pub const MODELS: u32 = 2;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
 pub const SYSTEM_TENANT: &str = "_system";
@@ -173,6 +181,13 @@ pub struct Projections {
     /// is harmless (every reaction has a derived id), so an older cursor only costs time.
     #[serde(default)]
     pub reacted: u64,
+    /// [`MODELS`] when written (absent: version 1).
+    #[serde(default = "models_v1")]
+    pub models: u32,
+}
+
+fn models_v1() -> u32 {
+    1
 }
 
 fn default_snapshot_every() -> u64 {
@@ -189,6 +204,7 @@ impl Default for Projections {
             undecodable: 0,
             snapshot_every: SNAPSHOT_EVERY,
             reacted: 0,
+            models: MODELS,
         }
     }
 }

@@ -115,15 +115,13 @@ impl App {
         let checkpoint_keys = keys.clone().map(CheckpointKeys::new);
         let seal = checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         let mut initial = match &checkpoint_path {
-            Some(p) => match chronicle_projections::load_checkpoint_sealed(p, seal) {
-                Ok(v) => v,
-                // Its key was destroyed by an erasure before the next checkpoint was written.
-                Err(chronicle_projections::CheckpointError::Sealed { .. }) => {
-                    tracing::warn!("the checkpoint's key is gone; rebuilding the views from the log");
-                    Projections::new()
+            Some(p) => {
+                let (views, fresh) = chronicle_projections::resume_from(p, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+                if let Some(why) = fresh {
+                    tracing::warn!(reason = %why, "rebuilding the views from the log");
                 }
-                Err(e) => return Err(AppError::Internal(e.to_string())),
-            },
+                views
+            }
             None => Projections::new(),
         };
         if initial.position > store.head().await? {

@@ -4,7 +4,7 @@
 
 use crate::error::AppError;
 use chronicle_core::envelope::RawEnvelope;
-use chronicle_projections::{load_checkpoint_sealed, Projections};
+use chronicle_projections::{resume_from, Projections};
 use chronicle_store::EventStore;
 use std::collections::HashMap;
 use std::path::Path;
@@ -91,7 +91,8 @@ pub async fn live_views(
     checkpoint: &Path,
     seal: Option<&dyn chronicle_projections::CheckpointSeal>,
 ) -> Result<Projections, AppError> {
-    let mut live = load_checkpoint_sealed(checkpoint, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+    // What the server would start from (a checkpoint it cannot use is rebuilt from the log).
+    let (mut live, _) = resume_from(checkpoint, seal).map_err(|e| AppError::Internal(e.to_string()))?;
     let mut after = live.position;
     loop {
         let page = store.read_all(after, PAGE).await?;

@@ -47,11 +47,3 @@ impl CheckpointSeal for CheckpointKeys {
         Some(plain)
     }
 }
-
-/// The name of the key a checkpoint file is sealed with, if it is sealed.
-pub fn checkpoint_key_name(path: &std::path::Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let rest = bytes.strip_prefix(b"CHRONICLE-SEALED-CHECKPOINT\n".as_slice())?;
-    let nl = rest.iter().position(|b| *b == b'\n')?;
-    Some(String::from_utf8_lossy(&rest[..nl]).into_owned())
-}
