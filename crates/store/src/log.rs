@@ -11,6 +11,7 @@
 //! readers. Reads take offsets from the index and `pread` the file directly, so they never wait
 //! for the writer's fsync. docs/storage.md describes the format, the protocol and the recovery.
 
+use crate::expire::{ExpireError, Expired, Expiry, EXPIRED_TYPE};
 use crate::rules::{self, StoredAt};
 use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
@@ -119,6 +120,53 @@ impl Shared {
 
     fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the records at `locs` (in file order), coalescing neighbours into large `pread`s,
+    /// checks each record's CRC and position, and hands its payload to `f`.
+    fn read_records(
+        &self,
+        locs: &[Loc],
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), ReadError>,
+    ) -> Result<(), ReadError> {
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < locs.len() {
+            let span_start = locs[i].start;
+            let mut span_end = locs[i].end;
+            let mut j = i + 1;
+            while j < locs.len()
+                && locs[j].start - span_end <= MAX_READ_GAP
+                && locs[j].end - span_start <= MAX_READ_SPAN
+            {
+                span_end = locs[j].end;
+                j += 1;
+            }
+            let len = (span_end - span_start) as usize;
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            self
+                .file
+                .read_exact_at(&mut buf[..len], span_start)
+                .map_err(|e| self.read_error(locs[i].position, &e.to_string()))?;
+            for loc in &locs[i..j] {
+                let rel = (loc.start - span_start) as usize;
+                let lim = (loc.end - span_start) as usize;
+                let payload =
+                    checked_payload(&buf[rel..lim], loc.position).map_err(|why| self.read_error(loc.position, why))?;
+                f(loc.position, payload)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, position: u64, why: &str) -> ReadError {
+        ReadError::Storage(format!(
+            "{}: cannot read the event at position {position}: {why}",
+            self.path.display()
+        ))
     }
 }
 
@@ -243,7 +291,7 @@ impl LogStore {
         let shared = Arc::new(Shared { path, file, index: RwLock::new(index) });
         let writer = Writer {
             shared: shared.clone(),
-            buf: Vec::new(),
+            frame: FrameBuf::default(),
             failed: None,
             head: head.clone(),
             hook: hook.clone(),
@@ -255,6 +303,44 @@ impl LogStore {
             .spawn(move || writer.run(inbox))
             .map_err(LogOpenError::Thread)?;
         Ok(LogStore { shared, requests: Some(requests), writer: Some(writer), head, hook, truncated })
+    }
+
+    /// Replaces the events at `expiry.positions` with tombstones and appends `expiry.records`,
+    /// offline: no `LogStore` may be open on `dir` (the caller holds the folder's lock). See
+    /// [`crate::expire`].
+    ///
+    /// The log is copied into `events.log.compact` with the tombstones in place (in frames of
+    /// its own size, every event already committed), the records follow as one last frame, the
+    /// copy is synced and then renamed over the log: a crash leaves the old log or the new
+    /// one, never a mix. The expired events' bytes leave with the old file.
+    pub fn expire(dir: &Path, expiry: &Expiry<'_>) -> Result<Expired, ExpireError> {
+        let path = dir.join(LOG_FILE);
+        let tmp = dir.join(format!("{LOG_FILE}.compact"));
+        let failed = |reason: String| ExpireError::Failed { path: path.clone(), reason };
+        crate::expire::check_positions(expiry.positions)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| failed(e.to_string()))?;
+        let (ix, _) = recover(&file, &path).map_err(|e| failed(e.to_string()))?;
+        if let Some(&last) = expiry.positions.last() {
+            if last > ix.head {
+                return Err(ExpireError::Invalid(format!("position {last} is beyond the head {}", ix.head)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((_, _, e)) = expiry.records.iter().find(|(_, _, e)| ix.ids.contains_key(&e.id) || !seen.insert(e.id)) {
+            return Err(ExpireError::Invalid(format!("the record's id {} is already stored", e.id)));
+        }
+        let bytes_before = ix.end;
+        let shared = Shared { path: path.clone(), file, index: RwLock::new(ix) };
+        let written = copy_expiring(&shared, &tmp, expiry).map_err(|e| failed(e.to_string()));
+        let (expired, head, bytes_after) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, &path).and_then(|()| sync_dir(dir)).map_err(|e| failed(e.to_string()))?;
+        Ok(Expired { expired, head, bytes_before, bytes_after })
     }
 
     /// How many bytes of torn tail `open` cut off (0 after a clean shutdown, and after a crash
@@ -295,61 +381,14 @@ impl LogStore {
         positions[from..].iter().take(limit).map(|&p| ix.locate(p)).collect()
     }
 
-    /// Reads the records at `locs` (in file order), coalescing neighbours into large `pread`s,
-    /// checks each record's CRC and position, and hands its payload to `f`.
-    fn read_records(
-        &self,
-        locs: &[Loc],
-        mut f: impl FnMut(u64, &[u8]) -> Result<(), ReadError>,
-    ) -> Result<(), ReadError> {
-        let mut buf = Vec::new();
-        let mut i = 0;
-        while i < locs.len() {
-            let span_start = locs[i].start;
-            let mut span_end = locs[i].end;
-            let mut j = i + 1;
-            while j < locs.len()
-                && locs[j].start - span_end <= MAX_READ_GAP
-                && locs[j].end - span_start <= MAX_READ_SPAN
-            {
-                span_end = locs[j].end;
-                j += 1;
-            }
-            let len = (span_end - span_start) as usize;
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            self.shared
-                .file
-                .read_exact_at(&mut buf[..len], span_start)
-                .map_err(|e| self.read_error(locs[i].position, &e.to_string()))?;
-            for loc in &locs[i..j] {
-                let rel = (loc.start - span_start) as usize;
-                let lim = (loc.end - span_start) as usize;
-                let payload =
-                    checked_payload(&buf[rel..lim], loc.position).map_err(|why| self.read_error(loc.position, why))?;
-                f(loc.position, payload)?;
-            }
-            i = j;
-        }
-        Ok(())
-    }
-
     fn read_envelopes(&self, locs: &[Loc]) -> Result<Vec<EventEnvelope>, ReadError> {
         let mut out = Vec::with_capacity(locs.len());
-        self.read_records(locs, |position, payload| {
-            let e = to_envelope(payload).map_err(|why| self.read_error(position, why))?;
+        self.shared.read_records(locs, |position, payload| {
+            let e = to_envelope(payload).map_err(|why| self.shared.read_error(position, why))?;
             out.push(rules::upcast_on_read(e));
             Ok(())
         })?;
         Ok(out)
-    }
-
-    fn read_error(&self, position: u64, why: &str) -> ReadError {
-        ReadError::Storage(format!(
-            "{}: cannot read the event at position {position}: {why}",
-            self.shared.path.display()
-        ))
     }
 }
 
@@ -421,8 +460,8 @@ impl EventStore for LogStore {
     async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
         let locs = self.locate_range(after, limit);
         let mut out = Vec::with_capacity(locs.len());
-        self.read_records(&locs, |position, payload| {
-            out.push(to_raw(payload).map_err(|why| self.read_error(position, why))?);
+        self.shared.read_records(&locs, |position, payload| {
+            out.push(to_raw(payload).map_err(|why| self.shared.read_error(position, why))?);
             Ok(())
         })?;
         Ok(out)
@@ -440,13 +479,13 @@ impl EventStore for LogStore {
         let locs = self.locate_stream(tenant, stream, from_version, usize::MAX);
         let until = rules::to_micros(until);
         let mut out = Vec::new();
-        self.read_records(&locs, |position, payload| {
+        self.shared.read_records(&locs, |position, payload| {
             let time = payload
                 .get(EVENT_TIME_AT..EVENT_TIME_AT + 8)
                 .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .ok_or_else(|| self.read_error(position, "record too short"))?;
+                .ok_or_else(|| self.shared.read_error(position, "record too short"))?;
             if time <= until {
-                let e = to_envelope(payload).map_err(|why| self.read_error(position, why))?;
+                let e = to_envelope(payload).map_err(|why| self.shared.read_error(position, why))?;
                 out.push(rules::upcast_on_read(e));
             }
             Ok(())
@@ -519,7 +558,7 @@ struct Outcome {
 struct Writer {
     shared: Arc<Shared>,
     /// The frame being encoded, reused between groups.
-    buf: Vec<u8>,
+    frame: FrameBuf,
     /// Set when a failed group could not be cut off the file again: the file's tail is then
     /// unknown, so no further group may be written after it.
     failed: Option<String>,
@@ -608,8 +647,8 @@ impl Writer {
                     ix.end = end;
                     ix.head
                 };
-                if self.buf.capacity() > MAX_KEPT_BUFFER {
-                    self.buf = Vec::new();
+                if self.frame.buf.capacity() > MAX_KEPT_BUFFER {
+                    self.frame = FrameBuf::default();
                 }
                 self.call_hook(group, &outcomes, ingest_time);
                 self.head.send_replace(head);
@@ -642,40 +681,22 @@ impl Writer {
         base_end: u64,
         ingest_micros: i64,
     ) -> std::io::Result<(Vec<u64>, u64)> {
-        let buf = &mut self.buf;
-        buf.clear();
-        buf.resize(FRAME_HEADER_LEN, 0);
+        let frame = &mut self.frame;
+        frame.begin();
         let mut offsets = Vec::new();
-        let mut crcs = Vec::new();
         for (request, outcome) in group.iter().zip(outcomes) {
             let (true, Ok(result)) = (outcome.appended, &outcome.result) else {
                 continue;
             };
             let first = result.position + 1 - request.events.len() as u64;
             for (i, p) in request.events.iter().enumerate() {
-                let start = buf.len();
-                offsets.push(base_end + start as u64);
-                buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-                buf.extend_from_slice(&p.payload);
-                let payload = &mut buf[start + RECORD_HEADER_LEN..];
-                let position = first + i as u64;
-                let version = result.first_version + i as u64;
-                payload[POSITION_AT..POSITION_AT + 8].copy_from_slice(&position.to_le_bytes());
-                payload[VERSION_AT..VERSION_AT + 8].copy_from_slice(&version.to_le_bytes());
-                payload[INGEST_TIME_AT..INGEST_TIME_AT + 8].copy_from_slice(&ingest_micros.to_le_bytes());
-                let crc = crc32::checksum(payload);
-                let len = payload.len() as u32;
-                buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-                buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-                crcs.extend_from_slice(&crc.to_le_bytes());
+                let at = frame.push(&p.payload, |payload| {
+                    fill_in(payload, first + i as u64, result.first_version + i as u64, ingest_micros)
+                });
+                offsets.push(base_end + at as u64);
             }
         }
-        let body_len = (buf.len() - FRAME_HEADER_LEN) as u64;
-        let header = frame_header(offsets.len() as u32, first_position, body_len);
-        buf[..FRAME_HEADER_LEN].copy_from_slice(&header);
-        buf.extend_from_slice(&TRAILER_MAGIC);
-        buf.extend_from_slice(&crc32::update(crc32::checksum(&header), &crcs).to_le_bytes());
-
+        let buf = frame.finish(first_position);
         let end = base_end + buf.len() as u64;
         if end > self.allocated {
             // Zero the space ahead of the log now, once, so the next groups' fsyncs only
@@ -771,6 +792,107 @@ fn writer_gone() -> AppendError {
 
 // ---------------------------------------------------------------------------------------------
 // Creating and recovering the file.
+
+/// Writes the compacted copy of the log to `tmp` and syncs it; returns how many events were
+/// expired, the new head and the copy's length. See [`LogStore::expire`].
+fn copy_expiring(shared: &Shared, tmp: &Path, expiry: &Expiry<'_>) -> std::io::Result<(u64, u64, u64)> {
+    const FRAME_EVENTS: usize = MAX_GROUP_EVENTS;
+    const FRAME_BYTES: usize = 4 << 20;
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(tmp)?);
+    let mut header = [0u8; FILE_HEADER_LEN as usize];
+    header[..8].copy_from_slice(&FILE_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.write_all(&header)?;
+    let mut len = FILE_HEADER_LEN;
+
+    let (head, mut versions) = {
+        let ix = shared.read_index();
+        (ix.head, HashMap::<(String, String), u64>::new())
+    };
+    let mut frame = FrameBuf::default();
+    frame.begin();
+    let mut first = 1;
+    let mut expiring = expiry.positions.iter().peekable();
+    let mut expired = 0;
+    let mut after = 0;
+    while after < head {
+        let locs: Vec<Loc> = {
+            let ix = shared.read_index();
+            (after + 1..=head.min(after + FRAME_EVENTS as u64)).map(|p| ix.locate(p)).collect()
+        };
+        let mut result = Ok(());
+        shared
+            .read_records(&locs, |position, payload| {
+                if expiring.next_if_eq(&&position).is_none() {
+                    frame.push(payload, |_| ());
+                } else {
+                    match tombstone(payload) {
+                        Ok(Some(t)) => {
+                            frame.push(&t, |_| ());
+                            expired += 1;
+                        }
+                        Ok(None) => {
+                            frame.push(payload, |_| ());
+                        }
+                        Err(why) => result = Err(invalid(why)),
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| invalid(&e.to_string()))?;
+        result?;
+        after = locs.last().map_or(head, |l| l.position);
+        if frame.count as usize >= FRAME_EVENTS || frame.buf.len() >= FRAME_BYTES || after == head {
+            let n = frame.count as u64;
+            let bytes = frame.finish(first);
+            out.write_all(bytes)?;
+            len += bytes.len() as u64;
+            first += n;
+            frame.begin();
+        }
+    }
+
+    // The record, as one more frame.
+    let ingest = rules::to_micros(rules::truncate_to_micros(Utc::now()));
+    let mut position = head;
+    for (tenant, stream, event) in &expiry.records {
+        let version = match versions.get_mut(&(tenant.clone(), stream.clone())) {
+            Some(v) => v,
+            None => {
+                let ix = shared.read_index();
+                let current = ix.slot(tenant, stream).map_or(0, |slot| ix.committed(slot).len() as u64);
+                versions.entry((tenant.clone(), stream.clone())).or_insert(current)
+            }
+        };
+        *version += 1;
+        position += 1;
+        let (v, p) = (*version, position);
+        frame.push(&encode_payload(tenant, stream, event), |payload| fill_in(payload, p, v, ingest));
+    }
+    if frame.count > 0 {
+        let bytes = frame.finish(head + 1);
+        out.write_all(bytes)?;
+        len += bytes.len() as u64;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok((expired, position, len))
+}
+
+/// The tombstone of a stored payload (see [`crate::expire`]); `None` when it is one already.
+fn tombstone(payload: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
+    let r = decode(payload)?;
+    let event_type = utf8(r.event_type)?;
+    if event_type == EXPIRED_TYPE {
+        return Ok(None);
+    }
+    let e = NewEvent::new(r.id, EXPIRED_TYPE, crate::expire::tombstone_data(event_type), time(r.event_time)?)
+        .with_source(utf8(r.source)?);
+    let mut out = encode_payload(utf8(r.tenant)?, utf8(r.stream)?, &e);
+    fill_in(&mut out, r.position, r.version, r.ingest_time);
+    Ok(Some(out))
+}
 
 fn create_log(dir: &Path, path: &Path) -> std::io::Result<()> {
     // Header first in a temp file, then an atomic rename: a crash can never leave a log with a
@@ -921,6 +1043,59 @@ fn frame_header(count: u32, first_position: u64, body_len: u64) -> [u8; FRAME_HE
     let crc = crc32::checksum(&h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// A frame being encoded: room for the header, the records, then (on `finish`) the header
+/// and the commit marker. Reused between groups.
+#[derive(Default)]
+struct FrameBuf {
+    buf: Vec<u8>,
+    /// Each record's CRC, little-endian, for the commit marker.
+    crcs: Vec<u8>,
+    count: u32,
+}
+
+impl FrameBuf {
+    fn begin(&mut self) {
+        self.buf.clear();
+        self.buf.resize(FRAME_HEADER_LEN, 0);
+        self.crcs.clear();
+        self.count = 0;
+    }
+
+    /// Adds a record holding `payload` as `fill` leaves it; returns the record's offset in the
+    /// frame.
+    fn push(&mut self, payload: &[u8], fill: impl FnOnce(&mut [u8])) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+        self.buf.extend_from_slice(payload);
+        let payload = &mut self.buf[start + RECORD_HEADER_LEN..];
+        fill(payload);
+        let crc = crc32::checksum(payload);
+        let len = payload.len() as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.crcs.extend_from_slice(&crc.to_le_bytes());
+        self.count += 1;
+        start
+    }
+
+    /// The bytes of the frame, its records numbered from `first_position`.
+    fn finish(&mut self, first_position: u64) -> &[u8] {
+        let body_len = (self.buf.len() - FRAME_HEADER_LEN) as u64;
+        let header = frame_header(self.count, first_position, body_len);
+        self.buf[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        self.buf.extend_from_slice(&TRAILER_MAGIC);
+        self.buf.extend_from_slice(&crc32::update(crc32::checksum(&header), &self.crcs).to_le_bytes());
+        &self.buf
+    }
+}
+
+/// Fills in the fields of a payload that the log assigns.
+fn fill_in(payload: &mut [u8], position: u64, version: u64, ingest_micros: i64) {
+    payload[POSITION_AT..POSITION_AT + 8].copy_from_slice(&position.to_le_bytes());
+    payload[VERSION_AT..VERSION_AT + 8].copy_from_slice(&version.to_le_bytes());
+    payload[INGEST_TIME_AT..INGEST_TIME_AT + 8].copy_from_slice(&ingest_micros.to_le_bytes());
 }
 
 fn header_checksum_ok(h: &[u8]) -> bool {

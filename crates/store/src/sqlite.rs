@@ -10,6 +10,7 @@
 //! run directly: they are short local queries, and WAL lets them proceed during a commit.
 //! docs/storage.md describes the file format and the protocol in full.
 
+use crate::expire::{ExpireError, Expired, Expiry, EXPIRED_TYPE};
 use crate::rules::{self, StoredAt};
 use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
@@ -152,6 +153,79 @@ impl SqliteStore {
             head,
             hook,
         })
+    }
+
+    /// Replaces the events at `expiry.positions` with tombstones and appends `expiry.records`
+    /// in one transaction, offline: no `SqliteStore` may be open on `dir`. See [`crate::expire`].
+    /// With `secure_delete` on, then a `VACUUM` and a truncating checkpoint, the expired
+    /// payloads leave no copy in free pages or the WAL.
+    pub fn expire(dir: &Path, expiry: &Expiry<'_>) -> Result<Expired, ExpireError> {
+        let path = dir.join(DB_FILE);
+        crate::expire::check_positions(expiry.positions)?;
+        let failed = |e: rusqlite::Error| ExpireError::Failed { path: path.clone(), reason: e.to_string() };
+        let size = || {
+            ["", "-wal"].iter().map(|s| std::fs::metadata(format!("{}{s}", path.display())).map_or(0, |m| m.len())).sum::<u64>()
+        };
+        let bytes_before = size();
+        let mut conn = Connection::open(&path).map_err(failed)?;
+        configure_wal_writer(&conn).map_err(failed)?;
+        conn.pragma_update(None, "secure_delete", "ON").map_err(failed)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(failed)?;
+        let head = query_head(&tx).map_err(failed)?;
+        if let Some(&last) = expiry.positions.last().filter(|&&p| p > head) {
+            return Err(ExpireError::Invalid(format!("position {last} is beyond the head {head}")));
+        }
+        let mut expired = 0;
+        for &position in expiry.positions {
+            let event_type: String =
+                tx.query_row("SELECT type FROM events WHERE position = ?1", [to_i64(position)], |r| r.get(0)).map_err(failed)?;
+            if event_type == EXPIRED_TYPE {
+                continue;
+            }
+            tx.execute(
+                "UPDATE events SET type = ?2, schema_version = 1, data = ?3, metadata = '{}', actor = NULL, \
+                 causation_id = NULL, correlation_id = NULL WHERE position = ?1",
+                params![to_i64(position), EXPIRED_TYPE, crate::expire::tombstone_data(&event_type).to_string()],
+            )
+            .map_err(failed)?;
+            expired += 1;
+        }
+        let ingest = rules::to_micros(rules::truncate_to_micros(Utc::now()));
+        let mut position = head;
+        for (tenant, stream, e) in &expiry.records {
+            let stored = tx.prepare_cached(FIND_ID).map_err(failed)?.exists([&e.id.as_bytes()[..]]).map_err(failed)?;
+            if stored {
+                return Err(ExpireError::Invalid(format!("the record's id {} is already stored", e.id)));
+            }
+            position += 1;
+            let version = query_stream_version(&tx, tenant, stream).map_err(failed)? + 1;
+            tx.prepare_cached(INSERT)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        to_i64(position),
+                        &e.id.as_bytes()[..],
+                        tenant,
+                        stream,
+                        to_i64(version),
+                        e.event_type,
+                        e.schema_version,
+                        rules::to_micros(e.event_time),
+                        ingest,
+                        e.source,
+                        e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
+                        e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
+                        e.actor,
+                        e.data.json_text(),
+                        e.metadata.to_string(),
+                    ])
+                })
+                .map_err(failed)?;
+        }
+        tx.commit().map_err(failed)?;
+        conn.execute_batch("VACUUM").map_err(failed)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(failed)?;
+        drop(conn);
+        Ok(Expired { expired, head: position, bytes_before, bytes_after: size() })
     }
 
     /// Runs one read on a pooled read-only connection.
