@@ -1,5 +1,5 @@
-//! The commands that open storage and act on it: serve, tenant create, rebuild, verify and
-//! history. (`demo` lives in its own module.)
+//! The commands that open storage and act on it: serve, tenant create, rebuild, verify,
+//! history, export, retention and compact. (`demo` lives in its own module.)
 
 use crate::config::{AutomationArgs, Config, StorageArgs};
 use crate::progress::Progress;
@@ -115,17 +115,8 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
 pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
-    let old_key = chronicle_projections::sealed_key_name(&st.checkpoint);
-    let _ = std::fs::remove_file(&st.checkpoint);
-    let mut progress = Progress::new("rebuild", Some(st.store.head().await?));
-    let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
-    let (n, secs, rate) = progress.finish();
-    let (fresh, problems) = (replay.projections, replay.problems);
-    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
-    save_checkpoint_sealed(&st.checkpoint, &fresh, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))?;
-    if let (Some(seal), Some(old)) = (&seal, old_key) {
-        seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
-    }
+    let old_key = drop_checkpoint(&st)?;
+    let (fresh, problems, (n, secs, rate)) = rebuild_checkpoint(&st, "rebuild", old_key, 0).await?;
     for p in &problems {
         eprintln!("{p}");
     }
@@ -134,6 +125,108 @@ pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
         json!({"rebuilt_events": n, "seconds": secs, "events_per_sec": rate.round(), "position": fresh.position})
     );
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Removes the checkpoint (a server then rebuilds its views from the log); returns the name of
+/// the key it was sealed under, to destroy once a new one is saved.
+fn drop_checkpoint(st: &storage::Storage) -> anyhow::Result<Option<String>> {
+    let old_key = chronicle_projections::sealed_key_name(&st.checkpoint);
+    match std::fs::remove_file(&st.checkpoint) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", st.checkpoint.display()))
+        }
+        _ => Ok(old_key),
+    }
+}
+
+/// Replays the whole log into fresh views and saves them as the checkpoint (sealed under a new
+/// key where crypto-shredding is on, the old one destroyed), keeping the automation engine's
+/// cursor at `reacted`. Returns the views, broken log invariants and (events, seconds, rate).
+async fn rebuild_checkpoint(
+    st: &storage::Storage,
+    label: &'static str,
+    old_key: Option<String>,
+    reacted: u64,
+) -> anyhow::Result<(chronicle_projections::Projections, Vec<String>, (u64, f64, f64))> {
+    let mut progress = Progress::new(label, Some(st.store.head().await?));
+    let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;
+    let done = progress.finish();
+    let (mut fresh, problems) = (replay.projections, replay.problems);
+    fresh.reacted = reacted;
+    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    save_checkpoint_sealed(&st.checkpoint, &fresh, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))?;
+    if let (Some(seal), Some(old)) = (&seal, old_key) {
+        seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok((fresh, problems, done))
+}
+
+/// `chronicle compact`: applies every tenant's retention policies. Expired events become
+/// tombstones and each tenant that lost events gets a `RetentionApplied` record, in one atomic
+/// step of the store; then the views are rebuilt from the compacted log, so `verify` holds.
+/// Offline: it takes the folder's lock like every command.
+pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let mut st = storage::open(&cfg)?;
+    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    let live =
+        maintenance::live_views(&*st.store, &st.checkpoint, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
+            .await?;
+    let started = std::time::Instant::now();
+    let plan = chronicle_server::retention::plan(&*st.store, &live, chrono::Utc::now()).await?;
+    let report = |expired: u64, extra: serde_json::Value| {
+        let mut out = json!({"expired": expired, "through_position": plan.through, "tenants": plan.tenants, "dry_run": dry_run});
+        if let (Some(o), serde_json::Value::Object(e)) = (out.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        out
+    };
+    if dry_run || plan.positions.is_empty() {
+        println!("{}", report(plan.positions.len() as u64, json!({})));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let records = plan.records("chronicle compact");
+    // The checkpoint goes first: after a crash past the store's switch, a server must rebuild
+    // from the compacted log rather than resume from views that hold the expired events.
+    let old_key = drop_checkpoint(&st)?;
+    let expiry = chronicle_store::expire::Expiry { positions: &plan.positions, records };
+    let done = st.expire(&cfg, &expiry)?;
+    let compacted = started.elapsed().as_secs_f64();
+    let (_, problems, _) = rebuild_checkpoint(&st, "rebuild", old_key, live.reacted).await?;
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    println!(
+        "{}",
+        report(
+            done.expired,
+            json!({"head": done.head, "bytes_before": done.bytes_before, "bytes_after": done.bytes_after,
+                   "compact_seconds": compacted, "seconds": started.elapsed().as_secs_f64()})
+        )
+    );
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `chronicle retention`: a tenant's policies, set or removed as through the API.
+pub async fn retention(args: &StorageArgs, tenant: &str, change: Option<(String, Option<u32>)>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg)?;
+    let app = st.app().await?;
+    if app.views().tenant(tenant).is_none() {
+        eprintln!("no tenant {tenant}");
+        return Ok(ExitCode::from(2));
+    }
+    match change {
+        Some((event_type, Some(days))) => {
+            chronicle_server::retention::set_policy(&app, tenant, &event_type, days, "cli").await?;
+        }
+        Some((event_type, None)) => chronicle_server::retention::remove_policy(&app, tenant, &event_type, "cli").await?,
+        None => {}
+    }
+    app.checkpoint()?;
+    let v = chronicle_server::retention::policies(&app, tenant);
+    println!("{}", json!({"tenant": tenant, "policies": v.policies, "compactions": v.runs}));
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {

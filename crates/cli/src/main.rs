@@ -85,6 +85,28 @@ enum Command {
         #[arg(long, default_value = "demo")]
         tenant: String,
     },
+    /// Show a tenant's retention policies, or set or remove one
+    Retention {
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        #[command(subcommand)]
+        command: Option<RetentionCommand>,
+    },
+    /// Apply the retention policies: expired events are removed (a tombstone keeps their place)
+    /// and the removal is recorded; run with the server stopped
+    Compact {
+        /// Report what would expire, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Keep events of EVENT_TYPE for DAYS days (by event time)
+    Set { event_type: String, days: u32 },
+    /// Keep events of EVENT_TYPE forever again
+    Remove { event_type: String },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +141,14 @@ fn main() -> ExitCode {
             Command::Verify => commands::verify(&cli.storage).await,
             Command::History { customer, tenant } => commands::history(&cli.storage, &tenant, &customer).await,
             Command::Export { customer, tenant } => commands::export(&cli.storage, &tenant, &customer).await,
+            Command::Retention { tenant, command } => {
+                let change = command.map(|c| match c {
+                    RetentionCommand::Set { event_type, days } => (event_type, Some(days)),
+                    RetentionCommand::Remove { event_type } => (event_type, None),
+                });
+                commands::retention(&cli.storage, &tenant, change).await
+            }
+            Command::Compact { dry_run } => commands::compact(&cli.storage, dry_run).await,
         }
     });
     match result {

@@ -11,6 +11,7 @@ use chronicle_store::log::LogStore;
 use chronicle_store::sqlite::{self, SqliteStore};
 use chronicle_privacy::{KeyStore, MasterKey, SealedStore};
 use chronicle_server::App;
+use chronicle_store::expire::{Expired, Expiry};
 use chronicle_store::EventStore;
 use std::fs::File;
 use std::path::PathBuf;
@@ -31,6 +32,25 @@ impl Storage {
         App::start_sealed(self.store.clone(), Some(self.checkpoint.clone()), self.keys.clone())
             .await
             .context("starting the application")
+    }
+
+    /// Replaces the events at `expiry.positions` with tombstones and appends its records
+    /// (`chronicle_store::expire`): the store is closed for it and opened again after, while
+    /// the folder stays locked. Nothing else may hold the store (`Arc`) meanwhile.
+    pub fn expire(&mut self, cfg: &Config, expiry: &Expiry<'_>) -> anyhow::Result<Expired> {
+        let closed = std::mem::replace(&mut self.store, Arc::new(chronicle_store::memory::MemoryStore::new()));
+        if Arc::strong_count(&closed) != 1 {
+            bail!("the event store is still in use; cannot compact it");
+        }
+        drop(closed);
+        let expired = if cfg.data.join(sqlite::DB_FILE).exists() {
+            SqliteStore::expire(&cfg.data, expiry)
+        } else {
+            LogStore::expire(&cfg.data, expiry)
+        };
+        // Opened again whatever happened: an expiry that failed left the store as it was.
+        self.store = open_store(cfg, self.keys.as_ref())?;
+        Ok(expired?)
     }
 }
 
@@ -82,6 +102,20 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
             cfg.data.display()
         );
     }
+    // A folder that was ever sealed stays sealed: its events can only be read through the keys.
+    let keys = if cfg.seal || cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() {
+        let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
+            .with_context(|| format!("opening the key store in {}", cfg.data.display()))?;
+        Some(Arc::new(keys))
+    } else {
+        None
+    };
+    let store = open_store(cfg, keys.as_ref())?;
+    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, _lock: lock })
+}
+
+/// The folder's event store (the log, or SQLite where the folder has one), sealed when `keys`.
+fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Arc<dyn EventStore>> {
     let store: Arc<dyn EventStore> = if cfg.data.join(sqlite::DB_FILE).exists() {
         Arc::new(
             SqliteStore::open(&cfg.data)
@@ -90,13 +124,8 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     } else {
         Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
     };
-    // A folder that was ever sealed stays sealed: its events can only be read through the keys.
-    if !(cfg.seal || cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists()) {
-        return Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys: None, _lock: lock });
-    }
-    let keys = Arc::new(
-        KeyStore::open(&cfg.data, master_key(cfg)?).with_context(|| format!("opening the key store in {}", cfg.data.display()))?,
-    );
-    let store: Arc<dyn EventStore> = Arc::new(SealedStore::new(store, keys.clone()));
-    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys: Some(keys), _lock: lock })
+    Ok(match keys {
+        Some(keys) => Arc::new(SealedStore::new(store, keys.clone())),
+        None => store,
+    })
 }

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const EMAIL: &str = "zelda.quux@example.com";
@@ -15,35 +14,6 @@ const FIRST: &str = "Zelda";
 const LAST: &str = "Quuxington";
 const PHONE: &str = "+15550001234";
 const IP: &str = "203.0.113.77";
-
-/// Every file under `dir` that contains one of `needles`, with the needle.
-fn scan(dir: &Path, needles: &[&str]) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let bytes = std::fs::read(&p).unwrap();
-            for n in needles {
-                if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
-                    found.push((p.display().to_string(), n.to_string()));
-                }
-            }
-        }
-    }
-    found
-}
-
-fn segment(agent: &ureq::Agent, url: &str, write_key: &str, path: &str, body: Value) {
-    let mut body = body;
-    body["writeKey"] = json!(write_key);
-    let r = agent.post(format!("{url}{path}")).header("content-type", "application/json").send(body.to_string()).unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{path}");
-}
 
 #[test]
 fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify_still_passes() {

@@ -30,6 +30,10 @@ pub struct EventEnvelope {
     pub metadata: Value,
 }
 
+/// The type of an expired event's tombstone: what retention leaves in its place (the store
+/// keeps its position, id, stream and version; see `chronicle_store::expire`).
+pub const EXPIRED_TYPE: &str = "EventExpired";
+
 /// An event submitted for append; the store assigns version, position and ingest time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewEvent {

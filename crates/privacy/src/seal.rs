@@ -171,9 +171,9 @@ mod tests {
     #[test]
     fn whole_payloads_and_fields_seal_and_open_and_read_redacted_without_the_key() {
         let k = DataKey::random();
-        let data = json!({"email": "ada@example.com", "traits": {"first_name": "Ada"}});
+        let data = json!({"email": "ada@example.com", "traits": {"first_name": "Adelgunde"}});
         let text = seal_text(Rule::Whole, &k, &data.to_string(), None);
-        assert!(!text.contains("ada") && !text.contains("Ada"));
+        assert!(!text.contains("ada@example") && !text.contains("Adelgunde"));
         let mut v: Value = serde_json::from_str(&text).unwrap();
         let mut gone = v.clone();
         open_value(Rule::Whole, Some(&k), &mut v);
@@ -181,11 +181,11 @@ mod tests {
         open_value(Rule::Whole, None, &mut gone);
         assert_eq!(gone, redacted());
 
-        let msg = json!({"message": "m1", "channel": "email", "to": "ada@example.com", "subject": "Hi Ada", "body": "<p>Ada</p>"});
+        let msg = json!({"message": "m1", "channel": "email", "to": "ada@example.com", "subject": "Hi Adelgunde", "body": "<p>Adelgunde</p>"});
         let mut v = msg.clone();
         seal_value(rule("MessageQueued"), &k, &mut v, None);
         assert_eq!(v["message"], "m1", "what the outbox needs stays clear");
-        assert!(!v.to_string().contains("Ada") && !v.to_string().contains("ada@"));
+        assert!(!v.to_string().contains("Adelgunde") && !v.to_string().contains("ada@"));
         let mut gone = v.clone();
         open_value(rule("MessageQueued"), Some(&k), &mut v);
         assert_eq!(v, msg);

@@ -65,6 +65,9 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         {
             out.push(format!("{t}: automation timers, outbox schedule or send counts differ from the replay"));
         }
+        if a.retention != b.retention {
+            out.push(format!("{t}: retention policies or compaction records differ from the replay"));
+        }
         if a.events != b.events {
             out.push(format!("{t}: event count live {} vs replay {}", a.events, b.events));
         }

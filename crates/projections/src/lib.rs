@@ -9,6 +9,7 @@
 pub mod automation;
 mod checkpoint;
 mod diff;
+pub mod retention;
 
 pub use checkpoint::{
     load_checkpoint, load_checkpoint_sealed, resume_from, save_checkpoint, save_checkpoint_sealed, sealed_key_name,
@@ -156,6 +157,9 @@ pub struct TenantViews {
     /// [`AUDIT_KEEP`] entries; the log keeps them all).
     #[serde(default)]
     pub audit: Map<String, Vec<AuditEntry>>,
+    /// Retention policies and the record of compactions (see [`retention`]).
+    #[serde(default)]
+    pub retention: retention::RetentionView,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -287,6 +291,13 @@ impl Projections {
                 if list.len() > AUDIT_KEEP {
                     list.remove(0);
                 }
+            }
+            return;
+        }
+        if ev.stream == retention::STREAM && retention::EVENT_TYPES.contains(&ev.event_type.as_str()) {
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
+            if !self.tenant_mut(&ev.tenant).retention.apply(&ev.event_type, &ev.data) {
+                self.undecodable += 1;
             }
             return;
         }
@@ -447,7 +458,9 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     if chronicle_automation::events::EVENT_TYPES.contains(&event_type) || event_type == "MessageBounced" || event_type == "AuditRecorded" {
         return true;
     }
-    if customer::id_of_stream(stream).is_some() {
+    if stream == retention::STREAM {
+        retention::EVENT_TYPES.contains(&event_type)
+    } else if customer::id_of_stream(stream).is_some() {
         customer::EVENT_TYPES.contains(&event_type)
     } else if stream.starts_with("deal-") {
         deal::EVENT_TYPES.contains(&event_type)

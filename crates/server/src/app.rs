@@ -25,7 +25,7 @@ const COMMAND_ATTEMPTS: usize = 8;
 const EMAIL_STRIPES: usize = 64;
 /// Stream name prefixes owned by the domain: raw appends may not write there.
 pub const RESERVED_PREFIXES: &[&str] =
-    &["customer-", "deal-", "order-", "tenant-", "anonymous-", "campaign-", "template-", "_"];
+    &["customer-", "deal-", "order-", "tenant-", "anonymous-", "campaign-", "template-", "retention", "_"];
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -564,7 +564,11 @@ impl App {
                     break;
                 }
                 next = ev.position;
-                if as_of.is_some_and(|t| ev.event_time > t) || (!types.is_empty() && !types.contains(&ev.event_type)) {
+                // An expired event's tombstone keeps its place in the log, not in the timeline.
+                if as_of.is_some_and(|t| ev.event_time > t)
+                    || (!types.is_empty() && !types.contains(&ev.event_type))
+                    || ev.event_type == chronicle_core::envelope::EXPIRED_TYPE
+                {
                     continue;
                 }
                 let mut ev = ev;

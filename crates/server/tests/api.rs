@@ -959,9 +959,10 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
     let key_id = app.post("/v1/api-keys", json!({"role": "reader"})).body["id"].as_str().unwrap().to_owned();
     let append = r#"{"expected_version":"any","events":[{"type":"NoteTaken","data":{"text":"mine"}}]}"#;
     assert_eq!(app.call("POST", "/v1/streams/notes-1", Some(&app.key), Some(append)).status, 200);
+    assert_eq!(app.call("PUT", "/v1/retention/ActivityTracked", Some(&app.key), Some(r#"{"keep_days":90}"#)).status, 200);
     let snapshot = |app: &TestApp| {
         ["/v1/customers/c1", "/v1/customers/c1/timeline", "/v1/customers/c1/consents", "/v1/deals/d1", "/v1/orders/o1",
-         "/v1/campaigns/welcome", "/v1/templates/t1", "/v1/api-keys", "/v1/streams/notes-1"]
+         "/v1/campaigns/welcome", "/v1/templates/t1", "/v1/api-keys", "/v1/streams/notes-1", "/v1/retention"]
             .map(|p| app.get(p).body)
     };
     let before = snapshot(&app);
@@ -986,6 +987,7 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
                 .replace("/v1/campaigns/{name}", "/v1/campaigns/welcome")
                 .replace("/v1/templates/{name}", "/v1/templates/t1")
                 .replace("/v1/streams/{stream}", "/v1/streams/notes-1")
+                .replace("/v1/retention/{event_type}", "/v1/retention/ActivityTracked")
                 .replace("{tag}", "vip");
             assert!(!concrete.contains('{'), "no id for {path}");
             let query = if has_query_customer { "?customer=c1&channel=email&purpose=marketing" } else { "" };
@@ -993,7 +995,10 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
             let r = app.call(&method.to_uppercase(), &format!("{concrete}{query}"), Some(&app.other_key), body.as_deref());
             let creates_own = matches!(
                 (method.as_str(), path.as_str()),
-                ("put", "/v1/campaigns/{name}") | ("put", "/v1/templates/{name}") | ("post", "/v1/streams/{stream}")
+                ("put", "/v1/campaigns/{name}")
+                    | ("put", "/v1/templates/{name}")
+                    | ("put", "/v1/retention/{event_type}")
+                    | ("post", "/v1/streams/{stream}")
             );
             if creates_own {
                 assert!(r.status != 500, "{method} {path}: {}", r.body);

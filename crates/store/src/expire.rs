@@ -15,8 +15,7 @@
 use chronicle_core::envelope::NewEvent;
 use std::path::PathBuf;
 
-/// The type an expired event's tombstone carries.
-pub const EXPIRED_TYPE: &str = "EventExpired";
+pub use chronicle_core::envelope::EXPIRED_TYPE;
 
 /// The data of a tombstone for an event of `expired_type`.
 pub fn tombstone_data(expired_type: &str) -> serde_json::Value {

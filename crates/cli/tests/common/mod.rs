@@ -229,3 +229,32 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, key: &str, body: &Valu
     let mut r = agent.run(req).unwrap();
     (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
 }
+
+/// Every file under `dir` that contains one of `needles`, with the needle.
+pub fn scan(dir: &Path, needles: &[&str]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            for n in needles {
+                if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                    found.push((p.display().to_string(), n.to_string()));
+                }
+            }
+        }
+    }
+    found
+}
+
+pub fn segment(agent: &ureq::Agent, url: &str, write_key: &str, path: &str, body: serde_json::Value) {
+    let mut body = body;
+    body["writeKey"] = serde_json::json!(write_key);
+    let r = agent.post(format!("{url}{path}")).header("content-type", "application/json").send(body.to_string()).unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{path}");
+}

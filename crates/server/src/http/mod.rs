@@ -186,6 +186,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         ),
         (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin(), get(system::list_keys)),
         (r("delete", "/v1/api-keys/{id}", "Revoke a key", 200).admin(), delete(system::revoke_key)),
+        (r("get", "/v1/retention", "Retention policies (days kept per event type) and the latest compactions", 200), get(system::retention)),
+        (
+            r("put", "/v1/retention/{event_type}", "Keep events of this type this many days; `chronicle compact` removes older ones", 200)
+                .admin()
+                .body(r#"{"keep_days":365}"#),
+            put(system::set_retention),
+        ),
+        (r("delete", "/v1/retention/{event_type}", "Keep events of this type forever again", 200).admin(), delete(system::remove_retention)),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),

@@ -1,4 +1,5 @@
-//! Health, Prometheus metrics and the OpenAPI document (built from the route table).
+//! Health, Prometheus metrics, the OpenAPI document (built from the route table), API keys and
+//! retention policies.
 
 use super::error::ApiError;
 use crate::app::App;
@@ -184,4 +185,37 @@ pub async fn revoke_key(
 ) -> Result<Json<Value>, ApiError> {
     app.revoke_api_key(&p.tenant, &id, &p.actor).await?;
     Ok(Json(json!({"revoked": id})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepFor {
+    keep_days: u32,
+}
+
+fn retention_json(v: &chronicle_projections::retention::RetentionView) -> Value {
+    json!({"policies": v.policies, "compactions": v.runs})
+}
+
+pub async fn retention(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+    Ok(Json(retention_json(&crate::retention::policies(&app, &p.tenant))))
+}
+
+pub async fn set_retention(
+    State(app): State<Arc<App>>,
+    p: super::Principal,
+    axum::extract::Path(event_type): axum::extract::Path<String>,
+    super::error::Body(b): super::error::Body<KeepFor>,
+) -> Result<Json<Value>, ApiError> {
+    let changed = crate::retention::set_policy(&app, &p.tenant, &event_type, b.keep_days, &p.actor).await?;
+    Ok(Json(json!({"event_type": event_type, "keep_days": b.keep_days, "changed": changed})))
+}
+
+pub async fn remove_retention(
+    State(app): State<Arc<App>>,
+    p: super::Principal,
+    axum::extract::Path(event_type): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    crate::retention::remove_policy(&app, &p.tenant, &event_type, &p.actor).await?;
+    Ok(Json(json!({"event_type": event_type, "keep_days": null})))
 }
