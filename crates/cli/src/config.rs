@@ -23,10 +23,19 @@ pub struct StorageArgs {
     /// Configuration file (TOML with keys data, listen, database_url)
     #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Crypto-shredding: seal personal data in events with per-customer keys (a data folder
-    /// once sealed stays sealed)
-    #[arg(long, env = "CHRONICLE_SEAL", global = true)]
-    pub seal: bool,
+    /// Crypto-shredding: seal personal data in events with per-customer keys. On by default
+    /// for a new data folder (`--seal=false` / CHRONICLE_SEAL=0 makes an unsealed one); a
+    /// folder keeps what it was made with (`--seal` turns it on for an unsealed folder)
+    #[arg(
+        long,
+        env = "CHRONICLE_SEAL",
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub seal: Option<bool>,
     /// File holding the master key that wraps the data keys ([N:]base64 of 32 bytes)
     /// [default: DATA/master.key, created on first use]
     #[arg(long, env = "CHRONICLE_MASTER_KEY_FILE", global = true)]
@@ -113,7 +122,8 @@ pub struct Config {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub database_url: Option<String>,
-    pub seal: bool,
+    /// `--seal` as given (none: the folder's own choice, sealed for a new one).
+    pub seal: Option<bool>,
     pub master_key_file: Option<PathBuf>,
     pub master_key: Option<String>,
 }

@@ -87,7 +87,7 @@ enum Command {
     },
     /// Show a tenant's retention policies, or set or remove one
     Retention {
-        #[arg(long, default_value = "demo")]
+        #[arg(long, default_value = "demo", global = true)]
         tenant: String,
         #[command(subcommand)]
         command: Option<RetentionCommand>,

@@ -102,8 +102,7 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
             cfg.data.display()
         );
     }
-    // A folder that was ever sealed stays sealed: its events can only be read through the keys.
-    let keys = if cfg.seal || cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() {
+    let keys = if sealed(cfg)? {
         let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
             .with_context(|| format!("opening the key store in {}", cfg.data.display()))?;
         Some(Arc::new(keys))
@@ -112,6 +111,31 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     };
     let store = open_store(cfg, keys.as_ref())?;
     Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, _lock: lock })
+}
+
+/// Whether the folder's events are sealed (crypto-shredding): a folder that was ever sealed
+/// stays sealed (its events can only be read through the keys); a new folder is sealed unless
+/// `--seal=false`; a folder made unsealed stays so unless `--seal` is given.
+fn sealed(cfg: &Config) -> anyhow::Result<bool> {
+    let has_keys = cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists();
+    let has_events = cfg.data.join(chronicle_store::log::LOG_FILE).exists() || cfg.data.join(sqlite::DB_FILE).exists();
+    match (has_keys, cfg.seal) {
+        (true, Some(false)) => bail!(
+            "data folder {} is sealed (it holds keys.bin): it cannot be opened with --seal=false",
+            cfg.data.display()
+        ),
+        (true, _) => Ok(true),
+        (false, Some(seal)) => Ok(seal),
+        (false, None) => {
+            if has_events {
+                tracing::warn!(
+                    "crypto-shredding is off for this data folder (it was made unsealed): an erasure cannot remove \
+                     personal data from its log; --seal turns it on for new events"
+                );
+            }
+            Ok(!has_events)
+        }
+    }
 }
 
 /// The folder's event store (the log, or SQLite where the folder has one), sealed when `keys`.

@@ -27,10 +27,7 @@ fn verify_passes(data: &std::path::Path) {
 fn expired_events_leave_the_store(seal: bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut create = vec!["tenant", "create", "acme"];
-    if seal {
-        create.insert(0, "--seal");
-    }
+    let create = [if seal { "--seal" } else { "--seal=false" }, "tenant", "create", "acme"];
     let out = chronicle(&data, &create);
     assert!(out.status.success());
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -6,8 +6,24 @@ use base64::Engine;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroize;
 
-/// What a sealed string starts with.
+/// What every sealed string starts with.
+pub const SEALED_MARK: &str = "enc:v";
+/// A value sealed with a key known by its owner: `enc:v1:<base64>`.
 pub const SEALED_PREFIX: &str = "enc:v1:";
+/// A value sealed with a key that names its slot in the key store: `enc:v2:<slot>:<base64>`
+/// (a reader finds the key even when the owner's record of it was lost in a crash).
+const SLOT_PREFIX: &str = "enc:v2:";
+
+/// Which key a sealed string needs: `Some(None)` its owner's (v1), `Some(Some(slot))` the key
+/// in that slot (v2); `None` when it is not sealed.
+pub fn sealed_slot(sealed: &str) -> Option<Option<u64>> {
+    if sealed.starts_with(SEALED_PREFIX) {
+        return Some(None);
+    }
+    let rest = sealed.strip_prefix(SLOT_PREFIX)?;
+    let (slot, _) = rest.split_once(':')?;
+    slot.parse().ok().map(Some)
+}
 
 /// A 256-bit key; its bytes (and the cipher's expanded round keys) are wiped when it is
 /// dropped.
@@ -17,6 +33,8 @@ pub struct DataKey(Arc<Inner>);
 struct Inner {
     bytes: [u8; 32],
     aead: Aes256Gcm,
+    /// The key store slot it lives in, when sealed values name it (v2).
+    slot: Option<u64>,
 }
 
 impl Drop for Inner {
@@ -65,7 +83,17 @@ impl DataKey {
 
     pub fn from_bytes(bytes: [u8; 32]) -> DataKey {
         let aead = Aes256Gcm::new_from_slice(&bytes).expect("32-byte key");
-        DataKey(Arc::new(Inner { bytes, aead }))
+        DataKey(Arc::new(Inner { bytes, aead, slot: None }))
+    }
+
+    /// The same key, living in key store slot `slot`: what it seals names the slot.
+    pub fn in_slot(&self, slot: u64) -> DataKey {
+        let aead = Aes256Gcm::new_from_slice(&self.0.bytes).expect("32-byte key");
+        DataKey(Arc::new(Inner { bytes: self.0.bytes, aead, slot: Some(slot) }))
+    }
+
+    pub fn slot(&self) -> Option<u64> {
+        self.0.slot
     }
 
     pub fn bytes(&self) -> &[u8; 32] {
@@ -97,9 +125,10 @@ impl DataKey {
         self.aead().decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
     }
 
-    /// Seal text into `enc:v1:<base64>`.
+    /// Seal text into `enc:v1:<base64>`, or `enc:v2:<slot>:<base64>` for a key in a slot; the
+    /// prefix is authenticated with the ciphertext.
     pub fn seal(&self, plaintext: &str) -> String {
-        let mut out = String::with_capacity(SEALED_PREFIX.len() + (plaintext.len() + 28) * 4 / 3 + 4);
+        let mut out = String::with_capacity(SEALED_PREFIX.len() + 21 + (plaintext.len() + 28) * 4 / 3 + 4);
         self.seal_into(plaintext, &mut out);
         out
     }
@@ -108,24 +137,35 @@ impl DataKey {
     /// a buffer per payload).
     pub fn seal_into(&self, plaintext: &str, out: &mut String) {
         use aes_gcm::aead::AeadInPlace;
+        let start = out.len();
+        match self.0.slot {
+            None => out.push_str(SEALED_PREFIX),
+            Some(slot) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{SLOT_PREFIX}{slot}:");
+            }
+        }
         let nonce = next_nonce();
         let mut buf = Vec::with_capacity(12 + plaintext.len() + 16);
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(plaintext.as_bytes());
         let tag = self
             .aead()
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), SEALED_PREFIX.as_bytes(), &mut buf[12..])
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), out[start..].as_bytes(), &mut buf[12..])
             .expect("AES-GCM encrypts any length we use");
         buf.extend_from_slice(&tag);
-        out.push_str(SEALED_PREFIX);
         base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(&buf, out);
     }
 
     /// Open what [`seal`](Self::seal) made; `None` if it is not sealed with this key.
     pub fn open(&self, sealed: &str) -> Option<String> {
-        let b64 = sealed.strip_prefix(SEALED_PREFIX)?;
+        let prefix_len = match sealed_slot(sealed)? {
+            None => SEALED_PREFIX.len(),
+            Some(_) => SLOT_PREFIX.len() + sealed[SLOT_PREFIX.len()..].find(':')? + 1,
+        };
+        let (prefix, b64) = sealed.split_at(prefix_len);
         let raw = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64).ok()?;
-        String::from_utf8(self.decrypt(&raw, SEALED_PREFIX.as_bytes())?).ok()
+        String::from_utf8(self.decrypt(&raw, prefix.as_bytes())?).ok()
     }
 }
 
@@ -138,7 +178,7 @@ mod tests {
         let k = DataKey::random();
         let s = k.seal("ada@example.com");
         assert!(s.starts_with(SEALED_PREFIX));
-        assert!(!s.contains("ada"));
+        assert!(!s.contains("ada@"));
         assert_eq!(k.open(&s).as_deref(), Some("ada@example.com"));
         assert_ne!(k.seal("ada@example.com"), s, "a fresh nonce each time");
         assert_eq!(DataKey::random().open(&s), None);
@@ -147,5 +187,17 @@ mod tests {
         let swap = if &s[mid..mid + 1] == "A" { "B" } else { "A" };
         let tampered = format!("{}{swap}{}", &s[..mid], &s[mid + 1..]);
         assert_eq!(k.open(&tampered), None);
+
+        // In a slot: the value names it, and the name is authenticated.
+        let in_slot = k.in_slot(42);
+        let s = in_slot.seal("ada@example.com");
+        assert!(s.starts_with("enc:v2:42:"), "{s}");
+        assert_eq!(sealed_slot(&s), Some(Some(42)));
+        assert_eq!(sealed_slot(&k.seal("x")), Some(None));
+        assert_eq!(sealed_slot("plain"), None);
+        assert_eq!(in_slot.open(&s).as_deref(), Some("ada@example.com"));
+        assert_eq!(k.open(&s).as_deref(), Some("ada@example.com"), "the same key bytes");
+        let moved = s.replacen("enc:v2:42:", "enc:v2:43:", 1);
+        assert_eq!(in_slot.open(&moved), None, "a value cannot claim another slot");
     }
 }

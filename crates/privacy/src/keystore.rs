@@ -6,10 +6,18 @@
 //! file (an embedded database would keep such copies). Owners are named by a SHA-256 digest
 //! of tenant and id, so the file holds no customer id either.
 //!
-//! Slot layout (128 bytes): state (1 = live, 0 = free), owner digest (32), master key version
-//! (4, LE), nonce (12), wrapped key (32 + 16 tag), zero padding. The wrap is AES-256-GCM under
-//! the master key with the owner digest as associated data, so a slot cannot be moved to
-//! another owner.
+//! Customer and visitor keys come from a **pool** made ahead of time: a batch of keys is
+//! written and synced once, and an owner's first append takes one and writes the owner's
+//! digest into its slot without a sync of its own. Values sealed with a pooled key name its
+//! slot (`enc:v2:<slot>:…`), so they open even if a crash lost the owner's digest; such a slot
+//! is then an *orphan* (never handed out again, its key still there), and erasing the owner
+//! destroys every slot its events name (`SealedStore::destroy_keys`), orphans included.
+//!
+//! Slot layout (128 bytes): state (0 = free, 1 = the owner's key, 2 = a pooled key), owner
+//! digest (32; zero for a pooled key not yet handed out), master key version (4, LE), nonce
+//! (12), wrapped key (32 + 16 tag), zero padding. The wrap is AES-256-GCM under the master key
+//! with, as associated data, the owner digest (state 1, so a slot cannot be moved to another
+//! owner) or the slot number (state 2, so a value cannot point at another slot).
 
 use crate::cipher::DataKey;
 use sha2::{Digest, Sha256};
@@ -23,6 +31,12 @@ use std::sync::Mutex;
 pub const KEY_FILE: &str = "keys.bin";
 const MAGIC: &[u8; 16] = b"CHRONICLEKEYS\0v1";
 const SLOT: usize = 128;
+/// Free slots added at a time when none is left.
+const GROW_SLOTS: u64 = 4096;
+/// Pooled keys made (and synced) at a time.
+const POOL_BATCH: usize = 1024;
+const OWNED: u8 = 1;
+const POOLED: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -75,10 +89,24 @@ struct Live {
     ticket: u64,
 }
 
+/// A pooled key's slot: the key (naming its slot) and its owner, once handed out.
+struct Pooled {
+    key: DataKey,
+    owner: Option<[u8; 32]>,
+}
+
 struct Inner {
     file: File,
     master: MasterKey,
     keys: HashMap<[u8; 32], Live>,
+    /// Every pooled key by slot: handed out, waiting in `pool`, or orphaned.
+    pooled: HashMap<u64, Pooled>,
+    /// Pooled keys made by this process and not handed out yet, with the write that made them.
+    pool: Vec<(u64, u64)>,
+    /// Pooled keys without an owner found on open (a crash may have lost their owner).
+    orphans: usize,
+    /// A refill ahead of need is under way.
+    refilling: bool,
     /// Tenant → owner → digest, so a look-up by name needs no hashing of its own (the digest is
     /// SHA-256; look-ups run for every append).
     names: HashMap<String, HashMap<String, [u8; 32]>>,
@@ -127,10 +155,10 @@ impl KeyStore {
         let body = &bytes[MAGIC.len()..];
         // A torn last slot (a crash while it was appended, before its sync) held no key in use.
         let slots = (body.len() / SLOT) as u64;
-        let (mut keys, mut free) = (HashMap::new(), Vec::new());
+        let (mut keys, mut free, mut pooled, mut orphans) = (HashMap::new(), Vec::new(), HashMap::new(), 0);
         for i in 0..slots {
             let s = &body[i as usize * SLOT..(i as usize + 1) * SLOT];
-            if s[0] != 1 {
+            if s[0] != OWNED && s[0] != POOLED {
                 free.push(i);
                 continue;
             }
@@ -142,15 +170,41 @@ impl KeyStore {
                     master.version
                 )));
             }
+            let aad = if s[0] == OWNED { digest.to_vec() } else { slot_aad(i) };
             let raw = master
                 .key
-                .decrypt(&s[37..97], &digest)
+                .decrypt(&s[37..97], &aad)
                 .ok_or_else(|| KeyError::Invalid("a data key does not unwrap with this master key (wrong master key?)".into()))?;
             let key: [u8; 32] = raw.try_into().map_err(|_| KeyError::Invalid("a wrapped key has the wrong length".into()))?;
-            keys.insert(digest, Live { slot: i, key: DataKey::from_bytes(key), ticket: 0 });
+            if s[0] == OWNED {
+                keys.insert(digest, Live { slot: i, key: DataKey::from_bytes(key), ticket: 0 });
+                continue;
+            }
+            let key = DataKey::from_bytes(key).in_slot(i);
+            let owner = (digest != [0; 32]).then_some(digest);
+            match owner {
+                Some(d) => {
+                    keys.insert(d, Live { slot: i, key: key.clone(), ticket: 0 });
+                }
+                None => orphans += 1,
+            }
+            pooled.insert(i, Pooled { key, owner });
         }
         free.reverse();
-        let inner = Inner { file, master, keys, names: HashMap::new(), free, slots, written: 0, synced: 0 };
+        let inner = Inner {
+            file,
+            master,
+            keys,
+            pooled,
+            pool: Vec::new(),
+            orphans,
+            refilling: false,
+            names: HashMap::new(),
+            free,
+            slots,
+            written: 0,
+            synced: 0,
+        };
         Ok(KeyStore { inner: Mutex::new(inner), sync: Mutex::new(()) })
     }
 
@@ -179,23 +233,155 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// Make the keys of every owner that has none, with one sync for all of them.
-    pub fn create_many(&self, tenant: &str, owners: &[String]) -> Result<usize, KeyError> {
-        let (made, ticket) = {
-            let mut g = self.inner.lock().expect("key store lock");
-            let mut made = 0;
-            for owner in owners {
-                let d = owner_digest(tenant, owner);
-                if g.keys.contains_key(&d) {
-                    continue;
+    /// The owner's key for sealing: theirs, or one handed out from the pool (its slot records
+    /// the owner without a sync: see the module docs). `None` when the pool has no durable key
+    /// left: [`assign`](Self::assign) refills it, which syncs.
+    pub fn try_assign(&self, tenant: &str, owner: &str) -> Result<Option<DataKey>, KeyError> {
+        let mut g = self.inner.lock().expect("key store lock");
+        let d = g.digest(tenant, owner);
+        if let Some(l) = g.keys.get(&d) {
+            return Ok((l.ticket <= g.synced).then(|| l.key.clone()));
+        }
+        match g.pool.last() {
+            Some(&(_, ticket)) if ticket <= g.synced => {}
+            _ => return Ok(None),
+        }
+        let (slot, _) = g.pool.pop().expect("checked above");
+        g.file.write_all_at(&d, offset(slot) + 1)?;
+        let p = g.pooled.get_mut(&slot).expect("a pooled slot");
+        p.owner = Some(d);
+        let key = p.key.clone();
+        g.keys.insert(d, Live { slot, key: key.clone(), ticket: 0 });
+        g.names.entry(tenant.to_owned()).or_default().insert(owner.to_owned(), d);
+        Ok(Some(key))
+    }
+
+    /// [`try_assign`](Self::try_assign), refilling the pool (one sync for a batch) when needed.
+    pub fn assign(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError> {
+        loop {
+            if let Some(k) = self.try_assign(tenant, owner)? {
+                return Ok(k);
+            }
+            let ticket = {
+                let mut g = self.inner.lock().expect("key store lock");
+                let d = g.digest(tenant, owner);
+                match (g.keys.get(&d), g.pool.last()) {
+                    (Some(l), _) => l.ticket,
+                    (None, Some(&(_, ticket))) => ticket,
+                    (None, None) => g.refill()?,
                 }
-                g.make(d)?;
+            };
+            self.sync_through(ticket)?;
+        }
+    }
+
+    /// Whether the pool is running low and no refill is under way: the caller should call
+    /// [`refill_ahead`](Self::refill_ahead) off the hot path, so appends never wait for one.
+    pub fn pool_low(&self) -> bool {
+        let g = self.inner.lock().expect("key store lock");
+        g.pool.len() < POOL_BATCH / 2 && !g.refilling
+    }
+
+    /// Adds a batch of pooled keys and makes them durable (one sync).
+    pub fn refill_ahead(&self) -> Result<(), KeyError> {
+        // Slots are reserved under the lock; the keys are made and written outside it, so
+        // appends taking keys from the pool meanwhile are not held up.
+        let (slots, file, master) = {
+            let mut g = self.inner.lock().expect("key store lock");
+            if g.refilling || g.pool.len() >= POOL_BATCH / 2 {
+                return Ok(());
+            }
+            g.refilling = true;
+            let mut slots = Vec::with_capacity(POOL_BATCH);
+            for _ in 0..POOL_BATCH {
+                if g.free.is_empty() {
+                    if let Err(e) = g.grow() {
+                        g.refilling = false;
+                        g.free.extend(slots.iter().rev());
+                        return Err(e);
+                    }
+                }
+                slots.push(g.free.pop().expect("grown above"));
+            }
+            (slots, g.file.try_clone(), MasterKey { version: g.master.version, key: g.master.key.clone() })
+        };
+        let made: Result<Vec<(u64, DataKey)>, KeyError> = file.map_err(KeyError::from).and_then(|file| {
+            let keys: Vec<(u64, DataKey)> = slots.iter().map(|&slot| (slot, DataKey::random().in_slot(slot))).collect();
+            for (slot, key) in &keys {
+                file.write_all_at(&wrap(&master, POOLED, &[0; 32], *slot, key), offset(*slot))?;
+            }
+            file.sync_data()?;
+            Ok(keys)
+        });
+        let mut g = self.inner.lock().expect("key store lock");
+        g.refilling = false;
+        match made {
+            Ok(keys) => {
+                for (slot, key) in keys.into_iter().rev() {
+                    g.pooled.insert(slot, Pooled { key, owner: None });
+                    // Durable already: usable at once.
+                    g.pool.push((slot, 0));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Written or not, these slots are not handed out: free them again (zeroed on
+                // the next use of the slot).
+                g.free.extend(slots.iter().rev());
+                Err(e)
+            }
+        }
+    }
+
+    /// The key in a slot (what a value sealed as `enc:v2:<slot>:…` needs), if it exists.
+    pub fn get_slot(&self, slot: u64) -> Option<DataKey> {
+        self.inner.lock().expect("key store lock").pooled.get(&slot).map(|p| p.key.clone())
+    }
+
+    /// Pooled keys whose owner is unknown (a crash lost it): while there are any, an erasure
+    /// must look at which slots the owner's events name.
+    pub fn orphans(&self) -> usize {
+        self.inner.lock().expect("key store lock").orphans
+    }
+
+    /// Destroy the keys in these slots (each overwritten with zeros, one sync). Returns how many
+    /// existed.
+    pub fn destroy_slots(&self, slots: &[u64]) -> Result<usize, KeyError> {
+        let (n, ticket) = {
+            let mut g = self.inner.lock().expect("key store lock");
+            let mut n = 0;
+            for slot in slots {
+                let Some(p) = g.pooled.remove(slot) else { continue };
+                match p.owner {
+                    Some(d) => {
+                        g.keys.remove(&d);
+                        g.names.values_mut().for_each(|m| m.retain(|_, v| *v != d));
+                    }
+                    None => g.orphans = g.orphans.saturating_sub(1),
+                }
+                g.pool.retain(|(s, _)| s != slot);
+                g.file.write_all_at(&[0u8; SLOT], offset(*slot))?;
+                g.free.push(*slot);
+                g.written += 1;
+                n += 1;
+            }
+            (n, g.written)
+        };
+        if n > 0 {
+            self.sync_through(ticket)?;
+        }
+        Ok(n)
+    }
+
+    /// Give every owner that has none a key from the pool (a sync only when the pool is
+    /// refilled).
+    pub fn create_many(&self, tenant: &str, owners: &[String]) -> Result<usize, KeyError> {
+        let mut made = 0;
+        for owner in owners {
+            if self.get(tenant, owner).is_none() {
+                self.assign(tenant, owner)?;
                 made += 1;
             }
-            (made, g.written)
-        };
-        if made > 0 {
-            self.sync_through(ticket)?;
         }
         Ok(made)
     }
@@ -210,6 +396,7 @@ impl KeyStore {
                 m.remove(owner);
             }
             let Some(live) = g.keys.remove(&d) else { return Ok(false) };
+            g.pooled.remove(&live.slot);
             g.file.write_all_at(&[0u8; SLOT], offset(live.slot))?;
             g.free.push(live.slot);
             g.written += 1;
@@ -223,13 +410,19 @@ impl KeyStore {
     /// the old master key is no longer needed.
     pub fn rotate(&self, new: MasterKey) -> Result<usize, KeyError> {
         let mut g = self.inner.lock().expect("key store lock");
-        let live: Vec<([u8; 32], u64, DataKey)> = g.keys.iter().map(|(d, l)| (*d, l.slot, l.key.clone())).collect();
-        for (d, slot, key) in &live {
-            g.file.write_all_at(&wrap(&new, d, key), offset(*slot))?;
+        let mut slots: Vec<(u64, [u8; SLOT])> = g
+            .keys
+            .iter()
+            .filter(|(_, l)| l.key.slot().is_none())
+            .map(|(d, l)| (l.slot, wrap(&new, OWNED, d, l.slot, &l.key)))
+            .collect();
+        slots.extend(g.pooled.iter().map(|(slot, p)| (*slot, wrap(&new, POOLED, &p.owner.unwrap_or([0; 32]), *slot, &p.key))));
+        for (slot, bytes) in &slots {
+            g.file.write_all_at(bytes, offset(*slot))?;
         }
         g.file.sync_data()?;
         g.master = new;
-        Ok(live.len())
+        Ok(slots.len())
     }
 
     pub fn len(&self) -> usize {
@@ -261,15 +454,60 @@ impl Inner {
     /// A new key for `d`, written to a free slot (not yet synced); returns it and its ticket.
     fn make(&mut self, d: [u8; 32]) -> Result<(DataKey, u64), KeyError> {
         let key = DataKey::random();
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.slots += 1;
-            self.slots - 1
-        });
-        self.file.write_all_at(&wrap(&self.master, &d, &key), offset(slot))?;
+        if self.free.is_empty() {
+            self.grow()?;
+        }
+        let slot = self.free.pop().expect("grown above");
+        self.file.write_all_at(&wrap(&self.master, OWNED, &d, slot, &key), offset(slot))?;
         self.written += 1;
         let ticket = self.written;
         self.keys.insert(d, Live { slot, key: key.clone(), ticket });
         Ok((key, ticket))
+    }
+
+    /// Writes [`POOL_BATCH`] new pooled keys (not yet synced); returns the ticket that makes
+    /// them usable.
+    fn refill(&mut self) -> Result<u64, KeyError> {
+        let mut made = Vec::with_capacity(POOL_BATCH);
+        // Runs of neighbouring slots are written with one call.
+        let mut run: (u64, Vec<u8>) = (0, Vec::new());
+        for _ in 0..POOL_BATCH {
+            if self.free.is_empty() {
+                self.grow()?;
+            }
+            let slot = self.free.pop().expect("grown above");
+            let key = DataKey::random().in_slot(slot);
+            if !run.1.is_empty() && run.0 + (run.1.len() / SLOT) as u64 != slot {
+                self.file.write_all_at(&run.1, offset(run.0))?;
+                run.1.clear();
+            }
+            if run.1.is_empty() {
+                run.0 = slot;
+            }
+            run.1.extend_from_slice(&wrap(&self.master, POOLED, &[0; 32], slot, &key));
+            self.pooled.insert(slot, Pooled { key, owner: None });
+            made.push(slot);
+        }
+        if !run.1.is_empty() {
+            self.file.write_all_at(&run.1, offset(run.0))?;
+        }
+        self.written += 1;
+        let ticket = self.written;
+        // Handed out lowest slot first.
+        self.pool.extend(made.into_iter().rev().map(|slot| (slot, ticket)));
+        Ok(ticket)
+    }
+
+    /// Adds [`GROW_SLOTS`] zeroed (free) slots at the end of the file and syncs it, once: a
+    /// key's own sync then overwrites blocks already allocated and written, with no size change
+    /// to journal — about half the cost of a sync that extends the file.
+    fn grow(&mut self) -> Result<(), KeyError> {
+        let zeros = vec![0u8; GROW_SLOTS as usize * SLOT];
+        self.file.write_all_at(&zeros, offset(self.slots))?;
+        self.file.sync_all()?;
+        self.free.extend((self.slots..self.slots + GROW_SLOTS).rev());
+        self.slots += GROW_SLOTS;
+        Ok(())
     }
 
     fn digest(&mut self, tenant: &str, owner: &str) -> [u8; 32] {
@@ -289,11 +527,21 @@ fn offset(slot: u64) -> u64 {
     MAGIC.len() as u64 + slot * SLOT as u64
 }
 
-fn wrap(master: &MasterKey, digest: &[u8; 32], key: &DataKey) -> [u8; SLOT] {
-    let sealed = master.key.encrypt(key.bytes(), digest);
+fn slot_aad(slot: u64) -> Vec<u8> {
+    let mut aad = b"slot:".to_vec();
+    aad.extend_from_slice(&slot.to_le_bytes());
+    aad
+}
+
+/// A slot's bytes: `state`, the owner `digest` (zero for a pooled key not handed out), the key
+/// wrapped under the master key (associated data: the digest for an owner's key, the slot for
+/// a pooled one).
+fn wrap(master: &MasterKey, state: u8, digest: &[u8; 32], slot: u64, key: &DataKey) -> [u8; SLOT] {
+    let aad = if state == OWNED { digest.to_vec() } else { slot_aad(slot) };
+    let sealed = master.key.encrypt(key.bytes(), &aad);
     debug_assert_eq!(sealed.len(), 60);
     let mut s = [0u8; SLOT];
-    s[0] = 1;
+    s[0] = state;
     s[1..33].copy_from_slice(digest);
     s[33..37].copy_from_slice(&master.version.to_le_bytes());
     s[37..97].copy_from_slice(&sealed);
@@ -351,6 +599,51 @@ mod tests {
         assert!(KeyStore::open(dir.path(), master(1)).is_err(), "the old master key no longer opens it");
         let ks = KeyStore::open(dir.path(), master(2)).unwrap();
         assert_eq!(ks.get("t", "c-1").unwrap().bytes(), a.bytes());
+    }
+
+    #[test]
+    fn pooled_keys_need_no_sync_of_their_own_and_survive_losing_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(dir.path(), master(1)).unwrap();
+        let a = ks.assign("t", "c-1").unwrap();
+        let slot = a.slot().expect("a pooled key names its slot");
+        assert_eq!(ks.assign("t", "c-1").unwrap().bytes(), a.bytes(), "one key per owner");
+        assert_eq!(ks.try_assign("t", "c-2").unwrap().map(|k| k.slot()), Some(Some(slot + 1)), "the next from the pool");
+        assert_eq!(ks.get("t", "c-1").unwrap().bytes(), a.bytes());
+        assert_eq!(ks.get_slot(slot).unwrap().bytes(), a.bytes());
+        drop(ks);
+
+        // Reopened: the owner is known; the pool's unused keys are not handed out again.
+        let ks = KeyStore::open(dir.path(), master(1)).unwrap();
+        assert_eq!(ks.get("t", "c-1").unwrap().bytes(), a.bytes());
+        assert_eq!(ks.orphans(), POOL_BATCH - 2, "unused pooled keys of the last run");
+        let c = ks.assign("t", "c-3").unwrap();
+        assert!(c.slot().unwrap() >= POOL_BATCH as u64, "a fresh batch, not a key of the last run");
+        drop(ks);
+
+        // A crash lost c-1's owner record: its key is an orphan, still found by slot.
+        let path = dir.path().join(KEY_FILE);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0u8; 32], offset(slot) + 1).unwrap();
+        drop(f);
+        let ks = KeyStore::open(dir.path(), master(1)).unwrap();
+        assert!(ks.get("t", "c-1").is_none());
+        assert_eq!(ks.get_slot(slot).unwrap().bytes(), a.bytes(), "values naming the slot still open");
+        let again = ks.assign("t", "c-1").unwrap();
+        assert_ne!(again.slot(), Some(slot), "never handed out twice");
+        // Erasing c-1 destroys its key and the orphan its events name.
+        assert!(ks.destroy("t", "c-1").unwrap());
+        assert_eq!(ks.destroy_slots(&[slot]).unwrap(), 1);
+        assert!(ks.get_slot(slot).is_none());
+        drop(ks);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[offset(slot) as usize..offset(slot) as usize + SLOT].iter().all(|b| *b == 0));
+        let ks = KeyStore::open(dir.path(), master(1)).unwrap();
+        assert!(ks.get_slot(slot).is_none());
+        assert_eq!(ks.rotate(master(2)).unwrap(), ks.len() + ks.orphans());
+        drop(ks);
+        let ks = KeyStore::open(dir.path(), master(2)).unwrap();
+        assert_eq!(ks.get("t", "c-3").unwrap().bytes(), c.bytes(), "pooled keys rotate too");
     }
 
     #[test]

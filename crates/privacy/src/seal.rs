@@ -12,7 +12,7 @@
 //! Opened without the key, a whole payload reads `{"redacted": true}` and a sealed field is
 //! absent.
 
-use crate::cipher::{DataKey, SEALED_PREFIX};
+use crate::cipher::{sealed_slot, DataKey, SEALED_MARK};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +111,23 @@ pub fn seal_value(rule: Rule, key: &DataKey, v: &mut Value, legacy: Option<u32>)
 
 /// Whether a payload text may hold sealed parts (cheap: a substring test).
 pub fn looks_sealed(text: &str) -> bool {
-    text.contains(SEALED_PREFIX)
+    text.contains(SEALED_MARK)
 }
 
-/// Open a payload in place with the owner's key, if there is one. Returns the schema version
-/// the payload was written in when it is an older one (see [`WHOLE_KEY`]).
-pub fn open_value(rule: Rule, key: Option<&DataKey>, v: &mut Value) -> Option<u32> {
+/// Every key store slot a sealed payload names (values sealed with a slot's key say which).
+pub fn slots_named(v: &Value) -> Vec<u64> {
+    let strings: Vec<&str> = match v {
+        Value::Object(m) => m.values().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    strings.into_iter().filter_map(|s| sealed_slot(s).flatten()).collect()
+}
+
+/// Open a payload in place; `key` finds the key a sealed value needs (by its slot, or the
+/// owner's for a value that names none), if it still exists. Returns the schema version the
+/// payload was written in when it is an older one (see [`WHOLE_KEY`]).
+pub fn open_value(rule: Rule, key: &dyn Fn(Option<u64>) -> Option<DataKey>, v: &mut Value) -> Option<u32> {
+    let open = |s: &str| sealed_slot(s).and_then(key).and_then(|k| k.open(s));
     match rule {
         Rule::Clear => None,
         Rule::Whole => {
@@ -128,8 +139,8 @@ pub fn open_value(rule: Rule, key: Option<&DataKey>, v: &mut Value) -> Option<u3
                 _ => (None, None),
             };
             // Not sealed (written before sealing was on): as it is.
-            let sealed = sealed.filter(|s| s.starts_with(SEALED_PREFIX))?;
-            let opened = key.and_then(|k| k.open(sealed)).and_then(|t| serde_json::from_str(&t).ok());
+            let sealed = sealed.filter(|s| sealed_slot(s).is_some())?;
+            let opened = open(sealed).and_then(|t| serde_json::from_str(&t).ok());
             match opened {
                 Some(o) => {
                     *v = o;
@@ -145,10 +156,10 @@ pub fn open_value(rule: Rule, key: Option<&DataKey>, v: &mut Value) -> Option<u3
             if let Value::Object(m) = v {
                 for f in fields {
                     let Some(Value::String(s)) = m.get(*f) else { continue };
-                    if !s.starts_with(SEALED_PREFIX) {
+                    if sealed_slot(s).is_none() {
                         continue;
                     }
-                    match key.and_then(|k| k.open(s)).and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+                    match open(s).and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
                         Some(x) => {
                             m.insert((*f).to_owned(), x);
                         }
@@ -176,9 +187,9 @@ mod tests {
         assert!(!text.contains("ada@example") && !text.contains("Adelgunde"));
         let mut v: Value = serde_json::from_str(&text).unwrap();
         let mut gone = v.clone();
-        open_value(Rule::Whole, Some(&k), &mut v);
+        open_value(Rule::Whole, &|_| Some(k.clone()), &mut v);
         assert_eq!(v, data);
-        open_value(Rule::Whole, None, &mut gone);
+        open_value(Rule::Whole, &|_| None, &mut gone);
         assert_eq!(gone, redacted());
 
         let msg = json!({"message": "m1", "channel": "email", "to": "ada@example.com", "subject": "Hi Adelgunde", "body": "<p>Adelgunde</p>"});
@@ -187,14 +198,14 @@ mod tests {
         assert_eq!(v["message"], "m1", "what the outbox needs stays clear");
         assert!(!v.to_string().contains("Adelgunde") && !v.to_string().contains("ada@"));
         let mut gone = v.clone();
-        open_value(rule("MessageQueued"), Some(&k), &mut v);
+        open_value(rule("MessageQueued"), &|_| Some(k.clone()), &mut v);
         assert_eq!(v, msg);
-        open_value(rule("MessageQueued"), None, &mut gone);
+        open_value(rule("MessageQueued"), &|_| None, &mut gone);
         assert_eq!(gone, json!({"message": "m1", "channel": "email"}));
 
         // Text written before sealing was on reads as it was.
         let mut plain = data.clone();
-        open_value(Rule::Whole, Some(&k), &mut plain);
+        open_value(Rule::Whole, &|_| Some(k.clone()), &mut plain);
         assert_eq!(plain, data);
         assert_eq!(rule("CustomerErased"), Rule::Clear);
         assert_eq!(owner("anonymous-a1").as_deref(), Some("anonymous:a1"));

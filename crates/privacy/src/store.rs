@@ -30,8 +30,11 @@ pub fn open_envelope(keys: &KeyStore, env: &mut EventEnvelope) {
         return;
     }
     if let Some(owner) = seal::owner(&env.stream) {
-        let key = keys.get(&env.tenant, &owner);
-        if let Some(legacy) = seal::open_value(rule, key.as_ref(), &mut env.data) {
+        let key = |slot: Option<u64>| match slot {
+            Some(slot) => keys.get_slot(slot),
+            None => keys.get(&env.tenant, &owner),
+        };
+        if let Some(legacy) = seal::open_value(rule, &key, &mut env.data) {
             // The store could not upcast the sealed payload; now it is open, upcast it.
             env.schema_version = legacy;
             *env = chronicle_core::upcast::upcast(env.clone());
@@ -46,8 +49,11 @@ fn open_raw_with(keys: &KeyStore, raw: &mut RawEnvelope) {
     }
     if let Some(owner) = seal::owner(&raw.stream) {
         let Ok(mut v) = serde_json::from_str(&raw.data) else { return };
-        let key = keys.get(&raw.tenant, &owner);
-        if let Some(legacy) = seal::open_value(rule, key.as_ref(), &mut v) {
+        let key = |slot: Option<u64>| match slot {
+            Some(slot) => keys.get_slot(slot),
+            None => keys.get(&raw.tenant, &owner),
+        };
+        if let Some(legacy) = seal::open_value(rule, &key, &mut v) {
             // Raw envelopes are upcast when decoded, from their schema version.
             raw.schema_version = legacy;
         }
@@ -66,17 +72,26 @@ impl EventStore for SealedStore {
     ) -> Result<AppendResult, AppendError> {
         let owner = seal::owner(stream).filter(|_| events.iter().any(|e| seal::rule(&e.event_type) != Rule::Clear));
         if let Some(owner) = owner {
-            let key = match self.keys.get(tenant, &owner) {
+            let key = match self.keys.try_assign(tenant, &owner).map_err(|e| AppendError::Storage(e.to_string()))? {
                 Some(k) => k,
                 None => {
-                    // A new owner: its key is written and synced before anything sealed with it.
+                    // The pool is empty: a batch of keys is written and synced first.
                     let (keys, t) = (self.keys.clone(), tenant.to_owned());
-                    tokio::task::spawn_blocking(move || keys.get_or_create(&t, &owner))
+                    tokio::task::spawn_blocking(move || keys.assign(&t, &owner))
                         .await
                         .map_err(|e| AppendError::Storage(e.to_string()))?
                         .map_err(|e| AppendError::Storage(e.to_string()))?
                 }
             };
+            if self.keys.pool_low() {
+                // Refilled in the background, so no append waits for the pool's sync.
+                let keys = self.keys.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = keys.refill_ahead() {
+                        tracing::warn!(error = %e, "refilling the key pool failed");
+                    }
+                });
+            }
             for e in &mut events {
                 let rule = seal::rule(&e.event_type);
                 let legacy = (e.schema_version != current_schema_version_of(&e.event_type)).then_some(e.schema_version);
@@ -134,6 +149,31 @@ impl EventStore for SealedStore {
                 .map_err(|e| AppendError::Storage(e.to_string()))?;
         }
         self.inner.prepare_streams(tenant, streams).await
+    }
+
+    /// The owner's key, and every pooled key the stream's events name (one whose owner a crash
+    /// lost is found that way only).
+    async fn destroy_keys(&self, tenant: &str, stream: &str) -> Result<usize, AppendError> {
+        let Some(owner) = seal::owner(stream) else { return Ok(0) };
+        let storage = |e: String| AppendError::Storage(e);
+        let mut slots = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = self.inner.read_stream(tenant, stream, from, 1000).await.map_err(|e| storage(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            from = last.version + 1;
+            slots.extend(page.iter().flat_map(|e| seal::slots_named(&e.data)));
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        let keys = self.keys.clone();
+        let t = tenant.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<usize, crate::keystore::KeyError> {
+            Ok(usize::from(keys.destroy(&t, &owner)?) + keys.destroy_slots(&slots)?)
+        })
+        .await
+        .map_err(|e| storage(e.to_string()))?
+        .map_err(|e| storage(e.to_string()))
     }
 
     async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {

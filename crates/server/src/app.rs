@@ -27,6 +27,11 @@ const EMAIL_STRIPES: usize = 64;
 pub const RESERVED_PREFIXES: &[&str] =
     &["customer-", "deal-", "order-", "tenant-", "anonymous-", "campaign-", "template-", "retention", "_"];
 
+/// The streams that hold a person's personal data: theirs and their anonymous identities'.
+fn owner_streams<'a>(id: &str, anonymous_ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    std::iter::once(customer::stream_of(id)).chain(anonymous_ids.into_iter().map(|a| format!("anonymous-{a}"))).collect()
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -165,7 +170,7 @@ impl App {
             checkpoint_keys,
             metrics: Metrics::default(),
         });
-        app.finish_erasures()?;
+        app.finish_erasures().await?;
         crate::audit::spawn_flusher(&app);
         Ok(app)
     }
@@ -696,11 +701,10 @@ impl App {
             }
         }
         let mut keys_destroyed = 0;
-        if let Some(keys) = &self.keys {
+        if self.keys.is_some() {
             for p in &people {
-                let owners = std::iter::once(p.id.clone()).chain(p.anonymous_ids.iter().map(|a| chronicle_privacy::seal::anonymous_owner(a)));
-                for owner in owners {
-                    keys_destroyed += usize::from(keys.destroy(tenant, &owner).map_err(|e| AppError::Internal(e.to_string()))?);
+                for stream in owner_streams(&p.id, &p.anonymous_ids) {
+                    keys_destroyed += self.store.destroy_keys(tenant, &stream).await?;
                 }
             }
             // The checkpoint on disk still holds the person's data: replace it, under a new key.
@@ -720,23 +724,31 @@ impl App {
     }
 
     /// Destroy the keys an erasure cut short by a crash left behind: every erased customer's,
-    /// and their anonymous identities' (the erased record keeps those ids).
-    fn finish_erasures(&self) -> Result<(), AppError> {
+    /// and their anonymous identities' (the erased record keeps those ids). A stream is read
+    /// (for the pooled keys its events name) only when its owner still has a key, or when a
+    /// crash left keys whose owner is unknown.
+    async fn finish_erasures(&self) -> Result<(), AppError> {
         let Some(keys) = &self.keys else { return Ok(()) };
-        let owners: Vec<(String, String)> = {
+        let streams: Vec<(String, String, String)> = {
             let v = self.views();
             let mut out = Vec::new();
             for (t, views) in &v.tenants {
                 for c in views.customers.values().filter(|c| c.status == customer::CustomerStatus::Erased) {
-                    out.push((t.clone(), c.id.clone()));
-                    out.extend(c.anonymous_ids.iter().map(|a| (t.clone(), chronicle_privacy::seal::anonymous_owner(a))));
+                    let owners = std::iter::once(c.id.clone())
+                        .chain(c.anonymous_ids.iter().map(|a| chronicle_privacy::seal::anonymous_owner(a)));
+                    for (owner, stream) in owners.zip(owner_streams(&c.id, &c.anonymous_ids)) {
+                        out.push((t.clone(), owner, stream));
+                    }
                 }
             }
             out
         };
+        let orphans = keys.orphans() > 0;
         let mut destroyed = 0;
-        for (tenant, owner) in owners {
-            destroyed += usize::from(keys.destroy(&tenant, &owner).map_err(|e| AppError::Internal(e.to_string()))?);
+        for (tenant, owner, stream) in streams {
+            if orphans || keys.get(&tenant, &owner).is_some() {
+                destroyed += self.store.destroy_keys(&tenant, &stream).await?;
+            }
         }
         if destroyed > 0 {
             tracing::info!(keys = destroyed, "destroyed the keys of erasures a crash had cut short");

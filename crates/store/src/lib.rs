@@ -177,6 +177,12 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Destroy every key that sealed personal data on this stream (crypto-shredding: a
+    /// layer that seals does; a store that does not has none). Returns how many there were.
+    async fn destroy_keys(&self, _tenant: &str, _stream: &str) -> Result<usize, AppendError> {
+        Ok(0)
+    }
+
     /// Which of `ids` are stored (committed, in any stream of any tenant), in order. A writer of
     /// messages that may have been delivered before sends only the new ones.
     async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError>;
