@@ -20,8 +20,8 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    // Crypto-shredding is switched on when the folder is made; the folder stays sealed after.
-    let out = chronicle(&data, &["--seal", "tenant", "create", "acme"]);
+    // Crypto-shredding is on by default: a new folder is sealed (and stays so).
+    let out = chronicle(&data, &["tenant", "create", "acme"]);
     assert!(out.status.success());
     assert!(data.join("keys.bin").exists());
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -127,4 +127,29 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &key);
     assert_eq!(profile["status"], "erased");
     assert_eq!(get(&agent, &format!("{url}/v1/customers/c-other"), &key).1["traits"]["first_name"], "Otto");
+}
+
+#[test]
+fn a_folder_keeps_the_sealing_it_was_made_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sealed, plain) = (dir.path().join("sealed"), dir.path().join("plain"));
+    assert!(chronicle(&sealed, &["tenant", "create", "acme"]).status.success());
+    assert!(sealed.join("keys.bin").exists(), "sealed by default");
+    let refused = chronicle(&sealed, &["--seal=false", "verify"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is sealed"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    let out = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(&plain)
+        .args(["tenant", "create", "acme"])
+        .env("CHRONICLE_SEAL", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!plain.join("keys.bin").exists(), "CHRONICLE_SEAL=0 makes an unsealed folder");
+    assert!(chronicle(&plain, &["verify"]).status.success());
+    assert!(!plain.join("keys.bin").exists(), "an unsealed folder stays unsealed without --seal");
+    assert!(chronicle(&plain, &["--seal", "verify"]).status.success());
+    assert!(plain.join("keys.bin").exists(), "--seal turns it on");
 }

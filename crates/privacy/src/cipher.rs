@@ -151,7 +151,7 @@ impl DataKey {
         buf.extend_from_slice(plaintext.as_bytes());
         let tag = self
             .aead()
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), out[start..].as_bytes(), &mut buf[12..])
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &out.as_bytes()[start..], &mut buf[12..])
             .expect("AES-GCM encrypts any length we use");
         buf.extend_from_slice(&tag);
         base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(&buf, out);

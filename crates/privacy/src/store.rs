@@ -133,6 +133,17 @@ impl EventStore for SealedStore {
         self.inner.read_all_raw(after, limit).await
     }
 
+    /// As stored, like [`read_all_raw`](Self::read_all_raw).
+    async fn read_stream_raw(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEnvelope>, ReadError> {
+        self.inner.read_stream_raw(tenant, stream, from_version, limit).await
+    }
+
     fn open_raw(&self, raw: &mut RawEnvelope) {
         self.inner.open_raw(raw);
         open_raw_with(&self.keys, raw);

@@ -675,18 +675,41 @@ pub fn fold_customer<'a>(
 ) -> Customer {
     let mut c = base.map(|s| s.state.clone()).unwrap_or_else(|| Customer::new(id));
     for ev in events {
-        let decoded = if customer::EVENT_TYPES.contains(&ev.event_type.as_str()) {
-            CustomerEvent::from_parts(&ev.event_type, &ev.data).ok()
-        } else {
-            None
-        };
-        match decoded {
-            Some(e) => c.apply(&e, ev.version, ev.event_time),
-            // Other events on the stream (page views…) only move its version.
-            None => c.version = ev.version,
-        }
+        fold_one(&mut c, &ev.event_type, ev.version, || Some(ev.clone()));
     }
     c
+}
+
+/// [`fold_customer`] over events as stored: only the customer's own events are opened (`open`,
+/// for a sealing layer) and parsed; the rest (page views…) only move the version.
+pub fn fold_customer_raw(
+    id: &str,
+    base: Option<&Snapshot>,
+    events: Vec<RawEnvelope>,
+    open: impl Fn(&mut RawEnvelope),
+) -> Customer {
+    let mut c = base.map(|s| s.state.clone()).unwrap_or_else(|| Customer::new(id));
+    for mut raw in events {
+        let (event_type, version) = (raw.event_type.clone(), raw.version);
+        fold_one(&mut c, &event_type, version, || {
+            open(&mut raw);
+            raw.decode().ok()
+        });
+    }
+    c
+}
+
+fn fold_one(c: &mut Customer, event_type: &str, version: u64, whole: impl FnOnce() -> Option<EventEnvelope>) {
+    let decoded = if customer::EVENT_TYPES.contains(&event_type) {
+        whole().and_then(|ev| CustomerEvent::from_parts(&ev.event_type, &ev.data).ok().map(|e| (e, ev.event_time)))
+    } else {
+        None
+    };
+    match decoded {
+        Some((e, at)) => c.apply(&e, version, at),
+        // Other events on the stream (page views…) only move its version.
+        None => c.version = version,
+    }
 }
 
 #[cfg(test)]

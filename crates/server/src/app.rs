@@ -8,7 +8,7 @@ use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, Custome
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_core::order::{self, Order, OrderCommand};
-use chronicle_projections::{fold_customer, ConsentEntry, Head, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
+use chronicle_projections::{ConsentEntry, Head, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
 use chronicle_store::{AppendError, AppendResult, Committed, EventStore};
 use crate::sealing::CheckpointKeys;
 use chronicle_privacy::KeyStore;
@@ -520,10 +520,11 @@ impl App {
         let stream = customer::stream_of(id);
         let mut events = Vec::new();
         for (from, to) in ranges {
-            let page = self.store.read_stream(tenant, &stream, from, (to - from + 1) as usize).await?;
+            // As stored: only the customer's own events are opened and parsed.
+            let page = self.store.read_stream_raw(tenant, &stream, from, (to - from + 1) as usize).await?;
             events.extend(page.into_iter().filter(|e| e.event_time <= t));
         }
-        let c = fold_customer(id, base.as_ref(), events.iter());
+        let c = chronicle_projections::fold_customer_raw(id, base.as_ref(), events, |raw| self.store.open_raw(raw));
         if c.exists {
             Ok(c)
         } else {

@@ -168,6 +168,18 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(self.read_all(after, limit).await?.into_iter().map(RawEnvelope::from_envelope).collect())
     }
 
+    /// Like `read_stream`, with payloads as stored text (see `read_all_raw`): a reader that
+    /// folds only some of the stream's events parses (and opens) only those.
+    async fn read_stream_raw(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEnvelope>, ReadError> {
+        Ok(self.read_stream(tenant, stream, from_version, limit).await?.into_iter().map(RawEnvelope::from_envelope).collect())
+    }
+
     /// Make a raw envelope's payload what `read_all` would return (see `read_all_raw`).
     fn open_raw(&self, _raw: &mut RawEnvelope) {}
 

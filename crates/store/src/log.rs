@@ -381,6 +381,15 @@ impl LogStore {
         positions[from..].iter().take(limit).map(|&p| ix.locate(p)).collect()
     }
 
+    fn read_raws(&self, locs: &[Loc]) -> Result<Vec<RawEnvelope>, ReadError> {
+        let mut out = Vec::with_capacity(locs.len());
+        self.shared.read_records(locs, |position, payload| {
+            out.push(to_raw(payload).map_err(|why| self.shared.read_error(position, why))?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     fn read_envelopes(&self, locs: &[Loc]) -> Result<Vec<EventEnvelope>, ReadError> {
         let mut out = Vec::with_capacity(locs.len());
         self.shared.read_records(locs, |position, payload| {
@@ -458,13 +467,17 @@ impl EventStore for LogStore {
     }
 
     async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
-        let locs = self.locate_range(after, limit);
-        let mut out = Vec::with_capacity(locs.len());
-        self.shared.read_records(&locs, |position, payload| {
-            out.push(to_raw(payload).map_err(|why| self.shared.read_error(position, why))?);
-            Ok(())
-        })?;
-        Ok(out)
+        self.read_raws(&self.locate_range(after, limit))
+    }
+
+    async fn read_stream_raw(
+        &self,
+        tenant: &str,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEnvelope>, ReadError> {
+        self.read_raws(&self.locate_stream(tenant, stream, from_version, limit))
     }
 
     /// Reads the stream's records but decodes only those whose event time (a fixed field at the
