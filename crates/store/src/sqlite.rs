@@ -199,27 +199,8 @@ impl SqliteStore {
             }
             position += 1;
             let version = query_stream_version(&tx, tenant, stream).map_err(failed)? + 1;
-            tx.prepare_cached(INSERT)
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        to_i64(position),
-                        &e.id.as_bytes()[..],
-                        tenant,
-                        stream,
-                        to_i64(version),
-                        e.event_type,
-                        e.schema_version,
-                        rules::to_micros(e.event_time),
-                        ingest,
-                        e.source,
-                        e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
-                        e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
-                        e.actor,
-                        e.data.json_text(),
-                        e.metadata.to_string(),
-                    ])
-                })
-                .map_err(failed)?;
+            let row = RowAt { position, version, tenant, stream, ingest_time: ingest };
+            insert_row(&tx, &row, e, &e.data.json_text(), &e.metadata.to_string()).map_err(failed)?;
         }
         tx.commit().map_err(failed)?;
         conn.execute_batch("VACUUM").map_err(failed)?;
@@ -514,26 +495,15 @@ impl Writer {
     }
 
     fn insert(&self, request: &Request, actual: u64, first_position: u64, ingest_time: i64) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(INSERT)?;
         for (i, p) in request.events.iter().enumerate() {
-            let e = &p.event;
-            stmt.execute(params![
-                to_i64(first_position + i as u64),
-                &e.id.as_bytes()[..],
-                request.tenant,
-                request.stream,
-                to_i64(actual + 1 + i as u64),
-                e.event_type,
-                e.schema_version,
-                rules::to_micros(e.event_time),
+            let row = RowAt {
+                position: first_position + i as u64,
+                version: actual + 1 + i as u64,
+                tenant: &request.tenant,
+                stream: &request.stream,
                 ingest_time,
-                e.source,
-                e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
-                e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
-                e.actor,
-                p.data,
-                p.metadata,
-            ])?;
+            };
+            insert_row(&self.conn, &row, &p.event, &p.data, &p.metadata)?;
         }
         Ok(())
     }
@@ -592,6 +562,37 @@ impl Writer {
         });
         rules::call_hook(&self.hook, appended, ingest_time);
     }
+}
+
+/// Where an event row goes and what the store assigns it.
+struct RowAt<'a> {
+    position: u64,
+    version: u64,
+    tenant: &'a str,
+    stream: &'a str,
+    ingest_time: i64,
+}
+
+/// Inserts one event (its payload and metadata already as JSON text).
+fn insert_row(conn: &Connection, at: &RowAt<'_>, e: &NewEvent, data: &str, metadata: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(INSERT)?.execute(params![
+        to_i64(at.position),
+        &e.id.as_bytes()[..],
+        at.tenant,
+        at.stream,
+        to_i64(at.version),
+        e.event_type,
+        e.schema_version,
+        rules::to_micros(e.event_time),
+        at.ingest_time,
+        e.source,
+        e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
+        e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
+        e.actor,
+        data,
+        metadata,
+    ])?;
+    Ok(())
 }
 
 fn configure_writer(conn: &Connection, path: &Path) -> Result<(), StoreOpenError> {
