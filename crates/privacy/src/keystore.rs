@@ -122,6 +122,15 @@ pub struct KeyStore {
     sync: Mutex<()>,
 }
 
+impl Drop for KeyStore {
+    fn drop(&mut self) {
+        // Best effort: after a crash the unused keys stay as orphans, which is safe.
+        if let Err(e) = self.release_pool() {
+            tracing::warn!(error = %e, "could not give the key pool's unused keys back");
+        }
+    }
+}
+
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyStore({} keys)", self.len())
@@ -156,6 +165,7 @@ impl KeyStore {
         // A torn last slot (a crash while it was appended, before its sync) held no key in use.
         let slots = (body.len() / SLOT) as u64;
         let (mut keys, mut free, mut pooled, mut orphans) = (HashMap::new(), Vec::new(), HashMap::new(), 0);
+        let (mut torn, mut opened) = (Vec::new(), 0);
         for i in 0..slots {
             let s = &body[i as usize * SLOT..(i as usize + 1) * SLOT];
             if s[0] != OWNED && s[0] != POOLED {
@@ -171,10 +181,16 @@ impl KeyStore {
                 )));
             }
             let aad = if s[0] == OWNED { digest.to_vec() } else { slot_aad(i) };
-            let raw = master
-                .key
-                .decrypt(&s[37..97], &aad)
-                .ok_or_else(|| KeyError::Invalid("a data key does not unwrap with this master key (wrong master key?)".into()))?;
+            let Some(raw) = master.key.decrypt(&s[37..97], &aad) else {
+                if s[0] == POOLED && digest == [0; 32] {
+                    // Possibly a pooled key whose batch was torn by a crash before its sync (so
+                    // never handed out): free, if the master key opens the others.
+                    torn.push(i);
+                    continue;
+                }
+                return Err(KeyError::Invalid("a data key does not unwrap with this master key (wrong master key?)".into()));
+            };
+            opened += 1;
             let key: [u8; 32] = raw.try_into().map_err(|_| KeyError::Invalid("a wrapped key has the wrong length".into()))?;
             if s[0] == OWNED {
                 keys.insert(digest, Live { slot: i, key: DataKey::from_bytes(key), ticket: 0 });
@@ -189,6 +205,14 @@ impl KeyStore {
                 None => orphans += 1,
             }
             pooled.insert(i, Pooled { key, owner });
+        }
+        if !torn.is_empty() {
+            if opened == 0 {
+                return Err(KeyError::Invalid("no data key unwraps with this master key (wrong master key?)".into()));
+            }
+            tracing::warn!(slots = torn.len(), "pooled keys torn by a crash before they were used are freed");
+            free.extend(torn);
+            free.sort_unstable();
         }
         free.reverse();
         let inner = Inner {
@@ -344,19 +368,23 @@ impl KeyStore {
         self.inner.lock().expect("key store lock").orphans
     }
 
-    /// Destroy the keys in these slots (each overwritten with zeros, one sync). Returns how many
-    /// existed.
-    pub fn destroy_slots(&self, slots: &[u64]) -> Result<usize, KeyError> {
+    /// Destroy the pooled keys of these slots whose key opens the sealed value given with the
+    /// slot (each overwritten with zeros, one sync): proof that the key sealed that value, so a
+    /// slot freed and reused since is not touched. Returns how many were destroyed.
+    pub fn destroy_slots_opening(&self, samples: &[(u64, String)]) -> Result<usize, KeyError> {
         let (n, ticket) = {
             let mut g = self.inner.lock().expect("key store lock");
             let mut n = 0;
-            for slot in slots {
-                let Some(p) = g.pooled.remove(slot) else { continue };
+            for (slot, sample) in samples {
+                if g.pooled.get(slot).is_none_or(|p| p.key.open(sample).is_none()) {
+                    continue;
+                }
+                let p = g.pooled.remove(slot).expect("checked above");
                 match p.owner {
-                    Some(d) => {
+                    Some(d) if g.keys.get(&d).is_some_and(|l| l.slot == *slot) => {
                         g.keys.remove(&d);
-                        g.names.values_mut().for_each(|m| m.retain(|_, v| *v != d));
                     }
+                    Some(_) => {}
                     None => g.orphans = g.orphans.saturating_sub(1),
                 }
                 g.pool.retain(|(s, _)| s != slot);
@@ -371,6 +399,23 @@ impl KeyStore {
             self.sync_through(ticket)?;
         }
         Ok(n)
+    }
+
+    /// Gives the pool's unused keys back (their slots zeroed and synced), so a clean shutdown
+    /// leaves no orphans. Called when the store is dropped.
+    fn release_pool(&self) -> Result<(), KeyError> {
+        let mut g = self.inner.lock().expect("key store lock");
+        if g.refilling || g.pool.is_empty() {
+            return Ok(());
+        }
+        let unused: Vec<u64> = g.pool.drain(..).map(|(slot, _)| slot).collect();
+        for slot in &unused {
+            g.pooled.remove(slot);
+            g.file.write_all_at(&[0u8; SLOT], offset(*slot))?;
+        }
+        g.free.extend(unused);
+        g.file.sync_data()?;
+        Ok(())
     }
 
     /// Give every owner that has none a key from the pool (a sync only when the pool is
@@ -410,6 +455,10 @@ impl KeyStore {
     /// the old master key is no longer needed.
     pub fn rotate(&self, new: MasterKey) -> Result<usize, KeyError> {
         let mut g = self.inner.lock().expect("key store lock");
+        if g.refilling {
+            // Its slots are being wrapped under the current master key outside the lock.
+            return Err(KeyError::Invalid("a refill of the key pool is under way; rotate again in a moment".into()));
+        }
         let mut slots: Vec<(u64, [u8; SLOT])> = g
             .keys
             .iter()
@@ -613,12 +662,17 @@ mod tests {
         assert_eq!(ks.get_slot(slot).unwrap().bytes(), a.bytes());
         drop(ks);
 
-        // Reopened: the owner is known; the pool's unused keys are not handed out again.
+        // Reopened after a clean close: the owner is known, the pool's unused keys were given back.
         let ks = KeyStore::open(dir.path(), master(1)).unwrap();
         assert_eq!(ks.get("t", "c-1").unwrap().bytes(), a.bytes());
-        assert_eq!(ks.orphans(), POOL_BATCH - 2, "unused pooled keys of the last run");
+        assert_eq!(ks.orphans(), 0);
         let c = ks.assign("t", "c-3").unwrap();
-        assert!(c.slot().unwrap() >= POOL_BATCH as u64, "a fresh batch, not a key of the last run");
+        // A crash (no close): the unused pooled keys stay, as orphans never handed out again.
+        std::mem::forget(ks);
+        let ks = KeyStore::open(dir.path(), master(1)).unwrap();
+        assert_eq!(ks.orphans(), POOL_BATCH - 1);
+        let d = ks.assign("t", "c-4").unwrap();
+        assert!(d.slot().unwrap() > c.slot().unwrap() + POOL_BATCH as u64 - 2, "a fresh batch, not a key of the crashed run");
         drop(ks);
 
         // A crash lost c-1's owner record: its key is an orphan, still found by slot.
@@ -631,16 +685,19 @@ mod tests {
         assert_eq!(ks.get_slot(slot).unwrap().bytes(), a.bytes(), "values naming the slot still open");
         let again = ks.assign("t", "c-1").unwrap();
         assert_ne!(again.slot(), Some(slot), "never handed out twice");
-        // Erasing c-1 destroys its key and the orphan its events name.
+        // Erasing c-1 destroys its key and the orphan its events name — only with a value that
+        // the slot's key really opens.
         assert!(ks.destroy("t", "c-1").unwrap());
-        assert_eq!(ks.destroy_slots(&[slot]).unwrap(), 1);
+        assert_eq!(ks.destroy_slots_opening(&[(slot, DataKey::random().in_slot(slot).seal("x"))]).unwrap(), 0);
+        assert_eq!(ks.destroy_slots_opening(&[(slot, "enc:v2:0:forged".to_owned())]).unwrap(), 0);
+        assert_eq!(ks.destroy_slots_opening(&[(slot, a.seal("sealed by c-1"))]).unwrap(), 1);
         assert!(ks.get_slot(slot).is_none());
         drop(ks);
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes[offset(slot) as usize..offset(slot) as usize + SLOT].iter().all(|b| *b == 0));
         let ks = KeyStore::open(dir.path(), master(1)).unwrap();
         assert!(ks.get_slot(slot).is_none());
-        assert_eq!(ks.rotate(master(2)).unwrap(), ks.len() + ks.orphans());
+        assert!(ks.rotate(master(2)).unwrap() >= ks.len());
         drop(ks);
         let ks = KeyStore::open(dir.path(), master(2)).unwrap();
         assert_eq!(ks.get("t", "c-3").unwrap().bytes(), c.bytes(), "pooled keys rotate too");

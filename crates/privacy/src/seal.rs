@@ -114,13 +114,16 @@ pub fn looks_sealed(text: &str) -> bool {
     text.contains(SEALED_MARK)
 }
 
-/// Every key store slot a sealed payload names (values sealed with a slot's key say which).
-pub fn slots_named(v: &Value) -> Vec<u64> {
-    let strings: Vec<&str> = match v {
-        Value::Object(m) => m.values().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
+/// The sealed values of a payload under `rule` (only the parts the rule seals: a value a user
+/// wrote in a clear field is never taken for one).
+pub fn sealed_parts(rule: Rule, v: &Value) -> Vec<&str> {
+    let Value::Object(m) = v else { return Vec::new() };
+    let fields: &[&str] = match rule {
+        Rule::Clear => &[],
+        Rule::Whole => &[WHOLE_KEY],
+        Rule::Fields(fields) => fields,
     };
-    strings.into_iter().filter_map(|s| sealed_slot(s).flatten()).collect()
+    fields.iter().filter_map(|f| m.get(*f).and_then(Value::as_str)).filter(|s| sealed_slot(s).is_some()).collect()
 }
 
 /// Open a payload in place; `key` finds the key a sealed value needs (by its slot, or the
@@ -210,5 +213,18 @@ mod tests {
         assert_eq!(rule("CustomerErased"), Rule::Clear);
         assert_eq!(owner("anonymous-a1").as_deref(), Some("anonymous:a1"));
         assert_eq!(owner("order-1"), None);
+    }
+
+    #[test]
+    fn only_the_parts_a_rule_seals_count_as_sealed() {
+        let k = DataKey::random().in_slot(7);
+        // A clear event whose id a user chose to look like a sealed value.
+        let merged = json!({"survivor": "enc:v2:7:AAAA"});
+        assert!(sealed_parts(rule("CustomerMergedInto"), &merged).is_empty());
+        let mut queued = json!({"message": "enc:v2:7:BBBB", "to": "ada@example.com"});
+        seal_value(rule("MessageQueued"), &k, &mut queued, None);
+        let parts = sealed_parts(rule("MessageQueued"), &queued);
+        assert_eq!(parts.len(), 1, "the recipient, not the clear message id: {parts:?}");
+        assert_eq!(crate::cipher::sealed_slot(parts[0]), Some(Some(7)));
     }
 }

@@ -12,6 +12,10 @@ use chronicle_core::upcast::current_schema_version_of;
 use chronicle_store::{AppendError, AppendResult, CommitHook, Committed, EventStore, ReadError};
 use std::sync::Arc;
 
+/// Where the index key lives in the key store (a tenant no customer can have).
+const INDEX_TENANT: &str = "_system";
+const INDEX_OWNER: &str = "index:emails";
+
 pub struct SealedStore {
     inner: Arc<dyn EventStore>,
     keys: Arc<KeyStore>,
@@ -133,6 +137,12 @@ impl EventStore for SealedStore {
         self.inner.read_all_raw(after, limit).await
     }
 
+    /// A key of its own in the key store (made once, durably).
+    fn index_key(&self) -> Result<Option<[u8; 32]>, ReadError> {
+        let key = self.keys.get_or_create(INDEX_TENANT, INDEX_OWNER).map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(Some(*key.bytes()))
+    }
+
     /// As stored, like [`read_all_raw`](Self::read_all_raw).
     async fn read_stream_raw(
         &self,
@@ -162,25 +172,33 @@ impl EventStore for SealedStore {
         self.inner.prepare_streams(tenant, streams).await
     }
 
-    /// The owner's key, and every pooled key the stream's events name (one whose owner a crash
-    /// lost is found that way only).
+    /// The owner's key, and every pooled key that sealed one of the stream's events — found
+    /// by the slot a sealed value names, and destroyed only if its key really opens that value
+    /// (so a slot since reused for someone else, or a clear string that merely looks sealed,
+    /// is left alone). A key whose owner record a crash lost is found that way only.
     async fn destroy_keys(&self, tenant: &str, stream: &str) -> Result<usize, AppendError> {
         let Some(owner) = seal::owner(stream) else { return Ok(0) };
         let storage = |e: String| AppendError::Storage(e);
-        let mut slots = Vec::new();
+        let mut samples: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
         let mut from = 1;
         loop {
             let page = self.inner.read_stream(tenant, stream, from, 1000).await.map_err(|e| storage(e.to_string()))?;
             let Some(last) = page.last() else { break };
             from = last.version + 1;
-            slots.extend(page.iter().flat_map(|e| seal::slots_named(&e.data)));
+            for e in &page {
+                for part in seal::sealed_parts(seal::rule(&e.event_type), &e.data) {
+                    if let Some(Some(slot)) = crate::cipher::sealed_slot(part) {
+                        samples.entry(slot).or_insert_with(|| part.to_owned());
+                    }
+                }
+            }
         }
-        slots.sort_unstable();
-        slots.dedup();
         let keys = self.keys.clone();
         let t = tenant.to_owned();
         tokio::task::spawn_blocking(move || -> Result<usize, crate::keystore::KeyError> {
-            Ok(usize::from(keys.destroy(&t, &owner)?) + keys.destroy_slots(&slots)?)
+            let own = usize::from(keys.destroy(&t, &owner)?);
+            let samples: Vec<(u64, String)> = samples.into_iter().collect();
+            Ok(own + keys.destroy_slots_opening(&samples)?)
         })
         .await
         .map_err(|e| storage(e.to_string()))?

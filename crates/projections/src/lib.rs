@@ -27,8 +27,9 @@ use std::collections::BTreeMap;
 
 /// The version of the read models' shape. A checkpoint of another version is not resumed from
 /// (a read model added since would miss everything before it): the views are rebuilt from the
-/// log instead. 2: campaigns, audit, API keys with roles.
-pub const MODELS: u32 = 2;
+/// log instead. 2: campaigns, audit, API keys with roles. 3: retention; the e-mail index keyed by
+/// a hash when sealing.
+pub const MODELS: u32 = 3;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
 pub const SYSTEM_TENANT: &str = "_system";
@@ -127,6 +128,42 @@ pub struct ApiKey {
 /// collision attacks (foldhash seeds per process) while staying fast on the consent path.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The key the unique e-mail index is kept under: with it, the index holds each address's
+/// HMAC-SHA256 (hex), not the address, so the index itself holds no personal data and an
+/// entry cannot be guessed from a list of addresses without the key. Not part of the
+/// checkpoint: the store layer that seals gives it (`EventStore::index_key`), so the live views
+/// and a replay hash alike; without it (an unsealed store) entries are the addresses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IndexKey(std::sync::Arc<[u8; 32]>);
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexKey(..)")
+    }
+}
+
+impl IndexKey {
+    pub fn new(bytes: [u8; 32]) -> IndexKey {
+        IndexKey(std::sync::Arc::new(bytes))
+    }
+}
+
+/// The index entry of a (normalised) address.
+pub fn email_entry<'a>(key: Option<&IndexKey>, email: &'a str) -> std::borrow::Cow<'a, str> {
+    use hmac::Mac;
+    let Some(key) = key else { return std::borrow::Cow::Borrowed(email) };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key.0[..]).expect("any key length");
+    mac.update(email.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(2 + 64);
+    hex.push_str("h:");
+    for b in digest {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    std::borrow::Cow::Owned(hex)
+}
+
 /// The read models of one tenant.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantViews {
@@ -138,7 +175,8 @@ pub struct TenantViews {
     /// Anonymous id → the customer it is linked to (identity resolution).
     #[serde(default)]
     pub identities: Map<String, String>,
-    /// Normalised e-mail → customer id (uniqueness and look-up).
+    /// Normalised e-mail (or its keyed hash, see [`IndexKey`]) → customer id (uniqueness and
+    /// look-up); read it with [`TenantViews::email_owner`].
     pub emails: Map<String, String>,
     pub deals: Map<String, Deal>,
     pub orders: Map<String, Order>,
@@ -188,6 +226,9 @@ pub struct Projections {
     /// [`MODELS`] when written (absent: version 1).
     #[serde(default = "models_v1")]
     pub models: u32,
+    /// What the e-mail index is keyed with (see [`IndexKey`]); set by whoever builds the views.
+    #[serde(skip)]
+    pub index_key: Option<IndexKey>,
 }
 
 fn models_v1() -> u32 {
@@ -209,6 +250,7 @@ impl Default for Projections {
             snapshot_every: SNAPSHOT_EVERY,
             reacted: 0,
             models: MODELS,
+            index_key: None,
         }
     }
 }
@@ -315,11 +357,12 @@ impl Projections {
             return;
         }
         let snapshot_every = self.snapshot_every;
+        let key = self.index_key.clone();
         let views = self.tenant_mut(&ev.tenant);
         views.events += 1;
         let decoded = if let Some(id) = customer::id_of_stream(&ev.stream) {
             CustomerEvent::from_parts(&ev.event_type, &ev.data)
-                .map(|e| views.apply_customer(id, &e, ev, snapshot_every))
+                .map(|e| views.apply_customer(id, &e, ev, snapshot_every, key.as_ref()))
         } else if let Some(id) = ev.stream.strip_prefix("deal-") {
             DealEvent::from_parts(&ev.event_type, &ev.data).map(|e| {
                 views.automation.note_deal(id, &ev.event_type, ev.event_time);
@@ -472,7 +515,12 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
 }
 
 impl TenantViews {
-    fn apply_customer(&mut self, id: &str, e: &CustomerEvent, ev: &EventEnvelope, snapshot_every: u64) {
+    /// The customer a (normalised) address belongs to.
+    pub fn email_owner(&self, key: Option<&IndexKey>, email: &str) -> Option<&String> {
+        self.emails.get(&*email_entry(key, email))
+    }
+
+    fn apply_customer(&mut self, id: &str, e: &CustomerEvent, ev: &EventEnvelope, snapshot_every: u64, key: Option<&IndexKey>) {
         if !self.customers.contains_key(id) {
             self.customers.insert(id.to_owned(), Customer::new(id));
         }
@@ -490,12 +538,13 @@ impl TenantViews {
             if let Some(old) = &old_email {
                 // An erased duplicate's address may point at its survivor by now: it goes too.
                 let erased = matches!(e, CustomerEvent::CustomerErased { .. });
-                if erased || self.emails.get(old).map(String::as_str) == Some(id) {
-                    self.emails.remove(old);
+                let entry = email_entry(key, old);
+                if erased || self.emails.get(&*entry).map(String::as_str) == Some(id) {
+                    self.emails.remove(&*entry);
                 }
             }
             if let Some(new) = &c.email {
-                self.emails.insert(new.clone(), id.to_owned());
+                self.emails.insert(email_entry(key, new).into_owned(), id.to_owned());
             }
         }
         match e {
@@ -522,9 +571,10 @@ impl TenantViews {
                 // The duplicates' addresses now find the survivor (and stay taken).
                 let gone: Vec<&String> = std::iter::once(merged).chain(also).collect();
                 for m in &gone {
-                    if let Some(e) = self.customers.get(m.as_str()).and_then(|c| c.email.clone()) {
-                        if self.emails.get(&e).is_some_and(|owner| gone.contains(&owner)) {
-                            self.emails.insert(e, id.to_owned());
+                    if let Some(e) = self.customers.get(m.as_str()).and_then(|c| c.email.as_deref()) {
+                        let entry = email_entry(key, e).into_owned();
+                        if self.emails.get(&entry).is_some_and(|owner| gone.contains(&owner)) {
+                            self.emails.insert(entry, id.to_owned());
                         }
                     }
                 }

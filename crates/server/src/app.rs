@@ -71,10 +71,10 @@ pub struct App {
     pub metrics: Metrics,
 }
 
-struct ViewEmails<'a>(Option<&'a chronicle_projections::TenantViews>);
+struct ViewEmails<'a>(&'a Projections, &'a str);
 impl EmailIndex for ViewEmails<'_> {
     fn owner_of(&self, email: &str) -> Option<String> {
-        self.0?.emails.get(email).cloned()
+        self.0.tenant(self.1)?.email_owner(self.0.index_key.as_ref(), email).cloned()
     }
 }
 
@@ -133,6 +133,7 @@ impl App {
             tracing::warn!(checkpoint = initial.position, "checkpoint is ahead of the log; rebuilding the views");
             initial = Projections::new();
         }
+        initial.index_key = store.index_key()?.map(chronicle_projections::IndexKey::new);
         let reacted = AtomicU64::new(initial.reacted);
         let views = Arc::new(RwLock::new(initial));
         catch_up(&*store, &views).await?;
@@ -406,7 +407,7 @@ impl App {
         self.run_command_from(tenant, &stream, actor, cause, |v| {
             let mut state = v.customer(tenant, id).cloned().unwrap_or_else(|| Customer::new(id));
             let version = state.version;
-            let emails = ViewEmails(v.tenant(tenant));
+            let emails = ViewEmails(v, tenant);
             let mut out = Vec::new();
             for cmd in &cmds {
                 for e in state.decide(cmd.clone(), &emails)? {

@@ -39,6 +39,7 @@ pub async fn replay(store: &Arc<dyn EventStore>, mut progress: impl FnMut(u64)) 
         }
     });
     let mut fresh = Projections::new();
+    fresh.index_key = store.index_key()?.map(chronicle_projections::IndexKey::new);
     let mut problems = Vec::new();
     let mut versions: HashMap<String, HashMap<String, u64>> = HashMap::new();
     let mut events = 0;
@@ -93,6 +94,7 @@ pub async fn live_views(
 ) -> Result<Projections, AppError> {
     // What the server would start from (a checkpoint it cannot use is rebuilt from the log).
     let (mut live, _) = resume_from(checkpoint, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+    live.index_key = store.index_key()?.map(chronicle_projections::IndexKey::new);
     let mut after = live.position;
     loop {
         let page = store.read_all(after, PAGE).await?;

@@ -47,3 +47,71 @@ async fn a_restart_finishes_an_erasure_whose_keys_were_not_yet_destroyed() {
     let (app, _) = start(dir.path()).await;
     assert_eq!(app.customer("acme", "c1").unwrap().anonymous_ids.len(), 1, "the erased record keeps the identities");
 }
+
+fn register(email: &str) -> CustomerCommand {
+    CustomerCommand::Register { email: Some(email.into()), phone: None, traits: Default::default(), consents: vec![] }
+}
+
+/// With sealing on, the unique e-mail index holds keyed hashes, not addresses — and still
+/// refuses a second customer with the same address, live, after a restart and after a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_email_index_holds_keyed_hashes_and_still_enforces_uniqueness() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |app: &Arc<App>| {
+        let v = app.views();
+        let t = v.tenant("acme").unwrap();
+        assert_eq!(t.emails.len(), 1);
+        assert!(t.emails.keys().all(|k| k.starts_with("h:") && !k.contains("ada")), "{:?}", t.emails.keys());
+        assert_eq!(t.email_owner(v.index_key.as_ref(), "ada@example.com").map(String::as_str), Some("c1"));
+    };
+    {
+        let (app, _) = start(dir.path()).await;
+        app.create_tenant("acme").await.unwrap();
+        app.customer_command("acme", "c1", register("ada@example.com"), "test").await.unwrap();
+        check(&app);
+        let dup = app.customer_command("acme", "c2", register("Ada@Example.com"), "test").await;
+        assert!(dup.is_err(), "a second customer with the address is refused");
+        app.checkpoint().unwrap();
+    }
+    let (app, _) = start(dir.path()).await;
+    check(&app);
+    assert!(app.customer_command("acme", "c3", register("ada@example.com"), "test").await.is_err());
+    // A replay hashes alike: the views equal the live ones.
+    let replay = chronicle_server::maintenance::replay(app.store(), |_| ()).await.unwrap();
+    assert_eq!(chronicle_projections::diff(&app.views(), &replay.projections), Vec::<String>::new());
+    drop(app);
+    std::fs::remove_file(dir.path().join("projections.json")).unwrap();
+    let (app, _) = start(dir.path()).await;
+    check(&app);
+}
+
+/// A crash lost the record of which customer a pooled key went to: the events still open (they
+/// name the key's slot), and erasing the customer destroys that key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_destroys_a_key_whose_owner_record_a_crash_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = {
+        let (app, keys) = start(dir.path()).await;
+        app.create_tenant("acme").await.unwrap();
+        app.customer_command("acme", "c1", register("lost@example.com"), "test").await.unwrap();
+        app.checkpoint().unwrap();
+        keys.get("acme", "c1").unwrap().slot().expect("a pooled key")
+    };
+    // The owner's digest in the slot never reached the disk.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(dir.path().join("keys.bin")).unwrap();
+        f.write_all_at(&[0u8; 32], 16 + slot * 128 + 1).unwrap();
+    }
+    let (app, keys) = start(dir.path()).await;
+    assert!(keys.get("acme", "c1").is_none() && keys.orphans() > 0);
+    let evs = app.store().read_stream("acme", "customer-c1", 1, 10).await.unwrap();
+    assert_eq!(evs[0].data["email"], "lost@example.com", "still opens, by slot");
+    // A later event takes a new key; the erasure destroys both.
+    app.customer_command("acme", "c1", CustomerCommand::Tag { tag: "vip".into() }, "test").await.unwrap();
+    let erased = app.erase_customer("acme", "c1", "test").await.unwrap();
+    assert_eq!(erased.keys_destroyed, 2, "the new key and the orphan");
+    assert!(keys.get_slot(slot).is_none());
+    let evs = app.store().read_stream("acme", "customer-c1", 1, 10).await.unwrap();
+    assert!(evs.iter().filter(|e| e.event_type != "CustomerErased").all(|e| e.data == serde_json::json!({"redacted": true})), "{evs:?}");
+}

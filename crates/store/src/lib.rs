@@ -189,6 +189,12 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The key the views' look-up indexes of personal data (the unique e-mail index) are
+    /// hashed with, when this store seals personal data (none: indexes hold the values).
+    fn index_key(&self) -> Result<Option<[u8; 32]>, ReadError> {
+        Ok(None)
+    }
+
     /// Destroy every key that sealed personal data on this stream (crypto-shredding: a
     /// layer that seals does; a store that does not has none). Returns how many there were.
     async fn destroy_keys(&self, _tenant: &str, _stream: &str) -> Result<usize, AppendError> {

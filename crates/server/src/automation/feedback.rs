@@ -98,7 +98,10 @@ pub async fn apply(app: &App, tenant: &str, body: &[u8]) -> Result<(usize, usize
         };
         let owner = customer::normalize_email(&r.feedback.email)
             .ok()
-            .and_then(|e| app.views().tenant(tenant).and_then(|t| t.emails.get(&e).cloned()));
+            .and_then(|e| {
+                let v = app.views();
+                v.tenant(tenant).and_then(|t| t.email_owner(v.index_key.as_ref(), &e).cloned())
+            });
         let Some(id) = owner else {
             ignored += 1;
             continue;
