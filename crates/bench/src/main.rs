@@ -127,7 +127,16 @@ fn open(dir: &std::path::Path, backend: &str) -> Arc<dyn EventStore> {
 /// customer stream of its own share of 100,000, with exact expected versions.
 async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(dir.path(), backend);
+    // "postgres": CHRONICLE_BENCH_DATABASE_URL (default: the machine's server, database test),
+    // in a schema of its own, dropped after.
+    let pg_url = std::env::var("CHRONICLE_BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg_schema = format!("bench_{}", std::process::id());
+    let store: Arc<dyn EventStore> = if backend == "postgres" {
+        let _ = chronicle_store::postgres::PgStore::drop_schema(&pg_url, &pg_schema).await;
+        Arc::new(chronicle_store::postgres::PgStore::connect_in(&pg_url, &pg_schema).await.expect("connect to PostgreSQL"))
+    } else {
+        open(dir.path(), backend)
+    };
     let bytes = payload(0).to_string().len();
     let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
     let started = Instant::now();
@@ -159,6 +168,10 @@ async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     }
     let secs = started.elapsed().as_secs_f64();
     let n = lat.len();
+    if backend == "postgres" {
+        drop(store);
+        let _ = chronicle_store::postgres::PgStore::drop_schema(&pg_url, &pg_schema).await;
+    }
     json!({"bench": "append", "backend": backend, "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": (n as f64 / secs).round(), "latency": summary(lat)})
 }
 

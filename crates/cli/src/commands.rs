@@ -167,6 +167,9 @@ async fn rebuild_checkpoint(
 /// Offline: it takes the folder's lock like every command.
 pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
+    if cfg.database_url.is_some() {
+        anyhow::bail!("compaction of a PostgreSQL event store is not built yet");
+    }
     let mut st = storage::open(&cfg)?;
     let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
     let live =

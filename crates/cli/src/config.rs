@@ -17,9 +17,12 @@ pub struct StorageArgs {
     /// Data folder of the embedded store [default: ./chronicle-data]
     #[arg(long, env = "CHRONICLE_DATA", global = true)]
     pub data: Option<PathBuf>,
-    /// PostgreSQL URL (server backend; not available yet)
+    /// PostgreSQL URL: events in PostgreSQL instead of the data folder's log
     #[arg(long, env = "CHRONICLE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// The PostgreSQL schema Chronicle's tables live in [default: chronicle]
+    #[arg(long, env = "CHRONICLE_DATABASE_SCHEMA", global = true)]
+    pub database_schema: Option<String>,
     /// Configuration file (TOML with keys data, listen, database_url)
     #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -122,6 +125,7 @@ pub struct Config {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub database_url: Option<String>,
+    pub database_schema: String,
     /// `--seal` as given (none: the folder's own choice, sealed for a new one).
     pub seal: Option<bool>,
     pub master_key_file: Option<PathBuf>,
@@ -141,6 +145,7 @@ impl Config {
             data,
             listen,
             database_url: args.database_url.clone().or(file.database_url),
+            database_schema: args.database_schema.clone().unwrap_or_else(|| "chronicle".into()),
             seal: args.seal,
             master_key_file: args.master_key_file.clone(),
             master_key: args.master_key.clone(),

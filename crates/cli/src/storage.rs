@@ -3,11 +3,14 @@
 //! inline projections), plus the projection checkpoint's path.
 //!
 //! New folders get the append-only log (`LogStore`, the default since it commits several
-//! times faster; ADR 0001); a folder that already holds an `events.sqlite` keeps SQLite.
+//! times faster; ADR 0001); a folder that already holds an `events.sqlite` keeps SQLite. With
+//! `--database-url` the events live in PostgreSQL (`PgStore`); the data folder still holds the
+//! lock, the checkpoint and the key store (one node per folder).
 
 use crate::config::Config;
 use anyhow::{bail, Context};
 use chronicle_store::log::LogStore;
+use chronicle_store::postgres::PgStore;
 use chronicle_store::sqlite::{self, SqliteStore};
 use chronicle_privacy::{KeyStore, MasterKey, SealedStore};
 use chronicle_server::App;
@@ -85,9 +88,6 @@ fn master_key(cfg: &Config) -> anyhow::Result<MasterKey> {
 }
 
 pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
-    if cfg.database_url.is_some() {
-        bail!("the PostgreSQL backend is not available yet; leave --database-url / CHRONICLE_DATABASE_URL unset to use the embedded store");
-    }
     std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data folder {}", cfg.data.display()))?;
     let lock_path = cfg.data.join("LOCK");
     let lock = File::options()
@@ -140,7 +140,13 @@ fn sealed(cfg: &Config) -> anyhow::Result<bool> {
 
 /// The folder's event store (the log, or SQLite where the folder has one), sealed when `keys`.
 fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Arc<dyn EventStore>> {
-    let store: Arc<dyn EventStore> = if cfg.data.join(sqlite::DB_FILE).exists() {
+    let store: Arc<dyn EventStore> = if let Some(url) = &cfg.database_url {
+        // Called from the async commands: connecting waits on this worker thread.
+        let connect = PgStore::connect_in(url, &cfg.database_schema);
+        let store = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))
+            .with_context(|| format!("opening the PostgreSQL event store (schema {})", cfg.database_schema))?;
+        Arc::new(store)
+    } else if cfg.data.join(sqlite::DB_FILE).exists() {
         Arc::new(
             SqliteStore::open(&cfg.data)
                 .with_context(|| format!("opening the SQLite event store in {}", cfg.data.display()))?,

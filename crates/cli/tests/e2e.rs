@@ -15,8 +15,28 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_event_and_verify_passes() {
+    kill_9_under_load(&[]);
+}
+
+/// The same on the PostgreSQL backend (a schema of its own, dropped after).
+#[test]
+fn kill_9_under_load_on_postgres_loses_no_acknowledged_event_and_verify_passes() {
+    let Some(db) = PgSchema::new() else { return };
+    kill_9_under_load(&db.args());
+}
+
+fn kill_9_under_load(db: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let with_db = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.to_string()).chain(db.iter().cloned()).collect() };
+    let chronicle = |data: &std::path::Path, args: &[&str]| {
+        let args = with_db(args);
+        chronicle(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let start = |data: &std::path::Path, args: &[&str]| {
+        let args = with_db(args);
+        start(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let out = chronicle(&data, &["tenant", "create", "acme"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -26,8 +26,16 @@ pub type Store = Arc<dyn EventStore>;
 /// must evaluate to `(Arc<dyn EventStore>, guard)`.
 #[macro_export]
 macro_rules! contract_tests {
+    // `$fresh` gives `Option<(store, guard)>`: `None` skips (a service that is not there, outside
+    // CI; the expression prints why).
+    (optional: $fresh:expr) => {
+        $crate::contract_tests!(@names (optional $fresh));
+    };
     ($fresh:expr) => {
-        $crate::contract_tests!(@each $fresh;
+        $crate::contract_tests!(@names (always $fresh));
+    };
+    (@names $mode:tt) => {
+        $crate::contract_tests!(@each $mode;
             empty_append_is_invalid,
             empty_store_reads_nothing,
             versions_and_positions_start_at_one,
@@ -54,14 +62,20 @@ macro_rules! contract_tests {
             read_stream_until_filters_by_event_time,
         );
     };
-    (@each $fresh:expr; $($name:ident),* $(,)?) => {
+    (@each $mode:tt; $($name:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (store, _guard) = $fresh;
+                let Some((store, _guard)) = $crate::contract_tests!(@fresh $mode) else { return };
                 $crate::contract::$name(store).await;
             }
         )*
+    };
+    (@fresh (always $fresh:expr)) => {
+        Some($fresh)
+    };
+    (@fresh (optional $fresh:expr)) => {
+        $fresh
     };
 }
 

@@ -8,6 +8,7 @@
 pub mod contract;
 pub mod log;
 pub mod memory;
+pub mod postgres;
 pub mod expire;
 mod rules;
 pub mod sqlite;

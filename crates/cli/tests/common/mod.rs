@@ -258,3 +258,43 @@ pub fn segment(agent: &ureq::Agent, url: &str, write_key: &str, path: &str, body
     let r = agent.post(format!("{url}{path}")).header("content-type", "application/json").send(body.to_string()).unwrap();
     assert_eq!(r.status().as_u16(), 200, "{path}");
 }
+
+/// A PostgreSQL schema of its own for a test (`CHRONICLE_TEST_DATABASE_URL`, else the machine's
+/// server), dropped when the test ends. `None` (with the reason printed) when there is no
+/// server, outside CI; in CI its absence fails the test.
+pub struct PgSchema {
+    pub url: String,
+    pub schema: String,
+}
+
+impl PgSchema {
+    pub fn new() -> Option<PgSchema> {
+        let url = std::env::var("CHRONICLE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("e2e_{}_{}", std::process::id(), unique_nanos());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        match rt.block_on(chronicle_store::postgres::PgStore::connect_in(&url, &schema)) {
+            Ok(_) => Some(PgSchema { url, schema }),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipped: no PostgreSQL at {url} ({e})");
+                None
+            }
+            Err(e) => panic!("PostgreSQL at {url} is required in CI: {e}"),
+        }
+    }
+
+    /// The storage flags that select it.
+    pub fn args(&self) -> Vec<String> {
+        vec!["--database-url".into(), self.url.clone(), "--database-schema".into(), self.schema.clone()]
+    }
+}
+
+fn unique_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _ = rt.block_on(chronicle_store::postgres::PgStore::drop_schema(&self.url, &self.schema));
+    }
+}

@@ -1,0 +1,508 @@
+//! `PgStore`: the event store in PostgreSQL (`--database-url postgres://…`), for several
+//! `chronicle serve` nodes over one database.
+//!
+//! **Gap-free order.** PostgreSQL commits concurrent transactions in any order, so positions
+//! taken from a sequence become visible out of order and a reader following `position > last`
+//! could skip one that commits late. Here every append transaction first takes one
+//! transaction-scoped advisory lock (`pg_advisory_xact_lock`), then reads the head and numbers
+//! its events after it: transactions that write events are serialised, from every node, so
+//! positions are committed in order and a reader can never see position `p + 1` before `p`. The
+//! cost is that writes do not run in parallel; group commit pays for it — each node's single
+//! writer task puts every append waiting for it (up to 1,024 requests, 10,000 events) in one
+//! transaction, validated together and inserted with one statement, so throughput grows with
+//! concurrency instead of queueing one transaction per event.
+//!
+//! Versioned migrations (`schema_migrations`) run on connect, under a session advisory lock so
+//! two nodes starting together do not race. Every table lives in one schema (`chronicle` by
+//! default; tests use one schema each).
+
+use crate::rules::{self, StoredAt};
+use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
+use async_trait::async_trait;
+use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{Client, NoTls, Row};
+use uuid::Uuid;
+
+/// The key of the advisory lock every append transaction takes (any constant; "CHRN").
+const ORDER_LOCK: i64 = 0x4348_524E;
+/// The key of the lock migrations run under.
+const MIGRATION_LOCK: i64 = 0x4348_524D;
+const MAX_GROUP_REQUESTS: usize = 1024;
+const MAX_GROUP_EVENTS: usize = 10_000;
+const QUEUE_CAPACITY: usize = 4096;
+const READERS: usize = 4;
+
+/// The migrations, in order; each runs once, in a transaction.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE events (
+    position       BIGINT  PRIMARY KEY,
+    id             UUID    NOT NULL,
+    tenant         TEXT    NOT NULL,
+    stream         TEXT    NOT NULL,
+    version        BIGINT  NOT NULL,
+    type           TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    event_time     BIGINT  NOT NULL,
+    ingest_time    BIGINT  NOT NULL,
+    source         TEXT    NOT NULL,
+    causation_id   UUID,
+    correlation_id UUID,
+    actor          TEXT,
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL
+);
+CREATE UNIQUE INDEX events_id ON events (id);
+CREATE UNIQUE INDEX events_stream ON events (tenant, stream, version);
+"];
+
+const COLUMNS: &str = "position, id, tenant, stream, version, type, schema_version, event_time, ingest_time, \
+                       source, causation_id, correlation_id, actor, data, metadata";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgOpenError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(tokio_postgres::Error),
+    #[error("migrating the PostgreSQL schema {schema} failed: {source}")]
+    Migrate { schema: String, source: tokio_postgres::Error },
+    #[error("{0} is not a valid schema name (a-z, 0-9, _)")]
+    Schema(String),
+}
+
+pub struct PgStore {
+    requests: mpsc::Sender<Request>,
+    readers: Vec<Client>,
+    next_reader: AtomicUsize,
+    head: Arc<watch::Sender<u64>>,
+    hook: Arc<RwLock<Option<CommitHook>>>,
+}
+
+struct Request {
+    tenant: String,
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+}
+
+async fn connect(url: &str, schema: &str) -> Result<Client, PgOpenError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))
+        .await
+        .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
+    Ok(client)
+}
+
+impl PgStore {
+    /// Connects to `url`, in schema `chronicle`, migrating it first.
+    pub async fn connect(url: &str) -> Result<PgStore, PgOpenError> {
+        PgStore::connect_in(url, "chronicle").await
+    }
+
+    /// Connects to `url` with every table in `schema` (made if missing), migrating it first.
+    pub async fn connect_in(url: &str, schema: &str) -> Result<PgStore, PgOpenError> {
+        let valid = !schema.is_empty()
+            && schema.len() <= 63
+            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !schema.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(PgOpenError::Schema(schema.into()));
+        }
+        let writer = connect(url, schema).await?;
+        migrate(&writer, schema).await?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(connect(url, schema).await?);
+        }
+        let head_position = query_head(&writer).await.map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
+        let head = Arc::new(watch::Sender::new(head_position));
+        let hook: Arc<RwLock<Option<CommitHook>>> = Arc::new(RwLock::new(None));
+        let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_loop(writer, inbox, head.clone(), hook.clone()));
+        Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), head, hook })
+    }
+
+    /// Drops `schema` and everything in it (tests clean up with it).
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<(), PgOpenError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })
+    }
+
+    fn reader(&self) -> &Client {
+        &self.readers[self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len()]
+    }
+
+    async fn query_events(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<RawEnvelope>, ReadError> {
+        let rows = self.reader().query(sql, params).await.map_err(read_error)?;
+        rows.iter().map(raw_from_row).collect()
+    }
+}
+
+async fn migrate(client: &Client, schema: &str) -> Result<(), PgOpenError> {
+    let err = |source| PgOpenError::Migrate { schema: schema.into(), source };
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(err)?;
+    let result = async {
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            .await?;
+        let done: i32 = client.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            let version = i as i32 + 1;
+            client.batch_execute(&format!("BEGIN; {sql}; INSERT INTO schema_migrations (version) VALUES ({version}); COMMIT;")).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result.map_err(err)?;
+    unlocked.map_err(err)?;
+    Ok(())
+}
+
+async fn query_head(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let head: i64 = client.query_one("SELECT coalesce(max(position), 0) FROM events", &[]).await?.get(0);
+    Ok(head as u64)
+}
+
+fn read_error(e: tokio_postgres::Error) -> ReadError {
+    ReadError::Storage(format!("PostgreSQL: {e}"))
+}
+
+fn raw_from_row(row: &Row) -> Result<RawEnvelope, ReadError> {
+    let time = |i: usize| {
+        rules::from_micros(row.get::<_, i64>(i)).ok_or_else(|| ReadError::Storage("a stored time is out of range".into()))
+    };
+    Ok(RawEnvelope {
+        position: row.get::<_, i64>(0) as u64,
+        id: row.get(1),
+        tenant: row.get(2),
+        stream: row.get(3),
+        version: row.get::<_, i64>(4) as u64,
+        event_type: row.get(5),
+        schema_version: row.get::<_, i32>(6) as u32,
+        event_time: time(7)?,
+        ingest_time: time(8)?,
+        source: row.get(9),
+        causation_id: row.get(10),
+        correlation_id: row.get(11),
+        actor: row.get(12),
+        data: row.get(13),
+        metadata: row.get(14),
+    })
+}
+
+fn decode_all(raws: Vec<RawEnvelope>) -> Result<Vec<EventEnvelope>, ReadError> {
+    raws.into_iter()
+        .map(|r| r.decode().map_err(|e| ReadError::Storage(format!("a stored payload is not JSON: {e}"))))
+        .collect()
+}
+
+/// The writer's statements, prepared once on its connection (each saves a round trip per use).
+struct Statements {
+    lock: tokio_postgres::Statement,
+    head: tokio_postgres::Statement,
+    ids: tokio_postgres::Statement,
+    versions: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
+            lock: client.prepare("SELECT pg_advisory_xact_lock($1)").await?,
+            head: client.prepare("SELECT coalesce(max(position), 0) FROM events").await?,
+            ids: client.prepare("SELECT id, tenant, stream, version, position FROM events WHERE id = ANY($1)").await?,
+            versions: client
+                .prepare(
+                    "SELECT t, s, coalesce((SELECT max(version) FROM events e WHERE e.tenant = t AND e.stream = s), 0) \
+                     FROM unnest($1::text[], $2::text[]) AS x(t, s)",
+                )
+                .await?,
+            insert: client
+                .prepare(&format!(
+                    "INSERT INTO events ({COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
+                     $5::bigint[], $6::text[], $7::int[], $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], \
+                     $13::text[], $14::text[], $15::text[])"
+                ))
+                .await?,
+        })
+    }
+}
+
+/// The single writer of this node: forms groups of the appends waiting and commits each group
+/// in one transaction.
+async fn write_loop(
+    mut client: Client,
+    mut inbox: mpsc::Receiver<Request>,
+    head: Arc<watch::Sender<u64>>,
+    hook: Arc<RwLock<Option<CommitHook>>>,
+) {
+    let statements = match Statements::prepare(&client).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot prepare the PostgreSQL writer's statements");
+            while let Some(r) = inbox.recv().await {
+                let _ = r.reply.send(Err(AppendError::Storage(format!("PostgreSQL: {e}"))));
+            }
+            return;
+        }
+    };
+    let mut group = Vec::with_capacity(MAX_GROUP_REQUESTS);
+    while let Some(first) = inbox.recv().await {
+        let mut events = first.events.len();
+        group.push(first);
+        while group.len() < MAX_GROUP_REQUESTS && events < MAX_GROUP_EVENTS {
+            match inbox.try_recv() {
+                Ok(r) => {
+                    events += r.events.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let ingest_time = rules::truncate_to_micros(Utc::now());
+        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&mut client, &statements, &group, ingest_time).await {
+            Ok(outcomes) => {
+                let appended = group.iter().zip(&outcomes).filter_map(|(r, o)| match o {
+                    Outcome { appended: true, result: Ok(res) } => {
+                        Some((r.tenant.as_str(), r.stream.as_str(), *res, r.events.iter().collect()))
+                    }
+                    _ => None,
+                });
+                rules::call_hook(&hook, appended, ingest_time);
+                if let Some(last) = outcomes.iter().filter(|o| o.appended).filter_map(|o| o.result.as_ref().ok()).map(|r| r.position).max() {
+                    head.send_replace(last);
+                }
+                outcomes.into_iter().map(|o| o.result).collect()
+            }
+            Err(e) => {
+                let message = format!("PostgreSQL: {e}");
+                (0..group.len()).map(|_| Err(AppendError::Storage(message.clone()))).collect()
+            }
+        };
+        for (request, result) in group.drain(..).zip(results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+struct Outcome {
+    result: Result<AppendResult, AppendError>,
+    appended: bool,
+}
+
+struct Owned {
+    tenant: String,
+    stream: String,
+    version: u64,
+    position: u64,
+}
+
+/// Validates the group's requests in order against the database (and the group's earlier
+/// requests), then inserts the accepted ones and commits — all under the order lock.
+async fn commit_group(
+    client: &mut Client,
+    st: &Statements,
+    group: &[Request],
+    ingest_time: chrono::DateTime<Utc>,
+) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // The lock first, then the head: read in a statement of its own, so its snapshot is taken
+    // after the lock is held and sees every earlier writer's commit.
+    tx.execute(&st.lock, &[&ORDER_LOCK]).await?;
+    let head: i64 = tx.query_one(&st.head, &[]).await?.get(0);
+
+    let ids: Vec<Uuid> = group.iter().flat_map(|r| r.events.iter().map(|e| e.id)).collect();
+    let mut stored: HashMap<Uuid, Owned> = HashMap::new();
+    for row in tx.query(&st.ids, &[&ids]).await? {
+        let owned = Owned { tenant: row.get(1), stream: row.get(2), version: row.get::<_, i64>(3) as u64, position: row.get::<_, i64>(4) as u64 };
+        stored.insert(row.get(0), owned);
+    }
+    let (tenants, streams): (Vec<&str>, Vec<&str>) = group.iter().map(|r| (r.tenant.as_str(), r.stream.as_str())).unzip();
+    let mut versions: HashMap<(String, String), u64> = HashMap::new();
+    for row in tx.query(&st.versions, &[&tenants, &streams]).await? {
+        versions.insert((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64);
+    }
+
+    let mut next = head as u64 + 1;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for r in group {
+        if let Err(e) = rules::check_batch(&r.events) {
+            outcomes.push(Outcome { result: Err(e), appended: false });
+            continue;
+        }
+        let batch_ids: Vec<Uuid> = r.events.iter().map(|e| e.id).collect();
+        if batch_ids.iter().any(|id| stored.contains_key(id)) {
+            let found: Vec<Option<StoredAt<'_>>> = batch_ids
+                .iter()
+                .map(|id| stored.get(id).map(|o| StoredAt { tenant: &o.tenant, stream: &o.stream, version: o.version, position: o.position }))
+                .collect();
+            if let Some(result) = rules::classify_ids(&r.tenant, &r.stream, &batch_ids, &found) {
+                outcomes.push(Outcome { result, appended: false });
+                continue;
+            }
+        }
+        let key = (r.tenant.clone(), r.stream.clone());
+        let actual = versions.get(&key).copied().unwrap_or(0);
+        if !r.expected.admits(actual) {
+            outcomes.push(Outcome { result: Err(rules::conflict(&r.stream, r.expected, actual)), appended: false });
+            continue;
+        }
+        let n = r.events.len() as u64;
+        for (i, e) in r.events.iter().enumerate() {
+            let owned = Owned { tenant: r.tenant.clone(), stream: r.stream.clone(), version: actual + 1 + i as u64, position: next + i as u64 };
+            stored.insert(e.id, owned);
+        }
+        versions.insert(key, actual + n);
+        outcomes.push(Outcome {
+            result: Ok(AppendResult { first_version: actual + 1, last_version: actual + n, position: next + n - 1 }),
+            appended: true,
+        });
+        next += n;
+    }
+
+    // One INSERT for the whole group, from arrays.
+    let mut cols = Columns::default();
+    for (r, o) in group.iter().zip(&outcomes) {
+        let (true, Ok(res)) = (o.appended, &o.result) else { continue };
+        let first_position = res.position + 1 - r.events.len() as u64;
+        for (i, e) in r.events.iter().enumerate() {
+            cols.push(&r.tenant, &r.stream, e, res.first_version + i as u64, first_position + i as u64, ingest_time);
+        }
+    }
+    if !cols.position.is_empty() {
+        tx.execute(
+            &st.insert,
+            &[
+                &cols.position, &cols.id, &cols.tenant, &cols.stream, &cols.version, &cols.event_type, &cols.schema_version,
+                &cols.event_time, &cols.ingest_time, &cols.source, &cols.causation_id, &cols.correlation_id, &cols.actor,
+                &cols.data, &cols.metadata,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// A group's rows as column arrays, for `INSERT … SELECT * FROM unnest(…)`.
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    id: Vec<Uuid>,
+    tenant: Vec<String>,
+    stream: Vec<String>,
+    version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    event_time: Vec<i64>,
+    ingest_time: Vec<i64>,
+    source: Vec<String>,
+    causation_id: Vec<Option<Uuid>>,
+    correlation_id: Vec<Option<Uuid>>,
+    actor: Vec<Option<String>>,
+    data: Vec<String>,
+    metadata: Vec<String>,
+}
+
+impl Columns {
+    fn push(&mut self, tenant: &str, stream: &str, e: &NewEvent, version: u64, position: u64, ingest_time: chrono::DateTime<Utc>) {
+        self.position.push(position as i64);
+        self.id.push(e.id);
+        self.tenant.push(tenant.to_owned());
+        self.stream.push(stream.to_owned());
+        self.version.push(version as i64);
+        self.event_type.push(e.event_type.clone());
+        self.schema_version.push(e.schema_version as i32);
+        self.event_time.push(rules::to_micros(e.event_time));
+        self.ingest_time.push(rules::to_micros(ingest_time));
+        self.source.push(e.source.clone());
+        self.causation_id.push(e.causation_id);
+        self.correlation_id.push(e.correlation_id);
+        self.actor.push(e.actor.clone());
+        self.data.push(e.data.json_text().into_owned());
+        self.metadata.push(e.metadata.to_string());
+    }
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append(
+        &self,
+        tenant: &str,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        rules::check_batch(&events)?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request { tenant: tenant.to_owned(), stream: stream.to_owned(), expected, events, reply };
+        let gone = || AppendError::Storage("the PostgreSQL writer stopped".into());
+        self.requests.send(request).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn read_stream(&self, tenant: &str, stream: &str, from_version: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError> {
+        decode_all(self.read_stream_raw(tenant, stream, from_version, limit).await?)
+    }
+
+    async fn read_stream_raw(&self, tenant: &str, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE tenant = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4");
+        let (from, limit) = (from_version.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        self.query_events(&sql, &[&tenant, &stream, &from, &limit]).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError> {
+        decode_all(self.read_all_raw(after, limit).await?)
+    }
+
+    async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
+        // Bounded by the head this node has seen committed: nothing past it is read, so a page
+        // never runs ahead of what subscribers were told.
+        let head = *self.head.borrow() as i64;
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
+        let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        self.query_events(&sql, &[&after, &head, &limit]).await
+    }
+
+    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
+        let rows = self.reader().query("SELECT id FROM events WHERE id = ANY($1)", &[&ids]).await.map_err(read_error)?;
+        let found: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(ids.iter().map(|id| found.contains(id)).collect())
+    }
+
+    async fn head(&self) -> Result<u64, ReadError> {
+        Ok(*self.head.borrow())
+    }
+
+    async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
+        let row = self
+            .reader()
+            .query_one("SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2", &[&tenant, &stream])
+            .await
+            .map_err(read_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn head_watch(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn set_commit_hook(&self, hook: CommitHook) {
+        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+}
