@@ -263,17 +263,7 @@ async fn write_loop(
     };
     let mut group = Vec::with_capacity(MAX_GROUP_REQUESTS);
     while let Some(first) = inbox.recv().await {
-        let mut events = first.events.len();
-        group.push(first);
-        while group.len() < MAX_GROUP_REQUESTS && events < MAX_GROUP_EVENTS {
-            match inbox.try_recv() {
-                Ok(r) => {
-                    events += r.events.len();
-                    group.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        rules::fill_group(&mut group, first, &mut inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
         let ingest_time = rules::truncate_to_micros(Utc::now());
         let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&mut client, &statements, &group, ingest_time).await {
             Ok(outcomes) => {

@@ -157,3 +157,26 @@ pub(crate) fn call_hook<'a>(
     }
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&committed)));
 }
+
+/// Fills a writer's `group` with `first` and every request already queued behind it, up to
+/// `max_requests` requests or `max_events` events (`events` counts a request's): what one
+/// commit takes, in every backend with a single writer.
+pub(crate) fn fill_group<R>(
+    group: &mut Vec<R>,
+    first: R,
+    inbox: &mut tokio::sync::mpsc::Receiver<R>,
+    events: impl Fn(&R) -> usize,
+    (max_requests, max_events): (usize, usize),
+) {
+    let mut n = events(&first);
+    group.push(first);
+    while group.len() < max_requests && n < max_events {
+        match inbox.try_recv() {
+            Ok(request) => {
+                n += events(&request);
+                group.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+}

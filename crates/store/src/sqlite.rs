@@ -384,17 +384,7 @@ impl Writer {
     fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
         let mut group = Vec::with_capacity(MAX_GROUP_REQUESTS);
         while let Some(first) = inbox.blocking_recv() {
-            let mut events = first.events.len();
-            group.push(first);
-            while group.len() < MAX_GROUP_REQUESTS && events < MAX_GROUP_EVENTS {
-                match inbox.try_recv() {
-                    Ok(request) => {
-                        events += request.events.len();
-                        group.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
+            rules::fill_group(&mut group, first, &mut inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
             self.commit_group(&mut group);
         }
     }
