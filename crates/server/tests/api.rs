@@ -1064,3 +1064,24 @@ proptest::proptest! {
         proptest::prop_assert_eq!(snapshot(&app), before);
     }
 }
+
+#[test]
+fn a_request_refused_before_its_body_arrived_tells_the_client_the_connection_closes() {
+    use std::io::{Read, Write};
+    let app = spawn_app();
+    let reader = app.post("/v1/api-keys", json!({"role": "reader"})).body["key"].as_str().unwrap().to_owned();
+    let mut s = std::net::TcpStream::connect(app.base.strip_prefix("http://").unwrap()).unwrap();
+    let body = r#"{"role":"admin"}"#;
+    write!(s, "POST /v1/api-keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {reader}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    // The body comes late (as under load): the 403 is answered before it, the server will not
+    // read it and closes the connection, so the answer must say so, or a client's next request
+    // on this connection is lost.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = s.write_all(body.as_bytes());
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(out.starts_with("http/1.1 403"), "{out}");
+    assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+}

@@ -224,6 +224,8 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let method = req.method().clone();
+    let has_body = req.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
+        || req.headers().get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
@@ -257,6 +259,13 @@ async fn count_requests(
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     if res.status().is_server_error() || res.status().is_client_error() {
         app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    // A request refused before its body was read leaves the body unread, and the server then
+    // closes the connection after answering; saying so keeps a client from reusing that
+    // connection for its next request (which would fail with a reset).
+    let mut res = res;
+    if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+        res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     // Bodies, paths and keys are never logged.
     tracing::debug!(%method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
