@@ -213,6 +213,10 @@ impl EventStore for SealedStore {
         self.inner.head().await
     }
 
+    async fn sync(&self) -> Result<u64, ReadError> {
+        self.inner.sync().await
+    }
+
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
         self.inner.stream_version(tenant, stream).await
     }

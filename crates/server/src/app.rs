@@ -137,12 +137,18 @@ impl App {
         let reacted = AtomicU64::new(initial.reacted);
         let views = Arc::new(RwLock::new(initial));
         catch_up(&*store, &views).await?;
-        // Nothing appends through this store before `start` returns (the data folder is locked
-        // to this process), so no commit can fall between the catch-up and the hook.
+        // Other nodes over the same database may commit while this one starts: the hook takes
+        // only the event right after the views' position (a later one is left to the catch-up
+        // below, which reads up to the head the store moved before calling the hook), so the
+        // views never skip an event whatever the interleaving.
         let hook_views = views.clone();
         store.set_commit_hook(Arc::new(move |evs: &[Committed<'_>]| {
             let mut v = hook_views.write().expect("views lock");
             for c in evs {
+                if c.position > v.position + 1 {
+                    tracing::debug!(position = c.position, views = v.position, "an event ahead of the views is left to the catch-up");
+                    continue;
+                }
                 let head = Head {
                     tenant: c.tenant,
                     stream: c.stream,
@@ -154,6 +160,7 @@ impl App {
                 v.apply_lazy(head, || Ok::<_, std::convert::Infallible>(c.envelope()));
             }
         }));
+        catch_up(&*store, &views).await?;
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         let app = Arc::new(App {
             store,
@@ -340,7 +347,11 @@ impl App {
                 .collect();
             match self.append(tenant, stream, expected, batch).await {
                 Ok(r) => return Ok(Some(r)),
-                Err(AppError::VersionConflict { .. }) => continue,
+                // Another writer (maybe another node) won: decide again on the state after it.
+                Err(AppError::VersionConflict { .. }) => {
+                    self.store.sync().await?;
+                    continue;
+                }
                 // The ids derive from the cause, and an append is all or nothing: a stored id
                 // means this message already had its effect (decided then on an older state).
                 Err(AppError::Conflict { code: "event_id_reused", .. }) if cause.is_some() => return Ok(None),

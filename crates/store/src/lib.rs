@@ -101,7 +101,7 @@ impl<'a> Committed<'a> {
         }
     }
 
-    fn stored(e: &'a EventEnvelope) -> Self {
+    pub(crate) fn stored(e: &'a EventEnvelope) -> Self {
         Committed {
             tenant: &e.tenant,
             stream: &e.stream,
@@ -208,6 +208,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The position of the last committed event (0 when empty).
     async fn head(&self) -> Result<u64, ReadError>;
+
+    /// Waits until everything committed anywhere before the call — by other nodes over the same
+    /// database too — is readable here and has been through the commit hook, and returns that
+    /// head: a node's read-your-writes across nodes. A store only this process writes is
+    /// always in sync.
+    async fn sync(&self) -> Result<u64, ReadError> {
+        self.head().await
+    }
 
     /// The current version of a stream (0 = no stream).
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError>;

@@ -3,7 +3,7 @@
 //! model-based tests compare the real engines against. Nothing here is durable.
 
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, Committed, EventStore, ReadError};
+use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chrono::Utc;
@@ -108,12 +108,7 @@ impl EventStore for MemoryStore {
 
         // Called with the state still locked, so concurrent appends reach the hook in position
         // order, exactly once each.
-        let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(hook) = hook {
-            let seen: Vec<Committed<'_>> = committed.iter().map(Committed::stored).collect();
-            // A panicking hook must not take the store down; the events are committed.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&seen)));
-        }
+        crate::rules::call_hook_stored(&self.hook, committed);
         self.head.send_replace(result.position);
         Ok(result)
     }

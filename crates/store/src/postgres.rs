@@ -12,6 +12,15 @@
 //! transaction, validated together and inserted with one statement, so throughput grows with
 //! concurrency instead of queueing one transaction per event.
 //!
+//! **Many nodes.** Each node follows what the others commit: the append transaction sends a
+//! `NOTIFY` (delivered at commit, so in commit order), and a follower task per node, woken by
+//! it or by a poll every [`POLL`], reads the events past the last one it handed out, in
+//! position order, moves the node's head and passes them through the commit hook — the same
+//! hook a node's own appends go through, so every node's views see every event once, in order.
+//! The writer hands out what other nodes committed before its own group first (it knows: its
+//! group follows the head it read under the lock). `sync` waits until the node has handed out
+//! everything the database had committed when it was called (read-your-writes across nodes).
+//!
 //! Versioned migrations (`schema_migrations`) run on connect, under a session advisory lock so
 //! two nodes starting together do not race. Every table lives in one schema (`chronicle` by
 //! default; tests use one schema each).
@@ -36,6 +45,13 @@ const MAX_GROUP_REQUESTS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_CAPACITY: usize = 4096;
 const READERS: usize = 4;
+/// How often a node looks for other nodes' commits when no notification came (a lost one, a
+/// reconnect): the bound on how stale a node can be when nothing tells it.
+const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How many events the follower reads per query.
+const FOLLOW_PAGE: i64 = 1000;
+/// How long `sync` waits for the follower before it gives up with an error.
+const SYNC_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The migrations, in order; each runs once, in a transaction.
 const MIGRATIONS: &[&str] = &["
@@ -77,8 +93,91 @@ pub struct PgStore {
     requests: mpsc::Sender<Request>,
     readers: Vec<Client>,
     next_reader: AtomicUsize,
-    head: Arc<watch::Sender<u64>>,
-    hook: Arc<RwLock<Option<CommitHook>>>,
+    feed: Arc<Feed>,
+}
+
+/// What a node has handed out: the head its readers and subscribers see, and the commit hook
+/// every event goes through once, in position order, whichever node wrote it.
+struct Feed {
+    /// The position of the last event handed out; held while handing out, so hand-outs by the
+    /// writer and the follower never interleave.
+    fed: tokio::sync::Mutex<u64>,
+    head: watch::Sender<u64>,
+    hook: RwLock<Option<CommitHook>>,
+    /// Wakes the follower (a notification came, or `sync` waits).
+    wake: tokio::sync::Notify,
+}
+
+impl Feed {
+    /// Hands out every event committed past `*fed` (up to `upto`, if given), reading them
+    /// from the database. Commits are serialised by the order lock, so what a query sees past
+    /// `*fed` is a gap-free run of whole transactions.
+    async fn catch_up(&self, fed: &mut u64, client: &Client, upto: Option<u64>) -> Result<(), tokio_postgres::Error> {
+        let upto = upto.map_or(i64::MAX, |u| u as i64);
+        loop {
+            let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
+            let rows = client.query(&sql, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match raw_from_row(row).and_then(|raw| raw.decode().map_err(|e| ReadError::Storage(e.to_string()))) {
+                    Ok(e) => events.push(e),
+                    Err(e) => tracing::error!(error = %e, "a stored event cannot be read back; the views skip it"),
+                }
+            }
+            let Some(last) = rows.last().map(|r| r.get::<_, i64>(0) as u64) else { return Ok(()) };
+            // The head first: a view that lags is corrected by a catch-up read, and such a
+            // read must see what the hook is about to be given.
+            self.head.send_replace(last);
+            rules::call_hook_stored(&self.hook, &events);
+            *fed = last;
+            if (rows.len() as i64) < FOLLOW_PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The follower: hands out other nodes' commits when notified, or at least every [`POLL`].
+/// Ends when the store is dropped.
+async fn follow(feed: std::sync::Weak<Feed>, client: Client) {
+    loop {
+        let Some(f) = feed.upgrade() else { return };
+        let _ = tokio::time::timeout(POLL, f.wake.notified()).await;
+        let mut fed = f.fed.lock().await;
+        if let Err(e) = f.catch_up(&mut fed, &client, None).await {
+            tracing::warn!(error = %e, "following the PostgreSQL event log failed; retrying");
+        }
+    }
+}
+
+/// The follower's connection, which also listens for the append notifications.
+async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>) -> Result<Client, PgOpenError> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => match feed.upgrade() {
+                    Some(f) => f.wake.notify_one(),
+                    None => return,
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("SET search_path TO {schema}; LISTEN {}", channel(schema)))
+        .await
+        .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
+    Ok(client)
+}
+
+/// The notification channel appends in `schema` are announced on.
+fn channel(schema: &str) -> String {
+    format!("chronicle_{schema}")
 }
 
 struct Request {
@@ -125,11 +224,17 @@ impl PgStore {
             readers.push(connect(url, schema).await?);
         }
         let head_position = query_head(&writer).await.map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
-        let head = Arc::new(watch::Sender::new(head_position));
-        let hook: Arc<RwLock<Option<CommitHook>>> = Arc::new(RwLock::new(None));
+        let feed = Arc::new(Feed {
+            fed: tokio::sync::Mutex::new(head_position),
+            head: watch::Sender::new(head_position),
+            hook: RwLock::new(None),
+            wake: tokio::sync::Notify::new(),
+        });
+        let follower = listen(url, schema, Arc::downgrade(&feed)).await?;
+        tokio::spawn(follow(Arc::downgrade(&feed), follower));
         let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(writer, inbox, head.clone(), hook.clone()));
-        Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), head, hook })
+        tokio::spawn(write_loop(writer, inbox, feed.clone(), channel(schema)));
+        Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), feed })
     }
 
     /// Drops `schema` and everything in it (tests clean up with it).
@@ -214,6 +319,7 @@ fn decode_all(raws: Vec<RawEnvelope>) -> Result<Vec<EventEnvelope>, ReadError> {
 /// The writer's statements, prepared once on its connection (each saves a round trip per use).
 struct Statements {
     lock: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
     head: tokio_postgres::Statement,
     ids: tokio_postgres::Statement,
     versions: tokio_postgres::Statement,
@@ -224,6 +330,7 @@ impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
             lock: client.prepare("SELECT pg_advisory_xact_lock($1)").await?,
+            notify: client.prepare("SELECT pg_notify($1, '')").await?,
             head: client.prepare("SELECT coalesce(max(position), 0) FROM events").await?,
             ids: client.prepare("SELECT id, tenant, stream, version, position FROM events WHERE id = ANY($1)").await?,
             versions: client
@@ -248,8 +355,8 @@ impl Statements {
 async fn write_loop(
     mut client: Client,
     mut inbox: mpsc::Receiver<Request>,
-    head: Arc<watch::Sender<u64>>,
-    hook: Arc<RwLock<Option<CommitHook>>>,
+    feed: Arc<Feed>,
+    channel: String,
 ) {
     let statements = match Statements::prepare(&client).await {
         Ok(s) => s,
@@ -265,18 +372,9 @@ async fn write_loop(
     while let Some(first) = inbox.recv().await {
         rules::fill_group(&mut group, first, &mut inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
         let ingest_time = rules::truncate_to_micros(Utc::now());
-        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&mut client, &statements, &group, ingest_time).await {
-            Ok(outcomes) => {
-                let appended = group.iter().zip(&outcomes).filter_map(|(r, o)| match o {
-                    Outcome { appended: true, result: Ok(res) } => {
-                        Some((r.tenant.as_str(), r.stream.as_str(), *res, r.events.iter().collect()))
-                    }
-                    _ => None,
-                });
-                rules::call_hook(&hook, appended, ingest_time);
-                if let Some(last) = outcomes.iter().filter(|o| o.appended).filter_map(|o| o.result.as_ref().ok()).map(|r| r.position).max() {
-                    head.send_replace(last);
-                }
+        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&mut client, &statements, &group, ingest_time, &channel).await {
+            Ok((before, outcomes)) => {
+                hand_out(&feed, &client, before, &group, &outcomes, ingest_time).await;
                 outcomes.into_iter().map(|o| o.result).collect()
             }
             Err(e) => {
@@ -288,6 +386,33 @@ async fn write_loop(
             let _ = request.reply.send(result);
         }
     }
+}
+
+/// Hands out a committed group: first what other nodes committed up to `before` (the head the
+/// group was numbered after), then the group itself — unless the follower already has.
+async fn hand_out(feed: &Feed, client: &Client, before: u64, group: &[Request], outcomes: &[Outcome], ingest_time: chrono::DateTime<Utc>) {
+    let last = outcomes.iter().filter(|o| o.appended).filter_map(|o| o.result.as_ref().ok()).map(|r| r.position).max();
+    let Some(last) = last else { return };
+    let mut fed = feed.fed.lock().await;
+    if *fed >= last {
+        return;
+    }
+    if *fed < before {
+        if let Err(e) = feed.catch_up(&mut fed, client, Some(before)).await {
+            // The follower hands all of it out later, in order; until then this node's views
+            // lag its own write.
+            tracing::warn!(error = %e, "reading other nodes' commits failed");
+            feed.wake.notify_one();
+            return;
+        }
+    }
+    let appended = group.iter().zip(outcomes).filter_map(|(r, o)| match o {
+        Outcome { appended: true, result: Ok(res) } => Some((r.tenant.as_str(), r.stream.as_str(), *res, r.events.iter().collect())),
+        _ => None,
+    });
+    feed.head.send_replace(last);
+    rules::call_hook(&feed.hook, appended, ingest_time);
+    *fed = last;
 }
 
 struct Outcome {
@@ -309,7 +434,8 @@ async fn commit_group(
     st: &Statements,
     group: &[Request],
     ingest_time: chrono::DateTime<Utc>,
-) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    channel: &str,
+) -> Result<(u64, Vec<Outcome>), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     // The lock first, then the head: read in a statement of its own, so its snapshot is taken
     // after the lock is held and sees every earlier writer's commit.
@@ -384,9 +510,10 @@ async fn commit_group(
             ],
         )
         .await?;
+        tx.execute(&st.notify, &[&channel]).await?;
     }
     tx.commit().await?;
-    Ok(outcomes)
+    Ok((head as u64, outcomes))
 }
 
 /// A group's rows as column arrays, for `INSERT … SELECT * FROM unnest(…)`.
@@ -463,7 +590,7 @@ impl EventStore for PgStore {
     async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
         // Bounded by the head this node has seen committed: nothing past it is read, so a page
         // never runs ahead of what subscribers were told.
-        let head = *self.head.borrow() as i64;
+        let head = *self.feed.head.borrow() as i64;
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
         let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
         self.query_events(&sql, &[&after, &head, &limit]).await
@@ -476,7 +603,20 @@ impl EventStore for PgStore {
     }
 
     async fn head(&self) -> Result<u64, ReadError> {
-        Ok(*self.head.borrow())
+        Ok(*self.feed.head.borrow())
+    }
+
+    async fn sync(&self) -> Result<u64, ReadError> {
+        let committed = query_head(self.reader()).await.map_err(read_error)?;
+        let mut head = self.feed.head.subscribe();
+        if *head.borrow() < committed {
+            self.feed.wake.notify_one();
+            match tokio::time::timeout(SYNC_LIMIT, head.wait_for(|h| *h >= committed)).await {
+                Ok(Ok(_)) => {}
+                _ => return Err(ReadError::Storage(format!("this node did not catch up with position {committed} in time"))),
+            }
+        }
+        Ok(committed)
     }
 
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
@@ -489,10 +629,10 @@ impl EventStore for PgStore {
     }
 
     fn head_watch(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
+        self.feed.head.subscribe()
     }
 
     fn set_commit_hook(&self, hook: CommitHook) {
-        *self.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        *self.feed.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 }

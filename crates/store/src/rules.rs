@@ -158,6 +158,15 @@ pub(crate) fn call_hook<'a>(
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&committed)));
 }
 
+/// Hands events read back from storage (committed by another writer), in position order, to
+/// the commit hook, if one is set; like [`call_hook`].
+pub(crate) fn call_hook_stored(hook: &std::sync::RwLock<Option<crate::CommitHook>>, events: &[chronicle_core::envelope::EventEnvelope]) {
+    let hook = hook.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(hook) = hook else { return };
+    let committed: Vec<crate::Committed<'_>> = events.iter().map(crate::Committed::stored).collect();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&committed)));
+}
+
 /// Fills a writer's `group` with `first` and every request already queued behind it, up to
 /// `max_requests` requests or `max_events` events (`events` counts a request's): what one
 /// commit takes, in every backend with a single writer.

@@ -229,6 +229,12 @@ async fn count_requests(
     // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
+    // Read-your-writes across nodes: the answer reflects everything committed, on any node
+    // over the same database, before the request came (one query per request on PostgreSQL;
+    // nothing on a store only this process writes).
+    if let Err(e) = app.store().sync().await {
+        return ApiError::from(crate::error::AppError::from(e)).into_response();
+    }
     let audited = audit_subject(&app, &req, &route);
     // Every request but the live stream gets an answer within the time limit.
     let res = if route == "/v1/events/stream" {
