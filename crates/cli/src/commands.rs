@@ -28,18 +28,39 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, au
             .with_context(|| format!("loading campaigns from {}", dir.display()))?;
         tracing::info!(changed = n, folder = %dir.display(), "campaigns and templates loaded");
     }
-    start_automation(&app, automation)?;
-    run_server(&cfg, app, |addr| println!("chronicle listening on http://{addr}")).await?;
+    // Over a shared database, the node holding the lease runs the campaigns (see
+    // `automation::lease`); alone, this node always does.
+    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let leases = st.pg.clone().map(|pg| pg as Arc<dyn chronicle_store::Leases>);
+    start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
+    run_server(&cfg, app.clone(), |addr| println!("chronicle listening on http://{addr}")).await?;
+    if let Some(leases) = leases {
+        // Handed over now rather than when it runs out.
+        leases.release(chronicle_server::automation::lease::NAME, &holder, app.reacted()).await.context("releasing the lease")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Start the automation engine (campaigns, timers, the outbox) on the running app.
-pub fn start_automation(app: &Arc<App>, automation: &AutomationArgs) -> anyhow::Result<()> {
+pub fn start_automation(
+    app: &Arc<App>,
+    automation: &AutomationArgs,
+    leased: Option<(Arc<dyn chronicle_store::Leases>, String)>,
+) -> anyhow::Result<()> {
     if let Some(k) = &automation.sendgrid_public_key {
         let key = chronicle_server::automation::feedback::parse_public_key(k).map_err(|e| anyhow::anyhow!(e))?;
         let _ = app.sendgrid_key.set(key);
     }
-    chronicle_server::automation::Engine::start(app.clone(), automation.engine_config())
+    use chronicle_server::automation::{lease, Engine};
+    let gate = match leased {
+        Some((leases, holder)) => {
+            let gate = lease::Gate::leased();
+            lease::renew(app.clone(), leases, gate.clone(), holder);
+            gate
+        }
+        None => lease::Gate::always(),
+    };
+    Engine::start_gated(app.clone(), automation.engine_config(), gate)
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the automation engine")?;
     Ok(())

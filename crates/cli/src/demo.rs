@@ -500,7 +500,7 @@ pub async fn run(
         println!("{summary}");
         return Ok(ExitCode::SUCCESS);
     }
-    commands::start_automation(&app, automation)?;
+    commands::start_automation(&app, automation, None)?;
     let week_ago = (now - Duration::days(7)).format("%Y-%m-%dT%H:%M:%SZ");
     commands::run_server(&cfg, app, |addr| {
         let base = format!("http://{addr}");

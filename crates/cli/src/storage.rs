@@ -4,8 +4,10 @@
 //!
 //! New folders get the append-only log (`LogStore`, the default since it commits several
 //! times faster; ADR 0001); a folder that already holds an `events.sqlite` keeps SQLite. With
-//! `--database-url` the events live in PostgreSQL (`PgStore`); the data folder still holds the
-//! lock, the checkpoint and the key store (one node per folder).
+//! `--database-url` the events live in PostgreSQL (`PgStore`), shared by every node over it; each
+//! node's data folder still holds its lock, its views' checkpoint and, when sealed, the key
+//! store — so a database is either sealed by one node's key store (one node) or unsealed (any
+//! number of nodes): the database records which, and a node that does not match is refused.
 
 use crate::config::Config;
 use anyhow::{bail, Context};
@@ -26,6 +28,8 @@ pub struct Storage {
     pub checkpoint: PathBuf,
     /// With crypto-shredding on (`--seal`, or a folder that has `keys.bin`).
     pub keys: Option<Arc<KeyStore>>,
+    /// The PostgreSQL store under `store`, when `--database-url` (leases for shared work).
+    pub pg: Option<Arc<PgStore>>,
     _lock: File,
 }
 
@@ -52,7 +56,7 @@ impl Storage {
             LogStore::expire(&cfg.data, expiry)
         };
         // Opened again whatever happened: an expiry that failed left the store as it was.
-        self.store = open_store(cfg, self.keys.as_ref())?;
+        self.store = open_store(cfg, self.keys.as_ref())?.0;
         Ok(expired?)
     }
 }
@@ -109,8 +113,33 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     } else {
         None
     };
-    let store = open_store(cfg, keys.as_ref())?;
-    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, _lock: lock })
+    let (store, pg) = open_store(cfg, keys.as_ref())?;
+    if let Some(pg) = &pg {
+        claim_sealing(pg, &*store)?;
+    }
+    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, pg, _lock: lock })
+}
+
+/// Every node over one database must read the events as they were written: unsealed, or
+/// sealed with the one key store that sealed them (named by a digest of its index key).
+fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
+    let mine = match store.index_key()? {
+        Some(k) => format!("keys:{}", &chronicle_server::keys::digest(&format!("{k:?}"))[..16]),
+        None => "none".to_owned(),
+    };
+    let connect = pg.claim_setting("sealing", &mine);
+    let theirs = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))?;
+    if theirs != mine {
+        match (theirs.as_str(), mine.as_str()) {
+            ("none", _) => bail!("this database's events are not sealed; open it with --seal=false (a data folder of its own without keys.bin)"),
+            (_, "none") => bail!("this database's events are sealed by another data folder's key store; only that folder's node can open them"),
+            _ => bail!(
+                "this database's events are sealed by another data folder's key store; several nodes over one database \
+                 run unsealed (--seal=false) until keys are shared"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Whether the folder's events are sealed (crypto-shredding): a folder that was ever sealed
@@ -139,13 +168,19 @@ fn sealed(cfg: &Config) -> anyhow::Result<bool> {
 }
 
 /// The folder's event store (the log, or SQLite where the folder has one), sealed when `keys`.
-fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Arc<dyn EventStore>> {
+/// The event store, and the PostgreSQL store under it when there is one.
+type Opened = (Arc<dyn EventStore>, Option<Arc<PgStore>>);
+
+fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Opened> {
+    let mut pg = None;
     let store: Arc<dyn EventStore> = if let Some(url) = &cfg.database_url {
         // Called from the async commands: connecting waits on this worker thread.
         let connect = PgStore::connect_in(url, &cfg.database_schema);
         let store = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))
             .with_context(|| format!("opening the PostgreSQL event store (schema {})", cfg.database_schema))?;
-        Arc::new(store)
+        let store = Arc::new(store);
+        pg = Some(store.clone());
+        store
     } else if cfg.data.join(sqlite::DB_FILE).exists() {
         Arc::new(
             SqliteStore::open(&cfg.data)
@@ -154,8 +189,9 @@ fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Arc<
     } else {
         Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
     };
-    Ok(match keys {
+    let store: Arc<dyn EventStore> = match keys {
         Some(keys) => Arc::new(SealedStore::new(store, keys.clone())),
         None => store,
-    })
+    };
+    Ok((store, pg))
 }

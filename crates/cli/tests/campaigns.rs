@@ -17,8 +17,10 @@ struct Tenant {
     write: String,
 }
 
-fn tenant(data: &Path) -> Tenant {
-    let out = chronicle(data, &["tenant", "create", "acme"]);
+fn tenant(data: &Path, db: &[String]) -> Tenant {
+    let mut args = vec!["tenant", "create", "acme"];
+    args.extend(db.iter().map(String::as_str));
+    let out = chronicle(data, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     Tenant { api: v["api_key"].as_str().unwrap().into(), write: v["write_key"].as_str().unwrap().into() }
@@ -91,15 +93,26 @@ struct World {
     data: std::path::PathBuf,
     t: Tenant,
     smtp: Option<SmtpSink>,
+    /// The PostgreSQL schema the events live in, or `None` for the embedded store.
+    db: Option<PgSchema>,
 }
 
 /// `None` when the test needs the SMTP server and it is not installed (a skip outside CI).
 fn world(mail: bool) -> Option<World> {
+    world_in(mail, None)
+}
+
+/// The same world over PostgreSQL (`None` also when there is no server, outside CI).
+fn world_on_postgres(mail: bool) -> Option<World> {
+    world_in(mail, Some(PgSchema::new()?))
+}
+
+fn world_in(mail: bool, db: Option<PgSchema>) -> Option<World> {
     let dir = tempfile::tempdir().unwrap();
     let smtp = if mail { Some(SmtpSink::start(dir.path())?) } else { None };
     let data = dir.path().join("data");
-    let t = tenant(&data);
-    Some(World { dir, data, t, smtp })
+    let t = tenant(&data, &db.as_ref().map(PgSchema::args).unwrap_or_default());
+    Some(World { dir, data, t, smtp, db })
 }
 
 impl World {
@@ -115,6 +128,8 @@ impl World {
             all.extend(["--smtp-url", u.as_str()]);
         }
         all.extend(args);
+        let db = self.db.as_ref().map(PgSchema::args).unwrap_or_default();
+        all.extend(db.iter().map(String::as_str));
         let (server, url, _) = start(&self.data, &all);
         (server, url)
     }
@@ -137,6 +152,16 @@ fn example(path: &str) -> Value {
 #[test]
 fn welcome_mail_goes_to_consenting_customers_only_and_a_revocation_always_wins() {
     let Some(w) = world(true) else { return };
+    welcome_mail(w);
+}
+
+#[test]
+fn welcome_mail_and_revocations_on_postgres() {
+    let Some(w) = world_on_postgres(true) else { return };
+    welcome_mail(w);
+}
+
+fn welcome_mail(w: World) {
     let (t, smtp) = (&w.t, w.smtp());
     let folder = examples_folder(w.dir.path());
     let (_server, url) = w.serve(&["--campaigns", folder.to_str().unwrap()]);
@@ -215,6 +240,16 @@ fn abandoned_cart_reminds_the_customer_who_did_not_buy_and_not_the_one_who_did()
 #[test]
 fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend() {
     let Some(w) = world(true) else { return };
+    wait_across_kill_9(w);
+}
+
+#[test]
+fn a_wait_pending_at_kill_9_on_postgres_sends_once_after_restart() {
+    let Some(w) = world_on_postgres(true) else { return };
+    wait_across_kill_9(w);
+}
+
+fn wait_across_kill_9(w: World) {
     let (t, smtp) = (&w.t, w.smtp());
     let (mut server, url) = w.serve(&[]);
     let agent = agent();
@@ -254,7 +289,9 @@ fn a_wait_pending_at_kill_9_sends_once_after_restart_and_restarts_never_resend()
     assert_ne!(ids[0], ids[1]);
     // The automation read model (enrolments, timers, outbox) agrees with a replay of the log.
     sigterm(&mut server);
-    let out = chronicle(&w.data, &["verify"]);
+    let mut verify = vec!["verify".to_owned()];
+    verify.extend(w.db.as_ref().map(PgSchema::args).unwrap_or_default());
+    let out = chronicle(&w.data, &verify.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 

@@ -136,6 +136,18 @@ impl<'a> Committed<'a> {
     }
 }
 
+/// Leases over a database several nodes share: who does a piece of shared work (the campaign
+/// engine) now, and how far it got, so a node that takes over continues from there.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// Take or renew lease `name` for `holder` until `ttl` from now, recording `progress` (its
+    /// holder's); `Some(progress recorded)` when `holder` holds it, `None` when another does.
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration, progress: u64) -> Result<Option<u64>, ReadError>;
+
+    /// Give lease `name` up now (a clean stop), so another node takes it at once.
+    async fn release(&self, name: &str, holder: &str, progress: u64) -> Result<(), ReadError>;
+}
+
 /// One event store. Positions are global, 1-based, gap-free and follow commit order; versions
 /// are 1-based per `(tenant, stream)`.
 #[async_trait]

@@ -74,6 +74,17 @@ CREATE TABLE events (
 );
 CREATE UNIQUE INDEX events_id ON events (id);
 CREATE UNIQUE INDEX events_stream ON events (tenant, stream, version);
+", "
+CREATE TABLE leases (
+    name       TEXT        PRIMARY KEY,
+    holder     TEXT        NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    progress   BIGINT      NOT NULL DEFAULT 0
+);
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 "];
 
 const COLUMNS: &str = "position, id, tenant, stream, version, type, schema_version, event_time, ingest_time, \
@@ -245,6 +256,18 @@ impl PgStore {
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .await
             .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })
+    }
+
+    /// The value of a database-wide setting, `value` if it had none (set now, first wins):
+    /// what every node must agree on, such as how the events are sealed.
+    pub async fn claim_setting(&self, name: &str, value: &str) -> Result<String, ReadError> {
+        let client = self.reader();
+        client
+            .execute("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &value])
+            .await
+            .map_err(read_error)?;
+        let row = client.query_one("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        Ok(row.get(0))
     }
 
     fn reader(&self) -> &Client {
@@ -634,5 +657,39 @@ impl EventStore for PgStore {
 
     fn set_commit_hook(&self, hook: CommitHook) {
         *self.feed.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+}
+
+#[async_trait]
+impl crate::Leases for PgStore {
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration, progress: u64) -> Result<Option<u64>, ReadError> {
+        // Taken when free or expired, renewed by its holder; the database's clock decides
+        // expiry, so the nodes' clocks need not agree.
+        let row = self
+            .reader()
+            .query_opt(
+                "INSERT INTO leases (name, holder, expires_at, progress) \
+                 VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4) \
+                 ON CONFLICT (name) DO UPDATE SET holder = $2, expires_at = EXCLUDED.expires_at, \
+                   progress = CASE WHEN leases.holder = $2 THEN GREATEST(leases.progress, $4) ELSE leases.progress END \
+                 WHERE leases.holder = $2 OR leases.expires_at < now() \
+                 RETURNING progress",
+                &[&name, &holder, &(ttl.as_millis() as f64), &(progress.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn release(&self, name: &str, holder: &str, progress: u64) -> Result<(), ReadError> {
+        self.reader()
+            .execute(
+                "UPDATE leases SET expires_at = now() - interval '1 second', progress = GREATEST(progress, $3) \
+                 WHERE name = $1 AND holder = $2",
+                &[&name, &holder, &(progress.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@
 pub mod definitions;
 pub mod delivery;
 pub mod feedback;
+pub mod lease;
 
 use crate::app::App;
 use crate::error::AppError;
@@ -75,6 +76,7 @@ const DELIVERIES_IN_FLIGHT: usize = 32;
 
 pub struct Engine {
     app: Arc<App>,
+    gate: Arc<lease::Gate>,
     delivery: Delivery,
     config: EngineConfig,
     /// Messages being delivered now (so the clock does not hand one over twice).
@@ -92,11 +94,17 @@ enum Plan {
 }
 
 impl Engine {
-    /// Start the engine's tasks on the current runtime.
+    /// Start the engine's tasks on the current runtime (the only node: always at work).
     pub fn start(app: Arc<App>, config: EngineConfig) -> Result<Arc<Engine>, String> {
+        Engine::start_gated(app, config, lease::Gate::always())
+    }
+
+    /// Start the engine's tasks, working only while `gate` is open (this node holds the lease).
+    pub fn start_gated(app: Arc<App>, config: EngineConfig, gate: Arc<lease::Gate>) -> Result<Arc<Engine>, String> {
         let delivery = Delivery::new(config.delivery.clone())?;
         let engine = Arc::new(Engine {
             app,
+            gate,
             delivery,
             config,
             in_flight: Mutex::new(HashSet::new()),
@@ -108,9 +116,23 @@ impl Engine {
     }
 
     async fn react(self: Arc<Self>) {
+        loop {
+            self.gate.wait().await;
+            let term = self.gate.term();
+            self.react_while_held(term).await;
+        }
+    }
+
+    /// Reacts from the recorded progress until the lease changes hands.
+    async fn react_while_held(&self, term: u64) {
         let mut sub = Subscription::new(self.app.store().clone(), self.app.reacted());
         loop {
-            let ev = match sub.next().await {
+            let next = tokio::time::timeout(lease::TTL / 3, sub.next()).await;
+            if !self.gate.held() || self.gate.term() != term {
+                return;
+            }
+            let Ok(next) = next else { continue };
+            let ev = match next {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return,
                 Err(e) => {
@@ -280,6 +302,10 @@ impl Engine {
     async fn clock(self: Arc<Self>) {
         let mut next_scan = tokio::time::Instant::now();
         loop {
+            if !self.gate.held() {
+                self.gate.wait().await;
+                continue;
+            }
             if tokio::time::Instant::now() >= next_scan {
                 if let Err(e) = self.scan(Utc::now()).await {
                     tracing::warn!(error = %e, "automation: the scan for absence triggers failed");

@@ -1,0 +1,245 @@
+//! Several `chronicle serve` nodes over one PostgreSQL database (a schema of its own per test):
+//! a write on one is read on the other, a consent revocation on one is honoured by the other's
+//! very next check, racing writers on both get one event per version, and a node killed with
+//! SIGKILL under load loses no acknowledged event while the survivor takes over its campaigns
+//! and sends nothing twice. The nodes run unsealed: a sealed database belongs to one node's
+//! key store (see the README).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    db: PgSchema,
+    key: String,
+    folders: Vec<std::path::PathBuf>,
+}
+
+/// Tenant `acme` in a fresh schema, and a data folder per node.
+fn cluster(nodes: usize) -> Option<Cluster> {
+    let db = PgSchema::new()?;
+    let dir = tempfile::tempdir().unwrap();
+    let folders: Vec<_> = (0..nodes).map(|i| dir.path().join(format!("node{i}"))).collect();
+    let mut args = vec!["tenant", "create", "acme", "--seal=false"];
+    let db_args = db.args();
+    args.extend(db_args.iter().map(String::as_str));
+    let out = chronicle(&folders[0], &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_owned();
+    Some(Cluster { _dir: dir, db, key, folders })
+}
+
+impl Cluster {
+    fn serve(&self, node: usize, extra: &[&str]) -> (Server, String) {
+        let mut args = vec!["serve", "--seal=false"];
+        let db_args = self.db.args();
+        args.extend(db_args.iter().map(String::as_str));
+        args.extend(extra);
+        let (server, url, _) = start(&self.folders[node], &args);
+        (server, url)
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn register(agent: &ureq::Agent, url: &str, key: &str, id: &str, email: &str) {
+    let body = json!({"id": id, "email": email, "traits": {"first_name": "Ada"},
+        "consents": [{"channel": "email", "purpose": "marketing", "granted": true, "source": "signup-form"}]});
+    let (status, v) = send(agent, "POST", &format!("{url}/v1/customers"), key, &body);
+    assert_eq!(status, 201, "{v}");
+}
+
+#[test]
+fn two_nodes_read_each_others_writes_honour_each_others_revocations_and_race_one_event_per_version() {
+    let Some(c) = cluster(2) else { return };
+    let (_a, a) = c.serve(0, &[]);
+    let (_b, b) = c.serve(1, &[]);
+    let agent = agent();
+    let check = |url: &str, id: &str| get(&agent, &format!("{url}/v1/consent-check?customer={id}&channel=email&purpose=marketing"), &c.key);
+
+    // A write on one node is read on the other, at once.
+    for i in 0..20 {
+        let id = format!("c{i}");
+        let (on, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        register(&agent, on, &c.key, &id, &format!("{id}@example.com"));
+        let (status, v) = get(&agent, &format!("{other}/v1/customers/{id}"), &c.key);
+        assert_eq!((status, v["email"].as_str()), (200, Some(format!("{id}@example.com").as_str())), "{v}");
+        assert_eq!(check(other, &id).1["allowed"], true);
+        // A revocation on one node: the other's very next check says no.
+        let revoke = json!({"channel": "email", "purpose": "marketing", "granted": false, "source": "preference-center"});
+        let (status, v) = send(&agent, "POST", &format!("{other}/v1/customers/{id}/consents"), &c.key, &revoke);
+        assert_eq!(status, 201, "{v}");
+        let (status, v) = check(on, &id);
+        assert_eq!((status, &v["allowed"]), (200, &json!(false)), "the revocation on the other node is honoured: {v}");
+    }
+
+    // Racing writers, two per node, on one stream: each appends at the version it knows.
+    let won = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, key, won) = (if w % 2 == 0 { a.clone() } else { b.clone() }, c.key.clone(), won.clone());
+            std::thread::spawn(move || {
+                let agent = common::agent();
+                let mut known = 0u64;
+                let mut conflicts = 0;
+                for i in 0..40 {
+                    let expected = if known == 0 { json!("no_stream") } else { json!(known) };
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let body = json!({"expected_version": expected, "events": [{"id": id, "type": "DealNoted", "data": {"w": w, "i": i}}]});
+                    let (status, v) = send(&agent, "POST", &format!("{url}/v1/streams/ticket-1"), &key, &body);
+                    match status {
+                        200 => {
+                            known = v["last_version"].as_u64().unwrap_or(known + 1);
+                            won.lock().unwrap().push(id);
+                        }
+                        409 => {
+                            conflicts += 1;
+                            known = v["error"]["actual_version"].as_u64().expect("a conflict names the actual version");
+                        }
+                        s => panic!("unexpected {s}: {v}"),
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let conflicts: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let won = won.lock().unwrap().clone();
+    assert!(conflicts > 0, "the writers did race");
+    for url in [&a, &b] {
+        let (status, v) = get(&agent, &format!("{url}/v1/streams/ticket-1?limit=1000"), &c.key);
+        assert_eq!(status, 200);
+        let events = v["events"].as_array().unwrap();
+        assert_eq!(events.len(), won.len(), "one event per acknowledged append, read on either node");
+        let versions: Vec<u64> = events.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+        assert_eq!(versions, (1..=won.len() as u64).collect::<Vec<_>>());
+        let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let mut acked: Vec<&str> = won.iter().map(String::as_str).collect();
+        ids.sort();
+        acked.sort();
+        assert_eq!(ids, acked);
+    }
+}
+
+#[test]
+fn sigkill_of_the_lease_holder_under_load_loses_nothing_and_the_survivor_sends_the_rest_once() {
+    let Some(c) = cluster(2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = SmtpSink::start(dir.path()) else { return };
+    let smtp_url = smtp.url();
+    let mail = ["--smtp-url", smtp_url.as_str()];
+    // The first node takes the automation lease before the second starts.
+    let (mut a_server, a) = c.serve(0, &mail);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_b_server, b) = c.serve(1, &mail);
+    let agent = agent();
+    let (status, v) = send(&agent, "PUT", &format!("{a}/v1/templates/nudge"), &c.key, &json!({"subject": "Hello {{ traits.first_name }}", "body": "<p>Hi</p>"}));
+    assert_eq!(status, 200, "{v}");
+    let campaign = json!({"trigger": "CustomerRegistered", "steps": [
+        {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}},
+        {"wait": "4s"},
+        {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}}]});
+    let (status, v) = send(&agent, "PUT", &format!("{a}/v1/campaigns/nudge"), &c.key, &campaign);
+    assert_eq!(status, 200, "{v}");
+
+    // Customers registered on both nodes; the lease holder sends their first mail.
+    for i in 0..6 {
+        register(&agent, if i % 2 == 0 { &a } else { &b }, &c.key, &format!("c{i}"), &format!("c{i}@example.com"));
+    }
+    for i in 0..6 {
+        assert_eq!(smtp.wait_for(&format!("c{i}@example.com"), 1, Duration::from_secs(20)).len(), 1, "c{i}'s first mail");
+    }
+
+    // Load on the doomed node, then SIGKILL it while the second mails wait.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4u32)
+        .map(|n| {
+            let (url, key, acked, stop) = (a.clone(), c.key.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let agent = common::agent();
+                for seq in 0u32.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = uuid::Uuid::from_u128(((n as u128 + 1) << 64) | seq as u128).to_string();
+                    let body = json!({"expected_version": "any", "events": [{"id": id, "type": "LoadTested", "data": {"n": n, "seq": seq}}]});
+                    match send_raw(&agent, &format!("{url}/v1/streams/load-{n}"), &key, &body) {
+                        Some(200) => acked.lock().unwrap().push(id),
+                        Some(s) => panic!("unexpected status {s}"),
+                        None => break, // the node is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("load on the first node", Duration::from_secs(20), || acked.lock().unwrap().len() >= 300);
+    a_server.kill().unwrap();
+    a_server.wait().unwrap();
+    let killed_at = Instant::now();
+    for i in 0..6 {
+        assert_eq!(smtp.to(&format!("c{i}@example.com")).len(), 1, "c{i}'s second mail was still waiting at the kill");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.join().unwrap();
+    }
+
+    // Every acknowledged event is on the survivor.
+    let acked = acked.lock().unwrap().clone();
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..4 {
+        let mut after = 0;
+        loop {
+            let (status, v) = get(&agent, &format!("{b}/v1/streams/load-{n}?after={after}&limit=1000"), &c.key);
+            if status == 404 {
+                break;
+            }
+            let events = v["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                break;
+            }
+            for e in &events {
+                assert!(seen.insert(e["id"].as_str().unwrap().to_owned()), "an event stored twice: {e}");
+            }
+            after = events.last().unwrap()["version"].as_u64().unwrap();
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {:?}", lost.len(), lost.first());
+
+    // The survivor takes the lease over and sends each second mail, once.
+    for i in 0..6 {
+        let got = smtp.wait_for(&format!("c{i}@example.com"), 2, Duration::from_secs(30));
+        assert_eq!(got.len(), 2, "c{i}'s second mail, from the survivor");
+    }
+    eprintln!("second mails all out {:?} after the SIGKILL", killed_at.elapsed());
+    // And its campaigns keep running for new customers.
+    register(&agent, &b, &c.key, "late", "late@example.com");
+    assert_eq!(smtp.wait_for("late@example.com", 1, Duration::from_secs(20)).len(), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..6 {
+        assert_eq!(smtp.to(&format!("c{i}@example.com")).len(), 2, "nothing sent twice to c{i}");
+    }
+}
+
+/// POST JSON; the status, or `None` when the connection failed (the node is gone).
+fn send_raw(agent: &ureq::Agent, url: &str, key: &str, body: &Value) -> Option<u16> {
+    agent
+        .post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .send_json(body)
+        .ok()
+        .map(|r| r.status().as_u16())
+}

@@ -1,0 +1,83 @@
+//! Who runs the campaign engine when several nodes share one database: the node holding the
+//! `automation` lease (`chronicle_store::Leases`). The engine's tasks wait on the [`Gate`]
+//! before each piece of work; a node that loses the lease (or cannot renew it) stops at once,
+//! and one that takes it over continues reacting from the progress its holder recorded. The
+//! lease runs for [`TTL`] and is renewed every third of it, so a node that dies (SIGKILL) has
+//! its work taken over within about `TTL` plus one renewal.
+//!
+//! One lease for all of the engine's work: sends are done by one node at a time (the holder);
+//! sharing them out by tenant would be more leases of the same kind.
+
+use crate::App;
+use chronicle_store::Leases;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const NAME: &str = "automation";
+pub const TTL: Duration = Duration::from_secs(3);
+
+/// Whether this node may do the engine's work now.
+pub struct Gate {
+    held: watch::Sender<bool>,
+    /// Bumped at every change of hands, so a task notices a lease lost and taken back.
+    term: AtomicU64,
+}
+
+impl Gate {
+    /// A gate that is always open: the only node (an embedded store).
+    pub fn always() -> Arc<Gate> {
+        Arc::new(Gate { held: watch::Sender::new(true), term: AtomicU64::new(0) })
+    }
+
+    /// A gate closed until [`renew`] takes the lease.
+    pub fn leased() -> Arc<Gate> {
+        Arc::new(Gate { held: watch::Sender::new(false), term: AtomicU64::new(0) })
+    }
+
+    pub fn held(&self) -> bool {
+        *self.held.borrow()
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::SeqCst)
+    }
+
+    /// Waits until this node holds the lease.
+    pub async fn wait(&self) {
+        let mut rx = self.held.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    fn set(&self, held: bool) {
+        if self.held.send_replace(held) != held {
+            self.term.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Takes and renews the lease for this node (`holder`) until the process ends; on taking it
+/// over, the engine continues from the progress recorded by the last holder.
+pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, holder: String) {
+    tokio::spawn(async move {
+        loop {
+            match leases.lease(NAME, &holder, TTL, app.reacted()).await {
+                Ok(Some(progress)) => {
+                    if !gate.held() {
+                        app.set_reacted(app.reacted().max(progress));
+                        tracing::info!(%holder, from = progress, "automation: this node took the lease");
+                    }
+                    gate.set(true);
+                }
+                Ok(None) => gate.set(false),
+                Err(e) => {
+                    // Not known to hold it: stop now; the lease runs out for the others.
+                    tracing::warn!(error = %e, "automation: renewing the lease failed");
+                    gate.set(false);
+                }
+            }
+            tokio::time::sleep(TTL / 3).await;
+        }
+    });
+}
