@@ -24,6 +24,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod automation;
+mod postgres;
 
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
@@ -43,6 +44,12 @@ fn main() {
     rt.block_on(async {
         match args.first().map(String::as_str) {
             Some("append") => print(append(arg(1, 64) as usize, arg(2, 5), args.get(3).map_or("log", String::as_str)).await),
+            // PostgreSQL: Chronicle beside a plain INSERT table and message-db (CHRONICLE_BENCH_DATABASE_URL).
+            Some("postgres") => {
+                for r in postgres::compare(arg(1, 10)).await {
+                    print(r)
+                }
+            }
             Some("rebuild") => print(rebuild(arg(1, 1_000_000)).await),
             Some("consent") => {
                 for r in consent().await {
@@ -76,7 +83,7 @@ fn main() {
                 print(automation::waits(100_000).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N");
+                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | postgres [SECONDS] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N");
                 std::process::exit(2);
             }
         }
@@ -127,16 +134,7 @@ fn open(dir: &std::path::Path, backend: &str) -> Arc<dyn EventStore> {
 /// customer stream of its own share of 100,000, with exact expected versions.
 async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
-    // "postgres": CHRONICLE_BENCH_DATABASE_URL (default: the machine's server, database test),
-    // in a schema of its own, dropped after.
-    let pg_url = std::env::var("CHRONICLE_BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pg_schema = format!("bench_{}", std::process::id());
-    let store: Arc<dyn EventStore> = if backend == "postgres" {
-        let _ = chronicle_store::postgres::PgStore::drop_schema(&pg_url, &pg_schema).await;
-        Arc::new(chronicle_store::postgres::PgStore::connect_in(&pg_url, &pg_schema).await.expect("connect to PostgreSQL"))
-    } else {
-        open(dir.path(), backend)
-    };
+    let store = open(dir.path(), backend);
     let bytes = payload(0).to_string().len();
     let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
     let started = Instant::now();
@@ -168,10 +166,6 @@ async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     }
     let secs = started.elapsed().as_secs_f64();
     let n = lat.len();
-    if backend == "postgres" {
-        drop(store);
-        let _ = chronicle_store::postgres::PgStore::drop_schema(&pg_url, &pg_schema).await;
-    }
     json!({"bench": "append", "backend": backend, "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": (n as f64 / secs).round(), "latency": summary(lat)})
 }
 

@@ -45,6 +45,12 @@ const MAX_GROUP_REQUESTS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_CAPACITY: usize = 4096;
 const READERS: usize = 4;
+/// Every query of the store is a look-up or a range on an index. A statement prepared while the
+/// table was small keeps its plan (a generic plan is kept until the table's statistics change),
+/// and a sequential scan planned for an empty table made the id look-up of every append group
+/// read the whole table — found when one writer's backend sat at 100 % CPU on it. Index plans
+/// only, whatever the table's size when a statement was prepared.
+const SESSION: &str = "SET enable_seqscan = off;";
 /// How often a node looks for other nodes' commits when no notification came (a lost one, a
 /// reconnect): the bound on how stale a node can be when nothing tells it.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -180,7 +186,7 @@ async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>) -> Result<
         }
     });
     client
-        .batch_execute(&format!("SET search_path TO {schema}; LISTEN {}", channel(schema)))
+        .batch_execute(&format!("SET search_path TO {schema}; {SESSION} LISTEN {}", channel(schema)))
         .await
         .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
     Ok(client)
@@ -207,7 +213,7 @@ async fn connect(url: &str, schema: &str) -> Result<Client, PgOpenError> {
         }
     });
     client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; {SESSION}"))
         .await
         .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
     Ok(client)
@@ -376,7 +382,7 @@ impl Statements {
 /// The single writer of this node: forms groups of the appends waiting and commits each group
 /// in one transaction.
 async fn write_loop(
-    mut client: Client,
+    client: Client,
     mut inbox: mpsc::Receiver<Request>,
     feed: Arc<Feed>,
     channel: String,
@@ -395,7 +401,7 @@ async fn write_loop(
     while let Some(first) = inbox.recv().await {
         rules::fill_group(&mut group, first, &mut inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
         let ingest_time = rules::truncate_to_micros(Utc::now());
-        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&mut client, &statements, &group, ingest_time, &channel).await {
+        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&client, &statements, &group, ingest_time, &channel).await {
             Ok((before, outcomes)) => {
                 hand_out(&feed, &client, before, &group, &outcomes, ingest_time).await;
                 outcomes.into_iter().map(|o| o.result).collect()
@@ -453,27 +459,51 @@ struct Owned {
 /// Validates the group's requests in order against the database (and the group's earlier
 /// requests), then inserts the accepted ones and commits — all under the order lock.
 async fn commit_group(
-    client: &mut Client,
+    client: &Client,
     st: &Statements,
     group: &[Request],
     ingest_time: chrono::DateTime<Utc>,
     channel: &str,
 ) -> Result<(u64, Vec<Outcome>), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    // The lock first, then the head: read in a statement of its own, so its snapshot is taken
-    // after the lock is held and sees every earlier writer's commit.
-    tx.execute(&st.lock, &[&ORDER_LOCK]).await?;
-    let head: i64 = tx.query_one(&st.head, &[]).await?.get(0);
+    let result = validate_and_insert(client, st, group, ingest_time, channel).await;
+    if result.is_err() {
+        // Whatever failed, nothing of the group stays (a no-op when the COMMIT already rolled back).
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
 
+async fn validate_and_insert(
+    client: &Client,
+    st: &Statements,
+    group: &[Request],
+    ingest_time: chrono::DateTime<Utc>,
+    channel: &str,
+) -> Result<(u64, Vec<Outcome>), tokio_postgres::Error> {
+    // BEGIN, the lock, then the head — read in a statement of its own, so its snapshot is taken
+    // after the lock is held and sees every earlier writer's commit — and the group's stored ids
+    // and stream versions: sent at once (pipelined on the connection), run in this order, one
+    // round trip.
     let ids: Vec<Uuid> = group.iter().flat_map(|r| r.events.iter().map(|e| e.id)).collect();
+    let (tenants, streams): (Vec<&str>, Vec<&str>) = group.iter().map(|r| (r.tenant.as_str(), r.stream.as_str())).unzip();
+    let (lock_params, ids_params): ([&(dyn tokio_postgres::types::ToSql + Sync); 1], [&(dyn tokio_postgres::types::ToSql + Sync); 1]) =
+        ([&ORDER_LOCK], [&ids]);
+    let version_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenants, &streams];
+    let (_, _, head, id_rows, version_rows) = tokio::try_join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&st.lock, &lock_params),
+        client.query_one(&st.head, &[]),
+        client.query(&st.ids, &ids_params),
+        client.query(&st.versions, &version_params),
+    )?;
+    let head: i64 = head.get(0);
     let mut stored: HashMap<Uuid, Owned> = HashMap::new();
-    for row in tx.query(&st.ids, &[&ids]).await? {
+    for row in id_rows {
         let owned = Owned { tenant: row.get(1), stream: row.get(2), version: row.get::<_, i64>(3) as u64, position: row.get::<_, i64>(4) as u64 };
         stored.insert(row.get(0), owned);
     }
-    let (tenants, streams): (Vec<&str>, Vec<&str>) = group.iter().map(|r| (r.tenant.as_str(), r.stream.as_str())).unzip();
     let mut versions: HashMap<(String, String), u64> = HashMap::new();
-    for row in tx.query(&st.versions, &[&tenants, &streams]).await? {
+    for row in version_rows {
         versions.insert((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64);
     }
 
@@ -523,19 +553,19 @@ async fn commit_group(
             cols.push(&r.tenant, &r.stream, e, res.first_version + i as u64, first_position + i as u64, ingest_time);
         }
     }
-    if !cols.position.is_empty() {
-        tx.execute(
-            &st.insert,
-            &[
-                &cols.position, &cols.id, &cols.tenant, &cols.stream, &cols.version, &cols.event_type, &cols.schema_version,
-                &cols.event_time, &cols.ingest_time, &cols.source, &cols.causation_id, &cols.correlation_id, &cols.actor,
-                &cols.data, &cols.metadata,
-            ],
-        )
-        .await?;
-        tx.execute(&st.notify, &[&channel]).await?;
+    if cols.position.is_empty() {
+        client.batch_execute("COMMIT").await?;
+    } else {
+        // The rows, the notification and the commit: one round trip. Should the INSERT fail,
+        // the COMMIT that follows it rolls the transaction back.
+        let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+            &cols.position, &cols.id, &cols.tenant, &cols.stream, &cols.version, &cols.event_type, &cols.schema_version,
+            &cols.event_time, &cols.ingest_time, &cols.source, &cols.causation_id, &cols.correlation_id, &cols.actor,
+            &cols.data, &cols.metadata,
+        ];
+        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&channel];
+        tokio::try_join!(client.execute(&st.insert, &insert_params), client.execute(&st.notify, &notify_params), client.batch_execute("COMMIT"))?;
     }
-    tx.commit().await?;
     Ok((head as u64, outcomes))
 }
 

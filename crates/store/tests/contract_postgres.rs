@@ -154,3 +154,22 @@ async fn racing_writers_on_two_nodes_get_one_event_per_version() {
     assert_eq!(b.sync().await.unwrap(), r.position);
     assert_eq!(b.read_all(r.position - 1, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_lease_has_one_holder_and_passes_on_with_its_progress_when_it_runs_out_or_is_released() {
+    use chronicle_store::Leases;
+    use std::time::Duration;
+    let Some((_, schema)) = fresh().await else { return };
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    let ttl = Duration::from_millis(300);
+    assert_eq!(a.lease("work", "a", ttl, 10).await.unwrap(), Some(10));
+    assert_eq!(b.lease("work", "b", ttl, 0).await.unwrap(), None, "held by a");
+    assert_eq!(a.lease("work", "a", ttl, 25).await.unwrap(), Some(25), "renewed with its progress");
+    assert_eq!(a.lease("work", "a", ttl, 20).await.unwrap(), Some(25), "progress never goes back");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.lease("work", "b", ttl, 0).await.unwrap(), Some(25), "run out: b takes it, with a's progress");
+    assert_eq!(a.lease("work", "a", ttl, 30).await.unwrap(), None, "a lost it");
+    b.release("work", "b", 40).await.unwrap();
+    assert_eq!(a.lease("work", "a", Duration::from_secs(60), 0).await.unwrap(), Some(40), "released: taken at once");
+    assert_eq!(a.lease("other", "b", ttl, 0).await.unwrap(), Some(0), "leases are independent");
+}

@@ -119,22 +119,25 @@ impl Engine {
         loop {
             self.gate.wait().await;
             let term = self.gate.term();
-            self.react_while_held(term).await;
+            if self.react_while_held(term).await.is_none() {
+                return;
+            }
         }
     }
 
-    /// Reacts from the recorded progress until the lease changes hands.
-    async fn react_while_held(&self, term: u64) {
+    /// Reacts from the recorded progress until the lease changes hands (`Some`) or the store
+    /// is gone (`None`).
+    async fn react_while_held(&self, term: u64) -> Option<()> {
         let mut sub = Subscription::new(self.app.store().clone(), self.app.reacted());
         loop {
             let next = tokio::time::timeout(lease::TTL / 3, sub.next()).await;
             if !self.gate.held() || self.gate.term() != term {
-                return;
+                return Some(());
             }
             let Ok(next) = next else { continue };
             let ev = match next {
                 Ok(Some(ev)) => ev,
-                Ok(None) => return,
+                Ok(None) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "automation: reading the log failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
