@@ -108,8 +108,11 @@ pub enum PgOpenError {
 
 pub struct PgStore {
     requests: mpsc::Sender<Request>,
-    readers: Vec<Client>,
+    /// Reader connections, each replaced by a new one when it is found closed.
+    readers: Vec<std::sync::RwLock<Arc<Client>>>,
     next_reader: AtomicUsize,
+    url: String,
+    schema: String,
     feed: Arc<Feed>,
 }
 
@@ -156,14 +159,27 @@ impl Feed {
 
 /// The follower: hands out other nodes' commits when notified, or at least every [`POLL`].
 /// Ends when the store is dropped.
-async fn follow(feed: std::sync::Weak<Feed>, client: Client) {
+async fn follow(feed: std::sync::Weak<Feed>, client: Client, url: String, schema: String) {
+    let mut client = Some(client);
     loop {
         let Some(f) = feed.upgrade() else { return };
         let _ = tokio::time::timeout(POLL, f.wake.notified()).await;
+        // A connection found closed is opened again (and listens again) at the next poll.
+        let c = match client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match listen(&url, &schema, Arc::downgrade(&f)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconnecting the PostgreSQL follower failed; retrying");
+                    continue;
+                }
+            },
+        };
         let mut fed = f.fed.lock().await;
-        if let Err(e) = f.catch_up(&mut fed, &client, None).await {
+        if let Err(e) = f.catch_up(&mut fed, &c, None).await {
             tracing::warn!(error = %e, "following the PostgreSQL event log failed; retrying");
         }
+        client = Some(c);
     }
 }
 
@@ -186,7 +202,7 @@ async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>) -> Result<
         }
     });
     client
-        .batch_execute(&format!("SET search_path TO {schema}; {SESSION} LISTEN {}", channel(schema)))
+        .batch_execute(&format!("SET search_path TO {schema}; SET application_name = '{0}'; {SESSION} LISTEN {0}", channel(schema)))
         .await
         .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
     Ok(client)
@@ -213,7 +229,7 @@ async fn connect(url: &str, schema: &str) -> Result<Client, PgOpenError> {
         }
     });
     client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; {SESSION}"))
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET application_name = '{}'; {SESSION}", channel(schema)))
         .await
         .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
     Ok(client)
@@ -238,7 +254,7 @@ impl PgStore {
         migrate(&writer, schema).await?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            readers.push(connect(url, schema).await?);
+            readers.push(std::sync::RwLock::new(Arc::new(connect(url, schema).await?)));
         }
         let head_position = query_head(&writer).await.map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
         let feed = Arc::new(Feed {
@@ -248,10 +264,10 @@ impl PgStore {
             wake: tokio::sync::Notify::new(),
         });
         let follower = listen(url, schema, Arc::downgrade(&feed)).await?;
-        tokio::spawn(follow(Arc::downgrade(&feed), follower));
+        tokio::spawn(follow(Arc::downgrade(&feed), follower, url.to_owned(), schema.to_owned()));
         let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(writer, inbox, feed.clone(), channel(schema)));
-        Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), feed })
+        tokio::spawn(write_loop(writer, (url.to_owned(), schema.to_owned()), inbox, feed.clone()));
+        Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), url: url.to_owned(), schema: schema.to_owned(), feed })
     }
 
     /// Drops `schema` and everything in it (tests clean up with it).
@@ -267,7 +283,7 @@ impl PgStore {
     /// The value of a database-wide setting, `value` if it had none (set now, first wins):
     /// what every node must agree on, such as how the events are sealed.
     pub async fn claim_setting(&self, name: &str, value: &str) -> Result<String, ReadError> {
-        let client = self.reader();
+        let client = self.reader().await?;
         client
             .execute("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &value])
             .await
@@ -276,12 +292,21 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    fn reader(&self) -> &Client {
-        &self.readers[self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len()]
+    /// The next reader connection; one found closed (the server restarted, the connection was
+    /// cut) is replaced by a new one first.
+    async fn reader(&self) -> Result<Arc<Client>, ReadError> {
+        let slot = &self.readers[self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len()];
+        let client = slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        let fresh = Arc::new(connect(&self.url, &self.schema).await.map_err(|e| ReadError::Storage(e.to_string()))?);
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        Ok(fresh)
     }
 
     async fn query_events(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<RawEnvelope>, ReadError> {
-        let rows = self.reader().query(sql, params).await.map_err(read_error)?;
+        let rows = self.reader().await?.query(sql, params).await.map_err(read_error)?;
         rows.iter().map(raw_from_row).collect()
     }
 }
@@ -380,30 +405,58 @@ impl Statements {
 }
 
 /// The single writer of this node: forms groups of the appends waiting and commits each group
-/// in one transaction.
-async fn write_loop(
-    client: Client,
-    mut inbox: mpsc::Receiver<Request>,
-    feed: Arc<Feed>,
-    channel: String,
-) {
-    let statements = match Statements::prepare(&client).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot prepare the PostgreSQL writer's statements");
-            while let Some(r) = inbox.recv().await {
-                let _ = r.reply.send(Err(AppendError::Storage(format!("PostgreSQL: {e}"))));
-            }
+/// in one transaction. A connection found closed is opened again (appends wait in the queue
+/// meanwhile; a group whose commit was cut off gets an error: it may or may not be stored, and a
+/// retry with the same ids tells).
+async fn write_loop(client: Client, (url, schema): (String, String), mut inbox: mpsc::Receiver<Request>, feed: Arc<Feed>) {
+    let channel = channel(&schema);
+    let mut client = Some(client);
+    let mut group = Vec::with_capacity(MAX_GROUP_REQUESTS);
+    loop {
+        if inbox.is_closed() && inbox.is_empty() {
             return;
         }
-    };
-    let mut group = Vec::with_capacity(MAX_GROUP_REQUESTS);
+        let c = match client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match connect(&url, &schema).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconnecting the PostgreSQL writer failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let statements = match Statements::prepare(&c).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare the PostgreSQL writer's statements; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match write_groups(&c, &statements, &mut inbox, &mut group, &feed, &channel).await {
+            Some(()) => continue, // the connection closed
+            None => return,        // the store is gone
+        }
+    }
+}
+
+/// Commits groups over `client` until the inbox closes (`None`) or the connection does.
+async fn write_groups(
+    client: &Client,
+    statements: &Statements,
+    inbox: &mut mpsc::Receiver<Request>,
+    group: &mut Vec<Request>,
+    feed: &Feed,
+    channel: &str,
+) -> Option<()> {
     while let Some(first) = inbox.recv().await {
-        rules::fill_group(&mut group, first, &mut inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
+        rules::fill_group(group, first, inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
         let ingest_time = rules::truncate_to_micros(Utc::now());
-        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&client, &statements, &group, ingest_time, &channel).await {
+        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(client, statements, group, ingest_time, channel).await {
             Ok((before, outcomes)) => {
-                hand_out(&feed, &client, before, &group, &outcomes, ingest_time).await;
+                hand_out(feed, client, before, group, &outcomes, ingest_time).await;
                 outcomes.into_iter().map(|o| o.result).collect()
             }
             Err(e) => {
@@ -414,7 +467,11 @@ async fn write_loop(
         for (request, result) in group.drain(..).zip(results) {
             let _ = request.reply.send(result);
         }
+        if client.is_closed() {
+            return Some(());
+        }
     }
+    None
 }
 
 /// Hands out a committed group: first what other nodes committed up to `before` (the head the
@@ -650,7 +707,7 @@ impl EventStore for PgStore {
     }
 
     async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
-        let rows = self.reader().query("SELECT id FROM events WHERE id = ANY($1)", &[&ids]).await.map_err(read_error)?;
+        let rows = self.reader().await?.query("SELECT id FROM events WHERE id = ANY($1)", &[&ids]).await.map_err(read_error)?;
         let found: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         Ok(ids.iter().map(|id| found.contains(id)).collect())
     }
@@ -660,7 +717,7 @@ impl EventStore for PgStore {
     }
 
     async fn sync(&self) -> Result<u64, ReadError> {
-        let committed = query_head(self.reader()).await.map_err(read_error)?;
+        let committed = query_head(&*self.reader().await?).await.map_err(read_error)?;
         let mut head = self.feed.head.subscribe();
         if *head.borrow() < committed {
             self.feed.wake.notify_one();
@@ -675,6 +732,7 @@ impl EventStore for PgStore {
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
         let row = self
             .reader()
+            .await?
             .query_one("SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2", &[&tenant, &stream])
             .await
             .map_err(read_error)?;
@@ -697,6 +755,7 @@ impl crate::Leases for PgStore {
         // expiry, so the nodes' clocks need not agree.
         let row = self
             .reader()
+            .await?
             .query_opt(
                 "INSERT INTO leases (name, holder, expires_at, progress) \
                  VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4) \
@@ -713,6 +772,7 @@ impl crate::Leases for PgStore {
 
     async fn release(&self, name: &str, holder: &str, progress: u64) -> Result<(), ReadError> {
         self.reader()
+            .await?
             .execute(
                 "UPDATE leases SET expires_at = now() - interval '1 second', progress = GREATEST(progress, $3) \
                  WHERE name = $1 AND holder = $2",

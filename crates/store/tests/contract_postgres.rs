@@ -173,3 +173,51 @@ async fn a_lease_has_one_holder_and_passes_on_with_its_progress_when_it_runs_out
     assert_eq!(a.lease("work", "a", Duration::from_secs(60), 0).await.unwrap(), Some(40), "released: taken at once");
     assert_eq!(a.lease("other", "b", ttl, 0).await.unwrap(), Some(0), "leases are independent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_connections_are_cut_reconnects_writes_and_follows_again() {
+    use chronicle_core::envelope::ExpectedVersion;
+    use std::time::Duration;
+    let Some((_, schema)) = fresh().await else { return };
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    a.append("t", "s-1", ExpectedVersion::NoStream, vec![event(0)]).await.unwrap();
+    assert_eq!(b.sync().await.unwrap(), 1);
+    // Every connection of both nodes, cut by the server (as a restart or a failover would).
+    let (admin, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let cut: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("chronicle_{}", schema.0)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 12, "both nodes' connections were cut ({cut})");
+    // Appends fail at most while the writer reconnects, then go through; nothing is doubled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let id = uuid::Uuid::now_v7();
+    let again = || chronicle_core::envelope::NewEvent::new(id, "Noted", serde_json::json!({}), chrono::Utc::now());
+    loop {
+        match a.append("t", "s-2", ExpectedVersion::Any, vec![again()]).await {
+            Ok(r) => {
+                assert_eq!(r.position, 2);
+                break;
+            }
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the writer did not come back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other node reads and follows again.
+    let mut synced = Err(chronicle_store::ReadError::Storage("not tried".into()));
+    while std::time::Instant::now() < deadline {
+        synced = b.sync().await;
+        if synced.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(synced.unwrap(), 2);
+    let tail = b.read_all(1, 10).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+}
