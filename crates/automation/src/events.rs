@@ -66,6 +66,12 @@ pub enum AutomationEvent {
         /// The campaign stream's version the enrolment runs (a later edit does not move it).
         definition: u64,
         trigger: String,
+        /// The log position of the trigger event: the goal and exit events (and "happened
+        /// since enrolment" branches) count from there, so one appended between the trigger and
+        /// this enrolment still ends it. Absent in enrolments recorded before it was added (and
+        /// in scans): counted from the enrolment's own position then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trigger_position: Option<u64>,
         /// What started it, for templates and webhooks (e.g. the stuck deal).
         #[serde(default, skip_serializing_if = "Value::is_null")]
         context: Value,

@@ -254,6 +254,7 @@ pub async fn waits(n: u64) -> Value {
                             enrolment: enrolment.clone(),
                             definition: 1,
                             trigger: "bench".into(),
+                            trigger_position: None,
                             context: Value::Null,
                         },
                         AutomationEvent::CampaignStepScheduled { campaign, enrolment, step: 0, due: at, reason: None },

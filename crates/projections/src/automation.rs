@@ -41,7 +41,8 @@ pub struct Enrolment {
     pub due: Option<DateTime<Utc>>,
     pub status: EnrolmentStatus,
     pub enrolled_at: DateTime<Utc>,
-    /// The log position of the enrolment: only later events can end it.
+    /// The log position of its trigger (of the enrolment itself when that is not recorded): only
+    /// later events can end it.
     pub enrolled_position: u64,
     /// What started it (the deal of a stuck-deal alert, say): templates and webhooks see it.
     #[serde(default)]
@@ -156,7 +157,7 @@ impl AutomationView {
             A::TemplateDeleted { name } => {
                 self.templates.remove(&name);
             }
-            A::CampaignEnrolled { campaign, enrolment, definition, context, .. } => {
+            A::CampaignEnrolled { campaign, enrolment, definition, context, trigger_position, .. } => {
                 let stats = self.stats.entry(campaign.clone()).or_default();
                 stats.enrolled += 1;
                 stats.in_progress += 1;
@@ -171,7 +172,7 @@ impl AutomationView {
                     due: None,
                     status: EnrolmentStatus::Active,
                     enrolled_at: at,
-                    enrolled_position: position,
+                    enrolled_position: trigger_position.map_or(position, |t| t.min(position)),
                     context,
                 };
                 self.enrolments.insert(enrolment, e);

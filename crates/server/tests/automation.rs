@@ -167,3 +167,24 @@ async fn a_send_falls_back_from_email_to_sms_through_the_providers_webhook() {
     assert_eq!((sent["channel"].as_str(), sent["to"].as_str()), (Some("sms"), Some("+351910000000")));
     assert_eq!(sent["body"], "Hi Pat, 123456", "the SMS body is the rendered template");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_logged_between_the_trigger_and_the_enrolment_still_converts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let cart = json!({"trigger": {"event": "Product Added"}, "goal": "Order Completed",
+                      "steps": [{"wait": "1s"}, {"tag": "reminded"}]});
+    save_campaign(&app, "acme", "cart", cart, "test").await.unwrap();
+    register(&app, "a", json!({}), None, vec![]).await;
+    // Both in the log before the engine reacts to either: the enrolment is written after the
+    // order (as under load, when the engine lags the writers).
+    track(&app, "a", "Product Added").await;
+    track(&app, "a", "Order Completed").await;
+    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    let evs = wait_for(&app, "a", "the conversion", |e| e.iter().any(|e| e.event_type == "CampaignConverted")).await;
+    let order = evs.iter().position(|e| e.event_type == "ActivityTracked" && e.data["event"] == "Order Completed").unwrap();
+    let enrolled = evs.iter().position(|e| e.event_type == "CampaignEnrolled").unwrap();
+    assert!(order < enrolled, "the order was logged before the enrolment");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(tags(&events(&app, "a").await).is_empty(), "a converted enrolment sends no reminder");
+}

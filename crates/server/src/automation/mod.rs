@@ -238,7 +238,14 @@ impl Engine {
         }
         for (campaign, definition, enrolment) in starts {
             let context = json!({"event": {"id": ev.id, "type": ev.event_type, "name": name, "properties": fields}});
-            let e = A::CampaignEnrolled { campaign, enrolment: enrolment.clone(), definition, trigger: ev.id.to_string(), context };
+            let e = A::CampaignEnrolled {
+                campaign,
+                enrolment: enrolment.clone(),
+                definition,
+                trigger: ev.id.to_string(),
+                trigger_position: Some(ev.position),
+                context,
+            };
             self.write(tenant, &customer, vec![(derive_id(&[tenant, &enrolment, "enrolled"]), e)]).await?;
             self.advance(tenant, &enrolment).await?;
         }
@@ -409,7 +416,14 @@ impl Engine {
             out
         };
         for (tenant, customer, campaign, definition, enrolment, context) in starts {
-            let e = A::CampaignEnrolled { campaign, enrolment: enrolment.clone(), definition, trigger: "scan".into(), context };
+            let e = A::CampaignEnrolled {
+                campaign,
+                enrolment: enrolment.clone(),
+                definition,
+                trigger: "scan".into(),
+                trigger_position: None,
+                context,
+            };
             self.write(&tenant, &customer, vec![(derive_id(&[&tenant, &enrolment, "enrolled"]), e)]).await?;
             self.advance(&tenant, &enrolment).await?;
         }
