@@ -136,11 +136,32 @@ async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path(), backend);
     let bytes = payload(0).to_string().len();
+    let (rate, latency, n, secs) = drive(writers, seconds, move |w, s, version, i| {
+        let store = store.clone();
+        async move {
+            let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), Utc::now());
+            let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+            store.append("bench", &format!("customer-w{w}-{s}"), expected, vec![ev]).await.expect("append");
+        }
+    })
+    .await;
+    json!({"bench": "append", "backend": backend, "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": rate, "latency": latency})
+}
+
+/// Runs `writers` tasks for `seconds`, each calling `append(writer, stream, version, i)` on its
+/// share of 100,000 streams with the version the stream is at (0 = none); returns events/s,
+/// the latency summary, the events and the seconds taken. Every append benchmark drives its
+/// store with it.
+pub(crate) async fn drive<F, Fut>(writers: usize, seconds: u64, append: F) -> (f64, Value, usize, f64)
+where
+    F: Fn(usize, usize, u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let store = store.clone();
+        let append = append.clone();
         tasks.push(tokio::spawn(async move {
             let streams = 100_000 / writers;
             let mut versions = vec![0u64; streams];
@@ -148,11 +169,8 @@ async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let s = (i as usize * 7919) % streams;
-                let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), Utc::now());
-                let expected =
-                    if versions[s] == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(versions[s]) };
                 let t = Instant::now();
-                store.append("bench", &format!("customer-w{w}-{s}"), expected, vec![ev]).await.expect("append");
+                append(w, s, versions[s], i).await;
                 lat.push(t.elapsed().as_secs_f64() * 1e6);
                 versions[s] += 1;
                 i += 1;
@@ -166,7 +184,7 @@ async fn append(writers: usize, seconds: u64, backend: &str) -> Value {
     }
     let secs = started.elapsed().as_secs_f64();
     let n = lat.len();
-    json!({"bench": "append", "backend": backend, "writers": writers, "event_bytes": bytes, "events": n, "seconds": round2(secs), "events_per_sec": (n as f64 / secs).round(), "latency": summary(lat)})
+    ((n as f64 / secs).round(), summary(lat), n, secs)
 }
 
 fn customer_events(id: &str, n: u64, start: DateTime<Utc>) -> Vec<NewEvent> {

@@ -13,17 +13,16 @@
 //! subscribes to the log and records each event's lag: the time from its append (the ingest
 //! time stamped before the commit) to its delivery on the other node.
 
-use crate::{payload, round2, summary};
+use crate::{drive, payload, round2, summary};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_store::postgres::PgStore;
 use chronicle_store::EventStore;
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
-const STREAMS: usize = 100_000;
 
 fn url() -> String {
     std::env::var("CHRONICLE_BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -69,43 +68,6 @@ pub async fn compare(seconds: u64) -> Vec<Value> {
     out
 }
 
-/// Runs `writers` tasks for `seconds`, each calling `append(writer, stream, version, i)` with
-/// the version its stream is at (0 = none); returns events/s and latency.
-async fn drive<F, Fut>(writers: usize, seconds: u64, append: F) -> (f64, Value, usize)
-where
-    F: Fn(usize, usize, u64, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let append = append.clone();
-        tasks.push(tokio::spawn(async move {
-            let streams = STREAMS / writers;
-            let mut versions = vec![0u64; streams];
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                let s = (i as usize * 7919) % streams;
-                let t = Instant::now();
-                append(w, s, versions[s], i).await;
-                lat.push(t.elapsed().as_secs_f64() * 1e6);
-                versions[s] += 1;
-                i += 1;
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.expect("writer"));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let n = lat.len();
-    ((n as f64 / secs).round(), summary(lat), n)
-}
-
 async fn chronicle(url: &str, writers: usize, seconds: u64, lag: bool) -> Value {
     let schema = format!("bench_chronicle_{}", std::process::id());
     let _ = PgStore::drop_schema(url, &schema).await;
@@ -127,7 +89,7 @@ async fn chronicle(url: &str, writers: usize, seconds: u64, lag: bool) -> Value 
         None
     };
     let s = store.clone();
-    let (rate, latency, n) = drive(writers, seconds, move |w, stream, version, i| {
+    let (rate, latency, n, _) = drive(writers, seconds, move |w, stream, version, i| {
         let s = s.clone();
         async move {
             let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), Utc::now());
@@ -162,7 +124,7 @@ async fn plain(url: &str, admin: &Client, writers: usize, seconds: u64) -> Value
         clients.push(Arc::new(connect(url).await));
     }
     let sql = format!("INSERT INTO {schema}.events (id, stream, type, data) VALUES ($1, $2, $3, $4)");
-    let (rate, latency, n) = drive(writers, seconds, move |w, stream, _version, i| {
+    let (rate, latency, n, _) = drive(writers, seconds, move |w, stream, _version, i| {
         let (c, sql) = (clients[w].clone(), sql.clone());
         async move {
             let data = payload(i).to_string();
@@ -182,7 +144,7 @@ async fn message_db_run(url: &str, admin: &Client, writers: usize, seconds: u64)
         c.batch_execute("SET search_path TO message_store, public").await.expect("search path");
         clients.push(Arc::new(c));
     }
-    let (rate, latency, n) = drive(writers, seconds, move |w, stream, version, i| {
+    let (rate, latency, n, _) = drive(writers, seconds, move |w, stream, version, i| {
         let c = clients[w].clone();
         async move {
             let data = payload(i).to_string();

@@ -513,6 +513,9 @@ struct Owned {
     position: u64,
 }
 
+/// The head a group was numbered after, and each request's outcome.
+type GroupResult = Result<(u64, Vec<Outcome>), tokio_postgres::Error>;
+
 /// Validates the group's requests in order against the database (and the group's earlier
 /// requests), then inserts the accepted ones and commits — all under the order lock.
 async fn commit_group(
@@ -521,7 +524,7 @@ async fn commit_group(
     group: &[Request],
     ingest_time: chrono::DateTime<Utc>,
     channel: &str,
-) -> Result<(u64, Vec<Outcome>), tokio_postgres::Error> {
+) -> GroupResult {
     let result = validate_and_insert(client, st, group, ingest_time, channel).await;
     if result.is_err() {
         // Whatever failed, nothing of the group stays (a no-op when the COMMIT already rolled back).
@@ -530,13 +533,7 @@ async fn commit_group(
     result
 }
 
-async fn validate_and_insert(
-    client: &Client,
-    st: &Statements,
-    group: &[Request],
-    ingest_time: chrono::DateTime<Utc>,
-    channel: &str,
-) -> Result<(u64, Vec<Outcome>), tokio_postgres::Error> {
+async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request], ingest_time: chrono::DateTime<Utc>, channel: &str) -> GroupResult {
     // BEGIN, the lock, then the head — read in a statement of its own, so its snapshot is taken
     // after the lock is held and sees every earlier writer's commit — and the group's stored ids
     // and stream versions: sent at once (pipelined on the connection), run in this order, one
