@@ -32,38 +32,46 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, au
     // `automation::lease`); alone, this node always does.
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let leases = st.pg.clone().map(|pg| pg as Arc<dyn chronicle_store::Leases>);
-    start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
+    let (engine, leased) = start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
     run_server(&cfg, app.clone(), |addr| println!("chronicle listening on http://{addr}")).await?;
-    if let Some(leases) = leases {
+    if let (Some(leases), Some((gate, renewal))) = (leases, leased) {
         // Handed over now rather than when it runs out.
-        leases.release(chronicle_server::automation::lease::NAME, &holder, app.reacted()).await.context("releasing the lease")?;
+        let progress = || app.reacted();
+        chronicle_server::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, progress, Duration::from_secs(5))
+            .await
+            .context("handing the automation lease over")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Start the automation engine (campaigns, timers, the outbox) on the running app.
+/// The gate of a leased engine and the task renewing its lease.
+type Leased = (Arc<chronicle_server::automation::lease::Gate>, tokio::task::JoinHandle<()>);
+
+/// Start the automation engine (campaigns, timers, the outbox) on the running app: always at
+/// work alone, or over a shared database while this node holds the lease.
 pub fn start_automation(
     app: &Arc<App>,
     automation: &AutomationArgs,
     leased: Option<(Arc<dyn chronicle_store::Leases>, String)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Arc<chronicle_server::automation::Engine>, Option<Leased>)> {
     if let Some(k) = &automation.sendgrid_public_key {
         let key = chronicle_server::automation::feedback::parse_public_key(k).map_err(|e| anyhow::anyhow!(e))?;
         let _ = app.sendgrid_key.set(key);
     }
     use chronicle_server::automation::{lease, Engine};
-    let gate = match leased {
+    let (gate, leased) = match leased {
         Some((leases, holder)) => {
             let gate = lease::Gate::leased();
-            lease::renew(app.clone(), leases, gate.clone(), holder);
-            gate
+            let renewal = lease::renew(app.clone(), leases, gate.clone(), holder);
+            (gate.clone(), Some((gate, renewal)))
         }
-        None => lease::Gate::always(),
+        None => (lease::Gate::always(), None),
     };
-    Engine::start_gated(app.clone(), automation.engine_config(), gate)
+    let engine = Engine::start_gated(app.clone(), automation.engine_config(), gate)
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the automation engine")?;
-    Ok(())
+    Ok((engine, leased))
 }
 
 /// Bind, serve, checkpoint periodically, and shut down gracefully.

@@ -138,15 +138,21 @@ impl App {
         let views = Arc::new(RwLock::new(initial));
         catch_up(&*store, &views).await?;
         // Other nodes over the same database may commit while this one starts: the hook takes
-        // only the event right after the views' position (a later one is left to the catch-up
-        // below, which reads up to the head the store moved before calling the hook), so the
-        // views never skip an event whatever the interleaving.
+        // only the event right after the views' position and notes any later one it leaves;
+        // the catch-up below reads until the views hold everything left (the store moves its
+        // head right after the hook), so the views never skip an event whatever the interleaving.
         let hook_views = views.clone();
+        let left = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (hook_left, hook_started) = (left.clone(), started.clone());
         store.set_commit_hook(Arc::new(move |evs: &[Committed<'_>]| {
             let mut v = hook_views.write().expect("views lock");
             for c in evs {
                 if c.position > v.position + 1 {
-                    tracing::debug!(position = c.position, views = v.position, "an event ahead of the views is left to the catch-up");
+                    hook_left.fetch_max(c.position, Ordering::SeqCst);
+                    if hook_started.load(Ordering::SeqCst) {
+                        tracing::error!(position = c.position, views = v.position, "an event ahead of the views was not applied");
+                    }
                     continue;
                 }
                 let head = Head {
@@ -160,7 +166,16 @@ impl App {
                 v.apply_lazy(head, || Ok::<_, std::convert::Infallible>(c.envelope()));
             }
         }));
-        catch_up(&*store, &views).await?;
+        loop {
+            catch_up(&*store, &views).await?;
+            let need = left.load(Ordering::SeqCst);
+            if views.read().expect("views lock").position >= need {
+                break;
+            }
+            let mut head = store.head_watch();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), head.wait_for(|h| *h >= need)).await;
+        }
+        started.store(true, Ordering::SeqCst);
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         let app = Arc::new(App {
             store,
@@ -207,8 +222,10 @@ impl App {
         self.reacted.load(Ordering::Relaxed)
     }
 
+    /// Records that the engine reacted up to `position` (never moves back: a task of an
+    /// earlier lease term may finish an older event late).
     pub fn set_reacted(&self, position: u64) {
-        self.reacted.store(position, Ordering::Relaxed);
+        self.reacted.fetch_max(position, Ordering::Relaxed);
     }
 
     /// The key's tenant, kind and role; `None` for an unknown or revoked key.

@@ -50,7 +50,10 @@ const READERS: usize = 4;
 /// and a sequential scan planned for an empty table made the id look-up of every append group
 /// read the whole table — found when one writer's backend sat at 100 % CPU on it. Index plans
 /// only, whatever the table's size when a statement was prepared.
-const SESSION: &str = "SET enable_seqscan = off;";
+///
+/// A writer cut off mid-transaction (a partition) would hold the order lock, stopping every
+/// node's appends until the server noticed: the server ends such a transaction after 10 s.
+const SESSION: &str = "SET enable_seqscan = off; SET idle_in_transaction_session_timeout = '10s';";
 /// How often a node looks for other nodes' commits when no notification came (a lost one, a
 /// reconnect): the bound on how stale a node can be when nothing tells it.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -132,23 +135,30 @@ impl Feed {
     /// Hands out every event committed past `*fed` (up to `upto`, if given), reading them
     /// from the database. Commits are serialised by the order lock, so what a query sees past
     /// `*fed` is a gap-free run of whole transactions.
-    async fn catch_up(&self, fed: &mut u64, client: &Client, upto: Option<u64>) -> Result<(), tokio_postgres::Error> {
+    async fn catch_up(&self, fed: &mut u64, client: &Client, upto: Option<u64>) -> Result<(), ReadError> {
         let upto = upto.map_or(i64::MAX, |u| u as i64);
         loop {
             let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
-            let rows = client.query(&sql, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await?;
+            let rows = client.query(&sql, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await.map_err(read_error)?;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
-                match raw_from_row(row).and_then(|raw| raw.decode().map_err(|e| ReadError::Storage(e.to_string()))) {
-                    Ok(e) => events.push(e),
-                    Err(e) => tracing::error!(error = %e, "a stored event cannot be read back; the views skip it"),
-                }
+                // A row that cannot be read stops the hand-out here (loudly, retried): skipping
+                // it would leave every later event unapplied by the views.
+                let raw = raw_from_row(row)?;
+                let event = raw.clone().decode().unwrap_or_else(|e| {
+                    tracing::error!(position = raw.position, error = %e, "a stored payload is not JSON; the views get the event without it");
+                    let mut empty = raw;
+                    empty.data = "null".into();
+                    empty.metadata = "null".into();
+                    empty.decode().expect("null is JSON")
+                });
+                events.push(event);
             }
-            let Some(last) = rows.last().map(|r| r.get::<_, i64>(0) as u64) else { return Ok(()) };
-            // The head first: a view that lags is corrected by a catch-up read, and such a
-            // read must see what the hook is about to be given.
-            self.head.send_replace(last);
+            let Some(last) = events.last().map(|e| e.position) else { return Ok(()) };
+            // The hook first, then the head: whoever sees the head move (`sync`, a subscriber
+            // that then looks at the views) finds the views there already.
             rules::call_hook_stored(&self.hook, &events);
+            self.head.send_replace(last);
             *fed = last;
             if (rows.len() as i64) < FOLLOW_PAGE {
                 return Ok(());
@@ -411,9 +421,16 @@ impl Statements {
 async fn write_loop(client: Client, (url, schema): (String, String), mut inbox: mpsc::Receiver<Request>, feed: Arc<Feed>) {
     let channel = channel(&schema);
     let mut client = Some(client);
-    let mut group = Vec::with_capacity(MAX_GROUP_REQUESTS);
+    let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP_REQUESTS);
     loop {
-        if inbox.is_closed() && inbox.is_empty() {
+        if inbox.is_closed() {
+            // The store is gone: what still waits is answered, not retried forever.
+            for r in group.drain(..) {
+                let _ = r.reply.send(Err(AppendError::Storage("the PostgreSQL store was closed".into())));
+            }
+            while let Ok(r) = inbox.try_recv() {
+                let _ = r.reply.send(Err(AppendError::Storage("the PostgreSQL store was closed".into())));
+            }
             return;
         }
         let c = match client.take() {
@@ -451,8 +468,15 @@ async fn write_groups(
     feed: &Feed,
     channel: &str,
 ) -> Option<()> {
-    while let Some(first) = inbox.recv().await {
-        rules::fill_group(group, first, inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
+    loop {
+        // A group formed before the connection was found closed is committed on the next one.
+        if group.is_empty() {
+            let first = inbox.recv().await?;
+            rules::fill_group(group, first, inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
+        }
+        if client.is_closed() {
+            return Some(());
+        }
         let ingest_time = rules::truncate_to_micros(Utc::now());
         let results: Vec<Result<AppendResult, AppendError>> = match commit_group(client, statements, group, ingest_time, channel).await {
             Ok((before, outcomes)) => {
@@ -467,11 +491,7 @@ async fn write_groups(
         for (request, result) in group.drain(..).zip(results) {
             let _ = request.reply.send(result);
         }
-        if client.is_closed() {
-            return Some(());
-        }
     }
-    None
 }
 
 /// Hands out a committed group: first what other nodes committed up to `before` (the head the
@@ -480,11 +500,11 @@ async fn hand_out(feed: &Feed, client: &Client, before: u64, group: &[Request], 
     let last = outcomes.iter().filter(|o| o.appended).filter_map(|o| o.result.as_ref().ok()).map(|r| r.position).max();
     let Some(last) = last else { return };
     let mut fed = feed.fed.lock().await;
-    if *fed >= last {
-        return;
-    }
-    if *fed < before {
-        if let Err(e) = feed.catch_up(&mut fed, client, Some(before)).await {
+    // Other nodes' commits before the group, read back; or the rest of the group, should the
+    // follower have handed out part of it (a page boundary, then a failed read).
+    let read_upto = if *fed < before { Some(before) } else if *fed < last && *fed > before { Some(last) } else { None };
+    if let Some(upto) = read_upto {
+        if let Err(e) = feed.catch_up(&mut fed, client, Some(upto)).await {
             // The follower hands all of it out later, in order; until then this node's views
             // lag its own write.
             tracing::warn!(error = %e, "reading other nodes' commits failed");
@@ -492,12 +512,15 @@ async fn hand_out(feed: &Feed, client: &Client, before: u64, group: &[Request], 
             return;
         }
     }
+    if *fed != before {
+        return; // handed out already (by the follower, or just now)
+    }
     let appended = group.iter().zip(outcomes).filter_map(|(r, o)| match o {
         Outcome { appended: true, result: Ok(res) } => Some((r.tenant.as_str(), r.stream.as_str(), *res, r.events.iter().collect())),
         _ => None,
     });
-    feed.head.send_replace(last);
     rules::call_hook(&feed.hook, appended, ingest_time);
+    feed.head.send_replace(last);
     *fed = last;
 }
 
@@ -544,7 +567,8 @@ async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request]
         ([&ORDER_LOCK], [&ids]);
     let version_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenants, &streams];
     let (_, _, head, id_rows, version_rows) = tokio::try_join!(
-        client.batch_execute("BEGIN"),
+        // Read committed whatever the server's default: the head must see every earlier commit.
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
         client.execute(&st.lock, &lock_params),
         client.query_one(&st.head, &[]),
         client.query(&st.ids, &ids_params),

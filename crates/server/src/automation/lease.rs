@@ -57,27 +57,64 @@ impl Gate {
     }
 }
 
-/// Takes and renews the lease for this node (`holder`) until the process ends; on taking it
-/// over, the engine continues from the progress recorded by the last holder.
-pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, holder: String) {
+/// Takes and renews the lease for this node (`holder`) until the task is aborted; on taking it
+/// over, the node first catches up with the log (`sync`) and the engine continues from the
+/// progress recorded by the last holder. The gate closes when a renewal fails or does not answer
+/// in time, and in any case once two thirds of the lease have passed since the last renewal
+/// that succeeded — before the database lets another node take it.
+pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, holder: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut last_ok: Option<tokio::time::Instant> = None;
         loop {
-            match leases.lease(NAME, &holder, TTL, app.reacted()).await {
-                Ok(Some(progress)) => {
+            let asked = tokio::time::Instant::now();
+            match tokio::time::timeout(TTL / 3, leases.lease(NAME, &holder, TTL, app.reacted())).await {
+                Ok(Ok(Some(progress))) => {
                     if !gate.held() {
-                        app.set_reacted(app.reacted().max(progress));
-                        tracing::info!(%holder, from = progress, "automation: this node took the lease");
+                        match app.store().sync().await {
+                            Ok(_) => {
+                                app.set_reacted(progress);
+                                tracing::info!(%holder, from = progress, "automation: this node took the lease");
+                                last_ok = Some(asked);
+                                gate.set(true);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "automation: catching up before taking over failed"),
+                        }
+                    } else {
+                        last_ok = Some(asked);
                     }
-                    gate.set(true);
                 }
-                Ok(None) => gate.set(false),
-                Err(e) => {
+                Ok(Ok(None)) => gate.set(false),
+                Ok(Err(e)) => {
                     // Not known to hold it: stop now; the lease runs out for the others.
                     tracing::warn!(error = %e, "automation: renewing the lease failed");
                     gate.set(false);
                 }
+                Err(_) => {
+                    tracing::warn!("automation: renewing the lease did not answer in time");
+                    gate.set(false);
+                }
+            }
+            if last_ok.is_none_or(|t| t.elapsed() > TTL * 2 / 3) {
+                gate.set(false);
             }
             tokio::time::sleep(TTL / 3).await;
         }
-    });
+    })
+}
+
+/// Hands the lease over on a clean stop: stops renewing, closes the gate, lets the deliveries
+/// in flight finish (up to `wait`), then releases it so another node takes it at once.
+pub async fn hand_over(
+    renewal: tokio::task::JoinHandle<()>,
+    gate: &Gate,
+    engine: &super::Engine,
+    leases: &dyn Leases,
+    holder: &str,
+    progress: impl Fn() -> u64,
+    wait: Duration,
+) -> Result<(), chronicle_store::ReadError> {
+    renewal.abort();
+    gate.set(false);
+    engine.quiesce(wait).await;
+    leases.release(NAME, holder, progress()).await
 }

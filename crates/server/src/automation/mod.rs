@@ -115,6 +115,15 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Waits until no delivery is in flight (or `limit` passed): a clean stop before the work
+    /// is handed to another node.
+    pub async fn quiesce(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.in_flight.lock().expect("in-flight lock").is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn react(self: Arc<Self>) {
         loop {
             self.gate.wait().await;

@@ -229,18 +229,22 @@ async fn count_requests(
     // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
+    let audited = audit_subject(&app, &req, &route);
     // Read-your-writes across nodes: the answer reflects everything committed, on any node
     // over the same database, before the request came (one query per request on PostgreSQL;
     // nothing on a store only this process writes).
-    if let Err(e) = app.store().sync().await {
-        return ApiError::from(crate::error::AppError::from(e)).into_response();
-    }
-    let audited = audit_subject(&app, &req, &route);
+    let synced_app = app.clone();
+    let handle = async move {
+        match synced_app.store().sync().await {
+            Ok(_) => next.run(req).await,
+            Err(e) => ApiError::from(crate::error::AppError::from(e)).into_response(),
+        }
+    };
     // Every request but the live stream gets an answer within the time limit.
     let res = if route == "/v1/events/stream" {
-        next.run(req).await
+        handle.await
     } else {
-        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, handle).await {
             Ok(res) => res,
             Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; it may or may not have taken effect (retry with the same ids)").into_response(),
         }
