@@ -17,6 +17,45 @@ const IP: &str = "203.0.113.77";
 
 #[test]
 fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify_still_passes() {
+    erasure(None);
+}
+
+/// The same over PostgreSQL (one node, sealed): no table of the schema holds the person either.
+#[test]
+fn an_erased_person_leaves_no_plaintext_in_any_postgresql_table_either() {
+    let Some(db) = PgSchema::new() else { return };
+    erasure(Some(&db));
+}
+
+/// Every row of every table in the schema, as text.
+fn dump_schema(db: &PgSchema) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let tables = client
+            .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1", &[&db.schema])
+            .await
+            .unwrap();
+        assert!(tables.len() >= 4, "the schema's tables: events, leases, settings, schema_migrations");
+        let mut out = String::new();
+        for t in tables {
+            let table: String = t.get(0);
+            let sql = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM \"{}\".\"{table}\" t", db.schema);
+            let rows: String = client.query_one(&sql, &[]).await.unwrap().get(0);
+            out.push_str(&rows);
+        }
+        out
+    })
+}
+
+fn erasure(db: Option<&PgSchema>) {
+    let db_args = db.map(PgSchema::args).unwrap_or_default();
+    let with_db = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.to_string()).chain(db_args.iter().cloned()).collect() };
+    let chronicle = |data: &std::path::Path, args: &[&str]| {
+        let args = with_db(args);
+        chronicle(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
@@ -26,7 +65,8 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     assert!(data.join("keys.bin").exists());
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (key, write) = (t["api_key"].as_str().unwrap().to_owned(), t["write_key"].as_str().unwrap().to_owned());
-    let args = ["serve", "--retry-base-ms", "20", "--max-attempts", "2"];
+    let args = with_db(&["serve", "--retry-base-ms", "20", "--max-attempts", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut server, url, _) = start_logging(&data, &args, "listening on", Some(&log));
     let agent = agent();
 
@@ -106,6 +146,13 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     let found = scan(&data, &[EMAIL, FIRST, LAST, PHONE, IP]);
     assert!(found.is_empty(), "plaintext left in the data folder: {found:?}");
     assert!(scan(&data, &["Otto"]).is_empty(), "nobody's personal data is in the clear on disk");
+    if let Some(db) = db {
+        let rows = dump_schema(db);
+        assert!(rows.contains("CustomerErased"), "the dump holds the events");
+        for secret in [EMAIL, FIRST, LAST, PHONE, IP, "Otto"] {
+            assert!(!rows.contains(secret), "{secret} in a PostgreSQL table");
+        }
+    }
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("listening") || logged.contains("serving"), "the log was captured");
     for secret in [EMAIL, FIRST, LAST, PHONE, IP] {
@@ -123,7 +170,8 @@ fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["customer"]["traits"]["first_name"], "Otto");
 
     // Restarted from the sealed checkpoint: still erased, the other customer still readable.
-    let (_server, url, _) = start(&data, &["serve"]);
+    let args = with_db(&["serve"]);
+    let (_server, url, _) = start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &key);
     assert_eq!(profile["status"], "erased");
     assert_eq!(get(&agent, &format!("{url}/v1/customers/c-other"), &key).1["traits"]["first_name"], "Otto");
