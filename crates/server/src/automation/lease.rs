@@ -118,3 +118,50 @@ pub async fn hand_over(
     engine.quiesce(wait).await;
     leases.release(NAME, holder, progress()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronicle_store::ReadError;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Grants the lease to the first `answers` calls, then never answers again (a hung
+    /// connection): the holder must stop before the lease could pass to another node.
+    struct Hangs {
+        answers: usize,
+        calls: AtomicUsize,
+        last_grant: std::sync::Mutex<Option<tokio::time::Instant>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Leases for Hangs {
+        async fn lease(&self, _: &str, _: &str, _: Duration, progress: u64) -> Result<Option<u64>, ReadError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.answers {
+                *self.last_grant.lock().unwrap() = Some(tokio::time::Instant::now());
+                return Ok(Some(progress.max(7)));
+            }
+            std::future::pending().await
+        }
+        async fn release(&self, _: &str, _: &str, _: u64) -> Result<(), ReadError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holder_whose_renewal_hangs_stops_before_the_lease_runs_out() {
+        let app = App::start(Arc::new(chronicle_store::memory::MemoryStore::new()), None).await.unwrap();
+        let gate = Gate::leased();
+        let leases = Arc::new(Hangs { answers: 2, calls: AtomicUsize::new(0), last_grant: Default::default() });
+        let renewal = renew(app.clone(), leases.clone(), gate.clone(), "me".into());
+        tokio::time::timeout(Duration::from_secs(2), gate.wait()).await.expect("the lease is taken");
+        assert_eq!(app.reacted(), 7, "the engine continues from the progress recorded");
+        let mut held = gate.held.subscribe();
+        tokio::time::timeout(TTL * 2, held.wait_for(|h| !*h)).await.expect("the gate closes while the renewal hangs").unwrap();
+        // The database lets another node take the lease a TTL after the last renewal it
+        // granted: this node stopped before that.
+        let since = leases.last_grant.lock().unwrap().expect("granted").elapsed();
+        assert!(since < TTL, "closed {since:?} after the last renewal");
+        assert!(since >= TTL / 3, "not before the renewal had hung for its time limit ({since:?})");
+        renewal.abort();
+    }
+}
