@@ -136,11 +136,11 @@ impl App {
         initial.index_key = store.index_key()?.map(chronicle_projections::IndexKey::new);
         let reacted = AtomicU64::new(initial.reacted);
         let views = Arc::new(RwLock::new(initial));
-        catch_up(&*store, &views).await?;
         // Other nodes over the same database may commit while this one starts: the hook takes
         // only the event right after the views' position and notes any later one it leaves;
-        // the catch-up below reads until the views hold everything left (the store moves its
-        // head right after the hook), so the views never skip an event whatever the interleaving.
+        // the catch-up below (the log from the checkpoint on) reads until the views hold
+        // everything left (the store moves its head right after the hook), so the views never
+        // skip an event whatever the interleaving.
         let hook_views = views.clone();
         let left = Arc::new(AtomicU64::new(0));
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));

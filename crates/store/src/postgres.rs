@@ -15,8 +15,9 @@
 //! **Many nodes.** Each node follows what the others commit: the append transaction sends a
 //! `NOTIFY` (delivered at commit, so in commit order), and a follower task per node, woken by
 //! it or by a poll every [`POLL`], reads the events past the last one it handed out, in
-//! position order, moves the node's head and passes them through the commit hook — the same
-//! hook a node's own appends go through, so every node's views see every event once, in order.
+//! position order, passes them through the commit hook — the same hook a node's own appends go
+//! through, so every node's views see every event once, in order — and then moves the node's
+//! head.
 //! The writer hands out what other nodes committed before its own group first (it knows: its
 //! group follows the head it read under the lock). `sync` waits until the node has handed out
 //! everything the database had committed when it was called (read-your-writes across nodes).
@@ -57,6 +58,8 @@ const SESSION: &str = "SET enable_seqscan = off; SET idle_in_transaction_session
 /// How often a node looks for other nodes' commits when no notification came (a lost one, a
 /// reconnect): the bound on how stale a node can be when nothing tells it.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// The committed head: the last position (0 when empty).
+const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
 /// How many events the follower reads per query.
 const FOLLOW_PAGE: i64 = 1000;
 /// How long `sync` waits for the follower before it gives up with an error.
@@ -137,8 +140,8 @@ impl Feed {
     /// `*fed` is a gap-free run of whole transactions.
     async fn catch_up(&self, fed: &mut u64, client: &Client, upto: Option<u64>) -> Result<(), ReadError> {
         let upto = upto.map_or(i64::MAX, |u| u as i64);
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
         loop {
-            let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
             let rows = client.query(&sql, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await.map_err(read_error)?;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -211,11 +214,18 @@ async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>) -> Result<
             }
         }
     });
-    client
-        .batch_execute(&format!("SET search_path TO {schema}; SET application_name = '{0}'; {SESSION} LISTEN {0}", channel(schema)))
-        .await
-        .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
+    set_up(&client, schema, &format!("LISTEN {}", channel(schema))).await?;
     Ok(client)
+}
+
+/// Every connection's session: the schema, a name to find it by (`application_name`, the
+/// notification channel's), [`SESSION`]; then `extra`.
+async fn set_up(client: &Client, schema: &str, extra: &str) -> Result<(), PgOpenError> {
+    let name = channel(schema);
+    client
+        .batch_execute(&format!("SET search_path TO {schema}; SET application_name = '{name}'; {SESSION} {extra}"))
+        .await
+        .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })
 }
 
 /// The notification channel appends in `schema` are announced on.
@@ -239,9 +249,10 @@ async fn connect(url: &str, schema: &str) -> Result<Client, PgOpenError> {
         }
     });
     client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET application_name = '{}'; {SESSION}", channel(schema)))
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .await
         .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
+    set_up(&client, schema, "").await?;
     Ok(client)
 }
 
@@ -343,7 +354,7 @@ async fn migrate(client: &Client, schema: &str) -> Result<(), PgOpenError> {
 }
 
 async fn query_head(client: &Client) -> Result<u64, tokio_postgres::Error> {
-    let head: i64 = client.query_one("SELECT coalesce(max(position), 0) FROM events", &[]).await?.get(0);
+    let head: i64 = client.query_one(HEAD_SQL, &[]).await?.get(0);
     Ok(head as u64)
 }
 
@@ -395,7 +406,7 @@ impl Statements {
         Ok(Statements {
             lock: client.prepare("SELECT pg_advisory_xact_lock($1)").await?,
             notify: client.prepare("SELECT pg_notify($1, '')").await?,
-            head: client.prepare("SELECT coalesce(max(position), 0) FROM events").await?,
+            head: client.prepare(HEAD_SQL).await?,
             ids: client.prepare("SELECT id, tenant, stream, version, position FROM events WHERE id = ANY($1)").await?,
             versions: client
                 .prepare(
@@ -587,11 +598,8 @@ async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request]
 
     let mut next = head as u64 + 1;
     let mut outcomes = Vec::with_capacity(group.len());
+    // Each request's batch was checked in `append`, before it was queued.
     for r in group {
-        if let Err(e) = rules::check_batch(&r.events) {
-            outcomes.push(Outcome { result: Err(e), appended: false });
-            continue;
-        }
         let batch_ids: Vec<Uuid> = r.events.iter().map(|e| e.id).collect();
         if batch_ids.iter().any(|id| stored.contains_key(id)) {
             let found: Vec<Option<StoredAt<'_>>> = batch_ids
