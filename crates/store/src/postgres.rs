@@ -99,8 +99,65 @@ CREATE TABLE settings (
 );
 "];
 
-const COLUMNS: &str = "position, id, tenant, stream, version, type, schema_version, event_time, ingest_time, \
-                       source, causation_id, correlation_id, actor, data, metadata";
+/// The events' columns, in the order [`raw_from_row`] reads them (a macro, so the queries are
+/// `&'static str` built with `concat!` and can be prepared once per connection).
+macro_rules! columns {
+    () => {
+        "position, id, tenant, stream, version, type, schema_version, event_time, ingest_time, \
+         source, causation_id, correlation_id, actor, data, metadata"
+    };
+}
+/// The events past `$1` up to `$2`, in order, at most `$3`.
+const RANGE_SQL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
+const STREAM_SQL: &str =
+    concat!("SELECT ", columns!(), " FROM events WHERE tenant = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4");
+
+/// A connection with the statements prepared on it so far: a query sent as text is parsed and
+/// planned again on every call (a round trip more, and planning was a tenth of the database's
+/// CPU under load), a prepared one only once per connection.
+struct Conn {
+    client: Client,
+    prepared: std::sync::Mutex<HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn { client, prepared: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    async fn statement(&self, sql: &'static str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(sql, s.clone());
+        Ok(s)
+    }
+
+    async fn query(&self, sql: &'static str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    async fn query_one(&self, sql: &'static str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_one(&statement, params).await
+    }
+
+    async fn query_opt(&self, sql: &'static str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_opt(&statement, params).await
+    }
+
+    async fn execute(&self, sql: &'static str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgOpenError {
@@ -115,7 +172,7 @@ pub enum PgOpenError {
 pub struct PgStore {
     requests: mpsc::Sender<Request>,
     /// Reader connections, each replaced by a new one when it is found closed.
-    readers: Vec<std::sync::RwLock<Arc<Client>>>,
+    readers: Vec<std::sync::RwLock<Arc<Conn>>>,
     next_reader: AtomicUsize,
     url: String,
     schema: String,
@@ -138,11 +195,10 @@ impl Feed {
     /// Hands out every event committed past `*fed` (up to `upto`, if given), reading them
     /// from the database. Commits are serialised by the order lock, so what a query sees past
     /// `*fed` is a gap-free run of whole transactions.
-    async fn catch_up(&self, fed: &mut u64, client: &Client, upto: Option<u64>) -> Result<(), ReadError> {
+    async fn catch_up(&self, fed: &mut u64, conn: &Conn, upto: Option<u64>) -> Result<(), ReadError> {
         let upto = upto.map_or(i64::MAX, |u| u as i64);
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
         loop {
-            let rows = client.query(&sql, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await.map_err(read_error)?;
+            let rows = conn.query(RANGE_SQL, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await.map_err(read_error)?;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
                 // A row that cannot be read stops the hand-out here (loudly, retried): skipping
@@ -172,7 +228,7 @@ impl Feed {
 
 /// The follower: hands out other nodes' commits when notified, or at least every [`POLL`].
 /// Ends when the store is dropped.
-async fn follow(feed: std::sync::Weak<Feed>, client: Client, url: String, schema: String) {
+async fn follow(feed: std::sync::Weak<Feed>, client: Conn, url: String, schema: String, node: String) {
     let mut client = Some(client);
     loop {
         let Some(f) = feed.upgrade() else { return };
@@ -180,7 +236,7 @@ async fn follow(feed: std::sync::Weak<Feed>, client: Client, url: String, schema
         // A connection found closed is opened again (and listens again) at the next poll.
         let c = match client.take() {
             Some(c) if !c.is_closed() => c,
-            _ => match listen(&url, &schema, Arc::downgrade(&f)).await {
+            _ => match listen(&url, &schema, Arc::downgrade(&f), node.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "reconnecting the PostgreSQL follower failed; retrying");
@@ -196,12 +252,15 @@ async fn follow(feed: std::sync::Weak<Feed>, client: Client, url: String, schema
     }
 }
 
-/// The follower's connection, which also listens for the append notifications.
-async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>) -> Result<Client, PgOpenError> {
+/// The follower's connection, which also listens for the append notifications. A notification
+/// carries the id of the node that committed (`node`): this node's own commits are handed out
+/// by its writer, so they do not wake the follower for a read that would find nothing.
+async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>, node: String) -> Result<Conn, PgOpenError> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) if n.payload() == node => {}
                 Ok(tokio_postgres::AsyncMessage::Notification(_)) => match feed.upgrade() {
                     Some(f) => f.wake.notify_one(),
                     None => return,
@@ -215,7 +274,7 @@ async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>) -> Result<
         }
     });
     set_up(&client, schema, &format!("LISTEN {}", channel(schema))).await?;
-    Ok(client)
+    Ok(Conn::new(client))
 }
 
 /// Every connection's session: the schema, a name to find it by (`application_name`, the
@@ -241,7 +300,7 @@ struct Request {
     reply: oneshot::Sender<Result<AppendResult, AppendError>>,
 }
 
-async fn connect(url: &str, schema: &str) -> Result<Client, PgOpenError> {
+async fn connect(url: &str, schema: &str) -> Result<Conn, PgOpenError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -253,7 +312,7 @@ async fn connect(url: &str, schema: &str) -> Result<Client, PgOpenError> {
         .await
         .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
     set_up(&client, schema, "").await?;
-    Ok(client)
+    Ok(Conn::new(client))
 }
 
 impl PgStore {
@@ -272,22 +331,24 @@ impl PgStore {
             return Err(PgOpenError::Schema(schema.into()));
         }
         let writer = connect(url, schema).await?;
-        migrate(&writer, schema).await?;
+        migrate(&writer.client, schema).await?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(std::sync::RwLock::new(Arc::new(connect(url, schema).await?)));
         }
-        let head_position = query_head(&writer).await.map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
+        let head_position = query_head(&writer.client).await.map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })?;
         let feed = Arc::new(Feed {
             fed: tokio::sync::Mutex::new(head_position),
             head: watch::Sender::new(head_position),
             hook: RwLock::new(None),
             wake: tokio::sync::Notify::new(),
         });
-        let follower = listen(url, schema, Arc::downgrade(&feed)).await?;
-        tokio::spawn(follow(Arc::downgrade(&feed), follower, url.to_owned(), schema.to_owned()));
+        // Names this node in its notifications, so it can tell its own commits from others'.
+        let node = Uuid::new_v4().to_string();
+        let follower = listen(url, schema, Arc::downgrade(&feed), node.clone()).await?;
+        tokio::spawn(follow(Arc::downgrade(&feed), follower, url.to_owned(), schema.to_owned(), node.clone()));
         let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(writer, (url.to_owned(), schema.to_owned()), inbox, feed.clone()));
+        tokio::spawn(write_loop(writer, (url.to_owned(), schema.to_owned(), node), inbox, feed.clone()));
         Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), url: url.to_owned(), schema: schema.to_owned(), feed })
     }
 
@@ -315,7 +376,7 @@ impl PgStore {
 
     /// The next reader connection; one found closed (the server restarted, the connection was
     /// cut) is replaced by a new one first.
-    async fn reader(&self) -> Result<Arc<Client>, ReadError> {
+    async fn reader(&self) -> Result<Arc<Conn>, ReadError> {
         let slot = &self.readers[self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len()];
         let client = slot.read().unwrap_or_else(|p| p.into_inner()).clone();
         if !client.is_closed() {
@@ -326,7 +387,7 @@ impl PgStore {
         Ok(fresh)
     }
 
-    async fn query_events(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<RawEnvelope>, ReadError> {
+    async fn query_events(&self, sql: &'static str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<RawEnvelope>, ReadError> {
         let rows = self.reader().await?.query(sql, params).await.map_err(read_error)?;
         rows.iter().map(raw_from_row).collect()
     }
@@ -405,7 +466,7 @@ impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
             lock: client.prepare("SELECT pg_advisory_xact_lock($1)").await?,
-            notify: client.prepare("SELECT pg_notify($1, '')").await?,
+            notify: client.prepare("SELECT pg_notify($1, $2)").await?,
             head: client.prepare(HEAD_SQL).await?,
             ids: client.prepare("SELECT id, tenant, stream, version, position FROM events WHERE id = ANY($1)").await?,
             versions: client
@@ -415,8 +476,10 @@ impl Statements {
                 )
                 .await?,
             insert: client
-                .prepare(&format!(
-                    "INSERT INTO events ({COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
+                .prepare(concat!(
+                    "INSERT INTO events (",
+                    columns!(),
+                    ") SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
                      $5::bigint[], $6::text[], $7::int[], $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], \
                      $13::text[], $14::text[], $15::text[])"
                 ))
@@ -429,8 +492,8 @@ impl Statements {
 /// in one transaction. A connection found closed is opened again (appends wait in the queue
 /// meanwhile; a group whose commit was cut off gets an error: it may or may not be stored, and a
 /// retry with the same ids tells).
-async fn write_loop(client: Client, (url, schema): (String, String), mut inbox: mpsc::Receiver<Request>, feed: Arc<Feed>) {
-    let channel = channel(&schema);
+async fn write_loop(client: Conn, (url, schema, node): (String, String, String), mut inbox: mpsc::Receiver<Request>, feed: Arc<Feed>) {
+    let notice = Notice { channel: channel(&schema), node };
     let mut client = Some(client);
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP_REQUESTS);
     loop {
@@ -455,7 +518,7 @@ async fn write_loop(client: Client, (url, schema): (String, String), mut inbox: 
                 }
             },
         };
-        let statements = match Statements::prepare(&c).await {
+        let statements = match Statements::prepare(&c.client).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot prepare the PostgreSQL writer's statements; retrying");
@@ -463,7 +526,7 @@ async fn write_loop(client: Client, (url, schema): (String, String), mut inbox: 
                 continue;
             }
         };
-        match write_groups(&c, &statements, &mut inbox, &mut group, &feed, &channel).await {
+        match write_groups(&c, &statements, &mut inbox, &mut group, &feed, &notice).await {
             Some(()) => continue, // the connection closed
             None => return,        // the store is gone
         }
@@ -472,26 +535,27 @@ async fn write_loop(client: Client, (url, schema): (String, String), mut inbox: 
 
 /// Commits groups over `client` until the inbox closes (`None`) or the connection does.
 async fn write_groups(
-    client: &Client,
+    conn: &Conn,
     statements: &Statements,
     inbox: &mut mpsc::Receiver<Request>,
     group: &mut Vec<Request>,
     feed: &Feed,
-    channel: &str,
+    notice: &Notice,
 ) -> Option<()> {
+    let mut look_up_ids = 0;
     loop {
         // A group formed before the connection was found closed is committed on the next one.
         if group.is_empty() {
             let first = inbox.recv().await?;
             rules::fill_group(group, first, inbox, |r| r.events.len(), (MAX_GROUP_REQUESTS, MAX_GROUP_EVENTS));
         }
-        if client.is_closed() {
+        if conn.is_closed() {
             return Some(());
         }
         let ingest_time = rules::truncate_to_micros(Utc::now());
-        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(client, statements, group, ingest_time, channel).await {
+        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&conn.client, statements, group, ingest_time, notice, &mut look_up_ids).await {
             Ok((before, outcomes)) => {
-                hand_out(feed, client, before, group, &outcomes, ingest_time).await;
+                hand_out(feed, conn, before, group, &outcomes, ingest_time).await;
                 outcomes.into_iter().map(|o| o.result).collect()
             }
             Err(e) => {
@@ -507,7 +571,7 @@ async fn write_groups(
 
 /// Hands out a committed group: first what other nodes committed up to `before` (the head the
 /// group was numbered after), then the group itself — unless the follower already has.
-async fn hand_out(feed: &Feed, client: &Client, before: u64, group: &[Request], outcomes: &[Outcome], ingest_time: chrono::DateTime<Utc>) {
+async fn hand_out(feed: &Feed, conn: &Conn, before: u64, group: &[Request], outcomes: &[Outcome], ingest_time: chrono::DateTime<Utc>) {
     let last = outcomes.iter().filter(|o| o.appended).filter_map(|o| o.result.as_ref().ok()).map(|r| r.position).max();
     let Some(last) = last else { return };
     let mut fed = feed.fed.lock().await;
@@ -515,7 +579,7 @@ async fn hand_out(feed: &Feed, client: &Client, before: u64, group: &[Request], 
     // follower have handed out part of it (a page boundary, then a failed read).
     let read_upto = if *fed < before { Some(before) } else if *fed < last && *fed > before { Some(last) } else { None };
     if let Some(upto) = read_upto {
-        if let Err(e) = feed.catch_up(&mut fed, client, Some(upto)).await {
+        if let Err(e) = feed.catch_up(&mut fed, conn, Some(upto)).await {
             // The follower hands all of it out later, in order; until then this node's views
             // lag its own write.
             tracing::warn!(error = %e, "reading other nodes' commits failed");
@@ -535,6 +599,12 @@ async fn hand_out(feed: &Feed, client: &Client, before: u64, group: &[Request], 
     *fed = last;
 }
 
+/// What an append transaction announces: on the schema's channel, the committing node's id.
+struct Notice {
+    channel: String,
+    node: String,
+}
+
 struct Outcome {
     result: Result<AppendResult, AppendError>,
     appended: bool,
@@ -550,16 +620,40 @@ struct Owned {
 /// The head a group was numbered after, and each request's outcome.
 type GroupResult = Result<(u64, Vec<Outcome>), tokio_postgres::Error>;
 
+/// How many groups look their ids up first after a group met an id already stored: a replay
+/// (a client's retry, an import run again) tends to send many.
+const LOOK_UP_AFTER_REPLAY: u32 = 64;
+
 /// Validates the group's requests in order against the database (and the group's earlier
 /// requests), then inserts the accepted ones and commits — all under the order lock.
+///
+/// Ids are not looked up first: the unique index on them finds one already stored, the
+/// transaction then rolls back and the group is done again, looking its ids up (and so are the
+/// next [`LOOK_UP_AFTER_REPLAY`] groups, in `look_up_ids`). New ids — nearly every append —
+/// save an index search per event in the one place every node's writes queue for.
 async fn commit_group(
     client: &Client,
     st: &Statements,
     group: &[Request],
     ingest_time: chrono::DateTime<Utc>,
-    channel: &str,
+    notice: &Notice,
+    look_up_ids: &mut u32,
 ) -> GroupResult {
-    let result = validate_and_insert(client, st, group, ingest_time, channel).await;
+    if *look_up_ids == 0 {
+        match validate_and_insert(client, st, group, ingest_time, notice, false).await {
+            Err(e) if is_stored_id(&e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                *look_up_ids = LOOK_UP_AFTER_REPLAY;
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+            done => return done,
+        }
+    }
+    *look_up_ids -= 1;
+    let result = validate_and_insert(client, st, group, ingest_time, notice, true).await;
     if result.is_err() {
         // Whatever failed, nothing of the group stays (a no-op when the COMMIT already rolled back).
         let _ = client.batch_execute("ROLLBACK").await;
@@ -567,7 +661,19 @@ async fn commit_group(
     result
 }
 
-async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request], ingest_time: chrono::DateTime<Utc>, channel: &str) -> GroupResult {
+/// Whether `e` is the unique index on event ids refusing a row: an id stored already.
+fn is_stored_id(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && d.constraint() == Some("events_id"))
+}
+
+async fn validate_and_insert(
+    client: &Client,
+    st: &Statements,
+    group: &[Request],
+    ingest_time: chrono::DateTime<Utc>,
+    notice: &Notice,
+    look_up_ids: bool,
+) -> GroupResult {
     // BEGIN, the lock, then the head — read in a statement of its own, so its snapshot is taken
     // after the lock is held and sees every earlier writer's commit — and the group's stored ids
     // and stream versions: sent at once (pipelined on the connection), run in this order, one
@@ -582,21 +688,44 @@ async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request]
         client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
         client.execute(&st.lock, &lock_params),
         client.query_one(&st.head, &[]),
-        client.query(&st.ids, &ids_params),
+        async {
+            if look_up_ids {
+                client.query(&st.ids, &ids_params).await
+            } else {
+                Ok(Vec::new())
+            }
+        },
         client.query(&st.versions, &version_params),
     )?;
     let head: i64 = head.get(0);
-    let mut stored: HashMap<Uuid, Owned> = HashMap::new();
-    for row in id_rows {
-        let owned = Owned { tenant: row.get(1), stream: row.get(2), version: row.get::<_, i64>(3) as u64, position: row.get::<_, i64>(4) as u64 };
-        stored.insert(row.get(0), owned);
-    }
     let mut versions: HashMap<(String, String), u64> = HashMap::new();
     for row in version_rows {
         versions.insert((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64);
     }
+    let mut outcomes = decide(group, stored_ids(id_rows), versions.clone(), head as u64);
+    if !look_up_ids && outcomes.iter().any(|o| matches!(o.result, Err(AppendError::Conflict { .. }))) {
+        // Ids are judged before versions: a conflict may be the replay of a stored append.
+        let id_rows = client.query(&st.ids, &ids_params).await?;
+        outcomes = decide(group, stored_ids(id_rows), versions, head as u64);
+    }
+    insert_group(client, st, group, &outcomes, ingest_time, notice).await?;
+    Ok((head as u64, outcomes))
+}
 
-    let mut next = head as u64 + 1;
+/// The stored events among a group's ids, by id.
+fn stored_ids(rows: Vec<Row>) -> HashMap<Uuid, Owned> {
+    rows.iter()
+        .map(|row| {
+            let owned = Owned { tenant: row.get(1), stream: row.get(2), version: row.get::<_, i64>(3) as u64, position: row.get::<_, i64>(4) as u64 };
+            (row.get(0), owned)
+        })
+        .collect()
+}
+
+/// Each request's outcome, judged in order against what is stored (`stored` ids, stream
+/// `versions`) and the group's earlier requests: a replay, a refusal, or its place after `head`.
+fn decide(group: &[Request], mut stored: HashMap<Uuid, Owned>, mut versions: HashMap<(String, String), u64>, head: u64) -> Vec<Outcome> {
+    let mut next = head + 1;
     let mut outcomes = Vec::with_capacity(group.len());
     // Each request's batch was checked in `append`, before it was queued.
     for r in group {
@@ -629,10 +758,20 @@ async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request]
         });
         next += n;
     }
+    outcomes
+}
 
+async fn insert_group(
+    client: &Client,
+    st: &Statements,
+    group: &[Request],
+    outcomes: &[Outcome],
+    ingest_time: chrono::DateTime<Utc>,
+    notice: &Notice,
+) -> Result<(), tokio_postgres::Error> {
     // One INSERT for the whole group, from arrays.
     let mut cols = Columns::default();
-    for (r, o) in group.iter().zip(&outcomes) {
+    for (r, o) in group.iter().zip(outcomes) {
         let (true, Ok(res)) = (o.appended, &o.result) else { continue };
         let first_position = res.position + 1 - r.events.len() as u64;
         for (i, e) in r.events.iter().enumerate() {
@@ -649,10 +788,16 @@ async fn validate_and_insert(client: &Client, st: &Statements, group: &[Request]
             &cols.event_time, &cols.ingest_time, &cols.source, &cols.causation_id, &cols.correlation_id, &cols.actor,
             &cols.data, &cols.metadata,
         ];
-        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&channel];
-        tokio::try_join!(client.execute(&st.insert, &insert_params), client.execute(&st.notify, &notify_params), client.batch_execute("COMMIT"))?;
+        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&notice.channel, &notice.node];
+        // All three answers are awaited, so the INSERT's own error (an id stored already) is
+        // the one reported, not the aborted transaction's that follows it.
+        let (inserted, notified, committed) =
+            tokio::join!(client.execute(&st.insert, &insert_params), client.execute(&st.notify, &notify_params), client.batch_execute("COMMIT"));
+        inserted?;
+        notified?;
+        committed?;
     }
-    Ok((head as u64, outcomes))
+    Ok(())
 }
 
 /// A group's rows as column arrays, for `INSERT … SELECT * FROM unnest(…)`.
@@ -717,9 +862,8 @@ impl EventStore for PgStore {
     }
 
     async fn read_stream_raw(&self, tenant: &str, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE tenant = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4");
         let (from, limit) = (from_version.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
-        self.query_events(&sql, &[&tenant, &stream, &from, &limit]).await
+        self.query_events(STREAM_SQL, &[&tenant, &stream, &from, &limit]).await
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError> {
@@ -730,9 +874,8 @@ impl EventStore for PgStore {
         // Bounded by the head this node has seen committed: nothing past it is read, so a page
         // never runs ahead of what subscribers were told.
         let head = *self.feed.head.borrow() as i64;
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
         let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
-        self.query_events(&sql, &[&after, &head, &limit]).await
+        self.query_events(RANGE_SQL, &[&after, &head, &limit]).await
     }
 
     async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
@@ -746,7 +889,7 @@ impl EventStore for PgStore {
     }
 
     async fn sync(&self) -> Result<u64, ReadError> {
-        let committed = query_head(&*self.reader().await?).await.map_err(read_error)?;
+        let committed = self.reader().await?.query_one(HEAD_SQL, &[]).await.map_err(read_error)?.get::<_, i64>(0) as u64;
         let mut head = self.feed.head.subscribe();
         if *head.borrow() < committed {
             self.feed.wake.notify_one();

@@ -221,3 +221,42 @@ async fn a_node_whose_connections_are_cut_reconnects_writes_and_follows_again() 
     let tail = b.read_all(1, 10).await.unwrap();
     assert_eq!(tail.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
 }
+
+/// Ids are not looked up before a group's INSERT: a replay in a group of new appends is found by
+/// the unique index, and the group is done again. Every new append is stored once, the replays
+/// answer their original results, and the log has no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_sent_together_with_new_appends_answer_their_first_result_and_leave_the_rest_stored_once() {
+    use chronicle_core::envelope::ExpectedVersion;
+    let Some((store, _schema)) = fresh().await else { return };
+    let originals: Vec<_> = (0..20).map(event).collect();
+    let mut first = Vec::new();
+    for (i, e) in originals.iter().enumerate() {
+        first.push(store.append("t", &format!("c-{i}"), ExpectedVersion::NoStream, vec![e.clone()]).await.unwrap());
+    }
+    for round in 0..3u64 {
+        // Sent at once, so the writer groups them: replays (with an expected version that would
+        // admit them as new) among new events on other streams.
+        let mut tasks = Vec::new();
+        for (i, e) in originals.iter().enumerate() {
+            let (s, e) = (store.clone(), e.clone());
+            tasks.push(tokio::spawn(async move { s.append("t", &format!("c-{i}"), ExpectedVersion::Any, vec![e]).await }));
+            let s = store.clone();
+            let fresh = event(100 + round * 100 + i as u64);
+            tasks.push(tokio::spawn(async move { s.append("t", &format!("n-{round}-{i}"), ExpectedVersion::NoStream, vec![fresh]).await }));
+        }
+        for (k, t) in tasks.into_iter().enumerate() {
+            let result = t.await.unwrap().unwrap();
+            if k % 2 == 0 {
+                assert_eq!(result, first[k / 2], "a replay answers the original result");
+            } else {
+                assert_eq!((result.first_version, result.last_version), (1, 1), "a new append is stored");
+            }
+        }
+    }
+    let log = store.read_all(0, 10_000).await.unwrap();
+    assert_eq!(log.len(), 20 + 3 * 20, "each new event once, no replay stored again");
+    assert!(log.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1), "no gap");
+    let ids: std::collections::HashSet<_> = log.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), log.len());
+}
