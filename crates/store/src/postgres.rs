@@ -13,8 +13,9 @@
 //! concurrency instead of queueing one transaction per event.
 //!
 //! **Many nodes.** Each node follows what the others commit: the append transaction sends a
-//! `NOTIFY` (delivered at commit, so in commit order), and a follower task per node, woken by
-//! it or by a poll every [`POLL`], reads the events past the last one it handed out, in
+//! `NOTIFY` (delivered at commit, so in commit order, naming the node that committed: a node's
+//! own are skipped), and a follower task per node, woken by another node's or by a poll every
+//! [`POLL`], reads the events past the last one it handed out, in
 //! position order, passes them through the commit hook — the same hook a node's own appends go
 //! through, so every node's views see every event once, in order — and then moves the node's
 //! head.
@@ -453,6 +454,9 @@ fn decode_all(raws: Vec<RawEnvelope>) -> Result<Vec<EventEnvelope>, ReadError> {
 }
 
 /// The writer's statements, prepared once on its connection (each saves a round trip per use).
+/// Prepared up front rather than on first use as [`Conn`] does: the writer pipelines several
+/// statements at once, and a statement prepared on first use would put a round trip of its own
+/// in the middle of the pipeline and could reorder what is sent.
 struct Statements {
     lock: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
