@@ -48,7 +48,7 @@ const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_CAPACITY: usize = 4096;
 /// See [`gather`].
 const GATHER_MIN: usize = 8;
-const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(400);
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 const READERS: usize = 4;
 /// Every query of the store is a look-up or a range on an index. A statement prepared while the
 /// table was small keeps its plan (a generic plan is kept until the table's statistics change),
@@ -193,6 +193,10 @@ struct Feed {
     hook: RwLock<Option<CommitHook>>,
     /// Wakes the follower (a notification came, or `sync` waits).
     wake: tokio::sync::Notify,
+    /// The queue length the writer waits for in [`gather`] (0: it is not waiting), and how an
+    /// append that makes the queue that long tells it.
+    gather_target: AtomicUsize,
+    gathered: tokio::sync::Notify,
 }
 
 impl Feed {
@@ -346,6 +350,8 @@ impl PgStore {
             head: watch::Sender::new(head_position),
             hook: RwLock::new(None),
             wake: tokio::sync::Notify::new(),
+            gather_target: AtomicUsize::new(0),
+            gathered: tokio::sync::Notify::new(),
         });
         // Names this node in its notifications, so it can tell its own commits from others'.
         let node = Uuid::new_v4().to_string();
@@ -575,7 +581,7 @@ async fn write_groups(
         for (request, result) in group.drain(..).zip(results) {
             let _ = request.reply.send(result);
         }
-        gather(inbox, answered, waiting).await;
+        gather(inbox, feed, answered, waiting).await;
     }
 }
 
@@ -583,16 +589,22 @@ async fn write_groups(
 /// — at most [`GATHER_WAIT`] — for the writers just answered to send their next appends, so
 /// they join the next group instead of the one after: the commit delay of group commit.
 /// Without it, the writers split into two cohorts taking turns, each group half the size, and
-/// a group's cost is mostly fixed (the lock, two round trips, the fsync).
-async fn gather(inbox: &mpsc::Receiver<Request>, answered: usize, waiting: usize) {
+/// a group's cost is mostly fixed (the lock, two round trips, the fsync). It waits until as
+/// many appends queue as were waiting plus answered (an append that gets there wakes it), else
+/// until the timer (whose resolution is a millisecond) ends the wait: writers that do not come
+/// back soon cost the next group up to that much latency, and only under load.
+async fn gather(inbox: &mpsc::Receiver<Request>, feed: &Feed, answered: usize, waiting: usize) {
     if answered < GATHER_MIN {
         return;
     }
     let target = (waiting + answered).min(MAX_GROUP_REQUESTS);
-    let deadline = std::time::Instant::now() + GATHER_WAIT;
-    while inbox.len() < target && std::time::Instant::now() < deadline {
-        tokio::task::yield_now().await;
+    let gathered = feed.gathered.notified();
+    feed.gather_target.store(target, Ordering::SeqCst);
+    // Set before looking, so an append that lands in between still finds the target.
+    if inbox.len() < target {
+        let _ = tokio::time::timeout(GATHER_WAIT, gathered).await;
     }
+    feed.gather_target.store(0, Ordering::SeqCst);
 }
 
 /// Hands out a committed group: first what other nodes committed up to `before` (the head the
@@ -880,6 +892,10 @@ impl EventStore for PgStore {
         let request = Request { tenant: tenant.to_owned(), stream: stream.to_owned(), expected, events, reply };
         let gone = || AppendError::Storage("the PostgreSQL writer stopped".into());
         self.requests.send(request).await.map_err(|_| gone())?;
+        let target = self.feed.gather_target.load(Ordering::SeqCst);
+        if target > 0 && self.requests.max_capacity() - self.requests.capacity() >= target {
+            self.feed.gathered.notify_one();
+        }
         answer.await.map_err(|_| gone())?
     }
 
