@@ -555,7 +555,7 @@ async fn write_groups(
     feed: &Feed,
     notice: &Notice,
 ) -> Option<()> {
-    let mut look_up_ids = 0;
+    let mut known = Known::default();
     loop {
         // A group formed before the connection was found closed is committed on the next one.
         if group.is_empty() {
@@ -566,7 +566,7 @@ async fn write_groups(
             return Some(());
         }
         let ingest_time = rules::truncate_to_micros(Utc::now());
-        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&conn.client, statements, group, ingest_time, notice, &mut look_up_ids).await {
+        let results: Vec<Result<AppendResult, AppendError>> = match commit_group(&conn.client, statements, group, ingest_time, notice, &mut known).await {
             Ok((before, outcomes)) => {
                 hand_out(feed, conn, before, group, &outcomes, ingest_time).await;
                 outcomes.into_iter().map(|o| o.result).collect()
@@ -655,99 +655,168 @@ struct Owned {
     position: u64,
 }
 
-/// The head a group was numbered after, and each request's outcome.
-type GroupResult = Result<(u64, Vec<Outcome>), tokio_postgres::Error>;
+/// The head a group was numbered after, each request's outcome, and the stream versions read.
+type GroupResult = Result<(u64, Vec<Outcome>, Versions), tokio_postgres::Error>;
 
-/// How many groups look their ids up first after a group met an id already stored: a replay
-/// (a client's retry, an import run again) tends to send many.
+type Versions = HashMap<(String, String), u64>;
+
+/// How many groups look everything up first after a group met an id or a version already
+/// stored: a replay (a client's retry, an import run again) or another node's writes to the
+/// same streams tend to come in runs.
 const LOOK_UP_AFTER_REPLAY: u32 = 64;
+/// How many stream versions the writer remembers before it starts again from none.
+const KNOWN_STREAMS: usize = 1_000_000;
+
+/// What the writer knows without asking the database: the version of streams it wrote or read
+/// — never above the stored version (only committed appends and versions read from the
+/// database are learnt, and versions only grow), though it may be below it when another node
+/// wrote since.
+#[derive(Default)]
+struct Known {
+    /// Groups still to look up their ids and every stream's version first.
+    careful: u32,
+    versions: Versions,
+}
+
+impl Known {
+    fn learn(&mut self, group: &[Request], outcomes: &[Outcome], read: Versions) {
+        if self.versions.len() > KNOWN_STREAMS {
+            self.versions.clear();
+        }
+        for (key, v) in read {
+            let known = self.versions.entry(key).or_default();
+            *known = (*known).max(v);
+        }
+        for (r, o) in group.iter().zip(outcomes) {
+            if let (true, Ok(res)) = (o.appended, &o.result) {
+                let known = self.versions.entry((r.tenant.clone(), r.stream.clone())).or_default();
+                *known = (*known).max(res.last_version);
+            }
+        }
+    }
+}
 
 /// Validates the group's requests in order against the database (and the group's earlier
 /// requests), then inserts the accepted ones and commits — all under the order lock.
 ///
-/// Ids are not looked up first: the unique index on them finds one already stored, the
-/// transaction then rolls back and the group is done again, looking its ids up (and so are the
-/// next [`LOOK_UP_AFTER_REPLAY`] groups, in `look_up_ids`). New ids — nearly every append —
-/// save an index search per event in the one place every node's writes queue for.
+/// Most groups do not look their ids up, nor the versions of the streams the writer knows (see
+/// [`Known`]): the unique indexes stand in for it. An id already stored, or a known version
+/// that another node has since passed, makes the INSERT fail on an index (a stale version is
+/// never above the stored one, so the version it would write exists); the transaction then
+/// rolls back, nothing of the group stays, and the group is done again looking everything up
+/// (and so are the next [`LOOK_UP_AFTER_REPLAY`] groups). A version conflict looks everything up
+/// at once in the same transaction: ids are judged before versions (it may be a replay), and a
+/// known version may be stale. New ids on streams the writer knows — nearly every append — save
+/// two index searches per event in the one place every node's writes queue for.
 async fn commit_group(
     client: &Client,
     st: &Statements,
     group: &[Request],
     ingest_time: chrono::DateTime<Utc>,
     notice: &Notice,
-    look_up_ids: &mut u32,
-) -> GroupResult {
-    if *look_up_ids == 0 {
-        match validate_and_insert(client, st, group, ingest_time, notice, false).await {
-            Err(e) if is_stored_id(&e) => {
+    known: &mut Known,
+) -> Result<(u64, Vec<Outcome>), tokio_postgres::Error> {
+    if known.careful == 0 {
+        match validate_and_insert(client, st, group, ingest_time, notice, Some(&known.versions)).await {
+            Err(e) if is_stored(&e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                *look_up_ids = LOOK_UP_AFTER_REPLAY;
+                known.careful = LOOK_UP_AFTER_REPLAY;
             }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
-            done => return done,
+            Ok((head, outcomes, read)) => {
+                known.learn(group, &outcomes, read);
+                return Ok((head, outcomes));
+            }
         }
     }
-    *look_up_ids -= 1;
-    let result = validate_and_insert(client, st, group, ingest_time, notice, true).await;
-    if result.is_err() {
-        // Whatever failed, nothing of the group stays (a no-op when the COMMIT already rolled back).
-        let _ = client.batch_execute("ROLLBACK").await;
+    known.careful -= 1;
+    match validate_and_insert(client, st, group, ingest_time, notice, None).await {
+        Ok((head, outcomes, read)) => {
+            known.learn(group, &outcomes, read);
+            Ok((head, outcomes))
+        }
+        Err(e) => {
+            // Whatever failed, nothing of the group stays (a no-op when the COMMIT already rolled back).
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
     }
-    result
 }
 
-/// Whether `e` is the unique index on event ids refusing a row: an id stored already.
-fn is_stored_id(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|d| *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && d.constraint() == Some("events_id"))
+/// Whether `e` is a unique index refusing a row: an id, or a stream's version, stored already.
+fn is_stored(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && matches!(d.constraint(), Some("events_id" | "events_stream"))
+    })
 }
 
+/// `known`: the stream versions to take as read (none are taken, and every id is looked up,
+/// when `None`).
 async fn validate_and_insert(
     client: &Client,
     st: &Statements,
     group: &[Request],
     ingest_time: chrono::DateTime<Utc>,
     notice: &Notice,
-    look_up_ids: bool,
+    known: Option<&Versions>,
 ) -> GroupResult {
     // BEGIN, the lock, then the head — read in a statement of its own, so its snapshot is taken
     // after the lock is held and sees every earlier writer's commit — and the group's stored ids
     // and stream versions: sent at once (pipelined on the connection), run in this order, one
     // round trip.
     let ids: Vec<Uuid> = group.iter().flat_map(|r| r.events.iter().map(|e| e.id)).collect();
-    let (tenants, streams): (Vec<&str>, Vec<&str>) = group.iter().map(|r| (r.tenant.as_str(), r.stream.as_str())).unzip();
-    let (lock_params, ids_params): ([&(dyn tokio_postgres::types::ToSql + Sync); 1], [&(dyn tokio_postgres::types::ToSql + Sync); 1]) =
-        ([&ORDER_LOCK], [&ids]);
+    let mut versions = Versions::new();
+    let (mut tenants, mut streams) = (Vec::new(), Vec::new());
+    for r in group {
+        match known.and_then(|k| k.get(&(r.tenant.clone(), r.stream.clone()))) {
+            Some(v) => {
+                versions.insert((r.tenant.clone(), r.stream.clone()), *v);
+            }
+            None => {
+                tenants.push(r.tenant.as_str());
+                streams.push(r.stream.as_str());
+            }
+        }
+    }
+    let ids_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
     let version_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenants, &streams];
     let (_, _, head, id_rows, version_rows) = tokio::try_join!(
         // Read committed whatever the server's default: the head must see every earlier commit.
         client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
-        client.execute(&st.lock, &lock_params),
+        client.execute(&st.lock, &[&ORDER_LOCK]),
         client.query_one(&st.head, &[]),
         async {
-            if look_up_ids {
-                client.query(&st.ids, &ids_params).await
-            } else {
-                Ok(Vec::new())
+            match known {
+                None => client.query(&st.ids, &ids_params).await,
+                Some(_) => Ok(Vec::new()),
             }
         },
-        client.query(&st.versions, &version_params),
+        async {
+            match tenants.is_empty() {
+                false => client.query(&st.versions, &version_params).await,
+                true => Ok(Vec::new()),
+            }
+        },
     )?;
-    let head: i64 = head.get(0);
-    let mut versions: HashMap<(String, String), u64> = HashMap::new();
-    for row in version_rows {
-        versions.insert((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64);
-    }
-    let mut outcomes = decide(group, stored_ids(id_rows), versions.clone(), head as u64);
-    if !look_up_ids && outcomes.iter().any(|o| matches!(o.result, Err(AppendError::Conflict { .. }))) {
-        // Ids are judged before versions: a conflict may be the replay of a stored append.
-        let id_rows = client.query(&st.ids, &ids_params).await?;
-        outcomes = decide(group, stored_ids(id_rows), versions, head as u64);
+    let head = head.get::<_, i64>(0) as u64;
+    let read_versions = |rows: Vec<Row>| -> Versions { rows.iter().map(|row| ((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64)).collect() };
+    let mut read = read_versions(version_rows);
+    versions.extend(read.iter().map(|(k, v)| (k.clone(), *v)));
+    let mut outcomes = decide(group, stored_ids(id_rows), versions, head);
+    if known.is_some() && outcomes.iter().any(|o| matches!(o.result, Err(AppendError::Conflict { .. }))) {
+        // Ids are judged before versions (a conflict may be the replay of a stored append), and
+        // a known version may be stale: a conflict is judged again on everything read.
+        let (tenants, streams): (Vec<&str>, Vec<&str>) = group.iter().map(|r| (r.tenant.as_str(), r.stream.as_str())).unzip();
+        let version_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenants, &streams];
+        let (id_rows, version_rows) = tokio::try_join!(client.query(&st.ids, &ids_params), client.query(&st.versions, &version_params))?;
+        read = read_versions(version_rows);
+        outcomes = decide(group, stored_ids(id_rows), read.clone(), head);
     }
     insert_group(client, st, group, &outcomes, ingest_time, notice).await?;
-    Ok((head as u64, outcomes))
+    Ok((head, outcomes, read))
 }
 
 /// The stored events among a group's ids, by id.

@@ -260,3 +260,31 @@ async fn replays_sent_together_with_new_appends_answer_their_first_result_and_le
     let ids: std::collections::HashSet<_> = log.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), log.len());
 }
+
+/// A node's writer remembers the versions of streams it wrote and does not read them again;
+/// when another node has written to such a stream since, every expected version is still
+/// judged on the stored stream, not on what the first node remembers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_written_by_another_node_since_is_judged_on_its_stored_version() {
+    use chronicle_core::envelope::ExpectedVersion;
+    use chronicle_store::AppendError;
+    let Some((_, schema)) = fresh().await else { return };
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    a.append("t", "s", ExpectedVersion::NoStream, vec![event(1)]).await.unwrap();
+    a.append("t", "s", ExpectedVersion::Exact(1), vec![event(2)]).await.unwrap(); // a knows s at 2
+    b.append("t", "s", ExpectedVersion::Exact(2), vec![event(3)]).await.unwrap(); // s is at 3 now
+
+    // What a remembers (2) is stale: each of these is judged on the stored version, 3.
+    let r = a.append("t", "s", ExpectedVersion::Exact(2), vec![event(4)]).await;
+    assert!(matches!(r, Err(AppendError::Conflict { actual: 3, .. })), "{r:?}");
+    let r = a.append("t", "s", ExpectedVersion::NoStream, vec![event(5)]).await;
+    assert!(matches!(r, Err(AppendError::Conflict { actual: 3, .. })), "{r:?}");
+    assert_eq!(a.append("t", "s", ExpectedVersion::Exact(3), vec![event(6)]).await.unwrap().first_version, 4);
+    b.append("t", "s", ExpectedVersion::Exact(4), vec![event(7)]).await.unwrap();
+    // Any appends after the stored version, not after the remembered one.
+    let r = a.append("t", "s", ExpectedVersion::Any, vec![event(8), event(9)]).await.unwrap();
+    assert_eq!((r.first_version, r.last_version), (6, 7));
+
+    let versions: Vec<u64> = b.read_stream("t", "s", 1, 100).await.unwrap().iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=7).collect::<Vec<_>>(), "one event per version, no gap");
+}
