@@ -15,7 +15,7 @@
 //! **Many nodes.** Each node follows what the others commit: the append transaction sends a
 //! `NOTIFY` (delivered at commit, so in commit order, naming the node that committed: a node's
 //! own are skipped), and a follower task per node, woken by another node's or by a poll every
-//! [`POLL`], reads the events past the last one it handed out, in
+//! `POLL` (200 ms), reads the events past the last one it handed out, in
 //! position order, passes them through the commit hook — the same hook a node's own appends go
 //! through, so every node's views see every event once, in order — and then moves the node's
 //! head.
@@ -46,7 +46,7 @@ const MIGRATION_LOCK: i64 = 0x4348_524D;
 const MAX_GROUP_REQUESTS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_CAPACITY: usize = 4096;
-/// See [`gather`].
+/// See [`Gather`].
 const GATHER_MIN: usize = 8;
 const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 const READERS: usize = 4;
@@ -175,6 +175,7 @@ pub enum PgOpenError {
 
 pub struct PgStore {
     requests: mpsc::Sender<Request>,
+    gather: Arc<Gather>,
     /// Reader connections, each replaced by a new one when it is found closed.
     readers: Vec<std::sync::RwLock<Arc<Conn>>>,
     next_reader: AtomicUsize,
@@ -193,10 +194,6 @@ struct Feed {
     hook: RwLock<Option<CommitHook>>,
     /// Wakes the follower (a notification came, or `sync` waits).
     wake: tokio::sync::Notify,
-    /// The queue length the writer waits for in [`gather`] (0: it is not waiting), and how an
-    /// append that makes the queue that long tells it.
-    gather_target: AtomicUsize,
-    gathered: tokio::sync::Notify,
 }
 
 impl Feed {
@@ -350,16 +347,15 @@ impl PgStore {
             head: watch::Sender::new(head_position),
             hook: RwLock::new(None),
             wake: tokio::sync::Notify::new(),
-            gather_target: AtomicUsize::new(0),
-            gathered: tokio::sync::Notify::new(),
         });
         // Names this node in its notifications, so it can tell its own commits from others'.
         let node = Uuid::new_v4().to_string();
         let follower = listen(url, schema, Arc::downgrade(&feed), node.clone()).await?;
         tokio::spawn(follow(Arc::downgrade(&feed), follower, url.to_owned(), schema.to_owned(), node.clone()));
         let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(writer, (url.to_owned(), schema.to_owned(), node), inbox, feed.clone()));
-        Ok(PgStore { requests, readers, next_reader: AtomicUsize::new(0), url: url.to_owned(), schema: schema.to_owned(), feed })
+        let gather = Arc::new(Gather::default());
+        tokio::spawn(write_loop(writer, (url.to_owned(), schema.to_owned(), node), inbox, (feed.clone(), gather.clone())));
+        Ok(PgStore { requests, gather, readers, next_reader: AtomicUsize::new(0), url: url.to_owned(), schema: schema.to_owned(), feed })
     }
 
     /// Drops `schema` and everything in it (tests clean up with it).
@@ -505,7 +501,7 @@ impl Statements {
 /// in one transaction. A connection found closed is opened again (appends wait in the queue
 /// meanwhile; a group whose commit was cut off gets an error: it may or may not be stored, and a
 /// retry with the same ids tells).
-async fn write_loop(client: Conn, (url, schema, node): (String, String, String), mut inbox: mpsc::Receiver<Request>, feed: Arc<Feed>) {
+async fn write_loop(client: Conn, (url, schema, node): (String, String, String), mut inbox: mpsc::Receiver<Request>, (feed, gather): (Arc<Feed>, Arc<Gather>)) {
     let notice = Notice { channel: channel(&schema), node };
     let mut client = Some(client);
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP_REQUESTS);
@@ -539,7 +535,7 @@ async fn write_loop(client: Conn, (url, schema, node): (String, String, String),
                 continue;
             }
         };
-        match write_groups(&c, &statements, &mut inbox, &mut group, &feed, &notice).await {
+        match write_groups(&c, &statements, &mut inbox, &mut group, (&feed, &gather), &notice).await {
             Some(()) => continue, // the connection closed
             None => return,        // the store is gone
         }
@@ -552,7 +548,7 @@ async fn write_groups(
     statements: &Statements,
     inbox: &mut mpsc::Receiver<Request>,
     group: &mut Vec<Request>,
-    feed: &Feed,
+    (feed, gather): (&Feed, &Gather),
     notice: &Notice,
 ) -> Option<()> {
     let mut known = Known::default();
@@ -581,11 +577,11 @@ async fn write_groups(
         for (request, result) in group.drain(..).zip(results) {
             let _ = request.reply.send(result);
         }
-        gather(inbox, feed, answered, waiting).await;
+        gather.wait(inbox, answered, waiting).await;
     }
 }
 
-/// Under load (the group just answered had [`GATHER_MIN`] requests or more), waits a moment
+/// The writer's commit delay. Under load (the group just answered had [`GATHER_MIN`] requests or more), waits a moment
 /// — at most [`GATHER_WAIT`] — for the writers just answered to send their next appends, so
 /// they join the next group instead of the one after: the commit delay of group commit.
 /// Without it, the writers split into two cohorts taking turns, each group half the size, and
@@ -593,18 +589,38 @@ async fn write_groups(
 /// many appends queue as were waiting plus answered (an append that gets there wakes it), else
 /// until the timer (whose resolution is a millisecond) ends the wait: writers that do not come
 /// back soon cost the next group up to that much latency, and only under load.
-async fn gather(inbox: &mpsc::Receiver<Request>, feed: &Feed, answered: usize, waiting: usize) {
-    if answered < GATHER_MIN {
-        return;
+#[derive(Default)]
+struct Gather {
+    /// The queue length the writer waits for (0: it is not waiting).
+    target: AtomicUsize,
+    reached: tokio::sync::Notify,
+}
+
+impl Gather {
+    /// Called by the writer after answering a group of `answered` requests, with `waiting`
+    /// more queued then.
+    async fn wait(&self, inbox: &mpsc::Receiver<Request>, answered: usize, waiting: usize) {
+        if answered < GATHER_MIN {
+            return;
+        }
+        let target = (waiting + answered).min(MAX_GROUP_REQUESTS);
+        let reached = self.reached.notified();
+        self.target.store(target, Ordering::SeqCst);
+        // Set before looking, so an append that lands in between still finds the target.
+        if inbox.len() < target {
+            let _ = tokio::time::timeout(GATHER_WAIT, reached).await;
+        }
+        self.target.store(0, Ordering::SeqCst);
     }
-    let target = (waiting + answered).min(MAX_GROUP_REQUESTS);
-    let gathered = feed.gathered.notified();
-    feed.gather_target.store(target, Ordering::SeqCst);
-    // Set before looking, so an append that lands in between still finds the target.
-    if inbox.len() < target {
-        let _ = tokio::time::timeout(GATHER_WAIT, gathered).await;
+
+    /// Called by an append once queued, the queue `len` long: wakes the writer when that is
+    /// what it waits for.
+    fn queued(&self, len: usize) {
+        let target = self.target.load(Ordering::SeqCst);
+        if target > 0 && len >= target {
+            self.reached.notify_one();
+        }
     }
-    feed.gather_target.store(0, Ordering::SeqCst);
 }
 
 /// Hands out a committed group: first what other nodes committed up to `before` (the head the
@@ -961,10 +977,7 @@ impl EventStore for PgStore {
         let request = Request { tenant: tenant.to_owned(), stream: stream.to_owned(), expected, events, reply };
         let gone = || AppendError::Storage("the PostgreSQL writer stopped".into());
         self.requests.send(request).await.map_err(|_| gone())?;
-        let target = self.feed.gather_target.load(Ordering::SeqCst);
-        if target > 0 && self.requests.max_capacity() - self.requests.capacity() >= target {
-            self.feed.gathered.notify_one();
-        }
+        self.gather.queued(self.requests.max_capacity() - self.requests.capacity());
         answer.await.map_err(|_| gone())?
     }
 
