@@ -43,6 +43,11 @@ use uuid::Uuid;
 const ORDER_LOCK: i64 = 0x4348_524E;
 /// The key of the lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x4348_524D;
+/// The class of the schema's *open* lock (the second key is a hash of the schema's name): every
+/// open store holds it shared, on its follower's connection, for as long as it is open; a
+/// compaction ([`PgStore::expire`]) takes it alone, so it runs only when no node has the schema
+/// open, and a node starting meanwhile waits for it to end.
+const OPEN_LOCK: i32 = 0x4348_524F;
 const MAX_GROUP_REQUESTS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_CAPACITY: usize = 4096;
@@ -278,7 +283,7 @@ async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>, node: Stri
             }
         }
     });
-    set_up(&client, schema, &format!("LISTEN {}", channel(schema))).await?;
+    set_up(&client, schema, &format!("LISTEN {}; SELECT pg_advisory_lock_shared({OPEN_LOCK}, hashtext('{schema}'));", channel(schema))).await?;
     Ok(Conn::new(client))
 }
 
@@ -356,6 +361,116 @@ impl PgStore {
         let gather = Arc::new(Gather::default());
         tokio::spawn(write_loop(writer, (url.to_owned(), schema.to_owned(), node), inbox, (feed.clone(), gather.clone())));
         Ok(PgStore { requests, gather, readers, next_reader: AtomicUsize::new(0), url: url.to_owned(), schema: schema.to_owned(), feed })
+    }
+
+    /// The number of compactions the schema has seen ([`PgStore::expire`]): a node whose views
+    /// were saved at an older count holds expired events in them and must build them again.
+    pub async fn compactions(&self) -> Result<u64, ReadError> {
+        let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE name = 'compactions'", &[]).await.map_err(read_error)?;
+        Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()).unwrap_or(0))
+    }
+
+    /// Replaces the events at `expiry.positions` with tombstones and appends its records, in
+    /// one transaction (`crate::expire`), then rewrites the table (`VACUUM FULL`) so the old
+    /// rows' bytes leave its files, and counts one more compaction in `settings`. Runs only
+    /// while no store has the schema open (none may be open in this process either): other
+    /// nodes' views would keep the expired events. What PostgreSQL keeps elsewhere is out of its
+    /// reach: the WAL until it is recycled, and backups.
+    pub async fn expire(url: &str, schema: &str, expiry: &crate::expire::Expiry<'_>) -> Result<crate::expire::Expired, crate::expire::ExpireError> {
+        use crate::expire::{ExpireError, Expired, EXPIRED_TYPE};
+        crate::expire::check_positions(expiry.positions)?;
+        let failed = |reason: String| ExpireError::Failed { path: format!("PostgreSQL schema {schema}").into(), reason };
+        let db = |e: tokio_postgres::Error| failed(e.to_string());
+        let conn = connect(url, schema).await.map_err(|e| failed(e.to_string()))?;
+        let client = &conn.client;
+        // This process's own store, just closed, lets go of its connections within a poll.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let alone: bool =
+                client.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&OPEN_LOCK, &schema]).await.map_err(db)?.get(0);
+            if alone {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(failed("another chronicle process has the schema open; stop every node over it first".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let size = "SELECT pg_total_relation_size('events')";
+        let bytes_before = client.query_one(size, &[]).await.map_err(db)?.get::<_, i64>(0) as u64;
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(db)?;
+        let done = async {
+            client.execute("SELECT pg_advisory_xact_lock($1)", &[&ORDER_LOCK]).await.map_err(db)?;
+            let head = query_head(client).await.map_err(db)?;
+            if let Some(&last) = expiry.positions.last().filter(|&&p| p > head) {
+                return Err(ExpireError::Invalid(format!("position {last} is beyond the head {head}")));
+            }
+            let wanted: Vec<i64> = expiry.positions.iter().map(|&p| p as i64).collect();
+            let rows = client.query("SELECT position, type FROM events WHERE position = ANY($1)", &[&wanted]).await.map_err(db)?;
+            let (positions, data): (Vec<i64>, Vec<String>) = rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+                .filter(|(_, t)| t != EXPIRED_TYPE)
+                .map(|(p, t)| (p, crate::expire::tombstone_data(&t).to_string()))
+                .unzip();
+            client
+                .execute(
+                    "UPDATE events SET type = $3, schema_version = 1, data = x.d, metadata = '{}', actor = NULL, \
+                     causation_id = NULL, correlation_id = NULL FROM unnest($1::bigint[], $2::text[]) AS x(p, d) WHERE position = x.p",
+                    &[&positions, &data, &EXPIRED_TYPE],
+                )
+                .await
+                .map_err(db)?;
+            // The records, after the head, each new to the store.
+            let ids: Vec<Uuid> = expiry.records.iter().map(|(_, _, e)| e.id).collect();
+            if let Some(row) = client.query_opt("SELECT id FROM events WHERE id = ANY($1) LIMIT 1", &[&ids]).await.map_err(db)? {
+                return Err(ExpireError::Invalid(format!("the record's id {} is already stored", row.get::<_, Uuid>(0))));
+            }
+            let ingest_time = rules::truncate_to_micros(Utc::now());
+            let mut cols = Columns::default();
+            let mut versions: HashMap<(String, String), u64> = HashMap::new();
+            let mut position = head;
+            for (tenant, stream, e) in &expiry.records {
+                let key = (tenant.clone(), stream.clone());
+                let version = match versions.get(&key) {
+                    Some(v) => *v,
+                    None => client
+                        .query_one("SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2", &[tenant, stream])
+                        .await
+                        .map_err(db)?
+                        .get::<_, i64>(0) as u64,
+                } + 1;
+                versions.insert(key, version);
+                position += 1;
+                cols.push(tenant, stream, e, version, position, ingest_time);
+            }
+            if !cols.position.is_empty() {
+                let insert = Statements::prepare(client).await.map_err(db)?.insert;
+                client.execute(&insert, &cols.params()).await.map_err(db)?;
+            }
+            client
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ('compactions', '1') \
+                     ON CONFLICT (name) DO UPDATE SET value = (settings.value::bigint + 1)::text",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok((positions.len() as u64, position))
+        }
+        .await;
+        let (expired, head) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        client.batch_execute("COMMIT").await.map_err(db)?;
+        // VACUUM runs outside a transaction, and alone in its statement.
+        client.batch_execute("VACUUM FULL events").await.map_err(db)?;
+        let bytes_after = client.query_one(size, &[]).await.map_err(db)?.get::<_, i64>(0) as u64;
+        Ok(Expired { expired, head, bytes_before, bytes_after })
     }
 
     /// Drops `schema` and everything in it (tests clean up with it).
@@ -906,11 +1021,7 @@ async fn insert_group(
     } else {
         // The rows, the notification and the commit: one round trip. Should the INSERT fail,
         // the COMMIT that follows it rolls the transaction back.
-        let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
-            &cols.position, &cols.id, &cols.tenant, &cols.stream, &cols.version, &cols.event_type, &cols.schema_version,
-            &cols.event_time, &cols.ingest_time, &cols.source, &cols.causation_id, &cols.correlation_id, &cols.actor,
-            &cols.data, &cols.metadata,
-        ];
+        let insert_params = cols.params();
         let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&notice.channel, &notice.node];
         // All three answers are awaited, so the INSERT's own error (an id stored already) is
         // the one reported, not the aborted transaction's that follows it.
@@ -944,6 +1055,15 @@ struct Columns {
 }
 
 impl Columns {
+    /// The arrays as the INSERT's parameters, in column order.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 15] {
+        [
+            &self.position, &self.id, &self.tenant, &self.stream, &self.version, &self.event_type, &self.schema_version,
+            &self.event_time, &self.ingest_time, &self.source, &self.causation_id, &self.correlation_id, &self.actor,
+            &self.data, &self.metadata,
+        ]
+    }
+
     fn push(&mut self, tenant: &str, stream: &str, e: &NewEvent, version: u64, position: u64, ingest_time: chrono::DateTime<Utc>) {
         self.position.push(position as i64);
         self.id.push(e.id);

@@ -288,3 +288,82 @@ async fn a_stream_written_by_another_node_since_is_judged_on_its_stored_version(
     let versions: Vec<u64> = b.read_stream("t", "s", 1, 100).await.unwrap().iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=7).collect::<Vec<_>>(), "one event per version, no gap");
 }
+
+/// Every column of every row of the schema's events, as text.
+async fn table_text(schema: &Schema) -> String {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let sql = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {}.events t", schema.0);
+    client.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+/// Compaction on PostgreSQL: expired events become tombstones (their payload gone from the
+/// table), the record follows the head in the same transaction, bad requests change nothing,
+/// an expired id is still a replay, and it runs only while no store has the schema open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_turns_events_into_tombstones_only_while_no_node_has_the_schema_open() {
+    use chronicle_core::envelope::{ExpectedVersion, NewEvent, EXPIRED_TYPE};
+    use chronicle_store::expire::{tombstone_data, ExpireError, Expiry};
+    let Some((store, schema)) = fresh().await else { return };
+    let tracked = |secret: &str| {
+        NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", serde_json::json!({"secret": secret}), chrono::Utc::now()).with_actor("key:abc")
+    };
+    let (a, b) = (tracked("gone-1"), tracked("kept-2"));
+    let a_id = a.id;
+    store.append("t", "customer-1", ExpectedVersion::Any, vec![a, b]).await.unwrap();
+    store.append("t", "customer-2", ExpectedVersion::Any, vec![tracked("gone-3")]).await.unwrap();
+    let record = || NewEvent::new(uuid::Uuid::now_v7(), "RetentionApplied", serde_json::json!({"expired": 2}), chrono::Utc::now());
+
+    // Refused while a store (a node) has the schema open; nothing changed.
+    let busy = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[1], records: vec![] }).await;
+    assert!(matches!(&busy, Err(ExpireError::Failed { reason, .. }) if reason.contains("open")), "{busy:?}");
+    drop(store);
+
+    // Bad requests change nothing.
+    let bad = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[3, 1], records: vec![] }).await;
+    assert!(matches!(bad, Err(ExpireError::Invalid(_))), "{bad:?}");
+    let beyond = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[1, 9], records: vec![] }).await;
+    assert!(matches!(beyond, Err(ExpireError::Invalid(_))), "{beyond:?}");
+    let reused = NewEvent { id: a_id, ..record() };
+    let clash = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[1], records: vec![("t".into(), "retention".into(), reused)] }).await;
+    assert!(matches!(clash, Err(ExpireError::Invalid(_))), "{clash:?}");
+    assert!(table_text(&schema).await.contains("gone-1"));
+
+    let done = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[1, 3], records: vec![("t".into(), "retention".into(), record())] })
+        .await
+        .unwrap();
+    assert_eq!((done.expired, done.head), (2, 4));
+    let text = table_text(&schema).await;
+    assert!(!text.contains("gone-1") && !text.contains("gone-3"), "an expired payload is still in the table");
+    assert!(text.contains("kept-2"));
+
+    let store = node(&schema).await;
+    assert_eq!(store.compactions().await.unwrap(), 1);
+    let all = store.read_all(0, 10).await.unwrap();
+    let summary: Vec<(u64, &str, &str, u64)> = all.iter().map(|e| (e.position, e.stream.as_str(), e.event_type.as_str(), e.version)).collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "customer-1", EXPIRED_TYPE, 1),
+            (2, "customer-1", "ActivityTracked", 2),
+            (3, "customer-2", EXPIRED_TYPE, 1),
+            (4, "retention", "RetentionApplied", 1),
+        ]
+    );
+    assert_eq!((all[0].id, &all[0].data, all[0].actor.as_deref()), (a_id, &tombstone_data("ActivityTracked"), None));
+    // An expired event redelivered is still a replay; appends go on after the record.
+    let again = NewEvent { id: a_id, ..tracked("gone-1") };
+    assert_eq!(store.append("t", "customer-1", ExpectedVersion::Any, vec![again]).await.unwrap().position, 1);
+    let next = store.append("t", "customer-1", ExpectedVersion::Exact(2), vec![tracked("new")]).await.unwrap();
+    assert_eq!((next.position, next.first_version), (5, 3));
+    drop(store);
+
+    // Expiring a tombstone again counts nothing; the record goes on its stream.
+    let done = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[1, 2], records: vec![("t".into(), "retention".into(), record())] })
+        .await
+        .unwrap();
+    assert_eq!((done.expired, done.head), (1, 6));
+    let store = node(&schema).await;
+    assert_eq!(store.compactions().await.unwrap(), 2);
+    assert_eq!(store.read_all(5, 10).await.unwrap()[0].version, 2);
+}
