@@ -193,12 +193,10 @@ async fn rebuild_checkpoint(
 /// `chronicle compact`: applies every tenant's retention policies. Expired events become
 /// tombstones and each tenant that lost events gets a `RetentionApplied` record, in one atomic
 /// step of the store; then the views are rebuilt from the compacted log, so `verify` holds.
-/// Offline: it takes the folder's lock like every command.
+/// Offline: it takes the folder's lock like every command; over PostgreSQL, it runs only while
+/// no other node has the schema open, and other nodes build their views again when they start.
 pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    if cfg.database_url.is_some() {
-        anyhow::bail!("compaction of a PostgreSQL event store is not built yet");
-    }
     let mut st = storage::open(&cfg)?;
     let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
     let live =
@@ -225,6 +223,7 @@ pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCo
     let done = st.expire(&cfg, &expiry)?;
     let compacted = started.elapsed().as_secs_f64();
     let (_, problems, _) = rebuild_checkpoint(&st, "rebuild", old_key, live.reacted).await?;
+    st.views_follow_compactions()?;
     for p in &problems {
         eprintln!("{p}");
     }

@@ -46,18 +46,32 @@ impl Storage {
     /// the folder stays locked. Nothing else may hold the store (`Arc`) meanwhile.
     pub fn expire(&mut self, cfg: &Config, expiry: &Expiry<'_>) -> anyhow::Result<Expired> {
         let closed = std::mem::replace(&mut self.store, Arc::new(chronicle_store::memory::MemoryStore::new()));
+        drop(self.pg.take());
         if Arc::strong_count(&closed) != 1 {
             bail!("the event store is still in use; cannot compact it");
         }
         drop(closed);
-        let expired = if cfg.data.join(sqlite::DB_FILE).exists() {
+        let expired = if let Some(url) = &cfg.database_url {
+            let expire = PgStore::expire(url, &cfg.database_schema, expiry);
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(expire))
+        } else if cfg.data.join(sqlite::DB_FILE).exists() {
             SqliteStore::expire(&cfg.data, expiry)
         } else {
             LogStore::expire(&cfg.data, expiry)
         };
         // Opened again whatever happened: an expiry that failed left the store as it was.
-        self.store = open_store(cfg, self.keys.as_ref())?.0;
-        Ok(expired?)
+        (self.store, self.pg) = open_store(cfg, self.keys.as_ref())?;
+        let expired = expired?;
+        Ok(expired)
+    }
+
+    /// Records that this folder's views (its checkpoint, saved after) follow every compaction
+    /// of the PostgreSQL schema so far; see [`open`].
+    pub fn views_follow_compactions(&self) -> anyhow::Result<()> {
+        let Some(pg) = &self.pg else { return Ok(()) };
+        let count = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?;
+        let path = self.checkpoint.with_file_name(COMPACTIONS_FILE);
+        std::fs::write(&path, count.to_string()).with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -114,10 +128,35 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
         None
     };
     let (store, pg) = open_store(cfg, keys.as_ref())?;
-    if let Some(pg) = &pg {
-        claim_sealing(pg, &*store)?;
+    let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), keys, pg, _lock: lock };
+    if let Some(pg) = &storage.pg {
+        claim_sealing(pg, &*storage.store)?;
+        forget_views_of_expired_events(&storage, pg)?;
     }
-    Ok(Storage { store, checkpoint: cfg.data.join("projections.json"), keys, pg, _lock: lock })
+    Ok(storage)
+}
+
+/// Where a node over PostgreSQL notes how many compactions of the schema its views follow.
+const COMPACTIONS_FILE: &str = "compactions";
+
+/// A node's views are saved in its own folder: when the schema was compacted since (by
+/// `chronicle compact` on another folder), they still hold the expired events, so the
+/// checkpoint is dropped and the views are built again from the compacted log.
+fn forget_views_of_expired_events(storage: &Storage, pg: &PgStore) -> anyhow::Result<()> {
+    let count = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?;
+    let path = storage.checkpoint.with_file_name(COMPACTIONS_FILE);
+    let seen: u64 = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    if seen == count {
+        return Ok(());
+    }
+    tracing::warn!(compactions = count, seen, "the PostgreSQL schema was compacted since this folder's views were saved; building them again");
+    match std::fs::remove_file(&storage.checkpoint) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", storage.checkpoint.display()));
+        }
+        _ => {}
+    }
+    storage.views_follow_compactions()
 }
 
 /// Every node over one database must read the events as they were written: unsealed, or

@@ -27,27 +27,6 @@ fn an_erased_person_leaves_no_plaintext_in_any_postgresql_table_either() {
     erasure(Some(&db));
 }
 
-/// Every row of every table in the schema, as text.
-fn dump_schema(db: &PgSchema) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        let tables = client
-            .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1", &[&db.schema])
-            .await
-            .unwrap();
-        assert!(tables.len() >= 4, "the schema's tables: events, leases, settings, schema_migrations");
-        let mut out = String::new();
-        for t in tables {
-            let table: String = t.get(0);
-            let sql = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM \"{}\".\"{table}\" t", db.schema);
-            let rows: String = client.query_one(&sql, &[]).await.unwrap().get(0);
-            out.push_str(&rows);
-        }
-        out
-    })
-}
 
 fn erasure(db: Option<&PgSchema>) {
     let db_args = db.map(PgSchema::args).unwrap_or_default();
@@ -147,7 +126,7 @@ fn erasure(db: Option<&PgSchema>) {
     assert!(found.is_empty(), "plaintext left in the data folder: {found:?}");
     assert!(scan(&data, &["Otto"]).is_empty(), "nobody's personal data is in the clear on disk");
     if let Some(db) = db {
-        let rows = dump_schema(db);
+        let rows = db.dump();
         assert!(rows.contains("CustomerErased"), "the dump holds the events");
         for secret in [EMAIL, FIRST, LAST, PHONE, IP, "Otto"] {
             assert!(!rows.contains(secret), "{secret} in a PostgreSQL table");

@@ -11,28 +11,41 @@ use serde_json::{json, Value};
 const OLD: &str = "ancient-visit-4242";
 const FRESH: &str = "fresh-visit-4343";
 
-fn compact(data: &std::path::Path, extra: &[&str]) -> Value {
+/// `args` with the storage flags of `db`, if any.
+fn with_db<'a>(db: &'a [String], args: &[&'a str]) -> Vec<&'a str> {
+    args.iter().copied().chain(db.iter().map(String::as_str)).collect()
+}
+
+fn compact(data: &std::path::Path, db: &[String], extra: &[&str]) -> Value {
     let mut args = vec!["compact"];
     args.extend_from_slice(extra);
-    let out = chronicle(data, &args);
+    let out = chronicle(data, &with_db(db, &args));
     assert!(out.status.success(), "compact: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn verify_passes(data: &std::path::Path) {
-    let out = chronicle(data, &["verify"]);
+fn verify_passes(data: &std::path::Path, db: &[String]) {
+    let out = chronicle(data, &with_db(db, &["verify"]));
     assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-fn expired_events_leave_the_store(seal: bool) {
+/// Where the expired text is looked for: the data folder, and every table of the schema.
+fn stored_text(data: &std::path::Path, pg: Option<&PgSchema>, needle: &str) -> bool {
+    !scan(data, &[needle]).is_empty() || pg.is_some_and(|db| db.dump().contains(needle))
+}
+
+fn expired_events_leave_the_store(seal: bool, pg: Option<&PgSchema>) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // Several nodes over one database run unsealed.
+    assert!(!(seal && pg.is_some()), "over PostgreSQL this test runs unsealed");
+    let db: Vec<String> = pg.map(|db| [db.args(), vec!["--seal=false".into()]].concat()).unwrap_or_default();
     let create = [if seal { "--seal" } else { "--seal=false" }, "tenant", "create", "acme"];
-    let out = chronicle(&data, &create);
-    assert!(out.status.success());
+    let out = chronicle(&data, &with_db(&db, &create));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (key, write) = (t["api_key"].as_str().unwrap().to_owned(), t["write_key"].as_str().unwrap().to_owned());
-    let (mut server, url, _) = start(&data, &["serve"]);
+    let (mut server, url, _) = start(&data, &with_db(&db, &["serve"]));
     let agent = agent();
 
     let customer = json!({"id": "c-1", "email": "ret@example.com", "consents": [{"channel": "email", "purpose": "marketing", "granted": true, "source": "form"}]});
@@ -60,26 +73,56 @@ fn expired_events_leave_the_store(seal: bool) {
     assert_eq!((status, &v["policies"]), (200, &json!({"ActivityTracked": 365})));
     let (_, health) = get(&agent, &format!("{url}/healthz"), &key);
     let head_before = health["head"].as_u64().unwrap();
+
     sigterm(&mut server);
 
+    // Over PostgreSQL another node, with views of its own saved before the compaction.
+    let other = dir.path().join("other");
+    if pg.is_some() {
+        let (mut node, other_url, _) = start(&other, &with_db(&db, &["serve"]));
+        let (_, tl) = get(&agent, &format!("{other_url}/v1/customers/c-1/timeline?limit=100"), &key);
+        assert!(tl.to_string().contains(OLD), "the other node reads the old visit: {tl}");
+        // No compaction while a node has the schema open.
+        let out = chronicle(&data, &with_db(&db, &["compact"]));
+        assert!(!out.status.success(), "a compaction ran beside a serving node");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("open"), "{}", String::from_utf8_lossy(&out.stderr));
+        sigterm(&mut node);
+    }
+
     // A dry run reports and changes nothing.
-    let dry = compact(&data, &["--dry-run"]);
+    let dry = compact(&data, &db, &["--dry-run"]);
     assert_eq!(dry["expired"], 3, "{dry}");
     assert_eq!(dry["tenants"]["acme"]["expired"]["ActivityTracked"], 3, "{dry}");
-    // (Sealed, the payloads are ciphertext: the text is never on disk to look for.)
-    assert_eq!(scan(&data, &[OLD]).is_empty(), seal, "a dry run removed data");
+    // (Sealed, the payloads are ciphertext: the text is never stored to look for.)
+    assert_eq!(!stored_text(&data, pg, OLD), seal, "a dry run removed data");
 
-    let done = compact(&data, &[]);
+    let done = compact(&data, &db, &[]);
     assert_eq!(done["expired"], 3, "{done}");
-    assert_eq!(done["head"], head_before + 1, "the record follows the log: {done}");
+    // (Over PostgreSQL the other node's reads were audited after `head_before` was read.)
+    assert_eq!(done["head"], done["through_position"].as_u64().unwrap() + 1, "the record follows the log: {done}");
+    if pg.is_none() {
+        assert_eq!(done["head"], head_before + 1, "{done}");
+    }
     if !seal {
         // Sealed payloads are ciphertext anyway; in the clear the expired text must be gone.
-        assert!(scan(&data, &[FRESH]).iter().any(|(f, _)| f.ends_with("events.log")), "the kept event is still there");
+        assert!(stored_text(&data, pg, FRESH), "the kept event is still there");
     }
-    assert_eq!(scan(&data, &[OLD]), vec![], "an expired event's data is still in the data folder");
-    verify_passes(&data);
+    assert!(!stored_text(&data, pg, OLD), "an expired event's data is still stored");
+    verify_passes(&data, &db);
 
-    let (mut server, url, _) = start(&data, &["serve"]);
+    if pg.is_some() {
+        // The other node's saved views held the expired events (the last activity of c-2): it
+        // builds them again, so they agree with a replay of the compacted log.
+        verify_passes(&other, &db);
+        let (mut node, other_url, _) = start(&other, &with_db(&db, &["serve"]));
+        let (_, tl) = get(&agent, &format!("{other_url}/v1/customers/c-1/timeline?limit=100"), &key);
+        assert!(!tl.to_string().contains(OLD) && tl.to_string().contains(FRESH), "the other node's views: {tl}");
+        sigterm(&mut node);
+        assert!(scan(&other, &[OLD]).is_empty(), "the other node's folder still holds the expired visit");
+        verify_passes(&other, &db);
+    }
+
+    let (mut server, url, _) = start(&data, &with_db(&db, &["serve"]));
     let (_, tl) = get(&agent, &format!("{url}/v1/customers/c-1/timeline?limit=100"), &key);
     let types: Vec<&str> = tl["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(!types.contains(&"EventExpired"), "tombstones stay out of the timeline: {types:?}");
@@ -102,23 +145,34 @@ fn expired_events_leave_the_store(seal: bool) {
     assert_eq!(send(&agent, "POST", &format!("{url}/v1/streams/retention"), &key, &forged).0, 422);
 
     // The producer redelivers the expired message: still a duplicate, nothing stored again.
+    let (_, health) = get(&agent, &format!("{url}/healthz"), &key);
+    let head_now = health["head"].as_u64().unwrap();
+    if pg.is_none() {
+        assert_eq!(head_now, head_before + 1, "nothing but the record since");
+    }
     segment(&agent, &url, &write, "/v1/track", old_track);
     let (_, health) = get(&agent, &format!("{url}/healthz"), &key);
-    assert_eq!(health["head"].as_u64().unwrap(), head_before + 1);
+    assert_eq!(health["head"].as_u64().unwrap(), head_now);
     sigterm(&mut server);
 
     // A second run finds nothing more to remove and writes nothing.
-    let again = compact(&data, &[]);
+    let again = compact(&data, &db, &[]);
     assert_eq!(again["expired"], 0, "{again}");
-    verify_passes(&data);
+    verify_passes(&data, &db);
 }
 
 #[test]
 fn compaction_removes_expired_events_and_verify_passes() {
-    expired_events_leave_the_store(false);
+    expired_events_leave_the_store(false, None);
 }
 
 #[test]
 fn compaction_removes_expired_events_with_crypto_shredding_on() {
-    expired_events_leave_the_store(true);
+    expired_events_leave_the_store(true, None);
+}
+
+#[test]
+fn compaction_on_postgresql_waits_for_every_node_to_stop_and_the_others_build_their_views_again() {
+    let Some(db) = PgSchema::new() else { return };
+    expired_events_leave_the_store(false, Some(&db));
 }

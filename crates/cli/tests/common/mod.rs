@@ -282,6 +282,28 @@ impl PgSchema {
         }
     }
 
+    /// Every row of every table in the schema, as text.
+    pub fn dump(&self) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let tables = client
+                .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1", &[&self.schema])
+                .await
+                .unwrap();
+            assert!(tables.len() >= 4, "the schema's tables: events, leases, settings, schema_migrations");
+            let mut out = String::new();
+            for t in tables {
+                let table: String = t.get(0);
+                let sql = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM \"{}\".\"{table}\" t", self.schema);
+                let rows: String = client.query_one(&sql, &[]).await.unwrap().get(0);
+                out.push_str(&rows);
+            }
+            out
+        })
+    }
+
     /// The storage flags that select it.
     pub fn args(&self) -> Vec<String> {
         vec!["--database-url".into(), self.url.clone(), "--database-schema".into(), self.schema.clone()]
