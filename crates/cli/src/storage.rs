@@ -61,15 +61,17 @@ impl Storage {
         };
         // Opened again whatever happened: an expiry that failed left the store as it was.
         (self.store, self.pg) = open_store(cfg, self.keys.as_ref())?;
-        let expired = expired?;
-        Ok(expired)
+        Ok(expired?)
     }
 
     /// Records that this folder's views (its checkpoint, saved after) follow every compaction
     /// of the PostgreSQL schema so far; see [`open`].
     pub fn views_follow_compactions(&self) -> anyhow::Result<()> {
         let Some(pg) = &self.pg else { return Ok(()) };
-        let count = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?;
+        self.note_compactions(schema_compactions(pg)?)
+    }
+
+    fn note_compactions(&self, count: u64) -> anyhow::Result<()> {
         let path = self.checkpoint.with_file_name(COMPACTIONS_FILE);
         std::fs::write(&path, count.to_string()).with_context(|| format!("writing {}", path.display()))
     }
@@ -143,7 +145,7 @@ const COMPACTIONS_FILE: &str = "compactions";
 /// `chronicle compact` on another folder), they still hold the expired events, so the
 /// checkpoint is dropped and the views are built again from the compacted log.
 fn forget_views_of_expired_events(storage: &Storage, pg: &PgStore) -> anyhow::Result<()> {
-    let count = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?;
+    let count = schema_compactions(pg)?;
     let path = storage.checkpoint.with_file_name(COMPACTIONS_FILE);
     let seen: u64 = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
     if seen == count {
@@ -156,7 +158,11 @@ fn forget_views_of_expired_events(storage: &Storage, pg: &PgStore) -> anyhow::Re
         }
         _ => {}
     }
-    storage.views_follow_compactions()
+    storage.note_compactions(count)
+}
+
+fn schema_compactions(pg: &PgStore) -> anyhow::Result<u64> {
+    Ok(tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?)
 }
 
 /// Every node over one database must read the events as they were written: unsealed, or

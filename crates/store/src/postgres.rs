@@ -118,6 +118,15 @@ macro_rules! columns {
 }
 /// The events past `$1` up to `$2`, in order, at most `$3`.
 const RANGE_SQL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
+/// Rows from column arrays ([`Columns::params`]).
+const INSERT_SQL: &str = concat!(
+    "INSERT INTO events (",
+    columns!(),
+    ") SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
+     $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[])"
+);
+/// A stream's version (0 when it has no event).
+const STREAM_VERSION_SQL: &str = "SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2";
 const STREAM_SQL: &str =
     concat!("SELECT ", columns!(), " FROM events WHERE tenant = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4");
 
@@ -435,7 +444,7 @@ impl PgStore {
                 let version = match versions.get(&key) {
                     Some(v) => *v,
                     None => client
-                        .query_one("SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2", &[tenant, stream])
+                        .query_one(STREAM_VERSION_SQL, &[tenant, stream])
                         .await
                         .map_err(db)?
                         .get::<_, i64>(0) as u64,
@@ -445,8 +454,7 @@ impl PgStore {
                 cols.push(tenant, stream, e, version, position, ingest_time);
             }
             if !cols.position.is_empty() {
-                let insert = Statements::prepare(client).await.map_err(db)?.insert;
-                client.execute(&insert, &cols.params()).await.map_err(db)?;
+                client.execute(INSERT_SQL, &cols.params()).await.map_err(db)?;
             }
             client
                 .execute(
@@ -599,15 +607,7 @@ impl Statements {
                      FROM unnest($1::text[], $2::text[]) AS x(t, s)",
                 )
                 .await?,
-            insert: client
-                .prepare(concat!(
-                    "INSERT INTO events (",
-                    columns!(),
-                    ") SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
-                     $5::bigint[], $6::text[], $7::int[], $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], \
-                     $13::text[], $14::text[], $15::text[])"
-                ))
-                .await?,
+            insert: client.prepare(INSERT_SQL).await?,
         })
     }
 }
@@ -1149,7 +1149,7 @@ impl EventStore for PgStore {
         let row = self
             .reader()
             .await?
-            .query_one("SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2", &[&tenant, &stream])
+            .query_one(STREAM_VERSION_SQL, &[&tenant, &stream])
             .await
             .map_err(read_error)?;
         Ok(row.get::<_, i64>(0) as u64)
