@@ -4,17 +4,18 @@
 //!
 //! New folders get the append-only log (`LogStore`, the default since it commits several
 //! times faster; ADR 0001); a folder that already holds an `events.sqlite` keeps SQLite. With
-//! `--database-url` the events live in PostgreSQL (`PgStore`), shared by every node over it; each
-//! node's data folder still holds its lock, its views' checkpoint and, when sealed, the key
-//! store — so a database is either sealed by one node's key store (one node) or unsealed (any
-//! number of nodes): the database records which, and a node that does not match is refused.
+//! `--database-url` the events live in PostgreSQL (`PgStore`), shared by every node over it, and
+//! so do the keys of crypto-shredding (`PgKeyStore`; every node needs the same master key); each
+//! node's data folder still holds its lock and its views' checkpoint. The database records how
+//! its events are sealed, and a node that does not match is refused. (A database first sealed by
+//! one folder's key file, before the keys moved into PostgreSQL, stays with that one node.)
 
 use crate::config::Config;
 use anyhow::{bail, Context};
 use chronicle_store::log::LogStore;
 use chronicle_store::postgres::PgStore;
 use chronicle_store::sqlite::{self, SqliteStore};
-use chronicle_privacy::{KeyStore, MasterKey, SealedStore};
+use chronicle_privacy::{KeyStore, Keys, MasterKey, PgKeyStore, SealedStore};
 use chronicle_server::App;
 use chronicle_store::expire::{Expired, Expiry};
 use chronicle_store::EventStore;
@@ -27,7 +28,7 @@ pub struct Storage {
     pub store: Arc<dyn EventStore>,
     pub checkpoint: PathBuf,
     /// With crypto-shredding on (`--seal`, or a folder that has `keys.bin`).
-    pub keys: Option<Arc<KeyStore>>,
+    pub keys: Option<Arc<dyn Keys>>,
     /// The PostgreSQL store under `store`, when `--database-url` (leases for shared work).
     pub pg: Option<Arc<PgStore>>,
     _lock: File,
@@ -60,7 +61,8 @@ impl Storage {
             LogStore::expire(&cfg.data, expiry)
         };
         // Opened again whatever happened: an expiry that failed left the store as it was.
-        (self.store, self.pg) = open_store(cfg, self.keys.as_ref())?;
+        let (store, pg) = open_store(cfg)?;
+        (self.store, self.pg) = (sealed_by(store, self.keys.as_ref()), pg);
         Ok(expired?)
     }
 
@@ -122,14 +124,19 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
             cfg.data.display()
         );
     }
-    let keys = if sealed(cfg)? {
-        let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
-            .with_context(|| format!("opening the key store in {}", cfg.data.display()))?;
-        Some(Arc::new(keys))
-    } else {
-        None
+    // Judged before the store is opened: opening makes a new folder's (empty) log.
+    let folder_sealed = sealed(cfg)?;
+    let (store, pg) = open_store(cfg)?;
+    let keys: Option<Arc<dyn Keys>> = match &pg {
+        Some(pg) if !cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() => database_keys(cfg, pg)?,
+        _ if folder_sealed => {
+            let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
+                .with_context(|| format!("opening the key store in {}", cfg.data.display()))?;
+            Some(Arc::new(keys))
+        }
+        _ => None,
     };
-    let (store, pg) = open_store(cfg, keys.as_ref())?;
+    let store = sealed_by(store, keys.as_ref());
     let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), keys, pg, _lock: lock };
     if let Some(pg) = &storage.pg {
         claim_sealing(pg, &*storage.store)?;
@@ -165,8 +172,28 @@ fn schema_compactions(pg: &PgStore) -> anyhow::Result<u64> {
     Ok(tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?)
 }
 
+/// The keys in PostgreSQL, unless the node runs unsealed: `--seal=false`, or no `--seal` over a
+/// database whose events are not sealed. A new database is sealed, as a new folder is.
+fn database_keys(cfg: &Config, pg: &PgStore) -> anyhow::Result<Option<Arc<dyn Keys>>> {
+    let sealing = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.setting("sealing")))?;
+    let seal = match (cfg.seal, sealing.as_deref()) {
+        (Some(seal), _) => seal,
+        (None, Some("none")) => false,
+        (None, _) => true,
+    };
+    if !seal {
+        return Ok(None);
+    }
+    let (url, schema) = pg.location();
+    let open = PgKeyStore::open(url, schema, master_key(cfg)?);
+    let keys = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(open))
+        .with_context(|| format!("opening the key store in PostgreSQL (schema {schema})"))?;
+    Ok(Some(Arc::new(keys)))
+}
+
 /// Every node over one database must read the events as they were written: unsealed, or
-/// sealed with the one key store that sealed them (named by a digest of its index key).
+/// sealed with the key store that sealed them (named by a digest of its index key): the one in
+/// the database, or an older database's one data folder's key file.
 fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
     let mine = match store.index_key()? {
         Some(k) => format!("keys:{}", &chronicle_server::keys::digest(&format!("{k:?}"))[..16]),
@@ -177,10 +204,10 @@ fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
     if theirs != mine {
         match (theirs.as_str(), mine.as_str()) {
             ("none", _) => bail!("this database's events are not sealed; open it with --seal=false (a data folder of its own without keys.bin)"),
-            (_, "none") => bail!("this database's events are sealed by another data folder's key store; only that folder's node can open them"),
+            (_, "none") => bail!("this database's events are sealed; open it without --seal=false, with the master key of the other nodes"),
             _ => bail!(
-                "this database's events are sealed by another data folder's key store; several nodes over one database \
-                 run unsealed (--seal=false) until keys are shared"
+                "this database's events are sealed by another key store (a data folder's keys.bin, from before the keys \
+                 moved into the database); only that folder's node can open them"
             ),
         }
     }
@@ -212,11 +239,12 @@ fn sealed(cfg: &Config) -> anyhow::Result<bool> {
     }
 }
 
-/// The folder's event store (the log, or SQLite where the folder has one), sealed when `keys`.
 /// The event store, and the PostgreSQL store under it when there is one.
 type Opened = (Arc<dyn EventStore>, Option<Arc<PgStore>>);
 
-fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Opened> {
+/// The configured event store, as stored (unsealed): PostgreSQL with `--database-url`, else
+/// the folder's log (or SQLite where the folder has one).
+fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     let mut pg = None;
     let store: Arc<dyn EventStore> = if let Some(url) = &cfg.database_url {
         // Called from the async commands: connecting waits on this worker thread.
@@ -234,9 +262,13 @@ fn open_store(cfg: &Config, keys: Option<&Arc<KeyStore>>) -> anyhow::Result<Open
     } else {
         Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
     };
-    let store: Arc<dyn EventStore> = match keys {
+    Ok((store, pg))
+}
+
+/// `store`, sealed with `keys` when there are any.
+fn sealed_by(store: Arc<dyn EventStore>, keys: Option<&Arc<dyn Keys>>) -> Arc<dyn EventStore> {
+    match keys {
         Some(keys) => Arc::new(SealedStore::new(store, keys.clone())),
         None => store,
-    };
-    Ok((store, pg))
+    }
 }

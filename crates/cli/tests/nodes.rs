@@ -2,8 +2,8 @@
 //! a write on one is read on the other, a consent revocation on one is honoured by the other's
 //! very next check, racing writers on both get one event per version, and a node killed with
 //! SIGKILL under load loses no acknowledged event while the survivor takes over its campaigns
-//! and sends nothing twice. The nodes run unsealed: a sealed database belongs to one node's
-//! key store (see the README).
+//! and sends nothing twice. The nodes seal personal data with keys shared in the database
+//! (one master key for all), and an erasure on one node shreds the keys every node holds.
 
 mod common;
 
@@ -18,6 +18,8 @@ struct Cluster {
     db: PgSchema,
     key: String,
     folders: Vec<std::path::PathBuf>,
+    /// The master key every node is given (a file).
+    master: std::path::PathBuf,
 }
 
 /// Tenant `acme` in a fresh schema, and a data folder per node.
@@ -25,20 +27,26 @@ fn cluster(nodes: usize) -> Option<Cluster> {
     let db = PgSchema::new()?;
     let dir = tempfile::tempdir().unwrap();
     let folders: Vec<_> = (0..nodes).map(|i| dir.path().join(format!("node{i}"))).collect();
-    let mut args = vec!["tenant", "create", "acme", "--seal=false"];
-    let db_args = db.args();
-    args.extend(db_args.iter().map(String::as_str));
-    let out = chronicle(&folders[0], &args);
+    let master = dir.path().join("master.key");
+    std::fs::write(&master, "1:SGVyZSBiZSB0aGUgY2x1c3RlcidzIG1hc3RlciBrZXk=").unwrap();
+    let mut c = Cluster { _dir: dir, db, key: String::new(), folders, master };
+    let out = chronicle(&c.folders[0], &c.args(&["tenant", "create", "acme"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_owned();
-    Some(Cluster { _dir: dir, db, key, folders })
+    c.key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_owned();
+    Some(c)
 }
 
 impl Cluster {
+    /// `args`, then the database and the master key.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", &self.db.url, "--database-schema", &self.db.schema]);
+        all.extend(["--master-key-file", self.master.to_str().unwrap()]);
+        all
+    }
+
     fn serve(&self, node: usize, extra: &[&str]) -> (Server, String) {
-        let mut args = vec!["serve", "--seal=false"];
-        let db_args = self.db.args();
-        args.extend(db_args.iter().map(String::as_str));
+        let mut args = self.args(&["serve"]);
         args.extend(extra);
         let (server, url, _) = start(&self.folders[node], &args);
         (server, url)
@@ -130,6 +138,68 @@ fn two_nodes_read_each_others_writes_honour_each_others_revocations_and_race_one
         acked.sort();
         assert_eq!(ids, acked);
     }
+}
+
+/// Keys another node made are fetched (a profile written on one node reads whole on the other);
+/// an erasure on one node shreds the keys for every node: the other forgets its copies, the
+/// database holds none, and neither shows the person again. A node without the cluster's master
+/// key, or unsealed, is refused.
+#[test]
+fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
+    let Some(c) = cluster(2) else { return };
+    let (_a, a) = c.serve(0, &[]);
+    let (mut b_server, b) = c.serve(1, &[]);
+    let agent = agent();
+    register(&agent, &a, &c.key, "c-zelda", "zelda.quux@example.com");
+    register(&agent, &b, &c.key, "c-otto", "otto.stays@example.com");
+    let note = json!({"text": "Zelda called from +15550001234"});
+    assert_eq!(send(&agent, "POST", &format!("{a}/v1/customers/c-zelda/notes"), &c.key, &note).0, 200);
+    for url in [&a, &b] {
+        assert_eq!(get(&agent, &format!("{url}/v1/customers/c-zelda"), &c.key).1["email"], "zelda.quux@example.com");
+        assert_eq!(get(&agent, &format!("{url}/v1/customers/c-otto"), &c.key).1["email"], "otto.stays@example.com");
+        let (_, all) = get(&agent, &format!("{url}/v1/events?limit=1000"), &c.key);
+        assert!(all.to_string().contains("+15550001234"), "the note opens on every node: {all}");
+    }
+    assert!(!c.db.dump().contains("zelda.quux"), "the database holds the e-mail sealed only");
+    let streams = ["customer-c-zelda"];
+    assert!(c.db.scalar(&slots_named_by("acme", &streams)) >= 1);
+
+    let (status, erased) = send(&agent, "DELETE", &format!("{a}/v1/customers/c-zelda"), &c.key, &json!({}));
+    assert_eq!(status, 200, "{erased}");
+    assert!(erased["keys_destroyed"].as_u64() >= Some(1), "{erased}");
+    assert_eq!(c.db.scalar(&slots_named_by("acme", &streams)), 0, "no key of theirs is left in the database");
+    // The other node held the key (it opened the note): it forgets it when told.
+    wait_until("node B forgetting the erased person's key", Duration::from_secs(5), || {
+        !get(&agent, &format!("{b}/v1/events?limit=1000"), &c.key).1.to_string().contains("+15550001234")
+    });
+    for url in [&a, &b] {
+        let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &c.key);
+        assert_eq!(profile["status"], "erased", "{profile}");
+        let (_, all) = get(&agent, &format!("{url}/v1/events?limit=1000"), &c.key);
+        let text = all.to_string();
+        assert!(!text.contains("zelda.quux") && !text.contains("+15550001234"), "{text}");
+        assert_eq!(get(&agent, &format!("{url}/v1/customers/c-otto"), &c.key).1["email"], "otto.stays@example.com");
+    }
+
+    // Restarted, node B builds nothing back: the keys are gone from the database.
+    sigterm(&mut b_server);
+    let (_b, b) = c.serve(1, &[]);
+    assert_eq!(get(&agent, &format!("{b}/v1/customers/c-zelda"), &c.key).1["status"], "erased");
+    assert!(!get(&agent, &format!("{b}/v1/events?limit=1000"), &c.key).1.to_string().contains("+15550001234"));
+
+    // A third node with a master key of its own, or unsealed, cannot join.
+    let other = c._dir.path().join("node-other");
+    let mut args = c.args(&["verify"]);
+    let wrong = c._dir.path().join("wrong.key");
+    std::fs::write(&wrong, "1:QSB3cm9uZyBtYXN0ZXIga2V5LCBub3QgdGhlIG9uZSE=").unwrap();
+    let n = args.len();
+    args[n - 1] = wrong.to_str().unwrap();
+    let out = chronicle(&other, &args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("same master key"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chronicle(&other, &c.args(&["verify", "--seal=false"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("events are sealed"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

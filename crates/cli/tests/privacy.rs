@@ -38,10 +38,14 @@ fn erasure(db: Option<&PgSchema>) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    // Crypto-shredding is on by default: a new folder is sealed (and stays so).
+    // Crypto-shredding is on by default: a new folder is sealed (and stays so); over PostgreSQL
+    // the keys are in the database, shared by the nodes.
     let out = chronicle(&data, &["tenant", "create", "acme"]);
     assert!(out.status.success());
-    assert!(data.join("keys.bin").exists());
+    assert_eq!(data.join("keys.bin").exists(), db.is_none());
+    if let Some(db) = db {
+        assert!(db.scalar("SELECT count(*) FROM keys") > 0, "the keys are in the database");
+    }
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (key, write) = (t["api_key"].as_str().unwrap().to_owned(), t["write_key"].as_str().unwrap().to_owned());
     let args = with_db(&["serve", "--retry-base-ms", "20", "--max-attempts", "2"]);
@@ -92,9 +96,16 @@ fn erasure(db: Option<&PgSchema>) {
     let (status, _) = get(&agent, &format!("{url}/v1/customers/nobody/export"), &key);
     assert_eq!(status, 404);
 
+    if let Some(db) = db {
+        assert!(db.scalar(&slots_named_by("acme", &["customer-c-zelda", "anonymous-anon-z"])) >= 2, "their keys are in the database");
+    }
     let (status, erased) = send(&agent, "DELETE", &format!("{url}/v1/customers/c-zelda"), &key, &json!({}));
     assert_eq!(status, 200, "{erased}");
     assert_eq!(erased["keys_destroyed"], 2, "the customer's key and their anonymous identity's: {erased}");
+    if let Some(db) = db {
+        assert_eq!(db.scalar(&slots_named_by("acme", &["customer-c-zelda", "anonymous-anon-z"])), 0, "no key of theirs is left in the database");
+        assert!(db.scalar(&slots_named_by("acme", &["customer-c-other"])) > 0, "the other customer's key is");
+    }
     assert_eq!(erased["pending_sends_cancelled"], 1, "{erased}");
 
     // Redacted everywhere the API looks; refused for commands; the other customer intact.

@@ -25,6 +25,16 @@ pub fn sealed_slot(sealed: &str) -> Option<Option<u64>> {
     slot.parse().ok().map(Some)
 }
 
+/// The slots that `enc:v2:<slot>:` values in `text` name (a scan of the text: a payload as
+/// stored need not be parsed to know which keys opening it takes).
+pub fn slots_named(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.match_indices(SLOT_PREFIX).filter_map(move |(at, _)| {
+        let rest = &text[at + SLOT_PREFIX.len()..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        rest[..digits].parse().ok()
+    })
+}
+
 /// A 256-bit key; its bytes (and the cipher's expanded round keys) are wiped when it is
 /// dropped.
 #[derive(Clone)]

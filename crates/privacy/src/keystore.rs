@@ -44,6 +44,8 @@ pub enum KeyError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("key store in PostgreSQL: {0}")]
+    Database(String),
 }
 
 /// The master key that wraps every data key, with its version (rotation bumps it).
@@ -71,6 +73,18 @@ impl MasterKey {
         let bytes: [u8; 32] =
             raw.try_into().map_err(|_| KeyError::Invalid("the master key must be 32 bytes (base64 of 44 characters)".into()))?;
         Ok(MasterKey::new(version, bytes))
+    }
+
+    /// A pooled key wrapped for `slot` (nonce and sealed key; the slot is the associated data,
+    /// so a wrapped key cannot be moved to another slot).
+    pub(crate) fn wrap_for_slot(&self, slot: u64, key: &DataKey) -> Vec<u8> {
+        self.key.encrypt(key.bytes(), &slot_aad(slot))
+    }
+
+    /// The key [`wrap_for_slot`](Self::wrap_for_slot) wrapped, if this master key wrapped it.
+    pub(crate) fn unwrap_for_slot(&self, slot: u64, wrapped: &[u8]) -> Option<DataKey> {
+        let raw: [u8; 32] = self.key.decrypt(wrapped, &slot_aad(slot))?.try_into().ok()?;
+        Some(DataKey::from_bytes(raw).in_slot(slot))
     }
 
     pub fn generate(version: u32) -> (MasterKey, String) {

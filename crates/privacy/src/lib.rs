@@ -5,16 +5,22 @@
 //! whole. See `docs/privacy.md` for the threat model.
 //!
 //! - [`cipher`]: data keys, sealing and opening;
-//! - [`keystore`]: the key file (slots overwritten in place on destruction), master key,
-//!   rotation;
+//! - [`keys`]: what sealing needs of a key store ([`Keys`]);
+//! - [`keystore`]: the key file of one node (slots overwritten in place on destruction), master
+//!   key, rotation;
+//! - [`pgkeys`]: the keys in PostgreSQL, shared by every node over one database;
 //! - [`seal`]: which parts of which events are personal;
 //! - [`store`]: the `EventStore` layer that seals on append and opens on read.
 
 pub mod cipher;
+pub mod keys;
 pub mod keystore;
+pub mod pgkeys;
 pub mod seal;
 pub mod store;
 
 pub use cipher::DataKey;
+pub use keys::Keys;
 pub use keystore::{KeyStore, MasterKey};
+pub use pgkeys::PgKeyStore;
 pub use store::SealedStore;

@@ -1,10 +1,10 @@
 //! `SealedStore`: an [`EventStore`] over another that seals personal data on append and opens
-//! it on every read (and for the commit hook), with the owner's key from the [`KeyStore`].
+//! it on every read (and for the commit hook), with the owner's key from the key store ([`Keys`]).
 //! Everything above it — the application, the views, the automation engine, exports — sees
 //! plaintext while the key exists and the redacted form once it is destroyed; everything
 //! below it — the log on disk — only ever holds the sealed form.
 
-use crate::keystore::KeyStore;
+use crate::keys::Keys;
 use crate::seal::{self, Rule};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, Payload, RawEnvelope};
@@ -18,17 +18,17 @@ const INDEX_OWNER: &str = "index:emails";
 
 pub struct SealedStore {
     inner: Arc<dyn EventStore>,
-    keys: Arc<KeyStore>,
+    keys: Arc<dyn Keys>,
 }
 
 impl SealedStore {
-    pub fn new(inner: Arc<dyn EventStore>, keys: Arc<KeyStore>) -> SealedStore {
+    pub fn new(inner: Arc<dyn EventStore>, keys: Arc<dyn Keys>) -> SealedStore {
         SealedStore { inner, keys }
     }
 }
 
 /// Open an event in place (a no-op for events without an owner or anything sealed).
-pub fn open_envelope(keys: &KeyStore, env: &mut EventEnvelope) {
+pub fn open_envelope(keys: &dyn Keys, env: &mut EventEnvelope) {
     let rule = seal::rule(&env.event_type);
     if rule == Rule::Clear {
         return;
@@ -46,7 +46,7 @@ pub fn open_envelope(keys: &KeyStore, env: &mut EventEnvelope) {
     }
 }
 
-fn open_raw_with(keys: &KeyStore, raw: &mut RawEnvelope) {
+fn open_raw_with(keys: &dyn Keys, raw: &mut RawEnvelope) {
     let rule = seal::rule(&raw.event_type);
     if rule == Rule::Clear || !seal::looks_sealed(&raw.data) {
         return;
@@ -62,6 +62,51 @@ fn open_raw_with(keys: &KeyStore, raw: &mut RawEnvelope) {
             raw.schema_version = legacy;
         }
         raw.data = v.to_string();
+    }
+}
+
+/// The slots that sealed values of these events name and that `keys` must fetch before they
+/// open (keys another node made); empty for a key store only this process writes.
+fn slots_to_fetch<'a>(keys: &dyn Keys, events: impl Iterator<Item = &'a EventEnvelope>) -> Vec<u64> {
+    if !keys.shared() {
+        return Vec::new();
+    }
+    let mut slots = Vec::new();
+    for e in events {
+        let rule = seal::rule(&e.event_type);
+        slots.extend(seal::sealed_parts(rule, &e.data).into_iter().filter_map(|p| crate::cipher::sealed_slot(p).flatten()));
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    keys.missing(&slots)
+}
+
+/// [`slots_to_fetch`] for events as stored (a text scan; the payload is not parsed).
+fn raw_slots_to_fetch(keys: &dyn Keys, raws: &[RawEnvelope]) -> Vec<u64> {
+    if !keys.shared() {
+        return Vec::new();
+    }
+    let mut slots = Vec::new();
+    for raw in raws.iter().filter(|r| seal::rule(&r.event_type) != Rule::Clear) {
+        slots.extend(crate::cipher::slots_named(&raw.data));
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    keys.missing(&slots)
+}
+
+impl SealedStore {
+    async fn fetch(&self, slots: Vec<u64>) -> Result<(), ReadError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        self.keys.fetch(slots).await.map_err(|e| ReadError::Storage(e.to_string()))
+    }
+
+    async fn open_all(&self, mut evs: Vec<EventEnvelope>) -> Result<Vec<EventEnvelope>, ReadError> {
+        self.fetch(slots_to_fetch(&*self.keys, evs.iter())).await?;
+        evs.iter_mut().for_each(|e| open_envelope(&*self.keys, e));
+        Ok(evs)
     }
 }
 
@@ -120,21 +165,21 @@ impl EventStore for SealedStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<EventEnvelope>, ReadError> {
-        let mut evs = self.inner.read_stream(tenant, stream, from_version, limit).await?;
-        evs.iter_mut().for_each(|e| open_envelope(&self.keys, e));
-        Ok(evs)
+        let evs = self.inner.read_stream(tenant, stream, from_version, limit).await?;
+        self.open_all(evs).await
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, ReadError> {
-        let mut evs = self.inner.read_all(after, limit).await?;
-        evs.iter_mut().for_each(|e| open_envelope(&self.keys, e));
-        Ok(evs)
+        let evs = self.inner.read_all(after, limit).await?;
+        self.open_all(evs).await
     }
 
     /// As stored: a bulk reader opens only the payloads it uses ([`open_raw`](Self::open_raw)),
     /// so a rebuild does not decrypt every page view it only counts.
     async fn read_all_raw(&self, after: u64, limit: usize) -> Result<Vec<RawEnvelope>, ReadError> {
-        self.inner.read_all_raw(after, limit).await
+        let raws = self.inner.read_all_raw(after, limit).await?;
+        self.fetch(raw_slots_to_fetch(&*self.keys, &raws)).await?;
+        Ok(raws)
     }
 
     /// A key of its own in the key store (made once, durably).
@@ -151,12 +196,14 @@ impl EventStore for SealedStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RawEnvelope>, ReadError> {
-        self.inner.read_stream_raw(tenant, stream, from_version, limit).await
+        let raws = self.inner.read_stream_raw(tenant, stream, from_version, limit).await?;
+        self.fetch(raw_slots_to_fetch(&*self.keys, &raws)).await?;
+        Ok(raws)
     }
 
     fn open_raw(&self, raw: &mut RawEnvelope) {
         self.inner.open_raw(raw);
-        open_raw_with(&self.keys, raw);
+        open_raw_with(&*self.keys, raw);
     }
 
     async fn prepare_streams(&self, tenant: &str, streams: &[&str]) -> Result<(), AppendError> {
@@ -228,9 +275,8 @@ impl EventStore for SealedStore {
         from_version: u64,
         until: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<EventEnvelope>, ReadError> {
-        let mut evs = self.inner.read_stream_until(tenant, stream, from_version, until).await?;
-        evs.iter_mut().for_each(|e| open_envelope(&self.keys, e));
-        Ok(evs)
+        let evs = self.inner.read_stream_until(tenant, stream, from_version, until).await?;
+        self.open_all(evs).await
     }
 
     fn head_watch(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -238,10 +284,22 @@ impl EventStore for SealedStore {
     }
 
     fn set_commit_hook(&self, hook: CommitHook) {
+        if self.keys.shared() {
+            // Events another node committed may be sealed with keys it made: fetched first.
+            let keys = self.keys.clone();
+            self.inner.set_hand_out_check(Arc::new(move |events: &[EventEnvelope]| {
+                let slots = slots_to_fetch(&*keys, events.iter());
+                if slots.is_empty() {
+                    return None;
+                }
+                let keys = keys.clone();
+                Some(Box::pin(async move { keys.fetch(slots).await.map_err(|e| e.to_string()) }))
+            }));
+        }
         let keys = self.keys.clone();
         self.inner.set_commit_hook(Arc::new(move |evs: &[Committed<'_>]| {
             let open = |mut env: EventEnvelope| {
-                open_envelope(&keys, &mut env);
+                open_envelope(&*keys, &mut env);
                 env
             };
             // Opened lazily: most events (page views) are never built whole by the hook.

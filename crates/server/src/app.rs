@@ -11,7 +11,7 @@ use chronicle_core::order::{self, Order, OrderCommand};
 use chronicle_projections::{ConsentEntry, Head, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
 use chronicle_store::{AppendError, AppendResult, Committed, EventStore};
 use crate::sealing::CheckpointKeys;
-use chronicle_privacy::KeyStore;
+use chronicle_privacy::Keys;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ pub struct App {
     pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
     /// Crypto-shredding: the key store under the sealing store layer (erasure destroys keys)
     /// and the checkpoint's key. `None` over a store that does not seal (tests, benchmarks).
-    keys: Option<Arc<KeyStore>>,
+    keys: Option<Arc<dyn Keys>>,
     checkpoint_keys: Option<CheckpointKeys>,
     pub metrics: Metrics,
 }
@@ -115,7 +115,7 @@ impl App {
     pub async fn start_sealed(
         store: Arc<dyn EventStore>,
         checkpoint_path: Option<PathBuf>,
-        keys: Option<Arc<KeyStore>>,
+        keys: Option<Arc<dyn Keys>>,
     ) -> Result<Arc<App>, AppError> {
         let checkpoint_keys = keys.clone().map(CheckpointKeys::new);
         let seal = checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);

@@ -4,19 +4,19 @@
 //! destroyed, so no earlier checkpoint — nor any of its bytes left behind on the disk — can be
 //! read again.
 
-use chronicle_privacy::KeyStore;
+use chronicle_privacy::Keys;
 use chronicle_projections::CheckpointSeal;
 use std::sync::{Arc, Mutex};
 
 const SYSTEM: &str = "_system";
 
 pub struct CheckpointKeys {
-    keys: Arc<KeyStore>,
+    keys: Arc<dyn Keys>,
     current: Mutex<String>,
 }
 
 impl CheckpointKeys {
-    pub fn new(keys: Arc<KeyStore>) -> CheckpointKeys {
+    pub fn new(keys: Arc<dyn Keys>) -> CheckpointKeys {
         CheckpointKeys { keys, current: Mutex::new(format!("checkpoint:{}", uuid::Uuid::now_v7())) }
     }
 

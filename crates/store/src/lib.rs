@@ -55,6 +55,13 @@ pub enum ReadError {
 /// called once per committed group, in position order, before any append of the group returns.
 pub type CommitHook = Arc<dyn Fn(&[Committed<'_>]) + Send + Sync>;
 
+/// Awaited before events that *another node* committed go through the commit hook: what a
+/// layer over the store must fetch first (the keys another node sealed them with) is fetched
+/// here, since the hook itself cannot wait. `None`: nothing to fetch. An error stops the
+/// hand-out; it is retried (the views never see an event the layer could not prepare).
+pub type HandOutCheck = Arc<dyn Fn(&[EventEnvelope]) -> Option<HandOutFuture> + Send + Sync>;
+pub type HandOutFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
 /// A committed event as the commit hook sees it: the stored header at hand, the whole event
 /// built only on request. The hook runs in the commit path, on the writer thread; most events
 /// (page views, tracks) only move a stream's version in the views, and building, then freeing,
@@ -258,4 +265,8 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Install the commit hook (replacing any earlier one).
     fn set_commit_hook(&self, hook: CommitHook);
+
+    /// Install the [`HandOutCheck`] (replacing any earlier one). Only a store that other
+    /// processes write to (PostgreSQL) hands out events it did not append; the others ignore it.
+    fn set_hand_out_check(&self, _check: HandOutCheck) {}
 }

@@ -106,6 +106,16 @@ CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+", "
+-- The data keys of crypto-shredding, shared by every node (`chronicle_privacy::PgKeyStore`).
+CREATE SEQUENCE key_slots;
+CREATE TABLE keys (
+    slot           BIGINT  PRIMARY KEY,
+    owner          BYTEA,
+    master_version INTEGER NOT NULL,
+    wrapped        BYTEA   NOT NULL
+);
+CREATE INDEX keys_owner ON keys (owner);
 "];
 
 /// The events' columns, in the order [`raw_from_row`] reads them (a macro, so the queries are
@@ -206,6 +216,7 @@ struct Feed {
     fed: tokio::sync::Mutex<u64>,
     head: watch::Sender<u64>,
     hook: RwLock<Option<CommitHook>>,
+    check: RwLock<Option<crate::HandOutCheck>>,
     /// Wakes the follower (a notification came, or `sync` waits).
     wake: tokio::sync::Notify,
 }
@@ -233,6 +244,10 @@ impl Feed {
                 events.push(event);
             }
             let Some(last) = events.last().map(|e| e.position) else { return Ok(()) };
+            let check = self.check.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(ready) = check.and_then(|check| check(&events)) {
+                ready.await.map_err(ReadError::Storage)?;
+            }
             // The hook first, then the head: whoever sees the head move (`sync`, a subscriber
             // that then looks at the views) finds the views there already.
             rules::call_hook_stored(&self.hook, &events);
@@ -360,6 +375,7 @@ impl PgStore {
             fed: tokio::sync::Mutex::new(head_position),
             head: watch::Sender::new(head_position),
             hook: RwLock::new(None),
+            check: RwLock::new(None),
             wake: tokio::sync::Notify::new(),
         });
         // Names this node in its notifications, so it can tell its own commits from others'.
@@ -477,6 +493,9 @@ impl PgStore {
         client.batch_execute("COMMIT").await.map_err(db)?;
         // VACUUM runs outside a transaction, and alone in its statement.
         client.batch_execute("VACUUM FULL events").await.map_err(db)?;
+        // The key table too: destroyed keys' rows leave their bytes in the pages' free space
+        // (`chronicle_privacy::pgkeys`); a rewrite leaves none in the table's files.
+        client.batch_execute("VACUUM FULL keys").await.map_err(db)?;
         let bytes_after = client.query_one(size, &[]).await.map_err(db)?.get::<_, i64>(0) as u64;
         Ok(Expired { expired, head, bytes_before, bytes_after })
     }
@@ -489,6 +508,17 @@ impl PgStore {
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .await
             .map_err(|source| PgOpenError::Migrate { schema: schema.into(), source })
+    }
+
+    /// The value of a database-wide setting, if it has one.
+    pub async fn setting(&self, name: &str) -> Result<Option<String>, ReadError> {
+        let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The url and schema this store was opened with (a layer over it, the key store, uses them).
+    pub fn location(&self) -> (&str, &str) {
+        (&self.url, &self.schema)
     }
 
     /// The value of a database-wide setting, `value` if it had none (set now, first wins):
@@ -1161,6 +1191,10 @@ impl EventStore for PgStore {
 
     fn set_commit_hook(&self, hook: CommitHook) {
         *self.feed.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    fn set_hand_out_check(&self, check: crate::HandOutCheck) {
+        *self.feed.check.write().unwrap_or_else(|p| p.into_inner()) = Some(check);
     }
 }
 

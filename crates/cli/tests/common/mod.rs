@@ -267,6 +267,16 @@ pub struct PgSchema {
     pub schema: String,
 }
 
+/// A query counting the rows of table `keys` whose slot a sealed value (`enc:v2:<slot>:`) of
+/// these streams' events names.
+pub fn slots_named_by(tenant: &str, streams: &[&str]) -> String {
+    let streams = streams.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT count(*) FROM keys WHERE slot IN (SELECT (regexp_matches(data, 'enc:v2:([0-9]+):', 'g'))[1]::bigint \
+         FROM events WHERE tenant = '{tenant}' AND stream IN ({streams}))"
+    )
+}
+
 impl PgSchema {
     pub fn new() -> Option<PgSchema> {
         let url = std::env::var("CHRONICLE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -280,6 +290,17 @@ impl PgSchema {
             }
             Err(e) => panic!("PostgreSQL at {url} is required in CI: {e}"),
         }
+    }
+
+    /// The one number a query in the schema gives (a count, say).
+    pub fn scalar(&self, sql: &str) -> i64 {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&format!("SET search_path TO {}", self.schema)).await.unwrap();
+            client.query_one(sql, &[]).await.unwrap().get(0)
+        })
     }
 
     /// Every row of every table in the schema, as text.

@@ -1,0 +1,491 @@
+//! `PgKeyStore`: the data keys in PostgreSQL (table `keys` of the event store's schema), shared
+//! by every `chronicle serve` node over the database, so several nodes can seal.
+//!
+//! - **Every key names its slot.** A key's slot comes from the sequence `key_slots`, and every
+//!   value sealed with it is `enc:v2:<slot>:…`, so any node opens any value by the slot alone.
+//!   A row holds the key wrapped under the master key (AES-256-GCM, the slot as associated
+//!   data); the master key itself never enters the database, and every node needs the same one.
+//! - **A pool made ahead.** A node inserts a batch of keys ([`POOL_BATCH`]) in one transaction
+//!   and hands them out to new owners from memory: an append never waits for a key of its own.
+//!   The owner's digest is written to the row afterwards, in batches, without being waited for;
+//!   a row that lost its owner (a crash) is found by erasure through the slots the owner's
+//!   events name, as with the key file. Two nodes may each give an owner a key: the values name
+//!   which, and erasure destroys every one.
+//! - **Keys made by another node** are fetched when an event names a slot this node does not
+//!   hold: before the commit hook sees events another node committed (the store's hand-out
+//!   check), and before a read opens events. A key row commits before any event sealed with it.
+//! - **Destroying** deletes the rows and, in the same transaction, notifies every node
+//!   (`chronicle_keys_<schema>`, the slots as payload), which forget the keys at once; a node
+//!   whose listening connection was cut checks every key it holds against the table when it
+//!   reconnects. Slots are never reused, so a slot found missing stays missing. The table is
+//!   then vacuumed, so no row version holding the wrapped key is left for SQL to reach. What
+//!   PostgreSQL keeps outside the live table — the freed space of its pages until reused, WAL
+//!   not yet recycled, replicas and backups — still holds the *wrapped* key, useless without
+//!   the master key; `chronicle compact` rewrites the table (`VACUUM FULL`). The key file of a
+//!   single node overwrites a destroyed key in place instead.
+
+use crate::cipher::DataKey;
+use crate::keys::Keys;
+use crate::keystore::{owner_digest, KeyError, MasterKey};
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls};
+
+/// Keys inserted per refill of a node's pool.
+const POOL_BATCH: usize = 256;
+/// The class of the advisory lock [`Keys::get_or_create`] takes per owner ("CHRK").
+const OWNER_LOCK: i32 = 0x4348_524B;
+/// Owner records written per statement.
+const RECORD_BATCH: usize = 1000;
+
+/// What a node holds in memory.
+#[derive(Default)]
+struct Held {
+    slots: HashMap<u64, DataKey>,
+    /// An owner's key here: theirs from the table, or the one this node handed them.
+    owners: HashMap<[u8; 32], u64>,
+    /// Keys made by this node and not handed out yet.
+    pool: Vec<u64>,
+    /// Slots found destroyed: never held again (slots are not reused).
+    gone: HashSet<u64>,
+    /// Rows without an owner when the store was opened (other nodes' pools, or a lost record).
+    unowned: usize,
+}
+
+impl Held {
+    fn forget(&mut self, slots: &[u64]) {
+        for s in slots {
+            self.slots.remove(s);
+            self.gone.insert(*s);
+        }
+        let gone = &self.gone;
+        self.owners.retain(|_, s| !gone.contains(s));
+        self.pool.retain(|s| !gone.contains(s));
+    }
+}
+
+/// A connection, opened again when found closed.
+struct Db {
+    url: String,
+    schema: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Db {
+    async fn client(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, KeyError> {
+        let mut g = self.client.lock().await;
+        if g.as_ref().is_none_or(Client::is_closed) {
+            *g = Some(connect(&self.url, &self.schema).await?);
+        }
+        Ok(tokio::sync::MutexGuard::map(g, |c| c.as_mut().expect("connected above")))
+    }
+}
+
+async fn connect(url: &str, schema: &str) -> Result<Client, KeyError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(db)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the key store's PostgreSQL connection closed");
+        }
+    });
+    client.batch_execute(&format!("SET search_path TO {schema}")).await.map_err(db)?;
+    Ok(client)
+}
+
+fn db(e: tokio_postgres::Error) -> KeyError {
+    KeyError::Database(e.to_string())
+}
+
+fn channel(schema: &str) -> String {
+    format!("chronicle_keys_{schema}")
+}
+
+pub struct PgKeyStore {
+    db: Arc<Db>,
+    master: MasterKey,
+    held: Arc<Mutex<Held>>,
+    refilling: AtomicBool,
+    /// Owner records for the writer task.
+    records: mpsc::UnboundedSender<(u64, [u8; 32])>,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for PgKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgKeyStore({} keys)", self.len())
+    }
+}
+
+impl PgKeyStore {
+    /// Opens the key store in `schema` (migrated already, by the event store), unwrapping every
+    /// key with `master`; then listens for keys destroyed by other nodes.
+    pub async fn open(url: &str, schema: &str, master: MasterKey) -> Result<PgKeyStore, KeyError> {
+        let db = Arc::new(Db { url: url.to_owned(), schema: schema.to_owned(), client: tokio::sync::Mutex::new(None) });
+        let mut held = Held::default();
+        {
+            let client = db.client().await?;
+            let rows = client.query("SELECT slot, owner, master_version, wrapped FROM keys", &[]).await.map_err(db_err)?;
+            for row in rows {
+                let slot = row.get::<_, i64>(0) as u64;
+                let version = row.get::<_, i32>(2) as u32;
+                if version != master.version {
+                    return Err(KeyError::Invalid(format!(
+                        "a key in the database is wrapped by master key version {version}, but version {} was given",
+                        master.version
+                    )));
+                }
+                let key = master.unwrap_for_slot(slot, row.get(3)).ok_or_else(|| {
+                    KeyError::Invalid(
+                        "a data key in the database does not unwrap with this master key: every node over one database \
+                         needs the same master key (--master-key-file or CHRONICLE_MASTER_KEY)"
+                            .into(),
+                    )
+                })?;
+                match row.get::<_, Option<Vec<u8>>>(1).and_then(|o| <[u8; 32]>::try_from(o).ok()) {
+                    Some(owner) => {
+                        held.owners.insert(owner, slot);
+                    }
+                    None => held.unowned += 1,
+                }
+                held.slots.insert(slot, key);
+            }
+        }
+        let held = Arc::new(Mutex::new(held));
+        let (records, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(record_owners(db.clone(), inbox));
+        tokio::spawn(listen(db.clone(), Arc::downgrade(&held)));
+        Ok(PgKeyStore { db, master, held, refilling: AtomicBool::new(false), records, handle: tokio::runtime::Handle::current() })
+    }
+
+    /// Runs `f` to its end from synchronous code: on a runtime's worker thread (which it
+    /// gives up meanwhile), on a blocking-pool thread, or on a thread of its own.
+    fn block<T>(&self, f: impl Future<Output = T>) -> T {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => tokio::task::block_in_place(|| h.block_on(f)),
+            Err(_) => self.handle.block_on(f),
+        }
+    }
+
+    /// Inserts a batch of new keys (one transaction) and adds them to the pool.
+    async fn refill(&self) -> Result<(), KeyError> {
+        let client = self.db.client().await?;
+        let rows = client
+            .query("SELECT nextval('key_slots') FROM generate_series(1, $1)", &[&(POOL_BATCH as i32)])
+            .await
+            .map_err(db_err)?;
+        let slots: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let keys: Vec<DataKey> = slots.iter().map(|&s| DataKey::random().in_slot(s as u64)).collect();
+        let wrapped: Vec<Vec<u8>> = slots.iter().zip(&keys).map(|(&s, k)| self.master.wrap_for_slot(s as u64, k)).collect();
+        let versions = vec![self.master.version as i32; slots.len()];
+        client
+            .execute(
+                "INSERT INTO keys (slot, master_version, wrapped) SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[])",
+                &[&slots, &versions, &wrapped],
+            )
+            .await
+            .map_err(db_err)?;
+        drop(client);
+        let mut h = self.held.lock().expect("key store lock");
+        // Handed out lowest slot first.
+        for (slot, key) in slots.iter().zip(keys).rev() {
+            h.slots.insert(*slot as u64, key);
+            h.pool.push(*slot as u64);
+        }
+        Ok(())
+    }
+
+    /// Deletes the rows of `slots` and of `owner` (every node's key for them), telling every
+    /// node in the same transaction; then vacuums the table. Returns the slots deleted.
+    async fn delete(&self, owner: Option<[u8; 32]>, slots: Vec<u64>) -> Result<Vec<u64>, KeyError> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let slots: Vec<i64> = slots.into_iter().map(|s| s as i64).collect();
+        let owner = owner.map(|o| o.to_vec());
+        let rows = tx
+            .query("DELETE FROM keys WHERE slot = ANY($1) OR owner = $2 RETURNING slot", &[&slots, &owner])
+            .await
+            .map_err(db_err)?;
+        let deleted: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
+        // A notification's payload is at most 8000 bytes.
+        for chunk in deleted.chunks(400) {
+            let payload = chunk.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            tx.execute("SELECT pg_notify($1, $2)", &[&channel(&self.db.schema), &payload]).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        if !deleted.is_empty() {
+            // The deleted row versions are pruned, so no SQL reaches the wrapped keys.
+            client.batch_execute("VACUUM keys").await.map_err(db_err)?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Writes owners into their pooled keys' rows, in batches, off the append path.
+async fn record_owners(db: Arc<Db>, mut inbox: mpsc::UnboundedReceiver<(u64, [u8; 32])>) {
+    let mut batch = Vec::new();
+    while inbox.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let slots: Vec<i64> = batch.iter().map(|(s, _)| *s as i64).collect();
+        let owners: Vec<Vec<u8>> = batch.iter().map(|(_, o)| o.to_vec()).collect();
+        batch.clear();
+        let written = async {
+            db.client()
+                .await?
+                .execute(
+                    "UPDATE keys SET owner = v.owner FROM unnest($1::bigint[], $2::bytea[]) AS v(slot, owner) \
+                     WHERE keys.slot = v.slot AND keys.owner IS NULL",
+                    &[&slots, &owners],
+                )
+                .await
+                .map_err(db_err)
+        }
+        .await;
+        if let Err(e) = written {
+            // The keys stay usable (values name their slots); erasure finds them by slot.
+            tracing::warn!(error = %e, keys = slots.len(), "recording the owners of pooled keys failed");
+        }
+    }
+}
+
+/// Forgets the keys other nodes destroy, as they are destroyed. Each (re)connection first
+/// checks every key held against the table, for what was destroyed while it was not listening.
+/// Ends when the key store is dropped.
+async fn listen(db: Arc<Db>, held: std::sync::Weak<Mutex<Held>>) {
+    loop {
+        if held.strong_count() == 0 {
+            return;
+        }
+        if let Err(e) = listen_once(&db, &held).await {
+            tracing::warn!(error = %e, "listening for destroyed keys failed; reconnecting");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once(db: &Db, held: &std::sync::Weak<Mutex<Held>>) -> Result<(), KeyError> {
+    let (client, mut connection) = tokio_postgres::connect(&db.url, NoTls).await.map_err(db_err)?;
+    let (tx, mut notes) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("SET search_path TO {}; LISTEN {}", db.schema, channel(&db.schema))).await.map_err(db_err)?;
+    let Some(h) = held.upgrade() else { return Ok(()) };
+    let mine: Vec<i64> = h.lock().expect("key store lock").slots.keys().map(|&s| s as i64).collect();
+    drop(h);
+    let rows = client.query("SELECT slot FROM keys WHERE slot = ANY($1)", &[&mine]).await.map_err(db_err)?;
+    let present: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let destroyed: Vec<u64> = mine.into_iter().filter(|s| !present.contains(s)).map(|s| s as u64).collect();
+    if let Some(h) = held.upgrade() {
+        h.lock().expect("key store lock").forget(&destroyed);
+    }
+    while let Some(payload) = notes.recv().await {
+        let slots: Vec<u64> = payload.split(',').filter_map(|s| s.parse().ok()).collect();
+        let Some(h) = held.upgrade() else { return Ok(()) };
+        h.lock().expect("key store lock").forget(&slots);
+    }
+    Err(KeyError::Database("the listening connection closed".into()))
+}
+
+fn db_err(e: tokio_postgres::Error) -> KeyError {
+    db(e)
+}
+
+#[async_trait]
+impl Keys for PgKeyStore {
+    fn get(&self, tenant: &str, owner: &str) -> Option<DataKey> {
+        let h = self.held.lock().expect("key store lock");
+        h.owners.get(&owner_digest(tenant, owner)).and_then(|s| h.slots.get(s)).cloned()
+    }
+
+    fn get_slot(&self, slot: u64) -> Option<DataKey> {
+        self.held.lock().expect("key store lock").slots.get(&slot).cloned()
+    }
+
+    fn try_assign(&self, tenant: &str, owner: &str) -> Result<Option<DataKey>, KeyError> {
+        let d = owner_digest(tenant, owner);
+        let mut h = self.held.lock().expect("key store lock");
+        if let Some(key) = h.owners.get(&d).and_then(|s| h.slots.get(s)) {
+            return Ok(Some(key.clone()));
+        }
+        let Some(slot) = h.pool.pop() else { return Ok(None) };
+        h.owners.insert(d, slot);
+        let key = h.slots.get(&slot).cloned().expect("a pooled key is held");
+        // The task ends only when the store is dropped.
+        let _ = self.records.send((slot, d));
+        Ok(Some(key))
+    }
+
+    fn assign(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError> {
+        loop {
+            if let Some(k) = self.try_assign(tenant, owner)? {
+                return Ok(k);
+            }
+            self.block(self.refill())?;
+        }
+    }
+
+    fn pool_low(&self) -> bool {
+        self.held.lock().expect("key store lock").pool.len() < POOL_BATCH / 2 && !self.refilling.load(Ordering::Relaxed)
+    }
+
+    fn refill_ahead(&self) -> Result<(), KeyError> {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let low = self.held.lock().expect("key store lock").pool.len() < POOL_BATCH / 2;
+        let done = if low { self.block(self.refill()) } else { Ok(()) };
+        self.refilling.store(false, Ordering::Release);
+        done
+    }
+
+    fn get_or_create(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError> {
+        if let Some(k) = Keys::get(self, tenant, owner) {
+            return Ok(k);
+        }
+        let d = owner_digest(tenant, owner);
+        let (slot, key) = self.block(async {
+            let mut client = self.db.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            // One key per owner whichever node asks first: the look-up and the insert are
+            // serialised per owner.
+            let lock = i32::from_le_bytes(d[..4].try_into().expect("4 bytes"));
+            tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&OWNER_LOCK, &lock]).await.map_err(db_err)?;
+            let found =
+                tx.query_opt("SELECT slot, wrapped FROM keys WHERE owner = $1 ORDER BY slot LIMIT 1", &[&d.to_vec()]).await.map_err(db_err)?;
+            let made = match found {
+                Some(row) => {
+                    let slot = row.get::<_, i64>(0) as u64;
+                    let key = self
+                        .master
+                        .unwrap_for_slot(slot, row.get(1))
+                        .ok_or_else(|| KeyError::Invalid("a data key does not unwrap with this master key".into()))?;
+                    (slot, key)
+                }
+                None => {
+                    let slot = tx.query_one("SELECT nextval('key_slots')", &[]).await.map_err(db_err)?.get::<_, i64>(0) as u64;
+                    let key = DataKey::random().in_slot(slot);
+                    tx.execute(
+                        "INSERT INTO keys (slot, owner, master_version, wrapped) VALUES ($1, $2, $3, $4)",
+                        &[&(slot as i64), &d.to_vec(), &(self.master.version as i32), &self.master.wrap_for_slot(slot, &key)],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                    (slot, key)
+                }
+            };
+            tx.commit().await.map_err(db_err)?;
+            Ok::<_, KeyError>(made)
+        })?;
+        let mut h = self.held.lock().expect("key store lock");
+        h.slots.insert(slot, key.clone());
+        h.owners.insert(d, slot);
+        Ok(key)
+    }
+
+    fn create_many(&self, tenant: &str, owners: &[String]) -> Result<usize, KeyError> {
+        let mut made = 0;
+        for owner in owners {
+            if Keys::get(self, tenant, owner).is_none() {
+                self.assign(tenant, owner)?;
+                made += 1;
+            }
+        }
+        Ok(made)
+    }
+
+    fn destroy(&self, tenant: &str, owner: &str) -> Result<bool, KeyError> {
+        let d = owner_digest(tenant, owner);
+        // The key this node handed out, whose owner record may not be written yet, too.
+        let mine: Vec<u64> = self.held.lock().expect("key store lock").owners.get(&d).copied().into_iter().collect();
+        let deleted = self.block(self.delete(Some(d), mine))?;
+        self.held.lock().expect("key store lock").forget(&deleted);
+        Ok(!deleted.is_empty())
+    }
+
+    fn destroy_slots_opening(&self, samples: &[(u64, String)]) -> Result<usize, KeyError> {
+        let mut wanted: Vec<u64> = samples.iter().map(|(s, _)| *s).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let missing = Keys::missing(self, &wanted);
+        if !missing.is_empty() {
+            self.block(self.fetch(missing))?;
+        }
+        let opening: Vec<u64> = {
+            let h = self.held.lock().expect("key store lock");
+            samples.iter().filter(|(slot, sample)| h.slots.get(slot).is_some_and(|k| k.open(sample).is_some())).map(|(s, _)| *s).collect()
+        };
+        if opening.is_empty() {
+            return Ok(0);
+        }
+        let deleted = self.block(self.delete(None, opening))?;
+        self.held.lock().expect("key store lock").forget(&deleted);
+        Ok(deleted.len())
+    }
+
+    fn orphans(&self) -> usize {
+        self.held.lock().expect("key store lock").unowned
+    }
+
+    fn len(&self) -> usize {
+        self.held.lock().expect("key store lock").slots.len()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn missing(&self, slots: &[u64]) -> Vec<u64> {
+        let h = self.held.lock().expect("key store lock");
+        slots.iter().filter(|s| !h.slots.contains_key(s) && !h.gone.contains(s)).copied().collect()
+    }
+
+    async fn fetch(&self, slots: Vec<u64>) -> Result<(), KeyError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<i64> = slots.iter().map(|&s| s as i64).collect();
+        let rows = self
+            .db
+            .client()
+            .await?
+            .query("SELECT slot, master_version, wrapped FROM keys WHERE slot = ANY($1)", &[&wanted])
+            .await
+            .map_err(db_err)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            let slot = row.get::<_, i64>(0) as u64;
+            if row.get::<_, i32>(1) as u32 != self.master.version {
+                return Err(KeyError::Invalid("a key in the database is wrapped by another master key version".into()));
+            }
+            let key = self
+                .master
+                .unwrap_for_slot(slot, row.get(2))
+                .ok_or_else(|| KeyError::Invalid("a data key in the database does not unwrap with this master key".into()))?;
+            found.push((slot, key));
+        }
+        let mut h = self.held.lock().expect("key store lock");
+        for (slot, key) in found {
+            // Destroyed while the query ran (the notification came first): stays forgotten.
+            if !h.gone.contains(&slot) {
+                h.slots.insert(slot, key);
+            }
+        }
+        // A slot an event names is committed before the event: missing now means destroyed.
+        let absent: Vec<u64> = slots.into_iter().filter(|s| !h.slots.contains_key(s)).collect();
+        h.gone.extend(absent);
+        Ok(())
+    }
+}
