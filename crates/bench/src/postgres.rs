@@ -68,13 +68,29 @@ pub async fn compare(seconds: u64) -> Vec<Value> {
     out
 }
 
+/// CHRONICLE_BENCH_SEALED=1: the nodes seal personal data, with the keys in the database.
+fn sealed() -> bool {
+    std::env::var_os("CHRONICLE_BENCH_SEALED").is_some()
+}
+
+/// A node over the schema: the store, sealed by the keys in the database when [`sealed`].
+async fn node(url: &str, schema: &str) -> Arc<dyn EventStore> {
+    let store: Arc<dyn EventStore> = Arc::new(PgStore::connect_in(url, schema).await.expect("connect"));
+    if !sealed() {
+        return store;
+    }
+    let master = chronicle_privacy::MasterKey::new(1, [42; 32]);
+    let keys = chronicle_privacy::PgKeyStore::open(url, schema, master).await.expect("key store");
+    Arc::new(chronicle_privacy::SealedStore::new(store, Arc::new(keys)))
+}
+
 async fn chronicle(url: &str, writers: usize, seconds: u64, lag: bool) -> Value {
     let schema = format!("bench_chronicle_{}", std::process::id());
     let _ = PgStore::drop_schema(url, &schema).await;
-    let store: Arc<dyn EventStore> = Arc::new(PgStore::connect_in(url, &schema).await.expect("connect"));
+    let store = node(url, &schema).await;
     // The subscriber runs on a node of its own, as another `chronicle serve` would.
     let watcher = if lag {
-        let node: Arc<dyn EventStore> = Arc::new(PgStore::connect_in(url, &schema).await.expect("connect"));
+        let node = node(url, &schema).await;
         let mut sub = chronicle_store::Subscription::new(node, 0);
         Some(tokio::spawn(async move {
             let mut lags = Vec::new();
@@ -98,7 +114,8 @@ async fn chronicle(url: &str, writers: usize, seconds: u64, lag: bool) -> Value 
         }
     })
     .await;
-    let mut result = json!({"bench": "postgres", "store": "chronicle", "writers": writers, "events": n, "events_per_sec": rate, "latency": latency});
+    let name = if sealed() { "chronicle-sealed" } else { "chronicle" };
+    let mut result = json!({"bench": "postgres", "store": name, "writers": writers, "events": n, "events_per_sec": rate, "latency": latency});
     if let Some(w) = watcher {
         let lags = w.await.expect("subscriber");
         assert_eq!(lags.len(), n, "the subscriber got every event");
