@@ -28,18 +28,17 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, au
             .with_context(|| format!("loading campaigns from {}", dir.display()))?;
         tracing::info!(changed = n, folder = %dir.display(), "campaigns and templates loaded");
     }
-    // Over a shared database, the node holding the lease runs the campaigns (see
-    // `automation::lease`); alone, this node always does.
+    // Over a shared database, the campaign work is shared out by tenant in leased shards (see
+    // `automation::lease`); alone, this node does all of it.
     let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let leases = st.pg.clone().map(|pg| pg as Arc<dyn chronicle_store::Leases>);
     let (engine, leased) = start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
     run_server(&cfg, app.clone(), |addr| println!("chronicle listening on http://{addr}")).await?;
     if let (Some(leases), Some((gate, renewal))) = (leases, leased) {
         // Handed over now rather than when it runs out.
-        let progress = || app.reacted();
-        chronicle_server::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, progress, Duration::from_secs(5))
+        chronicle_server::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, Duration::from_secs(5))
             .await
-            .context("handing the automation lease over")?;
+            .context("handing the campaign work over")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -49,7 +48,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, au
 type Leased = (Arc<chronicle_server::automation::lease::Gate>, tokio::task::JoinHandle<()>);
 
 /// Start the automation engine (campaigns, timers, the outbox) on the running app: always at
-/// work alone, or over a shared database while this node holds the lease.
+/// work alone, or over a shared database on the shards this node holds.
 pub fn start_automation(
     app: &Arc<App>,
     automation: &AutomationArgs,
@@ -60,17 +59,14 @@ pub fn start_automation(
         let _ = app.sendgrid_key.set(key);
     }
     use chronicle_server::automation::{lease, Engine};
-    let (gate, leased) = match leased {
-        Some((leases, holder)) => {
-            let gate = lease::Gate::leased();
-            let renewal = lease::renew(app.clone(), leases, gate.clone(), holder);
-            (gate.clone(), Some((gate, renewal)))
-        }
-        None => (lease::Gate::always(), None),
-    };
-    let engine = Engine::start_gated(app.clone(), automation.engine_config(), gate)
+    let gate = if leased.is_some() { lease::Gate::leased() } else { lease::Gate::always() };
+    let engine = Engine::start_gated(app.clone(), automation.engine_config(), gate.clone())
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the automation engine")?;
+    let leased = leased.map(|(leases, holder)| {
+        let renewal = lease::renew(app.clone(), leases, gate.clone(), engine.clone(), holder);
+        (gate, renewal)
+    });
     Ok((engine, leased))
 }
 

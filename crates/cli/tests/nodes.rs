@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use chronicle_server::automation::lease::SHARDS;
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -209,11 +210,22 @@ fn sigkill_of_the_lease_holder_under_load_loses_nothing_and_the_survivor_sends_t
     let Some(smtp) = SmtpSink::start(dir.path()) else { return };
     let smtp_url = smtp.url();
     let mail = ["--smtp-url", smtp_url.as_str()];
-    // The first node takes the automation lease before the second starts.
-    let (mut a_server, a) = c.serve(0, &mail);
-    std::thread::sleep(Duration::from_millis(500));
-    let (_b_server, b) = c.serve(1, &mail);
+    // The campaign work is shared out by tenant: the nodes hold half the shards each, and the
+    // one holding acme's is the one killed below ("a"); the other survives ("b").
+    let (first, first_url) = c.serve(0, &mail);
+    let (second, second_url) = c.serve(1, &mail);
     let agent = agent();
+    let shards = |url: &str| -> Vec<usize> {
+        let metrics = agent.get(format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+        (0..SHARDS).filter(|s| metrics.contains(&format!("chronicle_automation_shard_held{{shard=\"{s}\"}} 1"))).collect()
+    };
+    wait_until("the shards shared out between the nodes", Duration::from_secs(15), || {
+        let (x, y) = (shards(&first_url), shards(&second_url));
+        x.len() == SHARDS / 2 && y.len() == SHARDS / 2 && x.iter().all(|s| !y.contains(s))
+    });
+    let acme = chronicle_server::automation::lease::shard_of("acme");
+    let ((mut a_server, a), (_b_server, b)) =
+        if shards(&first_url).contains(&acme) { ((first, first_url), (second, second_url)) } else { ((second, second_url), (first, first_url)) };
     let (status, v) = send(&agent, "PUT", &format!("{a}/v1/templates/nudge"), &c.key, &json!({"subject": "Hello {{ traits.first_name }}", "body": "<p>Hi</p>"}));
     assert_eq!(status, 200, "{v}");
     let campaign = json!({"trigger": "CustomerRegistered", "steps": [
@@ -295,7 +307,8 @@ fn sigkill_of_the_lease_holder_under_load_loses_nothing_and_the_survivor_sends_t
         assert_eq!(got.len(), 2, "c{i}'s second mail, from the survivor");
     }
     eprintln!("second mails all out {:?} after the SIGKILL", killed_at.elapsed());
-    // And its campaigns keep running for new customers.
+    // And its campaigns keep running for new customers: it holds every shard now.
+    assert_eq!(shards(&b).len(), SHARDS, "the survivor took the dead node's share");
     register(&agent, &b, &c.key, "late", "late@example.com");
     assert_eq!(smtp.wait_for("late@example.com", 1, Duration::from_secs(20)).len(), 1);
     std::thread::sleep(Duration::from_secs(2));

@@ -62,6 +62,8 @@ pub struct App {
     rate_limit: AtomicU64,
     /// Wakes the automation engine's clock: something in the outbox or a timer changed.
     pub automation_wake: tokio::sync::Notify,
+    /// The running engine's gate: which shards of the campaign work this node holds (metrics).
+    pub automation_gate: std::sync::OnceLock<Arc<crate::automation::lease::Gate>>,
     /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
     pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
     /// Crypto-shredding: the key store under the sealing store layer (erasure destroys keys)
@@ -188,6 +190,7 @@ impl App {
             buckets: Default::default(),
             rate_limit: AtomicU64::new(0),
             automation_wake: tokio::sync::Notify::new(),
+            automation_gate: Default::default(),
             sendgrid_key: Default::default(),
             keys,
             checkpoint_keys,

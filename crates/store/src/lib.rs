@@ -153,6 +153,10 @@ pub trait Leases: Send + Sync + 'static {
 
     /// Give lease `name` up now (a clean stop), so another node takes it at once.
     async fn release(&self, name: &str, holder: &str, progress: u64) -> Result<(), ReadError>;
+
+    /// How many leases whose name starts with `prefix` are held now (not run out): the live
+    /// nodes, counted by their heartbeat leases.
+    async fn live(&self, prefix: &str) -> Result<usize, ReadError>;
 }
 
 /// One event store. Positions are global, 1-based, gap-free and follow commit order; versions

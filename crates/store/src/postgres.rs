@@ -1220,6 +1220,21 @@ impl crate::Leases for PgStore {
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
+    async fn live(&self, prefix: &str) -> Result<usize, ReadError> {
+        // Heartbeats of nodes gone an hour are cleared on the way (one row per process start).
+        let row = self
+            .reader()
+            .await?
+            .query_one(
+                "WITH gone AS (DELETE FROM leases WHERE starts_with(name, $1) AND expires_at < now() - interval '1 hour') \
+                 SELECT count(*) FROM leases WHERE starts_with(name, $1) AND expires_at > now()",
+                &[&prefix],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
     async fn release(&self, name: &str, holder: &str, progress: u64) -> Result<(), ReadError> {
         self.reader()
             .await?

@@ -99,7 +99,7 @@ impl Engine {
         Engine::start_gated(app, config, lease::Gate::always())
     }
 
-    /// Start the engine's tasks, working only while `gate` is open (this node holds the lease).
+    /// Start the engine's tasks, working only for the tenants whose shard `gate` holds.
     pub fn start_gated(app: Arc<App>, config: EngineConfig, gate: Arc<lease::Gate>) -> Result<Arc<Engine>, String> {
         let delivery = Delivery::new(config.delivery.clone())?;
         let engine = Arc::new(Engine {
@@ -110,6 +110,7 @@ impl Engine {
             in_flight: Mutex::new(HashSet::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
+        let _ = engine.app.automation_gate.set(engine.gate.clone());
         tokio::spawn(engine.clone().react());
         tokio::spawn(engine.clone().clock());
         Ok(engine)
@@ -124,6 +125,16 @@ impl Engine {
         }
     }
 
+    /// Waits until no delivery of these shards' tenants (bit `s` for shard `s`) is in flight,
+    /// or `limit` passed: before the shards are handed to another node.
+    pub async fn quiesce_shards(&self, shards: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let busy = || self.in_flight.lock().expect("in-flight lock").iter().any(|(t, _)| shards & (1 << lease::shard_of(t)) != 0);
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn react(self: Arc<Self>) {
         loop {
             self.gate.wait().await;
@@ -134,10 +145,10 @@ impl Engine {
         }
     }
 
-    /// Reacts from the recorded progress until the lease changes hands (`Some`) or the store
-    /// is gone (`None`).
+    /// Reacts from the progress of the shards held until they change hands (`Some`) or the
+    /// store is gone (`None`).
     async fn react_while_held(&self, term: u64) -> Option<()> {
-        let mut sub = Subscription::new(self.app.store().clone(), self.app.reacted());
+        let mut sub = Subscription::new(self.app.store().clone(), self.gate.start(&self.app));
         loop {
             let next = tokio::time::timeout(lease::TTL / 3, sub.next()).await;
             if !self.gate.held() || self.gate.term() != term {
@@ -153,6 +164,11 @@ impl Engine {
                     continue;
                 }
             };
+            // Another node's shard, or this shard's event reacted to before it came here.
+            if !self.gate.wants(&ev.tenant, ev.position) {
+                self.gate.advance(&self.app, term, ev.position);
+                continue;
+            }
             let mut tries = 0;
             while let Err(e) = self.on_event(&ev).await {
                 tries += 1;
@@ -162,7 +178,7 @@ impl Engine {
                 }
                 tokio::time::sleep(Duration::from_millis(200 * tries)).await;
             }
-            self.app.set_reacted(ev.position);
+            self.gate.advance(&self.app, term, ev.position);
         }
     }
 
@@ -378,7 +394,7 @@ impl Engine {
         let starts: Vec<(String, String, String, u64, String, Value)> = {
             let v = self.app.views();
             let mut out = Vec::new();
-            for (tenant, t) in &v.tenants {
+            for (tenant, t) in v.tenants.iter().filter(|(tenant, _)| self.gate.holds(tenant)) {
                 let a = &t.automation;
                 for (campaign, version, c) in a.live_campaigns() {
                     let candidates: Vec<(String, String, Value)> = match c.trigger {
@@ -445,7 +461,7 @@ impl Engine {
         let v = self.app.views();
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         let (mut timers, mut messages, mut next) = (Vec::new(), Vec::new(), None::<DateTime<Utc>>);
-        for (tenant, t) in &v.tenants {
+        for (tenant, t) in v.tenants.iter().filter(|(tenant, _)| self.gate.holds(tenant)) {
             let a = &t.automation;
             for (due, e) in &a.timers {
                 if *due > now {

@@ -87,6 +87,16 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     metric("chronicle_dead_letters", "gauge", "Messages in the dead-letter queue.", dead as u64);
     metric("chronicle_pending_waits", "gauge", "Campaign waits and deferred sends not yet due or fired.", timers as u64);
     metric("chronicle_automation_reacted_position", "gauge", "The last log position the automation engine reacted to.", app.reacted());
+    if let Some(gate) = app.automation_gate.get() {
+        let held = gate.shards();
+        let _ = writeln!(
+            out,
+            "# HELP chronicle_automation_shard_held Whether this node does the campaign work of a shard of the tenants (1) or not (0).\n# TYPE chronicle_automation_shard_held gauge"
+        );
+        for s in 0..crate::automation::lease::SHARDS {
+            let _ = writeln!(out, "chronicle_automation_shard_held{{shard=\"{s}\"}} {}", (held >> s) & 1);
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP chronicle_outbox_lag_seconds How late the most overdue outbox message is.\n# TYPE chronicle_outbox_lag_seconds gauge\nchronicle_outbox_lag_seconds {outbox_lag:.3}"
