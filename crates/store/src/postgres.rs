@@ -135,6 +135,18 @@ const INSERT_SQL: &str = concat!(
     ") SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
      $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[])"
 );
+/// [`INSERT_SQL`] with positions relative to the head, read in the same statement (so after the
+/// order lock, taken by an earlier statement of the transaction): `$1` holds each row's offset
+/// past the head (1, 2, …); the head is returned.
+const INSERT_AFTER_HEAD_SQL: &str = concat!(
+    "WITH h AS (SELECT coalesce(max(position), 0) AS head FROM events), \
+     ins AS (INSERT INTO events (",
+    columns!(),
+    ") SELECT h.head + u.p, u.i, u.t, u.s, u.v, u.ty, u.sv, u.et, u.it, u.so, u.ca, u.co, u.ac, u.d, u.m FROM h, \
+     unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], $8::bigint[], $9::bigint[], \
+     $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[]) AS u(p, i, t, s, v, ty, sv, et, it, so, ca, co, ac, d, m)) \
+     SELECT head FROM h"
+);
 /// A stream's version (0 when it has no event).
 const STREAM_VERSION_SQL: &str = "SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2";
 const STREAM_SQL: &str =
@@ -622,6 +634,7 @@ struct Statements {
     ids: tokio_postgres::Statement,
     versions: tokio_postgres::Statement,
     insert: tokio_postgres::Statement,
+    insert_after_head: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -638,6 +651,7 @@ impl Statements {
                 )
                 .await?,
             insert: client.prepare(INSERT_SQL).await?,
+            insert_after_head: client.prepare(INSERT_AFTER_HEAD_SQL).await?,
         })
     }
 }
@@ -928,6 +942,9 @@ async fn validate_and_insert(
     // after the lock is held and sees every earlier writer's commit — and the group's stored ids
     // and stream versions: sent at once (pipelined on the connection), run in this order, one
     // round trip.
+    if let Some(done) = one_trip(client, st, group, ingest_time, notice, known).await {
+        return done;
+    }
     let ids: Vec<Uuid> = group.iter().flat_map(|r| r.events.iter().map(|e| e.id)).collect();
     let mut versions = Versions::new();
     let (mut tenants, mut streams) = (Vec::new(), Vec::new());
@@ -978,6 +995,74 @@ async fn validate_and_insert(
     }
     insert_group(client, st, group, &outcomes, ingest_time, notice).await?;
     Ok((head, outcomes, read))
+}
+
+/// The group in one round trip — BEGIN, the lock, the rows numbered after the head read in the
+/// INSERT itself, the notification, COMMIT, all pipelined — when every stream's version is
+/// known (or the stream is expected new) and no request conflicts with it: nothing needs
+/// reading before the rows are built.
+/// `None` when that does not hold (the usual path reads first). A stale version or a stored id
+/// fails the INSERT on its index as on the usual path.
+async fn one_trip(
+    client: &Client,
+    st: &Statements,
+    group: &[Request],
+    ingest_time: chrono::DateTime<Utc>,
+    notice: &Notice,
+    known: Option<&Versions>,
+) -> Option<GroupResult> {
+    let known = known?;
+    let mut versions = Versions::with_capacity(group.len());
+    for r in group {
+        let key = (r.tenant.clone(), r.stream.clone());
+        // A stream expected new is taken as new: version 0 is never above the stored one, so
+        // if it exists the INSERT fails on the stream index, as with a stale known version.
+        let v = match (known.get(&key), r.expected) {
+            (Some(v), _) => *v,
+            (None, ExpectedVersion::NoStream) => 0,
+            (None, _) => return None,
+        };
+        versions.insert(key, v);
+    }
+    // Numbered after a head of 0, then moved past the real one.
+    let mut outcomes = decide(group, HashMap::new(), versions, 0);
+    if outcomes.iter().any(|o| !o.appended) {
+        return None;
+    }
+    let mut cols = Columns::default();
+    for (r, o) in group.iter().zip(&outcomes) {
+        let Ok(res) = &o.result else { return None };
+        let first_position = res.position + 1 - r.events.len() as u64;
+        for (i, e) in r.events.iter().enumerate() {
+            cols.push(&r.tenant, &r.stream, e, res.first_version + i as u64, first_position + i as u64, ingest_time);
+        }
+    }
+    let insert_params = cols.params();
+    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&notice.channel, &notice.node];
+    // Every answer is awaited, so the INSERT's own error is the one reported.
+    let (begun, locked, inserted, notified, committed) = tokio::join!(
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        client.execute(&st.lock, &[&ORDER_LOCK]),
+        client.query_one(&st.insert_after_head, &insert_params),
+        client.execute(&st.notify, &notify_params),
+        client.batch_execute("COMMIT"),
+    );
+    let done = (|| {
+        begun?;
+        locked?;
+        let head = inserted?.get::<_, i64>(0) as u64;
+        notified?;
+        committed?;
+        Ok(head)
+    })();
+    Some(done.map(|head| {
+        for o in &mut outcomes {
+            if let Ok(res) = &mut o.result {
+                res.position += head;
+            }
+        }
+        (head, outcomes, Versions::new())
+    }))
 }
 
 /// The stored events among a group's ids, by id.

@@ -287,6 +287,19 @@ async fn a_stream_written_by_another_node_since_is_judged_on_its_stored_version(
 
     let versions: Vec<u64> = b.read_stream("t", "s", 1, 100).await.unwrap().iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=7).collect::<Vec<_>>(), "one event per version, no gap");
+
+    // A stream this node never saw, expected new (taken as new without a read): refused when
+    // another node wrote it, in a group with a new stream's append, which is not lost.
+    let c = node(&schema).await;
+    let (taken, fresh) = tokio::join!(
+        c.append("t", "s", ExpectedVersion::NoStream, vec![event(10)]),
+        c.append("t", "new", ExpectedVersion::NoStream, vec![event(11)])
+    );
+    assert!(matches!(taken, Err(AppendError::Conflict { actual: 7, .. })), "{taken:?}");
+    assert_eq!(fresh.unwrap().first_version, 1);
+    let r = c.append("t", "new", ExpectedVersion::NoStream, vec![event(12)]).await;
+    assert!(matches!(r, Err(AppendError::Conflict { actual: 1, .. })), "a stream it wrote is known: {r:?}");
+    assert_eq!(b.read_stream("t", "s", 1, 100).await.unwrap().len(), 7);
 }
 
 /// Every column of every row of the schema's events, as text.
