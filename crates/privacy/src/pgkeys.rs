@@ -452,16 +452,33 @@ impl Keys for PgKeyStore {
         slots.iter().filter(|s| !h.slots.contains_key(s) && !h.gone.contains(s)).copied().collect()
     }
 
-    async fn fetch(&self, slots: Vec<u64>) -> Result<(), KeyError> {
+    async fn fetch(&self, mut slots: Vec<u64>) -> Result<(), KeyError> {
         if slots.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<i64> = slots.iter().map(|&s| s as i64).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        // Each slot with the ones after it, up to a pool batch: the node that made it hands its
+        // pool out in order, so its next events name those — fetched now, not one query each.
+        let (mut lo, mut hi): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+        for &s in &slots {
+            match hi.last_mut() {
+                Some(h) if s as i64 <= *h => *h = s as i64 + POOL_BATCH as i64,
+                _ => {
+                    lo.push(s as i64);
+                    hi.push(s as i64 + POOL_BATCH as i64);
+                }
+            }
+        }
         let rows = self
             .db
             .client()
             .await?
-            .query("SELECT slot, master_version, wrapped FROM keys WHERE slot = ANY($1)", &[&wanted])
+            .query(
+                "SELECT slot, master_version, wrapped FROM keys JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) \
+                 ON slot >= r.lo AND slot < r.hi",
+                &[&lo, &hi],
+            )
             .await
             .map_err(db_err)?;
         let mut found = Vec::with_capacity(rows.len());
