@@ -120,6 +120,36 @@ impl std::fmt::Debug for PgKeyStore {
     }
 }
 
+impl Drop for PgKeyStore {
+    /// Gives the pool's unused keys back (their rows deleted: nothing was sealed with them), so
+    /// a clean stop leaves no ownerless rows. On a thread and connection of its own, waited for
+    /// at most two seconds: the store may be dropped while its runtime shuts down, when its own
+    /// connection can no longer be driven. Best effort: after a crash, or a timeout, the rows
+    /// stay, which is safe (erasure then reads more streams; see `orphans`).
+    fn drop(&mut self) {
+        let unused: Vec<i64> = std::mem::take(&mut self.held.lock().expect("key store lock").pool).into_iter().map(|s| s as i64).collect();
+        if unused.is_empty() {
+            return;
+        }
+        let (url, schema) = (self.db.url.clone(), self.db.schema.clone());
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let released = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(KeyError::Io).and_then(|rt| {
+                rt.block_on(async {
+                    let client = connect(&url, &schema).await?;
+                    client.execute("DELETE FROM keys WHERE slot = ANY($1) AND owner IS NULL", &[&unused]).await.map_err(db_err)
+                })
+            });
+            let _ = done.send(released);
+        });
+        match wait.recv_timeout(std::time::Duration::from_secs(2)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not give the key pool's unused keys back"),
+            Err(_) => tracing::warn!("giving the key pool's unused keys back did not finish in time"),
+        }
+    }
+}
+
 impl PgKeyStore {
     /// Opens the key store in `schema` (migrated already, by the event store), unwrapping every
     /// key with `master`; then listens for keys destroyed by other nodes.

@@ -105,6 +105,10 @@ async fn two_nodes_share_keys_and_forget_the_destroyed_ones() {
     assert_eq!(again.get("acme", "c3").unwrap().bytes(), c2.bytes());
     assert!(again.get("acme", "c1").is_none());
 
+    // A store dropped gives its unused pool back: only keys handed out (or owned) stay.
+    drop((a, b, again));
+    assert_eq!(rows(&s.0, "SELECT count(*) FROM keys WHERE owner IS NULL").await, 0, "no ownerless key left");
+
     // Another master key does not open the database's keys.
     let wrong = PgKeyStore::open(&url(), &s.0, MasterKey::new(1, [8; 32])).await.unwrap_err();
     assert!(wrong.to_string().contains("same master key"), "{wrong}");

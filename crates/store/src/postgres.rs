@@ -938,13 +938,13 @@ async fn validate_and_insert(
     notice: &Notice,
     known: Option<&Versions>,
 ) -> GroupResult {
+    if let Some(done) = one_trip(client, st, group, ingest_time, notice, known).await {
+        return done;
+    }
     // BEGIN, the lock, then the head — read in a statement of its own, so its snapshot is taken
     // after the lock is held and sees every earlier writer's commit — and the group's stored ids
     // and stream versions: sent at once (pipelined on the connection), run in this order, one
     // round trip.
-    if let Some(done) = one_trip(client, st, group, ingest_time, notice, known).await {
-        return done;
-    }
     let ids: Vec<Uuid> = group.iter().flat_map(|r| r.events.iter().map(|e| e.id)).collect();
     let mut versions = Versions::new();
     let (mut tenants, mut streams) = (Vec::new(), Vec::new());
@@ -1029,14 +1029,7 @@ async fn one_trip(
     if outcomes.iter().any(|o| !o.appended) {
         return None;
     }
-    let mut cols = Columns::default();
-    for (r, o) in group.iter().zip(&outcomes) {
-        let Ok(res) = &o.result else { return None };
-        let first_position = res.position + 1 - r.events.len() as u64;
-        for (i, e) in r.events.iter().enumerate() {
-            cols.push(&r.tenant, &r.stream, e, res.first_version + i as u64, first_position + i as u64, ingest_time);
-        }
-    }
+    let cols = Columns::of(group, &outcomes, ingest_time);
     let insert_params = cols.params();
     let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&notice.channel, &notice.node];
     // Every answer is awaited, so the INSERT's own error is the one reported.
@@ -1123,14 +1116,7 @@ async fn insert_group(
     notice: &Notice,
 ) -> Result<(), tokio_postgres::Error> {
     // One INSERT for the whole group, from arrays.
-    let mut cols = Columns::default();
-    for (r, o) in group.iter().zip(outcomes) {
-        let (true, Ok(res)) = (o.appended, &o.result) else { continue };
-        let first_position = res.position + 1 - r.events.len() as u64;
-        for (i, e) in r.events.iter().enumerate() {
-            cols.push(&r.tenant, &r.stream, e, res.first_version + i as u64, first_position + i as u64, ingest_time);
-        }
-    }
+    let cols = Columns::of(group, outcomes, ingest_time);
     if cols.position.is_empty() {
         client.batch_execute("COMMIT").await?;
     } else {
@@ -1177,6 +1163,19 @@ impl Columns {
             &self.event_time, &self.ingest_time, &self.source, &self.causation_id, &self.correlation_id, &self.actor,
             &self.data, &self.metadata,
         ]
+    }
+
+    /// The rows of a group's appended requests, at the positions their outcomes give.
+    fn of(group: &[Request], outcomes: &[Outcome], ingest_time: chrono::DateTime<Utc>) -> Columns {
+        let mut cols = Columns::default();
+        for (r, o) in group.iter().zip(outcomes) {
+            let (true, Ok(res)) = (o.appended, &o.result) else { continue };
+            let first_position = res.position + 1 - r.events.len() as u64;
+            for (i, e) in r.events.iter().enumerate() {
+                cols.push(&r.tenant, &r.stream, e, res.first_version + i as u64, first_position + i as u64, ingest_time);
+            }
+        }
+        cols
     }
 
     fn push(&mut self, tenant: &str, stream: &str, e: &NewEvent, version: u64, position: u64, ingest_time: chrono::DateTime<Utc>) {

@@ -194,8 +194,9 @@ pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Ar
                     gate.set(0);
                 }
                 Err(_) => {
+                    // What was renewed in time counts; a shard not renewed for two thirds of
+                    // its lease stops below.
                     tracing::warn!("automation: renewing the leases did not answer in time");
-                    gate.set(0);
                 }
             }
             for (s, ok) in last_ok.iter().enumerate() {
@@ -220,12 +221,13 @@ async fn renew_round(
     leases.lease(&format!("node/{holder}"), holder, TTL, 0).await?;
     let nodes = leases.live("node/").await?.max(1);
     let fair = SHARDS.div_ceil(nodes);
-    for (s, ok) in last_ok.iter_mut().enumerate() {
-        if gate.shards() & (1 << s) == 0 {
-            continue;
-        }
-        match leases.lease(&lease_name(s), holder, TTL, gate.progress(s)).await? {
-            Some(_) => *ok = Some(asked),
+    // The shards held, renewed side by side (a round must stay well inside a third of a lease).
+    let held: Vec<usize> = (0..SHARDS).filter(|s| gate.shards() & (1 << s) != 0).collect();
+    let names: Vec<String> = held.iter().map(|&s| lease_name(s)).collect();
+    let renewed = futures_util::future::join_all(held.iter().zip(&names).map(|(&s, name)| leases.lease(name, holder, TTL, gate.progress(s)))).await;
+    for (&s, r) in held.iter().zip(renewed) {
+        match r? {
+            Some(_) => last_ok[s] = Some(asked),
             None => gate.drop_shard(s),
         }
     }
@@ -233,25 +235,28 @@ async fn renew_round(
     if held.len() > fair {
         return Ok(Some(held[fair..].to_vec()));
     }
+    // Free ones up to the fair share, as many at a time as are missing.
     let mut caught_up = false;
-    for (s, ok) in last_ok.iter_mut().enumerate() {
-        if gate.shards().count_ones() as usize >= fair {
-            break;
+    let mut candidates = (0..SHARDS).filter(|s| gate.shards() & (1 << s) == 0).collect::<Vec<_>>().into_iter();
+    loop {
+        let missing = fair.saturating_sub(gate.shards().count_ones() as usize);
+        let batch: Vec<usize> = candidates.by_ref().take(missing).collect();
+        if batch.is_empty() {
+            return Ok(None);
         }
-        if gate.shards() & (1 << s) != 0 {
-            continue;
-        }
-        if let Some(progress) = leases.lease(&lease_name(s), holder, TTL, start).await? {
+        let names: Vec<String> = batch.iter().map(|&s| lease_name(s)).collect();
+        let taken = futures_util::future::join_all(names.iter().map(|name| leases.lease(name, holder, TTL, start))).await;
+        for (&s, r) in batch.iter().zip(taken) {
+            let Some(progress) = r? else { continue };
             if !caught_up {
                 app.store().sync().await?;
                 caught_up = true;
             }
             tracing::info!(%holder, shard = s, from = progress, "automation: this node took a shard");
-            *ok = Some(asked);
+            last_ok[s] = Some(asked);
             gate.take(s, progress);
         }
     }
-    Ok(None)
 }
 
 /// Hands the work over on a clean stop: stops renewing, closes the gate, lets the deliveries
