@@ -89,7 +89,12 @@ pub async fn run_server(
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
         every.tick().await;
         loop {
-            every.tick().await;
+            // At once after an erasure (on any node): the checkpoint is rewritten under a new
+            // key and the one that sealed the person's data destroyed.
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = ticker_app.erasures.wake.notified() => {}
+            }
             let a = ticker_app.clone();
             match tokio::task::spawn_blocking(move || a.checkpoint()).await {
                 Ok(Ok(pos)) => tracing::debug!(position = pos, "checkpoint written"),

@@ -164,6 +164,18 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
     assert!(!c.db.dump().contains("zelda.quux"), "the database holds the e-mail sealed only");
     let streams = ["customer-c-zelda"];
     assert!(c.db.scalar(&slots_named_by("acme", &streams)) >= 1);
+    // Node B's views are checkpointed to its folder (here at a clean stop), the person in them.
+    sigterm(&mut b_server);
+    let checkpoint = c.folders[1].join("projections.json");
+    let b_key = chronicle_projections::sealed_key_name(&checkpoint).expect("node B's checkpoint is sealed");
+    let (restarted, b) = c.serve(1, &[]);
+    b_server = restarted;
+    let key_rows = |name: &str| {
+        let digest = chronicle_privacy::keystore::owner_digest("_system", name);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        c.db.scalar(&format!("SELECT count(*) FROM keys WHERE owner = '\\x{hex}'::bytea"))
+    };
+    assert_eq!(key_rows(&b_key), 1, "node B's checkpoint key is in the database");
 
     let (status, erased) = send(&agent, "DELETE", &format!("{a}/v1/customers/c-zelda"), &c.key, &json!({}));
     assert_eq!(status, 200, "{erased}");
@@ -173,6 +185,11 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
     wait_until("node B forgetting the erased person's key", Duration::from_secs(5), || {
         !get(&agent, &format!("{b}/v1/events?limit=1000"), &c.key).1.to_string().contains("+15550001234")
     });
+    // And node B, having applied the erasure, rewrites its checkpoint under a new key and
+    // destroys the one that sealed the person's data.
+    wait_until("node B rotating its checkpoint key", Duration::from_secs(5), || key_rows(&b_key) == 0);
+    let rotated = chronicle_projections::sealed_key_name(&checkpoint).expect("still sealed");
+    assert_ne!(rotated, b_key);
     for url in [&a, &b] {
         let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &c.key);
         assert_eq!(profile["status"], "erased", "{profile}");

@@ -44,6 +44,15 @@ pub struct Metrics {
     pub checkpoints: AtomicU64,
 }
 
+/// Erasures the views applied (counted by the commit hook), and how many the checkpoint's key
+/// rotations cover. `wake` tells the checkpoint writer at once.
+#[derive(Default)]
+pub struct Erasures {
+    applied: AtomicU64,
+    sealed: AtomicU64,
+    pub wake: tokio::sync::Notify,
+}
+
 pub struct App {
     store: Arc<dyn EventStore>,
     views: Arc<RwLock<Projections>>,
@@ -70,6 +79,10 @@ pub struct App {
     /// and the checkpoint's key. `None` over a store that does not seal (tests, benchmarks).
     keys: Option<Arc<dyn Keys>>,
     checkpoint_keys: Option<CheckpointKeys>,
+    /// Erasures the views applied, whichever node erased (see [`App::checkpoint`]).
+    pub erasures: Arc<Erasures>,
+    /// One checkpoint written at a time (a key rotation must not cross another's write).
+    checkpointing: std::sync::Mutex<()>,
     pub metrics: Metrics,
 }
 
@@ -147,6 +160,8 @@ impl App {
         let left = Arc::new(AtomicU64::new(0));
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (hook_left, hook_started) = (left.clone(), started.clone());
+        let erasures = Arc::new(Erasures::default());
+        let hook_erasures = erasures.clone();
         store.set_commit_hook(Arc::new(move |evs: &[Committed<'_>]| {
             let mut v = hook_views.write().expect("views lock");
             for c in evs {
@@ -166,6 +181,10 @@ impl App {
                     event_time: c.event_time,
                 };
                 v.apply_lazy(head, || Ok::<_, std::convert::Infallible>(c.envelope()));
+                if c.event_type == "CustomerErased" {
+                    hook_erasures.applied.fetch_add(1, Ordering::SeqCst);
+                    hook_erasures.wake.notify_one();
+                }
             }
         }));
         loop {
@@ -194,6 +213,8 @@ impl App {
             sendgrid_key: Default::default(),
             keys,
             checkpoint_keys,
+            erasures,
+            checkpointing: Default::default(),
             metrics: Metrics::default(),
         });
         app.finish_erasures().await?;
@@ -209,13 +230,26 @@ impl App {
         self.views.read().expect("views lock")
     }
 
-    /// Write the views to the checkpoint file (no-op without one).
+    /// Write the views to the checkpoint file (no-op without one). When the views applied an
+    /// erasure since the last rotation — made here, or by another node over the same database —
+    /// the checkpoint is written under a new key and the old key destroyed: the checkpoints
+    /// written before (which held the person) can no longer be read.
     pub fn checkpoint(&self) -> Result<u64, AppError> {
         let Some(path) = &self.checkpoint_path else { return Ok(0) };
+        let _one = self.checkpointing.lock().expect("checkpoint lock");
+        let applied = self.erasures.applied.load(Ordering::SeqCst);
+        let rotated = match &self.checkpoint_keys {
+            Some(ck) if applied > self.erasures.sealed.load(Ordering::SeqCst) => Some(ck.rotate()),
+            _ => None,
+        };
         let mut snapshot = self.views().clone();
         snapshot.reacted = self.reacted();
         let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         chronicle_projections::save_checkpoint_sealed(path, &snapshot, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+        if let (Some(old), Some(ck)) = (rotated, &self.checkpoint_keys) {
+            ck.destroy(&old).map_err(AppError::Internal)?;
+            self.erasures.sealed.fetch_max(applied, Ordering::SeqCst);
+        }
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(snapshot.position)
     }
@@ -740,12 +774,9 @@ impl App {
                     keys_destroyed += self.store.destroy_keys(tenant, &stream).await?;
                 }
             }
-            // The checkpoint on disk still holds the person's data: replace it, under a new key.
-            if let (Some(ck), Some(_)) = (&self.checkpoint_keys, &self.checkpoint_path) {
-                let old = ck.rotate();
-                self.checkpoint()?;
-                ck.destroy(&old).map_err(AppError::Internal)?;
-            }
+            // The checkpoint on disk still holds the person's data: replaced now, under a new
+            // key (the views applied the erasure, so `checkpoint` rotates).
+            self.checkpoint()?;
         }
         Ok(Erasure {
             customer: erased,
