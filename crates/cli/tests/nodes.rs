@@ -201,9 +201,21 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
 
     // Restarted, node B builds nothing back: the keys are gone from the database.
     sigterm(&mut b_server);
-    let (_b, b) = c.serve(1, &[]);
+    let (mut b_server, b) = c.serve(1, &[]);
     assert_eq!(get(&agent, &format!("{b}/v1/customers/c-zelda"), &c.key).1["status"], "erased");
     assert!(!get(&agent, &format!("{b}/v1/events?limit=1000"), &c.key).1.to_string().contains("+15550001234"));
+
+    // An erasure while node B is down: its checkpoint held the person, so B rotates its key
+    // when it starts and applies the erasure.
+    register(&agent, &a, &c.key, "c-ivy", "ivy@example.com");
+    assert_eq!(get(&agent, &format!("{b}/v1/customers/c-ivy"), &c.key).1["email"], "ivy@example.com");
+    sigterm(&mut b_server);
+    let before = chronicle_projections::sealed_key_name(&checkpoint).expect("sealed");
+    assert_eq!(key_rows(&before), 1);
+    assert_eq!(send(&agent, "DELETE", &format!("{a}/v1/customers/c-ivy"), &c.key, &json!({})).0, 200);
+    let (_b, b) = c.serve(1, &[]);
+    wait_until("node B rotating the key of a checkpoint made before the erasure", Duration::from_secs(5), || key_rows(&before) == 0);
+    assert_eq!(get(&agent, &format!("{b}/v1/customers/c-ivy"), &c.key).1["status"], "erased");
 
     // A third node with a master key of its own, or unsealed, cannot join.
     let other = c._dir.path().join("node-other");

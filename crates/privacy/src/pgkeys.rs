@@ -193,8 +193,12 @@ impl PgKeyStore {
 
     /// Runs `f` to its end from synchronous code: on a runtime's worker thread (which it
     /// gives up meanwhile), on a blocking-pool thread, or on a thread of its own.
-    fn block<T>(&self, f: impl Future<Output = T>) -> T {
+    /// A current-thread runtime cannot give its thread up: refused there with an error.
+    fn block<T>(&self, f: impl Future<Output = Result<T, KeyError>>) -> Result<T, KeyError> {
         match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread => Err(KeyError::Database(
+                "the PostgreSQL key store waits for the database from synchronous code: it needs a multi-thread tokio runtime".into(),
+            )),
             Ok(h) => tokio::task::block_in_place(|| h.block_on(f)),
             Err(_) => self.handle.block_on(f),
         }
@@ -247,8 +251,11 @@ impl PgKeyStore {
         }
         tx.commit().await.map_err(db_err)?;
         if !deleted.is_empty() {
-            // The deleted row versions are pruned, so no SQL reaches the wrapped keys.
-            client.batch_execute("VACUUM keys").await.map_err(db_err)?;
+            // The deleted row versions are pruned, so no SQL reaches the wrapped keys. The rows
+            // are deleted whatever happens here (autovacuum prunes them later).
+            if let Err(e) = client.batch_execute("VACUUM keys").await {
+                tracing::warn!(error = %e, "vacuuming the key table after a destruction failed");
+            }
         }
         Ok(deleted)
     }
@@ -420,6 +427,10 @@ impl Keys for PgKeyStore {
             Ok::<_, KeyError>(made)
         })?;
         let mut h = self.held.lock().expect("key store lock");
+        if h.gone.contains(&slot) {
+            // Destroyed by another node since it was read.
+            return Err(KeyError::Invalid(format!("the key of {tenant}/{owner} was destroyed meanwhile")));
+        }
         h.slots.insert(slot, key.clone());
         h.owners.insert(d, slot);
         Ok(key)

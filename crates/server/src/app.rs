@@ -81,8 +81,9 @@ pub struct App {
     checkpoint_keys: Option<CheckpointKeys>,
     /// Erasures the views applied, whichever node erased (see [`App::checkpoint`]).
     pub erasures: Arc<Erasures>,
-    /// One checkpoint written at a time (a key rotation must not cross another's write).
-    checkpointing: std::sync::Mutex<()>,
+    /// One checkpoint written at a time (a key rotation must not cross another's write), and
+    /// the checkpoint keys rotated out and not yet destroyed.
+    checkpointing: std::sync::Mutex<Vec<String>>,
     pub metrics: Metrics,
 }
 
@@ -188,7 +189,7 @@ impl App {
             }
         }));
         loop {
-            catch_up(&*store, &views).await?;
+            catch_up(&*store, &views, &erasures).await?;
             let need = left.load(Ordering::SeqCst);
             if views.read().expect("views lock").position >= need {
                 break;
@@ -236,19 +237,25 @@ impl App {
     /// written before (which held the person) can no longer be read.
     pub fn checkpoint(&self) -> Result<u64, AppError> {
         let Some(path) = &self.checkpoint_path else { return Ok(0) };
-        let _one = self.checkpointing.lock().expect("checkpoint lock");
+        let mut retired = self.checkpointing.lock().expect("checkpoint lock");
         let applied = self.erasures.applied.load(Ordering::SeqCst);
-        let rotated = match &self.checkpoint_keys {
-            Some(ck) if applied > self.erasures.sealed.load(Ordering::SeqCst) => Some(ck.rotate()),
-            _ => None,
-        };
+        if let Some(ck) = &self.checkpoint_keys {
+            if applied > self.erasures.sealed.load(Ordering::SeqCst) {
+                retired.push(ck.rotate());
+                self.erasures.sealed.fetch_max(applied, Ordering::SeqCst);
+            }
+        }
         let mut snapshot = self.views().clone();
         snapshot.reacted = self.reacted();
         let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         chronicle_projections::save_checkpoint_sealed(path, &snapshot, seal).map_err(|e| AppError::Internal(e.to_string()))?;
-        if let (Some(old), Some(ck)) = (rotated, &self.checkpoint_keys) {
-            ck.destroy(&old).map_err(AppError::Internal)?;
-            self.erasures.sealed.fetch_max(applied, Ordering::SeqCst);
+        // Destroyed only once a checkpoint under the new key is written; a failure keeps the
+        // old names for the next checkpoint to destroy.
+        if let Some(ck) = &self.checkpoint_keys {
+            while let Some(old) = retired.last() {
+                ck.destroy(old).map_err(AppError::Internal)?;
+                retired.pop();
+            }
         }
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(snapshot.position)
@@ -939,7 +946,9 @@ fn validate_id(id: &str) -> Result<(), AppError> {
     }
 }
 
-async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>) -> Result<(), AppError> {
+/// Applies the log past the views' position; erasures among it are counted, so the next
+/// checkpoint rotates the key that sealed the checkpoint read at start (it held the person).
+async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>, erasures: &Erasures) -> Result<(), AppError> {
     loop {
         let after = views.read().expect("views lock").position;
         let page = store.read_all(after, 10_000).await?;
@@ -947,6 +956,12 @@ async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>) -> Result
             return Ok(());
         }
         let mut v = views.write().expect("views lock");
-        page.iter().for_each(|e| v.apply(e));
+        for e in &page {
+            v.apply(e);
+            if e.event_type == "CustomerErased" {
+                erasures.applied.fetch_add(1, Ordering::SeqCst);
+                erasures.wake.notify_one();
+            }
+        }
     }
 }

@@ -154,6 +154,10 @@ pub trait Leases: Send + Sync + 'static {
     /// Give lease `name` up now (a clean stop), so another node takes it at once.
     async fn release(&self, name: &str, holder: &str, progress: u64) -> Result<(), ReadError>;
 
+    /// Make lease `name` exist, free, with `progress` — unless it exists already. Taking a
+    /// lease then never changes its recorded progress.
+    async fn seed(&self, name: &str, progress: u64) -> Result<(), ReadError>;
+
     /// How many leases whose name starts with `prefix` are held now (not run out): the live
     /// nodes, counted by their heartbeat leases.
     async fn live(&self, prefix: &str) -> Result<usize, ReadError>;

@@ -1304,6 +1304,19 @@ impl crate::Leases for PgStore {
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
+    async fn seed(&self, name: &str, progress: u64) -> Result<(), ReadError> {
+        self.reader()
+            .await?
+            .execute(
+                "INSERT INTO leases (name, holder, expires_at, progress) VALUES ($1, '', now() - interval '1 second', $2) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name, &(progress.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(())
+    }
+
     async fn live(&self, prefix: &str) -> Result<usize, ReadError> {
         // Heartbeats of nodes gone an hour are cleared on the way (one row per process start).
         let row = self

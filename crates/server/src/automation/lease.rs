@@ -164,9 +164,10 @@ pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Ar
     let start = app.reacted();
     tokio::spawn(async move {
         let mut last_ok: Vec<Option<tokio::time::Instant>> = vec![None; SHARDS];
+        let mut seeded = false;
         loop {
             let asked = tokio::time::Instant::now();
-            let round = tokio::time::timeout(TTL / 3, renew_round((&app, start), &*leases, &gate, &holder, asked, &mut last_ok)).await;
+            let round = tokio::time::timeout(TTL / 3, renew_round((&app, start, &mut seeded), &*leases, &gate, &holder, asked, &mut last_ok)).await;
             match round {
                 Ok(Ok(Some(give_back))) => {
                     // Above the fair share: the highest shards stop at once and go back once
@@ -177,15 +178,7 @@ pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Ar
                         gate.drop_shard(s);
                     }
                     let (leases, gate, engine, holder) = (leases.clone(), gate.clone(), engine.clone(), holder.clone());
-                    tokio::spawn(async move {
-                        engine.quiesce_shards(give_back.iter().fold(0, |m, s| m | (1 << s)), TTL / 2).await;
-                        for s in give_back {
-                            if let Err(e) = leases.release(&lease_name(s), &holder, gate.progress(s)).await {
-                                tracing::warn!(error = %e, shard = s, "automation: giving a shard back failed (it runs out instead)");
-                            }
-                            tracing::info!(%holder, shard = s, "automation: this node gave a shard back");
-                        }
-                    });
+                    tokio::spawn(give_back_when_quiet(give_back, (leases, gate, engine), holder));
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
@@ -209,9 +202,36 @@ pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Ar
     })
 }
 
+/// How long a shard given back is kept (renewed, no new work started) for its deliveries in
+/// flight to finish: above a delivery's time limit, so no message is handed over twice.
+const QUIET_LIMIT: Duration = Duration::from_secs(15);
+
+/// Releases shards this node stopped working on, once their deliveries in flight are done:
+/// meanwhile their leases are renewed, so no other node takes them and sends those messages
+/// again. A shard this node has taken back meanwhile is not released.
+async fn give_back_when_quiet(shards: Vec<usize>, (leases, gate, engine): (Arc<dyn Leases>, Arc<Gate>, Arc<super::Engine>), holder: String) {
+    let mask = shards.iter().fold(0u64, |m, s| m | (1 << s));
+    let since = tokio::time::Instant::now();
+    while engine.busy(mask) && since.elapsed() < QUIET_LIMIT {
+        for &s in &shards {
+            let _ = leases.lease(&lease_name(s), &holder, TTL, gate.progress(s)).await;
+        }
+        tokio::time::sleep(TTL / 6).await;
+    }
+    for s in shards {
+        if gate.shards() & (1 << s) != 0 {
+            continue;
+        }
+        if let Err(e) = leases.release(&lease_name(s), &holder, gate.progress(s)).await {
+            tracing::warn!(error = %e, shard = s, "automation: giving a shard back failed (it runs out instead)");
+        }
+        tracing::info!(%holder, shard = s, "automation: this node gave a shard back");
+    }
+}
+
 /// One round of [`renew`]; the shards to give back, if above the fair share.
 async fn renew_round(
-    (app, start): (&App, u64),
+    (app, start, seeded): (&App, u64, &mut bool),
     leases: &dyn Leases,
     gate: &Gate,
     holder: &str,
@@ -219,6 +239,16 @@ async fn renew_round(
     last_ok: &mut [Option<tokio::time::Instant>],
 ) -> Result<Option<Vec<usize>>, chronicle_store::ReadError> {
     leases.lease(&format!("node/{holder}"), holder, TTL, 0).await?;
+    if !*seeded {
+        // Every shard's lease exists, a new one starting from this node's cursor as it
+        // started; a take then keeps the recorded progress whoever held it last (this node
+        // included, which may have stopped it at an older position than `start`).
+        let names: Vec<String> = (0..SHARDS).map(lease_name).collect();
+        for done in futures_util::future::join_all(names.iter().map(|n| leases.seed(n, start))).await {
+            done?;
+        }
+        *seeded = true;
+    }
     let nodes = leases.live("node/").await?.max(1);
     let fair = SHARDS.div_ceil(nodes);
     // The shards held, renewed side by side (a round must stay well inside a third of a lease).
@@ -245,7 +275,7 @@ async fn renew_round(
             return Ok(None);
         }
         let names: Vec<String> = batch.iter().map(|&s| lease_name(s)).collect();
-        let taken = futures_util::future::join_all(names.iter().map(|name| leases.lease(name, holder, TTL, start))).await;
+        let taken = futures_util::future::join_all(names.iter().map(|name| leases.lease(name, holder, TTL, 0))).await;
         for (&s, r) in batch.iter().zip(taken) {
             let Some(progress) = r? else { continue };
             if !caught_up {
@@ -310,6 +340,9 @@ mod tests {
         async fn live(&self, _: &str) -> Result<usize, ReadError> {
             Ok(1)
         }
+        async fn seed(&self, _: &str, _: u64) -> Result<(), ReadError> {
+            Ok(())
+        }
     }
 
     async fn node(leases: Arc<dyn Leases>, holder: &str) -> (Arc<App>, Arc<Gate>, tokio::task::JoinHandle<()>) {
@@ -362,6 +395,11 @@ mod tests {
                 row.1 = tokio::time::Instant::now() - Duration::from_secs(1);
                 row.2 = row.2.max(progress);
             }
+            Ok(())
+        }
+        async fn seed(&self, name: &str, progress: u64) -> Result<(), ReadError> {
+            let expired = tokio::time::Instant::now() - Duration::from_secs(1);
+            self.0.lock().unwrap().entry(name.to_owned()).or_insert_with(|| (String::new(), expired, progress));
             Ok(())
         }
         async fn live(&self, prefix: &str) -> Result<usize, ReadError> {
