@@ -54,6 +54,9 @@ struct Held {
     gone: HashSet<u64>,
     /// Rows without an owner when the store was opened (other nodes' pools, or a lost record).
     unowned: usize,
+    /// Bumped each time the listener (re)starts listening: a fetch whose query ran before that
+    /// may hold a key destroyed while nobody listened, so it reads again.
+    epoch: u64,
 }
 
 impl Held {
@@ -320,7 +323,11 @@ async fn listen_once(db: &Db, held: &std::sync::Weak<Mutex<Held>>) -> Result<(),
     });
     client.batch_execute(&format!("SET search_path TO {}; LISTEN {}", db.schema, channel(&db.schema))).await.map_err(db_err)?;
     let Some(h) = held.upgrade() else { return Ok(()) };
-    let mine: Vec<i64> = h.lock().expect("key store lock").slots.keys().map(|&s| s as i64).collect();
+    let mine: Vec<i64> = {
+        let mut h = h.lock().expect("key store lock");
+        h.epoch += 1;
+        h.slots.keys().map(|&s| s as i64).collect()
+    };
     drop(h);
     let rows = client.query("SELECT slot FROM keys WHERE slot = ANY($1)", &[&mine]).await.map_err(db_err)?;
     let present: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -511,17 +518,24 @@ impl Keys for PgKeyStore {
                 }
             }
         }
-        let rows = self
-            .db
-            .client()
-            .await?
-            .query(
-                "SELECT slot, master_version, wrapped FROM keys JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) \
-                 ON slot >= r.lo AND slot < r.hi",
-                &[&lo, &hi],
-            )
-            .await
-            .map_err(db_err)?;
+        let (rows, mut h) = loop {
+            let epoch = self.held.lock().expect("key store lock").epoch;
+            let rows = self
+                .db
+                .client()
+                .await?
+                .query(
+                    "SELECT slot, master_version, wrapped FROM keys JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) \
+                     ON slot >= r.lo AND slot < r.hi",
+                    &[&lo, &hi],
+                )
+                .await
+                .map_err(db_err)?;
+            let h = self.held.lock().expect("key store lock");
+            if h.epoch == epoch {
+                break (rows, h);
+            }
+        };
         let mut found = Vec::with_capacity(rows.len());
         for row in rows {
             let slot = row.get::<_, i64>(0) as u64;
@@ -534,7 +548,6 @@ impl Keys for PgKeyStore {
                 .ok_or_else(|| KeyError::Invalid("a data key in the database does not unwrap with this master key".into()))?;
             found.push((slot, key));
         }
-        let mut h = self.held.lock().expect("key store lock");
         for (slot, key) in found {
             // Destroyed while the query ran (the notification came first): stays forgotten.
             if !h.gone.contains(&slot) {

@@ -8,7 +8,8 @@
 //! **Sharing out.** Each node also renews a lease of its own (`node/<holder>`) as a heartbeat;
 //! the live ones say how many nodes there are, and each node holds its fair share
 //! (`SHARDS / nodes`, rounded up): a node above it gives its highest shards back (after the
-//! deliveries of that shard in flight finish), a node below it takes free or expired ones.
+//! deliveries of that shard in flight finish, renewing them meanwhile), a node below it takes
+//! free or expired ones.
 //! **Failing over.** A lease runs for [`TTL`] and is renewed every third of it; a node that
 //! dies (SIGKILL) stops renewing, its heartbeat and shards run out, and the others take them —
 //! within about `TTL` plus two renewals. A node stops a shard's work when its renewal fails or
