@@ -54,7 +54,7 @@ impl Storage {
         drop(closed);
         let expired = if let Some(url) = &cfg.database_url {
             let expire = PgStore::expire(url, &cfg.database_schema, expiry);
-            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(expire))
+            wait(expire)
         } else if cfg.data.join(sqlite::DB_FILE).exists() {
             SqliteStore::expire(&cfg.data, expiry)
         } else {
@@ -77,6 +77,12 @@ impl Storage {
         let path = self.checkpoint.with_file_name(COMPACTIONS_FILE);
         std::fs::write(&path, count.to_string()).with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// Runs `f` to its end from the synchronous open path, which the async commands call on a
+/// worker thread of the multi-thread runtime (given up meanwhile).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 /// The master key: `--master-key`, else `--master-key-file`, else `DATA/master.key` (made on
@@ -169,13 +175,13 @@ fn forget_views_of_expired_events(storage: &Storage, pg: &PgStore) -> anyhow::Re
 }
 
 fn schema_compactions(pg: &PgStore) -> anyhow::Result<u64> {
-    Ok(tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.compactions()))?)
+    Ok(wait(pg.compactions())?)
 }
 
 /// The keys in PostgreSQL, unless the node runs unsealed: `--seal=false`, or no `--seal` over a
 /// database whose events are not sealed. A new database is sealed, as a new folder is.
 fn database_keys(cfg: &Config, pg: &PgStore) -> anyhow::Result<Option<Arc<dyn Keys>>> {
-    let sealing = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.setting("sealing")))?;
+    let sealing = wait(pg.setting("sealing"))?;
     let seal = match (cfg.seal, sealing.as_deref()) {
         (Some(seal), _) => seal,
         (None, Some("none")) => false,
@@ -186,7 +192,7 @@ fn database_keys(cfg: &Config, pg: &PgStore) -> anyhow::Result<Option<Arc<dyn Ke
     }
     let (url, schema) = pg.location();
     let open = PgKeyStore::open(url, schema, master_key(cfg)?);
-    let keys = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(open))
+    let keys = wait(open)
         .with_context(|| format!("opening the key store in PostgreSQL (schema {schema})"))?;
     Ok(Some(Arc::new(keys)))
 }
@@ -200,7 +206,7 @@ fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
         None => "none".to_owned(),
     };
     let connect = pg.claim_setting("sealing", &mine);
-    let theirs = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))?;
+    let theirs = wait(connect)?;
     if theirs != mine {
         match (theirs.as_str(), mine.as_str()) {
             ("none", _) => bail!("this database's events are not sealed; open it with --seal=false (a data folder of its own without keys.bin)"),
@@ -249,7 +255,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     let store: Arc<dyn EventStore> = if let Some(url) = &cfg.database_url {
         // Called from the async commands: connecting waits on this worker thread.
         let connect = PgStore::connect_in(url, &cfg.database_schema);
-        let store = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(connect))
+        let store = wait(connect)
             .with_context(|| format!("opening the PostgreSQL event store (schema {})", cfg.database_schema))?;
         let store = Arc::new(store);
         pg = Some(store.clone());

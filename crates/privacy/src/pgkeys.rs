@@ -89,17 +89,17 @@ impl Db {
 }
 
 async fn connect(url: &str, schema: &str) -> Result<Client, KeyError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(db)?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(db_err)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the key store's PostgreSQL connection closed");
         }
     });
-    client.batch_execute(&format!("SET search_path TO {schema}")).await.map_err(db)?;
+    client.batch_execute(&format!("SET search_path TO {schema}")).await.map_err(db_err)?;
     Ok(client)
 }
 
-fn db(e: tokio_postgres::Error) -> KeyError {
+fn db_err(e: tokio_postgres::Error) -> KeyError {
     KeyError::Database(e.to_string())
 }
 
@@ -341,10 +341,6 @@ async fn listen_once(db: &Db, held: &std::sync::Weak<Mutex<Held>>) -> Result<(),
         h.lock().expect("key store lock").forget(&slots);
     }
     Err(KeyError::Database("the listening connection closed".into()))
-}
-
-fn db_err(e: tokio_postgres::Error) -> KeyError {
-    db(e)
 }
 
 #[async_trait]

@@ -68,28 +68,30 @@ fn open_raw_with(keys: &dyn Keys, raw: &mut RawEnvelope) {
 /// The slots that sealed values of these events name and that `keys` must fetch before they
 /// open (keys another node made); empty for a key store only this process writes.
 fn slots_to_fetch<'a>(keys: &dyn Keys, events: impl Iterator<Item = &'a EventEnvelope>) -> Vec<u64> {
-    if !keys.shared() {
-        return Vec::new();
-    }
-    let mut slots = Vec::new();
-    for e in events {
-        let rule = seal::rule(&e.event_type);
-        slots.extend(seal::sealed_parts(rule, &e.data).into_iter().filter_map(|p| crate::cipher::sealed_slot(p).flatten()));
-    }
-    slots.sort_unstable();
-    slots.dedup();
-    keys.missing(&slots)
+    missing(keys, |slots| {
+        for e in events {
+            let rule = seal::rule(&e.event_type);
+            slots.extend(seal::sealed_parts(rule, &e.data).into_iter().filter_map(|p| crate::cipher::sealed_slot(p).flatten()));
+        }
+    })
 }
 
 /// [`slots_to_fetch`] for events as stored (a text scan; the payload is not parsed).
 fn raw_slots_to_fetch(keys: &dyn Keys, raws: &[RawEnvelope]) -> Vec<u64> {
+    missing(keys, |slots| {
+        for raw in raws.iter().filter(|r| seal::rule(&r.event_type) != Rule::Clear) {
+            slots.extend(crate::cipher::slots_named(&raw.data));
+        }
+    })
+}
+
+/// The slots `named` collects that `keys` does not hold (none looked for unless it is shared).
+fn missing(keys: &dyn Keys, named: impl FnOnce(&mut Vec<u64>)) -> Vec<u64> {
     if !keys.shared() {
         return Vec::new();
     }
     let mut slots = Vec::new();
-    for raw in raws.iter().filter(|r| seal::rule(&r.event_type) != Rule::Clear) {
-        slots.extend(crate::cipher::slots_named(&raw.data));
-    }
+    named(&mut slots);
     slots.sort_unstable();
     slots.dedup();
     keys.missing(&slots)

@@ -53,6 +53,17 @@ pub struct Erasures {
     pub wake: tokio::sync::Notify,
 }
 
+impl Erasures {
+    /// The views applied an event of this type: an erasure is counted, and the checkpoint
+    /// writer woken.
+    fn note(&self, event_type: &str) {
+        if event_type == "CustomerErased" {
+            self.applied.fetch_add(1, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+}
+
 pub struct App {
     store: Arc<dyn EventStore>,
     views: Arc<RwLock<Projections>>,
@@ -182,10 +193,7 @@ impl App {
                     event_time: c.event_time,
                 };
                 v.apply_lazy(head, || Ok::<_, std::convert::Infallible>(c.envelope()));
-                if c.event_type == "CustomerErased" {
-                    hook_erasures.applied.fetch_add(1, Ordering::SeqCst);
-                    hook_erasures.wake.notify_one();
-                }
+                hook_erasures.note(c.event_type);
             }
         }));
         loop {
@@ -958,10 +966,7 @@ async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>, erasures:
         let mut v = views.write().expect("views lock");
         for e in &page {
             v.apply(e);
-            if e.event_type == "CustomerErased" {
-                erasures.applied.fetch_add(1, Ordering::SeqCst);
-                erasures.wake.notify_one();
-            }
+            erasures.note(&e.event_type);
         }
     }
 }
