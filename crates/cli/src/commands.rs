@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::storage;
 use anyhow::Context;
 use chronicle_core::customer;
-use chronicle_projections::{diff, save_checkpoint_sealed};
+use chronicle_projections::{diff, save_to, Saved};
 use chronicle_server::{maintenance, App};
 use serde_json::json;
 use std::process::ExitCode;
@@ -30,7 +30,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, au
     }
     // Over a shared database, the campaign work is shared out by tenant in leased shards (see
     // `automation::lease`); alone, this node does all of it.
-    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let holder = st.holder.clone();
     let leases = st.pg.clone().map(|pg| pg as Arc<dyn chronicle_store::Leases>);
     let (engine, leased) = start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
     run_server(&cfg, app.clone(), |addr| println!("chronicle listening on http://{addr}")).await?;
@@ -84,6 +84,20 @@ pub async fn run_server(
     // the "listening" line must shut down gracefully, not kill the process.
     let shutdown = shutdown_signal()?;
     on_ready(addr);
+    // Over a shared database one node writes the views' checkpoint (the holder of its lease,
+    // renewed here more often than checkpoints are written, so a dead holder's duty moves
+    // within seconds); alone, this node writes its own.
+    let claim_app = app.clone();
+    let claims = tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::storage::VIEWS_LEASE_RENEW);
+        loop {
+            every.tick().await;
+            let a = claim_app.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.claim_checkpoint()).await {
+                tracing::warn!(error = %e, "renewing the checkpoint's lease failed");
+            }
+        }
+    });
     let ticker_app = app.clone();
     let ticker = tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
@@ -97,7 +111,8 @@ pub async fn run_server(
             }
             let a = ticker_app.clone();
             match tokio::task::spawn_blocking(move || a.checkpoint()).await {
-                Ok(Ok(pos)) => tracing::debug!(position = pos, "checkpoint written"),
+                Ok(Ok(Some(pos))) => tracing::debug!(position = pos, "checkpoint written"),
+                Ok(Ok(None)) => tracing::debug!("checkpoint kept by another node"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "checkpoint failed"),
                 Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
             }
@@ -105,9 +120,13 @@ pub async fn run_server(
     });
     chronicle_server::serve(app.clone(), listener, shutdown).await.context("serving HTTP")?;
     ticker.abort();
+    claims.abort();
     app.audit.flush(&app).await.context("writing the audit trail")?;
-    let pos = app.checkpoint().context("writing the final checkpoint")?;
-    tracing::info!(position = pos, "stopped; checkpoint written");
+    match app.checkpoint().context("writing the final checkpoint")? {
+        Some(pos) => tracing::info!(position = pos, "stopped; checkpoint written"),
+        None => tracing::info!("stopped; the checkpoint is kept by another node"),
+    }
+    app.release_checkpoint().context("giving the checkpoint's lease up")?;
     Ok(())
 }
 
@@ -138,6 +157,7 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
     let app = st.app().await?;
     let (api_key, write_key) = app.create_tenant(name).await?;
     app.checkpoint()?;
+    app.release_checkpoint()?;
     println!("{}", json!({"tenant": name, "api_key": api_key, "write_key": write_key}));
     Ok(ExitCode::SUCCESS)
 }
@@ -160,18 +180,15 @@ pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
 /// Removes the checkpoint (a server then rebuilds its views from the log); returns the name of
 /// the key it was sealed under, to destroy once a new one is saved.
 fn drop_checkpoint(st: &storage::Storage) -> anyhow::Result<Option<String>> {
-    let old_key = chronicle_projections::sealed_key_name(&st.checkpoint);
-    match std::fs::remove_file(&st.checkpoint) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", st.checkpoint.display()))
-        }
-        _ => Ok(old_key),
-    }
+    let place = st.checkpoint();
+    place.remove().with_context(|| format!("removing the checkpoint {}", place.describe()))
 }
 
 /// Replays the whole log into fresh views and saves them as the checkpoint (sealed under a new
 /// key where crypto-shredding is on, the old one destroyed), keeping the automation engine's
 /// cursor at `reacted`. Returns the views, broken log invariants and (events, seconds, rate).
+/// Over a shared database the checkpoint is saved only while no running node keeps it (that
+/// node goes on writing its own views, which hold the same).
 async fn rebuild_checkpoint(
     st: &storage::Storage,
     label: &'static str,
@@ -184,7 +201,18 @@ async fn rebuild_checkpoint(
     let (mut fresh, problems) = (replay.projections, replay.problems);
     fresh.reacted = reacted;
     let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
-    save_checkpoint_sealed(&st.checkpoint, &fresh, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))?;
+    let place = st.checkpoint();
+    let saved = tokio::task::block_in_place(|| -> anyhow::Result<Saved> {
+        if !place.claim()? {
+            return Ok(Saved::NotMine);
+        }
+        let saved = save_to(&*place, &fresh, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))?;
+        place.release()?;
+        Ok(saved)
+    })?;
+    if saved == Saved::NotMine {
+        eprintln!("the checkpoint is kept by a running node; it was not replaced");
+    }
     if let (Some(seal), Some(old)) = (&seal, old_key) {
         seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
     }
@@ -201,7 +229,7 @@ pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCo
     let mut st = storage::open(&cfg)?;
     let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
     let live =
-        maintenance::live_views(&*st.store, &st.checkpoint, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
+        maintenance::live_views(&*st.store, &*st.checkpoint(), seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
             .await?;
     let started = std::time::Instant::now();
     let plan = chronicle_server::retention::plan(&*st.store, &live, chrono::Utc::now()).await?;
@@ -224,7 +252,6 @@ pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCo
     let done = st.expire(&cfg, &expiry)?;
     let compacted = started.elapsed().as_secs_f64();
     let (_, problems, _) = rebuild_checkpoint(&st, "rebuild", old_key, live.reacted).await?;
-    st.views_follow_compactions()?;
     for p in &problems {
         eprintln!("{p}");
     }
@@ -256,6 +283,7 @@ pub async fn retention(args: &StorageArgs, tenant: &str, change: Option<(String,
         None => {}
     }
     app.checkpoint()?;
+    app.release_checkpoint()?;
     let v = chronicle_server::retention::policies(&app, tenant);
     println!("{}", json!({"tenant": tenant, "policies": v.policies, "compactions": v.runs}));
     Ok(ExitCode::SUCCESS)
@@ -267,7 +295,7 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     // The live views: what a server would run on (checkpoint plus the log's tail).
     let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
     let live =
-        maintenance::live_views(&*st.store, &st.checkpoint, seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
+        maintenance::live_views(&*st.store, &*st.checkpoint(), seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
             .await?;
     let mut progress = Progress::new("verify", Some(st.store.head().await?));
     let replay = maintenance::replay(&st.store, |n| progress.add(n)).await?;

@@ -1,12 +1,14 @@
 //! Opening the configured storage: the embedded store in a data folder, locked to this
 //! process (a second process would break the single writer's position sequence and the
-//! inline projections), plus the projection checkpoint's path.
+//! inline projections), plus where the projection checkpoint is kept.
 //!
 //! New folders get the append-only log (`LogStore`, the default since it commits several
 //! times faster; ADR 0001); a folder that already holds an `events.sqlite` keeps SQLite. With
 //! `--database-url` the events live in PostgreSQL (`PgStore`), shared by every node over it, and
-//! so do the keys of crypto-shredding (`PgKeyStore`; every node needs the same master key); each
-//! node's data folder still holds its lock and its views' checkpoint. The database records how
+//! so do the keys of crypto-shredding (`PgKeyStore`; every node needs the same master key) and
+//! the views' checkpoint ([`PgCheckpoint`]: one for every node, written by the holder of its
+//! lease); each node's data folder holds only its lock (and the master key, unless it is kept
+//! elsewhere). The database records how
 //! its events are sealed, and a node that does not match is refused. (A database first sealed by
 //! one folder's key file, before the keys moved into PostgreSQL, stays with that one node.)
 
@@ -16,6 +18,7 @@ use chronicle_store::log::LogStore;
 use chronicle_store::postgres::PgStore;
 use chronicle_store::sqlite::{self, SqliteStore};
 use chronicle_privacy::{KeyStore, Keys, MasterKey, PgKeyStore, SealedStore};
+use chronicle_projections::{CheckpointError, CheckpointFile, CheckpointPlace, Saved};
 use chronicle_server::App;
 use chronicle_store::expire::{Expired, Expiry};
 use chronicle_store::EventStore;
@@ -26,7 +29,10 @@ use std::sync::Arc;
 pub struct Storage {
     /// The event store, sealing personal data (see `chronicle_privacy`).
     pub store: Arc<dyn EventStore>,
-    pub checkpoint: PathBuf,
+    /// The checkpoint file of a node that keeps its own (no `--database-url`).
+    checkpoint: PathBuf,
+    /// This process among the nodes over one database (the holder named in its leases).
+    pub holder: String,
     /// With crypto-shredding on (`--seal`, or a folder that has `keys.bin`).
     pub keys: Option<Arc<dyn Keys>>,
     /// The PostgreSQL store under `store`, when `--database-url` (leases for shared work).
@@ -37,9 +43,19 @@ pub struct Storage {
 impl Storage {
     /// The application over this storage (views from the sealed checkpoint plus the log).
     pub async fn app(&self) -> anyhow::Result<Arc<App>> {
-        App::start_sealed(self.store.clone(), Some(self.checkpoint.clone()), self.keys.clone())
+        App::start_at(self.store.clone(), Some(self.checkpoint()), self.keys.clone())
             .await
             .context("starting the application")
+    }
+
+    /// Where the views' checkpoint is kept: the folder's file, or the row every node over the
+    /// database shares. Made anew on each call: `expire` closes the PostgreSQL store, which a
+    /// place kept beside it would hold open.
+    pub fn checkpoint(&self) -> Arc<dyn CheckpointPlace> {
+        match &self.pg {
+            Some(pg) => Arc::new(PgCheckpoint { pg: pg.clone(), holder: self.holder.clone() }),
+            None => Arc::new(CheckpointFile(self.checkpoint.clone())),
+        }
     }
 
     /// Replaces the events at `expiry.positions` with tombstones and appends its records
@@ -64,18 +80,6 @@ impl Storage {
         let (store, pg) = open_store(cfg)?;
         (self.store, self.pg) = (sealed_by(store, self.keys.as_ref()), pg);
         Ok(expired?)
-    }
-
-    /// Records that this folder's views (its checkpoint, saved after) follow every compaction
-    /// of the PostgreSQL schema so far; see [`open`].
-    pub fn views_follow_compactions(&self) -> anyhow::Result<()> {
-        let Some(pg) = &self.pg else { return Ok(()) };
-        self.note_compactions(schema_compactions(pg)?)
-    }
-
-    fn note_compactions(&self, count: u64) -> anyhow::Result<()> {
-        let path = self.checkpoint.with_file_name(COMPACTIONS_FILE);
-        std::fs::write(&path, count.to_string()).with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -143,39 +147,67 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
         _ => None,
     };
     let store = sealed_by(store, keys.as_ref());
-    let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), keys, pg, _lock: lock };
+    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), holder, keys, pg, _lock: lock };
     if let Some(pg) = &storage.pg {
         claim_sealing(pg, &*storage.store)?;
-        forget_views_of_expired_events(&storage, pg)?;
     }
     Ok(storage)
 }
 
-/// Where a node over PostgreSQL notes how many compactions of the schema its views follow.
-const COMPACTIONS_FILE: &str = "compactions";
+/// The lease of the shared checkpoint: its holder writes it.
+const VIEWS_LEASE: &str = "views";
+/// How long the checkpoint's lease lasts unrenewed: a node renews it every
+/// [`VIEWS_LEASE_RENEW`], so a dead holder's duty moves within this.
+pub const VIEWS_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(6);
+pub const VIEWS_LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A node's views are saved in its own folder: when the schema was compacted since (by
-/// `chronicle compact` on another folder), they still hold the expired events, so the
-/// checkpoint is dropped and the views are built again from the compacted log.
-fn forget_views_of_expired_events(storage: &Storage, pg: &PgStore) -> anyhow::Result<()> {
-    let count = schema_compactions(pg)?;
-    let path = storage.checkpoint.with_file_name(COMPACTIONS_FILE);
-    let seen: u64 = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
-    if seen == count {
-        return Ok(());
-    }
-    tracing::warn!(compactions = count, seen, "the PostgreSQL schema was compacted since this folder's views were saved; building them again");
-    match std::fs::remove_file(&storage.checkpoint) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", storage.checkpoint.display()));
-        }
-        _ => {}
-    }
-    storage.note_compactions(count)
+/// The views' checkpoint in PostgreSQL, one for every node over the schema (table
+/// `checkpoints`). Every node keeps its views in memory (ADR 0002) and starts from this
+/// checkpoint; only the holder of lease `views` writes it, so the nodes do not each serialise
+/// and store the same views, and a dead holder's duty moves to another node within
+/// [`VIEWS_LEASE_TTL`]. The lease is checked by the same statement that writes.
+pub struct PgCheckpoint {
+    pg: Arc<PgStore>,
+    holder: String,
 }
 
-fn schema_compactions(pg: &PgStore) -> anyhow::Result<u64> {
-    Ok(wait(pg.compactions())?)
+impl PgCheckpoint {
+    fn block<T>(&self, f: impl std::future::Future<Output = Result<T, chronicle_store::ReadError>>) -> Result<T, CheckpointError> {
+        wait(f).map_err(|e| CheckpointError::Place { path: self.describe(), message: e.to_string() })
+    }
+}
+
+impl CheckpointPlace for PgCheckpoint {
+    fn describe(&self) -> String {
+        format!("table {}.checkpoints", self.pg.location().1)
+    }
+
+    fn read(&self) -> Result<Option<Vec<u8>>, CheckpointError> {
+        self.block(self.pg.read_checkpoint(VIEWS_LEASE))
+    }
+
+    fn claim(&self) -> Result<bool, CheckpointError> {
+        use chronicle_store::Leases;
+        Ok(self.block(self.pg.lease(VIEWS_LEASE, &self.holder, VIEWS_LEASE_TTL, 0))?.is_some())
+    }
+
+    fn release(&self) -> Result<(), CheckpointError> {
+        use chronicle_store::Leases;
+        self.block(self.pg.release(VIEWS_LEASE, &self.holder, 0))
+    }
+
+    fn write(&self, position: u64, bytes: &[u8]) -> Result<Saved, CheckpointError> {
+        let written = self.block(self.pg.write_checkpoint(VIEWS_LEASE, VIEWS_LEASE, &self.holder, position, bytes))?;
+        Ok(match written {
+            Some(replaced) => Saved::Written { replaced_key: replaced.as_deref().and_then(chronicle_projections::key_of) },
+            None => Saved::NotMine,
+        })
+    }
+
+    fn remove(&self) -> Result<Option<String>, CheckpointError> {
+        Ok(self.block(self.pg.remove_checkpoint(VIEWS_LEASE))?.as_deref().and_then(chronicle_projections::key_of))
+    }
 }
 
 /// The keys in PostgreSQL, unless the node runs unsealed: `--seal=false`, or no `--seal` over a

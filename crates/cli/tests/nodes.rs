@@ -46,6 +46,13 @@ impl Cluster {
         all
     }
 
+    /// The name of the key the shared views' checkpoint is sealed with (its second line).
+    fn checkpoint_key(&self) -> Option<String> {
+        self.db
+            .first::<String>("SELECT split_part(encode(substring(body FROM 1 FOR 256), 'escape'), E'\\n', 2) FROM checkpoints WHERE name = 'views'")
+            .filter(|k| !k.is_empty())
+    }
+
     fn serve(&self, node: usize, extra: &[&str]) -> (Server, String) {
         let mut args = self.args(&["serve"]);
         args.extend(extra);
@@ -164,10 +171,11 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
     assert!(!c.db.dump().contains("zelda.quux"), "the database holds the e-mail sealed only");
     let streams = ["customer-c-zelda"];
     assert!(c.db.scalar(&slots_named_by("acme", &streams)) >= 1);
-    // Node B's views are checkpointed to its folder (here at a clean stop), the person in them.
+    // The views are checkpointed once for every node, in the database (here at B's clean stop
+    // when B keeps the checkpoint, else at A's next one), the person in them.
     sigterm(&mut b_server);
-    let checkpoint = c.folders[1].join("projections.json");
-    let b_key = chronicle_projections::sealed_key_name(&checkpoint).expect("node B's checkpoint is sealed");
+    wait_until("the shared checkpoint", Duration::from_secs(15), || c.checkpoint_key().is_some());
+    let b_key = c.checkpoint_key().expect("the shared checkpoint is sealed");
     let (restarted, b) = c.serve(1, &[]);
     b_server = restarted;
     let key_rows = |name: &str| {
@@ -175,7 +183,7 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         c.db.scalar(&format!("SELECT count(*) FROM keys WHERE owner = '\\x{hex}'::bytea"))
     };
-    assert_eq!(key_rows(&b_key), 1, "node B's checkpoint key is in the database");
+    assert_eq!(key_rows(&b_key), 1, "the checkpoint's key is in the database");
 
     let (status, erased) = send(&agent, "DELETE", &format!("{a}/v1/customers/c-zelda"), &c.key, &json!({}));
     assert_eq!(status, 200, "{erased}");
@@ -185,10 +193,10 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
     wait_until("node B forgetting the erased person's key", Duration::from_secs(5), || {
         !get(&agent, &format!("{b}/v1/events?limit=1000"), &c.key).1.to_string().contains("+15550001234")
     });
-    // And node B, having applied the erasure, rewrites its checkpoint under a new key and
-    // destroys the one that sealed the person's data.
-    wait_until("node B rotating its checkpoint key", Duration::from_secs(5), || key_rows(&b_key) == 0);
-    let rotated = chronicle_projections::sealed_key_name(&checkpoint).expect("still sealed");
+    // And the node that keeps the checkpoint, having applied the erasure, rewrites it under a
+    // new key and destroys the one that sealed the person's data.
+    wait_until("the checkpoint's key rotated", Duration::from_secs(5), || key_rows(&b_key) == 0);
+    let rotated = c.checkpoint_key().expect("still sealed");
     assert_ne!(rotated, b_key);
     for url in [&a, &b] {
         let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &c.key);
@@ -205,16 +213,20 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
     assert_eq!(get(&agent, &format!("{b}/v1/customers/c-zelda"), &c.key).1["status"], "erased");
     assert!(!get(&agent, &format!("{b}/v1/events?limit=1000"), &c.key).1.to_string().contains("+15550001234"));
 
-    // An erasure while node B is down: its checkpoint held the person, so B rotates its key
-    // when it starts and applies the erasure.
+    // An erasure while node B is down: A keeps the checkpoint now (B's lease ran out or was
+    // given up) and rotates its key; B starts from it and shows the person erased.
     register(&agent, &a, &c.key, "c-ivy", "ivy@example.com");
     assert_eq!(get(&agent, &format!("{b}/v1/customers/c-ivy"), &c.key).1["email"], "ivy@example.com");
     sigterm(&mut b_server);
-    let before = chronicle_projections::sealed_key_name(&checkpoint).expect("sealed");
+    let head = c.db.scalar("SELECT max(position) FROM events");
+    wait_until("a checkpoint that holds c-ivy", Duration::from_secs(20), || {
+        c.db.scalar(&format!("SELECT count(*) FROM checkpoints WHERE position >= {head}")) == 1
+    });
+    let before = c.checkpoint_key().expect("sealed");
     assert_eq!(key_rows(&before), 1);
     assert_eq!(send(&agent, "DELETE", &format!("{a}/v1/customers/c-ivy"), &c.key, &json!({})).0, 200);
+    wait_until("node A rotating the key of a checkpoint made before the erasure", Duration::from_secs(5), || key_rows(&before) == 0);
     let (_b, b) = c.serve(1, &[]);
-    wait_until("node B rotating the key of a checkpoint made before the erasure", Duration::from_secs(5), || key_rows(&before) == 0);
     assert_eq!(get(&agent, &format!("{b}/v1/customers/c-ivy"), &c.key).1["status"], "erased");
 
     // A third node with a master key of its own, or unsealed, cannot join.
@@ -230,6 +242,45 @@ fn an_erasure_on_one_node_shreds_the_keys_that_every_node_holds() {
     let out = chronicle(&other, &c.args(&["verify", "--seal=false"]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("events are sealed"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The nodes' views are checkpointed once, by the node that holds the checkpoint's lease; when
+/// that node dies, the survivor takes the lease over and checkpoints in its place.
+#[test]
+fn one_node_checkpoints_the_views_and_a_survivor_takes_it_over() {
+    let Some(c) = cluster(3) else { return };
+    let (first, first_url) = c.serve(0, &[]);
+    let (second, second_url) = c.serve(1, &[]);
+    let agent = agent();
+    let written = |url: &str| -> u64 {
+        let metrics = agent.get(format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("chronicle_checkpoints_total ")).expect("the checkpoint counter");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    register(&agent, &first_url, &c.key, "c-1", "one@example.com");
+    // The first checkpoint comes within one period (10 s) of the lease being taken.
+    wait_until("a shared checkpoint", Duration::from_secs(15), || written(&first_url) + written(&second_url) > 0);
+    let ((mut keeper, keeper_url), (_other, other_url)) =
+        if written(&first_url) > 0 { ((first, first_url), (second, second_url)) } else { ((second, second_url), (first, first_url)) };
+    // Another period: still only the keeper writes.
+    std::thread::sleep(Duration::from_secs(11));
+    assert!(written(&keeper_url) >= 2, "the keeper checkpoints every period");
+    assert_eq!(written(&other_url), 0, "the other node leaves the checkpoint to the keeper");
+
+    keeper.kill().unwrap();
+    keeper.wait().unwrap();
+    register(&agent, &other_url, &c.key, "c-2", "two@example.com");
+    let head = c.db.scalar("SELECT max(position) FROM events");
+    let killed = Instant::now();
+    // The lease runs out (6 s) and the survivor writes at its next period (10 s).
+    wait_until("the survivor checkpointing", Duration::from_secs(25), || written(&other_url) > 0);
+    assert!(c.db.scalar(&format!("SELECT count(*) FROM checkpoints WHERE position >= {head}")) == 1);
+    eprintln!("the survivor checkpointed {:?} after the kill", killed.elapsed());
+    // A node that joins starts from that checkpoint and reads both customers.
+    let (_third, third) = c.serve(2, &[]);
+    for id in ["c-1", "c-2"] {
+        assert_eq!(get(&agent, &format!("{third}/v1/customers/{id}"), &c.key).0, 200);
+    }
 }
 
 #[test]

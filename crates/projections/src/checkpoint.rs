@@ -1,10 +1,12 @@
-//! The checkpoint file: the whole projection state with the position it reflects, written
-//! atomically (temp file, fsync, rename), so a restart resumes from it instead of replaying
-//! the whole log.
+//! The projection checkpoint: the whole projection state with the position it reflects, so a
+//! restart resumes from it instead of replaying the whole log. How it is encoded (JSON, sealed
+//! or not) is decided here; where it is kept is a [`CheckpointPlace`]: a file of the node's data
+//! folder ([`CheckpointFile`], written atomically: temp file, fsync, rename), or a row that every
+//! node over one PostgreSQL database shares (implemented where the database is reached).
 
 use crate::Projections;
-use std::io::Write;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -16,50 +18,112 @@ pub enum CheckpointError {
     Sealed { path: String, key: String },
     #[error("sealing the checkpoint: {0}")]
     Seal(String),
+    #[error("checkpoint {path}: {message}")]
+    Place { path: String, message: String },
 }
 
-/// Encryption of the checkpoint file (the views hold personal data): `seal` names the key it
-/// used, `open` is given that name back.
+/// Encryption of the checkpoint (the views hold personal data): `seal` names the key it used,
+/// `open` is given that name back.
 pub trait CheckpointSeal: Send + Sync {
     fn seal(&self, plain: &[u8]) -> Result<(String, Vec<u8>), String>;
     fn open(&self, key: &str, sealed: &[u8]) -> Option<Vec<u8>>;
 }
 
-const SEALED_MAGIC: &[u8] = b"CHRONICLE-SEALED-CHECKPOINT\n";
-
-/// Load the checkpoint at `path`; a missing file is an empty state at position 0.
-pub fn load_checkpoint(path: &Path) -> Result<Projections, CheckpointError> {
-    load_checkpoint_sealed(path, None)
+/// What a write of the checkpoint did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Written; the checkpoint it replaced was sealed under `replaced_key` (to destroy when it
+    /// is not the key just used).
+    Written { replaced_key: Option<String> },
+    /// Not written: another process keeps this checkpoint now (the holder of its lease).
+    NotMine,
 }
 
-/// Load a checkpoint that may be sealed (see [`CheckpointSeal`]).
-pub fn load_checkpoint_sealed(path: &Path, seal: Option<&dyn CheckpointSeal>) -> Result<Projections, CheckpointError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Projections::new()),
-        Err(source) => return Err(CheckpointError::Io { path: path.display().to_string(), source }),
-    };
+/// Where the checkpoint is kept. Every method is blocking (a file, or a database reached from a
+/// blocking thread).
+pub trait CheckpointPlace: Send + Sync {
+    /// For messages: the file's path, or the database's table.
+    fn describe(&self) -> String;
+    /// The stored checkpoint, `None` when there is none.
+    fn read(&self) -> Result<Option<Vec<u8>>, CheckpointError>;
+    /// Whether this process keeps the checkpoint now (takes or renews its lease where it is
+    /// shared); a process that does not leaves writing to the one that does.
+    fn claim(&self) -> Result<bool, CheckpointError> {
+        Ok(true)
+    }
+    /// Give the checkpoint up now (a clean stop), so another node keeps it at once.
+    fn release(&self) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+    /// Replace the stored checkpoint with `bytes` (views at `position`), atomically: a crash
+    /// leaves the old or the new one.
+    fn write(&self, position: u64, bytes: &[u8]) -> Result<Saved, CheckpointError>;
+    /// Remove the stored checkpoint (a process then rebuilds its views from the log); returns
+    /// the name of the key it was sealed under.
+    fn remove(&self) -> Result<Option<String>, CheckpointError>;
+}
+
+const SEALED_MAGIC: &[u8] = b"CHRONICLE-SEALED-CHECKPOINT\n";
+
+/// The name of the key sealed checkpoint bytes name (from their head), if they are sealed.
+pub fn key_of(bytes: &[u8]) -> Option<String> {
+    let rest = bytes.strip_prefix(SEALED_MAGIC)?;
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    Some(String::from_utf8_lossy(&rest[..nl]).into_owned())
+}
+
+/// The views as checkpoint bytes: JSON, sealed when `seal` is given.
+pub fn encode(p: &Projections, seal: Option<&dyn CheckpointSeal>) -> Result<Vec<u8>, CheckpointError> {
+    let json = serde_json::to_vec(p).expect("projections always serialize");
+    let Some(s) = seal else { return Ok(json) };
+    let (key, sealed) = s.seal(&json).map_err(CheckpointError::Seal)?;
+    let mut out = Vec::with_capacity(SEALED_MAGIC.len() + key.len() + 1 + sealed.len());
+    out.extend_from_slice(SEALED_MAGIC);
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// The views from checkpoint bytes read from `place` (named in errors).
+pub fn decode(bytes: &[u8], seal: Option<&dyn CheckpointSeal>, place: &str) -> Result<Projections, CheckpointError> {
+    let opened;
     let plain = match bytes.strip_prefix(SEALED_MAGIC) {
         Some(rest) => {
             let nl = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
             let key = String::from_utf8_lossy(&rest[..nl]).into_owned();
             let body = rest.get(nl + 1..).unwrap_or_default();
             match seal.and_then(|s| s.open(&key, body)) {
-                Some(p) => p,
-                None => return Err(CheckpointError::Sealed { path: path.display().to_string(), key }),
+                Some(p) => {
+                    opened = p;
+                    &opened[..]
+                }
+                None => return Err(CheckpointError::Sealed { path: place.into(), key }),
             }
         }
         None => bytes,
     };
-    serde_json::from_slice(&plain)
-        .map_err(|source| CheckpointError::Corrupt { path: path.display().to_string(), source })
+    serde_json::from_slice(plain).map_err(|source| CheckpointError::Corrupt { path: place.into(), source })
+}
+
+/// Load the checkpoint kept at `place`; none is an empty state at position 0.
+pub fn load_from(place: &dyn CheckpointPlace, seal: Option<&dyn CheckpointSeal>) -> Result<Projections, CheckpointError> {
+    match place.read()? {
+        Some(bytes) => decode(&bytes, seal, &place.describe()),
+        None => Ok(Projections::new()),
+    }
+}
+
+/// Save the views to `place`, sealed when `seal` is given.
+pub fn save_to(place: &dyn CheckpointPlace, p: &Projections, seal: Option<&dyn CheckpointSeal>) -> Result<Saved, CheckpointError> {
+    place.write(p.position, &encode(p, seal)?)
 }
 
 /// What a process resumes from: the checkpoint, or fresh views (to be rebuilt from the log) when
 /// it cannot be used — sealed with a key that is gone (an erasure rotated it before the next
 /// checkpoint was written), or of an older read-model version — with the reason.
-pub fn resume_from(path: &Path, seal: Option<&dyn CheckpointSeal>) -> Result<(Projections, Option<String>), CheckpointError> {
-    match load_checkpoint_sealed(path, seal) {
+pub fn resume_from(place: &dyn CheckpointPlace, seal: Option<&dyn CheckpointSeal>) -> Result<(Projections, Option<String>), CheckpointError> {
+    match load_from(place, seal) {
         Ok(p) if p.models != crate::MODELS => Ok((
             Projections::new(),
             Some(format!("the checkpoint holds read models of version {}, this build has {}", p.models, crate::MODELS)),
@@ -70,46 +134,73 @@ pub fn resume_from(path: &Path, seal: Option<&dyn CheckpointSeal>) -> Result<(Pr
     }
 }
 
-/// The name of the key a checkpoint file is sealed with, if the file exists and is sealed.
-pub fn sealed_key_name(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let rest = bytes.strip_prefix(SEALED_MAGIC)?;
-    let nl = rest.iter().position(|b| *b == b'\n')?;
-    Some(String::from_utf8_lossy(&rest[..nl]).into_owned())
+/// The checkpoint as a file of the node's data folder.
+#[derive(Debug, Clone)]
+pub struct CheckpointFile(pub PathBuf);
+
+impl CheckpointFile {
+    fn io(&self) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+        |source| CheckpointError::Io { path: self.0.display().to_string(), source }
+    }
+
+    /// The key named by the file's head (read alone: the file may be large).
+    fn stored_key(&self) -> Option<String> {
+        let mut head = Vec::with_capacity(256);
+        std::fs::File::open(&self.0).ok()?.take(256).read_to_end(&mut head).ok()?;
+        key_of(&head)
+    }
 }
 
-/// Write the checkpoint atomically: a crash leaves either the old or the new file.
-pub fn save_checkpoint(path: &Path, p: &Projections) -> Result<(), CheckpointError> {
-    save_checkpoint_sealed(path, p, None)
-}
+impl CheckpointPlace for CheckpointFile {
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
 
-/// Write the checkpoint atomically, sealed when `seal` is given.
-pub fn save_checkpoint_sealed(path: &Path, p: &Projections, seal: Option<&dyn CheckpointSeal>) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.display().to_string(), source };
-    let tmp = path.with_extension("tmp");
-    let json = serde_json::to_vec(p).expect("projections always serialize");
-    let bytes = match seal {
-        Some(s) => {
-            let (key, sealed) = s.seal(&json).map_err(CheckpointError::Seal)?;
-            let mut out = Vec::with_capacity(SEALED_MAGIC.len() + key.len() + 1 + sealed.len());
-            out.extend_from_slice(SEALED_MAGIC);
-            out.extend_from_slice(key.as_bytes());
-            out.push(b'\n');
-            out.extend_from_slice(&sealed);
-            out
-        }
-        None => json,
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+    fn read(&self) -> Result<Option<Vec<u8>>, CheckpointError> {
+        match std::fs::read(&self.0) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io()(e)),
         }
     }
-    Ok(())
+
+    fn write(&self, _position: u64, bytes: &[u8]) -> Result<Saved, CheckpointError> {
+        let replaced_key = self.stored_key();
+        let tmp = self.0.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(self.io())?;
+        f.write_all(bytes).map_err(self.io())?;
+        f.sync_all().map_err(self.io())?;
+        drop(f);
+        std::fs::rename(&tmp, &self.0).map_err(self.io())?;
+        if let Some(dir) = self.0.parent() {
+            // Make the rename itself durable.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(Saved::Written { replaced_key })
+    }
+
+    fn remove(&self) -> Result<Option<String>, CheckpointError> {
+        let key = self.stored_key();
+        match std::fs::remove_file(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io()(e)),
+            _ => Ok(key),
+        }
+    }
+}
+
+/// Load the checkpoint file at `path`; a missing file is an empty state at position 0.
+pub fn load_checkpoint(path: &Path) -> Result<Projections, CheckpointError> {
+    load_from(&CheckpointFile(path.to_owned()), None)
+}
+
+/// Write the checkpoint file atomically: a crash leaves either the old or the new file.
+pub fn save_checkpoint(path: &Path, p: &Projections) -> Result<(), CheckpointError> {
+    save_to(&CheckpointFile(path.to_owned()), p, None).map(|_| ())
+}
+
+/// The name of the key a checkpoint file is sealed with, if the file exists and is sealed.
+pub fn sealed_key_name(path: &Path) -> Option<String> {
+    CheckpointFile(path.to_owned()).stored_key()
 }

@@ -12,8 +12,8 @@ mod diff;
 pub mod retention;
 
 pub use checkpoint::{
-    load_checkpoint, load_checkpoint_sealed, resume_from, save_checkpoint, save_checkpoint_sealed, sealed_key_name,
-    CheckpointError, CheckpointSeal,
+    decode, encode, key_of, load_checkpoint, load_from, resume_from, save_checkpoint, save_to, sealed_key_name, CheckpointError,
+    CheckpointFile, CheckpointPlace, CheckpointSeal, Saved,
 };
 pub use diff::diff;
 

@@ -301,14 +301,14 @@ fn checkpoint_file_round_trips_and_missing_is_empty() {
     )]);
     save_checkpoint(&path, &p).unwrap();
     assert_eq!(load_checkpoint(&path).unwrap(), p);
-    assert_eq!(crate::resume_from(&path, None).unwrap(), (p.clone(), None));
+    assert_eq!(crate::resume_from(&crate::CheckpointFile(path.clone()), None).unwrap(), (p.clone(), None));
     // A checkpoint of an older build (no `models`: version 1) is not resumed from: read models
     // added since would miss everything before it.
     let mut old: serde_json::Value = serde_json::to_value(&p).unwrap();
     old.as_object_mut().unwrap().remove("models");
     std::fs::write(&path, old.to_string()).unwrap();
     assert_eq!(load_checkpoint(&path).unwrap().models, 1);
-    let (fresh, why) = crate::resume_from(&path, None).unwrap();
+    let (fresh, why) = crate::resume_from(&crate::CheckpointFile(path.clone()), None).unwrap();
     assert_eq!(fresh, Projections::new());
     assert!(why.unwrap().contains("version 1"));
     std::fs::write(&path, b"{not json").unwrap();

@@ -8,7 +8,7 @@ use chronicle_core::customer::{self, Channel, ConsentDecision, Customer, Custome
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_core::order::{self, Order, OrderCommand};
-use chronicle_projections::{ConsentEntry, Head, KeyRecord, Pipeline, Projections, SYSTEM_TENANT};
+use chronicle_projections::{CheckpointFile, CheckpointPlace, ConsentEntry, Head, KeyRecord, Pipeline, Projections, Saved, SYSTEM_TENANT};
 use chronicle_store::{AppendError, AppendResult, Committed, EventStore};
 use crate::sealing::CheckpointKeys;
 use chronicle_privacy::Keys;
@@ -67,7 +67,9 @@ impl Erasures {
 pub struct App {
     store: Arc<dyn EventStore>,
     views: Arc<RwLock<Projections>>,
-    checkpoint_path: Option<PathBuf>,
+    /// Where the views' checkpoint is kept: this node's folder, or the database every node
+    /// shares (written by the holder of its lease only).
+    checkpoint_place: Option<Arc<dyn CheckpointPlace>>,
     /// Commands that claim an e-mail address take the address's stripe, so two can't claim the
     /// same one while claims of different addresses run side by side.
     email_locks: Vec<tokio::sync::Mutex<()>>,
@@ -144,11 +146,22 @@ impl App {
         checkpoint_path: Option<PathBuf>,
         keys: Option<Arc<dyn Keys>>,
     ) -> Result<Arc<App>, AppError> {
+        let place = checkpoint_path.map(|p| Arc::new(CheckpointFile(p)) as Arc<dyn CheckpointPlace>);
+        App::start_at(store, place, keys).await
+    }
+
+    /// Like [`start_sealed`](Self::start_sealed) with the checkpoint kept at `checkpoint_place`
+    /// (a file, or the database that every node over it shares).
+    pub async fn start_at(
+        store: Arc<dyn EventStore>,
+        checkpoint_place: Option<Arc<dyn CheckpointPlace>>,
+        keys: Option<Arc<dyn Keys>>,
+    ) -> Result<Arc<App>, AppError> {
         let checkpoint_keys = keys.clone().map(CheckpointKeys::new);
         let seal = checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
-        let mut initial = match &checkpoint_path {
+        let mut initial = match &checkpoint_place {
             Some(p) => {
-                let (views, fresh) = chronicle_projections::resume_from(p, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+                let (views, fresh) = chronicle_projections::resume_from(&**p, seal).map_err(|e| AppError::Internal(e.to_string()))?;
                 if let Some(why) = fresh {
                     tracing::warn!(reason = %why, "rebuilding the views from the log");
                 }
@@ -210,7 +223,7 @@ impl App {
         let app = Arc::new(App {
             store,
             views,
-            checkpoint_path,
+            checkpoint_place,
             email_locks,
             reacted,
             audit: Default::default(),
@@ -239,34 +252,64 @@ impl App {
         self.views.read().expect("views lock")
     }
 
-    /// Write the views to the checkpoint file (no-op without one). When the views applied an
-    /// erasure since the last rotation — made here, or by another node over the same database —
-    /// the checkpoint is written under a new key and the old key destroyed: the checkpoints
-    /// written before (which held the person) can no longer be read.
-    pub fn checkpoint(&self) -> Result<u64, AppError> {
-        let Some(path) = &self.checkpoint_path else { return Ok(0) };
+    /// Write the views to the checkpoint; the position written, `None` without a checkpoint
+    /// or when another node keeps the shared one. When the views applied an erasure since the
+    /// last rotation — made here, or by another node over the same database — the checkpoint is
+    /// written under a new key and the old key destroyed: the checkpoints written before (which
+    /// held the person) can no longer be read. So is the key of a checkpoint this one replaced
+    /// when another node had sealed it (the shared checkpoint changed hands).
+    pub fn checkpoint(&self) -> Result<Option<u64>, AppError> {
+        let Some(place) = &self.checkpoint_place else { return Ok(None) };
+        let internal = |e: chronicle_projections::CheckpointError| AppError::Internal(e.to_string());
         let mut retired = self.checkpointing.lock().expect("checkpoint lock");
         let applied = self.erasures.applied.load(Ordering::SeqCst);
+        if !place.claim().map_err(internal)? {
+            // Another node keeps the shared checkpoint, and rotates its key on erasures. A
+            // rotation due here stays due: should this node keep the checkpoint later, the one
+            // it replaces may still be sealed under a key that saw the erased person.
+            return Ok(None);
+        }
         if let Some(ck) = &self.checkpoint_keys {
             if applied > self.erasures.sealed.load(Ordering::SeqCst) {
                 retired.push(ck.rotate());
-                self.erasures.sealed.fetch_max(applied, Ordering::SeqCst);
             }
         }
         let mut snapshot = self.views().clone();
         snapshot.reacted = self.reacted();
         let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
-        chronicle_projections::save_checkpoint_sealed(path, &snapshot, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+        let bytes = chronicle_projections::encode(&snapshot, seal).map_err(internal)?;
+        let Saved::Written { replaced_key } = place.write(snapshot.position, &bytes).map_err(internal)? else {
+            // The lease was lost since the claim: nothing written, the rotation stays due.
+            return Ok(None);
+        };
+        self.erasures.sealed.fetch_max(applied, Ordering::SeqCst);
         // Destroyed only once a checkpoint under the new key is written; a failure keeps the
         // old names for the next checkpoint to destroy.
         if let Some(ck) = &self.checkpoint_keys {
+            let used = chronicle_projections::key_of(&bytes);
+            if let Some(old) = replaced_key.filter(|k| Some(k) != used.as_ref() && !retired.contains(k)) {
+                retired.push(old);
+            }
             while let Some(old) = retired.last() {
                 ck.destroy(old).map_err(AppError::Internal)?;
                 retired.pop();
             }
         }
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-        Ok(snapshot.position)
+        Ok(Some(snapshot.position))
+    }
+
+    /// Take or renew the shared checkpoint's lease (see [`CheckpointPlace::claim`]); whether
+    /// this node keeps the checkpoint.
+    pub fn claim_checkpoint(&self) -> Result<bool, AppError> {
+        let Some(place) = &self.checkpoint_place else { return Ok(false) };
+        place.claim().map_err(|e| AppError::Internal(e.to_string()))
+    }
+
+    /// Give the shared checkpoint's lease up (a clean stop).
+    pub fn release_checkpoint(&self) -> Result<(), AppError> {
+        let Some(place) = &self.checkpoint_place else { return Ok(()) };
+        place.release().map_err(|e| AppError::Internal(e.to_string()))
     }
 
     /// The last log position the automation engine has reacted to.

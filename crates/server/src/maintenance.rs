@@ -7,7 +7,6 @@ use chronicle_core::envelope::RawEnvelope;
 use chronicle_projections::{resume_from, Projections};
 use chronicle_store::EventStore;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 const PAGE: usize = 10_000;
@@ -86,10 +85,10 @@ fn check_version(
     *last = version;
 }
 
-/// The views a server would start with: the checkpoint at `path` plus the log after it.
+/// The views a server would start with: the checkpoint kept at `checkpoint` plus the log after it.
 pub async fn live_views(
     store: &dyn EventStore,
-    checkpoint: &Path,
+    checkpoint: &dyn chronicle_projections::CheckpointPlace,
     seal: Option<&dyn chronicle_projections::CheckpointSeal>,
 ) -> Result<Projections, AppError> {
     // What the server would start from (a checkpoint it cannot use is rebuilt from the log).

@@ -116,3 +116,65 @@ async fn erasure_destroys_a_key_whose_owner_record_a_crash_lost() {
     let evs = app.store().read_stream("acme", "customer-c1", 1, 10).await.unwrap();
     assert!(evs.iter().filter(|e| e.event_type != "CustomerErased").all(|e| e.data == serde_json::json!({"redacted": true})), "{evs:?}");
 }
+
+/// A checkpoint kept elsewhere part of the time (shared by nodes, held by another's lease).
+struct Shared {
+    file: chronicle_projections::CheckpointFile,
+    mine: std::sync::atomic::AtomicBool,
+}
+
+impl chronicle_projections::CheckpointPlace for Shared {
+    fn describe(&self) -> String {
+        self.file.describe()
+    }
+    fn read(&self) -> Result<Option<Vec<u8>>, chronicle_projections::CheckpointError> {
+        self.file.read()
+    }
+    fn claim(&self) -> Result<bool, chronicle_projections::CheckpointError> {
+        Ok(self.mine.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn write(&self, position: u64, bytes: &[u8]) -> Result<chronicle_projections::Saved, chronicle_projections::CheckpointError> {
+        match self.mine.load(std::sync::atomic::Ordering::SeqCst) {
+            true => self.file.write(position, bytes),
+            false => Ok(chronicle_projections::Saved::NotMine),
+        }
+    }
+    fn remove(&self) -> Result<Option<String>, chronicle_projections::CheckpointError> {
+        self.file.remove()
+    }
+}
+
+/// An erasure applied while another node kept the shared checkpoint: when this node keeps it
+/// later, it still writes under a new key and destroys the key of the checkpoint it replaces
+/// (written before the erasure, and sealed under a key this node took over when it started).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_keeps_the_checkpoint_after_an_erasure_rotates_the_key_it_replaces() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("projections.json");
+    let place = Arc::new(Shared { file: chronicle_projections::CheckpointFile(path.clone()), mine: true.into() });
+    let keys = Arc::new(KeyStore::open(dir.path(), MasterKey::new(1, [3; 32])).unwrap());
+    let store = Arc::new(SealedStore::new(Arc::new(LogStore::open(dir.path()).unwrap()), keys.clone()));
+    let app = App::start_at(store, Some(place.clone()), Some(keys.clone())).await.unwrap();
+    app.create_tenant("acme").await.unwrap();
+    app.customer_command("acme", "c1", register("gone@example.com"), "test").await.unwrap();
+    assert!(app.checkpoint().unwrap().is_some());
+    let before = chronicle_projections::sealed_key_name(&path).expect("sealed");
+    assert!(keys.get("_system", &before).is_some());
+
+    place.mine.store(false, Ordering::SeqCst);
+    app.customer_command("acme", "c1", CustomerCommand::Erase { reason: None }, "test").await.unwrap();
+    assert_eq!(app.checkpoint().unwrap(), None, "another node keeps it: nothing written");
+    assert_eq!(chronicle_projections::sealed_key_name(&path).as_deref(), Some(before.as_str()));
+    assert_eq!(app.checkpoint().unwrap(), None);
+
+    place.mine.store(true, Ordering::SeqCst);
+    assert!(app.checkpoint().unwrap().is_some());
+    let after = chronicle_projections::sealed_key_name(&path).expect("sealed");
+    assert_ne!(after, before, "written under a new key");
+    assert!(keys.get("_system", &before).is_none(), "the key of the checkpoint that held the person is destroyed");
+    assert!(keys.get("_system", &after).is_some());
+    // No erasure since: the next checkpoint keeps the key.
+    assert!(app.checkpoint().unwrap().is_some());
+    assert_eq!(chronicle_projections::sealed_key_name(&path), Some(after));
+}

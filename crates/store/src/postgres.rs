@@ -116,6 +116,15 @@ CREATE TABLE keys (
     wrapped        BYTEA   NOT NULL
 );
 CREATE INDEX keys_owner ON keys (owner);
+", "
+-- The views' checkpoint that every node over the schema shares: written by the holder of its
+-- lease, read by a node as it starts (`PgStore::write_checkpoint`).
+CREATE TABLE checkpoints (
+    name       TEXT        PRIMARY KEY,
+    position   BIGINT      NOT NULL,
+    body       BYTEA       NOT NULL,
+    written_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 "];
 
 /// The events' columns, in the order [`raw_from_row`] reads them (a macro, so the queries are
@@ -492,6 +501,8 @@ impl PgStore {
                 )
                 .await
                 .map_err(db)?;
+            // The shared views hold the expired events: every node builds them again.
+            client.execute("DELETE FROM checkpoints", &[]).await.map_err(db)?;
             Ok((positions.len() as u64, position))
         }
         .await;
@@ -525,6 +536,55 @@ impl PgStore {
     /// The value of a database-wide setting, if it has one.
     pub async fn setting(&self, name: &str) -> Result<Option<String>, ReadError> {
         let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The shared checkpoint `name`, if one was written.
+    pub async fn read_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, ReadError> {
+        let row = self.reader().await?.query_opt("SELECT body FROM checkpoints WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Replaces the shared checkpoint `name` with `body` (views at `position`) if `holder`
+    /// holds lease `lease` by the database's clock — checked in the same statement, so a node
+    /// that lost its lease unawares (paused, cut off) writes nothing — and the stored one is not
+    /// further on. `Some(head of the body replaced, if any)` when written: its first 256 bytes,
+    /// which name the key a sealed checkpoint was sealed with.
+    pub async fn write_checkpoint(
+        &self,
+        name: &str,
+        lease: &str,
+        holder: &str,
+        position: u64,
+        body: &[u8],
+    ) -> Result<Option<Option<Vec<u8>>>, ReadError> {
+        let row = self
+            .reader()
+            .await?
+            .query_one(
+                "WITH old AS (SELECT substring(body FROM 1 FOR 256) AS head FROM checkpoints WHERE name = $1), \
+                 put AS (INSERT INTO checkpoints (name, position, body) \
+                   SELECT $1, $2, $3 WHERE EXISTS \
+                     (SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND expires_at > now()) \
+                   ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, body = EXCLUDED.body, written_at = now() \
+                   WHERE checkpoints.position <= EXCLUDED.position \
+                   RETURNING 1) \
+                 SELECT (SELECT count(*) FROM put), (SELECT head FROM old)",
+                &[&name, &(position.min(i64::MAX as u64) as i64), &body, &lease, &holder],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok((row.get::<_, i64>(0) > 0).then(|| row.get(1)))
+    }
+
+    /// Removes the shared checkpoint `name`; the head of the body removed, if there was one.
+    pub async fn remove_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, ReadError> {
+        let row = self
+            .reader()
+            .await?
+            .query_opt("DELETE FROM checkpoints WHERE name = $1 RETURNING substring(body FROM 1 FOR 256)", &[&name])
+            .await
+            .map_err(read_error)?;
         Ok(row.map(|r| r.get(0)))
     }
 

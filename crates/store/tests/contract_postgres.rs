@@ -174,6 +174,33 @@ async fn a_lease_has_one_holder_and_passes_on_with_its_progress_when_it_runs_out
     assert_eq!(a.lease("other", "b", ttl, 0).await.unwrap(), Some(0), "leases are independent");
 }
 
+/// The shared checkpoint: written only by the holder of its lease (checked by the writing
+/// statement itself, so a node that lost the lease unawares writes nothing), never replaced by
+/// one further back, and the head of the one replaced or removed is handed back.
+#[tokio::test]
+async fn the_shared_checkpoint_is_written_by_the_lease_holder_only_and_never_goes_back() {
+    use chronicle_store::Leases;
+    use std::time::Duration;
+    let Some((_, schema)) = fresh().await else { return };
+    let (a, b) = (node(&schema).await, node(&schema).await);
+    let ttl = Duration::from_millis(300);
+    assert_eq!(a.read_checkpoint("views").await.unwrap(), None);
+    assert_eq!(a.write_checkpoint("views", "views", "a", 5, b"five").await.unwrap(), None, "no lease, no write");
+    assert!(a.lease("views", "a", ttl, 0).await.unwrap().is_some());
+    assert_eq!(a.write_checkpoint("views", "views", "a", 5, b"five").await.unwrap(), Some(None), "the first");
+    assert_eq!(b.write_checkpoint("views", "views", "b", 9, b"nine").await.unwrap(), None, "b does not hold the lease");
+    assert_eq!(b.read_checkpoint("views").await.unwrap().as_deref(), Some(&b"five"[..]));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(a.write_checkpoint("views", "views", "a", 7, b"seven").await.unwrap(), None, "a's lease ran out");
+    assert!(b.lease("views", "b", ttl, 0).await.unwrap().is_some());
+    assert_eq!(b.write_checkpoint("views", "views", "b", 4, b"four").await.unwrap(), None, "never back to an older position");
+    assert_eq!(b.write_checkpoint("views", "views", "b", 9, b"nine").await.unwrap(), Some(Some(b"five".to_vec())));
+    assert_eq!(a.read_checkpoint("views").await.unwrap().as_deref(), Some(&b"nine"[..]));
+    assert_eq!(a.remove_checkpoint("views").await.unwrap(), Some(b"nine".to_vec()));
+    assert_eq!(a.read_checkpoint("views").await.unwrap(), None);
+    assert_eq!(a.remove_checkpoint("views").await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_connections_are_cut_reconnects_writes_and_follows_again() {
     use chronicle_core::envelope::ExpectedVersion;
@@ -326,6 +353,13 @@ async fn expiry_turns_events_into_tombstones_only_while_no_node_has_the_schema_o
     store.append("t", "customer-1", ExpectedVersion::Any, vec![a, b]).await.unwrap();
     store.append("t", "customer-2", ExpectedVersion::Any, vec![tracked("gone-3")]).await.unwrap();
     let record = || NewEvent::new(uuid::Uuid::now_v7(), "RetentionApplied", serde_json::json!({"expired": 2}), chrono::Utc::now());
+    {
+        // The views' shared checkpoint, which holds the events about to expire.
+        use chronicle_store::Leases;
+        let pg = node(&schema).await;
+        assert!(pg.lease("views", "n", std::time::Duration::from_secs(60), 0).await.unwrap().is_some());
+        assert!(pg.write_checkpoint("views", "views", "n", 3, b"gone-1").await.unwrap().is_some());
+    }
 
     // Refused while a store (a node) has the schema open; nothing changed.
     let busy = PgStore::expire(&url(), &schema.0, &Expiry { positions: &[1], records: vec![] }).await;
@@ -352,6 +386,7 @@ async fn expiry_turns_events_into_tombstones_only_while_no_node_has_the_schema_o
 
     let store = node(&schema).await;
     assert_eq!(store.compactions().await.unwrap(), 1);
+    assert_eq!(store.read_checkpoint("views").await.unwrap(), None, "the views holding expired events are dropped");
     let all = store.read_all(0, 10).await.unwrap();
     let summary: Vec<(u64, &str, &str, u64)> = all.iter().map(|e| (e.position, e.stream.as_str(), e.event_type.as_str(), e.version)).collect();
     assert_eq!(

@@ -304,6 +304,17 @@ impl PgSchema {
     }
 
     /// Every row of every table in the schema, as text.
+    /// The first column of the first row of `sql`, if it has a row.
+    pub fn first<T: for<'a> tokio_postgres::types::FromSql<'a>>(&self, sql: &str) -> Option<T> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&format!("SET search_path TO {}", self.schema)).await.unwrap();
+            client.query_opt(sql, &[]).await.unwrap().map(|r| r.get(0))
+        })
+    }
+
     pub fn dump(&self) -> String {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
