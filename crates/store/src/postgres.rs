@@ -63,12 +63,17 @@ const READERS: usize = 4;
 ///
 /// A writer cut off mid-transaction (a partition) would hold the order lock, stopping every
 /// node's appends until the server noticed: the server ends such a transaction after 10 s.
-const SESSION: &str = "SET enable_seqscan = off; SET idle_in_transaction_session_timeout = '10s';";
+///
+/// `heads` (a row per tenant) is read whole, where a sequential scan is the plan: with scans
+/// disabled its cost is the planner's "disabled" figure, which would make it compile the query
+/// (JIT) on every run — tens of milliseconds — so JIT is off as well.
+const SESSION: &str = "SET enable_seqscan = off; SET jit = off; SET idle_in_transaction_session_timeout = '10s';";
 /// How often a node looks for other nodes' commits when no notification came (a lost one, a
 /// reconnect): the bound on how stale a node can be when nothing tells it.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// The committed head: the last position (0 when empty).
-const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
+/// (Each tenant's last position is kept in `heads`, moved by the appends' own statement.)
+const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM heads";
 /// How many events the follower reads per query.
 const FOLLOW_PAGE: i64 = 1000;
 /// How long `sync` waits for the follower before it gives up with an error.
@@ -125,6 +130,40 @@ CREATE TABLE checkpoints (
     body       BYTEA       NOT NULL,
     written_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+", "
+-- The tenant leads every primary key and index (ARCHITECTURE.md, \"Past one database\").
+-- Each tenant's last position: the global head is their greatest, and they are the tenants a
+-- query that spans tenants visits one by one.
+CREATE TABLE heads (
+    tenant   TEXT   PRIMARY KEY,
+    position BIGINT NOT NULL
+);
+INSERT INTO heads (tenant, position) SELECT tenant, max(position) FROM events GROUP BY tenant;
+ALTER TABLE events DROP CONSTRAINT events_pkey;
+ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (tenant, position);
+DROP INDEX events_id;
+CREATE UNIQUE INDEX events_id ON events (tenant, id);
+-- Ids are unique across tenants (the store contract): the append statement looks for the
+-- group's ids in every tenant, under the order lock, and reports one found as the id index
+-- would.
+CREATE FUNCTION id_taken(id UUID) RETURNS BOOLEAN LANGUAGE plpgsql AS $f$
+BEGIN
+    RAISE EXCEPTION 'event id % is stored already', id USING ERRCODE = 'unique_violation', CONSTRAINT = 'events_id';
+END
+$f$;
+-- Chronicle's own records belong to its tenant, _system.
+ALTER TABLE leases ADD COLUMN tenant TEXT NOT NULL DEFAULT '_system';
+ALTER TABLE leases DROP CONSTRAINT leases_pkey;
+ALTER TABLE leases ADD PRIMARY KEY (tenant, name);
+ALTER TABLE settings ADD COLUMN tenant TEXT NOT NULL DEFAULT '_system';
+ALTER TABLE settings DROP CONSTRAINT settings_pkey;
+ALTER TABLE settings ADD PRIMARY KEY (tenant, name);
+ALTER TABLE checkpoints ADD COLUMN tenant TEXT NOT NULL DEFAULT '_system';
+ALTER TABLE checkpoints DROP CONSTRAINT checkpoints_pkey;
+ALTER TABLE checkpoints ADD PRIMARY KEY (tenant, name);
+ALTER TABLE schema_migrations ADD COLUMN tenant TEXT NOT NULL DEFAULT '_system';
+ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;
+ALTER TABLE schema_migrations ADD PRIMARY KEY (tenant, version);
 "];
 
 /// The events' columns, in the order [`raw_from_row`] reads them (a macro, so the queries are
@@ -136,26 +175,55 @@ macro_rules! columns {
     };
 }
 /// The events past `$1` up to `$2`, in order, at most `$3`.
-const RANGE_SQL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3");
-/// Rows from column arrays ([`Columns::params`]).
-const INSERT_SQL: &str = concat!(
-    "INSERT INTO events (",
+/// Tenant by tenant (only those with events past `$1`), each on its `(tenant, position)` key.
+const RANGE_SQL: &str = concat!(
+    "SELECT x.* FROM heads h CROSS JOIN LATERAL (SELECT ",
     columns!(),
-    ") SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
-     $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[])"
+    " FROM events e WHERE e.tenant = h.tenant AND e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3) x \
+     WHERE h.position > $1 ORDER BY x.position LIMIT $3"
 );
+/// The stored events among ids `$1`, looked for tenant by tenant. (Written so that each look-up
+/// is one probe of `(tenant, id)` whatever the plan: the `LIMIT` keeps the subquery apart, so it
+/// runs per tenant and id, with both. With `= ANY($1)` a plan made while the table was small
+/// scanned the tenant's whole index instead.)
+const IDS_SQL: &str = "SELECT x.* FROM heads h CROSS JOIN unnest($1::uuid[]) AS q(i) CROSS JOIN LATERAL \
+     (SELECT id, tenant, stream, version, position FROM events e WHERE e.tenant = h.tenant AND e.id = q.i LIMIT 1) x";
+/// The group's rows as relation `u`, from column arrays ([`Columns::params`]; `u.p` is the
+/// position, or the offset past the head), and `taken`: one of their ids already stored in any
+/// tenant, looked for tenant by tenant (ids are unique across tenants, and the id index leads
+/// with the tenant).
+macro_rules! group_rows {
+    () => {
+        "u AS (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
+         $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[]) \
+         AS u(p, i, t, s, v, ty, sv, et, it, so, ca, co, ac, d, m)), \
+         taken AS (SELECT x.id FROM heads h CROSS JOIN unnest($2::uuid[]) AS q(i) CROSS JOIN LATERAL \
+           (SELECT e.id FROM events e WHERE e.tenant = h.tenant AND e.id = q.i LIMIT 1) x LIMIT 1), "
+    };
+}
+/// Inserts `u` with positions `$pos` unless an id is taken (then `id_taken` fails the statement
+/// as the id index would), and moves the tenants' heads.
+macro_rules! insert_group_rows {
+    ($pos:literal) => {
+        concat!(
+            "ins AS (INSERT INTO events (",
+            columns!(),
+            ") SELECT ",
+            $pos,
+            ", u.i, u.t, u.s, u.v, u.ty, u.sv, u.et, u.it, u.so, u.ca, u.co, u.ac, u.d, u.m FROM u \
+             WHERE NOT EXISTS (SELECT 1 FROM taken WHERE id_taken(taken.id)) RETURNING tenant, position), \
+             moved AS (INSERT INTO heads (tenant, position) SELECT tenant, max(position) FROM ins GROUP BY tenant \
+             ON CONFLICT (tenant) DO UPDATE SET position = GREATEST(heads.position, EXCLUDED.position)) "
+        )
+    };
+}
+/// The group's rows at the positions given.
+const INSERT_SQL: &str = concat!("WITH ", group_rows!(), insert_group_rows!("u.p"), "SELECT count(*) FROM ins");
 /// [`INSERT_SQL`] with positions relative to the head, read in the same statement (so after the
 /// order lock, taken by an earlier statement of the transaction): `$1` holds each row's offset
 /// past the head (1, 2, …); the head is returned.
-const INSERT_AFTER_HEAD_SQL: &str = concat!(
-    "WITH h AS (SELECT coalesce(max(position), 0) AS head FROM events), \
-     ins AS (INSERT INTO events (",
-    columns!(),
-    ") SELECT h.head + u.p, u.i, u.t, u.s, u.v, u.ty, u.sv, u.et, u.it, u.so, u.ca, u.co, u.ac, u.d, u.m FROM h, \
-     unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], $8::bigint[], $9::bigint[], \
-     $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[]) AS u(p, i, t, s, v, ty, sv, et, it, so, ca, co, ac, d, m)) \
-     SELECT head FROM h"
-);
+const INSERT_AFTER_HEAD_SQL: &str =
+    concat!("WITH hd AS (SELECT coalesce(max(position), 0) AS head FROM heads), ", group_rows!(), insert_group_rows!("(SELECT head FROM hd) + u.p"), "SELECT head FROM hd");
 /// A stream's version (0 when it has no event).
 const STREAM_VERSION_SQL: &str = "SELECT coalesce(max(version), 0) FROM events WHERE tenant = $1 AND stream = $2";
 const STREAM_SQL: &str =
@@ -412,7 +480,7 @@ impl PgStore {
     /// The number of compactions the schema has seen ([`PgStore::expire`]): a node whose views
     /// were saved at an older count holds expired events in them and must build them again.
     pub async fn compactions(&self) -> Result<u64, ReadError> {
-        let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE name = 'compactions'", &[]).await.map_err(read_error)?;
+        let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE tenant = '_system' AND name = 'compactions'", &[]).await.map_err(read_error)?;
         Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()).unwrap_or(0))
     }
 
@@ -452,7 +520,12 @@ impl PgStore {
                 return Err(ExpireError::Invalid(format!("position {last} is beyond the head {head}")));
             }
             let wanted: Vec<i64> = expiry.positions.iter().map(|&p| p as i64).collect();
-            let rows = client.query("SELECT position, type FROM events WHERE position = ANY($1)", &[&wanted]).await.map_err(db)?;
+            let rows = client
+                .query(
+                    "SELECT x.position, x.type FROM heads h CROSS JOIN LATERAL \
+                     (SELECT position, type FROM events e WHERE e.tenant = h.tenant AND e.position = ANY($1)) x",
+                    &[&wanted],
+                ).await.map_err(db)?;
             let (positions, data): (Vec<i64>, Vec<String>) = rows
                 .iter()
                 .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
@@ -462,14 +535,15 @@ impl PgStore {
             client
                 .execute(
                     "UPDATE events SET type = $3, schema_version = 1, data = x.d, metadata = '{}', actor = NULL, \
-                     causation_id = NULL, correlation_id = NULL FROM unnest($1::bigint[], $2::text[]) AS x(p, d) WHERE position = x.p",
+                     causation_id = NULL, correlation_id = NULL FROM heads h, unnest($1::bigint[], $2::text[]) AS x(p, d) \
+                     WHERE events.tenant = h.tenant AND events.position = x.p",
                     &[&positions, &data, &EXPIRED_TYPE],
                 )
                 .await
                 .map_err(db)?;
             // The records, after the head, each new to the store.
             let ids: Vec<Uuid> = expiry.records.iter().map(|(_, _, e)| e.id).collect();
-            if let Some(row) = client.query_opt("SELECT id FROM events WHERE id = ANY($1) LIMIT 1", &[&ids]).await.map_err(db)? {
+            if let Some(row) = client.query(IDS_SQL, &[&ids]).await.map_err(db)?.first() {
                 return Err(ExpireError::Invalid(format!("the record's id {} is already stored", row.get::<_, Uuid>(0))));
             }
             let ingest_time = rules::truncate_to_micros(Utc::now());
@@ -496,7 +570,7 @@ impl PgStore {
             client
                 .execute(
                     "INSERT INTO settings (name, value) VALUES ('compactions', '1') \
-                     ON CONFLICT (name) DO UPDATE SET value = (settings.value::bigint + 1)::text",
+                     ON CONFLICT (tenant, name) DO UPDATE SET value = (settings.value::bigint + 1)::text",
                     &[],
                 )
                 .await
@@ -535,13 +609,13 @@ impl PgStore {
 
     /// The value of a database-wide setting, if it has one.
     pub async fn setting(&self, name: &str) -> Result<Option<String>, ReadError> {
-        let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE tenant = '_system' AND name = $1", &[&name]).await.map_err(read_error)?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// The shared checkpoint `name`, if one was written.
     pub async fn read_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, ReadError> {
-        let row = self.reader().await?.query_opt("SELECT body FROM checkpoints WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        let row = self.reader().await?.query_opt("SELECT body FROM checkpoints WHERE tenant = '_system' AND name = $1", &[&name]).await.map_err(read_error)?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -562,11 +636,11 @@ impl PgStore {
             .reader()
             .await?
             .query_one(
-                "WITH old AS (SELECT substring(body FROM 1 FOR 256) AS head FROM checkpoints WHERE name = $1), \
+                "WITH old AS (SELECT substring(body FROM 1 FOR 256) AS head FROM checkpoints WHERE tenant = '_system' AND name = $1), \
                  put AS (INSERT INTO checkpoints (name, position, body) \
                    SELECT $1, $2, $3 WHERE EXISTS \
-                     (SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND expires_at > now()) \
-                   ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, body = EXCLUDED.body, written_at = now() \
+                     (SELECT 1 FROM leases WHERE tenant = '_system' AND name = $4 AND holder = $5 AND expires_at > now()) \
+                   ON CONFLICT (tenant, name) DO UPDATE SET position = EXCLUDED.position, body = EXCLUDED.body, written_at = now() \
                    WHERE checkpoints.position <= EXCLUDED.position \
                    RETURNING 1) \
                  SELECT (SELECT count(*) FROM put), (SELECT head FROM old)",
@@ -582,7 +656,7 @@ impl PgStore {
         let row = self
             .reader()
             .await?
-            .query_opt("DELETE FROM checkpoints WHERE name = $1 RETURNING substring(body FROM 1 FOR 256)", &[&name])
+            .query_opt("DELETE FROM checkpoints WHERE tenant = '_system' AND name = $1 RETURNING substring(body FROM 1 FOR 256)", &[&name])
             .await
             .map_err(read_error)?;
         Ok(row.map(|r| r.get(0)))
@@ -598,10 +672,10 @@ impl PgStore {
     pub async fn claim_setting(&self, name: &str, value: &str) -> Result<String, ReadError> {
         let client = self.reader().await?;
         client
-            .execute("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &value])
+            .execute("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (tenant, name) DO NOTHING", &[&name, &value])
             .await
             .map_err(read_error)?;
-        let row = client.query_one("SELECT value FROM settings WHERE name = $1", &[&name]).await.map_err(read_error)?;
+        let row = client.query_one("SELECT value FROM settings WHERE tenant = '_system' AND name = $1", &[&name]).await.map_err(read_error)?;
         Ok(row.get(0))
     }
 
@@ -703,7 +777,7 @@ impl Statements {
             lock: client.prepare("SELECT pg_advisory_xact_lock($1)").await?,
             notify: client.prepare("SELECT pg_notify($1, $2)").await?,
             head: client.prepare(HEAD_SQL).await?,
-            ids: client.prepare("SELECT id, tenant, stream, version, position FROM events WHERE id = ANY($1)").await?,
+            ids: client.prepare(IDS_SQL).await?,
             versions: client
                 .prepare(
                     "SELECT t, s, coalesce((SELECT max(version) FROM events e WHERE e.tenant = t AND e.stream = s), 0) \
@@ -1297,7 +1371,7 @@ impl EventStore for PgStore {
     }
 
     async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
-        let rows = self.reader().await?.query("SELECT id FROM events WHERE id = ANY($1)", &[&ids]).await.map_err(read_error)?;
+        let rows = self.reader().await?.query(IDS_SQL, &[&ids]).await.map_err(read_error)?;
         let found: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         Ok(ids.iter().map(|id| found.contains(id)).collect())
     }
@@ -1353,7 +1427,7 @@ impl crate::Leases for PgStore {
             .query_opt(
                 "INSERT INTO leases (name, holder, expires_at, progress) \
                  VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4) \
-                 ON CONFLICT (name) DO UPDATE SET holder = $2, expires_at = EXCLUDED.expires_at, \
+                 ON CONFLICT (tenant, name) DO UPDATE SET holder = $2, expires_at = EXCLUDED.expires_at, \
                    progress = CASE WHEN leases.holder = $2 THEN GREATEST(leases.progress, $4) ELSE leases.progress END \
                  WHERE leases.holder = $2 OR leases.expires_at < now() \
                  RETURNING progress",
@@ -1369,7 +1443,7 @@ impl crate::Leases for PgStore {
             .await?
             .execute(
                 "INSERT INTO leases (name, holder, expires_at, progress) VALUES ($1, '', now() - interval '1 second', $2) \
-                 ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT (tenant, name) DO NOTHING",
                 &[&name, &(progress.min(i64::MAX as u64) as i64)],
             )
             .await
@@ -1383,8 +1457,8 @@ impl crate::Leases for PgStore {
             .reader()
             .await?
             .query_one(
-                "WITH gone AS (DELETE FROM leases WHERE starts_with(name, $1) AND expires_at < now() - interval '1 hour') \
-                 SELECT count(*) FROM leases WHERE starts_with(name, $1) AND expires_at > now()",
+                "WITH gone AS (DELETE FROM leases WHERE tenant = '_system' AND starts_with(name, $1) AND expires_at < now() - interval '1 hour') \
+                 SELECT count(*) FROM leases WHERE tenant = '_system' AND starts_with(name, $1) AND expires_at > now()",
                 &[&prefix],
             )
             .await
@@ -1397,7 +1471,7 @@ impl crate::Leases for PgStore {
             .await?
             .execute(
                 "UPDATE leases SET expires_at = now() - interval '1 second', progress = GREATEST(progress, $3) \
-                 WHERE name = $1 AND holder = $2",
+                 WHERE tenant = '_system' AND name = $1 AND holder = $2",
                 &[&name, &holder, &(progress.min(i64::MAX as u64) as i64)],
             )
             .await
