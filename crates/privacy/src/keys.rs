@@ -20,18 +20,19 @@ pub trait Keys: Send + Sync {
     fn try_assign(&self, tenant: &str, owner: &str) -> Result<Option<DataKey>, KeyError>;
     /// [`try_assign`](Keys::try_assign), refilling the pool when needed.
     fn assign(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError>;
-    /// Whether the pool runs low with no refill under way: call
-    /// [`refill_ahead`](Keys::refill_ahead) off the hot path.
-    fn pool_low(&self) -> bool;
-    fn refill_ahead(&self) -> Result<(), KeyError>;
+    /// Whether the pool (the tenant's, where pools are per tenant) runs low with no refill
+    /// under way: call [`refill_ahead`](Keys::refill_ahead) off the hot path.
+    fn pool_low(&self, tenant: &str) -> bool;
+    fn refill_ahead(&self, tenant: &str) -> Result<(), KeyError>;
     /// The owner's key, made (durably) on first use: one key per owner, whichever node asks.
     fn get_or_create(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError>;
     /// Give every owner that has none a key.
     fn create_many(&self, tenant: &str, owners: &[String]) -> Result<usize, KeyError>;
     /// Destroy the owner's key; whether there was one.
     fn destroy(&self, tenant: &str, owner: &str) -> Result<bool, KeyError>;
-    /// Destroy the keys of these slots whose key opens the sealed value given with the slot.
-    fn destroy_slots_opening(&self, samples: &[(u64, String)]) -> Result<usize, KeyError>;
+    /// Destroy the keys of these slots (values of `tenant`'s events) whose key opens the sealed
+    /// value given with the slot.
+    fn destroy_slots_opening(&self, tenant: &str, samples: &[(u64, String)]) -> Result<usize, KeyError>;
     /// Pooled keys whose owner is unknown: while there are any, an erasure must look at which
     /// slots the owner's events name.
     fn orphans(&self) -> usize;
@@ -43,13 +44,14 @@ pub trait Keys: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
-    /// Of `slots` (sorted, deduplicated), those not held here that may exist elsewhere.
-    fn missing(&self, _slots: &[u64]) -> Vec<u64> {
+    /// Of these `(tenant, slot)`s (sorted, deduplicated), those not held here that may exist
+    /// elsewhere.
+    fn missing(&self, _wanted: &[(String, u64)]) -> Vec<(String, u64)> {
         Vec::new()
     }
-    /// Fetch the keys of these slots that another process made (one destroyed since stays
-    /// missing).
-    async fn fetch(&self, _slots: Vec<u64>) -> Result<(), KeyError> {
+    /// Fetch the keys of these `(tenant, slot)`s that another process made (one destroyed since
+    /// stays missing).
+    async fn fetch(&self, _wanted: Vec<(String, u64)>) -> Result<(), KeyError> {
         Ok(())
     }
 }
@@ -67,10 +69,10 @@ impl Keys for KeyStore {
     fn assign(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError> {
         KeyStore::assign(self, tenant, owner)
     }
-    fn pool_low(&self) -> bool {
+    fn pool_low(&self, _tenant: &str) -> bool {
         KeyStore::pool_low(self)
     }
-    fn refill_ahead(&self) -> Result<(), KeyError> {
+    fn refill_ahead(&self, _tenant: &str) -> Result<(), KeyError> {
         KeyStore::refill_ahead(self)
     }
     fn get_or_create(&self, tenant: &str, owner: &str) -> Result<DataKey, KeyError> {
@@ -82,7 +84,7 @@ impl Keys for KeyStore {
     fn destroy(&self, tenant: &str, owner: &str) -> Result<bool, KeyError> {
         KeyStore::destroy(self, tenant, owner)
     }
-    fn destroy_slots_opening(&self, samples: &[(u64, String)]) -> Result<usize, KeyError> {
+    fn destroy_slots_opening(&self, _tenant: &str, samples: &[(u64, String)]) -> Result<usize, KeyError> {
         KeyStore::destroy_slots_opening(self, samples)
     }
     fn orphans(&self) -> usize {

@@ -5,8 +5,13 @@
 //!   value sealed with it is `enc:v2:<slot>:…`, so any node opens any value by the slot alone.
 //!   A row holds the key wrapped under the master key (AES-256-GCM, the slot as associated
 //!   data); the master key itself never enters the database, and every node needs the same one.
-//! - **A pool made ahead.** A node inserts a batch of keys ([`POOL_BATCH`]) in one transaction
-//!   and hands them out to new owners from memory: an append never waits for a key of its own.
+//! - **Rows by tenant.** The table is keyed `(tenant, slot)` and its owner index leads with the
+//!   tenant too (ARCHITECTURE.md, "Past one database"): a key belongs to the tenant of the
+//!   person it seals, and every statement names the tenant.
+//! - **A pool made ahead, per tenant.** A node inserts a batch of keys for a tenant in one
+//!   transaction (the first batch [`FIRST_BATCH`] keys, doubling up to [`POOL_BATCH`]) and hands
+//!   them out to that tenant's new owners from memory: an append never waits for a key of its
+//!   own once the tenant's pool is made.
 //!   The owner's digest is written to the row afterwards, in batches, without being waited for;
 //!   a row that lost its owner (a crash) is found by erasure through the slots the owner's
 //!   events name, as with the key file. Two nodes may each give an owner a key: the values name
@@ -35,8 +40,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
-/// Keys inserted per refill of a node's pool.
+/// Keys inserted per refill of a tenant's pool, at most (and how far past a slot a fetch reads).
 const POOL_BATCH: usize = 256;
+/// A tenant's first pool: small, since most tenants of a node may never seal much; each refill
+/// doubles it up to [`POOL_BATCH`].
+const FIRST_BATCH: usize = 16;
 /// The class of the advisory lock [`Keys::get_or_create`] takes per owner ("CHRK").
 const OWNER_LOCK: i32 = 0x4348_524B;
 /// Owner records written per statement.
@@ -46,10 +54,14 @@ const RECORD_BATCH: usize = 1000;
 #[derive(Default)]
 struct Held {
     slots: HashMap<u64, DataKey>,
+    /// The tenant of each slot held (the table's key leads with it).
+    tenants: HashMap<u64, Arc<str>>,
     /// An owner's key here: theirs from the table, or the one this node handed them.
     owners: HashMap<[u8; 32], u64>,
-    /// Keys made by this node and not handed out yet.
-    pool: Vec<u64>,
+    /// Keys made by this node and not handed out yet, per tenant, and the size of each
+    /// tenant's next batch.
+    pool: HashMap<Arc<str>, Vec<u64>>,
+    batch: HashMap<Arc<str>, usize>,
     /// Slots found destroyed: never held again (slots are not reused).
     gone: HashSet<u64>,
     /// Rows without an owner when the store was opened (other nodes' pools, or a lost record).
@@ -63,11 +75,39 @@ impl Held {
     fn forget(&mut self, slots: &[u64]) {
         for s in slots {
             self.slots.remove(s);
+            self.tenants.remove(s);
             self.gone.insert(*s);
         }
         let gone = &self.gone;
         self.owners.retain(|_, s| !gone.contains(s));
-        self.pool.retain(|s| !gone.contains(s));
+        self.pool.values_mut().for_each(|p| p.retain(|s| !gone.contains(s)));
+    }
+
+    /// The shared name of `tenant` (one allocation per tenant, not per key).
+    fn tenant(&mut self, tenant: &str) -> Arc<str> {
+        match self.batch.get_key_value(tenant) {
+            Some((t, _)) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(tenant);
+                self.batch.insert(t.clone(), FIRST_BATCH);
+                t
+            }
+        }
+    }
+
+    fn hold(&mut self, tenant: &str, slot: u64, key: DataKey) {
+        let t = self.tenant(tenant);
+        self.slots.insert(slot, key);
+        self.tenants.insert(slot, t);
+    }
+
+    fn pooled(&self, tenant: &str) -> usize {
+        self.pool.get(tenant).map_or(0, Vec::len)
+    }
+
+    /// `(tenants, slots)` as column arrays.
+    fn columns(&self, slots: impl Iterator<Item = u64>) -> (Vec<String>, Vec<i64>) {
+        slots.filter_map(|s| Some((self.tenants.get(&s)?.to_string(), s as i64))).unzip()
     }
 }
 
@@ -113,7 +153,7 @@ pub struct PgKeyStore {
     held: Arc<Mutex<Held>>,
     refilling: AtomicBool,
     /// Owner records for the writer task.
-    records: mpsc::UnboundedSender<(u64, [u8; 32])>,
+    records: mpsc::UnboundedSender<(Arc<str>, u64, [u8; 32])>,
     handle: tokio::runtime::Handle,
 }
 
@@ -130,7 +170,11 @@ impl Drop for PgKeyStore {
     /// connection can no longer be driven. Best effort: after a crash, or a timeout, the rows
     /// stay, which is safe (erasure then reads more streams; see `orphans`).
     fn drop(&mut self) {
-        let unused: Vec<i64> = std::mem::take(&mut self.held.lock().expect("key store lock").pool).into_iter().map(|s| s as i64).collect();
+        let (tenants, unused) = {
+            let mut h = self.held.lock().expect("key store lock");
+            let pooled: Vec<u64> = std::mem::take(&mut h.pool).into_values().flatten().collect();
+            h.columns(pooled.into_iter())
+        };
         if unused.is_empty() {
             return;
         }
@@ -140,7 +184,14 @@ impl Drop for PgKeyStore {
             let released = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(KeyError::Io).and_then(|rt| {
                 rt.block_on(async {
                     let client = connect(&url, &schema).await?;
-                    client.execute("DELETE FROM keys WHERE slot = ANY($1) AND owner IS NULL", &[&unused]).await.map_err(db_err)
+                    client
+                        .execute(
+                            "DELETE FROM keys k USING unnest($1::text[], $2::bigint[]) AS x(t, s) \
+                             WHERE k.tenant = x.t AND k.slot = x.s AND k.owner IS NULL",
+                            &[&tenants, &unused],
+                        )
+                        .await
+                        .map_err(db_err)
                 })
             });
             let _ = done.send(released);
@@ -161,7 +212,7 @@ impl PgKeyStore {
         let mut held = Held::default();
         {
             let client = db.client().await?;
-            let rows = client.query("SELECT slot, owner, master_version, wrapped FROM keys", &[]).await.map_err(db_err)?;
+            let rows = client.query("SELECT slot, owner, master_version, wrapped, tenant FROM keys", &[]).await.map_err(db_err)?;
             for row in rows {
                 let slot = row.get::<_, i64>(0) as u64;
                 let version = row.get::<_, i32>(2) as u32;
@@ -184,7 +235,7 @@ impl PgKeyStore {
                     }
                     None => held.unowned += 1,
                 }
-                held.slots.insert(slot, key);
+                held.hold(row.get(4), slot, key);
             }
         }
         let held = Arc::new(Mutex::new(held));
@@ -207,11 +258,18 @@ impl PgKeyStore {
         }
     }
 
-    /// Inserts a batch of new keys (one transaction) and adds them to the pool.
-    async fn refill(&self) -> Result<(), KeyError> {
+    /// Inserts a batch of new keys for `tenant` (one transaction) and adds them to its pool.
+    async fn refill(&self, tenant: &str) -> Result<(), KeyError> {
+        let size = {
+            let mut h = self.held.lock().expect("key store lock");
+            let t = h.tenant(tenant);
+            let size = h.batch[&t];
+            h.batch.insert(t, (size * 2).min(POOL_BATCH));
+            size
+        };
         let client = self.db.client().await?;
         let rows = client
-            .query("SELECT nextval('key_slots') FROM generate_series(1, $1)", &[&(POOL_BATCH as i32)])
+            .query("SELECT nextval('key_slots') FROM generate_series(1, $1)", &[&(size as i32)])
             .await
             .map_err(db_err)?;
         let slots: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -220,30 +278,31 @@ impl PgKeyStore {
         let versions = vec![self.master.version as i32; slots.len()];
         client
             .execute(
-                "INSERT INTO keys (slot, master_version, wrapped) SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[])",
-                &[&slots, &versions, &wrapped],
+                "INSERT INTO keys (tenant, slot, master_version, wrapped) SELECT $4, * FROM unnest($1::bigint[], $2::int[], $3::bytea[])",
+                &[&slots, &versions, &wrapped, &tenant],
             )
             .await
             .map_err(db_err)?;
         drop(client);
         let mut h = self.held.lock().expect("key store lock");
+        let t = h.tenant(tenant);
         // Handed out lowest slot first.
         for (slot, key) in slots.iter().zip(keys).rev() {
-            h.slots.insert(*slot as u64, key);
-            h.pool.push(*slot as u64);
+            h.hold(tenant, *slot as u64, key);
+            h.pool.entry(t.clone()).or_default().push(*slot as u64);
         }
         Ok(())
     }
 
-    /// Deletes the rows of `slots` and of `owner` (every node's key for them), telling every
-    /// node in the same transaction; then vacuums the table. Returns the slots deleted.
-    async fn delete(&self, owner: Option<[u8; 32]>, slots: Vec<u64>) -> Result<Vec<u64>, KeyError> {
+    /// Deletes `tenant`'s rows of `slots` and of `owner` (every node's key for them), telling
+    /// every node in the same transaction; then vacuums the table. Returns the slots deleted.
+    async fn delete(&self, tenant: &str, owner: Option<[u8; 32]>, slots: Vec<u64>) -> Result<Vec<u64>, KeyError> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let slots: Vec<i64> = slots.into_iter().map(|s| s as i64).collect();
         let owner = owner.map(|o| o.to_vec());
         let rows = tx
-            .query("DELETE FROM keys WHERE slot = ANY($1) OR owner = $2 RETURNING slot", &[&slots, &owner])
+            .query("DELETE FROM keys WHERE tenant = $3 AND (slot = ANY($1) OR owner = $2) RETURNING slot", &[&slots, &owner, &tenant])
             .await
             .map_err(db_err)?;
         let deleted: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
@@ -265,24 +324,25 @@ impl PgKeyStore {
 }
 
 /// Writes owners into their pooled keys' rows, in batches, off the append path.
-async fn record_owners(db: Arc<Db>, mut inbox: mpsc::UnboundedReceiver<(u64, [u8; 32])>) {
+async fn record_owners(db: Arc<Db>, mut inbox: mpsc::UnboundedReceiver<(Arc<str>, u64, [u8; 32])>) {
     let mut batch = Vec::new();
     while inbox.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        let slots: Vec<i64> = batch.iter().map(|(s, _)| *s as i64).collect();
-        let owners: Vec<Vec<u8>> = batch.iter().map(|(_, o)| o.to_vec()).collect();
-        batch.clear();
+        let tenants: Vec<&str> = batch.iter().map(|(t, _, _)| &**t).collect();
+        let slots: Vec<i64> = batch.iter().map(|(_, s, _)| *s as i64).collect();
+        let owners: Vec<Vec<u8>> = batch.iter().map(|(_, _, o)| o.to_vec()).collect();
         let written = async {
             db.client()
                 .await?
                 .execute(
-                    "UPDATE keys SET owner = v.owner FROM unnest($1::bigint[], $2::bytea[]) AS v(slot, owner) \
-                     WHERE keys.slot = v.slot AND keys.owner IS NULL",
-                    &[&slots, &owners],
+                    "UPDATE keys SET owner = v.owner FROM unnest($1::bigint[], $2::bytea[], $3::text[]) AS v(slot, owner, tenant) \
+                     WHERE keys.tenant = v.tenant AND keys.slot = v.slot AND keys.owner IS NULL",
+                    &[&slots, &owners, &tenants],
                 )
                 .await
                 .map_err(db_err)
         }
         .await;
+        batch.clear();
         if let Err(e) = written {
             // The keys stay usable (values name their slots); erasure finds them by slot.
             tracing::warn!(error = %e, keys = slots.len(), "recording the owners of pooled keys failed");
@@ -323,13 +383,19 @@ async fn listen_once(db: &Db, held: &std::sync::Weak<Mutex<Held>>) -> Result<(),
     });
     client.batch_execute(&format!("SET search_path TO {}; LISTEN {}", db.schema, channel(&db.schema))).await.map_err(db_err)?;
     let Some(h) = held.upgrade() else { return Ok(()) };
-    let mine: Vec<i64> = {
+    let (tenants, mine) = {
         let mut h = h.lock().expect("key store lock");
         h.epoch += 1;
-        h.slots.keys().map(|&s| s as i64).collect()
+        h.columns(h.slots.keys().copied())
     };
     drop(h);
-    let rows = client.query("SELECT slot FROM keys WHERE slot = ANY($1)", &[&mine]).await.map_err(db_err)?;
+    let rows = client
+        .query(
+            "SELECT k.slot FROM unnest($1::text[], $2::bigint[]) AS x(t, s) JOIN keys k ON k.tenant = x.t AND k.slot = x.s",
+            &[&tenants, &mine],
+        )
+        .await
+        .map_err(db_err)?;
     let present: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
     let destroyed: Vec<u64> = mine.into_iter().filter(|s| !present.contains(s)).map(|s| s as u64).collect();
     if let Some(h) = held.upgrade() {
@@ -360,11 +426,12 @@ impl Keys for PgKeyStore {
         if let Some(key) = h.owners.get(&d).and_then(|s| h.slots.get(s)) {
             return Ok(Some(key.clone()));
         }
-        let Some(slot) = h.pool.pop() else { return Ok(None) };
+        let Some(slot) = h.pool.get_mut(tenant).and_then(Vec::pop) else { return Ok(None) };
         h.owners.insert(d, slot);
         let key = h.slots.get(&slot).cloned().expect("a pooled key is held");
+        let t = h.tenant(tenant);
         // The task ends only when the store is dropped.
-        let _ = self.records.send((slot, d));
+        let _ = self.records.send((t, slot, d));
         Ok(Some(key))
     }
 
@@ -373,20 +440,24 @@ impl Keys for PgKeyStore {
             if let Some(k) = self.try_assign(tenant, owner)? {
                 return Ok(k);
             }
-            self.block(self.refill())?;
+            self.block(self.refill(tenant))?;
         }
     }
 
-    fn pool_low(&self) -> bool {
-        self.held.lock().expect("key store lock").pool.len() < POOL_BATCH / 2 && !self.refilling.load(Ordering::Relaxed)
+    fn pool_low(&self, tenant: &str) -> bool {
+        let h = self.held.lock().expect("key store lock");
+        h.pooled(tenant) < h.batch.get(tenant).copied().unwrap_or(FIRST_BATCH) / 4 && !self.refilling.load(Ordering::Relaxed)
     }
 
-    fn refill_ahead(&self) -> Result<(), KeyError> {
+    fn refill_ahead(&self, tenant: &str) -> Result<(), KeyError> {
         if self.refilling.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let low = self.held.lock().expect("key store lock").pool.len() < POOL_BATCH / 2;
-        let done = if low { self.block(self.refill()) } else { Ok(()) };
+        let low = {
+            let h = self.held.lock().expect("key store lock");
+            h.pooled(tenant) < h.batch.get(tenant).copied().unwrap_or(FIRST_BATCH) / 4
+        };
+        let done = if low { self.block(self.refill(tenant)) } else { Ok(()) };
         self.refilling.store(false, Ordering::Release);
         done
     }
@@ -404,7 +475,9 @@ impl Keys for PgKeyStore {
             let lock = i32::from_le_bytes(d[..4].try_into().expect("4 bytes"));
             tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&OWNER_LOCK, &lock]).await.map_err(db_err)?;
             let found =
-                tx.query_opt("SELECT slot, wrapped FROM keys WHERE owner = $1 ORDER BY slot LIMIT 1", &[&d.to_vec()]).await.map_err(db_err)?;
+                tx.query_opt("SELECT slot, wrapped FROM keys WHERE tenant = $2 AND owner = $1 ORDER BY slot LIMIT 1", &[&d.to_vec(), &tenant])
+                    .await
+                    .map_err(db_err)?;
             let made = match found {
                 Some(row) => {
                     let slot = row.get::<_, i64>(0) as u64;
@@ -418,8 +491,8 @@ impl Keys for PgKeyStore {
                     let slot = tx.query_one("SELECT nextval('key_slots')", &[]).await.map_err(db_err)?.get::<_, i64>(0) as u64;
                     let key = DataKey::random().in_slot(slot);
                     tx.execute(
-                        "INSERT INTO keys (slot, owner, master_version, wrapped) VALUES ($1, $2, $3, $4)",
-                        &[&(slot as i64), &d.to_vec(), &(self.master.version as i32), &self.master.wrap_for_slot(slot, &key)],
+                        "INSERT INTO keys (tenant, slot, owner, master_version, wrapped) VALUES ($5, $1, $2, $3, $4)",
+                        &[&(slot as i64), &d.to_vec(), &(self.master.version as i32), &self.master.wrap_for_slot(slot, &key), &tenant],
                     )
                     .await
                     .map_err(db_err)?;
@@ -434,7 +507,7 @@ impl Keys for PgKeyStore {
             // Destroyed by another node since it was read.
             return Err(KeyError::Invalid(format!("the key of {tenant}/{owner} was destroyed meanwhile")));
         }
-        h.slots.insert(slot, key.clone());
+        h.hold(tenant, slot, key.clone());
         h.owners.insert(d, slot);
         Ok(key)
     }
@@ -454,13 +527,13 @@ impl Keys for PgKeyStore {
         let d = owner_digest(tenant, owner);
         // The key this node handed out, whose owner record may not be written yet, too.
         let mine: Vec<u64> = self.held.lock().expect("key store lock").owners.get(&d).copied().into_iter().collect();
-        let deleted = self.block(self.delete(Some(d), mine))?;
+        let deleted = self.block(self.delete(tenant, Some(d), mine))?;
         self.held.lock().expect("key store lock").forget(&deleted);
         Ok(!deleted.is_empty())
     }
 
-    fn destroy_slots_opening(&self, samples: &[(u64, String)]) -> Result<usize, KeyError> {
-        let mut wanted: Vec<u64> = samples.iter().map(|(s, _)| *s).collect();
+    fn destroy_slots_opening(&self, tenant: &str, samples: &[(u64, String)]) -> Result<usize, KeyError> {
+        let mut wanted: Vec<(String, u64)> = samples.iter().map(|(s, _)| (tenant.to_owned(), *s)).collect();
         wanted.sort_unstable();
         wanted.dedup();
         let missing = Keys::missing(self, &wanted);
@@ -474,7 +547,7 @@ impl Keys for PgKeyStore {
         if opening.is_empty() {
             return Ok(0);
         }
-        let deleted = self.block(self.delete(None, opening))?;
+        let deleted = self.block(self.delete(tenant, None, opening))?;
         self.held.lock().expect("key store lock").forget(&deleted);
         Ok(deleted.len())
     }
@@ -491,26 +564,28 @@ impl Keys for PgKeyStore {
         true
     }
 
-    fn missing(&self, slots: &[u64]) -> Vec<u64> {
+    fn missing(&self, wanted: &[(String, u64)]) -> Vec<(String, u64)> {
         let h = self.held.lock().expect("key store lock");
-        slots.iter().filter(|s| !h.slots.contains_key(s) && !h.gone.contains(s)).copied().collect()
+        wanted.iter().filter(|(_, s)| !h.slots.contains_key(s) && !h.gone.contains(s)).cloned().collect()
     }
 
-    async fn fetch(&self, mut slots: Vec<u64>) -> Result<(), KeyError> {
-        if slots.is_empty() {
+    async fn fetch(&self, mut wanted: Vec<(String, u64)>) -> Result<(), KeyError> {
+        if wanted.is_empty() {
             return Ok(());
         }
-        slots.sort_unstable();
-        slots.dedup();
+        wanted.sort_unstable();
+        wanted.dedup();
         // Each slot with the ones after it, up to a pool batch: the node that made it hands its
-        // pool out in order, so its next events name those — fetched now, not one query each.
-        let (mut lo, mut hi): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
-        for &s in &slots {
-            match hi.last_mut() {
-                Some(h) if s as i64 <= *h => *h = s as i64 + POOL_BATCH as i64,
+        // tenant's pool out in order, so its next events name those — fetched now, not one
+        // query each.
+        let (mut ts, mut lo, mut hi): (Vec<&str>, Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new(), Vec::new());
+        for (t, s) in &wanted {
+            match (ts.last(), hi.last_mut()) {
+                (Some(last), Some(h)) if *last == t.as_str() && *s as i64 <= *h => *h = *s as i64 + POOL_BATCH as i64,
                 _ => {
-                    lo.push(s as i64);
-                    hi.push(s as i64 + POOL_BATCH as i64);
+                    ts.push(t);
+                    lo.push(*s as i64);
+                    hi.push(*s as i64 + POOL_BATCH as i64);
                 }
             }
         }
@@ -521,9 +596,9 @@ impl Keys for PgKeyStore {
                 .client()
                 .await?
                 .query(
-                    "SELECT slot, master_version, wrapped FROM keys JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) \
-                     ON slot >= r.lo AND slot < r.hi",
-                    &[&lo, &hi],
+                    "SELECT k.slot, k.master_version, k.wrapped, k.tenant FROM unnest($3::text[], $1::bigint[], $2::bigint[]) AS r(t, lo, hi) \
+                     JOIN keys k ON k.tenant = r.t AND k.slot >= r.lo AND k.slot < r.hi",
+                    &[&lo, &hi, &ts],
                 )
                 .await
                 .map_err(db_err)?;
@@ -542,16 +617,16 @@ impl Keys for PgKeyStore {
                 .master
                 .unwrap_for_slot(slot, row.get(2))
                 .ok_or_else(|| KeyError::Invalid("a data key in the database does not unwrap with this master key".into()))?;
-            found.push((slot, key));
+            found.push((slot, key, row.get::<_, String>(3)));
         }
-        for (slot, key) in found {
+        for (slot, key, tenant) in found {
             // Destroyed while the query ran (the notification came first): stays forgotten.
             if !h.gone.contains(&slot) {
-                h.slots.insert(slot, key);
+                h.hold(&tenant, slot, key);
             }
         }
         // A slot an event names is committed before the event: missing now means destroyed.
-        let absent: Vec<u64> = slots.into_iter().filter(|s| !h.slots.contains_key(s)).collect();
+        let absent: Vec<u64> = wanted.into_iter().map(|(_, s)| s).filter(|s| !h.slots.contains_key(s)).collect();
         h.gone.extend(absent);
         Ok(())
     }

@@ -67,26 +67,28 @@ fn open_raw_with(keys: &dyn Keys, raw: &mut RawEnvelope) {
 
 /// The slots that sealed values of these events name and that `keys` must fetch before they
 /// open (keys another node made); empty for a key store only this process writes.
-fn slots_to_fetch<'a>(keys: &dyn Keys, events: impl Iterator<Item = &'a EventEnvelope>) -> Vec<u64> {
+fn slots_to_fetch<'a>(keys: &dyn Keys, events: impl Iterator<Item = &'a EventEnvelope>) -> Vec<(String, u64)> {
     missing(keys, |slots| {
         for e in events {
             let rule = seal::rule(&e.event_type);
-            slots.extend(seal::sealed_parts(rule, &e.data).into_iter().filter_map(|p| crate::cipher::sealed_slot(p).flatten()));
+            let named = seal::sealed_parts(rule, &e.data).into_iter().filter_map(|p| crate::cipher::sealed_slot(p).flatten());
+            slots.extend(named.map(|s| (e.tenant.clone(), s)));
         }
     })
 }
 
 /// [`slots_to_fetch`] for events as stored (a text scan; the payload is not parsed).
-fn raw_slots_to_fetch(keys: &dyn Keys, raws: &[RawEnvelope]) -> Vec<u64> {
+fn raw_slots_to_fetch(keys: &dyn Keys, raws: &[RawEnvelope]) -> Vec<(String, u64)> {
     missing(keys, |slots| {
         for raw in raws.iter().filter(|r| seal::rule(&r.event_type) != Rule::Clear) {
-            slots.extend(crate::cipher::slots_named(&raw.data));
+            slots.extend(crate::cipher::slots_named(&raw.data).map(|s| (raw.tenant.clone(), s)));
         }
     })
 }
 
-/// The slots `named` collects that `keys` does not hold (none looked for unless it is shared).
-fn missing(keys: &dyn Keys, named: impl FnOnce(&mut Vec<u64>)) -> Vec<u64> {
+/// The `(tenant, slot)`s `named` collects that `keys` does not hold (none looked for unless it
+/// is shared).
+fn missing(keys: &dyn Keys, named: impl FnOnce(&mut Vec<(String, u64)>)) -> Vec<(String, u64)> {
     if !keys.shared() {
         return Vec::new();
     }
@@ -98,7 +100,7 @@ fn missing(keys: &dyn Keys, named: impl FnOnce(&mut Vec<u64>)) -> Vec<u64> {
 }
 
 impl SealedStore {
-    async fn fetch(&self, slots: Vec<u64>) -> Result<(), ReadError> {
+    async fn fetch(&self, slots: Vec<(String, u64)>) -> Result<(), ReadError> {
         if slots.is_empty() {
             return Ok(());
         }
@@ -134,11 +136,11 @@ impl EventStore for SealedStore {
                         .map_err(|e| AppendError::Storage(e.to_string()))?
                 }
             };
-            if self.keys.pool_low() {
+            if self.keys.pool_low(tenant) {
                 // Refilled in the background, so no append waits for the pool's sync.
-                let keys = self.keys.clone();
+                let (keys, t) = (self.keys.clone(), tenant.to_owned());
                 tokio::task::spawn_blocking(move || {
-                    if let Err(e) = keys.refill_ahead() {
+                    if let Err(e) = keys.refill_ahead(&t) {
                         tracing::warn!(error = %e, "refilling the key pool failed");
                     }
                 });
@@ -247,7 +249,7 @@ impl EventStore for SealedStore {
         tokio::task::spawn_blocking(move || -> Result<usize, crate::keystore::KeyError> {
             let own = usize::from(keys.destroy(&t, &owner)?);
             let samples: Vec<(u64, String)> = samples.into_iter().collect();
-            Ok(own + keys.destroy_slots_opening(&samples)?)
+            Ok(own + keys.destroy_slots_opening(&t, &samples)?)
         })
         .await
         .map_err(|e| storage(e.to_string()))?

@@ -65,14 +65,15 @@ async fn two_nodes_share_keys_and_forget_the_destroyed_ones() {
     let sealed = key.seal("ada@example.com");
     assert!(sealed.starts_with(&format!("enc:v2:{slot}:")), "{sealed}");
     assert!(b.get_slot(slot).is_none());
-    assert_eq!(b.missing(&[slot]), vec![slot]);
-    b.fetch(vec![slot]).await.unwrap();
+    let acme = |slot: u64| vec![("acme".to_owned(), slot)];
+    assert_eq!(b.missing(&acme(slot)), acme(slot));
+    b.fetch(acme(slot)).await.unwrap();
     assert_eq!(b.get_slot(slot).expect("fetched").open(&sealed).as_deref(), Some("ada@example.com"));
     assert_eq!(a.get("acme", "c1").unwrap().bytes(), key.bytes(), "node A knows whose it is");
 
     // A sample the key does not open destroys nothing.
     let other = a.assign("acme", "c2").unwrap();
-    assert_eq!(a.destroy_slots_opening(&[(slot, other.seal("x"))]).unwrap(), 0);
+    assert_eq!(a.destroy_slots_opening("acme", &[(slot, other.seal("x"))]).unwrap(), 0);
     assert!(a.get_slot(slot).is_some());
 
     // Destroyed on A: gone from the table, forgotten by B when told, never fetched again.
@@ -84,14 +85,17 @@ async fn two_nodes_share_keys_and_forget_the_destroyed_ones() {
         assert!(Instant::now() < deadline, "node B still holds the destroyed key");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    b.fetch(vec![slot]).await.unwrap();
-    assert!(b.get_slot(slot).is_none() && b.missing(&[slot]).is_empty(), "a destroyed slot stays missing");
+    b.fetch(acme(slot)).await.unwrap();
+    assert!(b.get_slot(slot).is_none() && b.missing(&acme(slot)).is_empty(), "a destroyed slot stays missing");
     assert!(!a.destroy("acme", "c1").unwrap(), "nothing left to destroy");
 
     // By slot, with proof: the key that opens the sample goes.
     let other_slot = other.slot().unwrap();
-    b.fetch(vec![other_slot]).await.unwrap();
-    assert_eq!(b.destroy_slots_opening(&[(other_slot, other.seal("x"))]).unwrap(), 1);
+    b.fetch(acme(other_slot)).await.unwrap();
+    // Only the tenant's own keys: the slot under another tenant is not found, so stays.
+    assert_eq!(b.destroy_slots_opening("globex", &[(other_slot, other.seal("x"))]).unwrap(), 0);
+    assert_eq!(rows(&s.0, &format!("SELECT count(*) FROM keys WHERE tenant = 'acme' AND slot = {other_slot}")).await, 1);
+    assert_eq!(b.destroy_slots_opening("acme", &[(other_slot, other.seal("x"))]).unwrap(), 1);
     assert_eq!(rows(&s.0, &format!("SELECT count(*) FROM keys WHERE slot = {other_slot}")).await, 0);
 
     // A node reopening holds every key left, and the owners recorded for pooled keys.
@@ -104,6 +108,12 @@ async fn two_nodes_share_keys_and_forget_the_destroyed_ones() {
     let again = PgKeyStore::open(&url(), &s.0, master()).await.unwrap();
     assert_eq!(again.get("acme", "c3").unwrap().bytes(), c2.bytes());
     assert!(again.get("acme", "c1").is_none());
+
+    // Every row belongs to the tenant of the owner it seals for; each tenant has a pool of its own.
+    let globex = a.assign("globex", "g1").unwrap().slot().unwrap();
+    assert_eq!(rows(&s.0, &format!("SELECT count(*) FROM keys WHERE tenant = 'globex' AND slot = {globex}")).await, 1);
+    assert_eq!(rows(&s.0, "SELECT count(*) FROM keys WHERE tenant = '_system'").await, 1, "the index key");
+    assert_eq!(rows(&s.0, "SELECT count(*) FROM keys WHERE tenant NOT IN ('_system', 'acme', 'globex')").await, 0);
 
     // A store dropped gives its unused pool back: only keys handed out (or owned) stay.
     drop((a, b, again));

@@ -164,6 +164,28 @@ ALTER TABLE checkpoints ADD PRIMARY KEY (tenant, name);
 ALTER TABLE schema_migrations ADD COLUMN tenant TEXT NOT NULL DEFAULT '_system';
 ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;
 ALTER TABLE schema_migrations ADD PRIMARY KEY (tenant, version);
+", "
+-- The keys of crypto-shredding by tenant too: a key belongs to the tenant whose events name
+-- its slot (`enc:v2:<slot>:`); Chronicle's own keys (the e-mail index's, the shared
+-- checkpoint's) are _system's. Any other key seals nothing stored (a pooled key not handed out,
+-- one whose events expired or whose append failed): it goes, and its owner gets a new one.
+ALTER TABLE keys ADD COLUMN tenant TEXT;
+UPDATE keys SET tenant = m.tenant FROM (
+    SELECT DISTINCT ON (slot) slot, tenant
+    FROM (SELECT tenant, (regexp_matches(data, 'enc:v2:([0-9]+):', 'g'))[1]::bigint AS slot FROM events) named
+    ORDER BY slot
+) m WHERE keys.slot = m.slot;
+UPDATE keys SET tenant = '_system' WHERE tenant IS NULL AND (
+    owner = sha256(convert_to('_system', 'UTF8') || '\\x00'::bytea || convert_to('index:emails', 'UTF8'))
+    OR owner IN (SELECT sha256(convert_to('_system', 'UTF8') || '\\x00'::bytea
+                 || convert_to(split_part(encode(substring(body FROM 1 FOR 256), 'escape'), E'\\n', 2), 'UTF8'))
+                 FROM checkpoints));
+DELETE FROM keys WHERE tenant IS NULL;
+ALTER TABLE keys ALTER COLUMN tenant SET NOT NULL;
+ALTER TABLE keys DROP CONSTRAINT keys_pkey;
+ALTER TABLE keys ADD PRIMARY KEY (tenant, slot);
+DROP INDEX keys_owner;
+CREATE INDEX keys_owner ON keys (tenant, owner);
 "];
 
 /// The events' columns, in the order [`raw_from_row`] reads them (a macro, so the queries are

@@ -330,6 +330,40 @@ async fn a_stream_written_by_another_node_since_is_judged_on_its_stored_version(
 }
 
 /// Every column of every row of the schema's events, as text.
+/// Ready to be distributed by tenant (Citus): every table has a primary key, and every index —
+/// primary keys included — leads with the tenant.
+#[tokio::test]
+async fn the_tenant_leads_every_primary_key_and_index() {
+    let Some((_store, schema)) = fresh().await else { return };
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT c.relname::text, i.relname::text, a.attname::text FROM pg_index x \
+             JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = x.indkey[0] WHERE n.nspname = $1",
+            &[&schema.0],
+        )
+        .await
+        .unwrap();
+    let indexes: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert!(indexes.len() >= 10, "{indexes:?}");
+    for (table, index, first) in &indexes {
+        assert_eq!(first, "tenant", "index {index} of {table} leads with {first}");
+    }
+    let tables: Vec<String> = client
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1", &[&schema.0])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in &tables {
+        assert!(indexes.iter().any(|(t, i, _)| t == table && i.ends_with("_pkey")), "{table} has no primary key");
+    }
+}
+
 async fn table_text(schema: &Schema) -> String {
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
