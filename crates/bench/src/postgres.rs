@@ -73,6 +73,19 @@ fn sealed() -> bool {
     std::env::var_os("CHRONICLE_BENCH_SEALED").is_some()
 }
 
+/// CHRONICLE_BENCH_TENANTS=N (default 1): the appends go to N tenants in turn, each of which
+/// has an event before the run — the cost of the look-ups that visit every tenant.
+fn tenants() -> usize {
+    std::env::var("CHRONICLE_BENCH_TENANTS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(1)
+}
+
+fn tenant(i: usize) -> String {
+    match tenants() {
+        1 => "bench".to_owned(),
+        n => format!("bench-{}", i % n),
+    }
+}
+
 /// A node over the schema: the store, sealed by the keys in the database when [`sealed`].
 async fn node(url: &str, schema: &str) -> Arc<dyn EventStore> {
     let store: Arc<dyn EventStore> = Arc::new(PgStore::connect_in(url, schema).await.expect("connect"));
@@ -104,21 +117,27 @@ async fn chronicle(url: &str, writers: usize, seconds: u64, lag: bool) -> Value 
     } else {
         None
     };
+    for t in (tenants() > 1).then(tenants).into_iter().flat_map(|n| 0..n) {
+        let ev = NewEvent::new(uuid::Uuid::now_v7(), "TenantSeeded", payload(0), Utc::now());
+        store.append(&tenant(t), "seed", ExpectedVersion::Any, vec![ev]).await.expect("seed");
+    }
+    let seeded = store.head().await.expect("head") as usize;
     let s = store.clone();
     let (rate, latency, n, _) = drive(writers, seconds, move |w, stream, version, i| {
         let s = s.clone();
         async move {
             let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", payload(i), Utc::now());
             let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-            s.append("bench", &format!("customer-w{w}-{stream}"), expected, vec![ev]).await.expect("append");
+            s.append(&tenant(w + stream), &format!("customer-w{w}-{stream}"), expected, vec![ev]).await.expect("append");
         }
     })
     .await;
     let name = if sealed() { "chronicle-sealed" } else { "chronicle" };
-    let mut result = json!({"bench": "postgres", "store": name, "writers": writers, "events": n, "events_per_sec": rate, "latency": latency});
+    let mut result =
+        json!({"bench": "postgres", "store": name, "writers": writers, "tenants": tenants(), "events": n, "events_per_sec": rate, "latency": latency});
     if let Some(w) = watcher {
         let lags = w.await.expect("subscriber");
-        assert_eq!(lags.len(), n, "the subscriber got every event");
+        assert_eq!(lags.len(), n + seeded, "the subscriber got every event");
         result["subscriber_lag"] = summary(lags);
     }
     drop(store);

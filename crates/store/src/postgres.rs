@@ -141,16 +141,20 @@ CREATE TABLE heads (
 INSERT INTO heads (tenant, position) SELECT tenant, max(position) FROM events GROUP BY tenant;
 ALTER TABLE events DROP CONSTRAINT events_pkey;
 ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (tenant, position);
+-- Ids are unique across tenants (the store contract). The one place that knows every id is
+-- Chronicle's own, in tenant _system: each id with where its event is. It replaces the id index
+-- of events (its primary key keeps that index's name, which the writer recognises).
 DROP INDEX events_id;
-CREATE UNIQUE INDEX events_id ON events (tenant, id);
--- Ids are unique across tenants (the store contract): the append statement looks for the
--- group's ids in every tenant, under the order lock, and reports one found as the id index
--- would.
-CREATE FUNCTION id_taken(id UUID) RETURNS BOOLEAN LANGUAGE plpgsql AS $f$
-BEGIN
-    RAISE EXCEPTION 'event id % is stored already', id USING ERRCODE = 'unique_violation', CONSTRAINT = 'events_id';
-END
-$f$;
+CREATE TABLE event_ids (
+    tenant       TEXT   NOT NULL DEFAULT '_system',
+    id           UUID   NOT NULL,
+    event_tenant TEXT   NOT NULL,
+    stream       TEXT   NOT NULL,
+    version      BIGINT NOT NULL,
+    position     BIGINT NOT NULL,
+    CONSTRAINT events_id PRIMARY KEY (tenant, id)
+);
+INSERT INTO event_ids (id, event_tenant, stream, version, position) SELECT id, tenant, stream, version, position FROM events;
 -- Chronicle's own records belong to its tenant, _system.
 ALTER TABLE leases ADD COLUMN tenant TEXT NOT NULL DEFAULT '_system';
 ALTER TABLE leases DROP CONSTRAINT leases_pkey;
@@ -204,27 +208,23 @@ const RANGE_SQL: &str = concat!(
     " FROM events e WHERE e.tenant = h.tenant AND e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3) x \
      WHERE h.position > $1 ORDER BY x.position LIMIT $3"
 );
-/// The stored events among ids `$1`, looked for tenant by tenant. (Written so that each look-up
-/// is one probe of `(tenant, id)` whatever the plan: the `LIMIT` keeps the subquery apart, so it
-/// runs per tenant and id, with both. With `= ANY($1)` a plan made while the table was small
-/// scanned the tenant's whole index instead.)
-const IDS_SQL: &str = "SELECT x.* FROM heads h CROSS JOIN unnest($1::uuid[]) AS q(i) CROSS JOIN LATERAL \
-     (SELECT id, tenant, stream, version, position FROM events e WHERE e.tenant = h.tenant AND e.id = q.i LIMIT 1) x";
+/// The stored events among ids `$1`, from the id registry (`event_ids`, tenant `_system`).
+/// Written so that each id is one probe of the key whatever the plan (the `LIMIT` keeps the
+/// subquery apart): `_system` holds every id, and with `id = ANY($1)` a plan made while the
+/// table was small would scan them all.
+const IDS_SQL: &str = "SELECT x.* FROM unnest($1::uuid[]) AS q(i) CROSS JOIN LATERAL \
+     (SELECT id, event_tenant, stream, version, position FROM event_ids r WHERE r.tenant = '_system' AND r.id = q.i LIMIT 1) x";
 /// The group's rows as relation `u`, from column arrays ([`Columns::params`]; `u.p` is the
-/// position, or the offset past the head), and `taken`: one of their ids already stored in any
-/// tenant, looked for tenant by tenant (ids are unique across tenants, and the id index leads
-/// with the tenant).
+/// position, or the offset past the head).
 macro_rules! group_rows {
     () => {
         "u AS (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
          $8::bigint[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[]) \
-         AS u(p, i, t, s, v, ty, sv, et, it, so, ca, co, ac, d, m)), \
-         taken AS (SELECT x.id FROM heads h CROSS JOIN unnest($2::uuid[]) AS q(i) CROSS JOIN LATERAL \
-           (SELECT e.id FROM events e WHERE e.tenant = h.tenant AND e.id = q.i LIMIT 1) x LIMIT 1), "
+         AS u(p, i, t, s, v, ty, sv, et, it, so, ca, co, ac, d, m)), "
     };
 }
-/// Inserts `u` with positions `$pos` unless an id is taken (then `id_taken` fails the statement
-/// as the id index would), and moves the tenants' heads.
+/// Inserts `u` with positions `$pos`, moves the tenants' heads and registers the ids (an id
+/// stored already, in any tenant, fails the statement on the registry's key `events_id`).
 macro_rules! insert_group_rows {
     ($pos:literal) => {
         concat!(
@@ -233,9 +233,11 @@ macro_rules! insert_group_rows {
             ") SELECT ",
             $pos,
             ", u.i, u.t, u.s, u.v, u.ty, u.sv, u.et, u.it, u.so, u.ca, u.co, u.ac, u.d, u.m FROM u \
-             WHERE NOT EXISTS (SELECT 1 FROM taken WHERE id_taken(taken.id)) RETURNING tenant, position), \
+             RETURNING tenant, position, id, stream, version), \
              moved AS (INSERT INTO heads (tenant, position) SELECT tenant, max(position) FROM ins GROUP BY tenant \
-             ON CONFLICT (tenant) DO UPDATE SET position = GREATEST(heads.position, EXCLUDED.position)) "
+             ON CONFLICT (tenant) DO UPDATE SET position = GREATEST(heads.position, EXCLUDED.position)), \
+             registered AS (INSERT INTO event_ids (id, event_tenant, stream, version, position) \
+             SELECT id, tenant, stream, version, position FROM ins) "
         )
     };
 }

@@ -339,7 +339,7 @@ async fn the_tenant_leads_every_primary_key_and_index() {
     tokio::spawn(connection);
     let rows = client
         .query(
-            "SELECT c.relname::text, i.relname::text, a.attname::text FROM pg_index x \
+            "SELECT c.relname::text, i.relname::text, a.attname::text, x.indisprimary FROM pg_index x \
              JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = x.indkey[0] WHERE n.nspname = $1",
@@ -347,9 +347,9 @@ async fn the_tenant_leads_every_primary_key_and_index() {
         )
         .await
         .unwrap();
-    let indexes: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let indexes: Vec<(String, String, String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
     assert!(indexes.len() >= 10, "{indexes:?}");
-    for (table, index, first) in &indexes {
+    for (table, index, first, _) in &indexes {
         assert_eq!(first, "tenant", "index {index} of {table} leads with {first}");
     }
     let tables: Vec<String> = client
@@ -360,7 +360,7 @@ async fn the_tenant_leads_every_primary_key_and_index() {
         .map(|r| r.get(0))
         .collect();
     for table in &tables {
-        assert!(indexes.iter().any(|(t, i, _)| t == table && i.ends_with("_pkey")), "{table} has no primary key");
+        assert!(indexes.iter().any(|(t, _, _, primary)| t == table && *primary), "{table} has no primary key");
     }
 }
 
