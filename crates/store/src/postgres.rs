@@ -23,6 +23,13 @@
 //! group follows the head it read under the lock). `sync` waits until the node has handed out
 //! everything the database had committed when it was called (read-your-writes across nodes).
 //!
+//! **By tenant.** The tenant leads every primary key and index, so the schema can be
+//! distributed by tenant: events are keyed `(tenant, position)`; `heads` holds each tenant's
+//! last position (the global head is their greatest; reading in position order visits the
+//! tenants with events past the cursor one by one); ids, unique across tenants, are registered
+//! in `event_ids` under Chronicle's own tenant `_system`, by the same statement that inserts the
+//! events. See ARCHITECTURE.md, "Past one database".
+//!
 //! Versioned migrations (`schema_migrations`) run on connect, under a session advisory lock so
 //! two nodes starting together do not race. Every table lives in one schema (`chronicle` by
 //! default; tests use one schema each).
