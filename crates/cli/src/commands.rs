@@ -122,11 +122,10 @@ pub async fn run_server(
     ticker.abort();
     claims.abort();
     app.audit.flush(&app).await.context("writing the audit trail")?;
-    match app.checkpoint().context("writing the final checkpoint")? {
+    match app.final_checkpoint().context("writing the final checkpoint")? {
         Some(pos) => tracing::info!(position = pos, "stopped; checkpoint written"),
         None => tracing::info!("stopped; the checkpoint is kept by another node"),
     }
-    app.release_checkpoint().context("giving the checkpoint's lease up")?;
     Ok(())
 }
 
@@ -156,8 +155,7 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
     let st = storage::open(&cfg)?;
     let app = st.app().await?;
     let (api_key, write_key) = app.create_tenant(name).await?;
-    app.checkpoint()?;
-    app.release_checkpoint()?;
+    app.final_checkpoint()?;
     println!("{}", json!({"tenant": name, "api_key": api_key, "write_key": write_key}));
     Ok(ExitCode::SUCCESS)
 }
@@ -210,11 +208,17 @@ async fn rebuild_checkpoint(
         place.release()?;
         Ok(saved)
     })?;
-    if saved == Saved::NotMine {
-        eprintln!("the checkpoint is kept by a running node; it was not replaced");
-    }
-    if let (Some(seal), Some(old)) = (&seal, old_key) {
-        seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
+    match saved {
+        // The running node that keeps it seals its own under its key: that key stays.
+        Saved::NotMine => eprintln!("the checkpoint is kept by a running node; it was not replaced"),
+        Saved::Written { replaced_key } => {
+            // The checkpoint removed before, and any another node saved meanwhile: their keys go.
+            if let Some(seal) = &seal {
+                for old in old_key.into_iter().chain(replaced_key) {
+                    seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;
+                }
+            }
+        }
     }
     Ok((fresh, problems, done))
 }
@@ -282,8 +286,7 @@ pub async fn retention(args: &StorageArgs, tenant: &str, change: Option<(String,
         Some((event_type, None)) => chronicle_server::retention::remove_policy(&app, tenant, &event_type, "cli").await?,
         None => {}
     }
-    app.checkpoint()?;
-    app.release_checkpoint()?;
+    app.final_checkpoint()?;
     let v = chronicle_server::retention::policies(&app, tenant);
     println!("{}", json!({"tenant": tenant, "policies": v.policies, "compactions": v.runs}));
     Ok(ExitCode::SUCCESS)

@@ -52,8 +52,7 @@ pub async fn run(
         w.flush().context("writing the rejects file")?;
     }
     // What was written stays written (and is in the log either way): checkpoint the views.
-    app.checkpoint().context("writing the checkpoint")?;
-    app.release_checkpoint().context("giving the checkpoint's lease up")?;
+    app.final_checkpoint().context("writing the checkpoint")?;
     let report = result.context("import failed")?;
     if report.rejected > out.printed {
         eprintln!("… and {} more rejected lines", report.rejected - out.printed);

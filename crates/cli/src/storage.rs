@@ -151,8 +151,23 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
     let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), holder, keys, pg, _lock: lock };
     if let Some(pg) = &storage.pg {
         claim_sealing(pg, &*storage.store)?;
+        remove_folder_views(&storage.checkpoint)?;
     }
     Ok(storage)
+}
+
+/// A node over PostgreSQL keeps no views in its folder (they are shared in the database): a
+/// checkpoint an older build left there is removed — it holds profiles that erasures made since
+/// no longer reach — and so is the compaction count that went with it.
+fn remove_folder_views(checkpoint: &std::path::Path) -> anyhow::Result<()> {
+    for path in [checkpoint.to_path_buf(), checkpoint.with_file_name("compactions")] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::warn!(path = %path.display(), "removed the views an older build kept in the folder; they are shared in the database now"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The lease of the shared checkpoint: its holder writes it.

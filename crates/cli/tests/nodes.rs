@@ -276,8 +276,12 @@ fn one_node_checkpoints_the_views_and_a_survivor_takes_it_over() {
     wait_until("the survivor checkpointing", Duration::from_secs(25), || written(&other_url) > 0);
     assert!(c.db.scalar(&format!("SELECT count(*) FROM checkpoints WHERE position >= {head}")) == 1);
     eprintln!("the survivor checkpointed {:?} after the kill", killed.elapsed());
-    // A node that joins starts from that checkpoint and reads both customers.
+    // A node that joins starts from that checkpoint and reads both customers; views an older
+    // build kept in its folder are removed (erasures no longer reach them).
+    std::fs::create_dir_all(&c.folders[2]).unwrap();
+    std::fs::write(c.folders[2].join("projections.json"), "{\"stale\": \"ada@example.com\"}").unwrap();
     let (_third, third) = c.serve(2, &[]);
+    assert!(!c.folders[2].join("projections.json").exists(), "the folder's old views are gone");
     for id in ["c-1", "c-2"] {
         assert_eq!(get(&agent, &format!("{third}/v1/customers/{id}"), &c.key).0, 200);
     }

@@ -7,7 +7,8 @@
 //!   data); the master key itself never enters the database, and every node needs the same one.
 //! - **Rows by tenant.** The table is keyed `(tenant, slot)` and its owner index leads with the
 //!   tenant too (ARCHITECTURE.md, "Past one database"): a key belongs to the tenant of the
-//!   person it seals, and every statement names the tenant.
+//!   person it seals, and every statement on a key names its tenant (loading every key at open
+//!   reads the whole table).
 //! - **A pool made ahead, per tenant.** A node inserts a batch of keys for a tenant in one
 //!   transaction (the first batch [`FIRST_BATCH`] keys, doubling up to [`POOL_BATCH`]) and hands
 //!   them out to that tenant's new owners from memory: an append never waits for a key of its
@@ -35,7 +36,6 @@ use crate::keystore::{owner_digest, KeyError, MasterKey};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
@@ -62,6 +62,8 @@ struct Held {
     /// tenant's next batch.
     pool: HashMap<Arc<str>, Vec<u64>>,
     batch: HashMap<Arc<str>, usize>,
+    /// Tenants whose pool a refill ahead is filling now.
+    refilling: HashSet<Arc<str>>,
     /// Slots found destroyed: never held again (slots are not reused).
     gone: HashSet<u64>,
     /// Rows without an owner when the store was opened (other nodes' pools, or a lost record).
@@ -101,8 +103,9 @@ impl Held {
         self.tenants.insert(slot, t);
     }
 
-    fn pooled(&self, tenant: &str) -> usize {
-        self.pool.get(tenant).map_or(0, Vec::len)
+    /// Whether `tenant`'s pool is down to a quarter of its next batch.
+    fn low(&self, tenant: &str) -> bool {
+        self.pool.get(tenant).map_or(0, Vec::len) < self.batch.get(tenant).copied().unwrap_or(FIRST_BATCH) / 4
     }
 
     /// `(tenants, slots)` as column arrays.
@@ -151,7 +154,6 @@ pub struct PgKeyStore {
     db: Arc<Db>,
     master: MasterKey,
     held: Arc<Mutex<Held>>,
-    refilling: AtomicBool,
     /// Owner records for the writer task.
     records: mpsc::UnboundedSender<(Arc<str>, u64, [u8; 32])>,
     handle: tokio::runtime::Handle,
@@ -242,7 +244,7 @@ impl PgKeyStore {
         let (records, inbox) = mpsc::unbounded_channel();
         tokio::spawn(record_owners(db.clone(), inbox));
         tokio::spawn(listen(db.clone(), Arc::downgrade(&held)));
-        Ok(PgKeyStore { db, master, held, refilling: AtomicBool::new(false), records, handle: tokio::runtime::Handle::current() })
+        Ok(PgKeyStore { db, master, held, records, handle: tokio::runtime::Handle::current() })
     }
 
     /// Runs `f` to its end from synchronous code: on a runtime's worker thread (which it
@@ -446,19 +448,20 @@ impl Keys for PgKeyStore {
 
     fn pool_low(&self, tenant: &str) -> bool {
         let h = self.held.lock().expect("key store lock");
-        h.pooled(tenant) < h.batch.get(tenant).copied().unwrap_or(FIRST_BATCH) / 4 && !self.refilling.load(Ordering::Relaxed)
+        h.low(tenant) && !h.refilling.contains(tenant)
     }
 
     fn refill_ahead(&self, tenant: &str) -> Result<(), KeyError> {
-        if self.refilling.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let low = {
-            let h = self.held.lock().expect("key store lock");
-            h.pooled(tenant) < h.batch.get(tenant).copied().unwrap_or(FIRST_BATCH) / 4
+        let t = {
+            let mut h = self.held.lock().expect("key store lock");
+            let t = h.tenant(tenant);
+            if !h.low(tenant) || !h.refilling.insert(t.clone()) {
+                return Ok(());
+            }
+            t
         };
-        let done = if low { self.block(self.refill(tenant)) } else { Ok(()) };
-        self.refilling.store(false, Ordering::Release);
+        let done = self.block(self.refill(tenant));
+        self.held.lock().expect("key store lock").refilling.remove(&t);
         done
     }
 

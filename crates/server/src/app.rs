@@ -279,7 +279,8 @@ impl App {
         let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         let bytes = chronicle_projections::encode(&snapshot, seal).map_err(internal)?;
         let Saved::Written { replaced_key } = place.write(snapshot.position, &bytes).map_err(internal)? else {
-            // The lease was lost since the claim: nothing written, the rotation stays due.
+            // The lease was lost since the claim, or the stored checkpoint is further on than
+            // these views: nothing written, the rotation stays due.
             return Ok(None);
         };
         self.erasures.sealed.fetch_max(applied, Ordering::SeqCst);
@@ -306,10 +307,15 @@ impl App {
         place.claim().map_err(|e| AppError::Internal(e.to_string()))
     }
 
-    /// Give the shared checkpoint's lease up (a clean stop).
-    pub fn release_checkpoint(&self) -> Result<(), AppError> {
-        let Some(place) = &self.checkpoint_place else { return Ok(()) };
-        place.release().map_err(|e| AppError::Internal(e.to_string()))
+    /// The last checkpoint of a process that stops (a server, a one-off command): written if
+    /// this process keeps the checkpoint, then the shared checkpoint's lease given up, so a
+    /// running node keeps it at once.
+    pub fn final_checkpoint(&self) -> Result<Option<u64>, AppError> {
+        let written = self.checkpoint()?;
+        if let Some(place) = &self.checkpoint_place {
+            place.release().map_err(|e| AppError::Internal(e.to_string()))?;
+        }
+        Ok(written)
     }
 
     /// The last log position the automation engine has reacted to.

@@ -177,14 +177,18 @@ ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;
 ALTER TABLE schema_migrations ADD PRIMARY KEY (tenant, version);
 ", "
 -- The keys of crypto-shredding by tenant too: a key belongs to the tenant whose events name
--- its slot (`enc:v2:<slot>:`); Chronicle's own keys (the e-mail index's, the shared
--- checkpoint's) are _system's. Any other key seals nothing stored (a pooled key not handed out,
--- one whose events expired or whose append failed): it goes, and its owner gets a new one.
+-- its slot (`enc:v2:<slot>:`, in the streams that are sealed: a customer's, an anonymous
+-- visitor's; where clear text of another tenant imitates a sealed value, the tenant that names
+-- the slot most); Chronicle's own keys (the e-mail index's, the shared checkpoint's) are
+-- _system's. Any other key seals nothing stored (a pooled key not handed out, one whose events
+-- expired or whose append failed): it goes, and its owner gets a new one.
 ALTER TABLE keys ADD COLUMN tenant TEXT;
 UPDATE keys SET tenant = m.tenant FROM (
     SELECT DISTINCT ON (slot) slot, tenant
-    FROM (SELECT tenant, (regexp_matches(data, 'enc:v2:([0-9]+):', 'g'))[1]::bigint AS slot FROM events) named
-    ORDER BY slot
+    FROM (SELECT tenant, (regexp_matches(data, 'enc:v2:([0-9]+):', 'g'))[1]::bigint AS slot FROM events
+          WHERE stream LIKE 'customer-%' OR stream LIKE 'anonymous-%') named
+    GROUP BY slot, tenant
+    ORDER BY slot, count(*) DESC
 ) m WHERE keys.slot = m.slot;
 UPDATE keys SET tenant = '_system' WHERE tenant IS NULL AND (
     owner = sha256(convert_to('_system', 'UTF8') || '\\x00'::bytea || convert_to('index:emails', 'UTF8'))
@@ -209,12 +213,20 @@ macro_rules! columns {
 }
 /// The events past `$1` up to `$2`, in order, at most `$3`.
 /// Tenant by tenant (only those with events past `$1`), each on its `(tenant, position)` key.
+/// Callers bound `$2` by `$1 + $3` ([`range_end`]): positions have no gaps, so the page's `$3`
+/// events lie within it, each tenant is read that far only, and a page reads about `$3` rows
+/// however many tenants there are.
 const RANGE_SQL: &str = concat!(
     "SELECT x.* FROM heads h CROSS JOIN LATERAL (SELECT ",
     columns!(),
-    " FROM events e WHERE e.tenant = h.tenant AND e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3) x \
+    " FROM events e WHERE e.tenant = h.tenant AND e.position > $1 AND e.position <= $2 ORDER BY e.position) x \
      WHERE h.position > $1 ORDER BY x.position LIMIT $3"
 );
+
+/// The last position a page of `limit` events past `after` can reach, at most `upto`.
+fn range_end(after: i64, upto: i64, limit: i64) -> i64 {
+    upto.min(after.saturating_add(limit))
+}
 /// The stored events among ids `$1`, from the id registry (`event_ids`, tenant `_system`).
 /// Written so that each id is one probe of the key whatever the plan (the `LIMIT` keeps the
 /// subquery apart): `_system` holds every id, and with `id = ANY($1)` a plan made while the
@@ -315,6 +327,8 @@ pub enum PgOpenError {
     Migrate { schema: String, source: tokio_postgres::Error },
     #[error("{0} is not a valid schema name (a-z, 0-9, _)")]
     Schema(String),
+    #[error("the PostgreSQL schema {schema} is at migration {found}, newer than this build knows ({known}): upgrade this node")]
+    Newer { schema: String, found: i32, known: usize },
 }
 
 pub struct PgStore {
@@ -348,7 +362,8 @@ impl Feed {
     async fn catch_up(&self, fed: &mut u64, conn: &Conn, upto: Option<u64>) -> Result<(), ReadError> {
         let upto = upto.map_or(i64::MAX, |u| u as i64);
         loop {
-            let rows = conn.query(RANGE_SQL, &[&(*fed as i64), &upto, &FOLLOW_PAGE]).await.map_err(read_error)?;
+            let end = range_end(*fed as i64, upto, FOLLOW_PAGE);
+            let rows = conn.query(RANGE_SQL, &[&(*fed as i64), &end, &FOLLOW_PAGE]).await.map_err(read_error)?;
             let mut events = Vec::with_capacity(rows.len());
             for row in &rows {
                 // A row that cannot be read stops the hand-out here (loudly, retried): skipping
@@ -508,8 +523,7 @@ impl PgStore {
         Ok(PgStore { requests, gather, readers, next_reader: AtomicUsize::new(0), url: url.to_owned(), schema: schema.to_owned(), feed })
     }
 
-    /// The number of compactions the schema has seen ([`PgStore::expire`]): a node whose views
-    /// were saved at an older count holds expired events in them and must build them again.
+    /// The number of compactions the schema has seen ([`PgStore::expire`]).
     pub async fn compactions(&self) -> Result<u64, ReadError> {
         let row = self.reader().await?.query_opt("SELECT value FROM settings WHERE tenant = '_system' AND name = 'compactions'", &[]).await.map_err(read_error)?;
         Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()).unwrap_or(0))
@@ -550,25 +564,40 @@ impl PgStore {
             if let Some(&last) = expiry.positions.last().filter(|&&p| p > head) {
                 return Err(ExpireError::Invalid(format!("position {last} is beyond the head {head}")));
             }
-            let wanted: Vec<i64> = expiry.positions.iter().map(|&p| p as i64).collect();
-            let rows = client
-                .query(
-                    "SELECT x.position, x.type FROM heads h CROSS JOIN LATERAL \
-                     (SELECT position, type FROM events e WHERE e.tenant = h.tenant AND e.position = ANY($1)) x",
-                    &[&wanted],
-                ).await.map_err(db)?;
-            let (positions, data): (Vec<i64>, Vec<String>) = rows
-                .iter()
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
-                .filter(|(_, t)| t != EXPIRED_TYPE)
-                .map(|(p, t)| (p, crate::expire::tombstone_data(&t).to_string()))
-                .unzip();
+            // Each planned position's tenant and type: the log from the first to the last read in
+            // pages (as a follower reads it), the planned ones kept.
+            let wanted: std::collections::HashSet<u64> = expiry.positions.iter().copied().collect();
+            let (mut tenants, mut positions, mut data) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut after, last) = match (expiry.positions.first(), expiry.positions.last()) {
+                (Some(&first), Some(&last)) => (first as i64 - 1, last as i64),
+                _ => (0, 0),
+            };
+            while after < last {
+                let rows = client
+                    .query(
+                        "SELECT x.tenant, x.position, x.type FROM heads h CROSS JOIN LATERAL \
+                         (SELECT tenant, position, type FROM events e WHERE e.tenant = h.tenant AND e.position > $1 \
+                          AND e.position <= $2) x WHERE h.position > $1",
+                        &[&after, &range_end(after, last, 10_000)],
+                    )
+                    .await
+                    .map_err(db)?;
+                after = (after + 10_000).min(last);
+                for r in rows {
+                    let (position, event_type): (i64, String) = (r.get(1), r.get(2));
+                    if wanted.contains(&(position as u64)) && event_type != EXPIRED_TYPE {
+                        tenants.push(r.get::<_, String>(0));
+                        positions.push(position);
+                        data.push(crate::expire::tombstone_data(&event_type).to_string());
+                    }
+                }
+            }
             client
                 .execute(
                     "UPDATE events SET type = $3, schema_version = 1, data = x.d, metadata = '{}', actor = NULL, \
-                     causation_id = NULL, correlation_id = NULL FROM heads h, unnest($1::bigint[], $2::text[]) AS x(p, d) \
-                     WHERE events.tenant = h.tenant AND events.position = x.p",
-                    &[&positions, &data, &EXPIRED_TYPE],
+                     causation_id = NULL, correlation_id = NULL FROM unnest($4::text[], $1::bigint[], $2::text[]) AS x(t, p, d) \
+                     WHERE events.tenant = x.t AND events.position = x.p",
+                    &[&positions, &data, &EXPIRED_TYPE, &tenants],
                 )
                 .await
                 .map_err(db)?;
@@ -624,6 +653,8 @@ impl PgStore {
         // The key table too: destroyed keys' rows leave their bytes in the pages' free space
         // (`chronicle_privacy::pgkeys`); a rewrite leaves none in the table's files.
         client.batch_execute("VACUUM FULL keys").await.map_err(db)?;
+        // And the shared views' checkpoint deleted above, which held the expired events.
+        client.batch_execute("VACUUM FULL checkpoints").await.map_err(db)?;
         let bytes_after = client.query_one(size, &[]).await.map_err(db)?.get::<_, i64>(0) as u64;
         Ok(Expired { expired, head, bytes_before, bytes_after })
     }
@@ -644,6 +675,13 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Makes `schema` as a build that knew only the first `migrations` would have (upgrade tests).
+    #[doc(hidden)]
+    pub async fn migrate_only(url: &str, schema: &str, migrations: usize) -> Result<(), PgOpenError> {
+        let conn = connect(url, schema).await?;
+        migrate_through(&conn.client, schema, &MIGRATIONS[..migrations.min(MIGRATIONS.len())]).await
+    }
+
     /// The shared checkpoint `name`, if one was written.
     pub async fn read_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, ReadError> {
         let row = self.reader().await?.query_opt("SELECT body FROM checkpoints WHERE tenant = '_system' AND name = $1", &[&name]).await.map_err(read_error)?;
@@ -654,7 +692,9 @@ impl PgStore {
     /// holds lease `lease` by the database's clock — checked in the same statement, so a node
     /// that lost its lease unawares (paused, cut off) writes nothing — and the stored one is not
     /// further on. `Some(head of the body replaced, if any)` when written: its first 256 bytes,
-    /// which name the key a sealed checkpoint was sealed with.
+    /// which name the key a sealed checkpoint was sealed with (read first, under the row's lock —
+    /// the insert waits on it — so two writers overlapping at a lease's end each learn what they
+    /// really replaced).
     pub async fn write_checkpoint(
         &self,
         name: &str,
@@ -667,9 +707,9 @@ impl PgStore {
             .reader()
             .await?
             .query_one(
-                "WITH old AS (SELECT substring(body FROM 1 FOR 256) AS head FROM checkpoints WHERE tenant = '_system' AND name = $1), \
+                "WITH old AS (SELECT substring(body FROM 1 FOR 256) AS head FROM checkpoints WHERE tenant = '_system' AND name = $1 FOR UPDATE), \
                  put AS (INSERT INTO checkpoints (name, position, body) \
-                   SELECT $1, $2, $3 WHERE EXISTS \
+                   SELECT $1, $2, $3 WHERE (SELECT count(*) FROM old) >= 0 AND EXISTS \
                      (SELECT 1 FROM leases WHERE tenant = '_system' AND name = $4 AND holder = $5 AND expires_at > now()) \
                    ON CONFLICT (tenant, name) DO UPDATE SET position = EXCLUDED.position, body = EXCLUDED.body, written_at = now() \
                    WHERE checkpoints.position <= EXCLUDED.position \
@@ -729,23 +769,39 @@ impl PgStore {
     }
 }
 
+/// Runs the migrations not run yet. A schema migrated further than this build knows is
+/// refused: an older node would write without what the newer schema expects of every append
+/// (the tenants' heads, the id registry). (Nodes built before this check cannot refuse, so an
+/// upgrade stops every node first; see the README.)
 async fn migrate(client: &Client, schema: &str) -> Result<(), PgOpenError> {
+    migrate_through(client, schema, MIGRATIONS).await
+}
+
+/// [`migrate`] with the first of the migrations only (an upgrade test starts from those).
+async fn migrate_through(client: &Client, schema: &str, migrations: &[&str]) -> Result<(), PgOpenError> {
     let err = |source| PgOpenError::Migrate { schema: schema.into(), source };
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(err)?;
     let result = async {
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            .await?;
-        let done: i32 = client.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            .await
+            .map_err(err)?;
+        let done: i32 = client.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await.map_err(err)?.get(0);
+        if done as usize > migrations.len() {
+            return Err(PgOpenError::Newer { schema: schema.into(), found: done, known: migrations.len() });
+        }
+        for (i, sql) in migrations.iter().enumerate().skip(done as usize) {
             let version = i as i32 + 1;
-            client.batch_execute(&format!("BEGIN; {sql}; INSERT INTO schema_migrations (version) VALUES ({version}); COMMIT;")).await?;
+            client
+                .batch_execute(&format!("BEGIN; {sql}; INSERT INTO schema_migrations (version) VALUES ({version}); COMMIT;"))
+                .await
+                .map_err(err)?;
         }
         Ok(())
     }
     .await;
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
-    result.map_err(err)?;
+    result?;
     unlocked.map_err(err)?;
     Ok(())
 }
@@ -1398,7 +1454,7 @@ impl EventStore for PgStore {
         // never runs ahead of what subscribers were told.
         let head = *self.feed.head.borrow() as i64;
         let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
-        self.query_events(RANGE_SQL, &[&after, &head, &limit]).await
+        self.query_events(RANGE_SQL, &[&after, &range_end(after, head, limit), &limit]).await
     }
 
     async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {

@@ -329,7 +329,6 @@ async fn a_stream_written_by_another_node_since_is_judged_on_its_stored_version(
     assert_eq!(b.read_stream("t", "s", 1, 100).await.unwrap().len(), 7);
 }
 
-/// Every column of every row of the schema's events, as text.
 /// Ready to be distributed by tenant (Citus): every table has a primary key, and every index —
 /// primary keys included — leads with the tenant.
 #[tokio::test]
@@ -364,6 +363,7 @@ async fn the_tenant_leads_every_primary_key_and_index() {
     }
 }
 
+/// Every column of every row of the schema's events, as text.
 async fn table_text(schema: &Schema) -> String {
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -448,4 +448,62 @@ async fn expiry_turns_events_into_tombstones_only_while_no_node_has_the_schema_o
     let store = node(&schema).await;
     assert_eq!(store.compactions().await.unwrap(), 2);
     assert_eq!(store.read_all(5, 10).await.unwrap()[0].version, 2);
+}
+
+/// A schema made before the tenant-led migrations (5 and 6) is upgraded in place: its events
+/// keyed by tenant, with each tenant's head and the id registry filled; each key filed under
+/// the tenant whose customer or visitor events name its slot (the one naming it most, where
+/// another tenant's clear text imitates a sealed value), Chronicle's own under `_system`, and
+/// keys that seal nothing stored gone. A schema newer than the build is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
+    let schema = Schema(format!("contract_{}", uuid::Uuid::new_v4().simple()));
+    if let Err(e) = PgStore::migrate_only(&url(), &schema.0, 4).await {
+        assert!(std::env::var_os("CI").is_none(), "PostgreSQL at {} is required in CI: {e}", url());
+        eprintln!("skipped: no PostgreSQL at {} ({e})", url());
+        return;
+    }
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("SET search_path TO {}", schema.0)).await.unwrap();
+    client
+        .batch_execute(
+            r#"INSERT INTO events (position, id, tenant, stream, version, type, schema_version, event_time, ingest_time, source, data, metadata) VALUES
+                (1, '00000000-0000-0000-0000-000000000001', '_system', 'tenant-acme', 1, 'TenantCreated', 1, 0, 0, 't', '{}', '{}'),
+                (2, '00000000-0000-0000-0000-000000000002', 'acme', 'customer-c1', 1, 'CustomerRegistered', 1, 0, 0, 't', '{"email":"enc:v2:11:AAAA"}', '{}'),
+                (3, '00000000-0000-0000-0000-000000000003', 'acme', 'customer-c1', 2, 'NoteAdded', 1, 0, 0, 't', '{"text":"enc:v2:11:BBBB"}', '{}'),
+                (4, '00000000-0000-0000-0000-000000000004', 'globex', 'customer-g1', 1, 'NoteAdded', 1, 0, 0, 't', '{"text":"looks like enc:v2:11:CCCC"}', '{}'),
+                (5, '00000000-0000-0000-0000-000000000005', 'globex', 'anonymous-v1', 1, 'ActivityTracked', 1, 0, 0, 't', '{"ip":"enc:v2:12:DDDD"}', '{}'),
+                (6, '00000000-0000-0000-0000-000000000006', 'globex', 'deal-1', 1, 'DealNoted', 1, 0, 0, 't', '{"x":"enc:v2:13:EEEE"}', '{}');
+               INSERT INTO keys (slot, owner, master_version, wrapped) VALUES
+                (11, '\x01', 1, '\x00'), (12, NULL, 1, '\x00'), (13, '\x03', 1, '\x00'), (14, NULL, 1, '\x00'),
+                (15, sha256(convert_to('_system', 'UTF8') || '\x00'::bytea || convert_to('index:emails', 'UTF8')), 1, '\x00');"#,
+        )
+        .await
+        .unwrap();
+
+    let store = PgStore::connect_in(&url(), &schema.0).await.expect("upgraded");
+    assert_eq!(store.head().await.unwrap(), 6);
+    let all = store.read_all(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    let heads: Vec<(String, i64)> =
+        client.query("SELECT tenant, position FROM heads ORDER BY tenant", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(heads, vec![("_system".into(), 1), ("acme".into(), 3), ("globex".into(), 6)]);
+    let id = |n: u128| uuid::Uuid::from_u128(n);
+    assert_eq!(store.stored(&[id(4), id(9)]).await.unwrap(), vec![true, false]);
+    let keys: Vec<(i64, String)> =
+        client.query("SELECT slot, tenant FROM keys ORDER BY slot", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(keys, vec![(11, "acme".into()), (12, "globex".into()), (15, "_system".into())]);
+    // Appends go on after the head, and an id of another tenant is still refused.
+    let reused = chronicle_core::envelope::NewEvent { id: id(2), ..event(1) };
+    assert!(matches!(store.append("globex", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![reused]).await, Err(chronicle_store::AppendError::IdReused { .. })));
+    assert_eq!(store.append("acme", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![event(2)]).await.unwrap().position, 7);
+    drop(store);
+
+    client.execute("INSERT INTO schema_migrations (version) VALUES (99)", &[]).await.unwrap();
+    match PgStore::connect_in(&url(), &schema.0).await {
+        Err(e @ chronicle_store::postgres::PgOpenError::Newer { .. }) => assert!(e.to_string().contains("upgrade this node"), "{e}"),
+        Err(e) => panic!("expected Newer, got {e}"),
+        Ok(_) => panic!("a schema newer than the build was opened"),
+    }
 }
