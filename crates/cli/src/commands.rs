@@ -88,15 +88,17 @@ pub async fn run_server(
     // renewed here more often than checkpoints are written, so a dead holder's duty moves
     // within seconds); alone, this node writes its own.
     let claim_app = app.clone();
-    let claims = tokio::spawn(async move {
-        let mut every = tokio::time::interval(crate::storage::VIEWS_LEASE_RENEW);
-        loop {
-            every.tick().await;
-            let a = claim_app.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.claim_checkpoint()).await {
-                tracing::warn!(error = %e, "renewing the checkpoint's lease failed");
+    let claims = cfg.database_url.is_some().then(|| {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::storage::VIEWS_LEASE_RENEW);
+            loop {
+                every.tick().await;
+                let a = claim_app.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.claim_checkpoint()).await {
+                    tracing::warn!(error = %e, "renewing the checkpoint's lease failed");
+                }
             }
-        }
+        })
     });
     let ticker_app = app.clone();
     let ticker = tokio::spawn(async move {
@@ -120,7 +122,9 @@ pub async fn run_server(
     });
     chronicle_server::serve(app.clone(), listener, shutdown).await.context("serving HTTP")?;
     ticker.abort();
-    claims.abort();
+    if let Some(claims) = claims {
+        claims.abort();
+    }
     app.audit.flush(&app).await.context("writing the audit trail")?;
     match app.final_checkpoint().context("writing the final checkpoint")? {
         Some(pos) => tracing::info!(position = pos, "stopped; checkpoint written"),
@@ -212,7 +216,7 @@ async fn rebuild_checkpoint(
         // The running node that keeps it seals its own under its key: that key stays.
         Saved::NotMine => eprintln!("the checkpoint is kept by a running node; it was not replaced"),
         Saved::Written { replaced_key } => {
-            // The checkpoint removed before, and any another node saved meanwhile: their keys go.
+            // The checkpoint removed before, and any other node saved meanwhile: their keys go.
             if let Some(seal) = &seal {
                 for old in old_key.into_iter().chain(replaced_key) {
                     seal.destroy(&old).map_err(|e| anyhow::anyhow!(e))?;

@@ -32,8 +32,8 @@ pub trait CheckpointSeal: Send + Sync {
 /// What a write of the checkpoint did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Saved {
-    /// Written; the checkpoint it replaced was sealed under `replaced_key` (to destroy when it
-    /// is not the key just used).
+    /// Written; the checkpoint it replaced was sealed under `replaced_key`. [`save_to`] gives
+    /// it only when it is not the key just used: the caller destroys it.
     Written { replaced_key: Option<String> },
     /// Not written: another process keeps this checkpoint now (the holder of its lease).
     NotMine,
@@ -65,11 +65,17 @@ pub trait CheckpointPlace: Send + Sync {
 
 const SEALED_MAGIC: &[u8] = b"CHRONICLE-SEALED-CHECKPOINT\n";
 
+/// Sealed checkpoint bytes as the name of their key and the sealed body (`None` when the
+/// bytes are not sealed).
+fn sealed_parts(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let rest = bytes.strip_prefix(SEALED_MAGIC)?;
+    let nl = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+    Some((String::from_utf8_lossy(&rest[..nl]).into_owned(), rest.get(nl + 1..).unwrap_or_default()))
+}
+
 /// The name of the key sealed checkpoint bytes name (from their head), if they are sealed.
 pub fn key_of(bytes: &[u8]) -> Option<String> {
-    let rest = bytes.strip_prefix(SEALED_MAGIC)?;
-    let nl = rest.iter().position(|b| *b == b'\n')?;
-    Some(String::from_utf8_lossy(&rest[..nl]).into_owned())
+    sealed_parts(bytes).map(|(key, _)| key)
 }
 
 /// The views as checkpoint bytes: JSON, sealed when `seal` is given.
@@ -88,11 +94,8 @@ pub fn encode(p: &Projections, seal: Option<&dyn CheckpointSeal>) -> Result<Vec<
 /// The views from checkpoint bytes read from `place` (named in errors).
 pub fn decode(bytes: &[u8], seal: Option<&dyn CheckpointSeal>, place: &str) -> Result<Projections, CheckpointError> {
     let opened;
-    let plain = match bytes.strip_prefix(SEALED_MAGIC) {
-        Some(rest) => {
-            let nl = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
-            let key = String::from_utf8_lossy(&rest[..nl]).into_owned();
-            let body = rest.get(nl + 1..).unwrap_or_default();
+    let plain = match sealed_parts(bytes) {
+        Some((key, body)) => {
             match seal.and_then(|s| s.open(&key, body)) {
                 Some(p) => {
                     opened = p;
@@ -114,9 +117,14 @@ pub fn load_from(place: &dyn CheckpointPlace, seal: Option<&dyn CheckpointSeal>)
     }
 }
 
-/// Save the views to `place`, sealed when `seal` is given.
+/// Save the views to `place`, sealed when `seal` is given; when written, the key of the
+/// checkpoint replaced if it is another than the one just used (to destroy).
 pub fn save_to(place: &dyn CheckpointPlace, p: &Projections, seal: Option<&dyn CheckpointSeal>) -> Result<Saved, CheckpointError> {
-    place.write(p.position, &encode(p, seal)?)
+    let bytes = encode(p, seal)?;
+    Ok(match place.write(p.position, &bytes)? {
+        Saved::Written { replaced_key } => Saved::Written { replaced_key: replaced_key.filter(|k| key_of(&bytes).as_ref() != Some(k)) },
+        Saved::NotMine => Saved::NotMine,
+    })
 }
 
 /// What a process resumes from: the checkpoint, or fresh views (to be rebuilt from the log) when

@@ -32,6 +32,16 @@ fn owner_streams<'a>(id: &str, anonymous_ids: impl IntoIterator<Item = &'a Strin
     std::iter::once(customer::stream_of(id)).chain(anonymous_ids.into_iter().map(|a| format!("anonymous-{a}"))).collect()
 }
 
+/// Runs blocking `f` from async code: on a multi-thread runtime its worker thread is given up
+/// meanwhile (as `spawn_blocking` would, without moving `f`); on a current-thread runtime
+/// (tests) it runs in place.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -277,8 +287,7 @@ impl App {
         let mut snapshot = self.views().clone();
         snapshot.reacted = self.reacted();
         let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
-        let bytes = chronicle_projections::encode(&snapshot, seal).map_err(internal)?;
-        let Saved::Written { replaced_key } = place.write(snapshot.position, &bytes).map_err(internal)? else {
+        let Saved::Written { replaced_key } = chronicle_projections::save_to(&**place, &snapshot, seal).map_err(internal)? else {
             // The lease was lost since the claim, or the stored checkpoint is further on than
             // these views: nothing written, the rotation stays due.
             return Ok(None);
@@ -287,8 +296,7 @@ impl App {
         // Destroyed only once a checkpoint under the new key is written; a failure keeps the
         // old names for the next checkpoint to destroy.
         if let Some(ck) = &self.checkpoint_keys {
-            let used = chronicle_projections::key_of(&bytes);
-            if let Some(old) = replaced_key.filter(|k| Some(k) != used.as_ref() && !retired.contains(k)) {
+            if let Some(old) = replaced_key.filter(|k| !retired.contains(k)) {
                 retired.push(old);
             }
             while let Some(old) = retired.last() {
@@ -839,8 +847,10 @@ impl App {
                 }
             }
             // The checkpoint on disk still holds the person's data: replaced now, under a new
-            // key (the views applied the erasure, so `checkpoint` rotates).
-            self.checkpoint()?;
+            // key (the views applied the erasure, so `checkpoint` rotates). Off the async
+            // thread: the checkpoint writer woken by the same erasure may hold the checkpoint's
+            // lock while it waits on the database, which needs this runtime's threads.
+            blocking(|| self.checkpoint())?;
         }
         Ok(Erasure {
             customer: erased,
