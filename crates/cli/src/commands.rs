@@ -1,7 +1,7 @@
 //! The commands that open storage and act on it: serve, tenant create, rebuild, verify,
 //! history, export, retention and compact. (`demo` lives in its own module.)
 
-use crate::config::{AutomationArgs, Config, StorageArgs};
+use crate::config::{AutomationArgs, Config, ServerArgs, StorageArgs};
 use crate::progress::Progress;
 use crate::storage;
 use anyhow::Context;
@@ -17,11 +17,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
 /// and write a final checkpoint.
-pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
+pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, listen)?;
     let st = storage::open(&cfg)?;
     let app = st.app().await?;
-    app.set_rate_limit(rate_limit);
+    app.set_rate_limit(server.rate_limit);
     if let Some(dir) = &automation.campaigns {
         let n = chronicle_server::automation::definitions::load_folder(&app, dir)
             .await
@@ -33,7 +33,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, rate_limit: u64, au
     let holder = st.holder.clone();
     let leases = st.pg.clone().map(|pg| pg as Arc<dyn chronicle_store::Leases>);
     let (engine, leased) = start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
-    run_server(&cfg, app.clone(), |addr| println!("chronicle listening on http://{addr}")).await?;
+    run_server(&cfg, app.clone(), server.serve_options(), |addr| println!("chronicle listening on http://{addr}")).await?;
     if let (Some(leases), Some((gate, renewal))) = (leases, leased) {
         // Handed over now rather than when it runs out.
         chronicle_server::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, Duration::from_secs(5))
@@ -74,6 +74,7 @@ pub fn start_automation(
 pub async fn run_server(
     cfg: &Config,
     app: Arc<App>,
+    options: chronicle_server::ServeOptions,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let listener =
@@ -120,7 +121,7 @@ pub async fn run_server(
             }
         }
     });
-    chronicle_server::serve(app.clone(), listener, shutdown).await.context("serving HTTP")?;
+    chronicle_server::serve_with(app.clone(), listener, shutdown, options).await.context("serving HTTP")?;
     ticker.abort();
     if let Some(claims) = claims {
         claims.abort();

@@ -48,6 +48,31 @@ pub struct StorageArgs {
     pub master_key: Option<String>,
 }
 
+/// How the server limits its clients, for `serve` and `demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Requests per second each API key may make (twice that in a burst); 0: no limit
+    #[arg(long, env = "CHRONICLE_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u64,
+    /// Connections open at once; more are answered 503 (kept under the open-files limit)
+    #[arg(long, env = "CHRONICLE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Require `Authorization: Bearer TOKEN` on GET /metrics (it counts customers and
+    /// tenants across the instance) [default: open, for a scraper on a private network]
+    #[arg(long, env = "CHRONICLE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+impl ServerArgs {
+    pub fn serve_options(&self) -> chronicle_server::ServeOptions {
+        chronicle_server::ServeOptions {
+            max_connections: self.max_connections.max(1),
+            metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),
+            ..Default::default()
+        }
+    }
+}
+
 /// Where campaigns deliver, for `serve` and `demo`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct AutomationArgs {

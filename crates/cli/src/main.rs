@@ -33,9 +33,8 @@ enum Command {
         /// Address to listen on [default: 127.0.0.1:7070]
         #[arg(long, env = "CHRONICLE_LISTEN")]
         listen: Option<String>,
-        /// Requests per second each API key may make (twice that in a burst); 0: no limit
-        #[arg(long, env = "CHRONICLE_RATE_LIMIT", default_value_t = 1000)]
-        rate_limit: u64,
+        #[command(flatten)]
+        server: config::ServerArgs,
         #[command(flatten)]
         automation: config::AutomationArgs,
     },
@@ -49,6 +48,8 @@ enum Command {
         /// Generate, print the summary, and exit instead of serving
         #[arg(long)]
         no_serve: bool,
+        #[command(flatten)]
+        server: config::ServerArgs,
         #[command(flatten)]
         automation: config::AutomationArgs,
     },
@@ -125,11 +126,11 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve { listen, rate_limit, automation } => {
-                commands::serve(&cli.storage, listen.as_deref(), rate_limit, &automation).await
+            Command::Serve { listen, server, automation } => {
+                commands::serve(&cli.storage, listen.as_deref(), &server, &automation).await
             }
-            Command::Demo { listen, customers, no_serve, automation } => {
-                demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &automation).await
+            Command::Demo { listen, customers, no_serve, server, automation } => {
+                demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &server, &automation).await
             }
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await

@@ -97,12 +97,12 @@ struct World {
     db: Option<PgSchema>,
 }
 
-/// `None` when the test needs the SMTP server and it is not installed (a skip outside CI).
+/// `None` when the test needs the SMTP server and it is not installed (a skip only with `CHRONICLE_TEST_ALLOW_SKIP=1`).
 fn world(mail: bool) -> Option<World> {
     world_in(mail, None)
 }
 
-/// The same world over PostgreSQL (`None` also when there is no server, outside CI).
+/// The same world over PostgreSQL (`None` also when there is no server and skipping is allowed).
 fn world_on_postgres(mail: bool) -> Option<World> {
     world_in(mail, Some(PgSchema::new()?))
 }

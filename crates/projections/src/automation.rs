@@ -104,9 +104,11 @@ pub struct AutomationView {
     pub stats: Map<String, CampaignStats>,
     /// Messages queued or suppressed so far (a message is decided once).
     pub decided: Map<String, String>,
-    /// Normalised e-mail addresses that hard-bounced: never mailed again.
+    /// Normalised e-mail addresses that hard-bounced (never mailed again) → the customer whose
+    /// stream recorded the bounce: an erasure forgets every address of the person's, whichever
+    /// they had when it bounced.
     #[serde(default)]
-    pub bounced: std::collections::BTreeSet<String>,
+    pub bounced: BTreeMap<String, String>,
     /// Customer → when they last did something (a tracked event): for `inactive_for` triggers.
     #[serde(default)]
     pub last_active: Map<String, DateTime<Utc>>,
@@ -268,8 +270,8 @@ impl AutomationView {
 
     /// An erased customer: their messages leave the outbox and the dead-letter queue (never
     /// sent), their enrolments end (waits with them), what started them is forgotten, and their
-    /// address leaves the bounce list.
-    pub(crate) fn forget(&mut self, customer: &str, email: Option<&str>) {
+    /// addresses (every one that bounced while theirs) leave the bounce list.
+    pub(crate) fn forget(&mut self, customer: &str) {
         let gone: Vec<String> = self.outbox.values().filter(|m| m.customer == customer).map(|m| m.message.clone()).collect();
         for id in gone {
             if let Some(m) = self.outbox.remove(&id) {
@@ -283,9 +285,7 @@ impl AutomationView {
         for e in self.enrolments.values_mut().filter(|e| e.customer == customer) {
             e.context = serde_json::Value::Null;
         }
-        if let Some(e) = email {
-            self.bounced.remove(&e.trim().to_lowercase());
-        }
+        self.bounced.retain(|_, owner| owner != customer);
     }
 
     pub(crate) fn note_activity(&mut self, customer: &str, at: DateTime<Utc>) {
@@ -309,14 +309,15 @@ impl AutomationView {
         }
     }
 
-    pub(crate) fn apply_feedback(&mut self, event_type: &str, f: &chronicle_automation::events::Feedback) {
+    pub(crate) fn apply_feedback(&mut self, stream: &str, event_type: &str, f: &chronicle_automation::events::Feedback) {
+        let Some(customer) = customer::id_of_stream(stream) else { return };
         if event_type == "MessageBounced" && f.hard_bounce() {
-            self.bounced.insert(f.email.trim().to_lowercase());
+            self.bounced.insert(f.email.trim().to_lowercase(), customer.to_owned());
         }
     }
 
     pub fn bounced(&self, email: &str) -> bool {
-        self.bounced.contains(&email.trim().to_lowercase())
+        self.bounced.contains_key(&email.trim().to_lowercase())
     }
 
     fn end(&mut self, enrolment: &str, status: EnrolmentStatus) {

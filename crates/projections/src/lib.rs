@@ -28,8 +28,9 @@ use std::collections::BTreeMap;
 /// The version of the read models' shape. A checkpoint of another version is not resumed from
 /// (a read model added since would miss everything before it): the views are rebuilt from the
 /// log instead. 2: campaigns, audit, API keys with roles. 3: retention; the e-mail index keyed by
-/// a hash when sealing.
-pub const MODELS: u32 = 3;
+/// a hash when sealing. 4: bounced addresses by customer; domain event types folded only from
+/// the streams that own them.
+pub const MODELS: u32 = 4;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
 pub const SYSTEM_TENANT: &str = "_system";
@@ -346,7 +347,7 @@ impl Projections {
         if chronicle_automation::events::FEEDBACK_TYPES.contains(&ev.event_type.as_str()) {
             self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             match serde_json::from_value::<chronicle_automation::events::Feedback>(ev.data.clone()) {
-                Ok(f) => self.tenant_mut(&ev.tenant).automation.apply_feedback(&ev.event_type, &f),
+                Ok(f) => self.tenant_mut(&ev.tenant).automation.apply_feedback(&ev.stream, &ev.event_type, &f),
                 Err(_) => self.undecodable += 1,
             }
             return;
@@ -601,7 +602,7 @@ impl TenantViews {
                 self.consent_history.remove(id);
                 self.identities.retain(|_, owner| owner != id);
                 self.snapshots.remove(id);
-                self.automation.forget(id, old_email.as_deref());
+                self.automation.forget(id);
             }
             _ => {}
         }

@@ -23,11 +23,24 @@ pub use error::AppError;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use http::serve::ServeOptions;
+
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
 pub async fn serve(
     app: Arc<App>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await
+    serve_with(app, listener, shutdown, ServeOptions::default()).await
+}
+
+/// [`serve`] with the listener's limits and options given.
+pub async fn serve_with(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    let router = http::router_with(app, &options);
+    http::serve::serve_router(router, listener, shutdown, options).await
 }

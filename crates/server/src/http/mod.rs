@@ -11,6 +11,7 @@ mod deals;
 pub mod error;
 mod log;
 mod segment;
+pub mod serve;
 mod system;
 mod webhooks;
 
@@ -28,6 +29,8 @@ use std::sync::Arc;
 
 /// Largest request body accepted (bytes); bigger ones get 413.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// How long a client may take to send a request's body before it is answered 408.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a request may take before it is answered 503 `timeout`.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -207,6 +210,18 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
 
 /// The API's router, with its state.
 pub fn router(app: Arc<App>) -> Router {
+    router_with(app, &serve::ServeOptions::default())
+}
+
+/// What the handlers need to know of how the server was started.
+#[derive(Clone, Default)]
+pub(crate) struct Options {
+    pub metrics_token: Option<Arc<str>>,
+}
+
+/// [`router`] with the server's options (the metrics token).
+pub fn router_with(app: Arc<App>, options: &serve::ServeOptions) -> Router {
+    let options = Options { metrics_token: options.metrics_token.as_deref().map(Arc::from) };
     let mut router = Router::new();
     for (route, handler) in routes() {
         router = router.route(route.path, handler.layer(axum::Extension(RequiredRole(route.role))));
@@ -215,6 +230,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(axum::Extension(options))
         .with_state(app)
 }
 
@@ -229,6 +245,22 @@ async fn count_requests(
     // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
+    // The body is read whole first, within its own time limit: a client that trickles it in
+    // holds a connection for seconds, not for as long as it likes.
+    let req = if has_body {
+        match read_body(req).await {
+            Ok(req) => req,
+            Err(e) => {
+                app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+                app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+                let mut res = e.into_response();
+                res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+                return res;
+            }
+        }
+    } else {
+        req
+    };
     let audited = audit_subject(&app, &req, &route);
     // Read-your-writes across nodes: the answer reflects everything committed, on any node
     // over the same database, before the request came (one query per request on PostgreSQL;
@@ -280,6 +312,39 @@ async fn count_requests(
     // Bodies, paths and keys are never logged.
     tracing::debug!(%method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     res
+}
+
+/// The request with its body read into memory: at most [`MAX_BODY`] bytes (else 413), within
+/// [`BODY_TIMEOUT`] (else 408).
+async fn read_body(req: axum::extract::Request) -> Result<axum::extract::Request, ApiError> {
+    use futures_util::StreamExt;
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the request body is over {MAX_BODY} bytes"));
+    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let read = async {
+        let mut data = body.into_data_stream();
+        let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))?;
+            if buf.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(buf)) => Ok(axum::extract::Request::from_parts(parts, axum::body::Body::from(buf))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 /// Whether a request touches a customer's data: its tenant, the caller and the customer.

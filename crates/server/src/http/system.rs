@@ -18,7 +18,23 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({"status": "ok", "head": head, "projections": app.views().position})))
 }
 
-pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+pub async fn metrics(
+    State(app): State<Arc<App>>,
+    axum::Extension(options): axum::Extension<super::Options>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(token) = &options.metrics_token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // Compared as digests, so the time taken does not tell how much of a guess was right.
+        let digest = |s: &str| crate::keys::digest(s.trim());
+        if given.is_none_or(|g| digest(g) != digest(token)) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the metrics need Authorization: Bearer <metrics token> (--metrics-token)",
+            ));
+        }
+    }
     let head = app.store().head().await.map_err(AppError::from)?;
     let (projected, customers, tenants, undecodable, (outbox, outbox_lag, dead, timers)) = {
         let v = app.views();

@@ -1,0 +1,138 @@
+//! The listener: accepts connections and serves the router on each over HTTP/1.1, with the
+//! limits that keep slow or many clients from exhausting the server — a cap on open
+//! connections (one more is answered `503 too_many_connections` and closed), a time limit on
+//! reading a request's headers (the connection is closed), and, in the router, one on reading
+//! its body (`408`). The cap is kept below the process's file-descriptor limit, so the log, the
+//! checkpoint and the key store always have descriptors left however many clients come.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the listener limits its clients; `Default` is what `chronicle serve` uses.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Connections open at once; more are refused with a `503` (also lowered to fit the
+    /// process's file-descriptor limit, see [`effective_max_connections`]).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// When set, `GET /metrics` answers only `Authorization: Bearer <token>` (it counts
+    /// customers and tenants across the instance).
+    pub metrics_token: Option<String>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { max_connections: 1024, header_timeout: Duration::from_secs(10), metrics_token: None }
+    }
+}
+
+/// Descriptors kept for everything but client connections: the log and its index, the
+/// checkpoint and its temporary file, the key store, the database pool, outgoing deliveries.
+pub const RESERVED_FDS: u64 = 128;
+
+/// `wanted` connections, lowered so that they and [`RESERVED_FDS`] fit under the process's
+/// soft limit on open files.
+pub fn effective_max_connections(wanted: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(limit) => wanted.min(limit.saturating_sub(RESERVED_FDS).max(1) as usize),
+        None => wanted,
+    }
+}
+
+/// How long a shutdown waits for open connections to finish their requests.
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 103\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server has too many open connections; retry\"}}";
+
+/// Serve `router` on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve_router(
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let max = effective_max_connections(options.max_connections);
+    if max < options.max_connections {
+        tracing::warn!(wanted = options.max_connections, max, "the open-files limit lowers the connection cap");
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before it was taken:
+                    // wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Answered, then the client's request is read and dropped for a moment before the
+            // close, so the client is not reset while still sending and sees the answer.
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    stream.write_all(REFUSAL).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    while stream.read(&mut sink).await? > 0 {}
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+            });
+            tracing::debug!(%peer, "connection refused: too many open");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let mut stop = stop_rx.clone();
+        let header_timeout = options.header_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection's task holds a permit: all back means all finished. A response that
+    // never ends (a live event stream) does not hold the process up past the drain limit.
+    if tokio::time::timeout(DRAIN_LIMIT, permits.acquire_many(max as u32)).await.is_err() {
+        tracing::warn!("connections still open after the drain limit; stopping anyway");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_refusal_is_a_whole_http_response() {
+        let text = std::str::from_utf8(super::REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "too_many_connections");
+    }
+}
