@@ -8,6 +8,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+/// The types of [`AutomationEvent`]: registered in `chronicle_core::registry` (definitions on
+/// their own streams, the rest on customers' streams; a test checks the two lists agree).
 pub const EVENT_TYPES: &[&str] = &[
     "CampaignSaved",
     "CampaignDeleted",
@@ -201,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_owns_exactly_these_types() {
+        use chronicle_core::registry::{self, Owner};
+        let registered: Vec<&str> =
+            registry::AUTOMATION_DEFINITION_TYPES.iter().chain(registry::AUTOMATION_TYPES).copied().collect();
+        let mut ours = EVENT_TYPES.to_vec();
+        let mut theirs = registered.clone();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+        for t in EVENT_TYPES {
+            assert!(matches!(registry::owner_of(t), Some(Owner::Automation | Owner::AutomationDefinitions)), "{t}");
+        }
+        for t in FEEDBACK_TYPES {
+            assert_eq!(registry::owner_of(t), Some(Owner::Feedback), "{t}");
+        }
+    }
+
+    #[test]
     fn derived_ids_are_stable_and_distinct() {
         assert_eq!(derive_id(&["a", "b"]), derive_id(&["a", "b"]));
         assert_ne!(derive_id(&["a", "b"]), derive_id(&["ab", ""]));
@@ -211,15 +231,7 @@ mod tests {
 /// What a provider reported about a message after it left (SendGrid's Event Webhook):
 /// recorded on the customer's stream. Unlike the events above, these may trigger campaigns
 /// (a click can start a follow-up).
-pub const FEEDBACK_TYPES: &[&str] = &[
-    "MessageDelivered",
-    "MessageOpened",
-    "MessageClicked",
-    "MessageBounced",
-    "MessageDropped",
-    "MessageSpamReported",
-    "MessageUnsubscribed",
-];
+pub const FEEDBACK_TYPES: &[&str] = chronicle_core::registry::FEEDBACK_TYPES;
 
 /// The payload of every feedback event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,8 @@ pub mod customer;
 pub mod deal;
 pub mod envelope;
 pub mod order;
+pub mod registry;
+pub mod time;
 pub mod upcast;
 
 /// Decoding a stored event into a typed domain event failed (unknown type or bad payload).

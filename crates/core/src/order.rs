@@ -172,7 +172,7 @@ impl Order {
                 }
                 match self.status {
                     S::Paid | S::Shipped | S::Delivered | S::Refunded | S::Cancelled if self.was_paid() => {
-                        let refundable = self.total - self.refunded;
+                        let refundable = self.total.saturating_sub(self.refunded);
                         if amount > refundable {
                             return Err(OrderError::RefundTooLarge { requested: amount, refundable });
                         }
@@ -206,7 +206,7 @@ impl Order {
             E::OrderShipped { .. } => self.status = OrderStatus::Shipped,
             E::OrderDelivered {} => self.status = OrderStatus::Delivered,
             E::OrderRefunded { amount } => {
-                self.refunded += amount;
+                self.refunded = self.refunded.saturating_add(*amount);
                 if self.status != OrderStatus::Cancelled {
                     self.status = OrderStatus::Refunded;
                 }

@@ -201,7 +201,9 @@ impl AutomationView {
             A::MessageQueued { message, channel, purpose, to, subject, body, origin, .. } => {
                 self.decided.insert(message.clone(), "queued".into());
                 let q = self.queued.entry(customer.to_owned()).or_default();
-                q.retain(|(_, t)| *t > at - chrono::Duration::days(CAP_HORIZON_DAYS));
+                // Checked: the fold is total, whatever time an event carries.
+                let horizon = at.checked_sub_signed(chrono::Duration::days(CAP_HORIZON_DAYS)).unwrap_or(DateTime::<Utc>::MIN_UTC);
+                q.retain(|(_, t)| *t > horizon);
                 q.push((channel.clone(), at));
                 self.outbox_due.insert((at, message.clone()));
                 let entry = OutboxEntry {

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 pub const MODELS: u32 = 4;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
-pub const SYSTEM_TENANT: &str = "_system";
+pub const SYSTEM_TENANT: &str = chronicle_core::registry::SYSTEM_TENANT;
 /// How many events of a customer stream lie between two time-travel snapshots.
 pub const SNAPSHOT_EVERY: u64 = 500;
 
@@ -323,7 +323,7 @@ impl Projections {
             }
             return;
         }
-        if ev.event_type == "AuditRecorded" {
+        if chronicle_core::registry::AUDIT_TYPES.contains(&ev.event_type.as_str()) {
             self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             let entries: Vec<AuditEntry> =
                 ev.data.get("entries").and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
@@ -373,7 +373,8 @@ impl Projections {
             OrderEvent::from_parts(&ev.event_type, &ev.data)
                 .map(|e| views.orders.entry(id.to_owned()).or_insert_with(|| Order::new(id)).apply(&e, ev.version))
         } else {
-            unreachable!("needs_payload only admits domain streams")
+            // needs_payload admits only domain streams; counted rather than trusted.
+            Err(chronicle_core::DecodeError { event_type: ev.event_type.clone(), reason: "not a domain stream".into() })
         };
         if decoded.is_err() {
             self.undecodable += 1;
@@ -494,12 +495,20 @@ fn is_redacted(data: &serde_json::Value) -> bool {
     matches!(data, serde_json::Value::Object(m) if m.len() == 1 && m.get("redacted") == Some(&serde_json::Value::Bool(true)))
 }
 
-/// Whether any read model uses this event's payload (else only its header counts).
+/// Whether any read model uses this event's payload (else only its header counts). An owned
+/// type counts only where its owner writes it (see `chronicle_core::registry`): a
+/// `MessageQueued` on a stream of one's own, say, is not a message.
 fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
+    if !chronicle_core::registry::in_place(tenant, stream, event_type) {
+        return false;
+    }
     if tenant == SYSTEM_TENANT {
         return matches!(event_type, "TenantCreated" | "ApiKeyCreated" | "ApiKeyRevoked");
     }
-    if chronicle_automation::events::EVENT_TYPES.contains(&event_type) || event_type == "MessageBounced" || event_type == "AuditRecorded" {
+    if chronicle_automation::events::EVENT_TYPES.contains(&event_type)
+        || event_type == "MessageBounced"
+        || chronicle_core::registry::AUDIT_TYPES.contains(&event_type)
+    {
         return true;
     }
     if stream == retention::STREAM {
@@ -625,16 +634,21 @@ impl TenantViews {
                 at
             }
         };
+        let snapshot_every = snapshot_every.max(1);
         let block = ((version.max(1) - 1) / snapshot_every) as usize;
         let blocks = match self.time_blocks.get_mut(id) {
             Some(b) => b,
             None => self.time_blocks.entry(id.to_owned()).or_default(),
         };
-        if blocks.len() <= block {
-            blocks.resize(block + 1, DateTime::<Utc>::MAX_UTC);
-        }
-        if at < blocks[block] {
-            blocks[block] = at;
+        // Versions are dense, so a block is at most one past the last; a version far beyond
+        // (not one a store assigns) is not tracked rather than allocated for.
+        if block <= blocks.len() {
+            if blocks.len() == block {
+                blocks.push(DateTime::<Utc>::MAX_UTC);
+            }
+            if at < blocks[block] {
+                blocks[block] = at;
+            }
         }
         if version.is_multiple_of(snapshot_every) {
             if let Some(c) = self.customers.get(id).filter(|c| c.exists && c.status != customer::CustomerStatus::Erased)
@@ -697,7 +711,7 @@ impl TenantViews {
                 },
             };
             bucket.count += 1;
-            bucket.amount += d.amount.unwrap_or(0);
+            bucket.amount = bucket.amount.saturating_add(d.amount.unwrap_or(0));
         }
         p
     }

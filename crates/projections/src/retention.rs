@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The tenant stream that holds the policies and the compaction records.
-pub const STREAM: &str = "retention";
+pub const STREAM: &str = chronicle_core::registry::RETENTION_STREAM;
 pub const POLICY_SET: &str = "RetentionPolicySet";
 pub const POLICY_REMOVED: &str = "RetentionPolicyRemoved";
 pub const APPLIED: &str = "RetentionApplied";
-pub const EVENT_TYPES: &[&str] = &[POLICY_SET, POLICY_REMOVED, APPLIED];
+/// Registered in `chronicle_core::registry` (a test checks the two agree).
+pub const EVENT_TYPES: &[&str] = chronicle_core::registry::RETENTION_TYPES;
 /// The longest period a policy may name (100 years); anything longer is "keep forever".
 pub const MAX_DAYS: u32 = 36_500;
 /// How many compaction records the view keeps (the log keeps them all).
@@ -124,6 +125,14 @@ impl RetentionView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_owns_exactly_these_types() {
+        assert_eq!(EVENT_TYPES, [POLICY_SET, POLICY_REMOVED, APPLIED]);
+        for t in EVENT_TYPES {
+            assert_eq!(chronicle_core::registry::owner_of(t), Some(chronicle_core::registry::Owner::Retention));
+        }
+    }
 
     #[test]
     fn only_history_may_expire() {

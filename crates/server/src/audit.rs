@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
-pub const STREAM: &str = "_audit";
+pub const STREAM: &str = chronicle_core::registry::AUDIT_STREAM;
 
 #[derive(Default)]
 pub struct Audit {

@@ -45,6 +45,7 @@ macro_rules! contract_tests {
     (@names $mode:tt) => {
         $crate::contract_tests!(@each $mode;
             empty_append_is_invalid,
+            event_times_outside_the_accepted_range_are_refused,
             empty_store_reads_nothing,
             versions_and_positions_start_at_one,
             expected_version_rules,
@@ -138,6 +139,24 @@ pub async fn empty_append_is_invalid(store: Store) {
     assert!(matches!(r, Err(AppendError::Invalid(_))), "{r:?}");
     assert_eq!(store.head().await.unwrap(), 0);
     assert_eq!(store.stream_version("t1", "s").await.unwrap(), 0);
+}
+
+/// An event time outside 1900-01-01..9999-12-31 (`chronicle_core::time`) is refused with the
+/// whole batch, nothing written; the bounds themselves are accepted.
+pub async fn event_times_outside_the_accepted_range_are_refused(store: Store) {
+    let at = |t: DateTime<Utc>| NewEvent::new(Uuid::now_v7(), "ContractTestEvent", json!({}), t);
+    let far = DateTime::<Utc>::MIN_UTC;
+    for bad in [far, chronicle_core::time::earliest() - chrono::Duration::seconds(1), chronicle_core::time::latest() + chrono::Duration::seconds(1)] {
+        let r = store.append("t1", "s", ExpectedVersion::Any, vec![event(1), at(bad)]).await;
+        assert!(matches!(&r, Err(AppendError::Invalid(m)) if m.contains("event_time")), "{bad}: {r:?}");
+    }
+    assert_eq!(store.head().await.unwrap(), 0);
+    assert_eq!(store.stream_version("t1", "s").await.unwrap(), 0);
+    let r = append(&store, "t1", "s", ExpectedVersion::NoStream, vec![at(chronicle_core::time::earliest()), at(chronicle_core::time::latest())]).await;
+    assert_eq!(r.last_version, 2);
+    let read = store.read_stream("t1", "s", 1, 10).await.unwrap();
+    assert_eq!(read[0].event_time, chronicle_core::time::earliest());
+    assert_eq!(read[1].event_time, chronicle_core::time::latest());
 }
 
 pub async fn empty_store_reads_nothing(store: Store) {

@@ -9,10 +9,16 @@ use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use uuid::Uuid;
 
-/// Checks that need nothing but the batch itself: it is not empty and no id occurs twice.
+/// Checks that need nothing but the batch itself: it is not empty, every event time is in the
+/// accepted range and no id occurs twice.
 pub(crate) fn check_batch(events: &[NewEvent]) -> Result<(), AppendError> {
     if events.is_empty() {
         return Err(AppendError::Invalid("an append needs at least one event".into()));
+    }
+    // Times outside the accepted range are refused here, whatever path they came by, so no
+    // stored time can make the read models' date arithmetic overflow.
+    if let Some(e) = events.iter().find(|e| !chronicle_core::time::in_range(e.event_time)) {
+        return Err(AppendError::Invalid(format!("event {}: {}", e.id, chronicle_core::time::check("event_time", e.event_time).unwrap_err())));
     }
     if events.len() > 1 {
         let mut seen = HashSet::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());

@@ -238,7 +238,7 @@ impl Engine {
                     (_, None) => true,
                     (Reentry::Never, Some(_)) => false,
                     (Reentry::Always, Some(_)) => true,
-                    (Reentry::After(d), Some(t)) => *t + d <= ev.event_time,
+                    (Reentry::After(d), Some(t)) => elapsed(*t, d, ev.event_time),
                 };
                 if !running && again {
                     starts.push((campaign.to_owned(), version, enrolment));
@@ -397,13 +397,13 @@ impl Engine {
                         Trigger::InactiveFor(d) => a
                             .last_active
                             .iter()
-                            .filter(|(_, last)| **last + d <= now)
+                            .filter(|(_, last)| elapsed(**last, d, now))
                             .map(|(id, last)| (id.clone(), last.to_rfc3339(), json!({"last_active": last})))
                             .collect(),
                         Trigger::DealStuckFor(d) => a
                             .deal_stage_since
                             .iter()
-                            .filter(|(_, since)| **since + d <= now)
+                            .filter(|(_, since)| elapsed(**since, d, now))
                             .filter_map(|(deal, since)| {
                                 let dl = t.deals.get(deal)?;
                                 let customer = dl.customer_id.clone()?;
@@ -425,7 +425,7 @@ impl Engine {
                         let again = match (c.reentry, a.last_enrolled.get(&enrolment_key(campaign, &customer))) {
                             (_, None) | (Reentry::Always, _) => true,
                             (Reentry::Never, Some(_)) => false,
-                            (Reentry::After(d), Some(t)) => *t + d <= now,
+                            (Reentry::After(d), Some(t)) => elapsed(*t, d, now),
                         };
                         if !running && again {
                             out.push((tenant.clone(), customer, campaign.to_owned(), version, enrolment, context));
@@ -592,6 +592,12 @@ fn actor(e: &A) -> String {
     }
 }
 
+/// Whether `span` has passed since `since` by `now` (never, when the sum is past the end of
+/// time: an event's time is bounded, but the engine does not rely on it).
+fn elapsed(since: DateTime<Utc>, span: chrono::Duration, now: DateTime<Utc>) -> bool {
+    since.checked_add_signed(span).is_some_and(|t| t <= now)
+}
+
 fn channel_of(name: &str) -> Option<Channel> {
     serde_json::from_value(Value::String(name.to_owned())).ok()
 }
@@ -664,7 +670,7 @@ fn plan(v: &Projections, tenant: &str, enrolment: &str, now: DateTime<Utc>) -> O
             Some(_) => Plan::Write(vec![executed("wait", step + 1)]),
             None => {
                 let due = match w {
-                    Wait::For(d) => now + *d,
+                    Wait::For(d) => now.checked_add_signed(*d).unwrap_or(chronicle_core::time::latest()),
                     Wait::Until(time) => {
                         next_local_time(now, zone(person.and_then(|p| p.preferences.time_zone.as_deref())), *time)
                     }

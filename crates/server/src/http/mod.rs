@@ -320,16 +320,18 @@ async fn read_body(req: axum::extract::Request) -> Result<axum::extract::Request
     use futures_util::StreamExt;
     let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the request body is over {MAX_BODY} bytes"));
     let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
-    }
     let (parts, body) = req.into_parts();
     let read = async {
         let mut data = body.into_data_stream();
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            drain(&mut data).await;
+            return Err(too_large());
+        }
         let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))?;
             if buf.len() + chunk.len() > MAX_BODY {
+                drain(&mut data).await;
                 return Err(too_large());
             }
             buf.extend_from_slice(&chunk);
@@ -346,6 +348,23 @@ async fn read_body(req: axum::extract::Request) -> Result<axum::extract::Request
         )),
     }
 }
+
+/// Reads and drops what is left of an over-size body, up to [`DRAIN_MAX`] bytes (within the
+/// caller's time limit), so that a client still sending sees the `413` instead of a reset
+/// connection; past that the connection is simply closed.
+async fn drain(data: &mut axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    let mut seen = 0usize;
+    while seen < DRAIN_MAX {
+        match data.next().await {
+            Some(Ok(chunk)) => seen += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
+/// How much of an over-size body is read and dropped before answering `413`.
+const DRAIN_MAX: usize = 8 * MAX_BODY;
 
 /// Whether a request touches a customer's data: its tenant, the caller and the customer.
 fn audit_subject(app: &App, req: &axum::extract::Request, route: &str) -> Option<(String, String, String)> {

@@ -46,7 +46,7 @@ pub fn effective_max_connections(wanted: usize) -> usize {
 /// How long a shutdown waits for open connections to finish their requests.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 103\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server has too many open connections; retry\"}}";
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 101\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server has too many open connections; retry\"}}";
 
 /// Serve `router` on `listener` until `shutdown` resolves; in-flight requests finish first.
 pub async fn serve_router(
