@@ -645,6 +645,7 @@ impl App {
     /// wholly before `t`, plus the stream's later events that happened by `t` — read only from
     /// the blocks of versions known to hold such an event.
     pub async fn customer_as_of(&self, tenant: &str, id: &str, t: DateTime<Utc>) -> Result<Customer, AppError> {
+        chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
         let (base, ranges) = {
             let v = self.views();
             let tv = v
@@ -682,6 +683,9 @@ impl App {
         as_of: Option<DateTime<Utc>>,
         types: &[String],
     ) -> Result<Page, AppError> {
+        if let Some(t) = as_of {
+            chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        }
         let c = self.customer(tenant, id)?;
         let mut streams = vec![customer::stream_of(id)];
         streams.extend(c.merged_ids.iter().map(|m| customer::stream_of(m)));

@@ -4,10 +4,11 @@
 //! redelivery stores nothing new); `type` → the event type; `source` → the envelope's source;
 //! `time` → event time; `subject` → the customer (`customer-<subject>` stream), else the
 //! `source-<source>` stream. The data and the extension attributes are kept in the payload.
-//! Types that name Chronicle's own domain events are refused: those are written by commands.
+//! Types Chronicle's own code writes ([`registry::owner_of`]) are refused: those are written
+//! by its commands. `time` must lie in the accepted range ([`chronicle_core::time`]).
 
 use chronicle_core::envelope::NewEvent;
-use chronicle_core::{customer, deal, order};
+use chronicle_core::{customer, registry};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
@@ -24,16 +25,14 @@ pub fn prepare(tenant: &str, mut m: Map<String, Value>) -> Result<(String, NewEv
     if ty.len() > 128 {
         return Err("type is at most 128 characters".into());
     }
-    if customer::EVENT_TYPES.contains(&ty.as_str())
-        || deal::EVENT_TYPES.contains(&ty.as_str())
-        || order::EVENT_TYPES.contains(&ty.as_str())
-    {
-        return Err(format!("type {ty:?} names one of Chronicle's domain events, which only its commands write"));
+    if registry::owner_of(&ty).is_some() {
+        return Err(format!("type {ty:?} names one of Chronicle's own events, which only its commands write"));
     }
     let time = match m.get("time") {
         None => Utc::now(),
         Some(Value::String(t)) => {
-            DateTime::parse_from_rfc3339(t).map_err(|_| format!("time is not RFC 3339: {t:?}"))?.with_timezone(&Utc)
+            let t = DateTime::parse_from_rfc3339(t).map_err(|_| format!("time is not RFC 3339: {t:?}"))?;
+            chronicle_core::time::check("time", t.with_timezone(&Utc)).map_err(|e| e.to_string())?
         }
         Some(_) => return Err("time must be a string".into()),
     };

@@ -106,17 +106,19 @@ fn id_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<St
     }
 }
 
-/// Segment's clock-skew correction: `receivedAt − (sentAt − timestamp)`.
+/// Segment's clock-skew correction: `receivedAt − (sentAt − timestamp)`; `None` when the
+/// result falls outside the accepted range of instants ([`chronicle_core::time`]).
 fn corrected_time(
     timestamp: Option<DateTime<Utc>>,
     sent_at: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
-) -> DateTime<Utc> {
-    match (timestamp, sent_at) {
-        (Some(ts), Some(sent)) => received_at - (sent - ts),
+) -> Option<DateTime<Utc>> {
+    let t = match (timestamp, sent_at) {
+        (Some(ts), Some(sent)) => received_at.checked_sub_signed(sent.signed_duration_since(ts))?,
         (Some(ts), None) => ts,
         _ => received_at,
-    }
+    };
+    chronicle_core::time::in_range(t).then_some(t)
 }
 
 /// Ids are at most 128 characters, without control characters.
@@ -193,7 +195,9 @@ pub fn parse_message(
     }
     let timestamp = time_field(&m, "timestamp", index)?;
     let sent_at = time_field(&m, "sentAt", index)?.or(batch_sent_at);
-    let event_time = corrected_time(timestamp, sent_at, received_at);
+    let event_time = corrected_time(timestamp, sent_at, received_at).ok_or_else(|| {
+        invalid(index, "bad_timestamp", "the event's time (timestamp, corrected by sentAt) is outside 1900-01-01..9999-12-31")
+    })?;
     let message_id = match id_field(&m, "messageId", index)? {
         Some(id) => id,
         // No messageId: the message can't be deduplicated; give it a fresh one.
@@ -690,7 +694,7 @@ pub(crate) fn activity_from_text(
     let time =
         |t: Option<&str>| t.map(|s| DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))).transpose().ok();
     let received_at = time(m.received_at)?.unwrap_or(now);
-    let event_time = corrected_time(time(m.timestamp)?, time(m.sent_at)?, received_at);
+    let event_time = corrected_time(time(m.timestamp)?, time(m.sent_at)?, received_at)?;
     let null = RawValue::NULL;
     let empty: &RawValue = serde_json::from_str("{}").ok()?;
     let data = serde_json::value::to_raw_value(&ActivityData {

@@ -1085,3 +1085,162 @@ fn a_request_refused_before_its_body_arrived_tells_the_client_the_connection_clo
     assert!(out.starts_with("http/1.1 403"), "{out}");
     assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
 }
+
+/// Issue 17, item 1: an event time far outside any calendar (`-262143-01-01`) once panicked
+/// the commit hook, poisoned the views and stopped the instance for good. Every entry refuses
+/// instants outside 1900-01-01..9999-12-31 now, and the server keeps serving.
+#[test]
+fn instants_outside_the_accepted_range_are_refused_everywhere_they_enter() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    let before = event_count(&app);
+    let poison = json!({"expected_version": "any", "events": [
+        {"type": "MessageQueued", "event_time": "-262143-01-01T00:00:00Z", "data": {"customer": "c1", "channel": "email", "message_id": "m1", "campaign": "k", "step": 0}},
+        {"type": "MessageQueued", "event_time": "-262143-01-01T00:00:00Z", "data": {"customer": "c1", "channel": "email", "message_id": "m2", "campaign": "k", "step": 0}}
+    ]});
+    let r = app.post("/v1/streams/poison", poison);
+    assert!((400..500).contains(&r.status), "{}", r.body);
+    for t in ["-262143-01-01T00:00:00Z", "1899-12-31T23:59:59Z", "+10000-01-01T00:00:00Z"] {
+        let r = app.post("/v1/streams/notes-1", json!({"expected_version": "any", "events": [{"type": "Noted", "event_time": t, "data": {}}]}));
+        assert_eq!(r.status, 400, "{t}: {}", r.body);
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("event_time"), "{}", r.body);
+    }
+    // Old history stays importable.
+    let r = app.post("/v1/streams/notes-1", json!({"expected_version": "any", "events": [{"type": "Noted", "event_time": "2008-03-01T00:00:00Z", "data": {}}]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for q in ["as_of=1800-01-01T00:00:00Z", "as_of=-262143-01-01T00:00:00Z"] {
+        assert_eq!(app.get(&format!("/v1/customers/c1?{q}")).status, 400, "{q}");
+        assert_eq!(app.get(&format!("/v1/customers/c1/timeline?{q}")).status, 400, "{q}");
+    }
+    let ce = r#"{"specversion":"1.0","id":"old","source":"/s","type":"t.x","time":"0001-01-01T00:00:00Z"}"#;
+    assert_eq!(cloudevents(&app, "application/cloudevents+json", &[], ce, Some(&app.key)).status, 400);
+    let track = r#"{"userId":"u1","event":"A","timestamp":"0001-01-01T00:00:00Z"}"#;
+    let r = segment(&app, "/v1/track", track, Some(&app.write_key));
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("bad_timestamp")), "{}", r.body);
+    // Clock-skew correction that would land outside the range is refused, not overflowed.
+    let skewed = r#"{"userId":"u1","event":"A","timestamp":"1900-01-01T00:00:00Z","sentAt":"9999-01-01T00:00:00Z"}"#;
+    assert_eq!(segment(&app, "/v1/track", skewed, Some(&app.write_key)).status, 400);
+    assert_eq!(event_count(&app), before + 1, "only the 2008 note was written");
+    assert_eq!(app.call("GET", "/healthz", None, None).status, 200, "the server still serves");
+    assert_eq!(app.get("/v1/customers/c1").status, 200);
+}
+
+/// Issue 17, items 1 and 7: the domain's own event types are written only by the commands
+/// that own them — a writer key can neither forge an audit entry nor queue a message (which
+/// the engine would have sent, signed, to any URL) through a raw append or a CloudEvent.
+#[test]
+fn owned_event_types_are_refused_on_raw_appends_and_cloudevents() {
+    let app = spawn_app();
+    register(&app, "c1", "a@example.com");
+    let before = event_count(&app);
+    let forged_audit = json!({"expected_version": "any", "events": [{"type": "AuditRecorded", "data": {
+        "at": "2026-01-01T00:00:00Z", "actor": "key:someone", "action": "read", "method": "GET",
+        "route": "/forged", "customer": "c1", "status": 200}}]});
+    let r = app.post("/v1/streams/notes-x", forged_audit);
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("reserved_type")), "{}", r.body);
+    let trail = app.get("/v1/audit?customer=c1");
+    assert!(!trail.body.to_string().contains("/forged"), "a forged entry is not on the audit trail: {}", trail.body);
+    let webhook = json!({"expected_version": "any", "events": [{"type": "MessageQueued", "data": {
+        "customer": "c1", "channel": "webhook", "message_id": "m1", "campaign": "k", "step": 0,
+        "url": "http://127.0.0.1:9/hook", "body": "{}"}}]});
+    let r = app.post("/v1/streams/outbox-x", webhook);
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (422, Some("reserved_type")), "{}", r.body);
+    for ty in ["MessageQueued", "AuditRecorded", "CampaignSaved", "RetentionPolicySet", "MessageBounced", "ActivityTracked"] {
+        let ce = format!(r#"{{"specversion":"1.0","id":"{ty}","source":"/s","type":"{ty}","subject":"c1"}}"#);
+        let r = cloudevents(&app, "application/cloudevents+json", &[], &ce, Some(&app.key));
+        assert_eq!(r.status, 400, "{ty}: {}", r.body);
+    }
+    assert_eq!(event_count(&app), before, "nothing written");
+    assert_eq!(app.get("/v1/customers/c1").body["id"], "c1");
+}
+
+/// An in-process server whose `App` the test keeps, to compare its live views with a replay.
+fn spawn_kept() -> (TestApp, Arc<App>, tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (app, key, other_key, write_key, addr) = rt.block_on(async {
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let app = App::start(store, Some(dir.path().join("projections.json"))).await.unwrap();
+        let (key, write_key) = app.create_tenant("acme").await.unwrap();
+        let (other_key, _) = app.create_tenant("rival").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(chronicle_server::serve(app.clone(), listener, std::future::pending()));
+        (app, key, other_key, write_key, addr)
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
+    (TestApp { base: format!("http://{addr}"), key, other_key, write_key, agent, _dir: dir }, app, rt)
+}
+
+fn hostile_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(json!(null)),
+        any::<i64>().prop_map(|n| json!(n)),
+        Just(json!(u64::MAX)),
+        Just(json!(1e308)),
+        prop::sample::select(vec![
+            "-262143-01-01T00:00:00Z", "+262142-12-31T23:59:59Z", "2026-01-01T00:00:00Z", "email", "webhook",
+            "c1", "a@example.com", "http://127.0.0.1:9/", "", "{{#each x}}",
+        ])
+        .prop_map(|s| json!(s)),
+    ];
+    leaf.prop_recursive(2, 12, 4, |inner| {
+        let fields = vec![
+            "customer", "customer_id", "channel", "message_id", "campaign", "step", "at", "due", "email", "amount",
+            "stage", "route", "url", "properties", "traits", "previousId", "userId", "items", "keep_days",
+        ];
+        prop::collection::vec((prop::sample::select(fields), inner), 0..6)
+            .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..Default::default() })]
+
+    /// Issue 17: arbitrary appends through every public path that takes events (raw appends,
+    /// CloudEvents, Segment) never answer 500, never stop the server, and the views they leave
+    /// are the views a replay of the log gives (what `chronicle verify` checks).
+    #[test]
+    fn arbitrary_appends_through_every_public_path_leave_a_server_that_serves_and_verifies(
+        requests in proptest::collection::vec(
+            (0usize..3, 0usize..48, 0usize..6, 0usize..6, hostile_json()),
+            1..16,
+        )
+    ) {
+        let types: Vec<&str> = chronicle_core::registry::OWNED.iter().flat_map(|(_, t)| t.iter().copied()).chain(["Noted", "X"]).collect();
+        let times = [None, Some("-262143-01-01T00:00:00Z"), Some("1900-01-01T00:00:00Z"), Some("9999-12-31T23:59:59Z"), Some("2010-05-01T12:00:00Z"), Some("0001-01-01T00:00:00Z")];
+        let streams = ["notes-x", "poison", "customer-c1", "_audit", "outbox-1", "x"];
+        let (app, kept, rt) = spawn_kept();
+        register(&app, "c1", "a@example.com");
+        for (path, t, time, stream, data) in requests {
+            let ty = types[t % types.len()];
+            let res = match path {
+                0 => {
+                    let mut ev = json!({"type": ty, "data": data});
+                    if let Some(at) = times[time] { ev["event_time"] = json!(at); }
+                    app.post(&format!("/v1/streams/{}", streams[stream]), json!({"expected_version": "any", "events": [ev]}))
+                }
+                1 => {
+                    let mut ce = json!({"specversion": "1.0", "id": format!("e{t}"), "source": "/s", "type": ty, "data": data});
+                    if stream % 2 == 0 { ce["subject"] = json!("c1"); }
+                    if let Some(at) = times[time] { ce["time"] = json!(at); }
+                    cloudevents(&app, "application/cloudevents+json", &[], &ce.to_string(), Some(&app.key))
+                }
+                _ => {
+                    let kind = ["track", "identify", "alias", "page", "group", "screen"][stream];
+                    let mut m = json!({"type": kind, "userId": "c1", "event": ty, "previousId": "anon-1", "groupId": "g1", "properties": data, "messageId": format!("m{t}{time}")});
+                    if let Some(at) = times[time] { m["timestamp"] = json!(at); }
+                    segment(&app, "/v1/batch", &json!({"batch": [m]}).to_string(), Some(&app.write_key))
+                }
+            };
+            proptest::prop_assert!(res.status < 500, "{path} {ty}: {} {}", res.status, res.body);
+            proptest::prop_assert_eq!(app.call("GET", "/healthz", None, None).status, 200);
+        }
+        proptest::prop_assert_eq!(app.get("/v1/customers/c1").status, 200);
+        let replay = rt.block_on(chronicle_server::maintenance::replay(kept.store(), |_| ())).unwrap();
+        proptest::prop_assert!(replay.problems.is_empty(), "{:?}", replay.problems);
+        let differences = chronicle_projections::diff(&kept.views(), &replay.projections);
+        proptest::prop_assert!(differences.is_empty(), "{:?}", differences);
+    }
+}

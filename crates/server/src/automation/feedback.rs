@@ -53,7 +53,9 @@ fn read(i: usize, e: &Value) -> Result<Option<Report>, AppError> {
     let email = field("email").ok_or_else(|| bad("email is missing"))?;
     let id = field("sg_event_id").ok_or_else(|| bad("sg_event_id is missing"))?;
     let ts = e.get("timestamp").and_then(Value::as_i64).ok_or_else(|| bad("timestamp must be a Unix time"))?;
-    let at = DateTime::<Utc>::from_timestamp(ts, 0).ok_or_else(|| bad("timestamp is out of range"))?;
+    let at = DateTime::<Utc>::from_timestamp(ts, 0)
+        .filter(|t| chronicle_core::time::in_range(*t))
+        .ok_or_else(|| bad("timestamp is outside 1900-01-01..9999-12-31"))?;
     let (event_type, unsubscribe) = match kind {
         "delivered" => ("MessageDelivered", false),
         "open" => ("MessageOpened", false),

@@ -135,6 +135,16 @@ pub async fn append(
         if e.r#type.trim().is_empty() || e.r#type.len() > 128 {
             return Err(bad(format!("events[{i}].type must be 1-128 characters")));
         }
+        if let Some(owner) = chronicle_core::registry::owner_of(&e.r#type) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reserved_type",
+                format!("events[{i}].type {:?} is written only by Chronicle's own commands ({owner:?})", e.r#type),
+            ));
+        }
+        if let Some(t) = e.event_time {
+            chronicle_core::time::check(&format!("events[{i}].event_time"), t).map_err(|e| bad(e.to_string()))?;
+        }
         let metadata = e.metadata.unwrap_or_else(|| json!({}));
         if !metadata.is_object() {
             return Err(bad(format!("events[{i}].metadata must be an object")));
