@@ -52,6 +52,10 @@ pub struct Metrics {
     pub append_conflicts: AtomicU64,
     pub consent_checks: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Outcomes of hand-overs the store refused to record (each is written again later).
+    pub outcomes_unrecorded: AtomicU64,
+    /// Campaign reactions that kept failing and were parked (see `GET /v1/automation/parked`).
+    pub reactions_parked: AtomicU64,
 }
 
 /// Erasures the views applied (counted by the commit hook), and how many the checkpoint's key

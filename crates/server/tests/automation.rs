@@ -188,3 +188,104 @@ async fn a_goal_logged_between_the_trigger_and_the_enrolment_still_converts_it()
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(tags(&events(&app, "a").await).is_empty(), "a converted enrolment sends no reminder");
 }
+
+/// A store whose writes can be refused (a full disk), delegating everything else.
+struct Flaky {
+    inner: Arc<dyn chronicle_store::EventStore>,
+    refuse: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl chronicle_store::EventStore for Flaky {
+    async fn append(
+        &self,
+        tenant: &str,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<chronicle_store::AppendResult, chronicle_store::AppendError> {
+        // The disk fills up just as the outcomes are to be recorded: the enrolments and the
+        // queued messages went in before.
+        let outcome = events.iter().any(|e| e.event_type.starts_with("Message") && e.event_type != "MessageQueued");
+        if outcome && self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(chronicle_store::AppendError::Storage("No space left on device (os error 28)".into()));
+        }
+        self.inner.append(tenant, stream, expected, events).await
+    }
+    async fn read_stream(&self, tenant: &str, stream: &str, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, chronicle_store::ReadError> {
+        self.inner.read_stream(tenant, stream, from, limit).await
+    }
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, chronicle_store::ReadError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, chronicle_store::ReadError> {
+        self.inner.stored(ids).await
+    }
+    async fn head(&self) -> Result<u64, chronicle_store::ReadError> {
+        self.inner.head().await
+    }
+    async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, chronicle_store::ReadError> {
+        self.inner.stream_version(tenant, stream).await
+    }
+    fn head_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.head_watch()
+    }
+    fn set_commit_hook(&self, hook: chronicle_store::CommitHook) {
+        self.inner.set_commit_hook(hook)
+    }
+}
+
+/// Issue 17, item 2: with the log's writes failing, one queued message once reached its
+/// receiver ~20,000 times in 20 s (its outcome could not be recorded, so it stayed due and the
+/// next wait was 0). Now each message is handed over at most once while the store refuses
+/// writes, and every one of them exactly once after it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: Arc::new(LogStore::open(dir.path()).unwrap()),
+        refuse: Default::default(),
+        refused: Default::default(),
+    });
+    let app = App::start(flaky.clone(), None).await.unwrap();
+    app.create_tenant("acme").await.unwrap();
+    let (url, seen) = receiver();
+    let c = json!({"trigger": {"event": "Signed Up"}, "steps": [{"webhook": {"url": url}}]});
+    save_campaign(&app, "acme", "hook", c, "test").await.unwrap();
+    let people = ["p1", "p2", "p3"];
+    for p in people {
+        register(&app, p, json!({}), None, vec![]).await;
+    }
+    let config = EngineConfig { retry_base: Duration::from_millis(50), ..EngineConfig::default() };
+    let engine = Engine::start(app.clone(), config).unwrap();
+    flaky.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in people {
+        track(&app, p, "Signed Up").await;
+    }
+    for p in people {
+        wait_for(&app, p, "the message queued", |e| e.iter().any(|e| e.event_type == "MessageQueued")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(flaky.refused.load(std::sync::atomic::Ordering::SeqCst) > 0, "the outcomes were refused");
+    let during = seen.lock().unwrap().clone();
+    let ids = |bodies: &[String]| -> Vec<String> {
+        let mut ids: Vec<String> =
+            bodies.iter().map(|b| serde_json::from_str::<Value>(b).unwrap()["customer"].as_str().unwrap_or("?").to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let during_ids = ids(&during);
+    let mut unique = during_ids.clone();
+    unique.dedup();
+    assert_eq!(during_ids, unique, "no message handed over twice while the store refused writes: {during_ids:?}");
+    assert!(flaky.refused.load(std::sync::atomic::Ordering::SeqCst) < 40, "the engine backs off: {} refused writes in 4 s", flaky.refused.load(std::sync::atomic::Ordering::SeqCst));
+    flaky.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    for p in people {
+        wait_for(&app, p, "the outcome recorded", |e| e.iter().any(|e| e.event_type == "MessageSent")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ids(&seen.lock().unwrap()), ["p1", "p2", "p3"], "each message handed over exactly once");
+    drop(engine);
+}

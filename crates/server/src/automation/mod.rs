@@ -83,6 +83,26 @@ pub struct Engine {
     in_flight: Mutex<HashSet<(String, String)>>,
     /// One enrolment is advanced by one task at a time.
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Outcomes of hand-overs that could not be recorded (the store refused the write): the
+    /// message is not handed over again while its outcome waits here; the outcome is written
+    /// again, with a growing pause, until the store takes it.
+    unrecorded: Mutex<std::collections::HashMap<(String, String), Unrecorded>>,
+    /// While the store refuses writes, no new message is handed over before this instant.
+    paused_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// A hand-over's outcome that is waiting to be recorded.
+#[derive(Clone)]
+struct Unrecorded {
+    customer: String,
+    outcome: (uuid::Uuid, A),
+    failures: u32,
+    retry_at: tokio::time::Instant,
+}
+
+/// The pause after the `failures`-th failed write of an outcome: 1 s doubling to 30 s.
+fn record_pause(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 /// What the next step of an enrolment needs.
@@ -109,6 +129,8 @@ impl Engine {
             config,
             in_flight: Mutex::new(HashSet::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            unrecorded: Mutex::default(),
+            paused_until: Mutex::default(),
         });
         let _ = engine.app.automation_gate.set(engine.gate.clone());
         tokio::spawn(engine.clone().react());
@@ -455,6 +477,12 @@ impl Engine {
     fn due(&self, now: DateTime<Utc>) -> (Vec<(String, String)>, Vec<(String, String)>, Option<DateTime<Utc>>) {
         let v = self.app.views();
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let mut unrecorded = self.unrecorded.lock().expect("unrecorded lock");
+        // An outcome whose message left the outbox some other way (recorded by another node,
+        // erased) is not waited for.
+        unrecorded.retain(|(tenant, m), _| v.tenant(tenant).is_some_and(|t| t.automation.outbox.contains_key(m)));
+        let instant = tokio::time::Instant::now();
+        let paused = self.paused_until.lock().expect("pause lock").is_some_and(|until| until > instant);
         let (mut timers, mut messages, mut next) = (Vec::new(), Vec::new(), None::<DateTime<Utc>>);
         for (tenant, t) in v.tenants.iter().filter(|(tenant, _)| self.gate.holds(tenant)) {
             let a = &t.automation;
@@ -474,7 +502,14 @@ impl Engine {
                     break;
                 }
                 let key = (tenant.clone(), m.clone());
-                if in_flight.insert(key.clone()) {
+                // Handed over already, its outcome not yet recorded: only the record is tried
+                // again, when its pause is over. While the store refuses writes, nothing new
+                // is handed over (its outcome could not be recorded either).
+                let ready = match unrecorded.get(&key) {
+                    Some(u) => u.retry_at <= instant,
+                    None => !paused,
+                };
+                if ready && in_flight.insert(key.clone()) {
                     messages.push(key);
                 }
             }
@@ -482,8 +517,14 @@ impl Engine {
         (timers, messages, next)
     }
 
-    /// Hand one message over and record the outcome.
+    /// Hand one message over and record the outcome — or, when it was handed over already and
+    /// only its outcome is missing, record that.
     async fn deliver(&self, tenant: &str, message: &str) -> Result<(), AppError> {
+        let key = (tenant.to_owned(), message.to_owned());
+        let waiting = self.unrecorded.lock().expect("unrecorded lock").get(&key).cloned();
+        if let Some(u) = waiting {
+            return self.record(key, u.customer, u.outcome).await;
+        }
         let (m, allowed) = {
             let v = self.app.views();
             let Some(m) = v.tenant(tenant).and_then(|t| t.automation.outbox.get(message)).cloned() else { return Ok(()) };
@@ -527,7 +568,28 @@ impl Engine {
                 )
             }
         };
-        self.write(tenant, &m.customer, vec![event]).await
+        self.record(key, m.customer, event).await
+    }
+
+    /// Write a hand-over's outcome; when the store refuses it, keep it to write again after a
+    /// pause (the message is not handed over again meanwhile) and pause new hand-overs.
+    async fn record(&self, key: (String, String), customer: String, outcome: (uuid::Uuid, A)) -> Result<(), AppError> {
+        match self.write(&key.0, &customer, vec![outcome.clone()]).await {
+            Ok(()) => {
+                self.unrecorded.lock().expect("unrecorded lock").remove(&key);
+                *self.paused_until.lock().expect("pause lock") = None;
+                Ok(())
+            }
+            Err(e) => {
+                let mut unrecorded = self.unrecorded.lock().expect("unrecorded lock");
+                let failures = unrecorded.get(&key).map_or(0, |u| u.failures) + 1;
+                let retry_at = tokio::time::Instant::now() + record_pause(failures);
+                unrecorded.insert(key, Unrecorded { customer, outcome, failures, retry_at });
+                *self.paused_until.lock().expect("pause lock") = Some(retry_at);
+                self.app.metrics.outcomes_unrecorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -88,6 +88,18 @@ pub async fn metrics(
         "Projection checkpoints written.",
         m.checkpoints.load(Ordering::Relaxed),
     );
+    metric(
+        "chronicle_automation_outcomes_unrecorded_total",
+        "counter",
+        "Message outcomes the store refused to record (each is written again; the message is not re-sent).",
+        m.outcomes_unrecorded.load(Ordering::Relaxed),
+    );
+    metric(
+        "chronicle_automation_reactions_parked_total",
+        "counter",
+        "Campaign reactions to an event that kept failing and were parked for a retry.",
+        m.reactions_parked.load(Ordering::Relaxed),
+    );
     metric("chronicle_log_head_position", "gauge", "Position of the last committed event.", head);
     metric("chronicle_projection_position", "gauge", "Position the read models reflect.", projected);
     metric(
