@@ -289,3 +289,84 @@ async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_
     assert_eq!(ids(&seen.lock().unwrap()), ["p1", "p2", "p3"], "each message handed over exactly once");
     drop(engine);
 }
+
+/// A minimal SMTP server on loopback that accepts every message and then takes `quit_delay`
+/// to answer `QUIT`; it counts the messages whose data it accepted.
+fn slow_quit_smtp(quit_delay: Duration) -> (String, Arc<Mutex<usize>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("smtp://{}", listener.local_addr().unwrap());
+    let accepted: Arc<Mutex<usize>> = Arc::default();
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let _ = out.write_all(b"220 slow.test ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let verb = line.trim_end().to_ascii_uppercase();
+                    let answer: &[u8] = if verb.starts_with("EHLO") || verb.starts_with("HELO") {
+                        b"250 slow.test\r\n"
+                    } else if verb.starts_with("DATA") {
+                        let _ = out.write_all(b"354 go ahead\r\n");
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == ".\r\n" {
+                                break;
+                            }
+                        }
+                        *count.lock().unwrap() += 1;
+                        b"250 queued\r\n"
+                    } else if verb.starts_with("QUIT") {
+                        std::thread::sleep(quit_delay);
+                        let _ = out.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    let _ = out.write_all(answer);
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// Issue 17, item 3: the SMTP time limit covered the whole session, `QUIT` included, so a
+/// server slow to answer `QUIT` got one message three times and it was then dead-lettered as
+/// "timed out". Once the server has answered 250 to the message data, the message is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_smtp_server_accepted_is_sent_however_slow_its_quit() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let (smtp_url, accepted) = slow_quit_smtp(Duration::from_secs(30));
+    save_template(&app, "acme", "hi", &json!({"subject": "Hi", "body": "Hello"}), "test").await.unwrap();
+    let c = json!({"trigger": {"event": "Signed Up"}, "steps": [
+        {"send": {"channel": "email", "purpose": "transactional", "template": "hi"}}]});
+    save_campaign(&app, "acme", "welcome", c, "test").await.unwrap();
+    register(&app, "q", json!({}), None, vec![]).await;
+    let config = EngineConfig {
+        delivery: DeliveryConfig { smtp_url: Some(smtp_url), mail_from: "x@localhost".into(), ..Default::default() },
+        retry_base: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    Engine::start(app.clone(), config).unwrap();
+    track(&app, "q", "Signed Up").await;
+    let evs = wait_for(&app, "q", "the outcome", |e| {
+        e.iter().any(|e| matches!(e.event_type.as_str(), "MessageSent" | "MessageFailed" | "MessageDeadLettered"))
+    })
+    .await;
+    let outcome = evs.iter().find(|e| e.event_type.starts_with("Message") && e.event_type != "MessageQueued").unwrap();
+    assert_eq!(outcome.event_type, "MessageSent", "{}", outcome.data);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*accepted.lock().unwrap(), 1, "the message went to the server once");
+}

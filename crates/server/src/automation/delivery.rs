@@ -42,6 +42,8 @@ struct SmtpServer {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `QUIT` after an accepted message may take before the connection is dropped.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Delivery {
     pub fn new(config: DeliveryConfig) -> Result<Delivery, String> {
@@ -83,11 +85,8 @@ impl Delivery {
             .header(ContentType::TEXT_HTML)
             .body(m.body.clone())
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(TIMEOUT, smtp.send(&mail)).await {
-            Ok(Ok(())) => Ok(Some(message_id)),
-            Ok(Err(e)) => Err(format!("SMTP: {e}")),
-            Err(_) => Err("SMTP: timed out".into()),
-        }
+        smtp.send(&mail).await.map_err(|e| format!("SMTP: {e}"))?;
+        Ok(Some(message_id))
     }
 
     async fn post(&self, url: &str, tenant: &str, m: &OutboxEntry) -> Result<Option<String>, String> {
@@ -161,18 +160,28 @@ impl SmtpServer {
     /// One SMTP session per message. The connection is ours, so it can have `TCP_NODELAY`:
     /// lettre writes the message and the closing `.` separately, and with Nagle's algorithm the
     /// second write would wait for the server's delayed ACK (~40 ms on Linux).
+    ///
+    /// The time limit covers the session up to the server's `250` to the end of the message
+    /// data: from that answer on the message is accepted, so it is sent. `QUIT` is said on
+    /// the side, with its own limit, and nothing it does (a slow or failing answer, a reset)
+    /// can turn an accepted message into a failed one that would be sent again.
     async fn send(&self, mail: &lettre::Message) -> Result<(), String> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &ClientId::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(c) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], c).await.map_err(|e| e.to_string())?;
-        }
-        conn.send(mail.envelope(), &mail.formatted()).await.map_err(|e| e.to_string())?;
-        // The message is accepted; a failing QUIT changes nothing about that.
-        let _ = conn.quit().await;
+        let session = async {
+            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &ClientId::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(c) = &self.credentials {
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], c).await.map_err(|e| e.to_string())?;
+            }
+            conn.send(mail.envelope(), &mail.formatted()).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(conn)
+        };
+        let mut conn = tokio::time::timeout(TIMEOUT, session).await.map_err(|_| "timed out".to_owned())??;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.quit()).await;
+        });
         Ok(())
     }
 }
