@@ -256,8 +256,8 @@ impl EventStore for SealedStore {
         .map_err(|e| storage(e.to_string()))
     }
 
-    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {
-        self.inner.stored(ids).await
+    async fn stored(&self, tenant: &str, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {
+        self.inner.stored(tenant, ids).await
     }
 
     async fn head(&self) -> Result<u64, ReadError> {

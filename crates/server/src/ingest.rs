@@ -431,7 +431,7 @@ pub(crate) async fn append_run(
 /// Asking first, rather than retrying after a refusal, spares copying every batch just in case.
 async fn append_runs<T: Copy>(app: &App, tenant: &str, streams: Vec<StreamRun<T>>) -> Vec<(T, Result<(), AppError>)> {
     let ids: Vec<uuid::Uuid> = streams.iter().flat_map(|(_, evs)| evs.iter().map(|(_, e)| e.id)).collect();
-    let mut stored = match app.store().stored(&ids).await {
+    let mut stored = match app.store().stored(tenant, &ids).await {
         Ok(s) => s.into_iter(),
         Err(e) => {
             let msg = e.to_string();

@@ -1244,3 +1244,44 @@ proptest::proptest! {
         proptest::prop_assert!(differences.is_empty(), "{:?}", differences);
     }
 }
+
+/// Issue 17, item 4: event ids are a public function of tenant and message id, and were unique
+/// across tenants — so a tenant could pre-store the id another tenant's `messageId` would get
+/// (the victim's track answered success and was never stored; its CloudEvent got 409), and a
+/// wrong expected version told whether another tenant had received a message. Idempotency is
+/// per tenant now.
+#[test]
+fn one_tenant_can_neither_suppress_nor_probe_another_tenants_events() {
+    let app = spawn_app();
+    let attacker = Some(app.other_key.as_str());
+    let victim_track = chronicle_server::ingest::event_id("acme", "m-1");
+    let victim_ce = chronicle_server::ingest::event_id("acme", "cloudevents\0/shop\0ce-1");
+    let squat = json!({"expected_version": "any", "events": [
+        {"id": victim_track, "type": "Squat", "data": {}},
+        {"id": victim_ce, "type": "Squat", "data": {}}
+    ]})
+    .to_string();
+    assert_eq!(app.call("POST", "/v1/streams/squat", attacker, Some(&squat)).status, 200);
+    let before = event_count(&app);
+    let r = segment(&app, "/v1/track", r#"{"userId":"u1","event":"Paid","messageId":"m-1"}"#, Some(&app.write_key));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(event_count(&app), before + 1, "the victim's track is stored");
+    let ce = r#"{"specversion":"1.0","id":"ce-1","source":"/shop","type":"com.example.paid","subject":"u1"}"#;
+    let r = cloudevents(&app, "application/cloudevents+json", &[], ce, Some(&app.key));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(event_count(&app), before + 2, "the victim's CloudEvent is stored");
+    // Retries are still recognised, per tenant.
+    segment(&app, "/v1/track", r#"{"userId":"u1","event":"Paid","messageId":"m-1"}"#, Some(&app.write_key));
+    cloudevents(&app, "application/cloudevents+json", &[], ce, Some(&app.key));
+    assert_eq!(event_count(&app), before + 2);
+    // Probing with a wrong expected version answers the same for an id the victim holds and
+    // for one nobody holds.
+    let probe = |id: uuid::Uuid| {
+        let body = json!({"expected_version": 7, "events": [{"id": id, "type": "Probe", "data": {}}]}).to_string();
+        let r = app.call("POST", "/v1/streams/probe", attacker, Some(&body));
+        (r.status, r.body["error"]["code"].clone())
+    };
+    segment(&app, "/v1/track", r#"{"userId":"u1","event":"Paid","messageId":"m-9"}"#, Some(&app.write_key));
+    assert_eq!(event_count(&app), before + 3);
+    assert_eq!(probe(chronicle_server::ingest::event_id("acme", "m-9")), probe(uuid::Uuid::now_v7()));
+}

@@ -220,8 +220,8 @@ impl chronicle_store::EventStore for Flaky {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, chronicle_store::ReadError> {
         self.inner.read_all(after, limit).await
     }
-    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, chronicle_store::ReadError> {
-        self.inner.stored(ids).await
+    async fn stored(&self, tenant: &str, ids: &[uuid::Uuid]) -> Result<Vec<bool>, chronicle_store::ReadError> {
+        self.inner.stored(tenant, ids).await
     }
     async fn head(&self) -> Result<u64, chronicle_store::ReadError> {
         self.inner.head().await

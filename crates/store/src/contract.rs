@@ -56,7 +56,7 @@ macro_rules! contract_tests {
             partial_id_reuse_is_rejected_and_writes_nothing,
             stored_tells_which_ids_are_committed,
             duplicate_ids_in_one_batch_are_rejected,
-            ids_are_global_across_tenants,
+            ids_are_unique_per_tenant,
             tenants_are_isolated,
             read_all_pages_with_limit,
             read_stream_pages_with_limit,
@@ -266,15 +266,14 @@ pub async fn replay_must_match_stream_tenant_and_order(store: Store) {
     let original = batch(2);
     append(&store, "t1", "s", ExpectedVersion::NoStream, original.clone()).await;
     let reversed = vec![original[1].clone(), original[0].clone()];
-    for (tenant, stream, events) in
-        [("t1", "s", reversed), ("t1", "other", original.clone()), ("t2", "s", original.clone())]
-    {
+    for (tenant, stream, events) in [("t1", "s", reversed), ("t1", "other", original.clone())] {
         let r = store.append(tenant, stream, ExpectedVersion::Any, events).await;
         assert!(matches!(r, Err(AppendError::IdReused { .. })), "{tenant}/{stream}: {r:?}");
     }
     assert_eq!(store.head().await.unwrap(), 2);
     assert_eq!(store.stream_version("t1", "other").await.unwrap(), 0);
-    assert_eq!(store.stream_version("t2", "s").await.unwrap(), 0);
+    // In another tenant the same ids are new (ids are unique per tenant).
+    assert_eq!(append(&store, "t2", "s", ExpectedVersion::NoStream, original).await, result(1, 2, 4));
 }
 
 pub async fn partial_id_reuse_is_rejected_and_writes_nothing(store: Store) {
@@ -303,11 +302,13 @@ pub async fn stored_tells_which_ids_are_committed(store: Store) {
     append(&store, "t2", "other", ExpectedVersion::NoStream, b.clone()).await;
     let fresh = event(9);
     let asked = [a[1].id, fresh.id, b[0].id, a[0].id];
-    assert_eq!(store.stored(&asked).await.unwrap(), vec![true, false, true, true]);
-    assert!(store.stored(&[]).await.unwrap().is_empty());
+    assert_eq!(store.stored("t1", &asked).await.unwrap(), vec![true, false, false, true]);
+    assert_eq!(store.stored("t2", &asked).await.unwrap(), vec![false, false, true, false], "per tenant");
+    assert_eq!(store.stored("t3", &asked).await.unwrap(), vec![false; 4]);
+    assert!(store.stored("t1", &[]).await.unwrap().is_empty());
     // A rejected append stores nothing.
     let _ = store.append("t1", "s", ExpectedVersion::Exact(7), vec![fresh.clone()]).await;
-    assert_eq!(store.stored(&[fresh.id]).await.unwrap(), vec![false]);
+    assert_eq!(store.stored("t1", &[fresh.id]).await.unwrap(), vec![false]);
 }
 
 pub async fn duplicate_ids_in_one_batch_are_rejected(store: Store) {
@@ -322,18 +323,35 @@ pub async fn duplicate_ids_in_one_batch_are_rejected(store: Store) {
     assert_eq!(append(&store, "t1", "s", ExpectedVersion::NoStream, vec![a, b]).await, result(1, 2, 2));
 }
 
-pub async fn ids_are_global_across_tenants(store: Store) {
+/// Ids are unique per tenant: an id another tenant stored is neither a duplicate (its event is
+/// stored here too) nor a clash, and no answer — not even a version conflict's — tells whether
+/// another tenant has it (issue 17: a tenant could suppress or probe another's events).
+pub async fn ids_are_unique_per_tenant(store: Store) {
     let e = event(1);
     append(&store, "t1", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await;
-    match store.append("t2", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await {
+    // A wrong expected version in t2 is a plain conflict, as for an id nobody has.
+    match store.append("t2", "s", ExpectedVersion::Exact(5), vec![e.clone()]).await {
+        Err(AppendError::Conflict { actual: 0, .. }) => {}
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    assert_eq!(append(&store, "t2", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await, result(1, 1, 2));
+    // Each tenant's copy is its own: a replay in either is recognised as that tenant's.
+    assert_eq!(append(&store, "t2", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await, result(1, 1, 2));
+    assert_eq!(append(&store, "t1", "secret-stream", ExpectedVersion::NoStream, vec![e.clone()]).await, result(1, 1, 1));
+    // Within a tenant an id is still stored once.
+    match store.append("t2", "elsewhere", ExpectedVersion::Any, vec![e.clone()]).await {
         Err(AppendError::IdReused { id, detail }) => {
             assert_eq!(id, e.id);
-            assert!(!detail.contains("secret") && !detail.contains("t1"), "leaks another tenant: {detail}");
+            assert!(detail.contains("secret-stream"), "names this tenant's stream: {detail}");
         }
         other => panic!("expected IdReused, got {other:?}"),
     }
-    assert_eq!(store.stream_version("t2", "secret-stream").await.unwrap(), 0);
-    assert_eq!(store.head().await.unwrap(), 1);
+    assert_eq!(store.stored("t1", &[e.id]).await.unwrap(), vec![true]);
+    assert_eq!(store.stored("t2", &[e.id]).await.unwrap(), vec![true]);
+    assert_eq!(store.stored("t3", &[e.id]).await.unwrap(), vec![false]);
+    assert_eq!(store.head().await.unwrap(), 2);
+    let t2: Vec<_> = all(&store).await.into_iter().filter(|x| x.tenant == "t2").collect();
+    assert_eq!((t2.len(), t2[0].id), (1, e.id));
 }
 
 pub async fn tenants_are_isolated(store: Store) {

@@ -229,9 +229,10 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(0)
     }
 
-    /// Which of `ids` are stored (committed, in any stream of any tenant), in order. A writer of
-    /// messages that may have been delivered before sends only the new ones.
-    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError>;
+    /// Which of `ids` are stored in `tenant` (committed, in any of its streams), in order. A
+    /// writer of messages that may have been delivered before sends only the new ones. Ids are
+    /// unique per tenant: an id stored in another tenant is not stored here.
+    async fn stored(&self, tenant: &str, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError>;
 
     /// The position of the last committed event (0 when empty).
     async fn head(&self) -> Result<u64, ReadError>;

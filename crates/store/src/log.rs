@@ -189,8 +189,9 @@ struct Index {
     tenant_ids: FastMap<Arc<str>, u32>,
     /// Per tenant (by tenant id): stream name → slot.
     slots: Vec<FastMap<Arc<str>, u32>>,
-    /// Event id → position: idempotency and the global uniqueness of ids.
-    ids: FastMap<Uuid, u64>,
+    /// (Tenant id, event id) → position: idempotency, and the uniqueness of ids within a
+    /// tenant (an id stored in another tenant is neither a duplicate nor a clash).
+    ids: FastMap<(u32, Uuid), u64>,
 }
 
 /// The index's maps: looked up several times per event in the commit path. foldhash is seeded
@@ -205,6 +206,12 @@ struct StreamEntry {
 }
 
 impl Index {
+    /// Where `id` is stored in `tenant` (committed or tentative).
+    fn id_position(&self, tenant: &str, id: &Uuid) -> Option<u64> {
+        let t = *self.tenant_ids.get(tenant)?;
+        self.ids.get(&(t, *id)).copied()
+    }
+
     fn slot(&self, tenant: &str, stream: &str) -> Option<u32> {
         let t = *self.tenant_ids.get(tenant)?;
         self.slots[t as usize].get(stream).copied()
@@ -326,7 +333,11 @@ impl LogStore {
             }
         }
         let mut seen = std::collections::HashSet::new();
-        if let Some((_, _, e)) = expiry.records.iter().find(|(_, _, e)| ix.ids.contains_key(&e.id) || !seen.insert(e.id)) {
+        if let Some((_, _, e)) = expiry
+            .records
+            .iter()
+            .find(|(tenant, _, e)| ix.id_position(tenant, &e.id).is_some() || !seen.insert((tenant.clone(), e.id)))
+        {
             return Err(ExpireError::Invalid(format!("the record's id {} is already stored", e.id)));
         }
         let bytes_before = ix.end;
@@ -510,10 +521,10 @@ impl EventStore for LogStore {
         Ok(self.shared.read_index().head)
     }
 
-    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
+    async fn stored(&self, tenant: &str, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
         let ix = self.shared.read_index();
         // Ids of a group still being committed are in the index tentatively, above the head.
-        Ok(ids.iter().map(|id| ix.ids.get(id).is_some_and(|&p| p <= ix.head)).collect())
+        Ok(ids.iter().map(|id| ix.id_position(tenant, id).is_some_and(|p| p <= ix.head)).collect())
     }
 
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {
@@ -739,10 +750,10 @@ impl Writer {
 /// group). An accepted request's events enter the index tentatively, at `next…`; a rejected one
 /// changes nothing and uses no position.
 fn validate(ix: &mut Index, request: &Request, next: u64) -> Outcome {
-    if request.events.iter().any(|p| ix.ids.contains_key(&p.event.id)) {
+    if request.events.iter().any(|p| ix.id_position(&request.tenant, &p.event.id).is_some()) {
         let ids: Vec<Uuid> = request.events.iter().map(|p| p.event.id).collect();
         let found: Vec<Option<StoredAt<'_>>> =
-            ids.iter().map(|id| ix.ids.get(id).map(|&position| ix.stored_at(position))).collect();
+            ids.iter().map(|id| ix.id_position(&request.tenant, id).map(|position| ix.stored_at(position))).collect();
         if let Some(result) = rules::classify_ids(&request.tenant, &request.stream, &ids, &found) {
             return Outcome { result, appended: false };
         }
@@ -753,9 +764,10 @@ fn validate(ix: &mut Index, request: &Request, next: u64) -> Outcome {
         return Outcome { result: Err(rules::conflict(&request.stream, request.expected, actual)), appended: false };
     }
     let slot = slot.unwrap_or_else(|| ix.intern(&request.tenant, &request.stream));
+    let tenant = ix.streams[slot as usize].tenant;
     for (i, p) in request.events.iter().enumerate() {
         let position = next + i as u64;
-        ix.ids.insert(p.event.id, position);
+        ix.ids.insert((tenant, p.event.id), position);
         ix.streams[slot as usize].positions.push(position);
         ix.stream_of.push(slot);
     }
@@ -770,8 +782,9 @@ fn validate(ix: &mut Index, request: &Request, next: u64) -> Outcome {
 fn rollback(ix: &mut Index, group: &[Request], outcomes: &[Outcome]) {
     for (request, outcome) in group.iter().zip(outcomes) {
         if outcome.appended {
+            let Some(&tenant) = ix.tenant_ids.get(request.tenant.as_str()) else { continue };
             for p in &request.events {
-                ix.ids.remove(&p.event.id);
+                ix.ids.remove(&(tenant, p.event.id));
             }
         }
     }
@@ -1193,8 +1206,8 @@ fn index_record(ix: &mut Index, payload: &[u8], position: u64, at: u64) -> Resul
     if r.version != version {
         return Err(format!("position {position} is version {} of {tenant}/{stream}, expected {version}", r.version));
     }
-    if ix.ids.insert(r.id, position).is_some() {
-        return Err(format!("event id {} is stored twice", r.id));
+    if ix.ids.insert((ix.streams[slot as usize].tenant, r.id), position).is_some() {
+        return Err(format!("event id {} is stored twice in tenant {tenant}", r.id));
     }
     ix.streams[slot as usize].positions.push(position);
     ix.stream_of.push(slot);

@@ -23,7 +23,7 @@ struct State {
     /// The log; the event at index `i` has position `i + 1`.
     log: Vec<EventEnvelope>,
     /// Event id → index in `log`.
-    by_id: HashMap<Uuid, usize>,
+    by_id: HashMap<(String, Uuid), usize>,
     /// tenant → stream → indices in `log`, by version (version `v` at index `v - 1`).
     streams: HashMap<String, HashMap<String, Vec<usize>>>,
 }
@@ -68,7 +68,7 @@ impl EventStore for MemoryStore {
         let found: Vec<Option<StoredAt<'_>>> = ids
             .iter()
             .map(|id| {
-                st.by_id.get(id).map(|&i| {
+                st.by_id.get(&(tenant.to_owned(), *id)).map(|&i| {
                     let e = &st.log[i];
                     StoredAt { tenant: &e.tenant, stream: &e.stream, version: e.version, position: e.position }
                 })
@@ -90,7 +90,7 @@ impl EventStore for MemoryStore {
         let indices = st.streams.entry(tenant.to_string()).or_default().entry(stream.to_string()).or_default();
         for (i, e) in events.into_iter().enumerate() {
             let index = first_index + i;
-            st.by_id.insert(e.id, index);
+            st.by_id.insert((tenant.to_owned(), e.id), index);
             indices.push(index);
             st.log.push(rules::stored_envelope(
                 tenant,
@@ -136,9 +136,9 @@ impl EventStore for MemoryStore {
         Ok(self.lock().log.len() as u64)
     }
 
-    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
+    async fn stored(&self, tenant: &str, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
         let st = self.lock();
-        Ok(ids.iter().map(|id| st.by_id.contains_key(id)).collect())
+        Ok(ids.iter().map(|id| st.by_id.contains_key(&(tenant.to_owned(), *id))).collect())
     }
 
     async fn stream_version(&self, tenant: &str, stream: &str) -> Result<u64, ReadError> {

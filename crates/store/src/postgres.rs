@@ -26,9 +26,9 @@
 //! **By tenant.** The tenant leads every primary key and index, so the schema can be
 //! distributed by tenant: events are keyed `(tenant, position)`; `heads` holds each tenant's
 //! last position (the global head is their greatest; reading in position order visits the
-//! tenants with events past the cursor one by one); ids, unique across tenants, are registered
-//! in `event_ids` under Chronicle's own tenant `_system`, by the same statement that inserts the
-//! events. See ARCHITECTURE.md, "Past one database".
+//! tenants with events past the cursor one by one); ids, unique per tenant, are registered in
+//! `event_ids` under their tenant, by the same statement that inserts the events. See
+//! ARCHITECTURE.md, "Past one database".
 //!
 //! Versioned migrations (`schema_migrations`) run on connect, under a session advisory lock so
 //! two nodes starting together do not race. Every table lives in one schema (`chronicle` by
@@ -201,6 +201,13 @@ ALTER TABLE keys DROP CONSTRAINT keys_pkey;
 ALTER TABLE keys ADD PRIMARY KEY (tenant, slot);
 DROP INDEX keys_owner;
 CREATE INDEX keys_owner ON keys (tenant, owner);
+", "
+-- Ids are unique per tenant, not across tenants (issue 17): an id stored in another tenant is
+-- neither a duplicate nor a clash, and no answer tells whether another tenant has it. Each id
+-- is registered under its own tenant (every id so far is unique across tenants, so it is
+-- unique per tenant too); the key keeps its name `events_id`, which the writer recognises.
+UPDATE event_ids SET tenant = event_tenant;
+ALTER TABLE event_ids ALTER COLUMN tenant DROP DEFAULT;
 "];
 
 /// The events' columns, in the order [`raw_from_row`] reads them (a macro, so the queries are
@@ -227,12 +234,11 @@ const RANGE_SQL: &str = concat!(
 fn range_end(after: i64, upto: i64, limit: i64) -> i64 {
     upto.min(after.saturating_add(limit))
 }
-/// The stored events among ids `$1`, from the id registry (`event_ids`, tenant `_system`).
-/// Written so that each id is one probe of the key whatever the plan (the `LIMIT` keeps the
-/// subquery apart): `_system` holds every id, and with `id = ANY($1)` a plan made while the
-/// table was small would scan them all.
-const IDS_SQL: &str = "SELECT x.* FROM unnest($1::uuid[]) AS q(i) CROSS JOIN LATERAL \
-     (SELECT id, event_tenant, stream, version, position FROM event_ids r WHERE r.tenant = '_system' AND r.id = q.i LIMIT 1) x";
+/// The stored events among the (tenant `$1`, id `$2`) pairs, from the id registry
+/// (`event_ids`). Written so that each pair is one probe of the key whatever the plan (the
+/// `LIMIT` keeps the subquery apart).
+const IDS_SQL: &str = "SELECT x.* FROM unnest($1::text[], $2::uuid[]) AS q(t, i) CROSS JOIN LATERAL \
+     (SELECT id, event_tenant, stream, version, position FROM event_ids r WHERE r.tenant = q.t AND r.id = q.i LIMIT 1) x";
 /// The group's rows as relation `u`, from column arrays ([`Columns::params`]; `u.p` is the
 /// position, or the offset past the head).
 macro_rules! group_rows {
@@ -243,7 +249,7 @@ macro_rules! group_rows {
     };
 }
 /// Inserts `u` with positions `$pos`, moves the tenants' heads and registers the ids (an id
-/// stored already, in any tenant, fails the statement on the registry's key `events_id`).
+/// stored already in the same tenant fails the statement on the registry's key `events_id`).
 macro_rules! insert_group_rows {
     ($pos:literal) => {
         concat!(
@@ -255,8 +261,8 @@ macro_rules! insert_group_rows {
              RETURNING tenant, position, id, stream, version), \
              moved AS (INSERT INTO heads (tenant, position) SELECT tenant, max(position) FROM ins GROUP BY tenant \
              ON CONFLICT (tenant) DO UPDATE SET position = GREATEST(heads.position, EXCLUDED.position)), \
-             registered AS (INSERT INTO event_ids (id, event_tenant, stream, version, position) \
-             SELECT id, tenant, stream, version, position FROM ins) "
+             registered AS (INSERT INTO event_ids (tenant, id, event_tenant, stream, version, position) \
+             SELECT tenant, id, tenant, stream, version, position FROM ins) "
         )
     };
 }
@@ -602,8 +608,8 @@ impl PgStore {
                 .await
                 .map_err(db)?;
             // The records, after the head, each new to the store.
-            let ids: Vec<Uuid> = expiry.records.iter().map(|(_, _, e)| e.id).collect();
-            if let Some(row) = client.query(IDS_SQL, &[&ids]).await.map_err(db)?.first() {
+            let (id_tenants, ids): (Vec<&str>, Vec<Uuid>) = expiry.records.iter().map(|(t, _, e)| (t.as_str(), e.id)).unzip();
+            if let Some(row) = client.query(IDS_SQL, &[&id_tenants, &ids]).await.map_err(db)?.first() {
                 return Err(ExpireError::Invalid(format!("the record's id {} is already stored", row.get::<_, Uuid>(0))));
             }
             let ingest_time = rules::truncate_to_micros(Utc::now());
@@ -1166,7 +1172,8 @@ async fn validate_and_insert(
     // after the lock is held and sees every earlier writer's commit — and the group's stored ids
     // and stream versions: sent at once (pipelined on the connection), run in this order, one
     // round trip.
-    let ids: Vec<Uuid> = group.iter().flat_map(|r| r.events.iter().map(|e| e.id)).collect();
+    let (id_tenants, ids): (Vec<&str>, Vec<Uuid>) =
+        group.iter().flat_map(|r| r.events.iter().map(|e| (r.tenant.as_str(), e.id))).unzip();
     let mut versions = Versions::new();
     let (mut tenants, mut streams) = (Vec::new(), Vec::new());
     for r in group {
@@ -1180,7 +1187,7 @@ async fn validate_and_insert(
             }
         }
     }
-    let ids_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let ids_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id_tenants, &ids];
     let version_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenants, &streams];
     let (_, _, head, id_rows, version_rows) = tokio::try_join!(
         // Read committed whatever the server's default: the head must see every earlier commit.
@@ -1279,28 +1286,28 @@ async fn one_trip(
     }))
 }
 
-/// The stored events among a group's ids, by id.
-fn stored_ids(rows: Vec<Row>) -> HashMap<Uuid, Owned> {
+/// The stored events among a group's ids, by tenant and id.
+fn stored_ids(rows: Vec<Row>) -> HashMap<(String, Uuid), Owned> {
     rows.iter()
         .map(|row| {
             let owned = Owned { tenant: row.get(1), stream: row.get(2), version: row.get::<_, i64>(3) as u64, position: row.get::<_, i64>(4) as u64 };
-            (row.get(0), owned)
+            ((owned.tenant.clone(), row.get(0)), owned)
         })
         .collect()
 }
 
 /// Each request's outcome, judged in order against what is stored (`stored` ids, stream
 /// `versions`) and the group's earlier requests: a replay, a refusal, or its place after `head`.
-fn decide(group: &[Request], mut stored: HashMap<Uuid, Owned>, mut versions: HashMap<(String, String), u64>, head: u64) -> Vec<Outcome> {
+fn decide(group: &[Request], mut stored: HashMap<(String, Uuid), Owned>, mut versions: HashMap<(String, String), u64>, head: u64) -> Vec<Outcome> {
     let mut next = head + 1;
     let mut outcomes = Vec::with_capacity(group.len());
     // Each request's batch was checked in `append`, before it was queued.
     for r in group {
         let batch_ids: Vec<Uuid> = r.events.iter().map(|e| e.id).collect();
-        if batch_ids.iter().any(|id| stored.contains_key(id)) {
+        if batch_ids.iter().any(|id| stored.contains_key(&(r.tenant.clone(), *id))) {
             let found: Vec<Option<StoredAt<'_>>> = batch_ids
                 .iter()
-                .map(|id| stored.get(id).map(|o| StoredAt { tenant: &o.tenant, stream: &o.stream, version: o.version, position: o.position }))
+                .map(|id| stored.get(&(r.tenant.clone(), *id)).map(|o| StoredAt { tenant: &o.tenant, stream: &o.stream, version: o.version, position: o.position }))
                 .collect();
             if let Some(result) = rules::classify_ids(&r.tenant, &r.stream, &batch_ids, &found) {
                 outcomes.push(Outcome { result, appended: false });
@@ -1316,7 +1323,7 @@ fn decide(group: &[Request], mut stored: HashMap<Uuid, Owned>, mut versions: Has
         let n = r.events.len() as u64;
         for (i, e) in r.events.iter().enumerate() {
             let owned = Owned { tenant: r.tenant.clone(), stream: r.stream.clone(), version: actual + 1 + i as u64, position: next + i as u64 };
-            stored.insert(e.id, owned);
+            stored.insert((r.tenant.clone(), e.id), owned);
         }
         versions.insert(key, actual + n);
         outcomes.push(Outcome {
@@ -1457,8 +1464,9 @@ impl EventStore for PgStore {
         self.query_events(RANGE_SQL, &[&after, &range_end(after, head, limit), &limit]).await
     }
 
-    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
-        let rows = self.reader().await?.query(IDS_SQL, &[&ids]).await.map_err(read_error)?;
+    async fn stored(&self, tenant: &str, ids: &[Uuid]) -> Result<Vec<bool>, ReadError> {
+        let tenants = vec![tenant; ids.len()];
+        let rows = self.reader().await?.query(IDS_SQL, &[&tenants, &ids]).await.map_err(read_error)?;
         let found: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         Ok(ids.iter().map(|id| found.contains(id)).collect())
     }

@@ -68,10 +68,9 @@ pub(crate) fn classify_ids(
         }));
     }
     let at = found[first_stored].as_ref().expect("position() found it");
-    // Never name another tenant's stream: ids are global, tenants are walls.
-    let detail = if at.tenant != tenant {
-        "in another tenant".to_string()
-    } else if at.stream != stream {
+    // Ids are unique per tenant: `found` holds this tenant's events only.
+    debug_assert_eq!(at.tenant, tenant);
+    let detail = if at.stream != stream {
         format!("in stream {}", at.stream)
     } else {
         format!("at version {} of this stream, and the batch is not a replay of an earlier append", at.version)

@@ -28,7 +28,7 @@ use uuid::Uuid;
 /// The database file inside the data folder.
 pub const DB_FILE: &str = "events.sqlite";
 /// `PRAGMA user_version` of the layout this build writes; see docs/storage.md.
-pub const FORMAT_VERSION: i64 = 1;
+pub const FORMAT_VERSION: i64 = 2;
 
 /// Group limits: enough to amortise one fsync over many appends, small enough that one group's
 /// latency stays in the low milliseconds.
@@ -59,9 +59,17 @@ CREATE TABLE events (
     data           TEXT    NOT NULL,
     metadata       TEXT    NOT NULL
 ) STRICT;
-CREATE UNIQUE INDEX events_id ON events(id);
+CREATE UNIQUE INDEX events_id ON events(tenant, id);
 CREATE UNIQUE INDEX events_stream ON events(tenant, stream, version);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
+";
+
+/// Layout 1 → 2: ids are unique per tenant, not across tenants (issue 17). Every id of a
+/// layout-1 database is unique across tenants, so it is unique per tenant too.
+const MIGRATE_1_TO_2: &str = "
+DROP INDEX events_id;
+CREATE UNIQUE INDEX events_id ON events(tenant, id);
+PRAGMA user_version = 2;
 ";
 
 macro_rules! columns {
@@ -88,7 +96,7 @@ const READ_STREAM_UNTIL: &str = concat!(
 );
 const STREAM_VERSION: &str = "SELECT max(version) FROM events WHERE tenant = ?1 AND stream = ?2";
 const HEAD: &str = "SELECT max(position) FROM events";
-const FIND_ID: &str = "SELECT tenant, stream, version, position FROM events WHERE id = ?1";
+const FIND_ID: &str = "SELECT tenant, stream, version, position FROM events WHERE tenant = ?1 AND id = ?2";
 const UNDO_FROM: &str = "DELETE FROM events WHERE position >= ?1";
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +201,7 @@ impl SqliteStore {
         let ingest = rules::to_micros(rules::truncate_to_micros(Utc::now()));
         let mut position = head;
         for (tenant, stream, e) in &expiry.records {
-            let stored = tx.prepare_cached(FIND_ID).map_err(failed)?.exists([&e.id.as_bytes()[..]]).map_err(failed)?;
+            let stored = tx.prepare_cached(FIND_ID).map_err(failed)?.exists(params![tenant, &e.id.as_bytes()[..]]).map_err(failed)?;
             if stored {
                 return Err(ExpireError::Invalid(format!("the record's id {} is already stored", e.id)));
             }
@@ -323,10 +331,10 @@ impl EventStore for SqliteStore {
         self.read(query_head)
     }
 
-    async fn stored(&self, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {
+    async fn stored(&self, tenant: &str, ids: &[uuid::Uuid]) -> Result<Vec<bool>, ReadError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(FIND_ID)?;
-            ids.iter().map(|id| stmt.exists([&id.as_bytes()[..]])).collect()
+            ids.iter().map(|id| stmt.exists(params![tenant, &id.as_bytes()[..]])).collect()
         })
     }
 
@@ -519,7 +527,7 @@ impl Writer {
         let ids: Vec<Uuid> = request.events.iter().map(|p| p.event.id).collect();
         let mut rows = Vec::with_capacity(ids.len());
         for id in &ids {
-            let mut found = stmt.query([&id.as_bytes()[..]])?;
+            let mut found = stmt.query(params![&request.tenant, &id.as_bytes()[..]])?;
             rows.push(match found.next()? {
                 Some(r) => {
                     Some((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
@@ -617,6 +625,21 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreOpenError> {
             Err(e) => Err(e),
         };
         match created {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite_err)?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(sqlite_err(e));
+            }
+        }
+    }
+    if user_version(conn).map_err(sqlite_err)? == 1 {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_err)?;
+        let migrated = match user_version(conn) {
+            Ok(1) => conn.execute_batch(MIGRATE_1_TO_2),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match migrated {
             Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite_err)?,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");

@@ -87,7 +87,7 @@ async fn reopen_keeps_everything_and_continues_positions() {
         store.append("t1", "b", ExpectedVersion::Any, vec![replay.clone()]).await,
         Ok(AppendResult { first_version: 1, last_version: 1, position: 6 })
     );
-    assert!(store.append("t2", "b", ExpectedVersion::Any, vec![replay]).await.is_err());
+    assert!(store.append("t1", "c", ExpectedVersion::Any, vec![replay]).await.is_err());
     assert_eq!(
         store.append("t1", "a", ExpectedVersion::Exact(3), batch(2)).await,
         Ok(AppendResult { first_version: 4, last_version: 5, position: 8 })

@@ -491,14 +491,17 @@ async fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
         client.query("SELECT tenant, position FROM heads ORDER BY tenant", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(heads, vec![("_system".into(), 1), ("acme".into(), 3), ("globex".into(), 6)]);
     let id = |n: u128| uuid::Uuid::from_u128(n);
-    assert_eq!(store.stored(&[id(4), id(9)]).await.unwrap(), vec![true, false]);
+    assert_eq!(store.stored("globex", &[id(4), id(9)]).await.unwrap(), vec![true, false]);
+    assert_eq!(store.stored("acme", &[id(4), id(2)]).await.unwrap(), vec![false, true], "ids are registered per tenant");
     let keys: Vec<(i64, String)> =
         client.query("SELECT slot, tenant FROM keys ORDER BY slot", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(keys, vec![(11, "acme".into()), (12, "globex".into()), (15, "_system".into())]);
-    // Appends go on after the head, and an id of another tenant is still refused.
+    // Appends go on after the head; an id is refused again within its tenant, and is free in
+    // another (ids are unique per tenant, migration 7).
     let reused = chronicle_core::envelope::NewEvent { id: id(2), ..event(1) };
-    assert!(matches!(store.append("globex", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![reused]).await, Err(chronicle_store::AppendError::IdReused { .. })));
-    assert_eq!(store.append("acme", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![event(2)]).await.unwrap().position, 7);
+    assert!(matches!(store.append("acme", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![reused.clone()]).await, Err(chronicle_store::AppendError::IdReused { .. })));
+    assert_eq!(store.append("globex", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![reused]).await.unwrap().position, 7);
+    assert_eq!(store.append("acme", "s", chronicle_core::envelope::ExpectedVersion::Any, vec![event(2)]).await.unwrap().position, 8);
     drop(store);
 
     client.execute("INSERT INTO schema_migrations (version) VALUES (99)", &[]).await.unwrap();

@@ -80,3 +80,31 @@ fn a_newer_format_is_refused() {
     let err = SqliteStore::open(dir.path()).err().expect("refused");
     assert!(matches!(err, StoreOpenError::UnsupportedFormat { found: 99, .. }), "{err}");
 }
+
+/// A layout-1 database (ids unique across tenants) is migrated in place to layout 2, where
+/// ids are unique per tenant: its events stay, and an id of one tenant is then free in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_1_database_is_migrated_to_ids_unique_per_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.append("t1", "a", ExpectedVersion::NoStream, batch(2)).await.unwrap();
+        store.read_all(0, usize::MAX).await.unwrap()
+    };
+    {
+        // Back to layout 1's global id index, as an older build left it.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("DROP INDEX events_id; CREATE UNIQUE INDEX events_id ON events(id); PRAGMA user_version = 1;").unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_all(0, usize::MAX).await.unwrap(), before);
+    let mut same = event(0);
+    same.id = before[0].id;
+    assert_eq!(
+        store.append("t2", "a", ExpectedVersion::NoStream, vec![same.clone()]).await,
+        Ok(AppendResult { first_version: 1, last_version: 1, position: 3 })
+    );
+    assert!(store.append("t1", "other", ExpectedVersion::Any, vec![same]).await.is_err(), "still once per tenant");
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    assert_eq!(conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), 2);
+}
