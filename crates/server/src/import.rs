@@ -447,7 +447,7 @@ async fn write_step(app: &App, tenant: &str, step: Vec<(u64, Item)>) -> Result<V
         }
     }
     if !calls.is_empty() {
-        let out = ingest::write_calls(app, tenant, ACTOR, calls).await?;
+        let out = ingest::write_calls(app, tenant, ACTOR, ingest::Sender::Trusted, calls).await?;
         rejected.extend(out.rejected.into_iter().map(|(i, code, message)| Rejected { line: lines[i], code, message }));
     }
     if !cloud.is_empty() {

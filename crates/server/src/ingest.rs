@@ -12,7 +12,10 @@
 //!   customer's timeline then includes the anonymous stream's history. An anonymous id linked
 //!   to one customer is never moved to another (409 `identity_linked_elsewhere`).
 //! - `alias` whose `previousId` is itself a known customer merges the two (`previousId` into
-//!   `userId`, which survives; see `App::merge_customers`).
+//!   `userId`, which survives; see `App::merge_customers`) — when sent with a secret key (an
+//!   `ingest`-role key, as Segment's server SDKs send their write key). The public write key,
+//!   which sits in web pages, may not merge two known customers: such an alias is rejected
+//!   (`merge_not_allowed`, reported per message in the 200 answer).
 //! - Segment's e-commerce events also drive the Order aggregate: "Order Completed" places and
 //!   pays the order, "Order Refunded" refunds it (the given total, else what remains), "Order
 //!   Cancelled" cancels it; their events' ids derive from the messageId, so a redelivery never
@@ -294,22 +297,33 @@ impl Activity {
     }
 }
 
+/// Who sent the messages, as far as merging known customers goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A public write key (it sits in web pages): it may link anonymous ids to a customer,
+    /// but an `alias` that would merge two known customers is rejected.
+    Public,
+    /// A secret the sender keeps (an `ingest`-role or writer API key, an import from a file):
+    /// an `alias` between two known customers merges them.
+    Trusted,
+}
+
 /// Write validated messages in order (see [`write_calls`]).
-pub async fn write(app: &App, tenant: &str, actor: &str, messages: Vec<Message>) -> Result<Outcome, AppError> {
-    write_calls(app, tenant, actor, messages.into_iter().map(|m| Call::of(actor, m)).collect()).await
+pub async fn write(app: &App, tenant: &str, actor: &str, sender: Sender, messages: Vec<Message>) -> Result<Outcome, AppError> {
+    write_calls(app, tenant, actor, sender, messages.into_iter().map(|m| Call::of(actor, m)).collect()).await
 }
 
 /// Write calls in order. Runs of activity between identify/alias/group calls are written
 /// together: one append per stream, the streams concurrently, so a batch costs a few group
 /// commits instead of one per message.
-pub async fn write_calls(app: &App, tenant: &str, actor: &str, calls: Vec<Call>) -> Result<Outcome, AppError> {
+pub async fn write_calls(app: &App, tenant: &str, actor: &str, sender: Sender, calls: Vec<Call>) -> Result<Outcome, AppError> {
     let mut out = Outcome::default();
     let mut run: Vec<(usize, Activity)> = Vec::new();
     for (i, call) in calls.into_iter().enumerate() {
         match call {
             Call::Change(msg) => {
                 write_activity_run(app, tenant, actor, std::mem::take(&mut run), &mut out).await?;
-                let result = write_one(app, tenant, actor, msg).await;
+                let result = write_one(app, tenant, actor, sender, msg).await;
                 record(&mut out, i, result)?;
             }
             Call::Activity(a) => run.push((i, a)),
@@ -758,7 +772,7 @@ fn call_record(actor: &str, msg: Message) -> (String, Value) {
 }
 
 /// Write one identify or alias message.
-async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result<(), AppError> {
+async fn write_one(app: &App, tenant: &str, actor: &str, sender: Sender, msg: Message) -> Result<(), AppError> {
     if let (Kind::Group, Some(user)) = (msg.kind, &msg.user_id) {
         let group_id = msg
             .raw
@@ -787,6 +801,12 @@ async fn write_one(app: &App, tenant: &str, actor: &str, msg: Message) -> Result
             .and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_number().map(|n| n.to_string())));
         let previous = previous.expect("validated: alias has a previousId");
         let previous_is_customer = previous != *user && app.customer(tenant, &previous).is_ok();
+        if previous_is_customer && sender == Sender::Public && app.customer(tenant, user).is_ok() {
+            return Err(AppError::Rule {
+                code: "merge_not_allowed",
+                message: "a public write key may not merge two known customers; send the alias with an ingest key".into(),
+            });
+        }
         if !previous_is_customer {
             refuse_foreign_identity(app, tenant, user, &previous)?;
         }

@@ -836,11 +836,23 @@ fn two_known_customers_merge_with_a_defined_survivor() {
     assert_eq!(app.post("/v1/customers/u1/merge", json!({"from": "u2"})).status, 200);
     assert_eq!(event_count(&app), before);
 
-    // Segment: an alias whose previousId is a known customer merges it into the userId.
+    // Segment: an alias whose previousId is a known customer merges it into the userId — sent
+    // with a secret ingest key. The public write key (it sits in web pages) may not merge two
+    // known customers (issue 17, item 10: it froze the victim and moved their consents).
     register(&app, "u3", "three@example.com");
     register(&app, "u4", "four@example.com");
     let alias = json!({"batch": [{"type": "alias", "previousId": "u3", "userId": "u4"}]});
-    assert_eq!(segment(&app, "/v1/batch", &alias.to_string(), wk).body, json!({"success": true}));
+    let before = event_count(&app);
+    let r = segment(&app, "/v1/batch", &alias.to_string(), wk);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["rejected"][0]["code"], "merge_not_allowed", "{}", r.body);
+    assert_eq!(event_count(&app), before, "nothing merged");
+    assert_eq!(app.get("/v1/customers/u3").body["status"], "active");
+    // The write key may still link an anonymous id to a customer.
+    let link = json!({"batch": [{"type": "alias", "previousId": "anon-7", "userId": "u4"}]});
+    assert_eq!(segment(&app, "/v1/batch", &link.to_string(), wk).body, json!({"success": true}));
+    let ingest = app.post("/v1/api-keys", json!({"role": "ingest", "name": "server"})).body["key"].as_str().unwrap().to_owned();
+    assert_eq!(segment(&app, "/v1/batch", &alias.to_string(), Some(&ingest)).body, json!({"success": true}));
     assert_eq!(app.get("/v1/customers/u4").body["merged_ids"], json!(["u3"]));
     assert_eq!(app.get("/v1/customers/u3").body["merged_into"], "u4");
 

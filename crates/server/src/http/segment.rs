@@ -41,9 +41,9 @@ pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "batch_too_large", "a batch is limited to 500 KB"));
     }
     let value = parse_json(&body)?;
-    let (tenant, actor) = authenticate(&app, &headers, &value)?;
+    let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
     let messages = ingest::parse_batch(&tenant, value, chrono::Utc::now()).map_err(refused)?;
-    answer(ingest::write(&app, &tenant, &actor, messages).await?)
+    answer(ingest::write(&app, &tenant, &actor, sender, messages).await?)
 }
 
 async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Res {
@@ -52,9 +52,9 @@ async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "message_too_large", "a message is limited to 32 KB"));
     }
     let value = parse_json(&body)?;
-    let (tenant, actor) = authenticate(&app, &headers, &value)?;
+    let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
     let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None, None).map_err(refused)?;
-    answer(ingest::write(&app, &tenant, &actor, vec![msg]).await?)
+    answer(ingest::write(&app, &tenant, &actor, sender, vec![msg]).await?)
 }
 
 /// The body, gunzipped when `Content-Encoding: gzip` (as Segment's clients may send it). At most
@@ -114,11 +114,12 @@ pub(crate) fn ingest_tenant(app: &App, headers: &HeaderMap, body: &Value) -> Res
             _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")),
         };
     }
-    authenticate(app, headers, body).map(|(tenant, _)| tenant)
+    authenticate(app, headers, body).map(|(tenant, _, _)| tenant)
 }
 
-/// The write key: HTTP Basic user name (Segment's clients), else `writeKey` in the body.
-fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String, String), ApiError> {
+/// The write key: HTTP Basic user name (Segment's clients), else `writeKey` in the body. The
+/// tenant, the actor, and whether the key is the public write key or a secret one.
+fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String, String, ingest::Sender), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     let from_header = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -132,11 +133,11 @@ fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String,
         .ok_or_else(|| unauthorized("a write key is required (HTTP Basic user name or writeKey)"))?;
     match app.authenticate(&key) {
         Some(rec) if rec.kind == KeyKind::Write => {
-            Ok((rec.tenant, format!("writekey:{}", &crate::keys::digest(&key)[..12])))
+            Ok((rec.tenant, format!("writekey:{}", &crate::keys::digest(&key)[..12]), ingest::Sender::Public))
         }
         // A key made with the ingest role is a write key too.
         Some(rec) if rec.role == chronicle_projections::Role::Ingest => {
-            Ok((rec.tenant, format!("key:{}", &crate::keys::digest(&key)[..12])))
+            Ok((rec.tenant, format!("key:{}", &crate::keys::digest(&key)[..12]), ingest::Sender::Trusted))
         }
         Some(rec) if rec.role == chronicle_projections::Role::Reader => {
             Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a reader key may not send events"))
