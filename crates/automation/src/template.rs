@@ -1,6 +1,12 @@
 //! Message templates: `{"subject", "body"}` with `{{ traits.first_name }}` placeholders,
 //! rendered by minijinja. The body is HTML, so every value put into it is escaped; the subject
 //! is a mail header, plain text. A missing value renders as nothing.
+//!
+//! Rendering is bounded, so no template can stall the engine: at most [`FUEL`] instructions
+//! (minijinja's fuel: a loop's every turn costs some) and at most [`MAX_BODY_BYTES`] of body and
+//! [`MAX_SUBJECT_BYTES`] of subject; past either the render fails (`template_error`, and the
+//! send is suppressed with that reason). A template that runs out without any data — nested
+//! loops over long ranges, say — is refused when it is saved.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -8,6 +14,14 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct TemplateError(pub String);
+
+/// Instructions one render may run (a template of ordinary size with a few loops over a
+/// customer's traits needs a few hundred).
+pub const FUEL: u64 = 50_000;
+/// The largest rendered body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// The largest rendered subject.
+pub const MAX_SUBJECT_BYTES: usize = 2 * 1024;
 
 /// What a template can refer to.
 #[derive(Serialize)]
@@ -23,25 +37,60 @@ pub struct Context<'a> {
 fn env(html: bool) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_auto_escape_callback(move |_| if html { minijinja::AutoEscape::Html } else { minijinja::AutoEscape::None });
+    env.set_fuel(Some(FUEL));
     env
 }
 
-/// Check a template's syntax (when it is saved, so a send never meets a broken one).
+/// Check a template when it is saved, so a send never meets a broken one: its syntax, and a
+/// render for a customer with no data, which must stay within the bounds.
 pub fn check(subject: &str, body: &str) -> Result<(), TemplateError> {
     for (what, text, html) in [("subject", subject, false), ("body", body, true)] {
         env(html).template_from_str(text).map_err(|e| TemplateError(format!("{what}: {e}")))?;
     }
-    Ok(())
+    let traits = serde_json::Map::new();
+    let empty = Context { id: "c", email: None, phone: None, traits: &traits, context: &Value::Null };
+    render(subject, body, &empty).map(|_| ())
 }
 
-/// Render subject and body for one customer.
+/// Render subject and body for one customer, within the bounds.
 pub fn render(subject: &str, body: &str, ctx: &Context<'_>) -> Result<(String, String), TemplateError> {
-    let one = |text: &str, html: bool| {
+    let one = |what: &str, text: &str, html: bool, max: usize| {
         let env = env(html);
-        let t = env.template_from_str(text).map_err(|e| TemplateError(e.to_string()))?;
-        t.render(ctx).map_err(|e| TemplateError(e.to_string()))
+        let t = env.template_from_str(text).map_err(|e| TemplateError(format!("{what}: {e}")))?;
+        let mut out = Bounded { buf: Vec::new(), max, over: false };
+        t.render_captured_to(ctx, &mut out).map_err(|e| {
+            if out.over {
+                TemplateError(format!("{what}: the rendered text is over {max} bytes"))
+            } else if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                TemplateError(format!("{what}: rendering takes too many steps (more than {FUEL})"))
+            } else {
+                TemplateError(format!("{what}: {e}"))
+            }
+        })?;
+        String::from_utf8(out.buf).map_err(|_| TemplateError(format!("{what}: not UTF-8")))
     };
-    Ok((one(subject, false)?, one(body, true)?))
+    Ok((one("subject", subject, false, MAX_SUBJECT_BYTES)?, one("body", body, true, MAX_BODY_BYTES)?))
+}
+
+/// A writer that refuses to grow past `max` bytes (`over` tells that it did).
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +107,27 @@ mod tests {
         assert_eq!(b, "<p>Hello Ada &lt;b&gt; (ada@example.com)</p>");
         assert!(check("Hi {{ traits.first_name", "x").unwrap_err().0.starts_with("subject"));
         assert!(check("ok", "{% if %}").unwrap_err().0.starts_with("body"));
+    }
+
+    /// Issue 17, item 9: nested loops pushed `/healthz` to 6.3 s. Rendering is bounded, and a
+    /// template that cannot render within the bounds is refused when it is saved.
+    #[test]
+    fn rendering_is_bounded_and_a_runaway_template_is_refused_at_save() {
+        let nested = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}{% endfor %}{% endfor %}";
+        let started = std::time::Instant::now();
+        let e = check("Hi", nested).unwrap_err();
+        assert!(e.0.contains("too many steps"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        // Output is bounded too: a big trait repeated within the fuel.
+        let traits = json!({"blob": "y".repeat(100_000)}).as_object().unwrap().clone();
+        let ctx = Context { id: "c1", email: None, phone: None, traits: &traits, context: &Value::Null };
+        let e = render("Hi", "{% for i in range(10) %}{{ traits.blob }}{% endfor %}", &ctx).unwrap_err();
+        assert!(e.0.contains("over"), "{e}");
+        assert!(render("{{ traits.blob }}", "ok", &ctx).unwrap_err().0.starts_with("subject"));
+        // An ordinary template with a loop over the data renders.
+        let traits = json!({"items": ["a", "b"]}).as_object().unwrap().clone();
+        let ctx = Context { id: "c1", email: None, phone: None, traits: &traits, context: &Value::Null };
+        let (_, b) = render("Hi", "{% for i in traits.items %}<li>{{ i }}</li>{% endfor %}", &ctx).unwrap();
+        assert_eq!(b, "<li>a</li><li>b</li>");
     }
 }

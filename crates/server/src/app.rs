@@ -35,7 +35,7 @@ fn owner_streams<'a>(id: &str, anonymous_ids: impl IntoIterator<Item = &'a Strin
 /// Runs blocking `f` from async code: on a multi-thread runtime its worker thread is given up
 /// meanwhile (as `spawn_blocking` would, without moving `f`); on a current-thread runtime
 /// (tests) it runs in place.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),

@@ -1297,3 +1297,18 @@ fn one_tenant_can_neither_suppress_nor_probe_another_tenants_events() {
     assert_eq!(event_count(&app), before + 3);
     assert_eq!(probe(chronicle_server::ingest::event_id("acme", "m-9")), probe(uuid::Uuid::now_v7()));
 }
+
+/// Issue 17, item 9: a template whose rendering runs away (nested loops) is refused when it is
+/// saved, and the API stays responsive.
+#[test]
+fn a_runaway_template_is_refused_at_save_and_the_api_stays_responsive() {
+    let app = spawn_app();
+    let nested = r#"{"subject":"Hi","body":"{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{{ b }}{% endfor %}{% endfor %}"}"#;
+    let started = std::time::Instant::now();
+    let r = app.call("PUT", "/v1/templates/bomb", Some(&app.key), Some(nested));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("too many steps"), "{}", r.body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(app.get("/v1/templates/bomb").status, 404, "nothing saved");
+    assert_eq!(app.call("GET", "/healthz", None, None).status, 200);
+}

@@ -306,13 +306,10 @@ impl Engine {
         // A program only jumps forward, so this ends; the bound guards against a bug looping.
         for _ in 0..1000 {
             let now = Utc::now();
-            let (customer, plan) = {
-                let v = self.app.views();
-                match plan(&v, tenant, enrolment, now) {
-                    Some(p) => p,
-                    None => return Ok(()),
-                }
-            };
+            // Planning renders templates (bounded, but CPU all the same): the async worker is
+            // given up meanwhile.
+            let planned = crate::app::blocking(|| plan(&self.app.views(), tenant, enrolment, now));
+            let Some((customer, plan)) = planned else { return Ok(()) };
             match plan_or_branch(self, tenant, &customer, plan).await? {
                 Plan::Stop => return Ok(()),
                 Plan::Write(events) => self.write(tenant, &customer, events).await?,
