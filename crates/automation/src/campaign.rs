@@ -195,6 +195,14 @@ impl Campaign {
             _ => None,
         })
     }
+
+    /// The URLs the campaign's webhook steps post to.
+    pub fn webhook_urls(&self) -> impl Iterator<Item = &str> {
+        self.program.iter().filter_map(|op| match op {
+            Op::Webhook { url } => Some(url.as_str()),
+            _ => None,
+        })
+    }
 }
 
 /// An event answers to its type and, when it is a tracked event, to its name.

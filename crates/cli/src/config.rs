@@ -82,6 +82,11 @@ pub struct AutomationArgs {
     /// The From: address of e-mail
     #[arg(long, env = "CHRONICLE_MAIL_FROM", default_value = "chronicle@localhost")]
     pub mail_from: String,
+    /// Let campaigns' webhook steps reach loopback, private and link-local addresses (refused
+    /// by default: a tenant could otherwise make the server post to internal services); for
+    /// tests and single-host setups
+    #[arg(long, env = "CHRONICLE_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
     /// HMAC-SHA256 key that signs webhooks [default: a random one per process]
     #[arg(long, env = "CHRONICLE_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
@@ -112,6 +117,12 @@ pub struct AutomationArgs {
 }
 
 impl AutomationArgs {
+    /// Where tenants' webhooks may go.
+    pub fn webhook_targets(&self) -> chronicle_server::automation::targets::WebhookTargets {
+        use chronicle_server::automation::targets::WebhookTargets;
+        if self.allow_private_webhooks { WebhookTargets::AllowPrivate } else { WebhookTargets::PublicOnly }
+    }
+
     pub fn engine_config(&self) -> chronicle_server::automation::EngineConfig {
         use chronicle_server::automation::{delivery::DeliveryConfig, EngineConfig};
         let secret = self.webhook_secret.clone().unwrap_or_else(|| {

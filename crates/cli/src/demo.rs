@@ -494,6 +494,10 @@ pub async fn run(
     let now = Utc::now();
     let events = generate(&app, "demo", customers, now).await?;
     let secs = started.elapsed().as_secs_f64();
+    // The demo runs on one host, and its stuck-deal example alerts a relay on loopback: its
+    // tenants' webhooks may reach internal addresses (a server refuses them unless
+    // --allow-private-webhooks).
+    app.set_webhook_targets(chronicle_server::automation::targets::WebhookTargets::AllowPrivate);
     let campaigns = load_examples(&app, "demo").await?;
     app.checkpoint()?;
     let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});

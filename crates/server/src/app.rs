@@ -96,6 +96,8 @@ pub struct App {
     /// Per-key request budgets (token buckets) and the rate they refill at.
     buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
     rate_limit: AtomicU64,
+    /// Whether tenants' webhooks may reach internal addresses (see `automation::targets`).
+    allow_private_webhooks: std::sync::atomic::AtomicBool,
     /// Wakes the automation engine's clock: something in the outbox or a timer changed.
     pub automation_wake: tokio::sync::Notify,
     /// The running engine's gate: which shards of the campaign work this node holds (metrics).
@@ -244,6 +246,7 @@ impl App {
             verified: Default::default(),
             buckets: Default::default(),
             rate_limit: AtomicU64::new(0),
+            allow_private_webhooks: Default::default(),
             automation_wake: tokio::sync::Notify::new(),
             automation_gate: Default::default(),
             sendgrid_key: Default::default(),
@@ -416,6 +419,20 @@ impl App {
     /// Requests a key may make per second (twice that in a burst); 0: no limit.
     pub fn set_rate_limit(&self, per_sec: u64) {
         self.rate_limit.store(per_sec, Ordering::Relaxed);
+    }
+
+    /// Where tenants' webhooks may go (`--allow-private-webhooks` sets `AllowPrivate`); the
+    /// campaign's save checks literal addresses against it, the engine every resolved one.
+    pub fn set_webhook_targets(&self, targets: crate::automation::targets::WebhookTargets) {
+        let allow = targets == crate::automation::targets::WebhookTargets::AllowPrivate;
+        self.allow_private_webhooks.store(allow, Ordering::Relaxed);
+    }
+
+    pub fn webhook_targets(&self) -> crate::automation::targets::WebhookTargets {
+        match self.allow_private_webhooks.load(Ordering::Relaxed) {
+            true => crate::automation::targets::WebhookTargets::AllowPrivate,
+            false => crate::automation::targets::WebhookTargets::PublicOnly,
+        }
     }
 
     /// Create a tenant and return its freshly minted (api_key, write_key); only hashes are kept.

@@ -5,6 +5,7 @@
 use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Preferences, Purpose};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_server::automation::definitions::{save_campaign, save_template};
+use chronicle_server::automation::targets::WebhookTargets;
 use chronicle_server::automation::{delivery::DeliveryConfig, Engine, EngineConfig};
 use chronicle_server::App;
 use chronicle_store::log::LogStore;
@@ -251,6 +252,7 @@ async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_
     });
     let app = App::start(flaky.clone(), None).await.unwrap();
     app.create_tenant("acme").await.unwrap();
+    app.set_webhook_targets(WebhookTargets::AllowPrivate);
     let (url, seen) = receiver();
     let c = json!({"trigger": {"event": "Signed Up"}, "steps": [{"webhook": {"url": url}}]});
     save_campaign(&app, "acme", "hook", c, "test").await.unwrap();
@@ -369,4 +371,61 @@ async fn a_message_the_smtp_server_accepted_is_sent_however_slow_its_quit() {
     assert_eq!(outcome.event_type, "MessageSent", "{}", outcome.data);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(*accepted.lock().unwrap(), 1, "the message went to the server once");
+}
+
+/// Issue 17, item 11: a campaign's webhook could reach internal addresses, and a dead letter's
+/// error told which ports answered. Unless the operator allows it, a literal internal address
+/// is refused when the campaign is saved, a name that resolves to one is refused when
+/// connecting (the receiver on loopback never hears of it), the error names no address or
+/// port, and redirects are not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_webhooks_cannot_reach_internal_addresses_unless_the_operator_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let (url, seen) = receiver();
+    let port = url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().to_owned();
+    let hook = |u: &str| json!({"trigger": {"event": "Demo Requested"}, "steps": [{"webhook": {"url": u}}]});
+    for literal in [url.clone(), format!("http://[::1]:{port}/x"), "http://169.254.169.254/latest".into(), "http://localhost:9/".into()] {
+        match save_campaign(&app, "acme", "literal", hook(&literal), "test").await {
+            Err(chronicle_server::AppError::Rule { code: "webhook_target_refused", .. }) => {}
+            other => panic!("{literal}: expected webhook_target_refused, got {other:?}"),
+        }
+    }
+    // `127.1` is not an address literal to a URL parser, but the resolver makes it 127.0.0.1.
+    let sneaky = format!("http://127.1:{port}/sms");
+    save_campaign(&app, "acme", "sneaky", hook(&sneaky), "test").await.unwrap();
+    register(&app, "c1", json!({}), None, vec![]).await;
+    let config = EngineConfig { retry_base: Duration::from_millis(20), max_attempts: 2, ..EngineConfig::default() };
+    Engine::start(app.clone(), config).unwrap();
+    track(&app, "c1", "Demo Requested").await;
+    let evs = wait_for(&app, "c1", "the dead letter", |e| e.iter().any(|e| e.event_type == "MessageDeadLettered")).await;
+    let dead = evs.iter().find(|e| e.event_type == "MessageDeadLettered").unwrap();
+    let error = dead.data["error"].as_str().unwrap();
+    assert!(error.contains("internal address"), "{error}");
+    assert!(!error.contains(&port) && !error.contains("127."), "no connection detail: {error}");
+    assert!(seen.lock().unwrap().is_empty(), "the internal receiver was never reached");
+
+    // Allowed by the operator: delivered. A redirect is not followed.
+    app.set_webhook_targets(WebhookTargets::AllowPrivate);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirect = format!("http://{}/r", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let mut out = stream;
+            let _ = out.write_all(format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {url}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    let redirected = json!({"trigger": {"event": "Trial Started"}, "steps": [{"webhook": {"url": redirect}}]});
+    save_campaign(&app, "acme", "redirected", redirected, "test").await.unwrap();
+    register(&app, "c2", json!({}), None, vec![]).await;
+    track(&app, "c2", "Trial Started").await;
+    let evs = wait_for(&app, "c2", "the outcome", |e| e.iter().any(|e| e.event_type == "MessageDeadLettered")).await;
+    let dead = evs.iter().find(|e| e.event_type == "MessageDeadLettered").unwrap();
+    assert!(dead.data["error"].as_str().unwrap().contains("HTTP 307"), "{}", dead.data);
+    assert!(seen.lock().unwrap().is_empty(), "the redirect was not followed");
 }

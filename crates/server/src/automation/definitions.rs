@@ -34,6 +34,10 @@ async fn record(app: &App, tenant: &str, stream: &str, e: AutomationEvent, actor
 pub async fn save_campaign(app: &App, tenant: &str, name: &str, definition: Value, actor: &str) -> Result<bool, AppError> {
     check_name(name)?;
     let campaign = Campaign::parse(&definition).map_err(|e| AppError::BadRequest(e.0))?;
+    for url in campaign.webhook_urls() {
+        super::targets::check_saved(url, app.webhook_targets())
+            .map_err(|message| AppError::Rule { code: "webhook_target_refused", message })?;
+    }
     {
         let v = app.views();
         let auto = v.tenant(tenant).map(|t| &t.automation);

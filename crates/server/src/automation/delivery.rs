@@ -31,6 +31,17 @@ pub struct DeliveryConfig {
 pub struct Delivery {
     config: DeliveryConfig,
     smtp: Option<SmtpServer>,
+    /// For the URLs the operator configured (SMS and push providers).
+    operator: ureq::Agent,
+    /// For tenants' webhooks while internal addresses are refused: every resolved address is
+    /// checked (see [`super::targets`]).
+    guarded: ureq::Agent,
+}
+
+/// An agent that follows no redirect (a redirect could lead a checked request anywhere) and
+/// answers HTTP errors as statuses.
+fn agent_config() -> ureq::config::Config {
+    ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).http_status_as_error(false).max_redirects(0).build()
 }
 
 /// Where e-mail goes: `smtp://[user:pass@]host:port`.
@@ -54,20 +65,33 @@ impl Delivery {
         if !config.mail_from.contains('@') {
             return Err(format!("the mail sender {:?} is not an e-mail address", config.mail_from));
         }
-        Ok(Delivery { config, smtp })
+        let operator = ureq::Agent::new_with_config(agent_config());
+        let guarded = ureq::Agent::with_parts(
+            agent_config(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            super::targets::GuardedResolver::default(),
+        );
+        Ok(Delivery { config, smtp, operator, guarded })
     }
 
-    /// Deliver one message; `Ok` carries the provider's id for it, when it gives one.
-    pub async fn deliver(&self, tenant: &str, m: &OutboxEntry) -> Result<Option<String>, String> {
+    /// Deliver one message; `Ok` carries the provider's id for it, when it gives one. A
+    /// tenant's webhook goes only where `targets` lets it.
+    pub async fn deliver(&self, tenant: &str, m: &OutboxEntry, targets: super::targets::WebhookTargets) -> Result<Option<String>, String> {
         match m.channel.as_str() {
             "email" => self.email(m).await,
-            "webhook" => self.post(&m.to, tenant, m).await,
+            "webhook" => {
+                let agent = match targets {
+                    super::targets::WebhookTargets::PublicOnly => &self.guarded,
+                    super::targets::WebhookTargets::AllowPrivate => &self.operator,
+                };
+                self.post(agent, &m.to, tenant, m).await.map_err(|e| e.for_tenant())
+            }
             "sms" => match &self.config.sms_webhook_url {
-                Some(url) => self.post(url, tenant, m).await,
+                Some(url) => self.post(&self.operator, url, tenant, m).await.map_err(|e| e.for_operator(url)),
                 None => Err("no SMS provider is configured (--sms-webhook-url)".into()),
             },
             "push" | "in_app" => match &self.config.push_webhook_url {
-                Some(url) => self.post(url, tenant, m).await,
+                Some(url) => self.post(&self.operator, url, tenant, m).await.map_err(|e| e.for_operator(url)),
                 None => Err("no push provider is configured (--push-webhook-url)".into()),
             },
             other => Err(format!("no delivery for channel {other}")),
@@ -89,7 +113,7 @@ impl Delivery {
         Ok(Some(message_id))
     }
 
-    async fn post(&self, url: &str, tenant: &str, m: &OutboxEntry) -> Result<Option<String>, String> {
+    async fn post(&self, agent: &ureq::Agent, url: &str, tenant: &str, m: &OutboxEntry) -> Result<Option<String>, PostError> {
         let body = json!({
             "message": m.message, "tenant": tenant, "customer": m.customer, "channel": m.channel,
             "purpose": m.purpose, "to": m.to, "subject": m.subject, "body": m.body,
@@ -98,13 +122,8 @@ impl Delivery {
         .to_string();
         let ts = chrono::Utc::now().timestamp().to_string();
         let signature = sign(&self.config.webhook_secret, &ts, body.as_bytes());
-        let (url, key) = (url.to_owned(), m.message.clone());
+        let (url, key, agent) = (url.to_owned(), m.message.clone(), agent.clone());
         tokio::task::spawn_blocking(move || {
-            let agent = ureq::Agent::config_builder()
-                .timeout_global(Some(TIMEOUT))
-                .http_status_as_error(false)
-                .build()
-                .new_agent();
             let resp = agent
                 .post(&url)
                 .header("Content-Type", "application/json")
@@ -112,16 +131,47 @@ impl Delivery {
                 .header("X-Chronicle-Timestamp", &ts)
                 .header("X-Chronicle-Signature", &format!("v1={signature}"))
                 .send(body.as_bytes())
-                .map_err(|e| format!("POST {url}: {e}"))?;
+                .map_err(PostError::Transport)?;
             let status = resp.status().as_u16();
             if (200..300).contains(&status) {
                 Ok(None)
             } else {
-                Err(format!("POST {url}: HTTP {status}"))
+                Err(PostError::Status(status))
             }
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PostError::Transport(ureq::Error::Io(std::io::Error::other(e.to_string()))))?
+    }
+}
+
+/// Why a POST failed.
+#[derive(Debug)]
+enum PostError {
+    Transport(ureq::Error),
+    Status(u16),
+}
+
+impl PostError {
+    /// What a tenant is told: no address, port or connection detail (which would tell which
+    /// internal ports answer), only whether the target was refused, gave no answer or
+    /// answered with an error status.
+    fn for_tenant(self) -> String {
+        match self {
+            PostError::Status(s) => format!("webhook: the target answered HTTP {s}"),
+            PostError::Transport(ureq::Error::Io(e)) if e.to_string() == super::targets::REFUSED => {
+                format!("webhook: refused, {} (--allow-private-webhooks allows it)", super::targets::REFUSED)
+            }
+            PostError::Transport(ureq::Error::Timeout(_)) => "webhook: the target did not answer in time".into(),
+            PostError::Transport(_) => "webhook: could not reach the target".into(),
+        }
+    }
+
+    /// What the operator is told about a provider they configured: everything.
+    fn for_operator(self, url: &str) -> String {
+        match self {
+            PostError::Status(s) => format!("POST {url}: HTTP {s}"),
+            PostError::Transport(e) => format!("POST {url}: {e}"),
+        }
     }
 }
 

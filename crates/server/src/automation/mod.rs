@@ -23,6 +23,7 @@ pub mod definitions;
 pub mod delivery;
 pub mod feedback;
 pub mod lease;
+pub mod targets;
 
 use crate::app::App;
 use crate::error::AppError;
@@ -547,7 +548,7 @@ impl Engine {
             return self.write(tenant, &m.customer, vec![(derive_id(&[tenant, message, "suppressed"]), e)]).await;
         }
         let attempt = m.attempts + 1;
-        let outcome = self.delivery.deliver(tenant, &m).await;
+        let outcome = self.delivery.deliver(tenant, &m, self.app.webhook_targets()).await;
         let round = m.round.to_string();
         let event = match outcome {
             Ok(provider_id) => {
