@@ -69,7 +69,10 @@ fn erasure(db: Option<&PgSchema>) {
     assert_eq!(send(&agent, "POST", &format!("{url}/v1/customers"), &key, &body).0, 201);
     assert_eq!(send(&agent, "POST", &format!("{url}/v1/customers/c-zelda/notes"), &key, &json!({"text": format!("{FIRST} called from {PHONE}")})).0, 200);
     segment(&agent, &url, &write, "/v1/identify", json!({"userId": "c-zelda", "anonymousId": "anon-z", "traits": {"first_name": FIRST}, "context": {"ip": IP}, "messageId": "i1"}));
-    segment(&agent, &url, &write, "/v1/track", json!({"userId": "c-zelda", "event": "Plan Viewed", "properties": {"name": LAST}, "context": {"ip": IP}, "messageId": "t1"}));
+    // Metadata names the person too (issue 17, item 5): Segment's `integrations` is kept as the
+    // event's metadata, sealed like its data.
+    let integrations = json!({"Zendesk": {"name": format!("{FIRST} {LAST}"), "email": EMAIL}});
+    segment(&agent, &url, &write, "/v1/track", json!({"userId": "c-zelda", "event": "Plan Viewed", "properties": {"name": LAST}, "context": {"ip": IP}, "integrations": integrations, "messageId": "t1"}));
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(&agent, &format!("{url}/v1/dead-letters"), &key).1["dead_letters"].as_array().is_none_or(|a| a.is_empty()) {
         assert!(Instant::now() < deadline, "the campaign e-mail never reached the dead-letter queue");
@@ -77,6 +80,8 @@ fn erasure(db: Option<&PgSchema>) {
     }
     let (_, tl) = get(&agent, &format!("{url}/v1/customers/c-zelda/timeline?limit=100"), &key);
     assert!(tl.to_string().contains(IP), "before erasure the timeline holds the page view from before sign-up");
+    let (_, all) = get(&agent, &format!("{url}/v1/events?limit=1000"), &key);
+    assert!(all.to_string().contains("Zendesk"), "before erasure the metadata reads back opened");
 
     // Subject access before the erasure: the profile, the consent proof, the activity (the page
     // view from before sign-up included) and the message waiting in the dead-letter queue.
@@ -125,7 +130,9 @@ fn erasure(db: Option<&PgSchema>) {
     }
     assert_eq!(export["customer"]["status"], "erased");
     let (_, all) = get(&agent, &format!("{url}/v1/events?limit=1000"), &key);
-    assert!(!all.to_string().contains(FIRST));
+    for secret in [EMAIL, FIRST, LAST, PHONE, IP] {
+        assert!(!all.to_string().contains(secret), "{secret} in GET /v1/events (data or metadata) after erasure");
+    }
     assert_eq!(get(&agent, &format!("{url}/v1/dead-letters"), &key).1["dead_letters"], json!([]));
     let (status, _) = send(&agent, "PATCH", &format!("{url}/v1/customers/c-zelda"), &key, &json!({"traits": {"x": 1}}));
     assert_eq!(status, 422);

@@ -114,6 +114,12 @@ pub fn looks_sealed(text: &str) -> bool {
     text.contains(SEALED_MARK)
 }
 
+/// Whether `v` is a value sealed whole (`{"sealed": "enc:…"}`), as an event's metadata is on a
+/// person's stream.
+pub fn is_sealed_whole(v: &Value) -> bool {
+    !sealed_parts(Rule::Whole, v).is_empty()
+}
+
 /// The sealed values of a payload under `rule` (only the parts the rule seals: a value a user
 /// wrote in a clear field is never taken for one).
 pub fn sealed_parts(rule: Rule, v: &Value) -> Vec<&str> {

@@ -27,10 +27,16 @@ impl SealedStore {
     }
 }
 
+/// Whether an event's metadata holds anything (sealed, on a person's stream, when it does:
+/// Segment's `integrations` and whatever a producer sends may name the person).
+fn has_metadata(m: &serde_json::Value) -> bool {
+    !matches!(m, serde_json::Value::Null) && m.as_object().is_none_or(|o| !o.is_empty())
+}
+
 /// Open an event in place (a no-op for events without an owner or anything sealed).
 pub fn open_envelope(keys: &dyn Keys, env: &mut EventEnvelope) {
     let rule = seal::rule(&env.event_type);
-    if rule == Rule::Clear {
+    if rule == Rule::Clear && !has_metadata(&env.metadata) {
         return;
     }
     if let Some(owner) = seal::owner(&env.stream) {
@@ -38,6 +44,9 @@ pub fn open_envelope(keys: &dyn Keys, env: &mut EventEnvelope) {
             Some(slot) => keys.get_slot(slot),
             None => keys.get(&env.tenant, &owner),
         };
+        if seal::is_sealed_whole(&env.metadata) {
+            seal::open_value(Rule::Whole, &key, &mut env.metadata);
+        }
         if let Some(legacy) = seal::open_value(rule, &key, &mut env.data) {
             // The store could not upcast the sealed payload; now it is open, upcast it.
             env.schema_version = legacy;
@@ -48,15 +57,27 @@ pub fn open_envelope(keys: &dyn Keys, env: &mut EventEnvelope) {
 
 fn open_raw_with(keys: &dyn Keys, raw: &mut RawEnvelope) {
     let rule = seal::rule(&raw.event_type);
-    if rule == Rule::Clear || !seal::looks_sealed(&raw.data) {
+    let metadata_sealed = seal::looks_sealed(&raw.metadata);
+    if (rule == Rule::Clear || !seal::looks_sealed(&raw.data)) && !metadata_sealed {
         return;
     }
     if let Some(owner) = seal::owner(&raw.stream) {
-        let Ok(mut v) = serde_json::from_str(&raw.data) else { return };
         let key = |slot: Option<u64>| match slot {
             Some(slot) => keys.get_slot(slot),
             None => keys.get(&raw.tenant, &owner),
         };
+        if metadata_sealed {
+            if let Ok(mut m) = serde_json::from_str::<serde_json::Value>(&raw.metadata) {
+                if seal::is_sealed_whole(&m) {
+                    seal::open_value(Rule::Whole, &key, &mut m);
+                    raw.metadata = m.to_string();
+                }
+            }
+        }
+        if rule == Rule::Clear || !seal::looks_sealed(&raw.data) {
+            return;
+        }
+        let Ok(mut v) = serde_json::from_str(&raw.data) else { return };
         if let Some(legacy) = seal::open_value(rule, &key, &mut v) {
             // Raw envelopes are upcast when decoded, from their schema version.
             raw.schema_version = legacy;
@@ -71,7 +92,10 @@ fn slots_to_fetch<'a>(keys: &dyn Keys, events: impl Iterator<Item = &'a EventEnv
     missing(keys, |slots| {
         for e in events {
             let rule = seal::rule(&e.event_type);
-            let named = seal::sealed_parts(rule, &e.data).into_iter().filter_map(|p| crate::cipher::sealed_slot(p).flatten());
+            let named = seal::sealed_parts(rule, &e.data)
+                .into_iter()
+                .chain(seal::sealed_parts(Rule::Whole, &e.metadata))
+                .filter_map(|p| crate::cipher::sealed_slot(p).flatten());
             slots.extend(named.map(|s| (e.tenant.clone(), s)));
         }
     })
@@ -80,8 +104,11 @@ fn slots_to_fetch<'a>(keys: &dyn Keys, events: impl Iterator<Item = &'a EventEnv
 /// [`slots_to_fetch`] for events as stored (a text scan; the payload is not parsed).
 fn raw_slots_to_fetch(keys: &dyn Keys, raws: &[RawEnvelope]) -> Vec<(String, u64)> {
     missing(keys, |slots| {
-        for raw in raws.iter().filter(|r| seal::rule(&r.event_type) != Rule::Clear) {
-            slots.extend(crate::cipher::slots_named(&raw.data).map(|s| (raw.tenant.clone(), s)));
+        for raw in raws {
+            if seal::rule(&raw.event_type) != Rule::Clear {
+                slots.extend(crate::cipher::slots_named(&raw.data).map(|s| (raw.tenant.clone(), s)));
+            }
+            slots.extend(crate::cipher::slots_named(&raw.metadata).map(|s| (raw.tenant.clone(), s)));
         }
     })
 }
@@ -123,7 +150,8 @@ impl EventStore for SealedStore {
         expected: ExpectedVersion,
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, AppendError> {
-        let owner = seal::owner(stream).filter(|_| events.iter().any(|e| seal::rule(&e.event_type) != Rule::Clear));
+        let owner = seal::owner(stream)
+            .filter(|_| events.iter().any(|e| seal::rule(&e.event_type) != Rule::Clear || has_metadata(&e.metadata)));
         if let Some(owner) = owner {
             let key = match self.keys.try_assign(tenant, &owner).map_err(|e| AppendError::Storage(e.to_string()))? {
                 Some(k) => k,
@@ -146,6 +174,9 @@ impl EventStore for SealedStore {
                 });
             }
             for e in &mut events {
+                if has_metadata(&e.metadata) {
+                    seal::seal_value(Rule::Whole, &key, &mut e.metadata, None);
+                }
                 let rule = seal::rule(&e.event_type);
                 let legacy = (e.schema_version != current_schema_version_of(&e.event_type)).then_some(e.schema_version);
                 match &mut e.data {
