@@ -14,6 +14,8 @@ const FIRST: &str = "Zelda";
 const LAST: &str = "Quuxington";
 const PHONE: &str = "+15550001234";
 const IP: &str = "203.0.113.77";
+/// A second person, whose Segment userId is their e-mail address.
+const ID_EMAIL: &str = "yolanda.xyzzy@example.org";
 
 #[test]
 fn an_erased_person_leaves_no_plaintext_in_the_data_folder_or_the_log_and_verify_still_passes() {
@@ -73,6 +75,15 @@ fn erasure(db: Option<&PgSchema>) {
     // event's metadata, sealed like its data.
     let integrations = json!({"Zendesk": {"name": format!("{FIRST} {LAST}"), "email": EMAIL}});
     segment(&agent, &url, &write, "/v1/track", json!({"userId": "c-zelda", "event": "Plan Viewed", "properties": {"name": LAST}, "context": {"ip": IP}, "integrations": integrations, "messageId": "t1"}));
+    // A userId that is an e-mail address (issue 17, item 5): kept as a keyed pseudonym, so no
+    // stream name, id registry row or audit entry holds it; the API still takes the address.
+    segment(&agent, &url, &write, "/v1/identify", json!({"userId": ID_EMAIL, "traits": {"email": ID_EMAIL}, "messageId": "y1"}));
+    segment(&agent, &url, &write, "/v1/track", json!({"userId": ID_EMAIL, "event": "Plan Viewed", "messageId": "y2"}));
+    let (status, y) = get(&agent, &format!("{url}/v1/customers/{ID_EMAIL}"), &key);
+    assert_eq!(status, 200, "{y}");
+    assert_eq!(y["email"], ID_EMAIL);
+    assert!(y["id"].as_str().unwrap().starts_with("p-"), "stored under its pseudonym: {y}");
+    assert!(!get(&agent, &format!("{url}/v1/events?limit=1000"), &key).1.to_string().contains(&format!("customer-{ID_EMAIL}")));
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(&agent, &format!("{url}/v1/dead-letters"), &key).1["dead_letters"].as_array().is_none_or(|a| a.is_empty()) {
         assert!(Instant::now() < deadline, "the campaign e-mail never reached the dead-letter queue");
@@ -112,6 +123,8 @@ fn erasure(db: Option<&PgSchema>) {
         assert!(db.scalar(&slots_named_by("acme", &["customer-c-other"])) > 0, "the other customer's key is");
     }
     assert_eq!(erased["pending_sends_cancelled"], 1, "{erased}");
+    let (status, erased) = send(&agent, "DELETE", &format!("{url}/v1/customers/{ID_EMAIL}"), &key, &json!({}));
+    assert_eq!(status, 200, "{erased}");
 
     // Redacted everywhere the API looks; refused for commands; the other customer intact.
     let (_, profile) = get(&agent, &format!("{url}/v1/customers/c-zelda"), &key);
@@ -140,19 +153,19 @@ fn erasure(db: Option<&PgSchema>) {
     assert_eq!(o["traits"]["first_name"], "Otto");
 
     sigterm(&mut server);
-    let found = scan(&data, &[EMAIL, FIRST, LAST, PHONE, IP]);
+    let found = scan(&data, &[EMAIL, FIRST, LAST, PHONE, IP, ID_EMAIL]);
     assert!(found.is_empty(), "plaintext left in the data folder: {found:?}");
     assert!(scan(&data, &["Otto"]).is_empty(), "nobody's personal data is in the clear on disk");
     if let Some(db) = db {
         let rows = db.dump();
         assert!(rows.contains("CustomerErased"), "the dump holds the events");
-        for secret in [EMAIL, FIRST, LAST, PHONE, IP, "Otto"] {
+        for secret in [EMAIL, FIRST, LAST, PHONE, IP, "Otto", ID_EMAIL] {
             assert!(!rows.contains(secret), "{secret} in a PostgreSQL table");
         }
     }
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("listening") || logged.contains("serving"), "the log was captured");
-    for secret in [EMAIL, FIRST, LAST, PHONE, IP] {
+    for secret in [EMAIL, FIRST, LAST, PHONE, IP, ID_EMAIL] {
         assert!(!logged.contains(secret), "{secret} in the server's log");
     }
     let out = chronicle(&data, &["verify"]);

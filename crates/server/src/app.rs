@@ -80,6 +80,8 @@ impl Erasures {
 
 pub struct App {
     store: Arc<dyn EventStore>,
+    /// What a customer id that is personal data becomes (see [`crate::pseudonym`]).
+    pub pseudonyms: crate::pseudonym::Pseudonyms,
     views: Arc<RwLock<Projections>>,
     /// Where the views' checkpoint is kept: this node's folder, or the database every node
     /// shares (written by the holder of its lease only).
@@ -189,7 +191,9 @@ impl App {
             tracing::warn!(checkpoint = initial.position, "checkpoint is ahead of the log; rebuilding the views");
             initial = Projections::new();
         }
-        initial.index_key = store.index_key()?.map(chronicle_projections::IndexKey::new);
+        let index_key = store.index_key()?;
+        initial.index_key = index_key.map(chronicle_projections::IndexKey::new);
+        let pseudonyms = crate::pseudonym::Pseudonyms::new(index_key);
         let reacted = AtomicU64::new(initial.reacted);
         let views = Arc::new(RwLock::new(initial));
         // Other nodes over the same database may commit while this one starts: the hook takes
@@ -238,6 +242,7 @@ impl App {
         let email_locks = (0..EMAIL_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         let app = Arc::new(App {
             store,
+            pseudonyms,
             views,
             checkpoint_place,
             email_locks,

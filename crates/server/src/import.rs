@@ -25,6 +25,7 @@
 //! non-empty column is a trait (as text). A known customer is updated with what differs.
 
 use crate::app::App;
+use crate::pseudonym::Pseudonyms;
 use crate::error::AppError;
 use crate::ingest::{self, Call};
 use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Purpose};
@@ -151,9 +152,9 @@ fn read_chunk(input: &mut impl BufRead, next_line: &mut u64) -> std::io::Result<
 }
 
 /// Parse a chunk on every core (its halves side by side), keeping line order.
-fn parse_chunk(tenant: &str, mut chunk: Vec<(u64, Vec<u8>)>, now: DateTime<Utc>) -> Parsed {
+fn parse_chunk(tenant: &str, ids: &Pseudonyms, mut chunk: Vec<(u64, Vec<u8>)>, now: DateTime<Utc>) -> Parsed {
     let parse = |part: Vec<(u64, Vec<u8>)>| -> Parsed {
-        part.into_iter().map(|(n, line)| (n, parse_line(tenant, n, &line, now))).collect()
+        part.into_iter().map(|(n, line)| (n, parse_line(tenant, ids, n, &line, now))).collect()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || chunk.len() < 1000 {
@@ -168,7 +169,7 @@ fn parse_chunk(tenant: &str, mut chunk: Vec<(u64, Vec<u8>)>, now: DateTime<Utc>)
     })
 }
 
-fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
+fn parse_line(tenant: &str, ids: &Pseudonyms, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
     let reject = |code, message: String| Rejected { line: n, code, message };
     if line.len() > MAX_LINE_BYTES {
         return Err(reject("line_too_large", format!("the line is {} bytes; the limit is 1 MiB", line.len())));
@@ -176,24 +177,29 @@ fn parse_line(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<I
     // Most lines of an export are page views and tracks: they are read straight from the text.
     if let Ok(text) = std::str::from_utf8(line) {
         if let Some(a) = ingest::activity_from_text(tenant, text, now, ACTOR, || derived_message_id(line)) {
-            return Ok(Item::Segment(Call::Activity(a)));
+            // An id that is personal data is replaced on the general path.
+            if a.user_id.as_deref().is_none_or(|u| ids.id(u) == u) {
+                return Ok(Item::Segment(Call::Activity(a)));
+            }
         }
     }
-    parse_general(tenant, n, line, now)
+    parse_general(tenant, ids, n, line, now)
 }
 
 /// For the fuzz target: a line through both paths (`parse_line` tries the fast one first).
 pub(crate) fn fuzz_line(line: &[u8], now: DateTime<Utc>) {
-    let _ = parse_line("t", 1, line, now);
-    let _ = parse_general("t", 1, line, now);
+    let ids = Pseudonyms::new(Some([1; 32]));
+    let _ = parse_line("t", &ids, 1, line, now);
+    let _ = parse_general("t", &ids, 1, line, now);
 }
 
 /// Any line, through the JSON tree (every error is named here).
-fn parse_general(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
+fn parse_general(tenant: &str, ids: &Pseudonyms, n: u64, line: &[u8], now: DateTime<Utc>) -> Result<Item, Rejected> {
     let reject = |code, message: String| Rejected { line: n, code, message };
     let value: Value = serde_json::from_slice(line).map_err(|e| reject("invalid_json", e.to_string()))?;
     let Value::Object(mut m) = value else { return Err(reject("bad_request", "a line must be a JSON object".into())) };
     if m.contains_key("specversion") {
+        ids.apply(&mut m, &["subject"]);
         let (stream, ev) = crate::cloudevents::prepare(tenant, m).map_err(|e| reject("bad_request", e))?;
         return Ok(Item::Cloud(stream, ev));
     }
@@ -202,6 +208,7 @@ fn parse_general(tenant: &str, n: u64, line: &[u8], now: DateTime<Utc>) -> Resul
         text_len += 64;
         m.insert("messageId".into(), Value::String(derived_message_id(line)));
     }
+    ids.apply(&mut m, &["userId", "previousId"]);
     let received_at = ingest::time_field(&m, "receivedAt", 0).map_err(|e| reject(e.code, e.message))?.unwrap_or(now);
     ingest::parse_message(tenant, 0, Value::Object(m), None, received_at, None, Some(text_len))
         .map(|m| Item::Segment(Call::of(ACTOR, m)))
@@ -228,8 +235,8 @@ async fn ndjson(
     let mut report = Report::default();
     let first = read_chunk(&mut input, &mut next_line).map_err(io)?;
     let spawn_parse = |chunk: Vec<(u64, Vec<u8>)>| {
-        let tenant = tenant.to_owned();
-        tokio::task::spawn_blocking(move || parse_chunk(&tenant, chunk, Utc::now()))
+        let (tenant, ids) = (tenant.to_owned(), app.pseudonyms.clone());
+        tokio::task::spawn_blocking(move || parse_chunk(&tenant, &ids, chunk, Utc::now()))
     };
     let mut pending = (!first.is_empty()).then(|| spawn_parse(first));
     // The reader moves into a blocking task per chunk and comes back with the chunk read.
@@ -595,7 +602,10 @@ async fn csv_contacts(
                 Ok(row) => {
                     let line = row.position().map_or(0, |p| p.line());
                     match contact(&cols, &row, line, name) {
-                        Ok(c) => contacts.push((line, c)),
+                        Ok(mut c) => {
+                            c.id = app.pseudonyms.id(&c.id).into_owned();
+                            contacts.push((line, c))
+                        }
                         Err(r) => rejected.push(r),
                     }
                 }
@@ -673,7 +683,7 @@ mod tests {
     use super::*;
 
     fn general(line: &str) -> ingest::Activity {
-        match parse_general("t", 1, line.as_bytes(), now()) {
+        match parse_general("t", &Pseudonyms::default(), 1, line.as_bytes(), now()) {
             Ok(Item::Segment(Call::Activity(a))) => a,
             _ => panic!("not an activity: {line}"),
         }

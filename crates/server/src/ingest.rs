@@ -297,6 +297,23 @@ impl Activity {
     }
 }
 
+/// Replace the customer ids of a message or a batch (`{"batch": [...]}`) that are personal
+/// data by their pseudonyms, before it is parsed (see [`crate::pseudonym`]).
+pub fn pseudonymize(p: &crate::pseudonym::Pseudonyms, value: &mut Value) {
+    match value.get_mut("batch") {
+        Some(Value::Array(batch)) => {
+            for m in batch.iter_mut().filter_map(Value::as_object_mut) {
+                p.apply(m, &["userId", "previousId"]);
+            }
+        }
+        _ => {
+            if let Some(m) = value.as_object_mut() {
+                p.apply(m, &["userId", "previousId"]);
+            }
+        }
+    }
+}
+
 /// Who sent the messages, as far as merging known customers goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sender {

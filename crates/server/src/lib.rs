@@ -13,6 +13,7 @@ pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod keys;
+pub mod pseudonym;
 pub mod retention;
 pub mod maintenance;
 pub mod sealing;

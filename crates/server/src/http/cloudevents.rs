@@ -69,7 +69,8 @@ pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     };
     // Validate every event before writing any.
     let mut prepared = Vec::with_capacity(events.len());
-    for (i, m) in events.into_iter().enumerate() {
+    for (i, mut m) in events.into_iter().enumerate() {
+        app.pseudonyms.apply(&mut m, &["subject"]);
         prepared.push(
             crate::cloudevents::prepare(&tenant, m)
                 .map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e) })?,

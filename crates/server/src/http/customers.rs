@@ -16,6 +16,21 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
+/// The `{id}` of a customer route, as stored: an id that is personal data (an e-mail address,
+/// a phone number) is looked up by its keyed pseudonym (see [`crate::pseudonym`]).
+pub struct CustomerId(pub String);
+
+impl axum::extract::FromRequestParts<Arc<App>> for CustomerId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+        Ok(CustomerId(app.pseudonyms.id(&id).into_owned()))
+    }
+}
+
 pub const CREATE_EXAMPLE: &str = r#"{"id":"c-42","email":"ada@example.com","traits":{"first_name":"Ada","plan":"pro"},"consents":[{"channel":"email","purpose":"marketing","granted":true,"source":"signup-form","proof":{"form":"newsletter","ip":"192.0.2.1"}}]}"#;
 
 type Res<T> = Result<T, ApiError>;
@@ -61,7 +76,7 @@ pub async fn create(
     p: Principal,
     Body(b): Body<CreateCustomer>,
 ) -> Res<(StatusCode, Json<Value>)> {
-    let id = b.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = b.id.map_or_else(|| uuid::Uuid::now_v7().to_string(), |id| app.pseudonyms.id(&id).into_owned());
     let cmd = CustomerCommand::Register { email: b.email, phone: b.phone, traits: b.traits, consents: b.consents };
     let c = app.customer_command(&p.tenant, &id, cmd, &p.actor).await?;
     Ok((StatusCode::CREATED, Json(profile_json(&c))))
@@ -75,7 +90,7 @@ pub struct AsOf {
 pub async fn get_one(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Params(q): Params<AsOf>,
 ) -> Res<Json<Value>> {
     let c = match q.as_of {
@@ -97,7 +112,7 @@ pub struct PatchCustomer {
 pub async fn patch(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<PatchCustomer>,
 ) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::UpdateProfile { email: b.email, phone: b.phone, traits: b.traits }).await
@@ -109,17 +124,18 @@ pub struct AuditQuery {
 }
 
 pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<AuditQuery>) -> Res<Json<Value>> {
-    app.customer(&p.tenant, &q.customer)?;
+    let customer = app.pseudonyms.id(&q.customer).into_owned();
+    app.customer(&p.tenant, &customer)?;
     // Written every fraction of a second; make what is pending visible to this answer.
     app.audit.flush(&app).await?;
-    Ok(Json(json!({"customer": q.customer, "entries": app.audit_trail(&p.tenant, &q.customer)})))
+    Ok(Json(json!({"customer": customer, "entries": app.audit_trail(&p.tenant, &customer)})))
 }
 
-pub async fn export(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+pub async fn export(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
     Ok(Json(app.export_customer(&p.tenant, &id, profile_json).await?))
 }
 
-pub async fn erase(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+pub async fn erase(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
     let e = app.erase_customer(&p.tenant, &id, &p.actor).await?;
     let c = e.customer;
     Ok(Json(json!({
@@ -139,10 +155,10 @@ pub struct MergeBody {
 pub async fn merge(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<MergeBody>,
 ) -> Res<Json<Value>> {
-    let c = app.merge_customers(&p.tenant, &id, &b.from, &p.actor).await?;
+    let c = app.merge_customers(&p.tenant, &id, &app.pseudonyms.id(&b.from), &p.actor).await?;
     Ok(Json(profile_json(&c)))
 }
 
@@ -158,7 +174,7 @@ pub struct TimelineQuery {
 pub async fn timeline(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Params(q): Params<TimelineQuery>,
 ) -> Res<Json<Value>> {
     let types: Vec<String> = q
@@ -173,14 +189,14 @@ fn ledger_json(l: ConsentLedger) -> Value {
     json!({"current": l.current, "history": l.history})
 }
 
-pub async fn consents(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+pub async fn consents(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
     Ok(Json(ledger_json(app.consents(&p.tenant, &id)?)))
 }
 
 pub async fn set_consent(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<ConsentInput>,
 ) -> Res<(StatusCode, Json<Value>)> {
     app.customer_command(&p.tenant, &id, CustomerCommand::SetConsent(b), &p.actor).await?;
@@ -199,7 +215,7 @@ pub async fn consent_check(
     p: Principal,
     Params(q): Params<CheckQuery>,
 ) -> Res<Json<Value>> {
-    let d = app.consent_check(&p.tenant, &q.customer, q.channel, q.purpose);
+    let d = app.consent_check(&p.tenant, &app.pseudonyms.id(&q.customer), q.channel, q.purpose);
     if d.reason == "unknown_customer" {
         return Err(AppError::NotFound("customer").into());
     }
@@ -215,14 +231,14 @@ pub struct Reason {
 pub async fn deactivate(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     OptBody(body): OptBody<Reason>,
 ) -> Res<Json<Value>> {
     let reason = body.unwrap_or_default().reason;
     command(&app, &p, &id, CustomerCommand::Deactivate { reason }).await
 }
 
-pub async fn reactivate(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+pub async fn reactivate(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::Reactivate).await
 }
 
@@ -235,7 +251,7 @@ pub struct TagBody {
 pub async fn tag(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<TagBody>,
 ) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::Tag { tag: b.tag }).await
@@ -246,7 +262,7 @@ pub async fn untag(
     p: Principal,
     Path((id, tag)): Path<(String, String)>,
 ) -> Res<Json<Value>> {
-    command(&app, &p, &id, CustomerCommand::Untag { tag }).await
+    command(&app, &p, &app.pseudonyms.id(&id), CustomerCommand::Untag { tag }).await
 }
 
 #[derive(Deserialize)]
@@ -258,7 +274,7 @@ pub struct NoteBody {
 pub async fn note(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<NoteBody>,
 ) -> Res<Json<Value>> {
     let author = Some(p.actor.clone());
@@ -274,7 +290,7 @@ pub struct OwnerBody {
 pub async fn owner(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<OwnerBody>,
 ) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::AssignOwner { owner: b.owner }).await
@@ -289,7 +305,7 @@ pub struct StageBody {
 pub async fn stage(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<StageBody>,
 ) -> Res<Json<Value>> {
     command(&app, &p, &id, CustomerCommand::ChangeStage { to: b.stage }).await
@@ -298,7 +314,7 @@ pub async fn stage(
 pub async fn preferences(
     State(app): State<Arc<App>>,
     p: Principal,
-    Path(id): Path<String>,
+    CustomerId(id): CustomerId,
     Body(b): Body<Preferences>,
 ) -> Res<Json<Value>> {
     chronicle_automation::decision::check_preferences(&b).map_err(AppError::BadRequest)?;

@@ -371,7 +371,8 @@ fn audit_subject(app: &App, req: &axum::extract::Request, route: &str) -> Option
     let customer = crate::audit::customer_of(route, req.uri().path(), req.uri().query())?;
     let key = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
     let rec = app.authenticate(key).filter(|r| r.kind == KeyKind::Api)?;
-    Some((rec.tenant, format!("key:{}", &crate::keys::digest(key)[..12]), customer))
+    // As stored: an id that is personal data is on the audit trail as its pseudonym.
+    Some((rec.tenant, format!("key:{}", &crate::keys::digest(key)[..12]), app.pseudonyms.id(&customer).into_owned()))
 }
 
 /// The caller, authenticated by `Authorization: Bearer <api_key>`.

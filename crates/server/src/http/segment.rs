@@ -40,8 +40,9 @@ pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     if body.len() > ingest::MAX_BATCH_BYTES {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "batch_too_large", "a batch is limited to 500 KB"));
     }
-    let value = parse_json(&body)?;
+    let mut value = parse_json(&body)?;
     let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
+    ingest::pseudonymize(&app.pseudonyms, &mut value);
     let messages = ingest::parse_batch(&tenant, value, chrono::Utc::now()).map_err(refused)?;
     answer(ingest::write(&app, &tenant, &actor, sender, messages).await?)
 }
@@ -51,8 +52,9 @@ async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
     if body.len() > ingest::MAX_MESSAGE_BYTES {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "message_too_large", "a message is limited to 32 KB"));
     }
-    let value = parse_json(&body)?;
+    let mut value = parse_json(&body)?;
     let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
+    ingest::pseudonymize(&app.pseudonyms, &mut value);
     let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None, None).map_err(refused)?;
     answer(ingest::write(&app, &tenant, &actor, sender, vec![msg]).await?)
 }
