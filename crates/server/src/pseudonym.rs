@@ -90,7 +90,9 @@ pub fn looks_personal(id: &str) -> bool {
     // numeric id (a database key, a timestamp), as integrators use those far more.
     let digits = id.chars().filter(char::is_ascii_digit).count();
     let phone_chars = id.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
-    phone_chars && digits >= 7 && (id.starts_with('+') || id.contains([' ', '-', '(']))
+    phone_chars
+        && digits >= 7
+        && (id.starts_with('+') || id.contains([' ', '(']) || (id.contains('-') && digits >= 10))
 }
 
 #[cfg(test)]
