@@ -112,6 +112,10 @@ fn master_key(cfg: &Config) -> anyhow::Result<MasterKey> {
                 .with_context(|| format!("creating {}", path.display()))?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
+            // And its name: without the master key every sealed byte is lost.
+            if let Some(dir) = path.parent() {
+                chronicle_store::log::sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+            }
             tracing::warn!(path = %path.display(), "created a master key beside the data; set --master-key-file to keep it elsewhere");
             Ok(key)
         }

@@ -170,6 +170,8 @@ impl KeyStore {
         if bytes.is_empty() {
             file.write_all_at(MAGIC, 0)?;
             file.sync_all()?;
+            // The file's name too: a crash must not lose the file the keys are appended to.
+            chronicle_store::log::sync_dir(dir)?;
             bytes.extend_from_slice(MAGIC);
         }
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {

@@ -224,6 +224,11 @@ pub struct Projections {
     /// is harmless (every reaction has a derived id), so an older cursor only costs time.
     #[serde(default)]
     pub reacted: u64,
+    /// Not a read model: the names of the checkpoint keys rotated out before this checkpoint
+    /// was written (sealed under the new key), so that a crash between writing it and
+    /// destroying them cannot leave an old key behind: a start destroys them again.
+    #[serde(default)]
+    pub retired_keys: Vec<String>,
     /// [`MODELS`] when written (absent: version 1).
     #[serde(default = "models_v1")]
     pub models: u32,
@@ -250,6 +255,7 @@ impl Default for Projections {
             undecodable: 0,
             snapshot_every: SNAPSHOT_EVERY,
             reacted: 0,
+            retired_keys: Vec::new(),
             models: MODELS,
             index_key: None,
         }

@@ -191,6 +191,17 @@ impl App {
             tracing::warn!(checkpoint = initial.position, "checkpoint is ahead of the log; rebuilding the views");
             initial = Projections::new();
         }
+        // Checkpoint keys rotated out before the checkpoint read was written: destroyed again
+        // (a crash may have come before they were).
+        let mut still_retired = Vec::new();
+        if let Some(ck) = &checkpoint_keys {
+            for name in std::mem::take(&mut initial.retired_keys) {
+                if let Err(e) = ck.destroy(&name) {
+                    tracing::warn!(error = %e, "destroying a retired checkpoint key failed; the next checkpoint tries again");
+                    still_retired.push(name);
+                }
+            }
+        }
         let index_key = store.index_key()?;
         initial.index_key = index_key.map(chronicle_projections::IndexKey::new);
         let pseudonyms = crate::pseudonym::Pseudonyms::new(index_key);
@@ -258,7 +269,7 @@ impl App {
             keys,
             checkpoint_keys,
             erasures,
-            checkpointing: Default::default(),
+            checkpointing: std::sync::Mutex::new(still_retired),
             metrics: Metrics::default(),
         });
         app.finish_erasures().await?;
@@ -298,6 +309,9 @@ impl App {
         }
         let mut snapshot = self.views().clone();
         snapshot.reacted = self.reacted();
+        // Kept in the checkpoint itself: a crash after it is written and before the keys are
+        // destroyed leaves their names where the next start finds them.
+        snapshot.retired_keys = retired.clone();
         let seal = self.checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         let Saved::Written { replaced_key } = chronicle_projections::save_to(&**place, &snapshot, seal).map_err(internal)? else {
             // The lease was lost since the claim, or the stored checkpoint is further on than

@@ -207,3 +207,29 @@ async fn erasure_forgets_every_bounced_address_of_the_person() {
     let replay = chronicle_server::maintenance::replay(app.store(), |_| ()).await.unwrap();
     assert_eq!(chronicle_projections::diff(&app.views(), &replay.projections), Vec::<String>::new());
 }
+
+/// Issue 17 (suspected, confirmed): the names of the checkpoint keys to destroy after an
+/// erasure lived only in memory, so a crash after the new checkpoint was written and before
+/// the old key was destroyed left that key — which opens the checkpoint that held the person —
+/// in `keys.bin` for good. The names now travel in the new checkpoint, and a start destroys
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_old_checkpoint_key_is_destroyed_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("projections.json");
+    let old = {
+        let (app, keys) = start(dir.path()).await;
+        app.create_tenant("acme").await.unwrap();
+        app.customer_command("acme", "c1", register("gone@example.com"), "test").await.unwrap();
+        app.checkpoint().unwrap();
+        let old = chronicle_projections::sealed_key_name(&path).expect("sealed");
+        app.customer_command("acme", "c1", CustomerCommand::Erase { reason: None }, "test").await.unwrap();
+        app.checkpoint().unwrap();
+        assert_ne!(chronicle_projections::sealed_key_name(&path).unwrap(), old);
+        // The crash: the old key's destruction never reached the disk.
+        keys.get_or_create("_system", &old).unwrap();
+        old
+    };
+    let (_app, keys) = start(dir.path()).await;
+    assert!(keys.get("_system", &old).is_none(), "the start destroyed the key of the checkpoint that held the person");
+}

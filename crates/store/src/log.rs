@@ -925,7 +925,9 @@ fn create_log(dir: &Path, path: &Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Make a folder's entries durable (a file created or renamed in it): without it, a crash can
+/// lose the new name even though the file's own bytes were synced.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
