@@ -506,11 +506,16 @@ fn sendgrid_feedback_with_a_valid_signature_is_applied_and_a_bad_one_refused() {
         {"email": "ada@example.com", "event": "processed", "sg_event_id": "e6", "timestamp": 1764000000}
     ])
     .to_string();
-    let ts = "1764000300";
+    // SendGrid signs with the time of sending: a batch is good for ten minutes.
+    let now = chrono::Utc::now().timestamp();
+    let ts_now = now.to_string();
+    let ts = ts_now.as_str();
+    let stale = (now - 11 * 60).to_string();
+    assert_eq!(post(&batch, &sign(&stale, &batch), &stale), 401, "a batch signed 11 minutes ago (a replay) is refused");
 
     // Refused before anything is read: a bad signature, a signature of another body, none.
     let before = get(&agent, &format!("{url}/healthz"), "").1;
-    assert_eq!(post(&batch, &sign("1764000301", &batch), ts), 401, "signed with another timestamp");
+    assert_eq!(post(&batch, &sign(&(now + 1).to_string(), &batch), ts), 401, "signed with another timestamp");
     assert_eq!(post(&batch, &sign(ts, "[]"), ts), 401, "signed over another body");
     assert_eq!(post(&batch, "", ts), 401);
     assert_eq!(get(&agent, &format!("{url}/healthz"), "").1, before, "nothing was written");

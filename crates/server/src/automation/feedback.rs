@@ -29,6 +29,19 @@ pub fn parse_public_key(b64: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_public_key_der(&der).map_err(|e| format!("the SendGrid public key is not a P-256 public key: {e}"))
 }
 
+/// How far a signed batch's timestamp may be from now.
+pub const FRESHNESS: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Whether a signature's `timestamp` header (Unix seconds) is within [`FRESHNESS`] of `now`.
+pub fn fresh(timestamp: &str, now: DateTime<Utc>) -> bool {
+    timestamp
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+        .is_some_and(|t| (now - t).abs() <= FRESHNESS)
+}
+
 /// Check `signature` (base64 DER ECDSA) over `timestamp` followed by the raw body.
 pub fn verify(key: &VerifyingKey, signature: &str, timestamp: &str, body: &[u8]) -> bool {
     let Ok(der) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else { return false };
@@ -140,6 +153,16 @@ mod tests {
     use p256::ecdsa::signature::Signer;
     use p256::ecdsa::SigningKey;
     use p256::pkcs8::EncodePublicKey;
+
+    #[test]
+    fn a_signed_batch_is_fresh_for_ten_minutes_only() {
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(fresh("1800000000", now));
+        assert!(fresh("1799999500", now) && fresh("1800000600", now));
+        assert!(!fresh("1799999399", now), "a batch captured 10+ minutes ago is refused");
+        assert!(!fresh("1800000601", now));
+        assert!(!fresh("soon", now) && !fresh("", now) && !fresh("99999999999999999999", now));
+    }
 
     #[test]
     fn a_signature_over_timestamp_and_body_verifies_and_anything_else_does_not() {

@@ -37,6 +37,12 @@ pub async fn sendgrid(
     if signature.is_empty() || timestamp.is_empty() || !feedback::verify(key, signature, timestamp, &body) {
         return Err(unauthorized("the SendGrid signature does not verify"));
     }
+    // A signed batch is good for a few minutes only, so one captured cannot be replayed later
+    // (redelivered within the window, its events store nothing new: their ids derive from
+    // SendGrid's event ids).
+    if !feedback::fresh(timestamp, chrono::Utc::now()) {
+        return Err(unauthorized("the SendGrid signature's timestamp is not within 10 minutes of now"));
+    }
     let (applied, ignored) = feedback::apply(&app, &tenant, &body).await?;
     Ok(Json(json!({"applied": applied, "ignored": ignored})))
 }
