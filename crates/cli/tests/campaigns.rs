@@ -263,7 +263,7 @@ fn wait_across_kill_9(w: World) {
         "/v1/campaigns/nudge",
         json!({"trigger": "CustomerRegistered", "steps": [
             {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}},
-            {"wait": "3s"},
+            {"wait": "5s"},
             {"send": {"channel": "email", "purpose": "marketing", "template": "nudge"}}]}),
     );
     register(&agent, &url, t, "c1", "ada@example.com", "Ada", true);
@@ -271,11 +271,21 @@ fn wait_across_kill_9(w: World) {
     wait_until("the wait to be scheduled", Duration::from_secs(10), || {
         has(&timeline(&agent, &url, t, "c1"), "CampaignStepScheduled")
     });
+    let due = timeline(&agent, &url, t, "c1")
+        .iter()
+        .find(|(ty, _)| ty == "CampaignStepScheduled")
+        .and_then(|(_, d)| d["due"].as_str().map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc)))
+        .expect("the wait's due time");
     server.kill().unwrap();
     server.wait().unwrap();
+    // The crash path is what is under test: the second message was still pending at the kill
+    // (on a host too slow for that the test fails rather than pass without testing it).
+    assert!(chrono::Utc::now() < due, "the kill came after the wait fell due ({due}); nothing pending was tested");
+    assert_eq!(smtp.to("ada@example.com").len(), 1, "the second message was not sent before the kill");
 
     // Restarted after the wait fell due: the second message goes out once, the first not again.
-    std::thread::sleep(Duration::from_secs(3));
+    let until_due = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    std::thread::sleep(until_due + Duration::from_millis(300));
     let (mut server, url) = w.serve(&[]);
     let mail = smtp.wait_for("ada@example.com", 2, Duration::from_secs(20));
     assert_eq!(mail.len(), 2);
