@@ -104,6 +104,8 @@ pub struct App {
     pub automation_wake: tokio::sync::Notify,
     /// The running engine's gate: which shards of the campaign work this node holds (metrics).
     pub automation_gate: std::sync::OnceLock<Arc<crate::automation::lease::Gate>>,
+    /// Reactions to events the engine could not make, waiting for a retry.
+    pub parked_reactions: crate::automation::parked::Parked,
     /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
     pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
     /// Crypto-shredding: the key store under the sealing store layer (erasure destroys keys)
@@ -265,6 +267,7 @@ impl App {
             allow_private_webhooks: Default::default(),
             automation_wake: tokio::sync::Notify::new(),
             automation_gate: Default::default(),
+            parked_reactions: Default::default(),
             sendgrid_key: Default::default(),
             keys,
             checkpoint_keys,

@@ -195,6 +195,8 @@ struct Flaky {
     inner: Arc<dyn chronicle_store::EventStore>,
     refuse: std::sync::atomic::AtomicBool,
     refused: std::sync::atomic::AtomicU64,
+    /// Which appends are refused while `refuse` is on: (stream, event).
+    rule: fn(&str, &NewEvent) -> bool,
 }
 
 #[async_trait::async_trait]
@@ -206,10 +208,7 @@ impl chronicle_store::EventStore for Flaky {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<chronicle_store::AppendResult, chronicle_store::AppendError> {
-        // The disk fills up just as the outcomes are to be recorded: the enrolments and the
-        // queued messages went in before.
-        let outcome = events.iter().any(|e| e.event_type.starts_with("Message") && e.event_type != "MessageQueued");
-        if outcome && self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+        if events.iter().any(|e| (self.rule)(stream, e)) && self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
             self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Err(chronicle_store::AppendError::Storage("No space left on device (os error 28)".into()));
         }
@@ -249,6 +248,9 @@ async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_
         inner: Arc::new(LogStore::open(dir.path()).unwrap()),
         refuse: Default::default(),
         refused: Default::default(),
+        // The disk fills up just as the outcomes are to be recorded: the enrolments and the
+        // queued messages went in before.
+        rule: |_, e| e.event_type.starts_with("Message") && e.event_type != "MessageQueued",
     });
     let app = App::start(flaky.clone(), None).await.unwrap();
     app.create_tenant("acme").await.unwrap();
@@ -428,4 +430,51 @@ async fn tenants_webhooks_cannot_reach_internal_addresses_unless_the_operator_al
     let dead = evs.iter().find(|e| e.event_type == "MessageDeadLettered").unwrap();
     assert!(dead.data["error"].as_str().unwrap().contains("HTTP 307"), "{}", dead.data);
     assert!(seen.lock().unwrap().is_empty(), "the redirect was not followed");
+}
+
+/// Issue 17 (suspected, confirmed): a campaign reaction that failed three times was skipped for
+/// good — the cursor moved past the event, so an outage of ~0.6 s lost an enrolment. Now it is
+/// parked: listed, counted, retried on the engine's clock, and the saved cursor stays before
+/// it; later events are reacted to meanwhile (the shard does not stall).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_that_keeps_failing_is_parked_and_retried_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: Arc::new(LogStore::open(dir.path()).unwrap()),
+        refuse: Default::default(),
+        refused: Default::default(),
+        rule: |stream, e| stream == "customer-p1" && e.event_type == "CampaignEnrolled",
+    });
+    let app = App::start(flaky.clone(), None).await.unwrap();
+    app.create_tenant("acme").await.unwrap();
+    let c = json!({"trigger": {"event": "Signed Up"}, "steps": [{"tag": "welcomed"}]});
+    save_campaign(&app, "acme", "welcome", c, "test").await.unwrap();
+    register(&app, "p1", json!({}), None, vec![]).await;
+    register(&app, "p2", json!({}), None, vec![]).await;
+    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    flaky.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    track(&app, "p1", "Signed Up").await;
+    let parked_at = app.store().head().await.unwrap();
+    track(&app, "p2", "Signed Up").await;
+    // The shard goes on: p2 is enrolled while p1's reaction is parked.
+    wait_for(&app, "p2", "p2's enrolment", |e| e.iter().any(|e| e.event_type == "CampaignEnrolled")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.parked_reactions.is_empty() {
+        assert!(Instant::now() < deadline, "the failing reaction was never parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let parked = app.parked_reactions.of("acme");
+    assert_eq!((parked.len(), parked[0].position, parked[0].event_type.as_str()), (1, parked_at, "ActivityTracked"));
+    assert!(app.reacted() < parked_at, "the saved cursor stays before the parked event: {} vs {parked_at}", app.reacted());
+    assert!(!events(&app, "p1").await.iter().any(|e| e.event_type == "CampaignEnrolled"));
+    // The store recovers: the retry enrols p1, and the cursor moves on.
+    flaky.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(app.parked_reactions.retry_now("acme", parked_at, Utc::now()));
+    app.automation_wake.notify_one();
+    wait_for(&app, "p1", "p1's enrolment after the retry", |e| e.iter().any(|e| e.event_type == "CampaignEnrolled")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app.parked_reactions.is_empty() || app.reacted() < parked_at {
+        assert!(Instant::now() < deadline, "the parked reaction was not cleared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -23,6 +23,7 @@ pub mod definitions;
 pub mod delivery;
 pub mod feedback;
 pub mod lease;
+pub mod parked;
 pub mod targets;
 
 use crate::app::App;
@@ -84,6 +85,9 @@ pub struct Engine {
     in_flight: Mutex<HashSet<(String, String)>>,
     /// One enrolment is advanced by one task at a time.
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// The last position the engine reacted to (or parked), for moving the saved cursor
+    /// once parked reactions succeed.
+    seen: std::sync::atomic::AtomicU64,
     /// Outcomes of hand-overs that could not be recorded (the store refused the write): the
     /// message is not handed over again while its outcome waits here; the outcome is written
     /// again, with a growing pause, until the store takes it.
@@ -130,6 +134,7 @@ impl Engine {
             config,
             in_flight: Mutex::new(HashSet::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            seen: Default::default(),
             unrecorded: Mutex::default(),
             paused_until: Mutex::default(),
         });
@@ -184,20 +189,64 @@ impl Engine {
             };
             // Another node's shard, or this shard's event reacted to before it came here.
             if !self.gate.wants(&ev.tenant, ev.position) {
-                self.gate.advance(&self.app, term, ev.position);
+                self.gate.advance(&self.app, term, self.app.parked_reactions.safe(ev.position));
                 continue;
             }
-            let mut tries = 0;
+            let mut tries: u32 = 0;
             while let Err(e) = self.on_event(&ev).await {
                 tries += 1;
                 tracing::warn!(error = %e, position = ev.position, tries, "automation: reacting to an event failed");
                 if tries >= 3 {
+                    // Parked, not skipped: retried on the clock, and the saved cursor stays
+                    // before it (see `parked`).
+                    self.app.parked_reactions.park(parked::ParkedReaction {
+                        position: ev.position,
+                        tenant: ev.tenant.clone(),
+                        event_id: ev.id,
+                        event_type: ev.event_type.clone(),
+                        error: e.to_string(),
+                        tries,
+                        next_try: Utc::now() + parked::pause(1),
+                    });
+                    self.app.metrics.reactions_parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
             }
-            self.gate.advance(&self.app, term, ev.position);
+            self.seen.fetch_max(ev.position, std::sync::atomic::Ordering::SeqCst);
+            self.gate.advance(&self.app, term, self.app.parked_reactions.safe(ev.position));
         }
+    }
+
+    /// Retry the parked reactions that are due; the saved cursor moves on past those that
+    /// succeed.
+    async fn retry_parked(&self) {
+        let parked = &self.app.parked_reactions;
+        parked.retain(|r| self.gate.holds(&r.tenant));
+        let due = parked.due(Utc::now());
+        if due.is_empty() {
+            return;
+        }
+        for r in due {
+            let ev = match self.app.store().read_all(r.position - 1, 1).await {
+                Ok(mut page) if page.first().is_some_and(|e| e.position == r.position) => page.remove(0),
+                Ok(_) => {
+                    // Gone (expired by retention): nothing left to react to.
+                    parked.done(r.position);
+                    continue;
+                }
+                Err(e) => {
+                    parked.failed(r.position, e.to_string(), Utc::now());
+                    continue;
+                }
+            };
+            match self.on_event(&ev).await {
+                Ok(()) => parked.done(r.position),
+                Err(e) => parked.failed(r.position, e.to_string(), Utc::now()),
+            }
+        }
+        let seen = self.seen.load(std::sync::atomic::Ordering::SeqCst);
+        self.gate.advance(&self.app, self.gate.term(), parked.safe(seen));
     }
 
     /// React to one event: end the enrolments it is the goal or an exit of, then enrol.
@@ -362,6 +411,7 @@ impl Engine {
                 }
                 next_scan = tokio::time::Instant::now() + self.config.scan_every;
             }
+            self.retry_parked().await;
             let now = Utc::now();
             let (timers, messages, next) = self.due(now);
             // Due steps run side by side, so their appends share commits (group commit).

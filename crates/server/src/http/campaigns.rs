@@ -95,3 +95,18 @@ pub async fn retry(State(app): State<Arc<App>>, p: Principal, Path(id): Path<Str
     retry_dead_letter(&app, &p.tenant, &id, &p.actor).await?;
     Ok(Json(json!({"retried": id})))
 }
+
+/// `GET /v1/automation/parked`: reactions to events that kept failing, waiting for a retry
+/// (see `automation::parked`).
+pub async fn parked(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value>> {
+    Ok(Json(json!({"parked": app.parked_reactions.of(&p.tenant)})))
+}
+
+/// `POST /v1/automation/parked/{position}/retry`: retry a parked reaction at once.
+pub async fn retry_parked(State(app): State<Arc<App>>, p: Principal, Path(position): Path<u64>) -> Res<Json<Value>> {
+    if !app.parked_reactions.retry_now(&p.tenant, position, chrono::Utc::now()) {
+        return Err(crate::error::AppError::NotFound("parked reaction").into());
+    }
+    app.automation_wake.notify_one();
+    Ok(Json(json!({"retrying": position})))
+}

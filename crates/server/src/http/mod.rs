@@ -170,6 +170,8 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         (r("delete", "/v1/templates/{name}", "Delete a template no campaign sends", 200), delete(campaigns::delete_template)),
         (r("get", "/v1/dead-letters", "Messages that failed every attempt", 200), get(campaigns::dead_letters)),
         (r("post", "/v1/dead-letters/{id}/retry", "Send a dead letter back to the outbox", 200), post(campaigns::retry)),
+        (r("get", "/v1/automation/parked", "Campaign reactions to events that kept failing, waiting for a retry", 200), get(campaigns::parked)),
+        (r("post", "/v1/automation/parked/{position}/retry", "Retry a parked campaign reaction now", 200), post(campaigns::retry_parked)),
         (
             r("post", "/v1/webhooks/sendgrid", "SendGrid Event Webhook: delivery feedback, ECDSA-signed (write key as Basic user or ?key=)", 200)
                 .open()

@@ -100,6 +100,12 @@ pub async fn metrics(
         "Campaign reactions to an event that kept failing and were parked for a retry.",
         m.reactions_parked.load(Ordering::Relaxed),
     );
+    metric(
+        "chronicle_automation_reactions_parked",
+        "gauge",
+        "Campaign reactions parked now, waiting for a retry.",
+        app.parked_reactions.len() as u64,
+    );
     metric("chronicle_log_head_position", "gauge", "Position of the last committed event.", head);
     metric("chronicle_projection_position", "gauge", "Position the read models reflect.", projected);
     metric(
