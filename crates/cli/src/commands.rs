@@ -22,6 +22,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
     let st = storage::open(&cfg)?;
     let app = st.app().await?;
     app.set_rate_limit(server.rate_limit);
+    app.set_ingest_rate_limits(server.ingest_rate_limit, server.ingest_rate_limit_per_address);
     app.set_webhook_targets(automation.webhook_targets());
     if let Some(dir) = &automation.campaigns {
         let n = chronicle_server::automation::definitions::load_folder(&app, dir)

@@ -54,6 +54,14 @@ pub struct ServerArgs {
     /// Requests per second each API key may make (twice that in a burst); 0: no limit
     #[arg(long, env = "CHRONICLE_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u64,
+    /// Ingest requests per second each write key may make (twice that in a burst; Segment
+    /// batches count once); 0: no limit
+    #[arg(long, env = "CHRONICLE_INGEST_RATE_LIMIT", default_value_t = 10_000)]
+    pub ingest_rate_limit: u64,
+    /// Ingest requests per second each client address may make (twice that in a burst),
+    /// checked before the key is looked at; 0: no limit
+    #[arg(long, env = "CHRONICLE_INGEST_RATE_LIMIT_PER_ADDRESS", default_value_t = 2_000)]
+    pub ingest_rate_limit_per_address: u64,
     /// Connections open at once; more are answered 503 (kept under the open-files limit)
     #[arg(long, env = "CHRONICLE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,

@@ -506,6 +506,7 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     app.set_rate_limit(server.rate_limit);
+    app.set_ingest_rate_limits(server.ingest_rate_limit, server.ingest_rate_limit_per_address);
     commands::start_automation(&app, automation, None)?;
     let week_ago = (now - Duration::days(7)).format("%Y-%m-%dT%H:%M:%SZ");
     commands::run_server(&cfg, app, server.serve_options(), |addr| {

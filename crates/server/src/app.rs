@@ -42,6 +42,9 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The window over which failed secret verifications of one API key id are counted.
+const SECRET_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -52,6 +55,8 @@ pub struct Metrics {
     pub append_conflicts: AtomicU64,
     pub consent_checks: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// API key secrets verified with argon2 (a key is verified once, then remembered).
+    pub key_verifications: AtomicU64,
     /// Outcomes of hand-overs the store refused to record (each is written again later).
     pub outcomes_unrecorded: AtomicU64,
     /// Campaign reactions that kept failing and were parked (see `GET /v1/automation/parked`).
@@ -97,6 +102,12 @@ pub struct App {
     verified: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Per-key request budgets (token buckets) and the rate they refill at.
     buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    /// Ingest requests a write key, and a client address, may make per second (0: no limit).
+    ingest_per_key: AtomicU64,
+    ingest_per_address: AtomicU64,
+    /// Failed verifications of an API key's secret, by key id: a guesser pays for an argon2
+    /// verification a few times per window, not once per request.
+    failed_secrets: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
     rate_limit: AtomicU64,
     /// Whether tenants' webhooks may reach internal addresses (see `automation::targets`).
     allow_private_webhooks: std::sync::atomic::AtomicBool,
@@ -263,6 +274,9 @@ impl App {
             audit: Default::default(),
             verified: Default::default(),
             buckets: Default::default(),
+            ingest_per_key: AtomicU64::new(0),
+            ingest_per_address: AtomicU64::new(0),
+            failed_secrets: Default::default(),
             rate_limit: AtomicU64::new(0),
             allow_private_webhooks: Default::default(),
             automation_wake: tokio::sync::Notify::new(),
@@ -376,7 +390,13 @@ impl App {
             let digest = keys::digest(presented_key);
             let known = self.verified.lock().expect("verified keys lock").contains(&digest);
             if !known {
-                if !keys::verify_secret(presented_key, &k.hash) {
+                if !self.may_try_secret(id) {
+                    return None;
+                }
+                // argon2 is slow on purpose: the async worker is given up meanwhile.
+                self.metrics.key_verifications.fetch_add(1, Ordering::Relaxed);
+                if !blocking(|| keys::verify_secret(presented_key, &k.hash)) {
+                    self.secret_failed(id);
                     return None;
                 }
                 self.verified.lock().expect("verified keys lock").insert(digest);
@@ -420,14 +440,63 @@ impl App {
 
     /// Take one request from the key's budget; `Err(seconds)` to wait when it is spent.
     pub fn rate_check(&self, actor: &str) -> Result<(), u64> {
-        let per_sec = self.rate_limit.load(Ordering::Relaxed) as f64;
+        self.bucket_check(actor, self.rate_limit.load(Ordering::Relaxed))
+    }
+
+    /// Ingest's budgets: per write key (when known) and per client address (when known); the
+    /// seconds to wait when either is spent.
+    pub fn ingest_rate_check(&self, key: Option<&str>, address: Option<std::net::IpAddr>) -> Result<(), u64> {
+        if let Some(a) = address {
+            self.bucket_check(&format!("ingest-address:{a}"), self.ingest_per_address.load(Ordering::Relaxed))?;
+        }
+        if let Some(k) = key {
+            self.bucket_check(&format!("ingest-key:{}", keys::digest(k)), self.ingest_per_key.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+
+    /// Ingest requests per second a write key, and a client address, may make (twice that in
+    /// a burst); 0: no limit.
+    pub fn set_ingest_rate_limits(&self, per_key: u64, per_address: u64) {
+        self.ingest_per_key.store(per_key, Ordering::Relaxed);
+        self.ingest_per_address.store(per_address, Ordering::Relaxed);
+    }
+
+    /// Failed secret verifications allowed per key id in [`SECRET_WINDOW`].
+    const SECRET_TRIES: u32 = 5;
+
+    fn may_try_secret(&self, id: &str) -> bool {
+        let f = self.failed_secrets.lock().expect("failed secrets lock");
+        f.get(id).is_none_or(|(since, n)| since.elapsed() > SECRET_WINDOW || *n < Self::SECRET_TRIES)
+    }
+
+    fn secret_failed(&self, id: &str) {
+        let mut f = self.failed_secrets.lock().expect("failed secrets lock");
+        if f.len() > 100_000 {
+            f.retain(|_, (since, _)| since.elapsed() <= SECRET_WINDOW);
+        }
+        let e = f.entry(id.to_owned()).or_insert((std::time::Instant::now(), 0));
+        if e.0.elapsed() > SECRET_WINDOW {
+            *e = (std::time::Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
+
+    /// One token of bucket `name`, refilled at `per_sec` (0: no limit); else the seconds to
+    /// wait.
+    fn bucket_check(&self, name: &str, per_sec: u64) -> Result<(), u64> {
+        let per_sec = per_sec as f64;
         if per_sec <= 0.0 {
             return Ok(());
         }
         let burst = per_sec * 2.0;
         let now = std::time::Instant::now();
         let mut b = self.buckets.lock().expect("rate lock");
-        let (tokens, at) = b.entry(actor.to_owned()).or_insert((burst, now));
+        if b.len() > 100_000 {
+            // Client addresses come and go: buckets idle long enough to be full again go.
+            b.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
+        }
+        let (tokens, at) = b.entry(name.to_owned()).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst);
         *at = now;
         if *tokens >= 1.0 {

@@ -1312,3 +1312,35 @@ fn a_runaway_template_is_refused_at_save_and_the_api_stays_responsive() {
     assert_eq!(app.get("/v1/templates/bomb").status, 404, "nothing saved");
     assert_eq!(app.call("GET", "/healthz", None, None).status, 200);
 }
+
+/// Issue 17 (suspected, confirmed): ingest had no rate limit at all, and a key
+/// `ck_<known id>_<wrong secret>` cost a full argon2 verification on an async worker per
+/// request. Ingest is limited per client address and per write key; a key id whose secret
+/// keeps failing is refused without another verification for a while.
+#[test]
+fn ingest_is_rate_limited_and_guessing_a_keys_secret_is_cheap_to_refuse() {
+    let (app, kept, _rt) = spawn_kept();
+    kept.set_ingest_rate_limits(3, 1000);
+    let wk = Some(app.write_key.as_str());
+    let statuses: Vec<u16> = (0..12)
+        .map(|i| segment(&app, "/v1/track", &format!(r#"{{"userId":"u1","event":"A","messageId":"r{i}"}}"#), wk).status)
+        .collect();
+    assert!(statuses.contains(&200) && statuses.contains(&429), "per write key: {statuses:?}");
+    let r = segment(&app, "/v1/track", r#"{"userId":"u1","event":"A"}"#, wk);
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (429, Some("rate_limited")), "{}", r.body);
+    kept.set_ingest_rate_limits(0, 3);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let statuses: Vec<u16> = (0..12).map(|_| segment(&app, "/v1/track", "{}", Some("wk_unknown")).status).collect();
+    assert!(statuses.contains(&401) && statuses.contains(&429), "per address, before the key is looked at: {statuses:?}");
+    kept.set_ingest_rate_limits(0, 0);
+
+    let id = app.post("/v1/api-keys", json!({"role": "reader"})).body["id"].as_str().unwrap().to_owned();
+    let forged = format!("ck_{id}_{}", "x".repeat(64));
+    let before = kept.metrics.key_verifications.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..40 {
+        assert_eq!(app.call("GET", "/v1/customers/c1", Some(&forged), None).status, 401);
+    }
+    let verified = kept.metrics.key_verifications.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!((1..=5).contains(&verified), "40 guesses cost {verified} argon2 verifications");
+    assert_eq!(app.get("/v1/customers/nobody").status, 404, "the real key still works");
+}

@@ -247,6 +247,16 @@ async fn count_requests(
     // The route's template, not the path: ids in paths may be personal (an e-mail as user id).
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let started = std::time::Instant::now();
+    // Ingest is open to the world (write keys sit in web pages): each client address has a
+    // budget, checked before anything else is done for the request.
+    if INGEST_ROUTES.contains(&route.as_str()) {
+        let address = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        if let Err(wait) = app.ingest_rate_check(None, address) {
+            app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+            app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+            return rate_limited(wait, "too many ingest requests from this address").into_response();
+        }
+    }
     // The body is read whole first, within its own time limit: a client that trickles it in
     // holds a connection for seconds, not for as long as it likes.
     let req = if has_body {
@@ -314,6 +324,26 @@ async fn count_requests(
     // Bodies, paths and keys are never logged.
     tracing::debug!(%method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     res
+}
+
+/// The routes that take events with a write key, limited per client address and per key.
+const INGEST_ROUTES: &[&str] = &[
+    "/v1/batch",
+    "/v1/identify",
+    "/v1/track",
+    "/v1/page",
+    "/v1/alias",
+    "/v1/group",
+    "/v1/screen",
+    "/v1/cloudevents",
+    "/v1/webhooks/sendgrid",
+];
+
+/// A `429 rate_limited` answer with `Retry-After`.
+pub(crate) fn rate_limited(wait: u64, message: &str) -> ApiError {
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{message}; retry in {wait} s"));
+    e.extra = Some(serde_json::json!({"retry_after_seconds": wait}));
+    e
 }
 
 /// The request with its body read into memory: at most [`MAX_BODY`] bytes (else 413), within

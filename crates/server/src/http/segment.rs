@@ -133,7 +133,11 @@ fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String,
     let key = from_header
         .or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
         .ok_or_else(|| unauthorized("a write key is required (HTTP Basic user name or writeKey)"))?;
-    match app.authenticate(&key) {
+    let rec = app.authenticate(&key);
+    if rec.is_some() {
+        app.ingest_rate_check(Some(&key), None).map_err(|wait| super::rate_limited(wait, "too many ingest requests for this write key"))?;
+    }
+    match rec {
         Some(rec) if rec.kind == KeyKind::Write => {
             Ok((rec.tenant, format!("writekey:{}", &crate::keys::digest(&key)[..12]), ingest::Sender::Public))
         }

@@ -97,7 +97,12 @@ pub async fn serve_router(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        // Each request knows its client's address (ingest is limited per address).
+        let inner = service.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            hyper::service::Service::call(&inner, req)
+        });
         let mut stop = stop_rx.clone();
         let header_timeout = options.header_timeout;
         tokio::spawn(async move {

@@ -89,6 +89,12 @@ pub async fn metrics(
         m.checkpoints.load(Ordering::Relaxed),
     );
     metric(
+        "chronicle_key_verifications_total",
+        "counter",
+        "API key secrets verified with argon2 (each key once; a key id whose secret keeps failing is refused without one for 10 s after 5 failures).",
+        m.key_verifications.load(Ordering::Relaxed),
+    );
+    metric(
         "chronicle_automation_outcomes_unrecorded_total",
         "counter",
         "Message outcomes the store refused to record (each is written again; the message is not re-sent).",
