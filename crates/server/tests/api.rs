@@ -1000,6 +1000,7 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
                 .replace("/v1/templates/{name}", "/v1/templates/t1")
                 .replace("/v1/streams/{stream}", "/v1/streams/notes-1")
                 .replace("/v1/retention/{event_type}", "/v1/retention/ActivityTracked")
+                .replace("/v1/automation/parked/{position}", "/v1/automation/parked/5")
                 .replace("{tag}", "vip");
             assert!(!concrete.contains('{'), "no id for {path}");
             let query = if has_query_customer { "?customer=c1&channel=email&purpose=marketing" } else { "" };

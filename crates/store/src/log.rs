@@ -107,8 +107,75 @@ pub struct LogStore {
 /// locking) and the index.
 struct Shared {
     path: PathBuf,
-    file: File,
+    file: LogFile,
     index: RwLock<Index>,
+}
+
+/// Failures to inject into a log's writes, for the store's tests of its failure paths (in
+/// redb's manner: the file layer under the store fails on purpose). Each flag holds until it
+/// is cleared; a store opened with [`LogStore::open`] has none.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Writes fail (`ENOSPC`).
+    pub fail_writes: std::sync::atomic::AtomicBool,
+    /// Writes put down the first half of their bytes, then fail (a torn write).
+    pub tear_writes: std::sync::atomic::AtomicBool,
+    /// A group's fsync fails (`EIO`).
+    pub fail_syncs: std::sync::atomic::AtomicBool,
+    /// Cutting the file back (`set_len`, and the `sync_all` after it) fails.
+    pub fail_cuts: std::sync::atomic::AtomicBool,
+}
+
+/// The log's file, with the failures of [`Faults`] when a test asks for them. Reads go to the
+/// file as they are.
+struct LogFile {
+    file: File,
+    faults: Option<Arc<Faults>>,
+}
+
+impl std::ops::Deref for LogFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl LogFile {
+    fn fault(&self, which: impl Fn(&Faults) -> &std::sync::atomic::AtomicBool) -> bool {
+        self.faults.as_ref().is_some_and(|f| which(f).load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn write_all_at(&self, buf: &[u8], at: u64) -> std::io::Result<()> {
+        if self.fault(|f| &f.tear_writes) {
+            self.file.write_all_at(&buf[..buf.len() / 2], at)?;
+            return Err(std::io::Error::other("injected: torn write"));
+        }
+        if self.fault(|f| &f.fail_writes) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.file.write_all_at(buf, at)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.fault(|f| &f.fail_syncs) {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.file.sync_data()
+    }
+
+    fn sync_all(&self) -> std::io::Result<()> {
+        if self.fault(|f| &f.fail_cuts) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.file.sync_all()
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        if self.fault(|f| &f.fail_cuts) {
+            return Err(std::io::Error::other("injected: cutting the file failed"));
+        }
+        self.file.set_len(len)
+    }
 }
 
 impl Shared {
@@ -275,6 +342,16 @@ impl LogStore {
     /// scans every frame (checksums, framing, positions, versions), truncates a torn tail and
     /// rebuilds the indexes.
     pub fn open(dir: &Path) -> Result<LogStore, LogOpenError> {
+        LogStore::open_with(dir, None)
+    }
+
+    /// [`open`](Self::open) with failures injected into the log's writes (for tests of the
+    /// failure paths).
+    pub fn open_with_faults(dir: &Path, faults: Arc<Faults>) -> Result<LogStore, LogOpenError> {
+        LogStore::open_with(dir, Some(faults))
+    }
+
+    fn open_with(dir: &Path, faults: Option<Arc<Faults>>) -> Result<LogStore, LogOpenError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| LogOpenError::Io { path, source }
@@ -295,7 +372,7 @@ impl LogStore {
 
         let head = Arc::new(watch::Sender::new(index.head));
         let hook: Arc<RwLock<Option<CommitHook>>> = Arc::new(RwLock::new(None));
-        let shared = Arc::new(Shared { path, file, index: RwLock::new(index) });
+        let shared = Arc::new(Shared { path, file: LogFile { file, faults }, index: RwLock::new(index) });
         let writer = Writer {
             shared: shared.clone(),
             frame: FrameBuf::default(),
@@ -341,7 +418,7 @@ impl LogStore {
             return Err(ExpireError::Invalid(format!("the record's id {} is already stored", e.id)));
         }
         let bytes_before = ix.end;
-        let shared = Shared { path: path.clone(), file, index: RwLock::new(ix) };
+        let shared = Shared { path: path.clone(), file: LogFile { file, faults: None }, index: RwLock::new(ix) };
         let written = copy_expiring(&shared, &tmp, expiry).map_err(|e| failed(e.to_string()));
         let (expired, head, bytes_after) = match written {
             Ok(done) => done,
