@@ -44,6 +44,8 @@ pub enum Owner {
     System,
     /// What a compaction leaves in an expired event's place (the store writes it).
     Store,
+    /// A tenant's settings for outside providers (`_settings`).
+    Settings,
 }
 
 pub const CUSTOMER_TYPES: &[&str] = customer::EVENT_TYPES;
@@ -77,6 +79,7 @@ pub const AUDIT_TYPES: &[&str] = &["AuditRecorded"];
 pub const RETENTION_TYPES: &[&str] = &["RetentionPolicySet", "RetentionPolicyRemoved", "RetentionApplied"];
 pub const SYSTEM_TYPES: &[&str] = &["TenantCreated", "ApiKeyCreated", "ApiKeyRevoked"];
 pub const STORE_TYPES: &[&str] = &[crate::envelope::EXPIRED_TYPE];
+pub const SETTINGS_TYPES: &[&str] = &["SendGridKeySet", "SendGridKeyRemoved"];
 
 /// Every owned type, by owner.
 pub const OWNED: &[(Owner, &[&str])] = &[
@@ -91,12 +94,15 @@ pub const OWNED: &[(Owner, &[&str])] = &[
     (Owner::Retention, RETENTION_TYPES),
     (Owner::System, SYSTEM_TYPES),
     (Owner::Store, STORE_TYPES),
+    (Owner::Settings, SETTINGS_TYPES),
 ];
 
 /// The stream that holds the tenant's audit trail.
 pub const AUDIT_STREAM: &str = "_audit";
 /// The stream that holds the tenant's retention policies and compaction records.
 pub const RETENTION_STREAM: &str = "retention";
+/// The stream that holds the tenant's settings for outside providers.
+pub const SETTINGS_STREAM: &str = "_settings";
 
 /// Who owns `event_type`, if Chronicle's code does.
 pub fn owner_of(event_type: &str) -> Option<Owner> {
@@ -121,6 +127,7 @@ impl Owner {
             Owner::Activity => stream.starts_with("customer-") || stream.starts_with("anonymous-"),
             Owner::Audit => stream == AUDIT_STREAM,
             Owner::Retention => stream == RETENTION_STREAM,
+            Owner::Settings => stream == SETTINGS_STREAM,
             // Tombstones keep the place of whatever expired.
             Owner::Store => true,
         }

@@ -199,6 +199,10 @@ pub struct TenantViews {
     /// Retention policies and the record of compactions (see [`retention`]).
     #[serde(default)]
     pub retention: retention::RetentionView,
+    /// The tenant's own SendGrid verification key (base64 DER), when it set one: its feedback
+    /// must be signed with it.
+    #[serde(default)]
+    pub sendgrid_key: Option<String>,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -341,6 +345,14 @@ impl Projections {
                     list.remove(0);
                 }
             }
+            return;
+        }
+        if ev.stream == chronicle_core::registry::SETTINGS_STREAM
+            && chronicle_core::registry::SETTINGS_TYPES.contains(&ev.event_type.as_str())
+        {
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
+            let key = ev.data.get("public_key").and_then(serde_json::Value::as_str).map(str::to_owned);
+            self.tenant_mut(&ev.tenant).sendgrid_key = if ev.event_type == "SendGridKeySet" { key } else { None };
             return;
         }
         if ev.stream == retention::STREAM && retention::EVENT_TYPES.contains(&ev.event_type.as_str()) {
@@ -519,6 +531,8 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
     }
     if stream == retention::STREAM {
         retention::EVENT_TYPES.contains(&event_type)
+    } else if stream == chronicle_core::registry::SETTINGS_STREAM {
+        chronicle_core::registry::SETTINGS_TYPES.contains(&event_type)
     } else if customer::id_of_stream(stream).is_some() {
         customer::EVENT_TYPES.contains(&event_type)
     } else if stream.starts_with("deal-") {

@@ -1366,3 +1366,44 @@ fn ingest_is_rate_limited_and_guessing_a_keys_secret_is_cheap_to_refuse() {
     assert!((1..=5).contains(&verified), "40 guesses cost {verified} argon2 verifications");
     assert_eq!(app.get("/v1/customers/nobody").status, 404, "the real key still works");
 }
+
+/// Issue 17 (suspected SendGrid replay, confirmed): one verification key served every tenant,
+/// so a batch signed for one tenant's SendGrid account could be posted to another's URL. A
+/// tenant may verify its feedback with its own key; a batch signed with another then fails.
+#[test]
+fn a_tenant_with_its_own_sendgrid_key_refuses_batches_signed_with_another() {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::EncodePublicKey;
+    let app = spawn_app();
+    register(&app, "c1", "ada@example.com");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let ours = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let theirs = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let public = b64(ours.verifying_key().to_public_key_der().unwrap().as_bytes());
+    let put = |body: &str| app.call("PUT", "/v1/settings/sendgrid", Some(&app.key), Some(body));
+    assert_eq!(put(r#"{"public_key":"not a key"}"#).status, 400);
+    assert_eq!(app.call("PUT", "/v1/settings/sendgrid", Some(&app.other_key), Some(&json!({"public_key": public}).to_string())).status, 200, "each tenant its own");
+    assert_eq!(put(&json!({"public_key": public}).to_string()).status, 200);
+    assert_eq!(app.get("/v1/settings/sendgrid").body["public_key"], json!(public));
+    let batch = json!([{"email": "ada@example.com", "event": "open", "sg_event_id": "e1", "timestamp": chrono::Utc::now().timestamp()}]).to_string();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let post = |key: &p256::ecdsa::SigningKey| {
+        let sig: p256::ecdsa::Signature = key.sign(&[ts.as_bytes(), batch.as_bytes()].concat());
+        let mut res = app
+            .agent
+            .post(format!("{}/v1/webhooks/sendgrid?key={}", app.base, app.write_key))
+            .header("content-type", "application/json")
+            .header("X-Twilio-Email-Event-Webhook-Signature", &b64(sig.to_der().as_bytes()))
+            .header("X-Twilio-Email-Event-Webhook-Timestamp", &ts)
+            .send(&batch)
+            .unwrap();
+        let status = res.status().as_u16();
+        let _ = res.body_mut().read_to_string();
+        status
+    };
+    assert_eq!(post(&theirs), 401, "signed for another account");
+    assert_eq!(post(&ours), 200);
+    assert_eq!(app.call("DELETE", "/v1/settings/sendgrid", Some(&app.key), None).status, 200);
+    assert_eq!(post(&ours), 401, "back to the instance's key, which this server has none of");
+}

@@ -191,6 +191,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
         ),
         (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin(), get(system::list_keys)),
         (r("delete", "/v1/api-keys/{id}", "Revoke a key", 200).admin(), delete(system::revoke_key)),
+        (r("get", "/v1/settings/sendgrid", "The tenant's own SendGrid verification key, if it set one", 200).admin(), get(webhooks::get_sendgrid_key)),
+        (
+            r("put", "/v1/settings/sendgrid", "Verify this tenant's SendGrid feedback with its own key (instead of the instance's)", 200)
+                .admin()
+                .body(r#"{"public_key":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."}"#),
+            put(webhooks::set_sendgrid_key),
+        ),
+        (r("delete", "/v1/settings/sendgrid", "Go back to the instance's SendGrid key", 200).admin(), delete(webhooks::remove_sendgrid_key)),
         (r("get", "/v1/retention", "Retention policies (days kept per event type) and the latest compactions", 200), get(system::retention)),
         (
             r("put", "/v1/retention/{event_type}", "Keep events of this type this many days; `chronicle compact` removes older ones", 200)

@@ -29,9 +29,17 @@ pub async fn sendgrid(
         },
         None => ingest_tenant(&app, &headers, &Value::Null)?,
     };
-    let Some(key) = app.sendgrid_key.get() else {
-        return Err(unauthorized("no SendGrid verification key is configured (--sendgrid-public-key)"));
+    // The tenant's own key when it set one (then a batch signed for another tenant's account
+    // cannot be replayed here), else the instance's.
+    let own = app.views().tenant(&tenant).and_then(|t| t.sendgrid_key.clone());
+    let key = match own {
+        Some(b64) => feedback::parse_public_key(&b64).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?,
+        None => match app.sendgrid_key.get() {
+            Some(k) => *k,
+            None => return Err(unauthorized("no SendGrid verification key is configured (--sendgrid-public-key, or PUT /v1/settings/sendgrid)")),
+        },
     };
+    let key = &key;
     let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let (signature, timestamp) = (header(feedback::SIGNATURE_HEADER), header(feedback::TIMESTAMP_HEADER));
     if signature.is_empty() || timestamp.is_empty() || !feedback::verify(key, signature, timestamp, &body) {
@@ -45,4 +53,42 @@ pub async fn sendgrid(
     }
     let (applied, ignored) = feedback::apply(&app, &tenant, &body).await?;
     Ok(Json(json!({"applied": applied, "ignored": ignored})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendGridKey {
+    public_key: String,
+}
+
+/// `GET /v1/settings/sendgrid`.
+pub async fn get_sendgrid_key(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+    let key = app.views().tenant(&p.tenant).and_then(|t| t.sendgrid_key.clone());
+    Ok(Json(json!({"public_key": key})))
+}
+
+/// `PUT /v1/settings/sendgrid`: checked whole (a P-256 public key, base64 DER, as SendGrid's
+/// settings show it), then recorded (`SendGridKeySet` on the tenant's `_settings` stream).
+pub async fn set_sendgrid_key(
+    State(app): State<Arc<App>>,
+    p: super::Principal,
+    super::error::Body(b): super::error::Body<SendGridKey>,
+) -> Result<Json<Value>, ApiError> {
+    feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(crate::error::AppError::BadRequest(e)))?;
+    record_setting(&app, &p, "SendGridKeySet", json!({"public_key": b.public_key.trim()})).await?;
+    Ok(Json(json!({"public_key": b.public_key.trim()})))
+}
+
+/// `DELETE /v1/settings/sendgrid`: back to the instance's key.
+pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+    record_setting(&app, &p, "SendGridKeyRemoved", json!({})).await?;
+    Ok(Json(json!({"public_key": null})))
+}
+
+async fn record_setting(app: &App, p: &super::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
+    let ev = chronicle_core::envelope::NewEvent::new(uuid::Uuid::now_v7(), event_type, data, chrono::Utc::now()).with_actor(&p.actor);
+    app.append(&p.tenant, chronicle_core::registry::SETTINGS_STREAM, chronicle_core::envelope::ExpectedVersion::Any, vec![ev])
+        .await
+        .map_err(ApiError::from)?;
+    Ok(())
 }
