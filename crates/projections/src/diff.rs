@@ -68,6 +68,9 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         if a.retention != b.retention {
             out.push(format!("{t}: retention policies or compaction records differ from the replay"));
         }
+        if a.sendgrid_key != b.sendgrid_key {
+            out.push(format!("{t}: the SendGrid verification key differs from the replay"));
+        }
         if a.events != b.events {
             out.push(format!("{t}: event count live {} vs replay {}", a.events, b.events));
         }
