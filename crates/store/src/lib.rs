@@ -1,9 +1,10 @@
 //! The event store contract: one trait every backend implements, the errors an append can
 //! return, and the live subscription built on top of any backend.
 //!
-//! Backends: [`memory::MemoryStore`] (the reference model, used by property tests) and
-//! [`sqlite::SqliteStore`] (the embedded default, a data folder). [`contract`] holds the suite
-//! that pins the behaviour; every backend runs it.
+//! Backends: [`log::LogStore`] (the embedded default: an append-only log in a data folder),
+//! [`postgres::PgStore`] (the server backend, shared by many nodes), [`sqlite::SqliteStore`]
+//! (embedded, the earlier default: a folder that holds `events.sqlite` keeps it) and [`memory::MemoryStore`] (the reference model, used by
+//! property tests). [`contract`] holds the suite that pins the behaviour; every backend runs it.
 
 pub mod contract;
 pub mod log;

@@ -1,4 +1,5 @@
-//! `SqliteStore`: the embedded default backend — one SQLite database in a data folder, in WAL
+//! `SqliteStore`: the earlier embedded backend (a folder that already holds `events.sqlite` keeps
+//! it; new folders get the log, ADR 0001) — one SQLite database in a data folder, in WAL
 //! mode with `synchronous=FULL`, so an append returns only once it is on disk.
 //!
 //! Writes go through group commit: one dedicated writer thread owns the only write connection;
