@@ -2,7 +2,7 @@
 //! per measurement on stdout. Run in release mode:
 //!
 //! ```sh
-//! cargo run --release -p chronicle-bench -- all          # everything, as in the README
+//! cargo run --release -p chronicle-bench -- all          # everything, as in docs/benchmarks.md
 //! cargo run --release -p chronicle-bench -- append 64 10 log     # durable appends, 64 writers, 10 s
 //! cargo run --release -p chronicle-bench -- append 64 10 sqlite  # the same on the SQLite backend
 //! cargo run --release -p chronicle-bench -- rebuild 1000000
@@ -19,7 +19,7 @@
 //! fsyncs are real.
 
 /// mimalloc: the rebuild and the API allocate many small strings on one thread and free them on
-/// another, where it measured markedly faster than the system allocator (see the README).
+/// another, where it measured markedly faster than the system allocator (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

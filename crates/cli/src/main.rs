@@ -2,7 +2,7 @@
 //! application service. Commands: serve, demo, tenant create, import, rebuild, verify, history.
 
 /// mimalloc: the rebuild and the API allocate many small strings on one thread and free them on
-/// another, where it measured markedly faster than the system allocator (see the README).
+/// another, where it measured markedly faster than the system allocator (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
