@@ -28,7 +28,7 @@
 //! last position (the global head is their greatest; reading in position order visits the
 //! tenants with events past the cursor one by one); ids, unique per tenant, are registered in
 //! `event_ids` under their tenant, by the same statement that inserts the events. See
-//! ARCHITECTURE.md, "Past one database".
+//! docs/storage.md, "Past one database".
 //!
 //! Versioned migrations (`schema_migrations`) run on connect, under a session advisory lock so
 //! two nodes starting together do not race. Every table lives in one schema (`chronicle` by
