@@ -117,6 +117,9 @@ pub struct App {
     pub automation_gate: std::sync::OnceLock<Arc<crate::automation::lease::Gate>>,
     /// Reactions to events the engine could not make, waiting for a retry.
     pub parked_reactions: crate::automation::parked::Parked,
+    /// Where "now" comes from (the wall clock unless a test installs another, see
+    /// [`App::set_clock`]).
+    clock: std::sync::OnceLock<Arc<dyn crate::clock::Clock>>,
     /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
     pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
     /// Crypto-shredding: the key store under the sealing store layer (erasure destroys keys)
@@ -282,6 +285,7 @@ impl App {
             automation_wake: tokio::sync::Notify::new(),
             automation_gate: Default::default(),
             parked_reactions: Default::default(),
+            clock: Default::default(),
             sendgrid_key: Default::default(),
             keys,
             checkpoint_keys,
@@ -415,7 +419,7 @@ impl App {
         actor: &str,
     ) -> Result<(chronicle_projections::ApiKey, String), AppError> {
         let (id, key, hash) = tokio::task::spawn_blocking(keys::mint_api_key).await.map_err(|e| AppError::Internal(e.to_string()))?;
-        let record = chronicle_projections::ApiKey { id: id.clone(), tenant: tenant.to_owned(), role, name, hash, created_at: Utc::now(), revoked_at: None };
+        let record = chronicle_projections::ApiKey { id: id.clone(), tenant: tenant.to_owned(), role, name, hash, created_at: self.now(), revoked_at: None };
         let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyCreated", json!(record), record.created_at).with_actor(actor);
         self.append(SYSTEM_TENANT, &format!("apikeys-{tenant}"), ExpectedVersion::Any, vec![ev]).await?;
         self.verified.lock().expect("verified keys lock").insert(keys::digest(&key));
@@ -433,7 +437,7 @@ impl App {
         if !known {
             return Err(AppError::NotFound("API key"));
         }
-        let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyRevoked", json!({"id": id, "tenant": tenant}), Utc::now()).with_actor(actor);
+        let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyRevoked", json!({"id": id, "tenant": tenant}), self.now()).with_actor(actor);
         self.append(SYSTEM_TENANT, &format!("apikeys-{tenant}"), ExpectedVersion::Any, vec![ev]).await?;
         Ok(())
     }
@@ -507,6 +511,16 @@ impl App {
         }
     }
 
+    /// Now, by the application's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.get().map_or_else(Utc::now, |c| c.now())
+    }
+
+    /// Use `clock` for "now" (tests; once, before the engine starts). Whether it was installed.
+    pub fn set_clock(&self, clock: Arc<dyn crate::clock::Clock>) -> bool {
+        self.clock.set(clock).is_ok()
+    }
+
     /// Requests a key may make per second (twice that in a burst); 0: no limit.
     pub fn set_rate_limit(&self, per_sec: u64) {
         self.rate_limit.store(per_sec, Ordering::Relaxed);
@@ -532,7 +546,7 @@ impl App {
         let api_key = keys::mint("ck");
         let write_key = keys::mint("wk");
         let data = json!({"name": name, "api_key_sha256": keys::digest(&api_key), "write_key_sha256": keys::digest(&write_key)});
-        let ev = NewEvent::new(Uuid::now_v7(), "TenantCreated", data, Utc::now()).with_actor("cli");
+        let ev = NewEvent::new(Uuid::now_v7(), "TenantCreated", data, self.now()).with_actor("cli");
         match self.store.append(SYSTEM_TENANT, &format!("tenant-{name}"), ExpectedVersion::NoStream, vec![ev]).await {
             Ok(_) => Ok((api_key, write_key)),
             Err(AppendError::Conflict { .. }) => {
@@ -571,7 +585,7 @@ impl App {
                 return Ok(None);
             }
             let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-            let now = cause.map_or_else(Utc::now, |(_, at)| at);
+            let now = cause.map_or_else(|| self.now(), |(_, at)| at);
             let batch = events
                 .into_iter()
                 .enumerate()
@@ -660,7 +674,7 @@ impl App {
             let mut out = Vec::new();
             for cmd in &cmds {
                 for e in state.decide(cmd.clone(), &emails)? {
-                    state.apply(&e, state.version + 1, Utc::now());
+                    state.apply(&e, state.version + 1, self.now());
                     out.push(e.to_parts());
                 }
             }
@@ -909,7 +923,7 @@ impl App {
         let mut marked = d.clone();
         if d.merged_into.as_deref() != Some(survivor) {
             let evs = d.decide(CustomerCommand::MergeInto { survivor: survivor.to_owned() }, &customer::NoEmails)?;
-            evs.iter().for_each(|e| marked.apply(e, d.version + 1, Utc::now()));
+            evs.iter().for_each(|e| marked.apply(e, d.version + 1, self.now()));
         }
         s.decide(CustomerCommand::Absorb { other: Box::new(marked) }, &customer::NoEmails)?;
         self.customer_command(tenant, from, CustomerCommand::MergeInto { survivor: survivor.to_owned() }, actor)
@@ -1053,7 +1067,7 @@ impl App {
             (messages, enrolments)
         };
         Ok(json!({
-            "exported_at": Utc::now(),
+            "exported_at": self.now(),
             "tenant": tenant,
             "customer": profile(&c),
             "consents": consents,

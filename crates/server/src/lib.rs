@@ -6,6 +6,7 @@
 pub mod app;
 pub mod audit;
 pub mod automation;
+pub mod clock;
 pub mod cloudevents;
 pub mod error;
 pub mod fuzzing;

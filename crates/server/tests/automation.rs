@@ -73,12 +73,20 @@ async fn steps_set_the_stage_tag_branch_on_traits_and_on_what_happened_and_wait_
     register(&app, "b", json!({"plan": "free"}), None, vec![]).await;
     let prefs = Preferences { time_zone: Some("Asia/Tokyo".into()), ..Default::default() };
     app.customer_command("acme", "b", CustomerCommand::UpdatePreferences(prefs), "test").await.unwrap();
+    // The one-second wait is passed by moving the application's clock, not by sleeping.
+    let clock = Arc::new(chronicle_server::clock::ManualClock::new(Utc::now()));
+    assert!(app.set_clock(clock.clone()));
     Engine::start(app.clone(), EngineConfig::default()).unwrap();
     track(&app, "a", "Signed Up").await;
     track(&app, "b", "Signed Up").await;
     // "Since the enrolment": the checkout comes after it (the engine may enrol a moment later).
     wait_for(&app, "a", "a's enrolment", |e| e.iter().any(|e| e.event_type == "CampaignEnrolled")).await;
     track(&app, "a", "Checkout Started").await;
+    let waiting = |evs: &[EventEnvelope]| evs.iter().any(|e| e.event_type == "CampaignStepScheduled" && e.data["step"] == 5);
+    wait_for(&app, "a", "a's one-second wait", waiting).await;
+    wait_for(&app, "b", "b's one-second wait", waiting).await;
+    clock.advance(chrono::Duration::seconds(2));
+    app.automation_wake.notify_one();
 
     // Compiled: 0 stage, 1 branch, 2-3 then + jump, 4 else, 5 wait, 6 branch, 7-8, 9, 10 the wait until.
     let until = |evs: &[EventEnvelope]| evs.iter().any(|e| e.event_type == "CampaignStepScheduled" && e.data["step"] == 10);
@@ -181,12 +189,17 @@ async fn a_goal_logged_between_the_trigger_and_the_enrolment_still_converts_it()
     // order (as under load, when the engine lags the writers).
     track(&app, "a", "Product Added").await;
     track(&app, "a", "Order Completed").await;
+    let clock = Arc::new(chronicle_server::clock::ManualClock::new(Utc::now()));
+    assert!(app.set_clock(clock.clone()));
     Engine::start(app.clone(), EngineConfig::default()).unwrap();
     let evs = wait_for(&app, "a", "the conversion", |e| e.iter().any(|e| e.event_type == "CampaignConverted")).await;
     let order = evs.iter().position(|e| e.event_type == "ActivityTracked" && e.data["event"] == "Order Completed").unwrap();
     let enrolled = evs.iter().position(|e| e.event_type == "CampaignEnrolled").unwrap();
     assert!(order < enrolled, "the order was logged before the enrolment");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the wait, by the application's clock: the ended enrolment does not go on.
+    clock.advance(chrono::Duration::seconds(5));
+    app.automation_wake.notify_one();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(tags(&events(&app, "a").await).is_empty(), "a converted enrolment sends no reminder");
 }
 
@@ -477,4 +490,28 @@ async fn a_reaction_that_keeps_failing_is_parked_and_retried_not_skipped() {
         assert!(Instant::now() < deadline, "the parked reaction was not cleared");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Controlled time (issue 18): the engine's "now" is the application's clock, so a campaign's
+/// one-hour wait fires as soon as a test moves the clock on — no sleeping on the wall clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_hour_wait_fires_when_the_clock_is_moved_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path()).await;
+    let clock = Arc::new(chronicle_server::clock::ManualClock::new(Utc::now()));
+    assert!(app.set_clock(clock.clone()));
+    let c = json!({"trigger": {"event": "Signed Up"}, "steps": [{"wait": "1h"}, {"tag": "an-hour-later"}]});
+    save_campaign(&app, "acme", "later", c, "test").await.unwrap();
+    register(&app, "c1", json!({}), None, vec![]).await;
+    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    track(&app, "c1", "Signed Up").await;
+    wait_for(&app, "c1", "the wait", |e| e.iter().any(|e| e.event_type == "CampaignStepScheduled")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tags(&events(&app, "c1").await).is_empty(), "not before the hour");
+    let started = Instant::now();
+    clock.advance(chrono::Duration::hours(1) + chrono::Duration::seconds(1));
+    app.automation_wake.notify_one();
+    let evs = wait_for(&app, "c1", "the step after the wait", |e| !tags(e).is_empty()).await;
+    assert_eq!(tags(&evs), ["an-hour-later"]);
+    assert!(started.elapsed() < Duration::from_secs(1), "fired {:?} after the clock moved", started.elapsed());
 }

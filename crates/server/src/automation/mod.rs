@@ -206,7 +206,7 @@ impl Engine {
                         event_type: ev.event_type.clone(),
                         error: e.to_string(),
                         tries,
-                        next_try: Utc::now() + parked::pause(1),
+                        next_try: self.app.now() + parked::pause(1),
                     });
                     self.app.metrics.reactions_parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     break;
@@ -223,7 +223,7 @@ impl Engine {
     async fn retry_parked(&self) {
         let parked = &self.app.parked_reactions;
         parked.retain(|r| self.gate.holds(&r.tenant));
-        let due = parked.due(Utc::now());
+        let due = parked.due(self.app.now());
         if due.is_empty() {
             return;
         }
@@ -236,13 +236,13 @@ impl Engine {
                     continue;
                 }
                 Err(e) => {
-                    parked.failed(r.position, e.to_string(), Utc::now());
+                    parked.failed(r.position, e.to_string(), self.app.now());
                     continue;
                 }
             };
             match self.on_event(&ev).await {
                 Ok(()) => parked.done(r.position),
-                Err(e) => parked.failed(r.position, e.to_string(), Utc::now()),
+                Err(e) => parked.failed(r.position, e.to_string(), self.app.now()),
             }
         }
         let seen = self.seen.load(std::sync::atomic::Ordering::SeqCst);
@@ -355,7 +355,7 @@ impl Engine {
         let _g = self.lock(enrolment).await;
         // A program only jumps forward, so this ends; the bound guards against a bug looping.
         for _ in 0..1000 {
-            let now = Utc::now();
+            let now = self.app.now();
             // Planning renders templates (bounded, but CPU all the same): the async worker is
             // given up meanwhile.
             let planned = crate::app::blocking(|| plan(&self.app.views(), tenant, enrolment, now));
@@ -406,13 +406,13 @@ impl Engine {
                 continue;
             }
             if tokio::time::Instant::now() >= next_scan {
-                if let Err(e) = self.scan(Utc::now()).await {
+                if let Err(e) = self.scan(self.app.now()).await {
                     tracing::warn!(error = %e, "automation: the scan for absence triggers failed");
                 }
                 next_scan = tokio::time::Instant::now() + self.config.scan_every;
             }
             self.retry_parked().await;
-            let now = Utc::now();
+            let now = self.app.now();
             let (timers, messages, next) = self.due(now);
             // Due steps run side by side, so their appends share commits (group commit).
             let failed = futures_util::stream::iter(timers)
@@ -609,7 +609,7 @@ impl Engine {
                 A::MessageDeadLettered { message: m.message.clone(), attempts: attempt, error },
             ),
             Err(error) => {
-                let retry_at = Utc::now() + backoff(&self.config, attempt);
+                let retry_at = self.app.now() + backoff(&self.config, attempt);
                 (
                     derive_id(&[tenant, message, "failed", &round, &attempt.to_string()]),
                     A::MessageFailed { message: m.message.clone(), attempt, error, retry_at },
@@ -644,7 +644,7 @@ impl Engine {
 /// Append what automation did on the customer's stream, and wake the clock (a timer or the
 /// outbox may have changed).
 async fn write(app: &App, tenant: &str, customer: &str, events: Vec<(uuid::Uuid, A)>) -> Result<(), AppError> {
-    let now = Utc::now();
+    let now = app.now();
     let batch = events
         .into_iter()
         .map(|(id, e)| {
