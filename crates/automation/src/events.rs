@@ -5,8 +5,6 @@ use chronicle_core::customer::Purpose;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 /// The types of [`AutomationEvent`]: registered in `chronicle_core::registry` (definitions on
 /// their own streams, the rest on customers' streams; a test checks the two lists agree).
@@ -168,20 +166,8 @@ impl AutomationEvent {
     }
 }
 
-/// A stable id from the parts of a cause: the same cause always gives the same id, so the
-/// event it names is stored once however often it is decided (after a crash, on a replay).
-pub fn derive_id(parts: &[&str]) -> Uuid {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    let d = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&d[..16]);
-    // Version 8: a UUID whose bits are the application's own.
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
+/// Ids derived from their causes (see `chronicle_core::ids`, where every derivation lives).
+pub use chronicle_core::ids::derive_id;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 pub mod customer;
 pub mod deal;
 pub mod envelope;
+pub mod ids;
 pub mod order;
 pub mod registry;
 pub mod time;

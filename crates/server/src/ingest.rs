@@ -37,7 +37,6 @@ use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// Segment's limits: 32 KB a message, 500 KB a batch.
@@ -80,13 +79,8 @@ fn invalid(index: usize, code: &'static str, message: impl Into<String>) -> Inva
     Invalid { index, code, message: message.into() }
 }
 
-/// The event id for a message: a UUID (version 8) from SHA-256 of tenant and messageId.
-pub fn event_id(tenant: &str, message_id: &str) -> uuid::Uuid {
-    let digest = Sha256::digest(format!("segment\0{tenant}\0{message_id}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
+/// The event id for a message (see `chronicle_core::ids`, where every derivation lives).
+pub use chronicle_core::ids::event_id;
 
 pub(crate) fn time_field(m: &Map<String, Value>, key: &str, index: usize) -> Result<Option<DateTime<Utc>>, Invalid> {
     match m.get(key) {
