@@ -128,7 +128,7 @@ pub async fn run_server(
     if let Some(claims) = claims {
         claims.abort();
     }
-    app.audit.flush(&app).await.context("writing the audit trail")?;
+    app.flush_audit().await.context("writing the audit trail")?;
     match app.final_checkpoint().context("writing the final checkpoint")? {
         Some(pos) => tracing::info!(position = pos, "stopped; checkpoint written"),
         None => tracing::info!("stopped; the checkpoint is kept by another node"),

@@ -246,6 +246,14 @@ pub struct RawEnvelope {
     pub metadata: String,
 }
 
+impl EventEnvelope {
+    /// The event in its type's current schema (see [`crate::upcast`]): what readers see.
+    pub fn upcast(mut self) -> EventEnvelope {
+        self.schema_version = crate::upcast::upcast_data(&self.event_type, self.schema_version, &mut self.data);
+        self
+    }
+}
+
 impl RawEnvelope {
     /// Parse the payload and bring it to the current schema: what `read_all` would return.
     pub fn decode(&self) -> Result<EventEnvelope, serde_json::Error> {
@@ -266,7 +274,7 @@ impl RawEnvelope {
             correlation_id: self.correlation_id,
             actor: self.actor.clone(),
         };
-        Ok(crate::upcast::upcast(env))
+        Ok(env.upcast())
     }
 
     /// The raw form of an already decoded event (for backends without a cheaper path).

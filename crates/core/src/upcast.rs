@@ -3,8 +3,10 @@
 //!
 //! Shipped upcaster: `CustomerRegistered` v1 carried one `name`; v2 carries
 //! `traits.first_name` / `traits.last_name` instead.
+//!
+//! This module works on payloads alone (it knows no envelope); `EventEnvelope::upcast` applies
+//! it to a whole event.
 
-use crate::envelope::EventEnvelope;
 use serde_json::Value;
 
 /// The schema version new events of this type are written with.
@@ -15,13 +17,14 @@ pub fn current_schema_version_of(event_type: &str) -> u32 {
     }
 }
 
-/// Bring an event up to the current schema of its type. Unknown types pass through unchanged.
-pub fn upcast(mut ev: EventEnvelope) -> EventEnvelope {
-    if ev.event_type == "CustomerRegistered" && ev.schema_version < 2 {
-        customer_registered_v1_to_v2(&mut ev.data);
-        ev.schema_version = 2;
+/// Bring a payload of `event_type` written in `schema_version` up to the type's current schema;
+/// returns the version it is now in. Unknown types pass through unchanged.
+pub fn upcast_data(event_type: &str, schema_version: u32, data: &mut Value) -> u32 {
+    if event_type == "CustomerRegistered" && schema_version < 2 {
+        customer_registered_v1_to_v2(data);
+        return 2;
     }
-    ev
+    schema_version
 }
 
 /// v1 `{"email", "name": "Ada King Lovelace", "traits"}` → v2 with `traits.first_name = "Ada"`
@@ -56,49 +59,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn v1(data: Value) -> EventEnvelope {
-        EventEnvelope {
-            id: uuid::Uuid::nil(),
-            tenant: "t".into(),
-            stream: "customer-1".into(),
-            version: 1,
-            position: 1,
-            event_type: "CustomerRegistered".into(),
-            schema_version: 1,
-            event_time: chrono::DateTime::UNIX_EPOCH,
-            ingest_time: chrono::DateTime::UNIX_EPOCH,
-            source: "test".into(),
-            causation_id: None,
-            correlation_id: None,
-            actor: None,
-            data,
-            metadata: json!({}),
-        }
+    fn up(mut data: Value) -> (u32, Value) {
+        let v = upcast_data("CustomerRegistered", 1, &mut data);
+        (v, data)
     }
 
     #[test]
     fn splits_name_into_first_and_last() {
-        let up = upcast(v1(json!({"email": "ada@example.com", "name": "Ada King Lovelace"})));
-        assert_eq!(up.schema_version, 2);
-        assert_eq!(
-            up.data,
-            json!({"email": "ada@example.com", "traits": {"first_name": "Ada", "last_name": "King Lovelace"}})
-        );
+        let (v, data) = up(json!({"email": "ada@example.com", "name": "Ada King Lovelace"}));
+        assert_eq!(v, 2);
+        assert_eq!(data, json!({"email": "ada@example.com", "traits": {"first_name": "Ada", "last_name": "King Lovelace"}}));
     }
 
     #[test]
     fn one_word_name_and_existing_traits() {
-        let up = upcast(v1(json!({"name": "Plato", "traits": {"first_name": "Kept", "plan": "pro"}})));
-        assert_eq!(up.data, json!({"traits": {"first_name": "Kept", "plan": "pro"}}));
+        let (_, data) = up(json!({"name": "Plato", "traits": {"first_name": "Kept", "plan": "pro"}}));
+        assert_eq!(data, json!({"traits": {"first_name": "Kept", "plan": "pro"}}));
     }
 
     #[test]
     fn current_versions_pass_through() {
-        let mut e = v1(json!({"traits": {"first_name": "A"}}));
-        e.schema_version = 2;
-        assert_eq!(upcast(e.clone()), e);
-        let mut other = v1(json!({"name": "x"}));
-        other.event_type = "NoteAdded".into();
-        assert_eq!(upcast(other.clone()), other);
+        let mut data = json!({"traits": {"first_name": "A"}});
+        assert_eq!(upcast_data("CustomerRegistered", 2, &mut data), 2);
+        assert_eq!(data, json!({"traits": {"first_name": "A"}}));
+        let mut other = json!({"name": "x"});
+        assert_eq!(upcast_data("NoteAdded", 1, &mut other), 1);
+        assert_eq!(other, json!({"name": "x"}));
     }
 }

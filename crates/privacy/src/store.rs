@@ -50,7 +50,7 @@ pub fn open_envelope(keys: &dyn Keys, env: &mut EventEnvelope) {
         if let Some(legacy) = seal::open_value(rule, &key, &mut env.data) {
             // The store could not upcast the sealed payload; now it is open, upcast it.
             env.schema_version = legacy;
-            *env = chronicle_core::upcast::upcast(env.clone());
+            *env = env.clone().upcast();
         }
     }
 }

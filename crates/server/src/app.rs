@@ -294,7 +294,7 @@ impl App {
             metrics: Metrics::default(),
         });
         app.finish_erasures().await?;
-        crate::audit::spawn_flusher(&app);
+        app.spawn_audit_flusher();
         Ok(app)
     }
 
@@ -511,6 +511,28 @@ impl App {
         }
     }
 
+    /// Write the audit trail noted so far (one append per tenant, on its `_audit` stream).
+    pub async fn flush_audit(&self) -> Result<(), AppError> {
+        for (tenant, ev) in self.audit.take(self.now()) {
+            self.append(&tenant, crate::audit::STREAM, ExpectedVersion::Any, vec![ev]).await?;
+        }
+        Ok(())
+    }
+
+    /// Flush the audit trail every [`crate::audit::FLUSH_EVERY`] while the app lives.
+    fn spawn_audit_flusher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::audit::FLUSH_EVERY).await;
+                let Some(app) = weak.upgrade() else { return };
+                if let Err(e) = app.flush_audit().await {
+                    tracing::warn!(error = %e, "writing the audit trail failed; retrying");
+                }
+            }
+        });
+    }
+
     /// Now, by the application's clock.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.get().map_or_else(Utc::now, |c| c.now())
@@ -591,7 +613,7 @@ impl App {
                 .enumerate()
                 .map(|(i, (ty, data))| {
                     let id = match cause {
-                        Some((key, _)) => crate::ingest::event_id(tenant, &format!("{key}/{stream}/{i}")),
+                        Some((key, _)) => chronicle_core::ids::event_id(tenant, &format!("{key}/{stream}/{i}")),
                         None => Uuid::now_v7(),
                     };
                     NewEvent::new(id, ty, data, now).with_actor(actor)

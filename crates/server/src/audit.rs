@@ -6,13 +6,11 @@
 //! lose what was noted since the last flush; changes are also on record in the events they
 //! caused, whose `actor` names the key.
 
-use crate::app::App;
-use crate::error::AppError;
-use chronicle_core::envelope::{ExpectedVersion, NewEvent};
+use chronicle_core::envelope::NewEvent;
 use chronicle_projections::AuditEntry;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -28,19 +26,21 @@ impl Audit {
         self.pending.lock().expect("audit lock").push((tenant.to_owned(), entry));
     }
 
-    /// Write what was noted (one append per tenant).
-    pub async fn flush(&self, app: &App) -> Result<(), AppError> {
+    /// What was noted, taken: one `AuditRecorded` event per tenant, for [`STREAM`] (the app
+    /// appends them: `App::flush_audit`).
+    pub fn take(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<(String, NewEvent)> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("audit lock"));
         let mut by_tenant: BTreeMap<String, Vec<AuditEntry>> = BTreeMap::new();
         for (t, e) in pending {
             by_tenant.entry(t).or_default().push(e);
         }
-        for (tenant, entries) in by_tenant {
-            let ev = NewEvent::new(uuid::Uuid::now_v7(), "AuditRecorded", json!({"entries": entries}), chrono::Utc::now())
-                .with_actor("audit");
-            app.append(&tenant, STREAM, ExpectedVersion::Any, vec![ev]).await?;
-        }
-        Ok(())
+        by_tenant
+            .into_iter()
+            .map(|(tenant, entries)| {
+                let ev = NewEvent::new(uuid::Uuid::now_v7(), "AuditRecorded", json!({"entries": entries}), at).with_actor("audit");
+                (tenant, ev)
+            })
+            .collect()
     }
 }
 
@@ -48,20 +48,6 @@ impl Audit {
 /// (`/v1/events`, the live stream); read through their own endpoints.
 pub fn is_internal(stream: &str) -> bool {
     stream.starts_with('_')
-}
-
-/// Flush every [`FLUSH_EVERY`] while the app lives.
-pub fn spawn_flusher(app: &Arc<App>) {
-    let weak = Arc::downgrade(app);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(FLUSH_EVERY).await;
-            let Some(app) = weak.upgrade() else { return };
-            if let Err(e) = app.audit.flush(&app).await {
-                tracing::warn!(error = %e, "writing the audit trail failed; retrying");
-            }
-        }
-    });
 }
 
 /// The customer a request concerns, from the route's template and the request's path (or its

@@ -100,7 +100,7 @@ pub(crate) fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// Every envelope a reader (or the commit hook) sees passes through here, so projections only
 /// ever see the newest schema of each event type.
 pub(crate) fn upcast_on_read(e: EventEnvelope) -> EventEnvelope {
-    chronicle_core::upcast::upcast(e)
+    e.upcast()
 }
 
 /// The envelope a committed `NewEvent` becomes (before any upcast): every backend builds the

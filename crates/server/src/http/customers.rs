@@ -127,7 +127,7 @@ pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<
     let customer = app.pseudonyms.id(&q.customer).into_owned();
     app.customer(&p.tenant, &customer)?;
     // Written every fraction of a second; make what is pending visible to this answer.
-    app.audit.flush(&app).await?;
+    app.flush_audit().await?;
     Ok(Json(json!({"customer": customer, "entries": app.audit_trail(&p.tenant, &customer)})))
 }
 
