@@ -347,7 +347,7 @@ pub async fn export(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyh
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
     let app = st.app().await?;
-    match app.export_customer(tenant, customer_id, chronicle_server::http::profile_json).await {
+    match app.export_customer(tenant, customer_id).await {
         Ok(doc) => {
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod keys;
+pub mod profile;
 pub mod pseudonym;
 pub mod retention;
 pub mod maintenance;

@@ -3,13 +3,14 @@
 
 use super::error::{ApiError, Body, OptBody, Params};
 use super::{clamp_limit, Principal};
+use crate::profile::profile_json;
 use crate::app::{App, ConsentLedger};
 use crate::error::AppError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chronicle_core::customer::{
-    Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, Preferences, Purpose,
+    Channel, ConsentInput, CustomerCommand, LifecycleStage, Preferences, Purpose,
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -35,29 +36,6 @@ pub const CREATE_EXAMPLE: &str = r#"{"id":"c-42","email":"ada@example.com","trai
 
 type Res<T> = Result<T, ApiError>;
 
-/// The profile as clients see it.
-pub fn profile_json(c: &Customer) -> Value {
-    json!({
-        "id": c.id,
-        "email": c.email,
-        "phone": c.phone,
-        "traits": c.traits,
-        "lifecycle_stage": c.lifecycle_stage,
-        "tags": c.tags,
-        "owner": c.owner,
-        "status": c.status,
-        "consents": c.consents.values().collect::<Vec<_>>(),
-        "preferences": c.preferences,
-        "notes": c.notes,
-        "anonymous_ids": c.anonymous_ids,
-        "groups": c.groups,
-        "merged_into": c.merged_into,
-        "merged_ids": c.merged_ids,
-        "version": c.version,
-        "created_at": c.created_at,
-        "updated_at": c.updated_at,
-    })
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,7 +110,7 @@ pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<
 }
 
 pub async fn export(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
-    Ok(Json(app.export_customer(&p.tenant, &id, profile_json).await?))
+    Ok(Json(app.export_customer(&p.tenant, &id).await?))
 }
 
 pub async fn erase(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {

@@ -6,7 +6,7 @@ mod campaigns;
 mod cloudevents;
 mod customers;
 
-pub use customers::profile_json;
+pub use crate::profile::profile_json;
 mod deals;
 pub mod error;
 mod log;
