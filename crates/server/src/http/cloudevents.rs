@@ -16,8 +16,13 @@ use std::sync::Arc;
 
 const MAX_BATCH: usize = 1000;
 
-pub async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let tenant = super::segment::ingest_tenant(&app, &headers, &Value::Null)?;
+pub async fn receive(
+    State(app): State<Arc<App>>,
+    auth: Option<axum::Extension<super::Authenticated>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = super::segment::ingest_tenant(&app, auth.as_ref().map(|a| &a.0), &headers, &Value::Null)?;
     let content_type =
         headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);

@@ -267,7 +267,7 @@ async fn count_requests(
     }
     // The body is read whole first, within its own time limit: a client that trickles it in
     // holds a connection for seconds, not for as long as it likes.
-    let req = if has_body {
+    let mut req = if has_body {
         match read_body(req).await {
             Ok(req) => req,
             Err(e) => {
@@ -281,7 +281,10 @@ async fn count_requests(
     } else {
         req
     };
-    let audited = audit_subject(&app, &req, &route);
+    // The Bearer key is authenticated here, once per request; the extractors read the result.
+    let auth = authenticate_bearer(&app, req.headers());
+    req.extensions_mut().insert(auth.clone());
+    let audited = audit_subject(&auth, &app, &req, &route);
     // Read-your-writes across nodes: the answer reflects everything committed, on any node
     // over the same database, before the request came (one query per request on PostgreSQL;
     // nothing on a store only this process writes).
@@ -407,12 +410,34 @@ async fn drain(data: &mut axum::body::BodyDataStream) {
 const DRAIN_MAX: usize = 8 * MAX_BODY;
 
 /// Whether a request touches a customer's data: its tenant, the caller and the customer.
-fn audit_subject(app: &App, req: &axum::extract::Request, route: &str) -> Option<(String, String, String)> {
+fn audit_subject(auth: &Authenticated, app: &App, req: &axum::extract::Request, route: &str) -> Option<(String, String, String)> {
     let customer = crate::audit::customer_of(route, req.uri().path(), req.uri().query())?;
-    let key = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-    let rec = app.authenticate(key).filter(|r| r.kind == KeyKind::Api)?;
+    let (rec, actor) = auth.0.as_ref().filter(|(r, _)| r.kind == KeyKind::Api)?;
     // As stored: an id that is personal data is on the audit trail as its pseudonym.
-    Some((rec.tenant, format!("key:{}", &crate::keys::digest(key)[..12]), app.pseudonyms.id(&customer).into_owned()))
+    Some((rec.tenant.clone(), actor.clone(), app.pseudonyms.id(&customer).into_owned()))
+}
+
+/// What the request's `Authorization: Bearer` key is — its record and the actor it is recorded
+/// as — authenticated once per request by the request layer; `None` without such a key or for
+/// an unknown or revoked one.
+#[derive(Clone, Debug)]
+pub(crate) struct Authenticated(pub Option<(chronicle_projections::KeyRecord, String)>);
+
+/// The bearer key of `headers`, if any.
+fn bearer_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn authenticate_bearer(app: &App, headers: &axum::http::HeaderMap) -> Authenticated {
+    Authenticated(bearer_key(headers).and_then(|k| Some((app.authenticate(k)?, format!("key:{}", &crate::keys::digest(k)[..12])))))
+}
+
+impl Authenticated {
+    /// The request's authentication, from the request layer (or done now, when the layer did
+    /// not run).
+    pub(crate) fn of(app: &App, extensions: &axum::http::Extensions, headers: &axum::http::HeaderMap) -> Authenticated {
+        extensions.get::<Authenticated>().cloned().unwrap_or_else(|| authenticate_bearer(app, headers))
+    }
 }
 
 /// The caller, authenticated by `Authorization: Bearer <api_key>`.
@@ -431,14 +456,13 @@ impl FromRequestParts<Arc<App>> for Principal {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| unauthorized("missing Authorization: Bearer <api_key>"))?;
-        let key = header
+        header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer <api_key>"))?;
-        let rec = match app.authenticate(key) {
-            Some(rec) if rec.kind == KeyKind::Api => rec,
+        let (rec, actor) = match Authenticated::of(app, &parts.extensions, &parts.headers).0 {
+            Some((rec, actor)) if rec.kind == KeyKind::Api => (rec, actor),
             Some(_) => {
                 return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use an API key"))
             }
@@ -449,7 +473,6 @@ impl FromRequestParts<Arc<App>> for Principal {
             let msg = format!("this key's role ({:?}) may not do this; it needs {:?}", rec.role, needed).to_lowercase();
             return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg));
         }
-        let actor = format!("key:{}", &crate::keys::digest(key)[..12]);
         if let Err(wait) = app.rate_check(&actor) {
             let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many requests for this key; retry in {wait} s"));
             e.extra = Some(serde_json::json!({"retry_after_seconds": wait}));

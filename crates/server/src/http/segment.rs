@@ -104,13 +104,18 @@ fn answer(outcome: ingest::Outcome) -> Res {
 }
 
 /// The tenant of an ingest request: a write key (HTTP Basic user name) or an API key (Bearer).
-pub(crate) fn ingest_tenant(app: &App, headers: &HeaderMap, body: &Value) -> Result<String, ApiError> {
+pub(crate) fn ingest_tenant(app: &App, auth: Option<&super::Authenticated>, headers: &HeaderMap, body: &Value) -> Result<String, ApiError> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "));
     if let Some(key) = bearer {
-        return match app.authenticate(key.trim()) {
+        // Authenticated once per request, by the request layer.
+        let rec = match auth {
+            Some(a) => a.0.as_ref().map(|(rec, _)| rec.clone()),
+            None => app.authenticate(key.trim()),
+        };
+        return match rec {
             Some(rec) if rec.kind == KeyKind::Api && rec.role != chronicle_projections::Role::Reader => Ok(rec.tenant),
             Some(rec) if rec.kind == KeyKind::Api => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a reader key may not send events")),
             _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")),

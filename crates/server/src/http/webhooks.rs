@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// signature does not verify is refused (401) before it is read, and nothing is written.
 pub async fn sendgrid(
     State(app): State<Arc<App>>,
+    auth: Option<axum::Extension<super::Authenticated>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -27,7 +28,7 @@ pub async fn sendgrid(
             Some(rec) if rec.kind == chronicle_projections::KeyKind::Write => rec.tenant,
             _ => return Err(unauthorized("unknown write key")),
         },
-        None => ingest_tenant(&app, &headers, &Value::Null)?,
+        None => ingest_tenant(&app, auth.as_ref().map(|a| &a.0), &headers, &Value::Null)?,
     };
     // The tenant's own key when it set one (then a batch signed for another tenant's account
     // cannot be replayed here), else the instance's.
