@@ -8,7 +8,7 @@ use super::error::ApiError;
 use crate::app::App;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use chronicle_core::envelope::ExpectedVersion;
 use serde_json::{json, Map, Value};
@@ -25,7 +25,7 @@ pub async fn receive(
     let tenant = super::segment::ingest_tenant(&app, auth.as_ref().map(|a| &a.0), &headers, &Value::Null)?;
     let content_type =
         headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let bad = |m: String| ApiError::of(super::codes::Code::BadRequest, m);
     let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| bad(format!("invalid JSON body: {e}")));
     let events: Vec<Map<String, Value>> = if content_type.starts_with("application/cloudevents-batch+json") {
         match parse(&body)? {
@@ -53,9 +53,7 @@ pub async fn receive(
             }
         }
         if !m.contains_key("specversion") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+            return Err(ApiError::of(super::codes::Code::UnsupportedMediaType,
                 "send application/cloudevents+json, application/cloudevents-batch+json, or ce-* headers (binary mode)",
             ));
         }

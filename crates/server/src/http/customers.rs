@@ -27,7 +27,7 @@ impl axum::extract::FromRequestParts<Arc<App>> for CustomerId {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let Path(id) = Path::<String>::from_request_parts(parts, app)
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+            .map_err(|e| ApiError::of(super::codes::Code::BadRequest, e.to_string()))?;
         Ok(CustomerId(app.pseudonyms.id(&id).into_owned()))
     }
 }

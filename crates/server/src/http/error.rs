@@ -1,6 +1,7 @@
 //! The one place where errors become HTTP: status, and the body `{"error": {"code", "message"}}`;
 //! plus extractors whose rejections (bad JSON, bad query, too large) take the same shape.
 
+use super::codes::Code;
 use crate::error::AppError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -20,31 +21,40 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), extra: None }
+    /// An error of the table ([`super::codes`]): its code and status come from there.
+    pub fn of(code: Code, message: impl Into<String>) -> Self {
+        ApiError { status: code.status(), code: code.as_str(), message: message.into(), extra: None }
+    }
+
+    /// An error whose code the application or the domain names (a business rule's, a
+    /// conflict's, an invalid message's), with the status of its class in the table.
+    pub fn named(class: Code, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status: class.status(), code, message: message.into(), extra: None }
     }
 }
 
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         let (message, code) = (e.to_string(), e.code());
-        let status = match &e {
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::VersionConflict { .. } | AppError::Conflict { .. } => StatusCode::CONFLICT,
-            AppError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        let class = match &e {
+            AppError::BadRequest(_) => Code::BadRequest,
+            AppError::Unauthorized => Code::Unauthorized,
+            AppError::NotFound(_) => Code::NotFound,
+            AppError::VersionConflict { .. } => Code::VersionConflict,
+            AppError::Conflict { .. } => Code::Conflict,
+            AppError::Rule { .. } => Code::Rule,
+            AppError::TooLarge(_) => Code::TooLarge,
             AppError::Internal(m) => {
+                // Logged once, here at the boundary; the client gets no detail.
                 tracing::error!(error = %m, "internal error");
-                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error; see the server log");
+                return ApiError::of(Code::Internal, "internal error; see the server log");
             }
         };
         let extra = match e {
             AppError::VersionConflict { actual, .. } => Some(json!({"actual_version": actual})),
             _ => None,
         };
-        ApiError { extra, ..ApiError::new(status, code, message) }
+        ApiError { extra, ..ApiError::named(class, code, message) }
     }
 }
 
@@ -80,13 +90,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.body_text());
+        return ApiError::of(Code::TooLarge, r.body_text());
     }
+    // (A missing JSON content type answers 400 with code unsupported_media_type, as before.)
     let code = match r {
         JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
         _ => "bad_request",
     };
-    ApiError::new(StatusCode::BAD_REQUEST, code, r.body_text())
+    ApiError::named(Code::BadRequest, code, r.body_text())
 }
 
 /// Query parameters; bad ones become our error shape.
@@ -104,7 +115,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 }
 
 fn query_rejection(r: QueryRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+    ApiError::of(Code::BadRequest, r.body_text())
 }
 
 /// An optional JSON body: absent or empty is `None`; present but malformed is a 400.
@@ -115,17 +126,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
-            ApiError::new(
-                r.status(),
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" },
-                r.body_text(),
-            )
+            ApiError::of(if r.status() == StatusCode::PAYLOAD_TOO_LARGE { Code::TooLarge } else { Code::BadRequest }, r.body_text())
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptBody(None));
         }
         serde_json::from_slice(&bytes)
             .map(|v| OptBody(Some(v)))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+            .map_err(|e| ApiError::of(Code::BadRequest, format!("invalid JSON body: {e}")))
     }
 }

@@ -6,7 +6,7 @@ use super::{clamp_limit, Principal};
 use crate::app::{App, RESERVED_PREFIXES};
 use crate::error::AppError;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
@@ -120,9 +120,7 @@ pub async fn append(
         return Err(bad("stream names are 1-200 characters, no control characters or '/'".into()));
     }
     if let Some(prefix) = RESERVED_PREFIXES.iter().find(|p| stream.starts_with(**p)) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "reserved_stream",
+        return Err(ApiError::of(super::codes::Code::ReservedStream,
             format!("streams starting with {prefix:?} are written by Chronicle's commands, not raw appends"),
         ));
     }
@@ -136,9 +134,7 @@ pub async fn append(
             return Err(bad(format!("events[{i}].type must be 1-128 characters")));
         }
         if let Some(owner) = chronicle_core::registry::owner_of(&e.r#type) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "reserved_type",
+            return Err(ApiError::of(super::codes::Code::ReservedType,
                 format!("events[{i}].type {:?} is written only by Chronicle's own commands ({owner:?})", e.r#type),
             ));
         }

@@ -8,6 +8,7 @@ mod customers;
 
 pub use crate::profile::profile_json;
 mod deals;
+pub mod codes;
 pub mod error;
 mod log;
 mod segment;
@@ -18,7 +19,6 @@ mod webhooks;
 use crate::app::App;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use axum::routing::MethodRouter;
 use axum::response::IntoResponse;
 use axum::Router;
@@ -237,7 +237,7 @@ pub fn router_with(app: Arc<App>, options: &serve::ServeOptions) -> Router {
         router = router.route(route.path, handler.layer(axum::Extension(RequiredRole(route.role))));
     }
     router
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::of(crate::http::codes::Code::NotFound, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(axum::Extension(options))
@@ -301,7 +301,7 @@ async fn count_requests(
     } else {
         match tokio::time::timeout(REQUEST_TIMEOUT, handle).await {
             Ok(res) => res,
-            Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; it may or may not have taken effect (retry with the same ids)").into_response(),
+            Err(_) => ApiError::of(crate::http::codes::Code::Timeout, "the request took too long; it may or may not have taken effect (retry with the same ids)").into_response(),
         }
     };
     if let Some((tenant, actor, customer)) = audited {
@@ -352,7 +352,7 @@ const INGEST_ROUTES: &[&str] = &[
 
 /// A `429 rate_limited` answer with `Retry-After`.
 pub(crate) fn rate_limited(wait: u64, message: &str) -> ApiError {
-    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{message}; retry in {wait} s"));
+    let mut e = ApiError::of(crate::http::codes::Code::RateLimited, format!("{message}; retry in {wait} s"));
     e.extra = Some(serde_json::json!({"retry_after_seconds": wait}));
     e
 }
@@ -361,7 +361,7 @@ pub(crate) fn rate_limited(wait: u64, message: &str) -> ApiError {
 /// [`BODY_TIMEOUT`] (else 408).
 async fn read_body(req: axum::extract::Request) -> Result<axum::extract::Request, ApiError> {
     use futures_util::StreamExt;
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the request body is over {MAX_BODY} bytes"));
+    let too_large = || ApiError::of(crate::http::codes::Code::TooLarge, format!("the request body is over {MAX_BODY} bytes"));
     let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let (parts, body) = req.into_parts();
     let read = async {
@@ -372,7 +372,7 @@ async fn read_body(req: axum::extract::Request) -> Result<axum::extract::Request
         }
         let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = data.next().await {
-            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))?;
+            let chunk = chunk.map_err(|e| ApiError::of(crate::http::codes::Code::BadRequest, format!("reading the body: {e}")))?;
             if buf.len() + chunk.len() > MAX_BODY {
                 drain(&mut data).await;
                 return Err(too_large());
@@ -384,9 +384,7 @@ async fn read_body(req: axum::extract::Request) -> Result<axum::extract::Request
     match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(buf)) => Ok(axum::extract::Request::from_parts(parts, axum::body::Body::from(buf))),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+        Err(_) => Err(ApiError::of(crate::http::codes::Code::BodyTimeout,
             format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
         )),
     }
@@ -451,7 +449,7 @@ impl FromRequestParts<Arc<App>> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let unauthorized = |m: &str| ApiError::of(crate::http::codes::Code::Unauthorized, m);
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -464,17 +462,17 @@ impl FromRequestParts<Arc<App>> for Principal {
         let (rec, actor) = match Authenticated::of(app, &parts.extensions, &parts.headers).0 {
             Some((rec, actor)) if rec.kind == KeyKind::Api => (rec, actor),
             Some(_) => {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key may only ingest; use an API key"))
+                return Err(ApiError::of(crate::http::codes::Code::Forbidden, "a write key may only ingest; use an API key"))
             }
             None => return Err(unauthorized("unknown or revoked API key")),
         };
         let needed = parts.extensions.get::<RequiredRole>().map_or(Role::Admin, |r| r.0);
         if rec.role == Role::Ingest || rec.role < needed {
             let msg = format!("this key's role ({:?}) may not do this; it needs {:?}", rec.role, needed).to_lowercase();
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg));
+            return Err(ApiError::of(crate::http::codes::Code::Forbidden, msg));
         }
         if let Err(wait) = app.rate_check(&actor) {
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many requests for this key; retry in {wait} s"));
+            let mut e = ApiError::of(crate::http::codes::Code::RateLimited, format!("too many requests for this key; retry in {wait} s"));
             e.extra = Some(serde_json::json!({"retry_after_seconds": wait}));
             return Err(e);
         }

@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::ingest::{self, Kind};
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine;
 use chronicle_projections::KeyKind;
@@ -38,7 +38,7 @@ pub async fn group(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
 pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
     let body = decoded(&headers, body, ingest::MAX_BATCH_BYTES)?;
     if body.len() > ingest::MAX_BATCH_BYTES {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "batch_too_large", "a batch is limited to 500 KB"));
+        return Err(ApiError::of(super::codes::Code::BatchTooLarge, "a batch is limited to 500 KB"));
     }
     let mut value = parse_json(&body)?;
     let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
@@ -50,7 +50,7 @@ pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
 async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Res {
     let body = decoded(&headers, body, ingest::MAX_MESSAGE_BYTES)?;
     if body.len() > ingest::MAX_MESSAGE_BYTES {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "message_too_large", "a message is limited to 32 KB"));
+        return Err(ApiError::of(super::codes::Code::MessageTooLarge, "a message is limited to 32 KB"));
     }
     let mut value = parse_json(&body)?;
     let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
@@ -70,13 +70,11 @@ fn decoded(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiE
             use std::io::Read;
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid gzip body: {e}"))
+                ApiError::of(super::codes::Code::BadRequest, format!("invalid gzip body: {e}"))
             })?;
             Ok(Bytes::from(out))
         }
-        other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_encoding",
+        other => Err(ApiError::of(super::codes::Code::UnsupportedEncoding,
             format!("Content-Encoding {other:?} is not supported; use gzip or none"),
         )),
     }
@@ -84,11 +82,11 @@ fn decoded(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiE
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::of(super::codes::Code::BadRequest, format!("invalid JSON body: {e}")))
 }
 
 fn refused(e: ingest::Invalid) -> ApiError {
-    ApiError { extra: Some(json!({"index": e.index})), ..ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message) }
+    ApiError { extra: Some(json!({"index": e.index})), ..ApiError::named(super::codes::Code::BadRequest, e.code, e.message) }
 }
 
 fn answer(outcome: ingest::Outcome) -> Res {
@@ -117,8 +115,8 @@ pub(crate) fn ingest_tenant(app: &App, auth: Option<&super::Authenticated>, head
         };
         return match rec {
             Some(rec) if rec.kind == KeyKind::Api && rec.role != chronicle_projections::Role::Reader => Ok(rec.tenant),
-            Some(rec) if rec.kind == KeyKind::Api => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a reader key may not send events")),
-            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")),
+            Some(rec) if rec.kind == KeyKind::Api => Err(ApiError::of(super::codes::Code::Forbidden, "a reader key may not send events")),
+            _ => Err(ApiError::of(super::codes::Code::Unauthorized, "unknown API key")),
         };
     }
     authenticate(app, headers, body).map(|(tenant, _, _)| tenant)
@@ -127,7 +125,7 @@ pub(crate) fn ingest_tenant(app: &App, auth: Option<&super::Authenticated>, head
 /// The write key: HTTP Basic user name (Segment's clients), else `writeKey` in the body. The
 /// tenant, the actor, and whether the key is the public write key or a secret one.
 fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String, String, ingest::Sender), ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let unauthorized = |m: &str| ApiError::of(super::codes::Code::Unauthorized, m);
     let from_header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -151,7 +149,7 @@ fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String,
             Ok((rec.tenant, format!("key:{}", &crate::keys::digest(&key)[..12]), ingest::Sender::Trusted))
         }
         Some(rec) if rec.role == chronicle_projections::Role::Reader => {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a reader key may not send events"))
+            Err(ApiError::of(super::codes::Code::Forbidden, "a reader key may not send events"))
         }
         _ => Err(unauthorized("unknown write key (an API key is not a write key; make one with the ingest role)")),
     }

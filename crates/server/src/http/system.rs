@@ -28,9 +28,7 @@ pub async fn metrics(
         // Compared as digests, so the time taken does not tell how much of a guess was right.
         let digest = |s: &str| crate::keys::digest(s.trim());
         if given.is_none_or(|g| digest(g) != digest(token)) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "unauthorized",
+            return Err(ApiError::of(super::codes::Code::Unauthorized,
                 "the metrics need Authorization: Bearer <metrics token> (--metrics-token)",
             ));
         }

@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::automation::feedback;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ pub async fn sendgrid(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let unauthorized = |m: &str| ApiError::of(super::codes::Code::Unauthorized, m);
     let tenant = match q.get("key") {
         Some(key) => match app.authenticate(key) {
             Some(rec) if rec.kind == chronicle_projections::KeyKind::Write => rec.tenant,
@@ -34,7 +34,7 @@ pub async fn sendgrid(
     // cannot be replayed here), else the instance's.
     let own = app.views().tenant(&tenant).and_then(|t| t.sendgrid_key.clone());
     let key = match own {
-        Some(b64) => feedback::parse_public_key(&b64).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?,
+        Some(b64) => feedback::parse_public_key(&b64).map_err(|e| ApiError::of(super::codes::Code::Internal, e))?,
         None => match app.sendgrid_key.get() {
             Some(k) => *k,
             None => return Err(unauthorized("no SendGrid verification key is configured (--sendgrid-public-key, or PUT /v1/settings/sendgrid)")),
