@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+const CHECKPOINT_EVERY: Duration = chronicle_server::application::CHECKPOINT_EVERY;
 
 /// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
 /// and write a final checkpoint.
@@ -88,48 +88,13 @@ pub async fn run_server(
     let shutdown = shutdown_signal()?;
     on_ready(addr);
     // Over a shared database one node writes the views' checkpoint (the holder of its lease,
-    // renewed here more often than checkpoints are written, so a dead holder's duty moves
-    // within seconds); alone, this node writes its own.
-    let claim_app = app.clone();
-    let claims = cfg.database_url.is_some().then(|| {
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(crate::storage::VIEWS_LEASE_RENEW);
-            loop {
-                every.tick().await;
-                let a = claim_app.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.claim_checkpoint()).await {
-                    tracing::warn!(error = %e, "renewing the checkpoint's lease failed");
-                }
-            }
-        })
-    });
-    let ticker_app = app.clone();
-    let ticker = tokio::spawn(async move {
-        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-        every.tick().await;
-        loop {
-            // At once after an erasure (on any node): the checkpoint is rewritten under a new
-            // key and the one that sealed the person's data destroyed.
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = ticker_app.erasures.wake.notified() => {}
-            }
-            let a = ticker_app.clone();
-            match tokio::task::spawn_blocking(move || a.checkpoint()).await {
-                Ok(Ok(Some(pos))) => tracing::debug!(position = pos, "checkpoint written"),
-                Ok(Ok(None)) => tracing::debug!("checkpoint kept by another node"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "checkpoint failed"),
-                Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
-            }
-        }
-    });
-    chronicle_server::serve_with(app.clone(), listener, shutdown, options).await.context("serving HTTP")?;
-    ticker.abort();
-    if let Some(claims) = claims {
-        claims.abort();
-    }
-    app.flush_audit().await.context("writing the audit trail")?;
-    match app.final_checkpoint().context("writing the final checkpoint")? {
+    // renewed more often than checkpoints are written, so a dead holder's duty moves within
+    // seconds); alone, this node writes its own.
+    let checkpointing = chronicle_server::application::Checkpointing {
+        every: CHECKPOINT_EVERY,
+        lease_renewal: cfg.database_url.is_some().then_some(crate::storage::VIEWS_LEASE_RENEW),
+    };
+    match chronicle_server::application::run_until_stopped(app, listener, shutdown, options, checkpointing).await? {
         Some(pos) => tracing::info!(position = pos, "stopped; checkpoint written"),
         None => tracing::info!("stopped; the checkpoint is kept by another node"),
     }

@@ -4,6 +4,7 @@
 //! on a bound listener until a shutdown future resolves; tests and the binary share it.
 
 pub mod app;
+pub mod application;
 pub mod audit;
 pub mod automation;
 pub mod clock;

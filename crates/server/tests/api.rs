@@ -40,7 +40,15 @@ fn spawn_app_with(rate_limit: u64) -> TestApp {
             let (other_key, _) = app.create_tenant("rival").await.unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send((listener.local_addr().unwrap(), key, other_key, write_key)).unwrap();
-            chronicle_server::serve(app, listener, std::future::pending()).await.unwrap();
+            // The running system as `chronicle serve` runs it (listener limits, checkpointing).
+            let run = chronicle_server::application::run_until_stopped(
+                app,
+                listener,
+                std::future::pending(),
+                chronicle_server::ServeOptions::default(),
+                chronicle_server::application::Checkpointing::default(),
+            );
+            run.await.unwrap();
         });
     });
     let (addr, key, other_key, write_key) = rx.recv().unwrap();
@@ -1178,7 +1186,13 @@ fn spawn_kept() -> (TestApp, Arc<App>, tokio::runtime::Runtime) {
         let (other_key, _) = app.create_tenant("rival").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(chronicle_server::serve(app.clone(), listener, std::future::pending()));
+        tokio::spawn(chronicle_server::application::run_until_stopped(
+            app.clone(),
+            listener,
+            std::future::pending(),
+            chronicle_server::ServeOptions::default(),
+            chronicle_server::application::Checkpointing::default(),
+        ));
         (app, key, other_key, write_key, addr)
     });
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();
