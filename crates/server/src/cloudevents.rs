@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 /// Validate one event (its attributes as a JSON object) and map it to its stream and event.
-pub fn prepare(tenant: &str, mut m: Map<String, Value>) -> Result<(String, NewEvent), String> {
+/// An event without `time` happened `now`.
+pub fn prepare(tenant: &str, mut m: Map<String, Value>, now: DateTime<Utc>) -> Result<(String, NewEvent), String> {
     let text =
         |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
     if text(&m, "specversion").as_deref() != Some("1.0") {
@@ -29,7 +30,7 @@ pub fn prepare(tenant: &str, mut m: Map<String, Value>) -> Result<(String, NewEv
         return Err(format!("type {ty:?} names one of Chronicle's own events, which only its commands write"));
     }
     let time = match m.get("time") {
-        None => Utc::now(),
+        None => now,
         Some(Value::String(t)) => {
             let t = DateTime::parse_from_rfc3339(t).map_err(|_| format!("time is not RFC 3339: {t:?}"))?;
             chronicle_core::time::check("time", t.with_timezone(&Utc)).map_err(|e| e.to_string())?

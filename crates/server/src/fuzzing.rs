@@ -32,7 +32,7 @@ pub fn import_line(data: &[u8]) {
 /// A CloudEvent in structured mode.
 pub fn cloudevent(data: &[u8]) {
     if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(data) {
-        let _ = crate::cloudevents::prepare("t", m);
+        let _ = crate::cloudevents::prepare("t", m, now());
     }
 }
 

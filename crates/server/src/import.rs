@@ -200,7 +200,7 @@ fn parse_general(tenant: &str, ids: &Pseudonyms, n: u64, line: &[u8], now: DateT
     let Value::Object(mut m) = value else { return Err(reject("bad_request", "a line must be a JSON object".into())) };
     if m.contains_key("specversion") {
         ids.apply(&mut m, &["subject"]);
-        let (stream, ev) = crate::cloudevents::prepare(tenant, m).map_err(|e| reject("bad_request", e))?;
+        let (stream, ev) = crate::cloudevents::prepare(tenant, m, now).map_err(|e| reject("bad_request", e))?;
         return Ok(Item::Cloud(stream, ev));
     }
     let mut text_len = line.len();
@@ -236,7 +236,8 @@ async fn ndjson(
     let first = read_chunk(&mut input, &mut next_line).map_err(io)?;
     let spawn_parse = |chunk: Vec<(u64, Vec<u8>)>| {
         let (tenant, ids) = (tenant.to_owned(), app.pseudonyms.clone());
-        tokio::task::spawn_blocking(move || parse_chunk(&tenant, &ids, chunk, Utc::now()))
+        let now = app.now();
+        tokio::task::spawn_blocking(move || parse_chunk(&tenant, &ids, chunk, now))
     };
     let mut pending = (!first.is_empty()).then(|| spawn_parse(first));
     // The reader moves into a blocking task per chunk and comes back with the chunk read.
@@ -669,7 +670,7 @@ async fn write_contacts(
         // The row itself is recorded with its effect, so running the file again never applies
         // an old row on top of a newer one (see `App::customer_commands_from`).
         let record = ("ContactImported".to_owned(), json!({"file": name, "line": c.line}));
-        match app.customer_commands_from(tenant, &c.id, cmds, ACTOR, Some((&c.key, Utc::now())), Some(record)).await {
+        match app.customer_commands_from(tenant, &c.id, cmds, ACTOR, Some((&c.key, app.now())), Some(record)).await {
             Ok(_) => {}
             Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
             Err(e) => rejected.push(Rejected { line: c.line, code: e.code(), message: e.to_string() }),

@@ -44,7 +44,7 @@ pub fn policies(app: &App, tenant: &str) -> RetentionView {
 }
 
 async fn record(app: &App, tenant: &str, event_type: &str, data: serde_json::Value, actor: &str) -> Result<(), AppError> {
-    let ev = NewEvent::new(Uuid::now_v7(), event_type, data, Utc::now()).with_actor(actor);
+    let ev = NewEvent::new(Uuid::now_v7(), event_type, data, app.now()).with_actor(actor);
     app.append(tenant, retention::STREAM, ExpectedVersion::Any, vec![ev]).await?;
     Ok(())
 }

@@ -7,7 +7,6 @@ use chronicle_automation::events::{campaign_stream, template_stream, AutomationE
 use chronicle_automation::Campaign;
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_projections::automation::Template;
-use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,7 +23,7 @@ fn check_name(name: &str) -> Result<(), AppError> {
 
 async fn record(app: &App, tenant: &str, stream: &str, e: AutomationEvent, actor: &str) -> Result<(), AppError> {
     let (ty, data) = e.to_parts();
-    let ev = NewEvent::new(Uuid::now_v7(), ty, data, Utc::now()).with_actor(actor);
+    let ev = NewEvent::new(Uuid::now_v7(), ty, data, app.now()).with_actor(actor);
     app.append(tenant, stream, ExpectedVersion::Any, vec![ev]).await?;
     Ok(())
 }

@@ -104,7 +104,7 @@ pub async fn parked(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value
 
 /// `POST /v1/automation/parked/{position}/retry`: retry a parked reaction at once.
 pub async fn retry_parked(State(app): State<Arc<App>>, p: Principal, Path(position): Path<u64>) -> Res<Json<Value>> {
-    if !app.parked_reactions.retry_now(&p.tenant, position, chrono::Utc::now()) {
+    if !app.parked_reactions.retry_now(&p.tenant, position, app.now()) {
         return Err(crate::error::AppError::NotFound("parked reaction").into());
     }
     app.automation_wake.notify_one();

@@ -75,7 +75,7 @@ pub async fn receive(
     for (i, mut m) in events.into_iter().enumerate() {
         app.pseudonyms.apply(&mut m, &["subject"]);
         prepared.push(
-            crate::cloudevents::prepare(&tenant, m)
+            crate::cloudevents::prepare(&tenant, m, app.now())
                 .map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e) })?,
         );
     }

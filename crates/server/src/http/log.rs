@@ -127,7 +127,7 @@ pub async fn append(
     if b.events.is_empty() || b.events.len() > MAX_BATCH {
         return Err(bad(format!("events must hold 1 to {MAX_BATCH} events")));
     }
-    let now = Utc::now();
+    let now = app.now();
     let mut batch = Vec::with_capacity(b.events.len());
     for (i, e) in b.events.into_iter().enumerate() {
         if e.r#type.trim().is_empty() || e.r#type.len() > 128 {

@@ -310,7 +310,7 @@ async fn count_requests(
         if status != 401 {
             let action = if method == axum::http::Method::GET { "read" } else { "change" };
             let entry = chronicle_projections::AuditEntry {
-                at: chrono::Utc::now(),
+                at: app.now(),
                 actor,
                 action: action.into(),
                 method: method.to_string(),

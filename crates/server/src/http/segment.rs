@@ -43,7 +43,7 @@ pub async fn batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     let mut value = parse_json(&body)?;
     let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
     ingest::pseudonymize(&app.pseudonyms, &mut value);
-    let messages = ingest::parse_batch(&tenant, value, chrono::Utc::now()).map_err(refused)?;
+    let messages = ingest::parse_batch(&tenant, value, app.now()).map_err(refused)?;
     answer(ingest::write(&app, &tenant, &actor, sender, messages).await?)
 }
 
@@ -55,7 +55,7 @@ async fn single(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
     let mut value = parse_json(&body)?;
     let (tenant, actor, sender) = authenticate(&app, &headers, &value)?;
     ingest::pseudonymize(&app.pseudonyms, &mut value);
-    let msg = ingest::parse_message(&tenant, 0, value, Some(kind), chrono::Utc::now(), None, None).map_err(refused)?;
+    let msg = ingest::parse_message(&tenant, 0, value, Some(kind), app.now(), None, None).map_err(refused)?;
     answer(ingest::write(&app, &tenant, &actor, sender, vec![msg]).await?)
 }
 

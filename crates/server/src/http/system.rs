@@ -37,7 +37,7 @@ pub async fn metrics(
     let (projected, customers, tenants, undecodable, (outbox, outbox_lag, dead, timers)) = {
         let v = app.views();
         let customers: usize = v.tenants.values().map(|t| t.customers.values().filter(|c| c.exists).count()).sum();
-        (v.position, customers, v.tenants.len(), v.undecodable, crate::automation::gauges(&v, chrono::Utc::now()))
+        (v.position, customers, v.tenants.len(), v.undecodable, crate::automation::gauges(&v, app.now()))
     };
     let m = &app.metrics;
     let mut out = String::new();

@@ -49,7 +49,7 @@ pub async fn sendgrid(
     // A signed batch is good for a few minutes only, so one captured cannot be replayed later
     // (redelivered within the window, its events store nothing new: their ids derive from
     // SendGrid's event ids).
-    if !feedback::fresh(timestamp, chrono::Utc::now()) {
+    if !feedback::fresh(timestamp, app.now()) {
         return Err(unauthorized("the SendGrid signature's timestamp is not within 10 minutes of now"));
     }
     let (applied, ignored) = feedback::apply(&app, &tenant, &body).await?;
@@ -87,7 +87,7 @@ pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::Principa
 }
 
 async fn record_setting(app: &App, p: &super::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
-    let ev = chronicle_core::envelope::NewEvent::new(uuid::Uuid::now_v7(), event_type, data, chrono::Utc::now()).with_actor(&p.actor);
+    let ev = chronicle_core::envelope::NewEvent::new(uuid::Uuid::now_v7(), event_type, data, app.now()).with_actor(&p.actor);
     app.append(&p.tenant, chronicle_core::registry::SETTINGS_STREAM, chronicle_core::envelope::ExpectedVersion::Any, vec![ev])
         .await
         .map_err(ApiError::from)?;
