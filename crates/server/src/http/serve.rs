@@ -46,7 +46,23 @@ pub fn effective_max_connections(wanted: usize) -> usize {
 /// How long a shutdown waits for open connections to finish their requests.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 101\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server has too many open connections; retry\"}}";
+/// The answer to a connection over the cap: a whole HTTP response in the API's error shape,
+/// its code and status from the error table.
+fn refusal() -> &'static [u8] {
+    static REFUSAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    REFUSAL.get_or_init(|| {
+        let code = super::codes::Code::TooManyConnections;
+        let body = serde_json::json!({"error": {"code": code.as_str(), "message": "the server has too many open connections; retry"}}).to_string();
+        let status = code.status();
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    })
+}
 
 /// Serve `router` on `listener` until `shutdown` resolves; in-flight requests finish first.
 pub async fn serve_router(
@@ -85,7 +101,7 @@ pub async fn serve_router(
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut stream = stream;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    stream.write_all(REFUSAL).await?;
+                    stream.write_all(refusal()).await?;
                     stream.shutdown().await?;
                     let mut sink = [0u8; 1024];
                     while stream.read(&mut sink).await? > 0 {}
@@ -134,7 +150,7 @@ pub async fn serve_router(
 mod tests {
     #[test]
     fn the_refusal_is_a_whole_http_response() {
-        let text = std::str::from_utf8(super::REFUSAL).unwrap();
+        let text = std::str::from_utf8(super::refusal()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
