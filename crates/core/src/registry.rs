@@ -51,8 +51,13 @@ pub enum Owner {
 pub const CUSTOMER_TYPES: &[&str] = customer::EVENT_TYPES;
 pub const DEAL_TYPES: &[&str] = deal::EVENT_TYPES;
 pub const ORDER_TYPES: &[&str] = order::EVENT_TYPES;
-pub const AUTOMATION_DEFINITION_TYPES: &[&str] = &["CampaignSaved", "CampaignDeleted", "TemplateSaved", "TemplateDeleted"];
-pub const AUTOMATION_TYPES: &[&str] = &[
+/// The types of the automation crate's `AutomationEvent`: definitions first (each on its own
+/// stream), then what campaigns did to a customer (on the customer's stream).
+pub const AUTOMATION_EVENT_TYPES: &[&str] = &[
+    "CampaignSaved",
+    "CampaignDeleted",
+    "TemplateSaved",
+    "TemplateDeleted",
     "CampaignEnrolled",
     "CampaignStepScheduled",
     "CampaignStepExecuted",
@@ -65,6 +70,8 @@ pub const AUTOMATION_TYPES: &[&str] = &[
     "MessageDeadLettered",
     "MessageRetried",
 ];
+pub const AUTOMATION_DEFINITION_TYPES: &[&str] = AUTOMATION_EVENT_TYPES.split_at(4).0;
+pub const AUTOMATION_TYPES: &[&str] = AUTOMATION_EVENT_TYPES.split_at(4).1;
 pub const FEEDBACK_TYPES: &[&str] = &[
     "MessageDelivered",
     "MessageOpened",

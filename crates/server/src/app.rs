@@ -450,11 +450,13 @@ impl App {
     /// Ingest's budgets: per write key (when known) and per client address (when known); the
     /// seconds to wait when either is spent.
     pub fn ingest_rate_check(&self, key: Option<&str>, address: Option<std::net::IpAddr>) -> Result<(), u64> {
-        if let Some(a) = address {
-            self.bucket_check(&format!("ingest-address:{a}"), self.ingest_per_address.load(Ordering::Relaxed))?;
+        // No name is built (nor a key hashed) for a budget that is off.
+        let (per_address, per_key) = (self.ingest_per_address.load(Ordering::Relaxed), self.ingest_per_key.load(Ordering::Relaxed));
+        if let (Some(a), true) = (address, per_address > 0) {
+            self.bucket_check(&format!("ingest-address:{a}"), per_address)?;
         }
-        if let Some(k) = key {
-            self.bucket_check(&format!("ingest-key:{}", keys::digest(k)), self.ingest_per_key.load(Ordering::Relaxed))?;
+        if let (Some(k), true) = (key, per_key > 0) {
+            self.bucket_check(&format!("ingest-key:{}", keys::digest(k)), per_key)?;
         }
         Ok(())
     }

@@ -617,30 +617,20 @@ fn configure_wal_writer(conn: &Connection) -> rusqlite::Result<()> {
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreOpenError> {
     let sqlite_err = |source| StoreOpenError::Sqlite { path: path.to_path_buf(), source };
     let user_version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
-    if user_version(conn).map_err(sqlite_err)? == 0 {
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_err)?;
-        // Re-read under the write lock: another process may have created the schema meanwhile.
-        let created = match user_version(conn) {
-            Ok(0) => conn.execute_batch(SCHEMA),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match created {
-            Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite_err)?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(sqlite_err(e));
-            }
+    // Each step: from layout `from` (0: an empty database) by running `sql`, in one write
+    // transaction; the version is read again under the write lock, as another process may have
+    // taken the step meanwhile.
+    for (from, sql) in [(0, SCHEMA), (1, MIGRATE_1_TO_2)] {
+        if user_version(conn).map_err(sqlite_err)? != from {
+            continue;
         }
-    }
-    if user_version(conn).map_err(sqlite_err)? == 1 {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_err)?;
-        let migrated = match user_version(conn) {
-            Ok(1) => conn.execute_batch(MIGRATE_1_TO_2),
+        let stepped = match user_version(conn) {
+            Ok(v) if v == from => conn.execute_batch(sql),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
-        match migrated {
+        match stepped {
             Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite_err)?,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");

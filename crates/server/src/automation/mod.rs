@@ -107,7 +107,13 @@ struct Unrecorded {
 
 /// The pause after the `failures`-th failed write of an outcome: 1 s doubling to 30 s.
 fn record_pause(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+    doubling(Duration::from_secs(1), failures, Duration::from_secs(30))
+}
+
+/// `first`, doubled for each try after the first (`tries` counts from 1), at most `max`: the
+/// engine's one backoff shape (message retries add jitter to it).
+pub(crate) fn doubling(first: Duration, tries: u32, max: Duration) -> Duration {
+    first.saturating_mul(1u32 << tries.saturating_sub(1).min(20)).min(max)
 }
 
 /// What the next step of an enrolment needs.
@@ -679,7 +685,7 @@ pub async fn retry_dead_letter(app: &App, tenant: &str, message: &str, by: &str)
 /// The next retry's delay: `base · 2^(attempt-1)`, ±25 % so retries of many messages spread
 /// out, at most `retry_max`.
 fn backoff(config: &EngineConfig, attempt: u32) -> chrono::Duration {
-    let exp = config.retry_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(config.retry_max);
+    let exp = doubling(config.retry_base, attempt, config.retry_max);
     let mut r = [0u8; 2];
     let _ = getrandom::fill(&mut r);
     let jitter = 0.75 + (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5;
