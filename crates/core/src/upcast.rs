@@ -27,6 +27,18 @@ pub fn upcast_data(event_type: &str, schema_version: u32, data: &mut Value) -> u
     schema_version
 }
 
+/// `data` of `event_type` in the type's current schema: borrowed when it already is, else an
+/// upcast copy. For a fold handed an envelope that was never read back through the store (the
+/// commit hook's, an import's): it must see what a replay, which upcasts on read, will see.
+pub fn upcast_ref<'a>(event_type: &str, schema_version: u32, data: &'a Value) -> std::borrow::Cow<'a, Value> {
+    if schema_version >= current_schema_version_of(event_type) {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut owned = data.clone();
+    upcast_data(event_type, schema_version, &mut owned);
+    std::borrow::Cow::Owned(owned)
+}
+
 /// v1 `{"email", "name": "Ada King Lovelace", "traits"}` → v2 with `traits.first_name = "Ada"`
 /// and `traits.last_name = "King Lovelace"` (split at the first whitespace; a one-word name is a
 /// first name). A trait already present in v1's traits is kept.

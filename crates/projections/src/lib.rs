@@ -380,7 +380,9 @@ impl Projections {
         let views = self.tenant_mut(&ev.tenant);
         views.events += 1;
         let decoded = if let Some(id) = customer::id_of_stream(&ev.stream) {
-            CustomerEvent::from_parts(&ev.event_type, &ev.data)
+            // An older schema is upcast here too, so the live fold sees what a replay sees.
+            let data = chronicle_core::upcast::upcast_ref(&ev.event_type, ev.schema_version, &ev.data);
+            CustomerEvent::from_parts(&ev.event_type, &data)
                 .map(|e| views.apply_customer(id, &e, ev, snapshot_every, key.as_ref()))
         } else if let Some(id) = ev.stream.strip_prefix("deal-") {
             DealEvent::from_parts(&ev.event_type, &ev.data).map(|e| {
