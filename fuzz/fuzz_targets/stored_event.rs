@@ -1,3 +1,3 @@
 #![no_main]
-//! `cargo fuzz run stored_event` — see `chronicle_server::fuzzing::stored_event`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| chronicle_server::fuzzing::stored_event(data));
+//! `cargo fuzz run stored_event` — see `chronicle_app::fuzzing::stored_event`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chronicle_app::fuzzing::stored_event(data));

@@ -4,10 +4,10 @@
 
 use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Preferences, Purpose};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
-use chronicle_server::automation::definitions::{save_campaign, save_template};
-use chronicle_server::automation::targets::WebhookTargets;
-use chronicle_server::automation::{delivery::DeliveryConfig, Engine, EngineConfig};
-use chronicle_server::App;
+use chronicle_app::automation::definitions::{save_campaign, save_template};
+use chronicle_app::automation::targets::WebhookTargets;
+use chronicle_app::automation::{delivery::DeliveryConfig, Engine, EngineConfig};
+use chronicle_app::App;
 use chronicle_store::log::LogStore;
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -74,7 +74,7 @@ async fn steps_set_the_stage_tag_branch_on_traits_and_on_what_happened_and_wait_
     let prefs = Preferences { time_zone: Some("Asia/Tokyo".into()), ..Default::default() };
     app.customer_command("acme", "b", CustomerCommand::UpdatePreferences(prefs), "test").await.unwrap();
     // The one-second wait is passed by moving the application's clock, not by sleeping.
-    let clock = Arc::new(chronicle_server::clock::ManualClock::new(Utc::now()));
+    let clock = Arc::new(chronicle_app::clock::ManualClock::new(Utc::now()));
     assert!(app.set_clock(clock.clone()));
     Engine::start(app.clone(), EngineConfig::default()).unwrap();
     track(&app, "a", "Signed Up").await;
@@ -189,7 +189,7 @@ async fn a_goal_logged_between_the_trigger_and_the_enrolment_still_converts_it()
     // order (as under load, when the engine lags the writers).
     track(&app, "a", "Product Added").await;
     track(&app, "a", "Order Completed").await;
-    let clock = Arc::new(chronicle_server::clock::ManualClock::new(Utc::now()));
+    let clock = Arc::new(chronicle_app::clock::ManualClock::new(Utc::now()));
     assert!(app.set_clock(clock.clone()));
     Engine::start(app.clone(), EngineConfig::default()).unwrap();
     let evs = wait_for(&app, "a", "the conversion", |e| e.iter().any(|e| e.event_type == "CampaignConverted")).await;
@@ -402,7 +402,7 @@ async fn tenants_webhooks_cannot_reach_internal_addresses_unless_the_operator_al
     let hook = |u: &str| json!({"trigger": {"event": "Demo Requested"}, "steps": [{"webhook": {"url": u}}]});
     for literal in [url.clone(), format!("http://[::1]:{port}/x"), "http://169.254.169.254/latest".into(), "http://localhost:9/".into()] {
         match save_campaign(&app, "acme", "literal", hook(&literal), "test").await {
-            Err(chronicle_server::AppError::Rule { code: "webhook_target_refused", .. }) => {}
+            Err(chronicle_app::AppError::Rule { code: "webhook_target_refused", .. }) => {}
             other => panic!("{literal}: expected webhook_target_refused, got {other:?}"),
         }
     }
@@ -498,7 +498,7 @@ async fn a_reaction_that_keeps_failing_is_parked_and_retried_not_skipped() {
 async fn a_one_hour_wait_fires_when_the_clock_is_moved_on() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path()).await;
-    let clock = Arc::new(chronicle_server::clock::ManualClock::new(Utc::now()));
+    let clock = Arc::new(chronicle_app::clock::ManualClock::new(Utc::now()));
     assert!(app.set_clock(clock.clone()));
     let c = json!({"trigger": {"event": "Signed Up"}, "steps": [{"wait": "1h"}, {"tag": "an-hour-later"}]});
     save_campaign(&app, "acme", "later", c, "test").await.unwrap();

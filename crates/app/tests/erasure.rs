@@ -3,7 +3,7 @@
 
 use chronicle_core::customer::CustomerCommand;
 use chronicle_privacy::{KeyStore, MasterKey, SealedStore};
-use chronicle_server::App;
+use chronicle_app::App;
 use chronicle_store::log::LogStore;
 use std::sync::Arc;
 
@@ -78,7 +78,7 @@ async fn the_email_index_holds_keyed_hashes_and_still_enforces_uniqueness() {
     check(&app);
     assert!(app.customer_command("acme", "c3", register("ada@example.com"), "test").await.is_err());
     // A replay hashes alike: the views equal the live ones.
-    let replay = chronicle_server::maintenance::replay(app.store(), |_| ()).await.unwrap();
+    let replay = chronicle_app::maintenance::replay(app.store(), |_| ()).await.unwrap();
     assert_eq!(chronicle_projections::diff(&app.views(), &replay.projections), Vec::<String>::new());
     drop(app);
     std::fs::remove_file(dir.path().join("projections.json")).unwrap();
@@ -204,7 +204,7 @@ async fn erasure_forgets_every_bounced_address_of_the_person() {
     app.customer_command("acme", "c2", register("old@example.com"), "test").await.unwrap();
     assert!(!app.views().tenant("acme").unwrap().automation.bounced("old@example.com"));
     // The live views equal a replay of the log (what `chronicle verify` checks).
-    let replay = chronicle_server::maintenance::replay(app.store(), |_| ()).await.unwrap();
+    let replay = chronicle_app::maintenance::replay(app.store(), |_| ()).await.unwrap();
     assert_eq!(chronicle_projections::diff(&app.views(), &replay.projections), Vec::<String>::new());
 }
 

@@ -1,4 +1,4 @@
-//! The fuzz targets (`chronicle_server::fuzzing`) on stable, for a fixed budget: every input of
+//! The fuzz targets (`chronicle_app::fuzzing`) on stable, for a fixed budget: every input of
 //! the corpus in `fuzz/corpus/<target>/`, then mutations of them (bit flips, byte changes,
 //! cuts, splices, repeated and interesting bytes) until the budget is spent. A panic fails the
 //! test and writes the input to `target/fuzz-failures/` for the corpus. The budget is
@@ -6,7 +6,7 @@
 //! fixed one, so a run can be repeated). `cargo fuzz run <target>` on nightly runs the same
 //! targets under libFuzzer (`fuzz/`).
 
-use chronicle_server::fuzzing::TARGETS;
+use chronicle_app::fuzzing::TARGETS;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

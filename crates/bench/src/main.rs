@@ -28,7 +28,7 @@ mod postgres;
 
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, CustomerEvent, NoEmails, Purpose};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
-use chronicle_server::{maintenance, App};
+use chronicle_app::{maintenance, App};
 use chronicle_store::log::LogStore;
 use chronicle_store::sqlite::SqliteStore;
 use chronicle_store::EventStore;
@@ -478,9 +478,9 @@ fn export_line(k: u64, users: u64) -> String {
 }
 
 struct Quiet;
-impl chronicle_server::import::Observer for Quiet {
+impl chronicle_app::import::Observer for Quiet {
     fn progress(&mut self, _: u64) {}
-    fn rejected(&mut self, r: chronicle_server::import::Rejected) {
+    fn rejected(&mut self, r: chronicle_app::import::Rejected) {
         panic!("the generated file has a bad line: {r:?}");
     }
 }
@@ -497,7 +497,7 @@ fn write_export(lines: u64, path: &std::path::Path) {
 
 /// `chronicle import` of an NDJSON Segment export of `lines` lines, then the same file again.
 async fn import(lines: u64) -> Value {
-    use chronicle_server::import::{self, Format};
+    use chronicle_app::import::{self, Format};
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("export.ndjson");
     write_export(lines, &file);

@@ -7,7 +7,7 @@ use crate::storage;
 use anyhow::Context;
 use chronicle_core::customer;
 use chronicle_projections::{diff, save_to, Saved};
-use chronicle_server::{maintenance, App};
+use chronicle_app::{maintenance, App};
 use serde_json::json;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
     app.set_ingest_rate_limits(server.ingest_rate_limit, server.ingest_rate_limit_per_address);
     app.set_webhook_targets(automation.webhook_targets());
     if let Some(dir) = &automation.campaigns {
-        let n = chronicle_server::automation::definitions::load_folder(&app, dir)
+        let n = chronicle_app::automation::definitions::load_folder(&app, dir)
             .await
             .with_context(|| format!("loading campaigns from {}", dir.display()))?;
         tracing::info!(changed = n, folder = %dir.display(), "campaigns and templates loaded");
@@ -38,7 +38,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
     run_server(&cfg, app.clone(), server.serve_options(), |addr| println!("chronicle listening on http://{addr}")).await?;
     if let (Some(leases), Some((gate, renewal))) = (leases, leased) {
         // Handed over now rather than when it runs out.
-        chronicle_server::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, Duration::from_secs(5))
+        chronicle_app::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, Duration::from_secs(5))
             .await
             .context("handing the campaign work over")?;
     }
@@ -47,7 +47,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
 
 /// Start the automation engine (campaigns, timers, the outbox) on the running app.
 /// The gate of a leased engine and the task renewing its lease.
-type Leased = (Arc<chronicle_server::automation::lease::Gate>, tokio::task::JoinHandle<()>);
+type Leased = (Arc<chronicle_app::automation::lease::Gate>, tokio::task::JoinHandle<()>);
 
 /// Start the automation engine (campaigns, timers, the outbox) on the running app: always at
 /// work alone, or over a shared database on the shards this node holds.
@@ -55,12 +55,12 @@ pub fn start_automation(
     app: &Arc<App>,
     automation: &AutomationArgs,
     leased: Option<(Arc<dyn chronicle_store::Leases>, String)>,
-) -> anyhow::Result<(Arc<chronicle_server::automation::Engine>, Option<Leased>)> {
+) -> anyhow::Result<(Arc<chronicle_app::automation::Engine>, Option<Leased>)> {
     if let Some(k) = &automation.sendgrid_public_key {
-        let key = chronicle_server::automation::feedback::parse_public_key(k).map_err(|e| anyhow::anyhow!(e))?;
+        let key = chronicle_app::automation::feedback::parse_public_key(k).map_err(|e| anyhow::anyhow!(e))?;
         let _ = app.sendgrid_key.set(key);
     }
-    use chronicle_server::automation::{lease, Engine};
+    use chronicle_app::automation::{lease, Engine};
     let gate = if leased.is_some() { lease::Gate::leased() } else { lease::Gate::always() };
     let engine = Engine::start_gated(app.clone(), automation.engine_config(), gate.clone())
         .map_err(|e| anyhow::anyhow!(e))
@@ -170,7 +170,7 @@ async fn rebuild_checkpoint(
     let done = progress.finish();
     let (mut fresh, problems) = (replay.projections, replay.problems);
     fresh.reacted = reacted;
-    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    let seal = st.keys.clone().map(chronicle_app::sealing::CheckpointKeys::new);
     let place = st.checkpoint();
     let saved = tokio::task::block_in_place(|| -> anyhow::Result<Saved> {
         if !place.claim()? {
@@ -203,12 +203,12 @@ async fn rebuild_checkpoint(
 pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let mut st = storage::open(&cfg)?;
-    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    let seal = st.keys.clone().map(chronicle_app::sealing::CheckpointKeys::new);
     let live =
         maintenance::live_views(&*st.store, &*st.checkpoint(), seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
             .await?;
     let started = std::time::Instant::now();
-    let plan = chronicle_server::retention::plan(&*st.store, &live, chrono::Utc::now()).await?;
+    let plan = chronicle_app::retention::plan(&*st.store, &live, chrono::Utc::now()).await?;
     let report = |expired: u64, extra: serde_json::Value| {
         let mut out = json!({"expired": expired, "through_position": plan.through, "tenants": plan.tenants, "dry_run": dry_run});
         if let (Some(o), serde_json::Value::Object(e)) = (out.as_object_mut(), extra) {
@@ -253,13 +253,13 @@ pub async fn retention(args: &StorageArgs, tenant: &str, change: Option<(String,
     }
     match change {
         Some((event_type, Some(days))) => {
-            chronicle_server::retention::set_policy(&app, tenant, &event_type, days, "cli").await?;
+            chronicle_app::retention::set_policy(&app, tenant, &event_type, days, "cli").await?;
         }
-        Some((event_type, None)) => chronicle_server::retention::remove_policy(&app, tenant, &event_type, "cli").await?,
+        Some((event_type, None)) => chronicle_app::retention::remove_policy(&app, tenant, &event_type, "cli").await?,
         None => {}
     }
     app.final_checkpoint()?;
-    let v = chronicle_server::retention::policies(&app, tenant);
+    let v = chronicle_app::retention::policies(&app, tenant);
     println!("{}", json!({"tenant": tenant, "policies": v.policies, "compactions": v.runs}));
     Ok(ExitCode::SUCCESS)
 }
@@ -268,7 +268,7 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg)?;
     // The live views: what a server would run on (checkpoint plus the log's tail).
-    let seal = st.keys.clone().map(chronicle_server::sealing::CheckpointKeys::new);
+    let seal = st.keys.clone().map(chronicle_app::sealing::CheckpointKeys::new);
     let live =
         maintenance::live_views(&*st.store, &*st.checkpoint(), seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
             .await?;
@@ -317,7 +317,7 @@ pub async fn export(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyh
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
-        Err(chronicle_server::AppError::NotFound(_)) => {
+        Err(chronicle_app::AppError::NotFound(_)) => {
             eprintln!("no customer {customer_id} in tenant {tenant}");
             Ok(ExitCode::from(2))
         }

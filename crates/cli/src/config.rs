@@ -126,13 +126,13 @@ pub struct AutomationArgs {
 
 impl AutomationArgs {
     /// Where tenants' webhooks may go.
-    pub fn webhook_targets(&self) -> chronicle_server::automation::targets::WebhookTargets {
-        use chronicle_server::automation::targets::WebhookTargets;
+    pub fn webhook_targets(&self) -> chronicle_app::automation::targets::WebhookTargets {
+        use chronicle_app::automation::targets::WebhookTargets;
         if self.allow_private_webhooks { WebhookTargets::AllowPrivate } else { WebhookTargets::PublicOnly }
     }
 
-    pub fn engine_config(&self) -> chronicle_server::automation::EngineConfig {
-        use chronicle_server::automation::{delivery::DeliveryConfig, EngineConfig};
+    pub fn engine_config(&self) -> chronicle_app::automation::EngineConfig {
+        use chronicle_app::automation::{delivery::DeliveryConfig, EngineConfig};
         let secret = self.webhook_secret.clone().unwrap_or_else(|| {
             tracing::warn!("no --webhook-secret: webhooks are signed with a random key that changes on restart");
             let mut b = [0u8; 32];

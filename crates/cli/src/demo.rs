@@ -14,7 +14,7 @@ use chronicle_core::customer::{
 use chronicle_core::deal::{self, Deal, DealCommand};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_core::order::{self, Order, OrderCommand};
-use chronicle_server::App;
+use chronicle_app::App;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 use std::process::ExitCode;
@@ -459,7 +459,7 @@ async fn load_examples(app: &App, tenant: &str) -> anyhow::Result<usize> {
     let parse = |set: &[(&str, &str)]| -> anyhow::Result<Vec<(String, Value)>> {
         set.iter().map(|(n, t)| Ok((n.to_string(), serde_json::from_str(t).with_context(|| format!("example {n}"))?))).collect()
     };
-    let n = chronicle_server::automation::definitions::load(app, tenant, &parse(TEMPLATES)?, &parse(CAMPAIGNS)?, "demo").await?;
+    let n = chronicle_app::automation::definitions::load(app, tenant, &parse(TEMPLATES)?, &parse(CAMPAIGNS)?, "demo").await?;
     Ok(n)
 }
 
@@ -497,7 +497,7 @@ pub async fn run(
     // The demo runs on one host, and its stuck-deal example alerts a relay on loopback: its
     // tenants' webhooks may reach internal addresses (a server refuses them unless
     // --allow-private-webhooks).
-    app.set_webhook_targets(chronicle_server::automation::targets::WebhookTargets::AllowPrivate);
+    app.set_webhook_targets(chronicle_app::automation::targets::WebhookTargets::AllowPrivate);
     let campaigns = load_examples(&app, "demo").await?;
     app.checkpoint()?;
     let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});

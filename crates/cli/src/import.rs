@@ -7,7 +7,7 @@ use crate::config::{Config, StorageArgs};
 use crate::progress::Progress;
 use crate::storage;
 use anyhow::{bail, Context};
-use chronicle_server::import::{self, Format, Observer, Rejected};
+use chronicle_app::import::{self, Format, Observer, Rejected};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

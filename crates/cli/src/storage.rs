@@ -19,7 +19,7 @@ use chronicle_store::postgres::PgStore;
 use chronicle_store::sqlite::{self, SqliteStore};
 use chronicle_privacy::{KeyStore, Keys, MasterKey, PgKeyStore, SealedStore};
 use chronicle_projections::{CheckpointError, CheckpointFile, CheckpointPlace, Saved};
-use chronicle_server::App;
+use chronicle_app::App;
 use chronicle_store::expire::{Expired, Expiry};
 use chronicle_store::EventStore;
 use std::fs::File;
@@ -253,7 +253,7 @@ fn database_keys(cfg: &Config, pg: &PgStore) -> anyhow::Result<Option<Arc<dyn Ke
 /// the database, or an older database's one data folder's key file.
 fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
     let mine = match store.index_key()? {
-        Some(k) => format!("keys:{}", &chronicle_server::keys::digest(&format!("{k:?}"))[..16]),
+        Some(k) => format!("keys:{}", &chronicle_app::keys::digest(&format!("{k:?}"))[..16]),
         None => "none".to_owned(),
     };
     let connect = pg.claim_setting("sealing", &mine);

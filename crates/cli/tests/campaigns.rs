@@ -399,7 +399,7 @@ fn a_webhook_failing_five_times_lands_in_the_dead_letter_queue_and_a_retry_deliv
     assert_eq!(header(5, "idempotency-key"), id);
     // The signature is HMAC-SHA256 over "timestamp.body" with the configured secret.
     let (ts, body) = (header(5, "x-chronicle-timestamp"), &seen[5].1);
-    let expected = chronicle_server::automation::delivery::sign("s3cret", &ts, body.as_bytes());
+    let expected = chronicle_app::automation::delivery::sign("s3cret", &ts, body.as_bytes());
     assert_eq!(header(5, "x-chronicle-signature"), format!("v1={expected}"));
     let payload: Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["customer"], "c1");

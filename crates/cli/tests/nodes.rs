@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use chronicle_server::automation::lease::SHARDS;
+use chronicle_app::automation::lease::SHARDS;
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -307,7 +307,7 @@ fn sigkill_of_the_lease_holder_under_load_loses_nothing_and_the_survivor_sends_t
         let (x, y) = (shards(&first_url), shards(&second_url));
         x.len() == SHARDS / 2 && y.len() == SHARDS / 2 && x.iter().all(|s| !y.contains(s))
     });
-    let acme = chronicle_server::automation::lease::shard_of("acme");
+    let acme = chronicle_app::automation::lease::shard_of("acme");
     let ((mut a_server, a), (_b_server, b)) =
         if shards(&first_url).contains(&acme) { ((first, first_url), (second, second_url)) } else { ((second, second_url), (first, first_url)) };
     let (status, v) = send(&agent, "PUT", &format!("{a}/v1/templates/nudge"), &c.key, &json!({"subject": "Hello {{ traits.first_name }}", "body": "<p>Hi</p>"}));

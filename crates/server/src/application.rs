@@ -4,8 +4,8 @@
 //! trail flushed, a final checkpoint written. `chronicle serve` and `chronicle demo` run it, and
 //! so do the API tests, so the tests run what production runs.
 
-use crate::app::App;
-use crate::error::AppError;
+use chronicle_app::app::App;
+use chronicle_app::error::AppError;
 use crate::http::serve::ServeOptions;
 use std::future::Future;
 use std::sync::Arc;

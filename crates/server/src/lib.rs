@@ -1,28 +1,14 @@
-//! Chronicle's application service ([`app::App`]) and its HTTP API ([`http`]).
+//! Chronicle's HTTP API ([`http`]) over the application service (`chronicle-app`), and the
+//! running system ([`application`]).
 //!
-//! This is the only crate that knows HTTP and JSON shapes of the wire. [`serve`] runs the API
-//! on a bound listener until a shutdown future resolves; tests and the binary share it.
+//! This is the only crate that knows HTTP and the JSON shapes of the wire. [`serve`] runs the API
+//! on a bound listener until a shutdown future resolves; [`application`] composes the whole
+//! running system around it, the same for the binary and the tests.
 
-pub mod app;
 pub mod application;
-pub mod audit;
-pub mod automation;
-pub mod clock;
-pub mod cloudevents;
-pub mod error;
-pub mod fuzzing;
 pub mod http;
-pub mod import;
-pub mod ingest;
-pub mod keys;
-pub mod profile;
-pub mod pseudonym;
-pub mod retention;
-pub mod maintenance;
-pub mod sealing;
 
-pub use app::App;
-pub use error::AppError;
+use chronicle_app::App;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The HTTP API, end to end in-process: a real server on 127.0.0.1:0 over the default embedded
 //! store (the append-only log) in a temporary folder, driven by a real HTTP client.
 
-use chronicle_server::App;
+use chronicle_app::App;
 use chronicle_store::log::LogStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -1286,7 +1286,7 @@ proptest::proptest! {
             proptest::prop_assert_eq!(app.call("GET", "/healthz", None, None).status, 200);
         }
         proptest::prop_assert_eq!(app.get("/v1/customers/c1").status, 200);
-        let replay = rt.block_on(chronicle_server::maintenance::replay(kept.store(), |_| ())).unwrap();
+        let replay = rt.block_on(chronicle_app::maintenance::replay(kept.store(), |_| ())).unwrap();
         proptest::prop_assert!(replay.problems.is_empty(), "{:?}", replay.problems);
         let differences = chronicle_projections::diff(&kept.views(), &replay.projections);
         proptest::prop_assert!(differences.is_empty(), "{:?}", differences);
@@ -1302,8 +1302,8 @@ proptest::proptest! {
 fn one_tenant_can_neither_suppress_nor_probe_another_tenants_events() {
     let app = spawn_app();
     let attacker = Some(app.other_key.as_str());
-    let victim_track = chronicle_server::ingest::event_id("acme", "m-1");
-    let victim_ce = chronicle_server::ingest::event_id("acme", "cloudevents\0/shop\0ce-1");
+    let victim_track = chronicle_app::ingest::event_id("acme", "m-1");
+    let victim_ce = chronicle_app::ingest::event_id("acme", "cloudevents\0/shop\0ce-1");
     let squat = json!({"expected_version": "any", "events": [
         {"id": victim_track, "type": "Squat", "data": {}},
         {"id": victim_ce, "type": "Squat", "data": {}}
@@ -1331,7 +1331,7 @@ fn one_tenant_can_neither_suppress_nor_probe_another_tenants_events() {
     };
     segment(&app, "/v1/track", r#"{"userId":"u1","event":"Paid","messageId":"m-9"}"#, Some(&app.write_key));
     assert_eq!(event_count(&app), before + 3);
-    assert_eq!(probe(chronicle_server::ingest::event_id("acme", "m-9")), probe(uuid::Uuid::now_v7()));
+    assert_eq!(probe(chronicle_app::ingest::event_id("acme", "m-9")), probe(uuid::Uuid::now_v7()));
 }
 
 /// Issue 17, item 9: a template whose rendering runs away (nested loops) is refused when it is

@@ -2,9 +2,9 @@
 
 use super::error::{ApiError, Body};
 use super::Principal;
-use crate::app::App;
-use crate::automation::{definitions, retry_dead_letter};
-use crate::error::AppError;
+use chronicle_app::app::App;
+use chronicle_app::automation::{definitions, retry_dead_letter};
+use chronicle_app::error::AppError;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
@@ -105,7 +105,7 @@ pub async fn parked(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value
 /// `POST /v1/automation/parked/{position}/retry`: retry a parked reaction at once.
 pub async fn retry_parked(State(app): State<Arc<App>>, p: Principal, Path(position): Path<u64>) -> Res<Json<Value>> {
     if !app.parked_reactions.retry_now(&p.tenant, position, app.now()) {
-        return Err(crate::error::AppError::NotFound("parked reaction").into());
+        return Err(chronicle_app::error::AppError::NotFound("parked reaction").into());
     }
     app.automation_wake.notify_one();
     Ok(Json(json!({"retrying": position})))

@@ -2,10 +2,10 @@
 //! (`application/cloudevents+json`), batch mode (`application/cloudevents-batch+json`) and
 //! binary mode (`ce-*` headers, the body is the data). Authenticated by the tenant's write key
 //! (HTTP Basic user name) or API key (Bearer). A batch is validated whole, then appended; the
-//! mapping onto events is `crate::cloudevents`.
+//! mapping onto events is `chronicle_app::cloudevents`.
 
 use super::error::ApiError;
-use crate::app::App;
+use chronicle_app::app::App;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -75,7 +75,7 @@ pub async fn receive(
     for (i, mut m) in events.into_iter().enumerate() {
         app.pseudonyms.apply(&mut m, &["subject"]);
         prepared.push(
-            crate::cloudevents::prepare(&tenant, m, app.now())
+            chronicle_app::cloudevents::prepare(&tenant, m, app.now())
                 .map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e) })?,
         );
     }

@@ -3,9 +3,9 @@
 
 use super::error::{ApiError, Body, OptBody, Params};
 use super::{clamp_limit, Principal};
-use crate::profile::profile_json;
-use crate::app::{App, ConsentLedger};
-use crate::error::AppError;
+use chronicle_app::profile::profile_json;
+use chronicle_app::app::{App, ConsentLedger};
+use chronicle_app::error::AppError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 /// The `{id}` of a customer route, as stored: an id that is personal data (an e-mail address,
-/// a phone number) is looked up by its keyed pseudonym (see [`crate::pseudonym`]).
+/// a phone number) is looked up by its keyed pseudonym (see [`chronicle_app::pseudonym`]).
 pub struct CustomerId(pub String);
 
 impl axum::extract::FromRequestParts<Arc<App>> for CustomerId {

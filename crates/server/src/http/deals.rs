@@ -2,7 +2,7 @@
 
 use super::error::{ApiError, Body, OptBody};
 use super::Principal;
-use crate::app::App;
+use chronicle_app::app::App;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;

@@ -2,7 +2,7 @@
 //! plus extractors whose rejections (bad JSON, bad query, too large) take the same shape.
 
 use super::codes::Code;
-use crate::error::AppError;
+use chronicle_app::error::AppError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;

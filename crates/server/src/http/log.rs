@@ -3,8 +3,8 @@
 
 use super::error::{ApiError, Body, Params};
 use super::{clamp_limit, Principal};
-use crate::app::{App, RESERVED_PREFIXES};
-use crate::error::AppError;
+use chronicle_app::app::{App, RESERVED_PREFIXES};
+use chronicle_app::error::AppError;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -56,7 +56,7 @@ pub async fn stream_live(
     let stream = futures_util::stream::unfold((sub, tenant), |(mut sub, tenant)| async move {
         loop {
             match sub.next().await {
-                Ok(Some(ev)) if ev.tenant == tenant && !crate::audit::is_internal(&ev.stream) => {
+                Ok(Some(ev)) if ev.tenant == tenant && !chronicle_app::audit::is_internal(&ev.stream) => {
                     let data = serde_json::to_string(&ev).unwrap_or_default();
                     let event = Event::default().id(ev.position.to_string()).event(ev.event_type.clone()).data(data);
                     return Some((Ok(event), (sub, tenant)));
@@ -80,8 +80,8 @@ pub async fn read_stream(
     Params(q): Params<PageQuery>,
 ) -> Res<Json<Value>> {
     // A stream that does not exist (in this tenant) is not found, like any other resource.
-    if app.store().stream_version(&p.tenant, &stream).await.map_err(crate::error::AppError::from)? == 0 {
-        return Err(crate::error::AppError::NotFound("stream").into());
+    if app.store().stream_version(&p.tenant, &stream).await.map_err(chronicle_app::error::AppError::from)? == 0 {
+        return Err(chronicle_app::error::AppError::NotFound("stream").into());
     }
     let page = app.read_stream(&p.tenant, &stream, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
     Ok(Json(json!({"events": page.events, "next": page.next})))

@@ -6,7 +6,7 @@ mod campaigns;
 mod cloudevents;
 mod customers;
 
-pub use crate::profile::profile_json;
+pub use chronicle_app::profile::profile_json;
 mod deals;
 pub mod codes;
 pub mod error;
@@ -16,7 +16,7 @@ pub mod serve;
 mod system;
 mod webhooks;
 
-use crate::app::App;
+use chronicle_app::app::App;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::routing::MethodRouter;
@@ -292,7 +292,7 @@ async fn count_requests(
     let handle = async move {
         match synced_app.store().sync().await {
             Ok(_) => next.run(req).await,
-            Err(e) => ApiError::from(crate::error::AppError::from(e)).into_response(),
+            Err(e) => ApiError::from(chronicle_app::error::AppError::from(e)).into_response(),
         }
     };
     // Every request but the live stream gets an answer within the time limit.
@@ -409,7 +409,7 @@ const DRAIN_MAX: usize = 8 * MAX_BODY;
 
 /// Whether a request touches a customer's data: its tenant, the caller and the customer.
 fn audit_subject(auth: &Authenticated, app: &App, req: &axum::extract::Request, route: &str) -> Option<(String, String, String)> {
-    let customer = crate::audit::customer_of(route, req.uri().path(), req.uri().query())?;
+    let customer = chronicle_app::audit::customer_of(route, req.uri().path(), req.uri().query())?;
     let (rec, actor) = auth.0.as_ref().filter(|(r, _)| r.kind == KeyKind::Api)?;
     // As stored: an id that is personal data is on the audit trail as its pseudonym.
     Some((rec.tenant.clone(), actor.clone(), app.pseudonyms.id(&customer).into_owned()))
@@ -427,7 +427,7 @@ fn bearer_key(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 fn authenticate_bearer(app: &App, headers: &axum::http::HeaderMap) -> Authenticated {
-    Authenticated(bearer_key(headers).and_then(|k| Some((app.authenticate(k)?, format!("key:{}", &crate::keys::digest(k)[..12])))))
+    Authenticated(bearer_key(headers).and_then(|k| Some((app.authenticate(k)?, format!("key:{}", &chronicle_app::keys::digest(k)[..12])))))
 }
 
 impl Authenticated {

@@ -3,8 +3,8 @@
 //! password) or as `writeKey` in the body, answering `200 {"success": true}` as Segment does.
 
 use super::error::ApiError;
-use crate::app::App;
-use crate::ingest::{self, Kind};
+use chronicle_app::app::App;
+use chronicle_app::ingest::{self, Kind};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -142,11 +142,11 @@ fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String,
     }
     match rec {
         Some(rec) if rec.kind == KeyKind::Write => {
-            Ok((rec.tenant, format!("writekey:{}", &crate::keys::digest(&key)[..12]), ingest::Sender::Public))
+            Ok((rec.tenant, format!("writekey:{}", &chronicle_app::keys::digest(&key)[..12]), ingest::Sender::Public))
         }
         // A key made with the ingest role is a write key too.
         Some(rec) if rec.role == chronicle_projections::Role::Ingest => {
-            Ok((rec.tenant, format!("key:{}", &crate::keys::digest(&key)[..12]), ingest::Sender::Trusted))
+            Ok((rec.tenant, format!("key:{}", &chronicle_app::keys::digest(&key)[..12]), ingest::Sender::Trusted))
         }
         Some(rec) if rec.role == chronicle_projections::Role::Reader => {
             Err(ApiError::of(super::codes::Code::Forbidden, "a reader key may not send events"))

@@ -2,8 +2,8 @@
 //! retention policies.
 
 use super::error::ApiError;
-use crate::app::App;
-use crate::error::AppError;
+use chronicle_app::app::App;
+use chronicle_app::error::AppError;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -26,7 +26,7 @@ pub async fn metrics(
     if let Some(token) = &options.metrics_token {
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         // Compared as digests, so the time taken does not tell how much of a guess was right.
-        let digest = |s: &str| crate::keys::digest(s.trim());
+        let digest = |s: &str| chronicle_app::keys::digest(s.trim());
         if given.is_none_or(|g| digest(g) != digest(token)) {
             return Err(ApiError::of(super::codes::Code::Unauthorized,
                 "the metrics need Authorization: Bearer <metrics token> (--metrics-token)",
@@ -37,7 +37,7 @@ pub async fn metrics(
     let (projected, customers, tenants, undecodable, (outbox, outbox_lag, dead, timers)) = {
         let v = app.views();
         let customers: usize = v.tenants.values().map(|t| t.customers.values().filter(|c| c.exists).count()).sum();
-        (v.position, customers, v.tenants.len(), v.undecodable, crate::automation::gauges(&v, app.now()))
+        (v.position, customers, v.tenants.len(), v.undecodable, chronicle_app::automation::gauges(&v, app.now()))
     };
     let m = &app.metrics;
     let mut out = String::new();
@@ -131,7 +131,7 @@ pub async fn metrics(
             out,
             "# HELP chronicle_automation_shard_held Whether this node does the campaign work of a shard of the tenants (1) or not (0).\n# TYPE chronicle_automation_shard_held gauge"
         );
-        for s in 0..crate::automation::lease::SHARDS {
+        for s in 0..chronicle_app::automation::lease::SHARDS {
             let _ = writeln!(out, "chronicle_automation_shard_held{{shard=\"{s}\"}} {}", (held >> s) & 1);
         }
     }
@@ -246,7 +246,7 @@ fn retention_json(v: &chronicle_projections::retention::RetentionView) -> Value 
 }
 
 pub async fn retention(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
-    Ok(Json(retention_json(&crate::retention::policies(&app, &p.tenant))))
+    Ok(Json(retention_json(&chronicle_app::retention::policies(&app, &p.tenant))))
 }
 
 pub async fn set_retention(
@@ -255,7 +255,7 @@ pub async fn set_retention(
     axum::extract::Path(event_type): axum::extract::Path<String>,
     super::error::Body(b): super::error::Body<KeepFor>,
 ) -> Result<Json<Value>, ApiError> {
-    let changed = crate::retention::set_policy(&app, &p.tenant, &event_type, b.keep_days, &p.actor).await?;
+    let changed = chronicle_app::retention::set_policy(&app, &p.tenant, &event_type, b.keep_days, &p.actor).await?;
     Ok(Json(json!({"event_type": event_type, "keep_days": b.keep_days, "changed": changed})))
 }
 
@@ -264,6 +264,6 @@ pub async fn remove_retention(
     p: super::Principal,
     axum::extract::Path(event_type): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    crate::retention::remove_policy(&app, &p.tenant, &event_type, &p.actor).await?;
+    chronicle_app::retention::remove_policy(&app, &p.tenant, &event_type, &p.actor).await?;
     Ok(Json(json!({"event_type": event_type, "keep_days": null})))
 }

@@ -2,8 +2,8 @@
 
 use super::error::ApiError;
 use super::segment::ingest_tenant;
-use crate::app::App;
-use crate::automation::feedback;
+use chronicle_app::app::App;
+use chronicle_app::automation::feedback;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -75,7 +75,7 @@ pub async fn set_sendgrid_key(
     p: super::Principal,
     super::error::Body(b): super::error::Body<SendGridKey>,
 ) -> Result<Json<Value>, ApiError> {
-    feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(crate::error::AppError::BadRequest(e)))?;
+    feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(chronicle_app::error::AppError::BadRequest(e)))?;
     record_setting(&app, &p, "SendGridKeySet", json!({"public_key": b.public_key.trim()})).await?;
     Ok(Json(json!({"public_key": b.public_key.trim()})))
 }
