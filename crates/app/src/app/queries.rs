@@ -1,0 +1,194 @@
+//! Queries over the views (and the log, for a past instant): customers, deals, orders, the
+//! pipeline, the timeline, consents, and pages of the tenant's events.
+
+use super::*;
+
+impl App {
+
+    pub fn customer(&self, tenant: &str, id: &str) -> Result<Customer, AppError> {
+        match self.views().customer(tenant, id) {
+            Some(c) if c.exists => Ok(c.clone()),
+            _ => Err(AppError::NotFound("customer")),
+        }
+    }
+
+    pub fn deal(&self, tenant: &str, id: &str) -> Result<Deal, AppError> {
+        match self.views().tenant(tenant).and_then(|t| t.deals.get(id)) {
+            Some(d) if d.exists => Ok(d.clone()),
+            _ => Err(AppError::NotFound("deal")),
+        }
+    }
+
+    pub fn order(&self, tenant: &str, id: &str) -> Result<Order, AppError> {
+        match self.views().tenant(tenant).and_then(|t| t.orders.get(id)) {
+            Some(o) if o.status != order::OrderStatus::None => Ok(o.clone()),
+            _ => Err(AppError::NotFound("order")),
+        }
+    }
+
+    pub fn pipeline(&self, tenant: &str) -> Pipeline {
+        self.views()
+            .tenant(tenant)
+            .map(|t| t.pipeline())
+            .unwrap_or_else(|| chronicle_projections::TenantViews::default().pipeline())
+    }
+
+    /// The customer as it was at instant `t` (by event time): the latest snapshot that lies
+    /// wholly before `t`, plus the stream's later events that happened by `t` — read only from
+    /// the blocks of versions known to hold such an event.
+    pub async fn customer_as_of(&self, tenant: &str, id: &str, t: DateTime<Utc>) -> Result<Customer, AppError> {
+        chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let (base, ranges) = {
+            let v = self.views();
+            let tv = v
+                .tenant(tenant)
+                .filter(|tv| tv.customers.get(id).is_some_and(|c| c.exists))
+                .ok_or(AppError::NotFound("customer"))?;
+            let base = tv.snapshot_for(id, t).cloned();
+            let ranges = tv.as_of_ranges(id, base.as_ref(), t, v.snapshot_every);
+            (base, ranges)
+        };
+        let stream = customer::stream_of(id);
+        let mut events = Vec::new();
+        for (from, to) in ranges {
+            // As stored: only the customer's own events are opened and parsed.
+            let page = self.store.read_stream_raw(tenant, &stream, from, (to - from + 1) as usize).await?;
+            events.extend(page.into_iter().filter(|e| e.event_time <= t));
+        }
+        let c = chronicle_projections::fold_customer_raw(id, base.as_ref(), events, |raw| self.store.open_raw(raw));
+        if c.exists {
+            Ok(c)
+        } else {
+            Err(AppError::NotFound("customer"))
+        }
+    }
+
+    /// A customer's timeline: the events of the customer's stream, of every duplicate merged
+    /// into it and of every anonymous identity linked to it, in commit order, paged by global position (`after` exclusive;
+    /// `next` is the last position scanned).
+    pub async fn timeline(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+        as_of: Option<DateTime<Utc>>,
+        types: &[String],
+    ) -> Result<Page, AppError> {
+        if let Some(t) = as_of {
+            chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        }
+        let c = self.customer(tenant, id)?;
+        let mut streams = vec![customer::stream_of(id)];
+        streams.extend(c.merged_ids.iter().map(|m| customer::stream_of(m)));
+        streams.extend(c.anonymous_ids.iter().map(|a| format!("anonymous-{a}")));
+        let limit = limit.max(1);
+        let mut out = Vec::new();
+        let mut next = after;
+        loop {
+            // The first `limit` events after the cursor of each stream hold the first `limit`
+            // of the merge.
+            let mut chunk = Vec::new();
+            for s in &streams {
+                if let Some(v) = self.first_version_after(tenant, s, next).await? {
+                    chunk.extend(self.store.read_stream(tenant, s, v, limit).await?);
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            chunk.sort_by_key(|e| e.position);
+            chunk.truncate(limit);
+            for ev in chunk {
+                if out.len() == limit {
+                    break;
+                }
+                next = ev.position;
+                // An expired event's tombstone keeps its place in the log, not in the timeline.
+                if as_of.is_some_and(|t| ev.event_time > t)
+                    || (!types.is_empty() && !types.contains(&ev.event_type))
+                    || ev.event_type == chronicle_core::envelope::EXPIRED_TYPE
+                {
+                    continue;
+                }
+                let mut ev = ev;
+                if c.status == customer::CustomerStatus::Erased && ev.event_type != "CustomerErased" {
+                    // The timeline is a read model too: an erased person's is redacted (with
+                    // crypto-shredding on, the log itself no longer opens).
+                    ev.data = json!({"redacted": true});
+                }
+                out.push(ev);
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(Page { events: out, next })
+    }
+
+    /// The first version of a stream whose position is after `position` (binary search over
+    /// the stream; positions grow with versions).
+    async fn first_version_after(&self, tenant: &str, stream: &str, position: u64) -> Result<Option<u64>, AppError> {
+        let n = self.store.stream_version(tenant, stream).await?;
+        let (mut lo, mut hi) = (1, n + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self.store.read_stream(tenant, stream, mid, 1).await?;
+            match at.first() {
+                Some(e) if e.position > position => hi = mid,
+                Some(_) => lo = mid + 1,
+                None => hi = mid,
+            }
+        }
+        Ok((lo <= n).then_some(lo))
+    }
+
+    /// The customer an anonymous id is linked to, if any.
+    pub fn identity_owner(&self, tenant: &str, anonymous_id: &str) -> Option<String> {
+        self.views().tenant(tenant)?.identities.get(anonymous_id).cloned()
+    }
+
+    pub fn consents(&self, tenant: &str, id: &str) -> Result<ConsentLedger, AppError> {
+        let c = self.customer(tenant, id)?;
+        let history = self.views().tenant(tenant).and_then(|t| t.consent_history.get(id)).cloned().unwrap_or_default();
+        Ok(ConsentLedger { current: c.consents.into_values().collect(), history })
+    }
+
+    /// The send decision's consent step: read from the inline view, so a revocation that
+    /// committed before this call is always seen.
+    pub fn consent_check(&self, tenant: &str, id: &str, channel: Channel, purpose: Purpose) -> ConsentDecision {
+        self.metrics.consent_checks.fetch_add(1, Ordering::Relaxed);
+        self.views().consent_check(tenant, id, channel, purpose)
+    }
+
+    /// The tenant's events after `after` (exclusive), at most `limit`; `next` is the last
+    /// position scanned, to pass as `after` for the following page.
+    pub async fn events(&self, tenant: &str, after: u64, limit: usize) -> Result<Page, AppError> {
+        let mut out = Vec::new();
+        let mut next = after;
+        loop {
+            let page = self.store.read_all(next, limit.max(1)).await?;
+            let Some(last) = page.last() else { break };
+            let scanned = last.position;
+            for ev in page {
+                if out.len() == limit {
+                    break;
+                }
+                next = ev.position;
+                if ev.tenant == tenant && !crate::audit::is_internal(&ev.stream) {
+                    out.push(ev);
+                }
+            }
+            if out.len() == limit || next < scanned {
+                break;
+            }
+        }
+        Ok(Page { events: out, next })
+    }
+
+    pub async fn read_stream(&self, tenant: &str, stream: &str, after: u64, limit: usize) -> Result<Page, AppError> {
+        let events = self.store.read_stream(tenant, stream, after + 1, limit).await?;
+        let next = events.last().map_or(after, |e| e.version);
+        Ok(Page { events, next })
+    }
+}
