@@ -19,13 +19,58 @@ pub enum AppError {
     VersionConflict { stream: String, expected: ExpectedVersion, actual: u64 },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// An event with this id is stored already (ids derive from causes: the effect was had).
+    #[error("{0}")]
+    IdReused(String),
+    /// The customer was erased: nothing more is written for them.
+    #[error("{0}")]
+    Erased(String),
+    /// The anonymous id is linked to another customer already (moving it would be a merge).
+    #[error("this anonymous id is already linked to another customer")]
+    IdentityLinkedElsewhere,
     /// A business rule refused the command.
     #[error("{message}")]
     Rule { code: &'static str, message: String },
     #[error("{0}")]
     TooLarge(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A fault on Chronicle's side: what was being done, and its cause (kept as the source,
+    /// logged once at the boundary; a client is told no detail).
+    #[error("internal error: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        cause: Cause,
+    },
+}
+
+/// The cause of an internal error (shared: ingest reports one store failure for every message
+/// of a batch).
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+impl AppError {
+    /// An internal error: `context` says what was being done, `cause` why it failed.
+    pub fn internal(context: impl Into<String>, cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> AppError {
+        AppError::Internal { context: context.into(), cause: std::sync::Arc::from(cause.into()) }
+    }
+
+    /// The same error again (an internal one shares its cause).
+    pub fn duplicate(&self) -> AppError {
+        match self {
+            AppError::BadRequest(m) => AppError::BadRequest(m.clone()),
+            AppError::Unauthorized => AppError::Unauthorized,
+            AppError::NotFound(w) => AppError::NotFound(w),
+            AppError::VersionConflict { stream, expected, actual } => {
+                AppError::VersionConflict { stream: stream.clone(), expected: *expected, actual: *actual }
+            }
+            AppError::Conflict { code, message } => AppError::Conflict { code, message: message.clone() },
+            AppError::Rule { code, message } => AppError::Rule { code, message: message.clone() },
+            AppError::TooLarge(m) => AppError::TooLarge(m.clone()),
+            AppError::IdReused(m) => AppError::IdReused(m.clone()),
+            AppError::Erased(m) => AppError::Erased(m.clone()),
+            AppError::IdentityLinkedElsewhere => AppError::IdentityLinkedElsewhere,
+            AppError::Internal { context, cause } => AppError::Internal { context: context.clone(), cause: cause.clone() },
+        }
+    }
 }
 
 impl AppError {
@@ -39,7 +84,10 @@ impl AppError {
             AppError::VersionConflict { .. } => "version_conflict",
             AppError::Conflict { code, .. } | AppError::Rule { code, .. } => code,
             AppError::TooLarge(_) => "too_large",
-            AppError::Internal(_) => "internal",
+            AppError::IdReused(_) => "event_id_reused",
+            AppError::Erased(_) => "customer_erased",
+            AppError::IdentityLinkedElsewhere => "identity_linked_elsewhere",
+            AppError::Internal { .. } => "internal",
         }
     }
 }
@@ -53,7 +101,7 @@ impl From<CustomerError> for AppError {
             E::AlreadyExists => AppError::Conflict { code: "customer_exists", message },
             E::EmailTaken => AppError::Conflict { code: "email_taken", message },
             E::InvalidEmail | E::InvalidPhone | E::Empty(_) | E::InvalidTrait(_) => AppError::BadRequest(message),
-            E::Erased => AppError::Rule { code: "customer_erased", message },
+            E::Erased => AppError::Erased(message),
             E::Merged { .. } => AppError::Rule { code: "customer_merged", message },
             E::InvalidMerge(_) => AppError::Rule { code: "invalid_merge", message },
             E::Deactivated => AppError::Rule { code: "customer_deactivated", message },
@@ -96,15 +144,15 @@ impl From<AppendError> for AppError {
             AppendError::Conflict { stream, expected, actual } => {
                 AppError::VersionConflict { stream, expected, actual }
             }
-            AppendError::IdReused { .. } => AppError::Conflict { code: "event_id_reused", message: e.to_string() },
+            AppendError::IdReused { .. } => AppError::IdReused(e.to_string()),
             AppendError::Invalid(m) => AppError::BadRequest(m),
-            AppendError::Storage(m) => AppError::Internal(m),
+            e @ AppendError::Storage(_) => AppError::internal("writing to the event store", e),
         }
     }
 }
 
 impl From<ReadError> for AppError {
     fn from(e: ReadError) -> Self {
-        AppError::Internal(e.to_string())
+        AppError::internal("reading the event store", e)
     }
 }

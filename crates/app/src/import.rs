@@ -200,7 +200,7 @@ fn parse_general(tenant: &str, ids: &Pseudonyms, n: u64, line: &[u8], now: DateT
     let Value::Object(mut m) = value else { return Err(reject("bad_request", "a line must be a JSON object".into())) };
     if m.contains_key("specversion") {
         ids.apply(&mut m, &["subject"]);
-        let (stream, ev) = crate::cloudevents::prepare(tenant, m, now).map_err(|e| reject("bad_request", e))?;
+        let (stream, ev) = crate::cloudevents::prepare(tenant, m, now).map_err(|e| reject("bad_request", e.to_string()))?;
         return Ok(Item::Cloud(stream, ev));
     }
     let mut text_len = line.len();
@@ -249,8 +249,8 @@ async fn ndjson(
             let chunk = read_chunk(&mut r, &mut next_line);
             (r, next_line, chunk)
         });
-        let parsed = parsing.await.map_err(|e| AppError::Internal(e.to_string()))?;
-        let (r, n, chunk) = reading.await.map_err(|e| AppError::Internal(e.to_string()))?;
+        let parsed = parsing.await.map_err(|e| AppError::internal("parsing import lines", e))?;
+        let (r, n, chunk) = reading.await.map_err(|e| AppError::internal("reading the import", e))?;
         let chunk = chunk.map_err(io)?;
         // Progress counts the file's lines, blank ones included, up to the parsed chunk's end.
         let done_to = chunk.first().map_or(n, |(first, _)| *first);
@@ -349,7 +349,7 @@ async fn run_all(
     let mut results = futures_util::stream::iter(tasks).buffer_unordered(CONCURRENCY);
     let mut rejected = Vec::new();
     while let Some(r) = results.next().await {
-        rejected.extend(r.map_err(|e| AppError::Internal(e.to_string()))??);
+        rejected.extend(r.map_err(|e| AppError::internal("importing a chunk", e))??);
     }
     Ok(rejected)
 }
@@ -462,7 +462,7 @@ async fn write_step(app: &App, tenant: &str, step: Vec<(u64, Item)>) -> Result<V
         for (i, result) in ingest::append_run(app, tenant, cloud_stream, cloud).await {
             match result {
                 Ok(()) => {}
-                Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+                Err(e @ AppError::Internal { .. }) => return Err(e),
                 Err(e) => rejected.push(Rejected { line: lines[i], code: e.code(), message: e.to_string() }),
             }
         }
@@ -672,7 +672,7 @@ async fn write_contacts(
         let record = ("ContactImported".to_owned(), json!({"file": name, "line": c.line}));
         match app.customer_commands_from(tenant, &c.id, cmds, ACTOR, Some((&c.key, app.now())), Some(record)).await {
             Ok(_) => {}
-            Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+            Err(e @ AppError::Internal { .. }) => return Err(e),
             Err(e) => rejected.push(Rejected { line: c.line, code: e.code(), message: e.to_string() }),
         }
     }

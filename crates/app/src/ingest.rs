@@ -348,7 +348,7 @@ pub async fn write_calls(app: &App, tenant: &str, actor: &str, sender: Sender, c
 fn record(out: &mut Outcome, index: usize, result: Result<(), AppError>) -> Result<(), AppError> {
     match result {
         Ok(()) => out.written += 1,
-        Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+        Err(e @ AppError::Internal { .. }) => return Err(e),
         Err(e) => out.rejected.push((index, e.code(), e.to_string())),
     }
     Ok(())
@@ -412,8 +412,8 @@ pub(crate) async fn write_activity_runs(
     let names: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
     app.store().prepare_streams(tenant, &names).await.map_err(AppError::from)?;
     for ((r, i), result) in append_runs(app, tenant, streams).await {
-        if let Err(AppError::Internal(m)) = result {
-            return Err(AppError::Internal(m));
+        if let Err(e @ AppError::Internal { .. }) = result {
+            return Err(e);
         }
         done[r].push((i, result));
     }
@@ -459,9 +459,9 @@ async fn append_runs<T: Copy>(app: &App, tenant: &str, streams: Vec<StreamRun<T>
     let mut stored = match app.store().stored(tenant, &ids).await {
         Ok(s) => s.into_iter(),
         Err(e) => {
-            let msg = e.to_string();
+            let e = AppError::from(e);
             let all = streams.into_iter().flat_map(|(_, evs)| evs.into_iter().map(|(t, _)| t));
-            return all.map(|t| (t, Err(AppError::Internal(msg.clone())))).collect();
+            return all.map(|t| (t, Err(e.duplicate()))).collect();
         }
     };
     let mut results = Vec::with_capacity(ids.len());
@@ -487,13 +487,9 @@ async fn append_runs<T: Copy>(app: &App, tenant: &str, streams: Vec<StreamRun<T>
             Err(e) => {
                 // Internal errors abort the request; anything else (another delivery of the same
                 // messages racing this one) refuses these messages, which the sender may retry.
-                let (msg, internal) = (e.to_string(), matches!(e, AppError::Internal(_)));
-                let err = || {
-                    if internal {
-                        AppError::Internal(msg.clone())
-                    } else {
-                        AppError::Conflict { code: "retry", message: format!("{msg}; send it again") }
-                    }
+                let err = || match &e {
+                    AppError::Internal { .. } => e.duplicate(),
+                    _ => AppError::Conflict { code: "retry", message: format!("{e}; send it again") },
                 };
                 results.extend(tags.into_iter().map(|t| (t, Err(err()))));
             }
@@ -582,7 +578,7 @@ async fn apply_order_effect(app: &App, tenant: &str, actor: &str, e: OrderEffect
         let key = format!("{}/order/{step}", e.message_id);
         match app.order_command(tenant, &e.order_id, cmd, actor, (&key, e.at)).await {
             Ok(()) => {}
-            Err(AppError::Internal(m)) => return Err(AppError::Internal(m)),
+            Err(e @ AppError::Internal { .. }) => return Err(e),
             Err(err) => {
                 tracing::debug!(step, error = %err, "order effect refused by the order's rules");
                 break;
@@ -862,10 +858,7 @@ async fn write_one(app: &App, tenant: &str, actor: &str, sender: Sender, msg: Me
 /// An anonymous id already linked to another customer is not moved (that would be a merge).
 fn refuse_foreign_identity(app: &App, tenant: &str, user: &str, anon: &str) -> Result<(), AppError> {
     match app.identity_owner(tenant, anon) {
-        Some(owner) if owner != user => Err(AppError::Conflict {
-            code: "identity_linked_elsewhere",
-            message: "this anonymous id is already linked to another customer".into(),
-        }),
+        Some(owner) if owner != user => Err(AppError::IdentityLinkedElsewhere),
         _ => Ok(()),
     }
 }

@@ -21,6 +21,7 @@ pub mod profile;
 pub mod pseudonym;
 pub mod retention;
 pub mod sealing;
+pub mod storage;
 
 pub use app::App;
 pub use error::AppError;

@@ -58,7 +58,7 @@ pub async fn replay(store: &Arc<dyn EventStore>, mut progress: impl FnMut(u64)) 
         events += n;
         progress(n);
     }
-    reader.await.map_err(|e| AppError::Internal(e.to_string()))??;
+    reader.await.map_err(|e| AppError::internal("reading the log", e))??;
     Ok(Replay { projections: fresh, problems, events })
 }
 
@@ -92,7 +92,7 @@ pub async fn live_views(
     seal: Option<&dyn chronicle_projections::CheckpointSeal>,
 ) -> Result<Projections, AppError> {
     // What the server would start from (a checkpoint it cannot use is rebuilt from the log).
-    let (mut live, _) = resume_from(checkpoint, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+    let (mut live, _) = resume_from(checkpoint, seal).map_err(|e| AppError::internal("reading the views' checkpoint", e))?;
     live.index_key = store.index_key()?.map(chronicle_projections::IndexKey::new);
     let mut after = live.position;
     loop {

@@ -27,8 +27,8 @@ impl CheckpointKeys {
         std::mem::replace(&mut c, format!("checkpoint:{}", uuid::Uuid::now_v7()))
     }
 
-    pub fn destroy(&self, name: &str) -> Result<bool, String> {
-        self.keys.destroy(SYSTEM, name).map_err(|e| e.to_string())
+    pub fn destroy(&self, name: &str) -> Result<bool, chronicle_privacy::KeyError> {
+        self.keys.destroy(SYSTEM, name)
     }
 }
 

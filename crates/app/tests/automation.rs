@@ -76,7 +76,7 @@ async fn steps_set_the_stage_tag_branch_on_traits_and_on_what_happened_and_wait_
     // The one-second wait is passed by moving the application's clock, not by sleeping.
     let clock = Arc::new(chronicle_app::clock::ManualClock::new(Utc::now()));
     assert!(app.set_clock(clock.clone()));
-    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
     track(&app, "a", "Signed Up").await;
     track(&app, "b", "Signed Up").await;
     // "Since the enrolment": the checkout comes after it (the engine may enrol a moment later).
@@ -86,7 +86,7 @@ async fn steps_set_the_stage_tag_branch_on_traits_and_on_what_happened_and_wait_
     wait_for(&app, "a", "a's one-second wait", waiting).await;
     wait_for(&app, "b", "b's one-second wait", waiting).await;
     clock.advance(chrono::Duration::seconds(2));
-    app.automation_wake.notify_one();
+    engine.wake();
 
     // Compiled: 0 stage, 1 branch, 2-3 then + jump, 4 else, 5 wait, 6 branch, 7-8, 9, 10 the wait until.
     let until = |evs: &[EventEnvelope]| evs.iter().any(|e| e.event_type == "CampaignStepScheduled" && e.data["step"] == 10);
@@ -191,14 +191,14 @@ async fn a_goal_logged_between_the_trigger_and_the_enrolment_still_converts_it()
     track(&app, "a", "Order Completed").await;
     let clock = Arc::new(chronicle_app::clock::ManualClock::new(Utc::now()));
     assert!(app.set_clock(clock.clone()));
-    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
     let evs = wait_for(&app, "a", "the conversion", |e| e.iter().any(|e| e.event_type == "CampaignConverted")).await;
     let order = evs.iter().position(|e| e.event_type == "ActivityTracked" && e.data["event"] == "Order Completed").unwrap();
     let enrolled = evs.iter().position(|e| e.event_type == "CampaignEnrolled").unwrap();
     assert!(order < enrolled, "the order was logged before the enrolment");
     // Past the wait, by the application's clock: the ended enrolment does not go on.
     clock.advance(chrono::Duration::seconds(5));
-    app.automation_wake.notify_one();
+    engine.wake();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(tags(&events(&app, "a").await).is_empty(), "a converted enrolment sends no reminder");
 }
@@ -464,7 +464,7 @@ async fn a_reaction_that_keeps_failing_is_parked_and_retried_not_skipped() {
     save_campaign(&app, "acme", "welcome", c, "test").await.unwrap();
     register(&app, "p1", json!({}), None, vec![]).await;
     register(&app, "p2", json!({}), None, vec![]).await;
-    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
     flaky.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
     track(&app, "p1", "Signed Up").await;
     let parked_at = app.store().head().await.unwrap();
@@ -472,21 +472,21 @@ async fn a_reaction_that_keeps_failing_is_parked_and_retried_not_skipped() {
     // The shard goes on: p2 is enrolled while p1's reaction is parked.
     wait_for(&app, "p2", "p2's enrolment", |e| e.iter().any(|e| e.event_type == "CampaignEnrolled")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while app.parked_reactions.is_empty() {
+    while engine.parked().is_empty() {
         assert!(Instant::now() < deadline, "the failing reaction was never parked");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let parked = app.parked_reactions.of("acme");
+    let parked = engine.parked().of("acme");
     assert_eq!((parked.len(), parked[0].position, parked[0].event_type.as_str()), (1, parked_at, "ActivityTracked"));
     assert!(app.reacted() < parked_at, "the saved cursor stays before the parked event: {} vs {parked_at}", app.reacted());
     assert!(!events(&app, "p1").await.iter().any(|e| e.event_type == "CampaignEnrolled"));
     // The store recovers: the retry enrols p1, and the cursor moves on.
     flaky.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(app.parked_reactions.retry_now("acme", parked_at, Utc::now()));
-    app.automation_wake.notify_one();
+    assert!(engine.parked().retry_now("acme", parked_at, Utc::now()));
+    engine.wake();
     wait_for(&app, "p1", "p1's enrolment after the retry", |e| e.iter().any(|e| e.event_type == "CampaignEnrolled")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !app.parked_reactions.is_empty() || app.reacted() < parked_at {
+    while !engine.parked().is_empty() || app.reacted() < parked_at {
         assert!(Instant::now() < deadline, "the parked reaction was not cleared");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -503,14 +503,14 @@ async fn a_one_hour_wait_fires_when_the_clock_is_moved_on() {
     let c = json!({"trigger": {"event": "Signed Up"}, "steps": [{"wait": "1h"}, {"tag": "an-hour-later"}]});
     save_campaign(&app, "acme", "later", c, "test").await.unwrap();
     register(&app, "c1", json!({}), None, vec![]).await;
-    Engine::start(app.clone(), EngineConfig::default()).unwrap();
+    let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
     track(&app, "c1", "Signed Up").await;
     wait_for(&app, "c1", "the wait", |e| e.iter().any(|e| e.event_type == "CampaignStepScheduled")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tags(&events(&app, "c1").await).is_empty(), "not before the hour");
     let started = Instant::now();
     clock.advance(chrono::Duration::hours(1) + chrono::Duration::seconds(1));
-    app.automation_wake.notify_one();
+    engine.wake();
     let evs = wait_for(&app, "c1", "the step after the wait", |e| !tags(e).is_empty()).await;
     assert_eq!(tags(&evs), ["an-hour-later"]);
     assert!(started.elapsed() < Duration::from_secs(1), "fired {:?} after the clock moved", started.elapsed());

@@ -3,98 +3,33 @@
 
 use crate::config::{AutomationArgs, Config, ServerArgs, StorageArgs};
 use crate::progress::Progress;
-use crate::storage;
+use chronicle_app::storage;
 use anyhow::Context;
 use chronicle_core::customer;
 use chronicle_projections::{diff, save_to, Saved};
-use chronicle_app::{maintenance, App};
+use chronicle_app::maintenance;
+use chronicle_server::application::Application;
 use serde_json::json;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
-
-const CHECKPOINT_EVERY: Duration = chronicle_server::application::CHECKPOINT_EVERY;
 
 /// Serve the API until Ctrl-C or SIGTERM; then stop accepting, let in-flight requests finish,
 /// and write a final checkpoint.
 pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, listen)?;
-    let st = storage::open(&cfg)?;
-    let app = st.app().await?;
-    app.set_rate_limit(server.rate_limit);
-    app.set_ingest_rate_limits(server.ingest_rate_limit, server.ingest_rate_limit_per_address);
-    app.set_webhook_targets(automation.webhook_targets());
-    if let Some(dir) = &automation.campaigns {
-        let n = chronicle_app::automation::definitions::load_folder(&app, dir)
-            .await
-            .with_context(|| format!("loading campaigns from {}", dir.display()))?;
-        tracing::info!(changed = n, folder = %dir.display(), "campaigns and templates loaded");
-    }
-    // Over a shared database, the campaign work is shared out by tenant in leased shards (see
-    // `automation::lease`); alone, this node does all of it.
-    let holder = st.holder.clone();
-    let leases = st.pg.clone().map(|pg| pg as Arc<dyn chronicle_store::Leases>);
-    let (engine, leased) = start_automation(&app, automation, leases.clone().map(|l| (l, holder.clone())))?;
-    run_server(&cfg, app.clone(), server.serve_options(), |addr| println!("chronicle listening on http://{addr}")).await?;
-    if let (Some(leases), Some((gate, renewal))) = (leases, leased) {
-        // Handed over now rather than when it runs out.
-        chronicle_app::automation::lease::hand_over(renewal, &gate, &engine, &*leases, &holder, Duration::from_secs(5))
-            .await
-            .context("handing the campaign work over")?;
-    }
+    let application = Application::build(cfg.application(server, automation)?).await?;
+    run(application, &cfg, |addr| println!("chronicle listening on http://{addr}")).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Start the automation engine (campaigns, timers, the outbox) on the running app.
-/// The gate of a leased engine and the task renewing its lease.
-type Leased = (Arc<chronicle_app::automation::lease::Gate>, tokio::task::JoinHandle<()>);
-
-/// Start the automation engine (campaigns, timers, the outbox) on the running app: always at
-/// work alone, or over a shared database on the shards this node holds.
-pub fn start_automation(
-    app: &Arc<App>,
-    automation: &AutomationArgs,
-    leased: Option<(Arc<dyn chronicle_store::Leases>, String)>,
-) -> anyhow::Result<(Arc<chronicle_app::automation::Engine>, Option<Leased>)> {
-    if let Some(k) = &automation.sendgrid_public_key {
-        let key = chronicle_app::automation::feedback::parse_public_key(k).map_err(|e| anyhow::anyhow!(e))?;
-        let _ = app.sendgrid_key.set(key);
-    }
-    use chronicle_app::automation::{lease, Engine};
-    let gate = if leased.is_some() { lease::Gate::leased() } else { lease::Gate::always() };
-    let engine = Engine::start_gated(app.clone(), automation.engine_config(), gate.clone())
-        .map_err(|e| anyhow::anyhow!(e))
-        .context("starting the automation engine")?;
-    let leased = leased.map(|(leases, holder)| {
-        let renewal = lease::renew(app.clone(), leases, gate.clone(), engine.clone(), holder);
-        (gate, renewal)
-    });
-    Ok((engine, leased))
-}
-
-/// Bind, serve, checkpoint periodically, and shut down gracefully.
-pub async fn run_server(
-    cfg: &Config,
-    app: Arc<App>,
-    options: chronicle_server::ServeOptions,
-    on_ready: impl FnOnce(std::net::SocketAddr),
-) -> anyhow::Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
+/// Run the built system until Ctrl-C or SIGTERM, telling `on_ready` where it listens.
+pub async fn run(application: Application, cfg: &Config, on_ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+    let addr = application.address();
     tracing::info!(%addr, data = %cfg.data.display(), "serving");
     // The handlers are in place before anyone is told the server is up: a SIGTERM right after
     // the "listening" line must shut down gracefully, not kill the process.
     let shutdown = shutdown_signal()?;
     on_ready(addr);
-    // Over a shared database one node writes the views' checkpoint (the holder of its lease,
-    // renewed more often than checkpoints are written, so a dead holder's duty moves within
-    // seconds); alone, this node writes its own.
-    let checkpointing = chronicle_server::application::Checkpointing {
-        every: CHECKPOINT_EVERY,
-        lease_renewal: cfg.database_url.is_some().then_some(crate::storage::VIEWS_LEASE_RENEW),
-    };
-    match chronicle_server::application::run_until_stopped(app, listener, shutdown, options, checkpointing).await? {
+    match application.run_until_stopped(shutdown).await? {
         Some(pos) => tracing::info!(position = pos, "stopped; checkpoint written"),
         None => tracing::info!("stopped; the checkpoint is kept by another node"),
     }
@@ -124,7 +59,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     let app = st.app().await?;
     let (api_key, write_key) = app.create_tenant(name).await?;
     app.final_checkpoint()?;
@@ -134,7 +69,7 @@ pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<Exi
 
 pub async fn rebuild(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     let old_key = drop_checkpoint(&st)?;
     let (fresh, problems, (n, secs, rate)) = rebuild_checkpoint(&st, "rebuild", old_key, 0).await?;
     for p in &problems {
@@ -202,7 +137,7 @@ async fn rebuild_checkpoint(
 /// no other node has the schema open, and other nodes build their views again when they start.
 pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let mut st = storage::open(&cfg)?;
+    let mut st = storage::open(&cfg.storage())?;
     let seal = st.keys.clone().map(chronicle_app::sealing::CheckpointKeys::new);
     let live =
         maintenance::live_views(&*st.store, &*st.checkpoint(), seal.as_ref().map(|s| s as &dyn chronicle_projections::CheckpointSeal))
@@ -225,7 +160,7 @@ pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCo
     // from the compacted log rather than resume from views that hold the expired events.
     let old_key = drop_checkpoint(&st)?;
     let expiry = chronicle_store::expire::Expiry { positions: &plan.positions, records };
-    let done = st.expire(&cfg, &expiry)?;
+    let done = st.expire(&cfg.storage(), &expiry)?;
     let compacted = started.elapsed().as_secs_f64();
     let (_, problems, _) = rebuild_checkpoint(&st, "rebuild", old_key, live.reacted).await?;
     for p in &problems {
@@ -245,7 +180,7 @@ pub async fn compact(args: &StorageArgs, dry_run: bool) -> anyhow::Result<ExitCo
 /// `chronicle retention`: a tenant's policies, set or removed as through the API.
 pub async fn retention(args: &StorageArgs, tenant: &str, change: Option<(String, Option<u32>)>) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     let app = st.app().await?;
     if app.views().tenant(tenant).is_none() {
         eprintln!("no tenant {tenant}");
@@ -266,7 +201,7 @@ pub async fn retention(args: &StorageArgs, tenant: &str, change: Option<(String,
 
 pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     // The live views: what a server would run on (checkpoint plus the log's tail).
     let seal = st.keys.clone().map(chronicle_app::sealing::CheckpointKeys::new);
     let live =
@@ -287,7 +222,7 @@ pub async fn verify(args: &StorageArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn history(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     let stream = customer::stream_of(customer_id);
     let mut from = 1;
     let mut any = false;
@@ -310,7 +245,7 @@ pub async fn history(args: &StorageArgs, tenant: &str, customer_id: &str) -> any
 /// `chronicle export CUSTOMER`: the same document as `GET /v1/customers/{id}/export`.
 pub async fn export(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     let app = st.app().await?;
     match app.export_customer(tenant, customer_id).await {
         Ok(doc) => {

@@ -177,6 +177,40 @@ pub struct Config {
 }
 
 impl Config {
+    /// The storage part of the configuration.
+    pub fn storage(&self) -> chronicle_app::storage::StorageConfig {
+        chronicle_app::storage::StorageConfig {
+            data: self.data.clone(),
+            database_url: self.database_url.clone(),
+            database_schema: self.database_schema.clone(),
+            seal: self.seal,
+            master_key_file: self.master_key_file.clone(),
+            master_key: self.master_key.clone(),
+        }
+    }
+
+    /// The running system's configuration: storage and listener from here, limits and
+    /// automation from their flags.
+    pub fn application(&self, server: &ServerArgs, automation: &AutomationArgs) -> anyhow::Result<chronicle_server::application::Config> {
+        let mut engine = automation.engine_config();
+        if let Some(k) = &automation.sendgrid_public_key {
+            engine.sendgrid_key =
+                Some(chronicle_app::automation::feedback::parse_public_key(k).context("--sendgrid-public-key")?);
+        }
+        Ok(chronicle_server::application::Config {
+            serve: server.serve_options(),
+            limits: chronicle_server::application::Limits {
+                per_key: server.rate_limit,
+                ingest_per_key: server.ingest_rate_limit,
+                ingest_per_address: server.ingest_rate_limit_per_address,
+            },
+            engine,
+            webhook_targets: automation.webhook_targets(),
+            campaigns: automation.campaigns.clone(),
+            ..chronicle_server::application::Config::new(self.storage(), self.listen)
+        })
+    }
+
     pub fn resolve(args: &StorageArgs, listen: Option<&str>) -> anyhow::Result<Config> {
         let file = match &args.config {
             Some(p) => read_file(p)?,

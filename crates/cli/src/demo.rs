@@ -6,7 +6,7 @@
 
 use crate::config::{Config, StorageArgs};
 use crate::progress::Progress;
-use crate::{commands, storage};
+use crate::commands;
 use anyhow::{bail, Context};
 use chronicle_core::customer::{
     self, Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, NoEmails, Purpose,
@@ -486,30 +486,43 @@ pub async fn run(
         }
         std::fs::remove_dir_all(&cfg.data).with_context(|| format!("clearing {}", cfg.data.display()))?;
     }
-    let st = storage::open(&cfg)?;
-    let app = st.app().await?;
+    // Served: the running system is built first (storage, views, engine, listener) and the
+    // data prepared on its application; --no-serve opens the storage alone, as a one-off
+    // command does.
+    let (application, st) = if no_serve {
+        (None, Some(chronicle_app::storage::open(&cfg.storage())?))
+    } else {
+        // The demo runs on one host, and its stuck-deal example alerts a relay on loopback: its
+        // tenants' webhooks may reach internal addresses (a server refuses them unless
+        // --allow-private-webhooks).
+        let config = chronicle_server::application::Config {
+            webhook_targets: chronicle_app::automation::targets::WebhookTargets::AllowPrivate,
+            ..cfg.application(server, automation)?
+        };
+        (Some(chronicle_server::application::Application::build(config).await?), None)
+    };
+    let app = match (&application, &st) {
+        (Some(a), _) => a.app().clone(),
+        (None, Some(st)) => st.app().await?,
+        (None, None) => unreachable!("one of the two is made above"),
+    };
     let (api_key, write_key) = app.create_tenant("demo").await?;
     eprintln!("generating {customers} customers (about 100 events each)…");
     let started = std::time::Instant::now();
     let now = Utc::now();
     let events = generate(&app, "demo", customers, now).await?;
     let secs = started.elapsed().as_secs_f64();
-    // The demo runs on one host, and its stuck-deal example alerts a relay on loopback: its
-    // tenants' webhooks may reach internal addresses (a server refuses them unless
-    // --allow-private-webhooks).
     app.set_webhook_targets(chronicle_app::automation::targets::WebhookTargets::AllowPrivate);
     let campaigns = load_examples(&app, "demo").await?;
     app.checkpoint()?;
     let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});
-    if no_serve {
+    let Some(application) = application else {
         println!("{summary}");
         return Ok(ExitCode::SUCCESS);
-    }
-    app.set_rate_limit(server.rate_limit);
-    app.set_ingest_rate_limits(server.ingest_rate_limit, server.ingest_rate_limit_per_address);
-    commands::start_automation(&app, automation, None)?;
+    };
+    drop(app);
     let week_ago = (now - Duration::days(7)).format("%Y-%m-%dT%H:%M:%SZ");
-    commands::run_server(&cfg, app, server.serve_options(), |addr| {
+    commands::run(application, &cfg, |addr| {
         let base = format!("http://{addr}");
         println!(
             "\nChronicle demo is ready: {customers} customers, {events} events generated in {secs:.1} s ({:.0} events/s).\n\n  URL:        {base}\n  API key:    {api_key}\n  Write key:  {write_key}\n\nTry:\n  export KEY={api_key}\n  # a customer's profile and timeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/customers/{SHOWCASE}\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}/timeline?limit=5'\n  # may we e-mail them marketing?\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/consent-check?customer={SHOWCASE}&channel=email&purpose=marketing'\n  # the same profile as it was a week ago (the plan changed three days ago)\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}?as_of={week_ago}'\n  # the deal pipeline, the example campaigns at work, and the live event stream\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/pipeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/campaigns\n  curl -N -H \"Authorization: Bearer $KEY\" {base}/v1/events/stream\n\nCtrl-C stops the server.",

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, StorageArgs};
 use crate::progress::Progress;
-use crate::storage;
+use chronicle_app::storage;
 use anyhow::{bail, Context};
 use chronicle_app::import::{self, Format, Observer, Rejected};
 use serde_json::json;
@@ -34,7 +34,7 @@ pub async fn run(
     let total = count_lines(file).with_context(|| format!("reading {}", file.display()))?;
     let input = BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg)?;
+    let st = storage::open(&cfg.storage())?;
     let app = st.app().await?;
     let rejects = match rejects {
         Some(p) => Some(std::io::BufWriter::new(

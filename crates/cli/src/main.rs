@@ -11,7 +11,6 @@ mod config;
 mod demo;
 mod import;
 mod progress;
-mod storage;
 
 use clap::{Parser, Subcommand};
 use config::StorageArgs;

@@ -21,6 +21,7 @@ pub mod store;
 
 pub use cipher::DataKey;
 pub use keys::Keys;
+pub use keystore::KeyError;
 pub use keystore::{KeyStore, MasterKey};
 pub use pgkeys::PgKeyStore;
 pub use store::SealedStore;

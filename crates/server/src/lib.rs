@@ -8,29 +8,27 @@
 pub mod application;
 pub mod http;
 
-use chronicle_app::App;
 
 use std::future::Future;
-use std::sync::Arc;
 
 pub use http::serve::ServeOptions;
 
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish first.
 pub async fn serve(
-    app: Arc<App>,
+    api: http::Api,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(app, listener, shutdown, ServeOptions::default()).await
+    serve_with(api, listener, shutdown, ServeOptions::default()).await
 }
 
 /// [`serve`] with the listener's limits and options given.
 pub async fn serve_with(
-    app: Arc<App>,
+    api: http::Api,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let router = http::router_with(app, &options);
+    let router = http::router_with(api, &options);
     http::serve::serve_router(router, listener, shutdown, options).await
 }

@@ -2,7 +2,7 @@
 //! store (the append-only log) in a temporary folder, driven by a real HTTP client.
 
 use chronicle_app::App;
-use chronicle_store::log::LogStore;
+use chronicle_server::application::Application;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -33,27 +33,33 @@ fn spawn_app_with(rate_limit: u64) -> TestApp {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
-            let store = Arc::new(LogStore::open(&path).unwrap());
-            let app = App::start(store, Some(path.join("projections.json"))).await.unwrap();
-            app.set_rate_limit(rate_limit);
+            let application = build(&path, rate_limit).await;
+            let app = application.app();
             let (key, write_key) = app.create_tenant("acme").await.unwrap();
             let (other_key, _) = app.create_tenant("rival").await.unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send((listener.local_addr().unwrap(), key, other_key, write_key)).unwrap();
-            // The running system as `chronicle serve` runs it (listener limits, checkpointing).
-            let run = chronicle_server::application::run_until_stopped(
-                app,
-                listener,
-                std::future::pending(),
-                chronicle_server::ServeOptions::default(),
-                chronicle_server::application::Checkpointing::default(),
-            );
-            run.await.unwrap();
+            tx.send((application.address(), key, other_key, write_key)).unwrap();
+            application.run_until_stopped(std::future::pending()).await.unwrap();
         });
     });
     let (addr, key, other_key, write_key) = rx.recv().unwrap();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     TestApp { base: format!("http://{addr}"), key, other_key, write_key, agent, _dir: dir }
+}
+
+/// The running system as `chronicle serve` builds it (storage in `data`, sealed as a new
+/// folder is; listener limits, checkpointing, the automation engine), on a free port.
+async fn build(data: &std::path::Path, rate_limit: u64) -> Application {
+    let storage = chronicle_app::storage::StorageConfig {
+        data: data.to_owned(),
+        database_url: None,
+        database_schema: "chronicle".into(),
+        seal: None,
+        master_key_file: None,
+        master_key: None,
+    };
+    let mut config = chronicle_server::application::Config::new(storage, "127.0.0.1:0".parse().unwrap());
+    config.limits.per_key = rate_limit;
+    Application::build(config).await.unwrap()
 }
 
 impl TestApp {
@@ -1180,19 +1186,12 @@ fn spawn_kept() -> (TestApp, Arc<App>, tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (app, key, other_key, write_key, addr) = rt.block_on(async {
-        let store = Arc::new(LogStore::open(dir.path()).unwrap());
-        let app = App::start(store, Some(dir.path().join("projections.json"))).await.unwrap();
+        let application = build(dir.path(), 0).await;
+        let app = application.app().clone();
         let (key, write_key) = app.create_tenant("acme").await.unwrap();
         let (other_key, _) = app.create_tenant("rival").await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(chronicle_server::application::run_until_stopped(
-            app.clone(),
-            listener,
-            std::future::pending(),
-            chronicle_server::ServeOptions::default(),
-            chronicle_server::application::Checkpointing::default(),
-        ));
+        let addr = application.address();
+        tokio::spawn(application.run_until_stopped(std::future::pending()));
         (app, key, other_key, write_key, addr)
     });
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections(0).build().into();

@@ -60,7 +60,7 @@ impl App {
         name: Option<String>,
         actor: &str,
     ) -> Result<(chronicle_projections::ApiKey, String), AppError> {
-        let (id, key, hash) = tokio::task::spawn_blocking(keys::mint_api_key).await.map_err(|e| AppError::Internal(e.to_string()))?;
+        let (id, key, hash) = tokio::task::spawn_blocking(keys::mint_api_key).await.map_err(|e| AppError::internal("minting an API key", e))?;
         let record = chronicle_projections::ApiKey { id: id.clone(), tenant: tenant.to_owned(), role, name, hash, created_at: self.now(), revoked_at: None };
         let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyCreated", json!(record), record.created_at).with_actor(actor);
         self.append(SYSTEM_TENANT, &format!("apikeys-{tenant}"), ExpectedVersion::Any, vec![ev]).await?;

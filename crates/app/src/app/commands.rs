@@ -56,7 +56,7 @@ impl App {
                 }
                 // The ids derive from the cause, and an append is all or nothing: a stored id
                 // means this message already had its effect (decided then on an older state).
-                Err(AppError::Conflict { code: "event_id_reused", .. }) if cause.is_some() => return Ok(None),
+                Err(AppError::IdReused(_)) if cause.is_some() => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -194,10 +194,7 @@ impl App {
     pub async fn link_identity(&self, tenant: &str, id: &str, anonymous_id: &str, actor: &str) -> Result<(), AppError> {
         if let Some(owner) = self.identity_owner(tenant, anonymous_id) {
             if owner != id {
-                return Err(AppError::Conflict {
-                    code: "identity_linked_elsewhere",
-                    message: "this anonymous id is already linked to another customer".into(),
-                });
+                return Err(AppError::IdentityLinkedElsewhere);
             }
             return Ok(());
         }

@@ -114,17 +114,9 @@ pub struct App {
     access: access::Access,
     /// Whether tenants' webhooks may reach internal addresses (see `automation::targets`).
     allow_private_webhooks: std::sync::atomic::AtomicBool,
-    /// Wakes the automation engine's clock: something in the outbox or a timer changed.
-    pub automation_wake: tokio::sync::Notify,
-    /// The running engine's gate: which shards of the campaign work this node holds (metrics).
-    pub automation_gate: std::sync::OnceLock<Arc<crate::automation::lease::Gate>>,
-    /// Reactions to events the engine could not make, waiting for a retry.
-    pub parked_reactions: crate::automation::parked::Parked,
     /// Where "now" comes from (the wall clock unless a test installs another, see
     /// [`App::set_clock`]).
     clock: std::sync::OnceLock<Arc<dyn crate::clock::Clock>>,
-    /// The key SendGrid's Event Webhook batches are signed with; without it they are refused.
-    pub sendgrid_key: std::sync::OnceLock<p256::ecdsa::VerifyingKey>,
     /// Crypto-shredding: the key store under the sealing store layer (erasure destroys keys)
     /// and the checkpoint's key. `None` over a store that does not seal (tests, benchmarks).
     keys: Option<Arc<dyn Keys>>,
@@ -192,7 +184,7 @@ impl App {
         let seal = checkpoint_keys.as_ref().map(|k| k as &dyn chronicle_projections::CheckpointSeal);
         let mut initial = match &checkpoint_place {
             Some(p) => {
-                let (views, fresh) = chronicle_projections::resume_from(&**p, seal).map_err(|e| AppError::Internal(e.to_string()))?;
+                let (views, fresh) = chronicle_projections::resume_from(&**p, seal).map_err(|e| AppError::internal("reading the views' checkpoint", e))?;
                 if let Some(why) = fresh {
                     tracing::warn!(reason = %why, "rebuilding the views from the log");
                 }
@@ -210,7 +202,7 @@ impl App {
         if let Some(ck) = &checkpoint_keys {
             for name in std::mem::take(&mut initial.retired_keys) {
                 if let Err(e) = ck.destroy(&name) {
-                    tracing::warn!(error = %e, "destroying a retired checkpoint key failed; the next checkpoint tries again");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "destroying a retired checkpoint key failed; the next checkpoint tries again");
                     still_retired.push(name);
                 }
             }
@@ -274,11 +266,7 @@ impl App {
             audit: Default::default(),
             access: Default::default(),
             allow_private_webhooks: Default::default(),
-            automation_wake: tokio::sync::Notify::new(),
-            automation_gate: Default::default(),
-            parked_reactions: Default::default(),
             clock: Default::default(),
-            sendgrid_key: Default::default(),
             keys,
             checkpoint_keys,
             erasures,

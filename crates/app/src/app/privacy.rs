@@ -21,7 +21,7 @@ impl App {
                 tokio::time::sleep(crate::audit::FLUSH_EVERY).await;
                 let Some(app) = weak.upgrade() else { return };
                 if let Err(e) = app.flush_audit().await {
-                    tracing::warn!(error = %e, "writing the audit trail failed; retrying");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "writing the audit trail failed; retrying");
                 }
             }
         });
@@ -55,12 +55,12 @@ impl App {
         let reason = || CustomerCommand::Erase { reason: Some("erasure request".into()) };
         // Erased already (a request repeated after a crash cut the first short): go on to the keys.
         let erased = match self.customer_command(tenant, id, reason(), actor).await {
-            Err(AppError::Rule { code: "customer_erased", .. }) => c.clone(),
+            Err(AppError::Erased(_)) => c.clone(),
             other => other?,
         };
         for m in &c.merged_ids {
             match self.customer_command(tenant, m, reason(), actor).await {
-                Ok(_) | Err(AppError::Rule { code: "customer_erased", .. }) => {}
+                Ok(_) | Err(AppError::Erased(_)) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -13,7 +13,7 @@ impl App {
     /// when another node had sealed it (the shared checkpoint changed hands).
     pub fn checkpoint(&self) -> Result<Option<u64>, AppError> {
         let Some(place) = &self.checkpoint_place else { return Ok(None) };
-        let internal = |e: chronicle_projections::CheckpointError| AppError::Internal(e.to_string());
+        let internal = |e: chronicle_projections::CheckpointError| AppError::internal("writing the views' checkpoint", e);
         let mut retired = self.checkpointing.lock().expect("checkpoint lock");
         let applied = self.erasures.applied.load(Ordering::SeqCst);
         if !place.claim().map_err(internal)? {
@@ -46,7 +46,7 @@ impl App {
                 retired.push(old);
             }
             while let Some(old) = retired.last() {
-                ck.destroy(old).map_err(AppError::Internal)?;
+                ck.destroy(old).map_err(|e| AppError::internal("destroying a retired checkpoint key", e))?;
                 retired.pop();
             }
         }
@@ -58,7 +58,7 @@ impl App {
     /// this node keeps the checkpoint.
     pub fn claim_checkpoint(&self) -> Result<bool, AppError> {
         let Some(place) = &self.checkpoint_place else { return Ok(false) };
-        place.claim().map_err(|e| AppError::Internal(e.to_string()))
+        place.claim().map_err(|e| AppError::internal("claiming the checkpoint's lease", e))
     }
 
     /// The last checkpoint of a process that stops (a server, a one-off command): written if
@@ -67,7 +67,7 @@ impl App {
     pub fn final_checkpoint(&self) -> Result<Option<u64>, AppError> {
         let written = self.checkpoint()?;
         if let Some(place) = &self.checkpoint_place {
-            place.release().map_err(|e| AppError::Internal(e.to_string()))?;
+            place.release().map_err(|e| AppError::internal("releasing the checkpoint's lease", e))?;
         }
         Ok(written)
     }

@@ -56,14 +56,34 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `QUIT` after an accepted message may take before the connection is dropped.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the delivery configuration was refused (at start, before anything is sent).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{url:?}: {why}")]
+    SmtpUrl { url: String, why: &'static str },
+    #[error("the mail sender {0:?} is not an e-mail address")]
+    MailFrom(String),
+}
+
+/// Why an SMTP session did not get the message accepted.
+#[derive(Debug, thiserror::Error)]
+enum SmtpError {
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{0}")]
+    Session(#[source] lettre::transport::smtp::Error),
+}
+
 impl Delivery {
-    pub fn new(config: DeliveryConfig) -> Result<Delivery, String> {
+    pub fn new(config: DeliveryConfig) -> Result<Delivery, DeliveryError> {
         let smtp = match &config.smtp_url {
             Some(url) => Some(smtp_server(url)?),
             None => None,
         };
         if !config.mail_from.contains('@') {
-            return Err(format!("the mail sender {:?} is not an e-mail address", config.mail_from));
+            return Err(DeliveryError::MailFrom(config.mail_from.clone()));
         }
         let operator = ureq::Agent::new_with_config(agent_config());
         let guarded = ureq::Agent::with_parts(
@@ -185,19 +205,20 @@ pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn smtp_server(url: &str) -> Result<SmtpServer, String> {
-    let rest = url.strip_prefix("smtp://").ok_or_else(|| format!("{url:?}: the SMTP URL must start with smtp://"))?;
+fn smtp_server(url: &str) -> Result<SmtpServer, DeliveryError> {
+    let refused = |why| DeliveryError::SmtpUrl { url: url.to_owned(), why };
+    let rest = url.strip_prefix("smtp://").ok_or_else(|| refused("the SMTP URL must start with smtp://"))?;
     let rest = rest.trim_end_matches('/');
     let (auth, hostport) = match rest.rsplit_once('@') {
         Some((a, h)) => (Some(a), h),
         None => (None, rest),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?),
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| refused("bad port"))?),
         None => (hostport, 25),
     };
     if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
+        return Err(refused("no host"));
     }
     let credentials = auth.map(|a| {
         let (user, pass) = a.split_once(':').unwrap_or((a, ""));
@@ -215,20 +236,20 @@ impl SmtpServer {
     /// data: from that answer on the message is accepted, so it is sent. `QUIT` is said on
     /// the side, with its own limit, and nothing it does (a slow or failing answer, a reset)
     /// can turn an accepted message into a failed one that would be sent again.
-    async fn send(&self, mail: &lettre::Message) -> Result<(), String> {
+    async fn send(&self, mail: &lettre::Message) -> Result<(), SmtpError> {
         let session = async {
-            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(SmtpError::Connect)?;
+            stream.set_nodelay(true).map_err(SmtpError::Connect)?;
             let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &ClientId::default())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SmtpError::Session)?;
             if let Some(c) = &self.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], c).await.map_err(|e| e.to_string())?;
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], c).await.map_err(SmtpError::Session)?;
             }
-            conn.send(mail.envelope(), &mail.formatted()).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(conn)
+            conn.send(mail.envelope(), &mail.formatted()).await.map_err(SmtpError::Session)?;
+            Ok::<_, SmtpError>(conn)
         };
-        let mut conn = tokio::time::timeout(TIMEOUT, session).await.map_err(|_| "timed out".to_owned())??;
+        let mut conn = tokio::time::timeout(TIMEOUT, session).await.map_err(|_| SmtpError::Timeout)??;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.quit()).await;
         });
@@ -245,8 +266,8 @@ mod tests {
         assert_eq!(smtp_server("smtp://127.0.0.1:2525").unwrap().port, 2525);
         let s = smtp_server("smtp://u:p@mail.local").unwrap();
         assert_eq!((s.host.as_str(), s.port, s.credentials.is_some()), ("mail.local", 25, true));
-        assert!(smtp_server("http://x").unwrap_err().contains("smtp://"));
-        assert!(smtp_server("smtp://h:port").unwrap_err().contains("bad port"));
+        assert!(smtp_server("http://x").unwrap_err().to_string().contains("smtp://"));
+        assert!(smtp_server("smtp://h:port").unwrap_err().to_string().contains("bad port"));
     }
 
     #[test]

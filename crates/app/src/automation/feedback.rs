@@ -22,11 +22,18 @@ pub const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
 pub const TIMESTAMP_HEADER: &str = "x-twilio-email-event-webhook-timestamp";
 
 /// SendGrid's verification key as its settings page shows it: base64 of the DER public key.
-pub fn parse_public_key(b64: &str) -> Result<VerifyingKey, String> {
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| format!("the SendGrid public key is not base64: {e}"))?;
-    VerifyingKey::from_public_key_der(&der).map_err(|e| format!("the SendGrid public key is not a P-256 public key: {e}"))
+pub fn parse_public_key(b64: &str) -> Result<VerifyingKey, KeyError> {
+    let der = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(KeyError::Base64)?;
+    VerifyingKey::from_public_key_der(&der).map_err(KeyError::NotP256)
+}
+
+/// Why a SendGrid verification key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the SendGrid public key is not base64: {0}")]
+    Base64(#[source] base64::DecodeError),
+    #[error("the SendGrid public key is not a P-256 public key: {0}")]
+    NotP256(#[source] p256::pkcs8::spki::Error),
 }
 
 /// How far a signed batch's timestamp may be from now.
@@ -138,7 +145,7 @@ pub async fn apply(app: &App, tenant: &str, body: &[u8]) -> Result<(usize, usize
         } else {
             let ev = NewEvent::new(derive_id(&[&key]), r.event_type, data, r.feedback.at).with_actor("sendgrid");
             match app.append(tenant, &customer::stream_of(&id), ExpectedVersion::Any, vec![ev]).await {
-                Ok(_) | Err(AppError::Conflict { code: "event_id_reused", .. }) => {}
+                Ok(_) | Err(AppError::IdReused(_)) => {}
                 Err(e) => return Err(e),
             }
         }

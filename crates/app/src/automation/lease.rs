@@ -184,7 +184,7 @@ pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Ar
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     // Not known to hold anything: stop now; the leases run out for the others.
-                    tracing::warn!(error = %e, "automation: renewing the leases failed");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "automation: renewing the leases failed");
                     gate.set(0);
                 }
                 Err(_) => {
@@ -224,7 +224,7 @@ async fn give_back_when_quiet(shards: Vec<usize>, (leases, gate, engine): (Arc<d
             continue;
         }
         if let Err(e) = leases.release(&lease_name(s), &holder, gate.progress(s)).await {
-            tracing::warn!(error = %e, shard = s, "automation: giving a shard back failed (it runs out instead)");
+            tracing::warn!(error = &e as &dyn std::error::Error, shard = s, "automation: giving a shard back failed (it runs out instead)");
         }
         tracing::info!(%holder, shard = s, "automation: this node gave a shard back");
     }

@@ -56,6 +56,9 @@ pub struct EngineConfig {
     pub max_attempts: u32,
     /// How often the absence triggers (`inactive_for`, `deal_stuck_for`) are looked for.
     pub scan_every: Duration,
+    /// The instance's key for SendGrid's signed Event Webhook batches (a tenant may set its
+    /// own); without either, batches are refused.
+    pub sendgrid_key: Option<p256::ecdsa::VerifyingKey>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             retry_max: Duration::from_secs(600),
             max_attempts: 5,
             scan_every: Duration::from_secs(60),
+            sendgrid_key: None,
         }
     }
 }
@@ -78,7 +82,12 @@ const DELIVERIES_IN_FLIGHT: usize = 32;
 
 pub struct Engine {
     app: Arc<App>,
+    /// Which shards of the campaign work this node holds.
     gate: Arc<lease::Gate>,
+    /// Wakes the clock: something in the outbox or a timer changed.
+    wake: tokio::sync::Notify,
+    /// Reactions to events the engine could not make, waiting for a retry.
+    parked: parked::Parked,
     delivery: Delivery,
     config: EngineConfig,
     /// Messages being delivered now (so the clock does not hand one over twice).
@@ -126,16 +135,26 @@ enum Plan {
 
 impl Engine {
     /// Start the engine's tasks on the current runtime (the only node: always at work).
-    pub fn start(app: Arc<App>, config: EngineConfig) -> Result<Arc<Engine>, String> {
+    pub fn start(app: Arc<App>, config: EngineConfig) -> Result<Arc<Engine>, delivery::DeliveryError> {
         Engine::start_gated(app, config, lease::Gate::always())
     }
 
     /// Start the engine's tasks, working only for the tenants whose shard `gate` holds.
-    pub fn start_gated(app: Arc<App>, config: EngineConfig, gate: Arc<lease::Gate>) -> Result<Arc<Engine>, String> {
+    pub fn start_gated(app: Arc<App>, config: EngineConfig, gate: Arc<lease::Gate>) -> Result<Arc<Engine>, delivery::DeliveryError> {
+        let engine = Engine::new(app, config, gate)?;
+        engine.run();
+        Ok(engine)
+    }
+
+    /// The engine over `app`, its tasks not yet started (see [`run`](Self::run)): what the
+    /// HTTP layer sees of it (parked reactions, the gate, provider keys) is there at once.
+    pub fn new(app: Arc<App>, config: EngineConfig, gate: Arc<lease::Gate>) -> Result<Arc<Engine>, delivery::DeliveryError> {
         let delivery = Delivery::new(config.delivery.clone())?;
-        let engine = Arc::new(Engine {
+        Ok(Arc::new(Engine {
             app,
             gate,
+            wake: tokio::sync::Notify::new(),
+            parked: Default::default(),
             delivery,
             config,
             in_flight: Mutex::new(HashSet::new()),
@@ -143,11 +162,51 @@ impl Engine {
             seen: Default::default(),
             unrecorded: Mutex::default(),
             paused_until: Mutex::default(),
-        });
-        let _ = engine.app.automation_gate.set(engine.gate.clone());
-        tokio::spawn(engine.clone().react());
-        tokio::spawn(engine.clone().clock());
-        Ok(engine)
+        }))
+    }
+
+    /// Start the engine's tasks (reacting to the log, and the clock) on the current runtime.
+    pub fn run(self: &Arc<Self>) {
+        tokio::spawn(self.clone().react());
+        tokio::spawn(self.clone().clock());
+    }
+
+    /// The application the engine works on.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Which shards of the campaign work this node holds.
+    pub fn gate(&self) -> &Arc<lease::Gate> {
+        &self.gate
+    }
+
+    /// Reactions the engine could not make, waiting for a retry.
+    pub fn parked(&self) -> &parked::Parked {
+        &self.parked
+    }
+
+    /// Wake the clock now (an operator's retry, a test that moved time on).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The instance's SendGrid key (a tenant's own, in the views, comes first).
+    pub fn sendgrid_key(&self) -> Option<&p256::ecdsa::VerifyingKey> {
+        self.config.sendgrid_key.as_ref()
+    }
+
+    /// Send a dead letter back to the outbox (an operator's retry); the clock picks it up.
+    pub async fn retry_dead_letter(&self, tenant: &str, message: &str, by: &str) -> Result<(), AppError> {
+        let (customer, round) = {
+            let v = self.app.views();
+            match v.tenant(tenant).and_then(|t| t.automation.dead_letters.get(message)) {
+                Some(m) => (m.customer.clone(), m.round),
+                None => return Err(AppError::NotFound("dead letter")),
+            }
+        };
+        let e = A::MessageRetried { message: message.to_owned(), by: by.to_owned() };
+        self.write(tenant, &customer, vec![(derive_id(&[tenant, message, "retried", &round.to_string()]), e)]).await
     }
 
     /// Waits until no delivery is in flight (or `limit` passed): a clean stop before the work
@@ -188,24 +247,24 @@ impl Engine {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return None,
                 Err(e) => {
-                    tracing::warn!(error = %e, "automation: reading the log failed; retrying");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "automation: reading the log failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
             // Another node's shard, or this shard's event reacted to before it came here.
             if !self.gate.wants(&ev.tenant, ev.position) {
-                self.gate.advance(&self.app, term, self.app.parked_reactions.safe(ev.position));
+                self.gate.advance(&self.app, term, self.parked.safe(ev.position));
                 continue;
             }
             let mut tries: u32 = 0;
             while let Err(e) = self.on_event(&ev).await {
                 tries += 1;
-                tracing::warn!(error = %e, position = ev.position, tries, "automation: reacting to an event failed");
+                tracing::warn!(error = &e as &dyn std::error::Error, position = ev.position, tries, "automation: reacting to an event failed");
                 if tries >= 3 {
                     // Parked, not skipped: retried on the clock, and the saved cursor stays
                     // before it (see `parked`).
-                    self.app.parked_reactions.park(parked::ParkedReaction {
+                    self.parked.park(parked::ParkedReaction {
                         position: ev.position,
                         tenant: ev.tenant.clone(),
                         event_id: ev.id,
@@ -220,14 +279,14 @@ impl Engine {
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
             }
             self.seen.fetch_max(ev.position, std::sync::atomic::Ordering::SeqCst);
-            self.gate.advance(&self.app, term, self.app.parked_reactions.safe(ev.position));
+            self.gate.advance(&self.app, term, self.parked.safe(ev.position));
         }
     }
 
     /// Retry the parked reactions that are due; the saved cursor moves on past those that
     /// succeed.
     async fn retry_parked(&self) {
-        let parked = &self.app.parked_reactions;
+        let parked = &self.parked;
         parked.retain(|r| self.gate.holds(&r.tenant));
         let due = parked.due(self.app.now());
         if due.is_empty() {
@@ -396,11 +455,15 @@ impl Engine {
                 Plan::Branch { .. } => unreachable!("resolved by plan_or_branch"),
             }
         }
-        Err(AppError::Internal(format!("enrolment {enrolment} did not settle")))
+        Err(AppError::internal(format!("advancing enrolment {enrolment}"), "it did not settle"))
     }
 
+    /// Append what automation did on the customer's stream, and wake the clock (a timer or
+    /// the outbox may have changed).
     async fn write(&self, tenant: &str, customer: &str, events: Vec<(uuid::Uuid, A)>) -> Result<(), AppError> {
-        write(&self.app, tenant, customer, events).await
+        write(&self.app, tenant, customer, events).await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
 
@@ -413,7 +476,7 @@ impl Engine {
             }
             if tokio::time::Instant::now() >= next_scan {
                 if let Err(e) = self.scan(self.app.now()).await {
-                    tracing::warn!(error = %e, "automation: the scan for absence triggers failed");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "automation: the scan for absence triggers failed");
                 }
                 next_scan = tokio::time::Instant::now() + self.config.scan_every;
             }
@@ -427,7 +490,7 @@ impl Engine {
                     async move {
                         let r = this.advance(&tenant, &enrolment).await;
                         if let Err(e) = &r {
-                            tracing::warn!(error = %e, %enrolment, "automation: a due step failed");
+                            tracing::warn!(error = e as &dyn std::error::Error, %enrolment, "automation: a due step failed");
                         }
                         r.is_err()
                     }
@@ -439,10 +502,10 @@ impl Engine {
                 let this = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = this.deliver(&tenant, &message).await {
-                        tracing::warn!(error = %e, %message, "automation: recording a delivery failed");
+                        tracing::warn!(error = &e as &dyn std::error::Error, %message, "automation: recording a delivery failed");
                     }
                     this.in_flight.lock().expect("in-flight lock").remove(&(tenant, message));
-                    this.app.automation_wake.notify_one();
+                    this.wake.notify_one();
                 });
             }
             let wait = if failed {
@@ -452,7 +515,7 @@ impl Engine {
             }
             .min(next_scan.saturating_duration_since(tokio::time::Instant::now()));
             tokio::select! {
-                _ = self.app.automation_wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -647,8 +710,7 @@ impl Engine {
     }
 }
 
-/// Append what automation did on the customer's stream, and wake the clock (a timer or the
-/// outbox may have changed).
+/// Append what automation did on the customer's stream.
 async fn write(app: &App, tenant: &str, customer: &str, events: Vec<(uuid::Uuid, A)>) -> Result<(), AppError> {
     let now = app.now();
     let batch = events
@@ -660,26 +722,11 @@ async fn write(app: &App, tenant: &str, customer: &str, events: Vec<(uuid::Uuid,
         })
         .collect();
     match app.append(tenant, &customer::stream_of(customer), ExpectedVersion::Any, batch).await {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         // Ids derive from causes: a stored id means this was already done.
-        Err(AppError::Conflict { code: "event_id_reused", .. }) => {}
-        Err(e) => return Err(e),
+        Err(AppError::IdReused(_)) => Ok(()),
+        Err(e) => Err(e),
     }
-    app.automation_wake.notify_one();
-    Ok(())
-}
-
-/// Send a dead letter back to the outbox (an operator's retry); the clock picks it up.
-pub async fn retry_dead_letter(app: &App, tenant: &str, message: &str, by: &str) -> Result<(), AppError> {
-    let (customer, round) = {
-        let v = app.views();
-        match v.tenant(tenant).and_then(|t| t.automation.dead_letters.get(message)) {
-            Some(m) => (m.customer.clone(), m.round),
-            None => return Err(AppError::NotFound("dead letter")),
-        }
-    };
-    let e = A::MessageRetried { message: message.to_owned(), by: by.to_owned() };
-    write(app, tenant, &customer, vec![(derive_id(&[tenant, message, "retried", &round.to_string()]), e)]).await
 }
 
 /// The next retry's delay: `base · 2^(attempt-1)`, ±25 % so retries of many messages spread

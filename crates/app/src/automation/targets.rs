@@ -80,22 +80,29 @@ fn host_of(url: &str) -> Option<&str> {
     Some(host_port.rsplit_once(':').map_or(host_port, |(h, _)| h))
 }
 
+/// Why a tenant's webhook URL was refused when its campaign was saved.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetRefused {
+    #[error("{0:?} is not an http(s) URL")]
+    NotHttp(String),
+    #[error("the webhook URL {0:?} points at a loopback, private or link-local address, which tenants' webhooks may not reach")]
+    Internal(String),
+}
+
 /// Checks a tenant's webhook URL when its campaign is saved: a literal internal address (or
 /// `localhost`) is refused unless the operator allows it.
-pub fn check_saved(url: &str, targets: WebhookTargets) -> Result<(), String> {
+pub fn check_saved(url: &str, targets: WebhookTargets) -> Result<(), TargetRefused> {
     if targets == WebhookTargets::AllowPrivate {
         return Ok(());
     }
-    let host = host_of(url).ok_or_else(|| format!("{url:?} is not an http(s) URL"))?;
+    let host = host_of(url).ok_or_else(|| TargetRefused::NotHttp(url.to_owned()))?;
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let internal = match host.parse::<IpAddr>() {
         Ok(ip) => is_internal(ip),
         Err(_) => host == "localhost" || host.ends_with(".localhost"),
     };
     if internal {
-        return Err(format!(
-            "the webhook URL {url:?} points at a loopback, private or link-local address, which tenants' webhooks may not reach"
-        ));
+        return Err(TargetRefused::Internal(url.to_owned()));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::error::{ApiError, Body};
 use super::Principal;
 use chronicle_app::app::App;
-use chronicle_app::automation::{definitions, retry_dead_letter};
+use chronicle_app::automation::{definitions, Engine};
 use chronicle_app::error::AppError;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -91,22 +91,22 @@ pub async fn dead_letters(State(app): State<Arc<App>>, p: Principal) -> Res<Json
     Ok(Json(json!({"dead_letters": out})))
 }
 
-pub async fn retry(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    retry_dead_letter(&app, &p.tenant, &id, &p.actor).await?;
+pub async fn retry(State(engine): State<Arc<Engine>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
+    engine.retry_dead_letter(&p.tenant, &id, &p.actor).await?;
     Ok(Json(json!({"retried": id})))
 }
 
 /// `GET /v1/automation/parked`: reactions to events that kept failing, waiting for a retry
 /// (see `automation::parked`).
-pub async fn parked(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value>> {
-    Ok(Json(json!({"parked": app.parked_reactions.of(&p.tenant)})))
+pub async fn parked(State(engine): State<Arc<Engine>>, p: Principal) -> Res<Json<Value>> {
+    Ok(Json(json!({"parked": engine.parked().of(&p.tenant)})))
 }
 
 /// `POST /v1/automation/parked/{position}/retry`: retry a parked reaction at once.
-pub async fn retry_parked(State(app): State<Arc<App>>, p: Principal, Path(position): Path<u64>) -> Res<Json<Value>> {
-    if !app.parked_reactions.retry_now(&p.tenant, position, app.now()) {
+pub async fn retry_parked(State(engine): State<Arc<Engine>>, p: Principal, Path(position): Path<u64>) -> Res<Json<Value>> {
+    if !engine.parked().retry_now(&p.tenant, position, engine.app().now()) {
         return Err(chronicle_app::error::AppError::NotFound("parked reaction").into());
     }
-    app.automation_wake.notify_one();
+    engine.wake();
     Ok(Json(json!({"retrying": position})))
 }

@@ -76,7 +76,7 @@ pub async fn receive(
         app.pseudonyms.apply(&mut m, &["subject"]);
         prepared.push(
             chronicle_app::cloudevents::prepare(&tenant, m, app.now())
-                .map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e) })?,
+                .map_err(|e| ApiError { extra: Some(json!({"index": i})), ..bad(e.to_string()) })?,
         );
     }
     let count = prepared.len();

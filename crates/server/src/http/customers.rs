@@ -21,14 +21,14 @@ use std::sync::Arc;
 /// a phone number) is looked up by its keyed pseudonym (see [`chronicle_app::pseudonym`]).
 pub struct CustomerId(pub String);
 
-impl axum::extract::FromRequestParts<Arc<App>> for CustomerId {
+impl axum::extract::FromRequestParts<super::Api> for CustomerId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let Path(id) = Path::<String>::from_request_parts(parts, app)
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, api: &super::Api) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, api)
             .await
             .map_err(|e| ApiError::of(super::codes::Code::BadRequest, e.to_string()))?;
-        Ok(CustomerId(app.pseudonyms.id(&id).into_owned()))
+        Ok(CustomerId(api.app.pseudonyms.id(&id).into_owned()))
     }
 }
 

@@ -41,12 +41,13 @@ impl From<AppError> for ApiError {
             AppError::Unauthorized => Code::Unauthorized,
             AppError::NotFound(_) => Code::NotFound,
             AppError::VersionConflict { .. } => Code::VersionConflict,
-            AppError::Conflict { .. } => Code::Conflict,
+            AppError::Conflict { .. } | AppError::IdReused(_) | AppError::IdentityLinkedElsewhere => Code::Conflict,
+            AppError::Erased(_) => Code::Rule,
             AppError::Rule { .. } => Code::Rule,
             AppError::TooLarge(_) => Code::TooLarge,
-            AppError::Internal(m) => {
-                // Logged once, here at the boundary; the client gets no detail.
-                tracing::error!(error = %m, "internal error");
+            AppError::Internal { .. } => {
+                // Logged once, here at the boundary, with its causes; the client gets no detail.
+                tracing::error!(error = &e as &dyn std::error::Error, "internal error");
                 return ApiError::of(Code::Internal, "internal error; see the server log");
             }
         };

@@ -64,7 +64,7 @@ pub async fn stream_live(
                 Ok(Some(_)) => continue,
                 Ok(None) => return None,
                 Err(e) => {
-                    tracing::warn!(error = %e, "live stream ended on a read error");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "live stream ended on a read error");
                     return None;
                 }
             }

@@ -17,6 +17,7 @@ mod system;
 mod webhooks;
 
 use chronicle_app::app::App;
+use chronicle_app::automation::Engine;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::routing::MethodRouter;
@@ -80,7 +81,7 @@ impl Route {
 }
 
 /// Every route of the API with its handler.
-pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
+pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
     use axum::routing::{delete, get, patch, post, put};
     vec![
         (r("get", "/healthz", "Liveness and the log's head position", 200).open(), get(system::healthz)),
@@ -218,9 +219,29 @@ pub fn routes() -> Vec<(Route, MethodRouter<Arc<App>>)> {
     ]
 }
 
+/// What the handlers work on: the application, and the automation engine beside it (parked
+/// reactions, retries, its gate and provider keys). A handler takes either as its `State`.
+#[derive(Clone)]
+pub struct Api {
+    pub app: Arc<App>,
+    pub engine: Arc<Engine>,
+}
+
+impl axum::extract::FromRef<Api> for Arc<App> {
+    fn from_ref(api: &Api) -> Self {
+        api.app.clone()
+    }
+}
+
+impl axum::extract::FromRef<Api> for Arc<Engine> {
+    fn from_ref(api: &Api) -> Self {
+        api.engine.clone()
+    }
+}
+
 /// The API's router, with its state.
-pub fn router(app: Arc<App>) -> Router {
-    router_with(app, &serve::ServeOptions::default())
+pub fn router(api: Api) -> Router {
+    router_with(api, &serve::ServeOptions::default())
 }
 
 /// What the handlers need to know of how the server was started.
@@ -230,7 +251,7 @@ pub(crate) struct Options {
 }
 
 /// [`router`] with the server's options (the metrics token).
-pub fn router_with(app: Arc<App>, options: &serve::ServeOptions) -> Router {
+pub fn router_with(api: Api, options: &serve::ServeOptions) -> Router {
     let options = Options { metrics_token: options.metrics_token.as_deref().map(Arc::from) };
     let mut router = Router::new();
     for (route, handler) in routes() {
@@ -239,9 +260,9 @@ pub fn router_with(app: Arc<App>, options: &serve::ServeOptions) -> Router {
     router
         .fallback(|| async { ApiError::of(crate::http::codes::Code::NotFound, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(api.app.clone(), count_requests))
         .layer(axum::Extension(options))
-        .with_state(app)
+        .with_state(api)
 }
 
 async fn count_requests(
@@ -445,10 +466,11 @@ pub struct Principal {
     pub actor: String,
 }
 
-impl FromRequestParts<Arc<App>> for Principal {
+impl FromRequestParts<Api> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        let app = &api.app;
         let unauthorized = |m: &str| ApiError::of(crate::http::codes::Code::Unauthorized, m);
         let header = parts
             .headers

@@ -20,6 +20,7 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
 
 pub async fn metrics(
     State(app): State<Arc<App>>,
+    State(engine): State<Arc<chronicle_app::automation::Engine>>,
     axum::Extension(options): axum::Extension<super::Options>,
     headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -108,7 +109,7 @@ pub async fn metrics(
         "chronicle_automation_reactions_parked",
         "gauge",
         "Campaign reactions parked now, waiting for a retry.",
-        app.parked_reactions.len() as u64,
+        engine.parked().len() as u64,
     );
     metric("chronicle_log_head_position", "gauge", "Position of the last committed event.", head);
     metric("chronicle_projection_position", "gauge", "Position the read models reflect.", projected);
@@ -125,8 +126,8 @@ pub async fn metrics(
     metric("chronicle_dead_letters", "gauge", "Messages in the dead-letter queue.", dead as u64);
     metric("chronicle_pending_waits", "gauge", "Campaign waits and deferred sends not yet due or fired.", timers as u64);
     metric("chronicle_automation_reacted_position", "gauge", "The last log position the automation engine reacted to.", app.reacted());
-    if let Some(gate) = app.automation_gate.get() {
-        let held = gate.shards();
+    {
+        let held = engine.gate().shards();
         let _ = writeln!(
             out,
             "# HELP chronicle_automation_shard_held Whether this node does the campaign work of a shard of the tenants (1) or not (0).\n# TYPE chronicle_automation_shard_held gauge"

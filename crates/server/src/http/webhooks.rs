@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// signature does not verify is refused (401) before it is read, and nothing is written.
 pub async fn sendgrid(
     State(app): State<Arc<App>>,
+    State(engine): State<Arc<chronicle_app::automation::Engine>>,
     auth: Option<axum::Extension<super::Authenticated>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -34,8 +35,8 @@ pub async fn sendgrid(
     // cannot be replayed here), else the instance's.
     let own = app.views().tenant(&tenant).and_then(|t| t.sendgrid_key.clone());
     let key = match own {
-        Some(b64) => feedback::parse_public_key(&b64).map_err(|e| ApiError::of(super::codes::Code::Internal, e))?,
-        None => match app.sendgrid_key.get() {
+        Some(b64) => feedback::parse_public_key(&b64).map_err(|e| ApiError::from(chronicle_app::error::AppError::internal("reading the tenant's SendGrid key", e)))?,
+        None => match engine.sendgrid_key() {
             Some(k) => *k,
             None => return Err(unauthorized("no SendGrid verification key is configured (--sendgrid-public-key, or PUT /v1/settings/sendgrid)")),
         },
@@ -75,7 +76,7 @@ pub async fn set_sendgrid_key(
     p: super::Principal,
     super::error::Body(b): super::error::Body<SendGridKey>,
 ) -> Result<Json<Value>, ApiError> {
-    feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(chronicle_app::error::AppError::BadRequest(e)))?;
+    feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(chronicle_app::error::AppError::BadRequest(e.to_string())))?;
     record_setting(&app, &p, "SendGridKeySet", json!({"public_key": b.public_key.trim()})).await?;
     Ok(Json(json!({"public_key": b.public_key.trim()})))
 }

@@ -12,19 +12,68 @@
 //! its events are sealed, and a node that does not match is refused. (A database first sealed by
 //! one folder's key file, before the keys moved into PostgreSQL, stays with that one node.)
 
-use crate::config::Config;
-use anyhow::{bail, Context};
 use chronicle_store::log::LogStore;
 use chronicle_store::postgres::PgStore;
 use chronicle_store::sqlite::{self, SqliteStore};
 use chronicle_privacy::{KeyStore, Keys, MasterKey, PgKeyStore, SealedStore};
 use chronicle_projections::{CheckpointError, CheckpointFile, CheckpointPlace, Saved};
-use chronicle_app::App;
+use crate::App;
 use chronicle_store::expire::{Expired, Expiry};
 use chronicle_store::EventStore;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Where the events live and how they are sealed: what `--data`, `--database-url` and the
+/// sealing options say.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The data folder: the embedded store, or (over PostgreSQL) only this node's lock.
+    pub data: PathBuf,
+    pub database_url: Option<String>,
+    pub database_schema: String,
+    /// `--seal` as given (none: the folder's own choice, sealed for a new one).
+    pub seal: Option<bool>,
+    pub master_key_file: Option<PathBuf>,
+    pub master_key: Option<String>,
+}
+
+/// Refuses the open with a message (returns from the function).
+macro_rules! refused {
+    ($($t:tt)*) => {
+        return Err(StorageError::Refused(format!($($t)*)))
+    };
+}
+
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the storage could not be opened (or compacted): what was being done, and its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        cause: Cause,
+    },
+    /// The folder or database may not be opened this way (in use, sealed otherwise).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Expire(#[from] chronicle_store::expire::ExpireError),
+    #[error(transparent)]
+    Read(#[from] chronicle_store::ReadError),
+    #[error(transparent)]
+    App(#[from] crate::AppError),
+}
+
+impl StorageError {
+    /// `what` failed because of `cause` (for `map_err`).
+    fn failed<E: Into<Cause>>(what: impl Into<String>) -> impl FnOnce(E) -> StorageError {
+        let what = what.into();
+        move |e| StorageError::Failed { what, cause: e.into() }
+    }
+}
 
 pub struct Storage {
     /// The event store, sealing personal data (see `chronicle_privacy`).
@@ -42,10 +91,10 @@ pub struct Storage {
 
 impl Storage {
     /// The application over this storage (views from the sealed checkpoint plus the log).
-    pub async fn app(&self) -> anyhow::Result<Arc<App>> {
+    pub async fn app(&self) -> Result<Arc<App>, StorageError> {
         App::start_at(self.store.clone(), Some(self.checkpoint()), self.keys.clone())
             .await
-            .context("starting the application")
+            .map_err(StorageError::failed("starting the application"))
     }
 
     /// Where the views' checkpoint is kept: the folder's file, or the row every node over the
@@ -61,11 +110,11 @@ impl Storage {
     /// Replaces the events at `expiry.positions` with tombstones and appends its records
     /// (`chronicle_store::expire`): the store is closed for it and opened again after, while
     /// the folder stays locked. Nothing else may hold the store (`Arc`) meanwhile.
-    pub fn expire(&mut self, cfg: &Config, expiry: &Expiry<'_>) -> anyhow::Result<Expired> {
+    pub fn expire(&mut self, cfg: &StorageConfig, expiry: &Expiry<'_>) -> Result<Expired, StorageError> {
         let closed = std::mem::replace(&mut self.store, Arc::new(chronicle_store::memory::MemoryStore::new()));
         drop(self.pg.take());
         if Arc::strong_count(&closed) != 1 {
-            bail!("the event store is still in use; cannot compact it");
+            refused!("the event store is still in use; cannot compact it");
         }
         drop(closed);
         let expired = if let Some(url) = &cfg.database_url {
@@ -93,13 +142,13 @@ fn wait<F: std::future::Future>(f: F) -> F::Output {
 /// first use, readable by the owner only). Kept beside the data it protects, it still makes
 /// erasure real (destroyed data keys are gone whatever the master key); keep it elsewhere to
 /// also protect a copied data folder.
-fn master_key(cfg: &Config) -> anyhow::Result<MasterKey> {
+fn master_key(cfg: &StorageConfig) -> Result<MasterKey, StorageError> {
     if let Some(text) = &cfg.master_key {
-        return MasterKey::parse(text).context("CHRONICLE_MASTER_KEY");
+        return MasterKey::parse(text).map_err(StorageError::failed("CHRONICLE_MASTER_KEY"));
     }
     let path = cfg.master_key_file.clone().unwrap_or_else(|| cfg.data.join("master.key"));
     match std::fs::read_to_string(&path) {
-        Ok(text) => MasterKey::parse(&text).with_context(|| format!("reading the master key {}", path.display())),
+        Ok(text) => MasterKey::parse(&text).map_err(StorageError::failed(format!("reading the master key {}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && cfg.master_key_file.is_none() => {
             let (key, text) = MasterKey::generate(1);
             use std::io::Write;
@@ -109,31 +158,30 @@ fn master_key(cfg: &Config) -> anyhow::Result<MasterKey> {
                 .create_new(true)
                 .mode(0o600)
                 .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
+                .map_err(StorageError::failed(format!("creating {}", path.display())))?;
+            f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(StorageError::failed(format!("writing {}", path.display())))?;
             // And its name: without the master key every sealed byte is lost.
             if let Some(dir) = path.parent() {
-                chronicle_store::log::sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+                chronicle_store::log::sync_dir(dir).map_err(StorageError::failed(format!("syncing {}", dir.display())))?;
             }
             tracing::warn!(path = %path.display(), "created a master key beside the data; set --master-key-file to keep it elsewhere");
             Ok(key)
         }
-        Err(e) => Err(e).with_context(|| format!("reading the master key {}", path.display())),
+        Err(e) => Err(e).map_err(StorageError::failed(format!("reading the master key {}", path.display()))),
     }
 }
 
-pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
-    std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data folder {}", cfg.data.display()))?;
+pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
+    std::fs::create_dir_all(&cfg.data).map_err(StorageError::failed(format!("creating data folder {}", cfg.data.display())))?;
     let lock_path = cfg.data.join("LOCK");
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+        .map_err(StorageError::failed(format!("opening {}", lock_path.display())))?;
     if lock.try_lock().is_err() {
-        bail!(
+        refused!(
             "data folder {} is in use by another chronicle process (a running server?); stop it first",
             cfg.data.display()
         );
@@ -145,7 +193,7 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
         Some(pg) if !cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() => database_keys(cfg, pg)?,
         _ if folder_sealed => {
             let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
-                .with_context(|| format!("opening the key store in {}", cfg.data.display()))?;
+                .map_err(StorageError::failed(format!("opening the key store in {}", cfg.data.display())))?;
             Some(Arc::new(keys))
         }
         _ => None,
@@ -163,12 +211,12 @@ pub fn open(cfg: &Config) -> anyhow::Result<Storage> {
 /// A node over PostgreSQL keeps no views in its folder (they are shared in the database): a
 /// checkpoint an older build left there is removed — it holds profiles that erasures made since
 /// no longer reach — and so is the compaction count that went with it.
-fn remove_folder_views(checkpoint: &std::path::Path) -> anyhow::Result<()> {
+fn remove_folder_views(checkpoint: &std::path::Path) -> Result<(), StorageError> {
     for path in [checkpoint.to_path_buf(), checkpoint.with_file_name("compactions")] {
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::warn!(path = %path.display(), "removed the views an older build kept in the folder; they are shared in the database now"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            Err(e) => return Err(e).map_err(StorageError::failed(format!("removing {}", path.display()))),
         }
     }
     Ok(())
@@ -231,7 +279,7 @@ impl CheckpointPlace for PgCheckpoint {
 
 /// The keys in PostgreSQL, unless the node runs unsealed: `--seal=false`, or no `--seal` over a
 /// database whose events are not sealed. A new database is sealed, as a new folder is.
-fn database_keys(cfg: &Config, pg: &PgStore) -> anyhow::Result<Option<Arc<dyn Keys>>> {
+fn database_keys(cfg: &StorageConfig, pg: &PgStore) -> Result<Option<Arc<dyn Keys>>, StorageError> {
     let sealing = wait(pg.setting("sealing"))?;
     let seal = match (cfg.seal, sealing.as_deref()) {
         (Some(seal), _) => seal,
@@ -244,25 +292,25 @@ fn database_keys(cfg: &Config, pg: &PgStore) -> anyhow::Result<Option<Arc<dyn Ke
     let (url, schema) = pg.location();
     let open = PgKeyStore::open(url, schema, master_key(cfg)?);
     let keys = wait(open)
-        .with_context(|| format!("opening the key store in PostgreSQL (schema {schema})"))?;
+        .map_err(StorageError::failed(format!("opening the key store in PostgreSQL (schema {schema})")))?;
     Ok(Some(Arc::new(keys)))
 }
 
 /// Every node over one database must read the events as they were written: unsealed, or
 /// sealed with the key store that sealed them (named by a digest of its index key): the one in
 /// the database, or an older database's one data folder's key file.
-fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
+fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> Result<(), StorageError> {
     let mine = match store.index_key()? {
-        Some(k) => format!("keys:{}", &chronicle_app::keys::digest(&format!("{k:?}"))[..16]),
+        Some(k) => format!("keys:{}", &crate::keys::digest(&format!("{k:?}"))[..16]),
         None => "none".to_owned(),
     };
     let connect = pg.claim_setting("sealing", &mine);
     let theirs = wait(connect)?;
     if theirs != mine {
         match (theirs.as_str(), mine.as_str()) {
-            ("none", _) => bail!("this database's events are not sealed; open it with --seal=false (a data folder of its own without keys.bin)"),
-            (_, "none") => bail!("this database's events are sealed; open it without --seal=false, with the master key of the other nodes"),
-            _ => bail!(
+            ("none", _) => refused!("this database's events are not sealed; open it with --seal=false (a data folder of its own without keys.bin)"),
+            (_, "none") => refused!("this database's events are sealed; open it without --seal=false, with the master key of the other nodes"),
+            _ => refused!(
                 "this database's events are sealed by another key store (a data folder's keys.bin, from before the keys \
                  moved into the database); only that folder's node can open them"
             ),
@@ -274,11 +322,11 @@ fn claim_sealing(pg: &PgStore, store: &dyn EventStore) -> anyhow::Result<()> {
 /// Whether the folder's events are sealed (crypto-shredding): a folder that was ever sealed
 /// stays sealed (its events can only be read through the keys); a new folder is sealed unless
 /// `--seal=false`; a folder made unsealed stays so unless `--seal` is given.
-fn sealed(cfg: &Config) -> anyhow::Result<bool> {
+fn sealed(cfg: &StorageConfig) -> Result<bool, StorageError> {
     let has_keys = cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists();
     let has_events = cfg.data.join(chronicle_store::log::LOG_FILE).exists() || cfg.data.join(sqlite::DB_FILE).exists();
     match (has_keys, cfg.seal) {
-        (true, Some(false)) => bail!(
+        (true, Some(false)) => refused!(
             "data folder {} is sealed (it holds keys.bin): it cannot be opened with --seal=false",
             cfg.data.display()
         ),
@@ -301,23 +349,23 @@ type Opened = (Arc<dyn EventStore>, Option<Arc<PgStore>>);
 
 /// The configured event store, as stored (unsealed): PostgreSQL with `--database-url`, else
 /// the folder's log (or SQLite where the folder has one).
-fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
+fn open_store(cfg: &StorageConfig) -> Result<Opened, StorageError> {
     let mut pg = None;
     let store: Arc<dyn EventStore> = if let Some(url) = &cfg.database_url {
         // Called from the async commands: connecting waits on this worker thread.
         let connect = PgStore::connect_in(url, &cfg.database_schema);
         let store = wait(connect)
-            .with_context(|| format!("opening the PostgreSQL event store (schema {})", cfg.database_schema))?;
+            .map_err(StorageError::failed(format!("opening the PostgreSQL event store (schema {})", cfg.database_schema)))?;
         let store = Arc::new(store);
         pg = Some(store.clone());
         store
     } else if cfg.data.join(sqlite::DB_FILE).exists() {
         Arc::new(
             SqliteStore::open(&cfg.data)
-                .with_context(|| format!("opening the SQLite event store in {}", cfg.data.display()))?,
+                .map_err(StorageError::failed(format!("opening the SQLite event store in {}", cfg.data.display())))?,
         )
     } else {
-        Arc::new(LogStore::open(&cfg.data).with_context(|| format!("opening the event log in {}", cfg.data.display()))?)
+        Arc::new(LogStore::open(&cfg.data).map_err(StorageError::failed(format!("opening the event log in {}", cfg.data.display())))?)
     };
     Ok((store, pg))
 }
