@@ -22,6 +22,7 @@ pub mod pseudonym;
 pub mod retention;
 pub mod sealing;
 pub mod storage;
+pub mod targets;
 
 pub use app::App;
 pub use error::AppError;

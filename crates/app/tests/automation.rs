@@ -5,7 +5,7 @@
 use chronicle_core::customer::{Channel, ConsentInput, CustomerCommand, Preferences, Purpose};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chronicle_app::automation::definitions::{save_campaign, save_template};
-use chronicle_app::automation::targets::WebhookTargets;
+use chronicle_app::targets::WebhookTargets;
 use chronicle_app::automation::{delivery::DeliveryConfig, Engine, EngineConfig};
 use chronicle_app::App;
 use chronicle_store::log::LogStore;

@@ -126,8 +126,8 @@ pub struct AutomationArgs {
 
 impl AutomationArgs {
     /// Where tenants' webhooks may go.
-    pub fn webhook_targets(&self) -> chronicle_app::automation::targets::WebhookTargets {
-        use chronicle_app::automation::targets::WebhookTargets;
+    pub fn webhook_targets(&self) -> chronicle_app::targets::WebhookTargets {
+        use chronicle_app::targets::WebhookTargets;
         if self.allow_private_webhooks { WebhookTargets::AllowPrivate } else { WebhookTargets::PublicOnly }
     }
 

@@ -496,7 +496,7 @@ pub async fn run(
         // tenants' webhooks may reach internal addresses (a server refuses them unless
         // --allow-private-webhooks).
         let config = chronicle_server::application::Config {
-            webhook_targets: chronicle_app::automation::targets::WebhookTargets::AllowPrivate,
+            webhook_targets: chronicle_app::targets::WebhookTargets::AllowPrivate,
             ..cfg.application(server, automation)?
         };
         (Some(chronicle_server::application::Application::build(config).await?), None)
@@ -512,7 +512,7 @@ pub async fn run(
     let now = Utc::now();
     let events = generate(&app, "demo", customers, now).await?;
     let secs = started.elapsed().as_secs_f64();
-    app.set_webhook_targets(chronicle_app::automation::targets::WebhookTargets::AllowPrivate);
+    app.set_webhook_targets(chronicle_app::targets::WebhookTargets::AllowPrivate);
     let campaigns = load_examples(&app, "demo").await?;
     app.checkpoint()?;
     let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});

@@ -11,7 +11,8 @@
 
 use crate::http::serve::ServeOptions;
 use crate::http::Api;
-use chronicle_app::automation::{delivery::DeliveryError, lease, targets::WebhookTargets, Engine, EngineConfig};
+use chronicle_app::automation::{delivery::DeliveryError, lease, Engine, EngineConfig};
+use chronicle_app::targets::WebhookTargets;
 use chronicle_app::error::AppError;
 use chronicle_app::storage::{self, Storage, StorageConfig, StorageError};
 use chronicle_app::App;
@@ -190,7 +191,7 @@ impl Application {
         let written = app.final_checkpoint().map_err(RunError::Checkpoint)?;
         if let (Some(leases), Some(renewal)) = (leases, renewal) {
             // Handed over now rather than when the leases run out.
-            lease::hand_over(renewal, engine.gate(), &engine, &*leases, &holder, HAND_OVER_WAIT)
+            lease::hand_over(renewal, engine.gate(), &*engine, &*leases, &holder, HAND_OVER_WAIT)
                 .await
                 .map_err(RunError::HandOver)?;
         }

@@ -4,28 +4,7 @@
 
 use super::*;
 
-/// The window over which failed secret verifications of one API key id are counted.
-const SECRET_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What access keeps in memory: keys verified in this process, failed guesses per key id, and
-/// the token buckets of the request budgets with their rates.
-#[derive(Default)]
-pub(super) struct Access {
-    /// Digests of API-made keys verified against their argon2 hash in this process.
-    verified: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Per-key request budgets (token buckets) and the rate they refill at.
-    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
-    /// Ingest requests a write key, and a client address, may make per second (0: no limit).
-    ingest_per_key: AtomicU64,
-    ingest_per_address: AtomicU64,
-    /// Failed verifications of an API key's secret, by key id: a guesser pays for an argon2
-    /// verification a few times per window, not once per request.
-    failed_secrets: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
-    rate_limit: AtomicU64,
-}
-
 impl App {
-
     /// The key's tenant, kind and role; `None` for an unknown or revoked key.
     pub fn authenticate(&self, presented_key: &str) -> Option<KeyRecord> {
         if let Some(id) = keys::api_key_id(presented_key) {
@@ -34,18 +13,18 @@ impl App {
                 return None;
             }
             let digest = keys::digest(presented_key);
-            let known = self.access.verified.lock().expect("verified keys lock").contains(&digest);
+            let known = self.budgets.is_verified(&digest);
             if !known {
-                if !self.may_try_secret(id) {
+                if !self.budgets.may_try_secret(id) {
                     return None;
                 }
                 // argon2 is slow on purpose: the async worker is given up meanwhile.
                 self.metrics.key_verifications.fetch_add(1, Ordering::Relaxed);
                 if !blocking(|| keys::verify_secret(presented_key, &k.hash)) {
-                    self.secret_failed(id);
+                    self.budgets.secret_failed(id);
                     return None;
                 }
-                self.access.verified.lock().expect("verified keys lock").insert(digest);
+                self.budgets.remember_verified(digest);
             }
             return Some(KeyRecord { tenant: k.tenant, kind: chronicle_projections::KeyKind::Api, role: k.role });
         }
@@ -64,7 +43,7 @@ impl App {
         let record = chronicle_projections::ApiKey { id: id.clone(), tenant: tenant.to_owned(), role, name, hash, created_at: self.now(), revoked_at: None };
         let ev = NewEvent::new(Uuid::now_v7(), "ApiKeyCreated", json!(record), record.created_at).with_actor(actor);
         self.append(SYSTEM_TENANT, &format!("apikeys-{tenant}"), ExpectedVersion::Any, vec![ev]).await?;
-        self.access.verified.lock().expect("verified keys lock").insert(keys::digest(&key));
+        self.budgets.remember_verified(keys::digest(&key));
         Ok((record, key))
     }
 
@@ -86,19 +65,19 @@ impl App {
 
     /// Take one request from the key's budget; `Err(seconds)` to wait when it is spent.
     pub fn rate_check(&self, actor: &str) -> Result<(), u64> {
-        self.bucket_check(actor, self.access.rate_limit.load(Ordering::Relaxed))
+        self.budgets.take(actor, self.budgets.rate_limit.load(Ordering::Relaxed))
     }
 
     /// Ingest's budgets: per write key (when known) and per client address (when known); the
     /// seconds to wait when either is spent.
     pub fn ingest_rate_check(&self, key: Option<&str>, address: Option<std::net::IpAddr>) -> Result<(), u64> {
         // No name is built (nor a key hashed) for a budget that is off.
-        let (per_address, per_key) = (self.access.ingest_per_address.load(Ordering::Relaxed), self.access.ingest_per_key.load(Ordering::Relaxed));
+        let (per_address, per_key) = (self.budgets.ingest_per_address.load(Ordering::Relaxed), self.budgets.ingest_per_key.load(Ordering::Relaxed));
         if let (Some(a), true) = (address, per_address > 0) {
-            self.bucket_check(&format!("ingest-address:{a}"), per_address)?;
+            self.budgets.take(&format!("ingest-address:{a}"), per_address)?;
         }
         if let (Some(k), true) = (key, per_key > 0) {
-            self.bucket_check(&format!("ingest-key:{}", keys::digest(k)), per_key)?;
+            self.budgets.take(&format!("ingest-key:{}", keys::digest(k)), per_key)?;
         }
         Ok(())
     }
@@ -106,58 +85,13 @@ impl App {
     /// Ingest requests per second a write key, and a client address, may make (twice that in
     /// a burst); 0: no limit.
     pub fn set_ingest_rate_limits(&self, per_key: u64, per_address: u64) {
-        self.access.ingest_per_key.store(per_key, Ordering::Relaxed);
-        self.access.ingest_per_address.store(per_address, Ordering::Relaxed);
-    }
-
-    /// Failed secret verifications allowed per key id in [`SECRET_WINDOW`].
-    const SECRET_TRIES: u32 = 5;
-
-    fn may_try_secret(&self, id: &str) -> bool {
-        let f = self.access.failed_secrets.lock().expect("failed secrets lock");
-        f.get(id).is_none_or(|(since, n)| since.elapsed() > SECRET_WINDOW || *n < Self::SECRET_TRIES)
-    }
-
-    fn secret_failed(&self, id: &str) {
-        let mut f = self.access.failed_secrets.lock().expect("failed secrets lock");
-        if f.len() > 100_000 {
-            f.retain(|_, (since, _)| since.elapsed() <= SECRET_WINDOW);
-        }
-        let e = f.entry(id.to_owned()).or_insert((std::time::Instant::now(), 0));
-        if e.0.elapsed() > SECRET_WINDOW {
-            *e = (std::time::Instant::now(), 0);
-        }
-        e.1 += 1;
-    }
-
-    /// One token of bucket `name`, refilled at `per_sec` (0: no limit); else the seconds to
-    /// wait.
-    fn bucket_check(&self, name: &str, per_sec: u64) -> Result<(), u64> {
-        let per_sec = per_sec as f64;
-        if per_sec <= 0.0 {
-            return Ok(());
-        }
-        let burst = per_sec * 2.0;
-        let now = std::time::Instant::now();
-        let mut b = self.access.buckets.lock().expect("rate lock");
-        if b.len() > 100_000 {
-            // Client addresses come and go: buckets idle long enough to be full again go.
-            b.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
-        }
-        let (tokens, at) = b.entry(name.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / per_sec).ceil().max(1.0) as u64)
-        }
+        self.budgets.ingest_per_key.store(per_key, Ordering::Relaxed);
+        self.budgets.ingest_per_address.store(per_address, Ordering::Relaxed);
     }
 
     /// Requests a key may make per second (twice that in a burst); 0: no limit.
     pub fn set_rate_limit(&self, per_sec: u64) {
-        self.access.rate_limit.store(per_sec, Ordering::Relaxed);
+        self.budgets.rate_limit.store(per_sec, Ordering::Relaxed);
     }
 
     /// Create a tenant and return its freshly minted (api_key, write_key); only hashes are kept.

@@ -29,6 +29,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use uuid::Uuid;
 
 mod access;
+mod budgets;
 mod commands;
 mod privacy;
 mod queries;
@@ -111,7 +112,7 @@ pub struct App {
     /// Accesses to customers' data not yet written to the audit trail.
     pub audit: crate::audit::Audit,
     /// Tenants' keys verified in this process, and the request budgets.
-    access: access::Access,
+    budgets: budgets::Budgets,
     /// Whether tenants' webhooks may reach internal addresses (see `automation::targets`).
     allow_private_webhooks: std::sync::atomic::AtomicBool,
     /// Where "now" comes from (the wall clock unless a test installs another, see
@@ -246,7 +247,7 @@ impl App {
             }
         }));
         loop {
-            views::catch_up(&*store, &views, &erasures).await?;
+            catch_up(&*store, &views, &erasures).await?;
             let need = left.load(Ordering::SeqCst);
             if views.read().expect("views lock").position >= need {
                 break;
@@ -264,7 +265,7 @@ impl App {
             email_locks,
             reacted,
             audit: Default::default(),
-            access: Default::default(),
+            budgets: Default::default(),
             allow_private_webhooks: Default::default(),
             clock: Default::default(),
             keys,
@@ -298,15 +299,15 @@ impl App {
 
     /// Where tenants' webhooks may go (`--allow-private-webhooks` sets `AllowPrivate`); the
     /// campaign's save checks literal addresses against it, the engine every resolved one.
-    pub fn set_webhook_targets(&self, targets: crate::automation::targets::WebhookTargets) {
-        let allow = targets == crate::automation::targets::WebhookTargets::AllowPrivate;
+    pub fn set_webhook_targets(&self, targets: crate::targets::WebhookTargets) {
+        let allow = targets == crate::targets::WebhookTargets::AllowPrivate;
         self.allow_private_webhooks.store(allow, Ordering::Relaxed);
     }
 
-    pub fn webhook_targets(&self) -> crate::automation::targets::WebhookTargets {
+    pub fn webhook_targets(&self) -> crate::targets::WebhookTargets {
         match self.allow_private_webhooks.load(Ordering::Relaxed) {
-            true => crate::automation::targets::WebhookTargets::AllowPrivate,
-            false => crate::automation::targets::WebhookTargets::PublicOnly,
+            true => crate::targets::WebhookTargets::AllowPrivate,
+            false => crate::targets::WebhookTargets::PublicOnly,
         }
     }
 }
@@ -321,3 +322,19 @@ fn validate_id(id: &str) -> Result<(), AppError> {
     }
 }
 
+/// Applies the log past the views' position; erasures among it are counted, so the next
+/// checkpoint rotates the key that sealed the checkpoint read at start (it held the person).
+async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>, erasures: &Erasures) -> Result<(), AppError> {
+    loop {
+        let after = views.read().expect("views lock").position;
+        let page = store.read_all(after, 10_000).await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let mut v = views.write().expect("views lock");
+        for e in &page {
+            v.apply(e);
+            erasures.note(&e.event_type);
+        }
+    }
+}

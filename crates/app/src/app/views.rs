@@ -83,20 +83,3 @@ impl App {
         self.reacted.fetch_max(position, Ordering::Relaxed);
     }
 }
-
-/// Applies the log past the views' position; erasures among it are counted, so the next
-/// checkpoint rotates the key that sealed the checkpoint read at start (it held the person).
-pub(super) async fn catch_up(store: &dyn EventStore, views: &RwLock<Projections>, erasures: &Erasures) -> Result<(), AppError> {
-    loop {
-        let after = views.read().expect("views lock").position;
-        let page = store.read_all(after, 10_000).await?;
-        if page.is_empty() {
-            return Ok(());
-        }
-        let mut v = views.write().expect("views lock");
-        for e in &page {
-            v.apply(e);
-            erasures.note(&e.event_type);
-        }
-    }
-}

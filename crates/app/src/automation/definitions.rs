@@ -34,7 +34,7 @@ pub async fn save_campaign(app: &App, tenant: &str, name: &str, definition: Valu
     check_name(name)?;
     let campaign = Campaign::parse(&definition).map_err(|e| AppError::BadRequest(e.0))?;
     for url in campaign.webhook_urls() {
-        super::targets::check_saved(url, app.webhook_targets())
+        crate::targets::check_saved(url, app.webhook_targets())
             .map_err(|e| AppError::Rule { code: "webhook_target_refused", message: e.to_string() })?;
     }
     {

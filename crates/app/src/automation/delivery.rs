@@ -34,7 +34,7 @@ pub struct Delivery {
     /// For the URLs the operator configured (SMS and push providers).
     operator: ureq::Agent,
     /// For tenants' webhooks while internal addresses are refused: every resolved address is
-    /// checked (see [`super::targets`]).
+    /// checked (see [`crate::targets`]).
     guarded: ureq::Agent,
 }
 
@@ -89,20 +89,20 @@ impl Delivery {
         let guarded = ureq::Agent::with_parts(
             agent_config(),
             ureq::unversioned::transport::DefaultConnector::default(),
-            super::targets::GuardedResolver::default(),
+            crate::targets::GuardedResolver::default(),
         );
         Ok(Delivery { config, smtp, operator, guarded })
     }
 
     /// Deliver one message; `Ok` carries the provider's id for it, when it gives one. A
     /// tenant's webhook goes only where `targets` lets it.
-    pub async fn deliver(&self, tenant: &str, m: &OutboxEntry, targets: super::targets::WebhookTargets) -> Result<Option<String>, String> {
+    pub async fn deliver(&self, tenant: &str, m: &OutboxEntry, targets: crate::targets::WebhookTargets) -> Result<Option<String>, String> {
         match m.channel.as_str() {
             "email" => self.email(m).await,
             "webhook" => {
                 let agent = match targets {
-                    super::targets::WebhookTargets::PublicOnly => &self.guarded,
-                    super::targets::WebhookTargets::AllowPrivate => &self.operator,
+                    crate::targets::WebhookTargets::PublicOnly => &self.guarded,
+                    crate::targets::WebhookTargets::AllowPrivate => &self.operator,
                 };
                 self.post(agent, &m.to, tenant, m).await.map_err(|e| e.for_tenant())
             }
@@ -178,8 +178,8 @@ impl PostError {
     fn for_tenant(self) -> String {
         match self {
             PostError::Status(s) => format!("webhook: the target answered HTTP {s}"),
-            PostError::Transport(ureq::Error::Io(e)) if e.to_string() == super::targets::REFUSED => {
-                format!("webhook: refused, {} (--allow-private-webhooks allows it)", super::targets::REFUSED)
+            PostError::Transport(ureq::Error::Io(e)) if e.to_string() == crate::targets::REFUSED => {
+                format!("webhook: refused, {} (--allow-private-webhooks allows it)", crate::targets::REFUSED)
             }
             PostError::Transport(ureq::Error::Timeout(_)) => "webhook: the target did not answer in time".into(),
             PostError::Transport(_) => "webhook: could not reach the target".into(),

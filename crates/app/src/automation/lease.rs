@@ -159,7 +159,7 @@ impl Gate {
 /// Renews this node's heartbeat and shards, gives back shards above its fair share and takes
 /// free ones below it, every third of [`TTL`], until the task is aborted. Before taking shards
 /// the node catches up with the log (`sync`), so its views hold what the last holder saw.
-pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Arc<super::Engine>, holder: String) -> tokio::task::JoinHandle<()> {
+pub fn renew(app: Arc<App>, leases: Arc<dyn Leases>, gate: Arc<Gate>, engine: Arc<dyn InFlight>, holder: String) -> tokio::task::JoinHandle<()> {
     // Where a shard never leased before starts: this node's cursor as it started (saved with
     // its checkpoint), before its engine reacted in any shard.
     let start = app.reacted();
@@ -210,7 +210,7 @@ const QUIET_LIMIT: Duration = Duration::from_secs(15);
 /// Releases shards this node stopped working on, once their deliveries in flight are done:
 /// meanwhile their leases are renewed, so no other node takes them and sends those messages
 /// again. A shard this node has taken back meanwhile is not released.
-async fn give_back_when_quiet(shards: Vec<usize>, (leases, gate, engine): (Arc<dyn Leases>, Arc<Gate>, Arc<super::Engine>), holder: String) {
+async fn give_back_when_quiet(shards: Vec<usize>, (leases, gate, engine): (Arc<dyn Leases>, Arc<Gate>, Arc<dyn InFlight>), holder: String) {
     let mask = shards.iter().fold(0u64, |m, s| m | (1 << s));
     let since = tokio::time::Instant::now();
     while engine.busy(mask) && since.elapsed() < QUIET_LIMIT {
@@ -290,13 +290,19 @@ async fn renew_round(
     }
 }
 
+/// What the leases need to know of the engine: whether a delivery of these shards' tenants
+/// (bit `s` for shard `s`) is in flight. A shard is given back only when it is quiet.
+pub trait InFlight: Send + Sync + 'static {
+    fn busy(&self, shards: u64) -> bool;
+}
+
 /// Hands the work over on a clean stop: stops renewing, closes the gate, lets the deliveries
 /// in flight finish (up to `wait`), then releases every shard and the heartbeat so the other
 /// nodes take them at once.
 pub async fn hand_over(
     renewal: tokio::task::JoinHandle<()>,
     gate: &Gate,
-    engine: &super::Engine,
+    engine: &dyn InFlight,
     leases: &dyn Leases,
     holder: &str,
     wait: Duration,
@@ -304,7 +310,11 @@ pub async fn hand_over(
     renewal.abort();
     let held = gate.shards();
     gate.set(0);
-    engine.quiesce(wait).await;
+    // The deliveries in flight finish first (or `wait` passes): a clean stop.
+    let deadline = tokio::time::Instant::now() + wait;
+    while engine.busy(ALL) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for s in (0..SHARDS).filter(|s| held & (1 << s) != 0) {
         leases.release(&lease_name(s), holder, gate.progress(s)).await?;
     }

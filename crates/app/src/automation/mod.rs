@@ -19,12 +19,12 @@
 //! idempotency key (`Idempotency-Key` header, e-mail `Message-ID`). Events that campaigns
 //! themselves write never trigger campaigns, so no campaign can feed itself.
 
+mod backoff;
 pub mod definitions;
 pub mod delivery;
 pub mod feedback;
 pub mod lease;
 pub mod parked;
-pub mod targets;
 
 use crate::app::App;
 use crate::error::AppError;
@@ -38,6 +38,7 @@ use chronicle_projections::automation::{enrolment_key, EnrolmentStatus};
 use chronicle_projections::{Projections, SYSTEM_TENANT};
 use chronicle_store::Subscription;
 use chrono::{DateTime, Utc};
+use backoff::doubling;
 use delivery::{Delivery, DeliveryConfig};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -119,10 +120,10 @@ fn record_pause(failures: u32) -> Duration {
     doubling(Duration::from_secs(1), failures, Duration::from_secs(30))
 }
 
-/// `first`, doubled for each try after the first (`tries` counts from 1), at most `max`: the
-/// engine's one backoff shape (message retries add jitter to it).
-pub(crate) fn doubling(first: Duration, tries: u32, max: Duration) -> Duration {
-    first.saturating_mul(1u32 << tries.saturating_sub(1).min(20)).min(max)
+impl lease::InFlight for Engine {
+    fn busy(&self, shards: u64) -> bool {
+        self.in_flight.lock().expect("in-flight lock").iter().any(|(t, _)| shards & (1 << lease::shard_of(t)) != 0)
+    }
 }
 
 /// What the next step of an enrolment needs.
@@ -209,19 +210,6 @@ impl Engine {
         self.write(tenant, &customer, vec![(derive_id(&[tenant, message, "retried", &round.to_string()]), e)]).await
     }
 
-    /// Waits until no delivery is in flight (or `limit` passed): a clean stop before the work
-    /// is handed to another node.
-    pub async fn quiesce(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !self.in_flight.lock().expect("in-flight lock").is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Whether a delivery of these shards' tenants (bit `s` for shard `s`) is in flight.
-    pub fn busy(&self, shards: u64) -> bool {
-        self.in_flight.lock().expect("in-flight lock").iter().any(|(t, _)| shards & (1 << lease::shard_of(t)) != 0)
-    }
 
     async fn react(self: Arc<Self>) {
         loop {

@@ -99,7 +99,7 @@ impl Parked {
 
 /// The pause before retry `tries + 1`: 2 s doubling, at most 5 minutes.
 pub fn pause(tries: u32) -> chrono::Duration {
-    let d = super::doubling(std::time::Duration::from_secs(2), tries, std::time::Duration::from_secs(300));
+    let d = super::backoff::doubling(std::time::Duration::from_secs(2), tries, std::time::Duration::from_secs(300));
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(300))
 }
 

@@ -1,7 +1,7 @@
 //! Campaigns, templates and the dead-letter queue.
 
 use super::error::{ApiError, Body};
-use super::Principal;
+use super::auth::Principal;
 use chronicle_app::app::App;
 use chronicle_app::automation::{definitions, Engine};
 use chronicle_app::error::AppError;

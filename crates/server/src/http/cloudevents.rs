@@ -18,7 +18,7 @@ const MAX_BATCH: usize = 1000;
 
 pub async fn receive(
     State(app): State<Arc<App>>,
-    auth: Option<axum::Extension<super::Authenticated>>,
+    auth: Option<axum::Extension<super::auth::Authenticated>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {

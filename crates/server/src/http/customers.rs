@@ -2,7 +2,8 @@
 //! and the consent check, status changes, tags, notes, owner, stage, preferences.
 
 use super::error::{ApiError, Body, OptBody, Params};
-use super::{clamp_limit, Principal};
+use super::error::clamp_limit;
+use super::auth::Principal;
 use chronicle_app::profile::profile_json;
 use chronicle_app::app::{App, ConsentLedger};
 use chronicle_app::error::AppError;
@@ -21,10 +22,10 @@ use std::sync::Arc;
 /// a phone number) is looked up by its keyed pseudonym (see [`chronicle_app::pseudonym`]).
 pub struct CustomerId(pub String);
 
-impl axum::extract::FromRequestParts<super::Api> for CustomerId {
+impl axum::extract::FromRequestParts<super::state::Api> for CustomerId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, api: &super::Api) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, api: &super::state::Api) -> Result<Self, ApiError> {
         let Path(id) = Path::<String>::from_request_parts(parts, api)
             .await
             .map_err(|e| ApiError::of(super::codes::Code::BadRequest, e.to_string()))?;

@@ -1,7 +1,7 @@
 //! Deal endpoints, the pipeline view, and orders (read-only: Segment e-commerce events drive them).
 
 use super::error::{ApiError, Body, OptBody};
-use super::Principal;
+use super::auth::Principal;
 use chronicle_app::app::App;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -137,3 +137,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptBody<T> {
             .map_err(|e| ApiError::of(Code::BadRequest, format!("invalid JSON body: {e}")))
     }
 }
+
+/// A `429 rate_limited` answer with `Retry-After`.
+pub(crate) fn rate_limited(wait: u64, message: &str) -> ApiError {
+    let mut e = ApiError::of(Code::RateLimited, format!("{message}; retry in {wait} s"));
+    e.extra = Some(serde_json::json!({"retry_after_seconds": wait}));
+    e
+}
+
+/// A page size: 100 unless given, between 1 and 1,000.
+pub(crate) fn clamp_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(100).clamp(1, 1000)
+}

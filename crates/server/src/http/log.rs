@@ -2,7 +2,8 @@
 //! (read forward; append with an expected version).
 
 use super::error::{ApiError, Body, Params};
-use super::{clamp_limit, Principal};
+use super::error::clamp_limit;
+use super::auth::Principal;
 use chronicle_app::app::{App, RESERVED_PREFIXES};
 use chronicle_app::error::AppError;
 use axum::extract::{Path, State};

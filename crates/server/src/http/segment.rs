@@ -102,7 +102,7 @@ fn answer(outcome: ingest::Outcome) -> Res {
 }
 
 /// The tenant of an ingest request: a write key (HTTP Basic user name) or an API key (Bearer).
-pub(crate) fn ingest_tenant(app: &App, auth: Option<&super::Authenticated>, headers: &HeaderMap, body: &Value) -> Result<String, ApiError> {
+pub(crate) fn ingest_tenant(app: &App, auth: Option<&super::auth::Authenticated>, headers: &HeaderMap, body: &Value) -> Result<String, ApiError> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -138,7 +138,7 @@ fn authenticate(app: &App, headers: &HeaderMap, body: &Value) -> Result<(String,
         .ok_or_else(|| unauthorized("a write key is required (HTTP Basic user name or writeKey)"))?;
     let rec = app.authenticate(&key);
     if rec.is_some() {
-        app.ingest_rate_check(Some(&key), None).map_err(|wait| super::rate_limited(wait, "too many ingest requests for this write key"))?;
+        app.ingest_rate_check(Some(&key), None).map_err(|wait| super::error::rate_limited(wait, "too many ingest requests for this write key"))?;
     }
     match rec {
         Some(rec) if rec.kind == KeyKind::Write => {

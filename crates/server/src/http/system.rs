@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
 pub async fn metrics(
     State(app): State<Arc<App>>,
     State(engine): State<Arc<chronicle_app::automation::Engine>>,
-    axum::Extension(options): axum::Extension<super::Options>,
+    axum::Extension(options): axum::Extension<super::state::Options>,
     headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(token) = &options.metrics_token {
@@ -143,62 +143,6 @@ pub async fn metrics(
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
-pub async fn openapi() -> Json<Value> {
-    Json(openapi_document())
-}
-
-/// OpenAPI 3.1, generated from the route table.
-pub fn openapi_document() -> Value {
-    let mut paths: Map<String, Value> = Map::new();
-    for (route, _) in super::routes() {
-        let mut params: Vec<Value> = Vec::new();
-        for seg in route.path.split('/').filter(|s| s.starts_with('{')) {
-            let name = seg.trim_matches(|c| c == '{' || c == '}');
-            params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
-        }
-        for q in route.query {
-            params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}));
-        }
-        let mut op = json!({
-            "summary": route.summary,
-            "parameters": params,
-            "responses": {
-                route.ok.to_string(): {"description": "success", "content": {"application/json": {}}},
-                "400": {"$ref": "#/components/responses/Error"},
-                "404": {"$ref": "#/components/responses/Error"},
-            },
-        });
-        if route.auth {
-            op["security"] = json!([{"apiKey": []}]);
-            op["x-required-role"] = json!(route.role);
-            op["responses"]["401"] = json!({"$ref": "#/components/responses/Error"});
-        }
-        if let Some(example) = route.body {
-            let example: Value = serde_json::from_str(example).expect("route examples are valid JSON");
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"example": example}}});
-        }
-        if route.method != "get" {
-            op["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
-            op["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
-        }
-        paths.entry(route.path).or_insert_with(|| json!({}))[route.method] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Chronicle", "version": env!("CARGO_PKG_VERSION"), "description": "Event-sourced CRM engine"},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"}
-                }}}
-            }}}}}
-        }
-    })
-}
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,7 +158,7 @@ fn key_json(k: &chronicle_projections::ApiKey) -> Value {
 
 pub async fn create_key(
     State(app): State<Arc<App>>,
-    p: super::Principal,
+    p: super::auth::Principal,
     super::error::Body(b): super::error::Body<NewKey>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     let (record, key) = app.create_api_key(&p.tenant, b.role, b.name, &p.actor).await?;
@@ -223,13 +167,13 @@ pub async fn create_key(
     Ok((axum::http::StatusCode::CREATED, Json(out)))
 }
 
-pub async fn list_keys(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+pub async fn list_keys(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"keys": app.api_keys(&p.tenant).iter().map(key_json).collect::<Vec<_>>()})))
 }
 
 pub async fn revoke_key(
     State(app): State<Arc<App>>,
-    p: super::Principal,
+    p: super::auth::Principal,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     app.revoke_api_key(&p.tenant, &id, &p.actor).await?;
@@ -246,13 +190,13 @@ fn retention_json(v: &chronicle_projections::retention::RetentionView) -> Value 
     json!({"policies": v.policies, "compactions": v.runs})
 }
 
-pub async fn retention(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+pub async fn retention(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
     Ok(Json(retention_json(&chronicle_app::retention::policies(&app, &p.tenant))))
 }
 
 pub async fn set_retention(
     State(app): State<Arc<App>>,
-    p: super::Principal,
+    p: super::auth::Principal,
     axum::extract::Path(event_type): axum::extract::Path<String>,
     super::error::Body(b): super::error::Body<KeepFor>,
 ) -> Result<Json<Value>, ApiError> {
@@ -262,7 +206,7 @@ pub async fn set_retention(
 
 pub async fn remove_retention(
     State(app): State<Arc<App>>,
-    p: super::Principal,
+    p: super::auth::Principal,
     axum::extract::Path(event_type): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     chronicle_app::retention::remove_policy(&app, &p.tenant, &event_type, &p.actor).await?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub async fn sendgrid(
     State(app): State<Arc<App>>,
     State(engine): State<Arc<chronicle_app::automation::Engine>>,
-    auth: Option<axum::Extension<super::Authenticated>>,
+    auth: Option<axum::Extension<super::auth::Authenticated>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -64,7 +64,7 @@ pub struct SendGridKey {
 }
 
 /// `GET /v1/settings/sendgrid`.
-pub async fn get_sendgrid_key(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+pub async fn get_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
     let key = app.views().tenant(&p.tenant).and_then(|t| t.sendgrid_key.clone());
     Ok(Json(json!({"public_key": key})))
 }
@@ -73,7 +73,7 @@ pub async fn get_sendgrid_key(State(app): State<Arc<App>>, p: super::Principal) 
 /// settings show it), then recorded (`SendGridKeySet` on the tenant's `_settings` stream).
 pub async fn set_sendgrid_key(
     State(app): State<Arc<App>>,
-    p: super::Principal,
+    p: super::auth::Principal,
     super::error::Body(b): super::error::Body<SendGridKey>,
 ) -> Result<Json<Value>, ApiError> {
     feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(chronicle_app::error::AppError::BadRequest(e.to_string())))?;
@@ -82,12 +82,12 @@ pub async fn set_sendgrid_key(
 }
 
 /// `DELETE /v1/settings/sendgrid`: back to the instance's key.
-pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::Principal) -> Result<Json<Value>, ApiError> {
+pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
     record_setting(&app, &p, "SendGridKeyRemoved", json!({})).await?;
     Ok(Json(json!({"public_key": null})))
 }
 
-async fn record_setting(app: &App, p: &super::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
+async fn record_setting(app: &App, p: &super::auth::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
     let ev = chronicle_core::envelope::NewEvent::new(uuid::Uuid::now_v7(), event_type, data, app.now()).with_actor(&p.actor);
     app.append(&p.tenant, chronicle_core::registry::SETTINGS_STREAM, chronicle_core::envelope::ExpectedVersion::Any, vec![ev])
         .await
