@@ -266,6 +266,8 @@ async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_
         rule: |_, e| e.event_type.starts_with("Message") && e.event_type != "MessageQueued",
     });
     let app = App::start(flaky.clone(), None).await.unwrap();
+    let clock = Arc::new(chronicle_app::clock::ManualClock::new(Utc::now()));
+    assert!(app.set_clock(clock.clone()));
     app.create_tenant("acme").await.unwrap();
     app.set_webhook_targets(WebhookTargets::AllowPrivate);
     let (url, seen) = receiver();
@@ -284,7 +286,13 @@ async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_
     for p in people {
         wait_for(&app, p, "the message queued", |e| e.iter().any(|e| e.event_type == "MessageQueued")).await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Four seconds pass on the application's clock, in steps, the engine woken at each (the
+    // pauses between tries to record an outcome are the clock's).
+    for _ in 0..40 {
+        clock.advance(chrono::Duration::milliseconds(100));
+        engine.wake();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(flaky.refused.load(std::sync::atomic::Ordering::SeqCst) > 0, "the outcomes were refused");
     let during = seen.lock().unwrap().clone();
     let ids = |bodies: &[String]| -> Vec<String> {
@@ -299,9 +307,21 @@ async fn a_failing_store_sends_each_queued_message_at_most_once_and_all_once_it_
     assert_eq!(during_ids, unique, "no message handed over twice while the store refused writes: {during_ids:?}");
     assert!(flaky.refused.load(std::sync::atomic::Ordering::SeqCst) < 40, "the engine backs off: {} refused writes in 4 s", flaky.refused.load(std::sync::atomic::Ordering::SeqCst));
     flaky.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The next tries to record come due as the clock moves on.
+    let moving = {
+        let (clock, engine) = (clock.clone(), engine.clone());
+        tokio::spawn(async move {
+            loop {
+                clock.advance(chrono::Duration::seconds(1));
+                engine.wake();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     for p in people {
         wait_for(&app, p, "the outcome recorded", |e| e.iter().any(|e| e.event_type == "MessageSent")).await;
     }
+    moving.abort();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ids(&seen.lock().unwrap()), ["p1", "p2", "p3"], "each message handed over exactly once");
     drop(engine);

@@ -103,7 +103,7 @@ pub struct Engine {
     /// again, with a growing pause, until the store takes it.
     unrecorded: Mutex<std::collections::HashMap<(String, String), Unrecorded>>,
     /// While the store refuses writes, no new message is handed over before this instant.
-    paused_until: Mutex<Option<tokio::time::Instant>>,
+    paused_until: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// A hand-over's outcome that is waiting to be recorded.
@@ -112,7 +112,7 @@ struct Unrecorded {
     customer: String,
     outcome: (uuid::Uuid, A),
     failures: u32,
-    retry_at: tokio::time::Instant,
+    retry_at: DateTime<Utc>,
 }
 
 /// The pause after the `failures`-th failed write of an outcome: 1 s doubling to 30 s.
@@ -456,17 +456,18 @@ impl Engine {
 
 
     async fn clock(self: Arc<Self>) {
-        let mut next_scan = tokio::time::Instant::now();
+        // Every instant here is the application's clock's (a test moves it and wakes the engine).
+        let mut next_scan = self.app.now();
         loop {
             if !self.gate.held() {
                 self.gate.wait().await;
                 continue;
             }
-            if tokio::time::Instant::now() >= next_scan {
+            if self.app.now() >= next_scan {
                 if let Err(e) = self.scan(self.app.now()).await {
                     tracing::warn!(error = &e as &dyn std::error::Error, "automation: the scan for absence triggers failed");
                 }
-                next_scan = tokio::time::Instant::now() + self.config.scan_every;
+                next_scan = self.app.now() + chrono::Duration::from_std(self.config.scan_every).unwrap_or(chrono::Duration::days(1));
             }
             self.retry_parked().await;
             let now = self.app.now();
@@ -501,7 +502,7 @@ impl Engine {
             } else {
                 next.map_or(Duration::from_secs(1), |t| (t - now).to_std().unwrap_or_default().min(Duration::from_secs(1)))
             }
-            .min(next_scan.saturating_duration_since(tokio::time::Instant::now()));
+            .min((next_scan - self.app.now()).to_std().unwrap_or_default());
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -586,8 +587,7 @@ impl Engine {
         // An outcome whose message left the outbox some other way (recorded by another node,
         // erased) is not waited for.
         unrecorded.retain(|(tenant, m), _| v.tenant(tenant).is_some_and(|t| t.automation.outbox.contains_key(m)));
-        let instant = tokio::time::Instant::now();
-        let paused = self.paused_until.lock().expect("pause lock").is_some_and(|until| until > instant);
+        let paused = self.paused_until.lock().expect("pause lock").is_some_and(|until| until > now);
         let (mut timers, mut messages, mut next) = (Vec::new(), Vec::new(), None::<DateTime<Utc>>);
         for (tenant, t) in v.tenants.iter().filter(|(tenant, _)| self.gate.holds(tenant)) {
             let a = &t.automation;
@@ -611,7 +611,7 @@ impl Engine {
                 // again, when its pause is over. While the store refuses writes, nothing new
                 // is handed over (its outcome could not be recorded either).
                 let ready = match unrecorded.get(&key) {
-                    Some(u) => u.retry_at <= instant,
+                    Some(u) => u.retry_at <= now,
                     None => !paused,
                 };
                 if ready && in_flight.insert(key.clone()) {
@@ -688,7 +688,7 @@ impl Engine {
             Err(e) => {
                 let mut unrecorded = self.unrecorded.lock().expect("unrecorded lock");
                 let failures = unrecorded.get(&key).map_or(0, |u| u.failures) + 1;
-                let retry_at = tokio::time::Instant::now() + record_pause(failures);
+                let retry_at = self.app.now() + chrono::Duration::from_std(record_pause(failures)).unwrap_or(chrono::Duration::seconds(30));
                 unrecorded.insert(key, Unrecorded { customer, outcome, failures, retry_at });
                 *self.paused_until.lock().expect("pause lock") = Some(retry_at);
                 self.app.metrics.outcomes_unrecorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
