@@ -1,7 +1,7 @@
 //! Benchmarks of campaigns: append → message handed to SMTP latency, campaign evaluation
 //! throughput with 20 campaigns, and 100,000 pending waits across a restart.
 
-use crate::{open, round2, summary};
+use crate::measure::{open, round2, summary};
 use chronicle_automation::events::AutomationEvent;
 use chronicle_automation::derive_id;
 use chronicle_core::customer::{self, Channel, ConsentInput, CustomerCommand, Purpose};

@@ -13,7 +13,7 @@
 //! subscribes to the log and records each event's lag: the time from its append (the ingest
 //! time stamped before the commit) to its delivery on the other node.
 
-use crate::{drive, payload, round2, summary};
+use crate::measure::{drive, payload, round2, summary};
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
 use chronicle_store::postgres::PgStore;
 use chronicle_store::EventStore;

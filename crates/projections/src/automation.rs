@@ -6,7 +6,7 @@
 //! Everything here is folded from events, so timers and the outbox survive a restart the same
 //! way every view does: checkpoint plus the log's tail.
 
-use crate::Map;
+use crate::map::Map;
 use chronicle_automation::events::{AutomationEvent as A, Origin};
 use chronicle_automation::Campaign;
 use chronicle_core::customer::{self, Purpose};

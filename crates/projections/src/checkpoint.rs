@@ -4,7 +4,7 @@
 //! folder ([`CheckpointFile`], written atomically: temp file, fsync, rename), or a row that every
 //! node over one PostgreSQL database shares (implemented where the database is reached).
 
-use crate::Projections;
+use crate::views::{Projections, MODELS};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -132,9 +132,9 @@ pub fn save_to(place: &dyn CheckpointPlace, p: &Projections, seal: Option<&dyn C
 /// checkpoint was written), or of an older read-model version — with the reason.
 pub fn resume_from(place: &dyn CheckpointPlace, seal: Option<&dyn CheckpointSeal>) -> Result<(Projections, Option<String>), CheckpointError> {
     match load_from(place, seal) {
-        Ok(p) if p.models != crate::MODELS => Ok((
+        Ok(p) if p.models != MODELS => Ok((
             Projections::new(),
-            Some(format!("the checkpoint holds read models of version {}, this build has {}", p.models, crate::MODELS)),
+            Some(format!("the checkpoint holds read models of version {}, this build has {}", p.models, MODELS)),
         )),
         Ok(p) => Ok((p, None)),
         Err(CheckpointError::Sealed { key, .. }) => Ok((Projections::new(), Some(format!("the checkpoint's key {key} is gone")))),

@@ -1,8 +1,8 @@
 //! Comparing two projection states, for `chronicle verify`: a list of human-readable
 //! differences, empty when they agree.
 
-use crate::Map;
-use crate::Projections;
+use crate::map::Map;
+use crate::views::Projections;
 use serde::Serialize;
 use std::collections::BTreeSet;
 

@@ -10,7 +10,8 @@
 //! The expression is evaluated inside each (async) test, so it may `.await`; it yields the store
 //! and a guard (a temp dir, a database handle…) kept alive until the test ends.
 
-use crate::{AppendError, AppendResult, Committed, EventStore, Subscription};
+use crate::event_store::{AppendError, AppendResult, Committed, EventStore};
+use crate::subscription::Subscription;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;

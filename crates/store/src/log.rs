@@ -13,7 +13,7 @@
 
 use crate::expire::{ExpireError, Expired, Expiry, EXPIRED_TYPE};
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
+use crate::event_store::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
 use chrono::{DateTime, Utc};
@@ -819,7 +819,7 @@ impl Writer {
             }
             _ => None,
         });
-        rules::call_hook(&self.hook, appended, ingest_time);
+        crate::event_store::call_hook(&self.hook, appended, ingest_time);
     }
 }
 

@@ -3,7 +3,7 @@
 //! model-based tests compare the real engines against. Nothing here is durable.
 
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
+use crate::event_store::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chrono::Utc;
@@ -108,7 +108,7 @@ impl EventStore for MemoryStore {
 
         // Called with the state still locked, so concurrent appends reach the hook in position
         // order, exactly once each.
-        crate::rules::call_hook_stored(&self.hook, committed);
+        crate::event_store::call_hook_stored(&self.hook, committed);
         self.head.send_replace(result.position);
         Ok(result)
     }

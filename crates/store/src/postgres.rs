@@ -35,7 +35,7 @@
 //! default; tests use one schema each).
 
 use crate::rules::{self, StoredAt};
-use crate::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
+use crate::event_store::{AppendError, AppendResult, CommitHook, EventStore, ReadError};
 use async_trait::async_trait;
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent, RawEnvelope};
 use chrono::Utc;
@@ -356,7 +356,7 @@ struct Feed {
     fed: tokio::sync::Mutex<u64>,
     head: watch::Sender<u64>,
     hook: RwLock<Option<CommitHook>>,
-    check: RwLock<Option<crate::HandOutCheck>>,
+    check: RwLock<Option<crate::event_store::HandOutCheck>>,
     /// Wakes the follower (a notification came, or `sync` waits).
     wake: tokio::sync::Notify,
 }
@@ -391,7 +391,7 @@ impl Feed {
             }
             // The hook first, then the head: whoever sees the head move (`sync`, a subscriber
             // that then looks at the views) finds the views there already.
-            rules::call_hook_stored(&self.hook, &events);
+            crate::event_store::call_hook_stored(&self.hook, &events);
             self.head.send_replace(last);
             *fed = last;
             if (rows.len() as i64) < FOLLOW_PAGE {
@@ -1034,7 +1034,7 @@ async fn hand_out(feed: &Feed, conn: &Conn, before: u64, group: &[Request], outc
         Outcome { appended: true, result: Ok(res) } => Some((r.tenant.as_str(), r.stream.as_str(), *res, r.events.iter().collect())),
         _ => None,
     });
-    rules::call_hook(&feed.hook, appended, ingest_time);
+    crate::event_store::call_hook(&feed.hook, appended, ingest_time);
     feed.head.send_replace(last);
     *fed = last;
 }
@@ -1506,13 +1506,13 @@ impl EventStore for PgStore {
         *self.feed.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
-    fn set_hand_out_check(&self, check: crate::HandOutCheck) {
+    fn set_hand_out_check(&self, check: crate::event_store::HandOutCheck) {
         *self.feed.check.write().unwrap_or_else(|p| p.into_inner()) = Some(check);
     }
 }
 
 #[async_trait]
-impl crate::Leases for PgStore {
+impl crate::event_store::Leases for PgStore {
     async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration, progress: u64) -> Result<Option<u64>, ReadError> {
         // Taken when free or expired, renewed by its holder; the database's clock decides
         // expiry, so the nodes' clocks need not agree.

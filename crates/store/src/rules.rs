@@ -3,7 +3,7 @@
 //! the reference model and the engines cannot drift apart (the model test compares errors
 //! verbatim).
 
-use crate::{AppendError, AppendResult};
+use crate::errors::{AppendError, AppendResult};
 use chronicle_core::envelope::{EventEnvelope, ExpectedVersion, NewEvent};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -140,36 +140,6 @@ pub(crate) fn join_writer(writer: Option<std::thread::JoinHandle<()>>) {
             let _ = writer.join();
         }
     }
-}
-
-/// Hands a group's accepted appends (tenant, stream, result, events), in position order, to the
-/// commit hook, if one is set. The events are committed whatever the hook does: a panic in it
-/// is caught and must not stop writes.
-pub(crate) fn call_hook<'a>(
-    hook: &std::sync::RwLock<Option<crate::CommitHook>>,
-    appended: impl Iterator<Item = (&'a str, &'a str, AppendResult, Vec<&'a NewEvent>)>,
-    ingest_time: DateTime<Utc>,
-) {
-    let hook = hook.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let Some(hook) = hook else { return };
-    let mut committed = Vec::new();
-    for (tenant, stream, result, events) in appended {
-        let first_position = result.position + 1 - events.len() as u64;
-        for (i, event) in events.into_iter().enumerate() {
-            let (version, position) = (result.first_version + i as u64, first_position + i as u64);
-            committed.push(crate::Committed::submitted(tenant, stream, version, position, event, ingest_time));
-        }
-    }
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&committed)));
-}
-
-/// Hands events read back from storage (committed by another writer), in position order, to
-/// the commit hook, if one is set; like [`call_hook`].
-pub(crate) fn call_hook_stored(hook: &std::sync::RwLock<Option<crate::CommitHook>>, events: &[chronicle_core::envelope::EventEnvelope]) {
-    let hook = hook.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let Some(hook) = hook else { return };
-    let committed: Vec<crate::Committed<'_>> = events.iter().map(crate::Committed::stored).collect();
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&committed)));
 }
 
 /// Fills a writer's `group` with `first` and every request already queued behind it, up to

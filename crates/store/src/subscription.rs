@@ -3,7 +3,7 @@
 //! store itself (the head watch only wakes the reader), there is no gap and no duplicate at
 //! the switch from catch-up to live.
 
-use crate::{EventStore, ReadError};
+use crate::event_store::{EventStore, ReadError};
 use chronicle_core::envelope::EventEnvelope;
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! full fold for as-of queries; and the consent ledger's behaviour.
 
 use super::*;
+use crate::{diff, load_checkpoint, save_checkpoint, CheckpointError};
 use chronicle_core::customer::{ConsentInput, CustomerCommand, LifecycleStage, NoEmails};
 use chronicle_core::envelope::EventEnvelope;
 use proptest::prelude::*;
