@@ -178,7 +178,7 @@ pub fn parse_message(
     if kind == Kind::Identify {
         if user_id.is_none() {
             // Anonymous identify: traits for a visitor not yet known; kept as activity.
-        } else if let Some(traits) = m.get("traits") {
+        } else if let Some(traits) = identify_traits(&m) {
             let Value::Object(t) = traits else {
                 return Err(invalid(index, "bad_request", "traits must be an object"));
             };
@@ -778,6 +778,16 @@ fn call_record(actor: &str, msg: Message) -> (String, Value) {
     (ev.event_type, ev.data.into_value())
 }
 
+/// An identify's traits: top-level `traits`, else `context.traits` (where some Segment-protocol
+/// SDKs put them); absent or empty top-level traits fall back to the context's.
+fn identify_traits(m: &Map<String, Value>) -> Option<&Value> {
+    match m.get("traits") {
+        Some(Value::Object(t)) if t.is_empty() => m.get("context").and_then(|c| c.get("traits")).or(m.get("traits")),
+        Some(t) => Some(t),
+        None => m.get("context").and_then(|c| c.get("traits")),
+    }
+}
+
 /// Write one identify or alias message.
 async fn write_one(app: &App, tenant: &str, actor: &str, sender: Sender, msg: Message) -> Result<(), AppError> {
     if let (Kind::Group, Some(user)) = (msg.kind, &msg.user_id) {
@@ -832,7 +842,7 @@ async fn write_one(app: &App, tenant: &str, actor: &str, sender: Sender, msg: Me
         if let Some(anon) = &msg.anonymous_id {
             refuse_foreign_identity(app, tenant, user, anon)?;
         }
-        let mut traits = match msg.raw.get("traits") {
+        let mut traits = match identify_traits(&msg.raw) {
             Some(Value::Object(t)) => t.clone(),
             _ => Map::new(),
         };

@@ -29,6 +29,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let router = http::router_with(api, &options);
-    http::serve::serve_router(router, listener, shutdown, options).await
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let router = http::router_with(api, &options, closing_rx);
+    http::serve::serve_router(router, listener, shutdown, options, closing).await
 }

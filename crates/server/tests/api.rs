@@ -560,6 +560,28 @@ fn segment_batch_lands_on_customers_and_retries_store_nothing() {
     assert_eq!(event_count(&app), before + 1);
 }
 
+/// Some Segment-protocol SDKs send an identify's traits in `context.traits` only: they are
+/// recorded, not dropped; top-level traits, when given, win; a bad e-mail there is refused.
+#[test]
+fn identify_traits_only_in_context_are_recorded() {
+    let app = spawn_app();
+    let m = json!({"type": "identify", "userId": "ctx-1", "messageId": "c1",
+        "context": {"traits": {"email": "Grace@Example.com", "first_name": "Grace"}}}).to_string();
+    let r = segment(&app, "/v1/identify", &m, Some(&app.write_key));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = app.get("/v1/customers/ctx-1").body;
+    assert_eq!((&c["email"], &c["traits"]["first_name"]), (&json!("grace@example.com"), &json!("Grace")), "{c}");
+    let both = json!({"type": "identify", "userId": "ctx-2", "messageId": "c2", "traits": {"first_name": "Top"},
+        "context": {"traits": {"first_name": "Context"}}}).to_string();
+    assert_eq!(segment(&app, "/v1/identify", &both, Some(&app.write_key)).status, 200);
+    assert_eq!(app.get("/v1/customers/ctx-2").body["traits"]["first_name"], "Top");
+    let bad = json!({"type": "identify", "userId": "ctx-3", "messageId": "c3",
+        "context": {"traits": {"email": "not-an-email"}}}).to_string();
+    let r = segment(&app, "/v1/identify", &bad, Some(&app.write_key));
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("bad_request")), "{}", r.body);
+    assert_eq!(app.get("/v1/customers/ctx-3").status, 404, "nothing written");
+}
+
 #[test]
 fn segment_bad_input_is_refused_whole() {
     let app = spawn_app();

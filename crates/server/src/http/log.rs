@@ -43,6 +43,7 @@ pub struct LiveQuery {
 /// event's id is the envelope's position, so a reconnecting client resumes without a gap.
 pub async fn stream_live(
     State(app): State<Arc<App>>,
+    axum::Extension(options): axum::Extension<super::state::Options>,
     p: Principal,
     headers: HeaderMap,
     Params(q): Params<LiveQuery>,
@@ -70,6 +71,11 @@ pub async fn stream_live(
                 }
             }
         }
+    });
+    // The stream ends when the server begins to stop (else a shutdown waits on the client).
+    let mut closing = options.closing;
+    let stream = futures_util::StreamExt::take_until(stream, async move {
+        let _ = closing.wait_for(|c| *c).await;
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

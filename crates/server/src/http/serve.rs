@@ -43,8 +43,9 @@ pub fn effective_max_connections(wanted: usize) -> usize {
     }
 }
 
-/// How long a shutdown waits for open connections to finish their requests.
-const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+/// How long a shutdown waits for open connections to finish their requests (live streams end
+/// at once; this bounds a slow request, so the process stops within about ten seconds).
+const DRAIN_LIMIT: Duration = Duration::from_secs(8);
 
 /// The answer to a connection over the cap: a whole HTTP response in the API's error shape,
 /// its code and status from the error table.
@@ -65,11 +66,13 @@ fn refusal() -> &'static [u8] {
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves; in-flight requests finish first.
+/// `stopping` is set when the shutdown begins (the router's live streams end on it).
 pub async fn serve_router(
     router: axum::Router,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
+    stopping: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let max = effective_max_connections(options.max_connections);
@@ -77,7 +80,7 @@ pub async fn serve_router(
         tracing::warn!(wanted = options.max_connections, max, "the open-files limit lowers the connection cap");
     }
     let permits = Arc::new(tokio::sync::Semaphore::new(max));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = stopping.subscribe();
     let mut shutdown = std::pin::pin!(shutdown);
     let service = hyper_util::service::TowerToHyperService::new(router);
     loop {
@@ -137,7 +140,7 @@ pub async fn serve_router(
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    stopping.send_replace(true);
     // Every connection's task holds a permit: all back means all finished. A response that
     // never ends (a live event stream) does not hold the process up past the drain limit.
     if tokio::time::timeout(DRAIN_LIMIT, permits.acquire_many(max as u32)).await.is_err() {

@@ -26,8 +26,11 @@ impl axum::extract::FromRef<Api> for Arc<Engine> {
 }
 
 /// What the handlers need to know of how the server was started.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Options {
     pub metrics_token: Option<Arc<str>>,
+    /// Turns true when the server begins to stop: responses that never end on their own (the
+    /// live event stream) end then, so a shutdown does not wait on its clients.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
