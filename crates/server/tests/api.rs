@@ -129,6 +129,48 @@ fn register_get_patch_and_profile_shape() {
     assert_eq!(app.get("/v1/customers/c2").status, 404);
 }
 
+/// Issue 19, item 6: every refusal at the edge is the API's JSON error shape, with the status
+/// of the one error table — an unknown route (404), a known route with another method (405), a
+/// JSON route without a JSON content type (415), a body over the limit (413).
+#[test]
+fn the_edges_answer_in_the_error_shape() {
+    let app = spawn_app();
+    let raw = |method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>| -> Resp {
+        let url = format!("{}{}", app.base, path);
+        let auth = format!("Bearer {}", app.key);
+        let mut res = match method {
+            "GET" | "DELETE" => {
+                let req = if method == "GET" { app.agent.get(&url) } else { app.agent.delete(&url) };
+                req.header("authorization", &auth).call()
+            }
+            _ => {
+                let mut req = if method == "PUT" { app.agent.put(&url) } else { app.agent.post(&url) };
+                req = req.header("authorization", &auth);
+                if let Some(ct) = content_type {
+                    req = req.header("content-type", ct);
+                }
+                req.send(&body[..])
+            }
+        }
+        .unwrap();
+        Resp { status: res.status().as_u16(), body: res.body_mut().read_json().unwrap_or(Value::Null) }
+    };
+    let cases = [
+        ("GET", "/v1/no-such-route", None, vec![], 404, "not_found"),
+        ("PUT", "/healthz", Some("application/json"), b"{}".to_vec(), 405, "method_not_allowed"),
+        ("DELETE", "/v1/pipeline", None, vec![], 405, "method_not_allowed"),
+        ("POST", "/v1/customers", Some("text/plain"), br#"{"id":"c9"}"#.to_vec(), 415, "unsupported_media_type"),
+        ("POST", "/v1/customers", None, br#"{"id":"c9"}"#.to_vec(), 415, "unsupported_media_type"),
+        ("POST", "/v1/customers", Some("application/json"), vec![b' '; 2 * 1024 * 1024], 413, "too_large"),
+    ];
+    for (method, path, ct, body, status, code) in cases {
+        let r = raw(method, path, ct, body);
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (status, Some(code)), "{method} {path}: {}", r.body);
+        assert!(r.body["error"]["message"].is_string(), "{method} {path}: {}", r.body);
+    }
+    assert_eq!(app.get("/v1/customers/c9").status, 404, "nothing written");
+}
+
 #[test]
 fn registration_with_a_bad_consent_writes_nothing() {
     let app = spawn_app();
@@ -558,6 +600,29 @@ fn segment_batch_lands_on_customers_and_retries_store_nothing() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(event_count(&app), before + 1);
+}
+
+/// Issue 19, item 2 (first slice): the browser SDK's short paths take a `text/plain` JSON body
+/// with the write key in it, and land where the long paths do.
+#[test]
+fn the_browser_sdks_short_paths_take_text_plain_bodies() {
+    let app = spawn_app();
+    let post = |path: &str, body: Value| -> u16 {
+        let url = format!("{}{}", app.base, path);
+        app.agent.post(&url).header("content-type", "text/plain").send(body.to_string()).unwrap().status().as_u16()
+    };
+    let wk = app.write_key.clone();
+    assert_eq!(post("/v1/i", json!({"type": "identify", "userId": "b1", "traits": {"first_name": "Bea"}, "messageId": "b-i", "writeKey": wk})), 200);
+    assert_eq!(post("/v1/t", json!({"type": "track", "userId": "b1", "event": "Signed Up", "messageId": "b-t", "writeKey": wk})), 200);
+    assert_eq!(post("/v1/p", json!({"type": "page", "userId": "b1", "name": "Pricing", "messageId": "b-p", "writeKey": wk})), 200);
+    assert_eq!(post("/v1/s", json!({"type": "screen", "userId": "b1", "name": "Home", "messageId": "b-s", "writeKey": wk})), 200);
+    assert_eq!(post("/v1/g", json!({"type": "group", "userId": "b1", "groupId": "acme", "messageId": "b-g", "writeKey": wk})), 200);
+    assert_eq!(post("/v1/a", json!({"type": "alias", "userId": "b1", "previousId": "anon-b", "messageId": "b-a", "writeKey": wk})), 200);
+    assert_eq!(post("/v1/t", json!({"type": "track", "userId": "b1", "event": "X", "messageId": "b-x", "writeKey": "wk_wrong"})), 401);
+    assert_eq!(app.get("/v1/customers/b1").body["traits"]["first_name"], "Bea");
+    let tl = app.get("/v1/customers/b1/timeline?type=ActivityTracked").body;
+    let kinds: Vec<&str> = tl["events"].as_array().unwrap().iter().map(|e| e["data"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["identify", "track", "page", "screen", "group"], "{tl}");
 }
 
 /// Some Segment-protocol SDKs send an identify's traits in `context.traits` only: they are

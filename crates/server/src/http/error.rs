@@ -93,12 +93,10 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::of(Code::TooLarge, r.body_text());
     }
-    // (A missing JSON content type answers 400 with code unsupported_media_type, as before.)
-    let code = match r {
-        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-        _ => "bad_request",
-    };
-    ApiError::named(Code::BadRequest, code, r.body_text())
+    match r {
+        JsonRejection::MissingJsonContentType(_) => ApiError::of(Code::UnsupportedMediaType, r.body_text()),
+        _ => ApiError::of(Code::BadRequest, r.body_text()),
+    }
 }
 
 /// Query parameters; bad ones become our error shape.

@@ -120,6 +120,12 @@ const INGEST_ROUTES: &[&str] = &[
     "/v1/alias",
     "/v1/group",
     "/v1/screen",
+    "/v1/t",
+    "/v1/p",
+    "/v1/i",
+    "/v1/g",
+    "/v1/a",
+    "/v1/s",
     "/v1/cloudevents",
     "/v1/webhooks/sendgrid",
 ];

@@ -104,6 +104,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#), post(segment::alias)),
         (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#), post(segment::group)),
         (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#), post(segment::screen)),
+        // The short paths Segment's browser SDK (analytics.js, @segment/analytics-next) posts
+        // to, with a text/plain JSON body and the write key in it.
+        (r("post", "/v1/t", "Segment track, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","event":"Signed Up","writeKey":"wk_…"}"#), post(segment::track)),
+        (r("post", "/v1/p", "Segment page, the browser SDK's path (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing","writeKey":"wk_…"}"#), post(segment::page)),
+        (r("post", "/v1/i", "Segment identify, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"},"writeKey":"wk_…"}"#), post(segment::identify)),
+        (r("post", "/v1/g", "Segment group, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","writeKey":"wk_…"}"#), post(segment::group)),
+        (r("post", "/v1/a", "Segment alias, the browser SDK's path (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1","writeKey":"wk_…"}"#), post(segment::alias)),
+        (r("post", "/v1/s", "Segment screen, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard","writeKey":"wk_…"}"#), post(segment::screen)),
         (
             r("post", "/v1/cloudevents", "CloudEvents 1.0: structured, batch or binary mode (write key or API key)", 200)
                 .open()
@@ -188,6 +196,9 @@ pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync
     }
     router
         .fallback(|| async { ApiError::of(crate::http::codes::Code::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::of(crate::http::codes::Code::MethodNotAllowed, "this route does not take this method")
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(api.app.clone(), layer::count_requests))
         .layer(axum::Extension(options))
