@@ -106,7 +106,9 @@ pub fn decode(bytes: &[u8], seal: Option<&dyn CheckpointSeal>, place: &str) -> R
         }
         None => bytes,
     };
-    serde_json::from_slice(plain).map_err(|source| CheckpointError::Corrupt { path: place.into(), source })
+    let mut views: Projections = serde_json::from_slice(plain).map_err(|source| CheckpointError::Corrupt { path: place.into(), source })?;
+    views.reindex();
+    Ok(views)
 }
 
 /// Load the checkpoint kept at `place`; none is an empty state at position 0.

@@ -8,6 +8,7 @@
 
 pub mod automation;
 mod checkpoint;
+pub mod contacts;
 mod diff;
 mod map;
 pub mod retention;

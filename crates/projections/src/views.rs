@@ -182,6 +182,10 @@ pub struct TenantViews {
     /// Retention policies and the record of compactions (see [`retention`]).
     #[serde(default)]
     pub retention: retention::RetentionView,
+    /// The contact list's indexes (derived from `customers`; rebuilt on load, see
+    /// [`Projections::reindex`]).
+    #[serde(skip)]
+    pub contacts: crate::contacts::ContactIndex,
     /// The tenant's own SendGrid verification key (base64 DER), when it set one: its feedback
     /// must be signed with it.
     #[serde(default)]
@@ -288,6 +292,14 @@ impl Projections {
         match self.tenants.get(tenant).and_then(|t| t.consent_bits.get(customer_id)) {
             Some(bits) => bits.check(channel, purpose),
             None => ConsentDecision { allowed: false, reason: "unknown_customer" },
+        }
+    }
+
+    /// Rebuild what the views derive and do not keep in a checkpoint (the contact list's
+    /// indexes): called when views are loaded.
+    pub fn reindex(&mut self) {
+        for t in self.tenants.values_mut() {
+            t.contacts = crate::contacts::ContactIndex::rebuild(t.customers.values(), t.automation.last_active.iter());
         }
     }
 
@@ -447,6 +459,7 @@ impl Projections {
             views.track_customer_stream(id, version, at, snapshot_every);
             if event_type == "ActivityTracked" {
                 views.automation.note_activity(id, at);
+                views.contacts.note_activity(id, at);
             }
         }
     }
@@ -542,6 +555,7 @@ impl TenantViews {
         let c = self.customers.get_mut(id).expect("inserted above");
         let old_email = c.email.clone();
         c.apply(e, ev.version, ev.event_time);
+        self.contacts.update(c);
         let bits = ConsentBits::of(c);
         match self.consent_bits.get_mut(id) {
             Some(b) => *b = bits,

@@ -129,6 +129,83 @@ fn register_get_patch_and_profile_shape() {
     assert_eq!(app.get("/v1/customers/c2").status, 404);
 }
 
+/// Issue 19, item 3: the contact list. Among 10,000 customers, a search by first name finds Ada
+/// whose e-mail does not start with it; paging returns every customer exactly once, in order;
+/// filters by tag and stage are exact; erased customers are not listed; a bad cursor is a 400.
+#[test]
+fn the_contact_list_searches_filters_and_pages_every_customer_once() {
+    let app = spawn_app();
+    let names = ["Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Frances"];
+    for b in 0..100 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = b * 100 + i;
+                json!({"type": "identify", "userId": format!("c{n:05}"), "messageId": format!("m{n}"),
+                       "traits": {"email": format!("user{n}@example.com"), "first_name": names[n % names.len()], "last_name": format!("L{n}")}})
+            })
+            .collect();
+        let r = segment(&app, "/v1/batch", &json!({"batch": batch}).to_string(), Some(&app.write_key));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = register(&app, "ada", "countess@example.com");
+    assert_eq!(r.status, 201);
+    assert_eq!(app.call("PATCH", "/v1/customers/ada", Some(&app.key), Some(r#"{"traits":{"first_name":"Ada","last_name":"Lovelace"}}"#)).status, 200);
+    // Search: a prefix of the first name, any case; of the last name; of the e-mail.
+    let found = app.get("/v1/customers?q=ADA").body;
+    let ids: Vec<&str> = found["customers"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["ada"], "{found}");
+    assert_eq!(app.get("/v1/customers?q=lovel").body["customers"][0]["id"], "ada");
+    assert_eq!(app.get("/v1/customers?q=countess@").body["customers"][0]["id"], "ada");
+    assert_eq!(app.get("/v1/customers?email=Countess@Example.com").body["customers"][0]["id"], "ada");
+    // Paging: every customer once, in creation order, by name too.
+    for sort in ["created", "name"] {
+        let (mut seen, mut after) = (std::collections::HashSet::new(), None::<String>);
+        let mut pages = 0;
+        loop {
+            let path = match &after {
+                Some(a) => format!("/v1/customers?sort={sort}&limit=1000&after={a}"),
+                None => format!("/v1/customers?sort={sort}&limit=1000"),
+            };
+            let page = app.get(&path).body;
+            pages += 1;
+            for c in page["customers"].as_array().unwrap() {
+                assert!(seen.insert(c["id"].as_str().unwrap().to_owned()), "{sort}: {} twice", c["id"]);
+            }
+            match page["next"].as_str() {
+                Some(n) => {
+                    assert_eq!(page["has_more"], true);
+                    after = Some(n.to_owned());
+                }
+                None => break,
+            }
+        }
+        assert_eq!((seen.len(), pages), (10_001, 11), "{sort}");
+    }
+    let by_name = app.get("/v1/customers?sort=name&limit=3").body;
+    let first: Vec<&str> = by_name["customers"].as_array().unwrap().iter().map(|c| c["traits"]["first_name"].as_str().unwrap()).collect();
+    assert_eq!(first, ["Ada", "Alan", "Alan"]);
+    // Filters: exact.
+    for id in ["c00007", "c00070", "c00700"] {
+        assert_eq!(app.post(&format!("/v1/customers/{id}/tags"), json!({"tag": "vip"})).status, 200);
+    }
+    assert_eq!(app.call("PUT", "/v1/customers/c00070/lifecycle-stage", Some(&app.key), Some(r#"{"stage":"mql"}"#)).status, 200);
+    let vip = app.get("/v1/customers?tag=vip").body;
+    let ids: Vec<&str> = vip["customers"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c00007", "c00070", "c00700"]);
+    let vip_mql = app.get("/v1/customers?tag=vip&stage=mql").body;
+    assert_eq!(vip_mql["customers"].as_array().unwrap().len(), 1);
+    assert_eq!(vip_mql["customers"][0]["id"], "c00070");
+    assert_eq!(app.get("/v1/customers?tag=nobody").body["customers"], json!([]));
+    // Erased: gone from the list (and from the search).
+    assert_eq!(app.call("DELETE", "/v1/customers/ada", Some(&app.key), None).status, 200);
+    assert_eq!(app.get("/v1/customers?q=ada").body["customers"], json!([]));
+    // Bad input: a clear 400.
+    for bad in ["/v1/customers?after=zz", "/v1/customers?sort=age", "/v1/customers?status=gone", "/v1/customers?colour=red"] {
+        let r = app.get(bad);
+        assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}: {}", r.body);
+    }
+}
+
 /// Issue 19, item 6: every refusal at the edge is the API's JSON error shape, with the status
 /// of the one error table — an unknown route (404), a known route with another method (405), a
 /// JSON route without a JSON content type (415), a body over the limit (413).

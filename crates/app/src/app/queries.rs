@@ -191,4 +191,17 @@ impl App {
         let next = events.last().map_or(after, |e| e.version);
         Ok(Page { events, next })
     }
+
+    /// One page of the tenant's contacts, from the indexes the views keep (see
+    /// `chronicle_projections::contacts`): a search, filters, an order and a cursor.
+    pub fn contacts(
+        &self,
+        tenant: &str,
+        q: &chronicle_projections::contacts::ContactQuery,
+    ) -> Result<(Vec<Customer>, Option<String>), AppError> {
+        let v = self.views();
+        let Some(t) = v.tenant(tenant) else { return Ok((Vec::new(), None)) };
+        let page = t.contacts.query(q).map_err(AppError::BadRequest)?;
+        Ok((page.ids.iter().filter_map(|id| t.customers.get(id).cloned()).collect(), page.next))
+    }
 }

@@ -66,6 +66,53 @@ pub struct AsOf {
     as_of: Option<DateTime<Utc>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    q: Option<String>,
+    email: Option<String>,
+    tag: Option<String>,
+    stage: Option<String>,
+    owner: Option<String>,
+    status: Option<String>,
+    sort: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/customers`: one page of the contact list, `{"customers", "next", "has_more"}`.
+pub async fn list(State(app): State<Arc<App>>, p: Principal, Params(l): Params<ListQuery>) -> Res<Json<Value>> {
+    use chronicle_projections::contacts::{ContactQuery, SortBy};
+    let sort = match l.sort.as_deref() {
+        None | Some("created") => SortBy::Created,
+        Some("name") => SortBy::Name,
+        Some("activity") => SortBy::Activity,
+        Some(other) => {
+            return Err(ApiError::of(super::codes::Code::BadRequest, format!("sort is created, name or activity, not {other:?}")))
+        }
+    };
+    if let Some(s) = l.status.as_deref().filter(|s| !matches!(*s, "active" | "deactivated" | "erased" | "merged")) {
+        return Err(ApiError::of(super::codes::Code::BadRequest, format!("status is active, deactivated, erased or merged, not {s:?}")));
+    }
+    let query = ContactQuery {
+        q: l.q,
+        email: l.email,
+        tag: l.tag,
+        stage: l.stage,
+        owner: l.owner,
+        status: l.status,
+        sort,
+        after: l.after,
+        limit: clamp_limit(l.limit),
+    };
+    let (customers, next) = app.contacts(&p.tenant, &query)?;
+    Ok(Json(json!({
+        "customers": customers.iter().map(profile_json).collect::<Vec<_>>(),
+        "has_more": next.is_some(),
+        "next": next,
+    })))
+}
+
 pub async fn get_one(
     State(app): State<Arc<App>>,
     p: Principal,

@@ -44,6 +44,11 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             r("post", "/v1/customers", "Register a customer with its consents (one atomic append)", 201).body(customers::CREATE_EXAMPLE),
             post(customers::create),
         ),
+        (
+            r("get", "/v1/customers", "The contact list: search (q: a prefix of e-mail, first or last name), filters, an order and a cursor", 200)
+                .query(&["q", "email", "tag", "stage", "owner", "status", "sort", "after", "limit"]),
+            get(customers::list),
+        ),
         (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]), get(customers::get_one)),
         (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#), patch(customers::patch)),
         (r("delete", "/v1/customers/{id}", "Erase the customer", 200).admin(), delete(customers::erase)),
