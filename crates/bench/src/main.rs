@@ -58,6 +58,7 @@ fn main() {
             }
             Some("as-of") => print(as_of(arg(1, 10_000)).await),
             Some("ingest") => print(ingest(arg(1, 8) as usize, arg(2, 10)).await),
+            Some("contacts") => print(contacts(arg(1, 1_000_000))),
             Some("import") => print(import(arg(1, 1_000_000)).await),
             Some("campaign-latency") => print(automation::latency(arg(1, 2000)).await),
             Some("campaign-eval") => print(automation::evaluation(arg(1, 1_000_000)).await),
@@ -83,7 +84,7 @@ fn main() {
                 print(automation::waits(100_000).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | append WRITERS [SECONDS] [log|sqlite] | postgres [SECONDS] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N");
+                eprintln!("usage: chronicle-bench all | contacts CUSTOMERS | append WRITERS [SECONDS] [log|sqlite] | postgres [SECONDS] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N");
                 std::process::exit(2);
             }
         }
@@ -451,4 +452,76 @@ fn api(app: &Arc<App>) -> chronicle_server::http::Api {
     use chronicle_app::automation::{lease::Gate, Engine, EngineConfig};
     let engine = Engine::new(app.clone(), EngineConfig::default(), Gate::always()).expect("engine");
     chronicle_server::http::Api { app: app.clone(), engine }
+}
+
+/// The contact list over `n` customers folded into the views (one `CustomerRegistered` each,
+/// with a first and last name drawn from 1,000 × 1,000 made-up names, a tag on every 100th):
+/// the latency of a search by a 3-letter first-name prefix, of a tag filter, and of the first
+/// and a later page of the whole list, each 1,000 times.
+fn contacts(n: u64) -> Value {
+    use chronicle_core::envelope::EventEnvelope;
+    use chronicle_projections::contacts::{ContactQuery, SortBy};
+    const A: [&str; 20] = ["ka", "lo", "mi", "ne", "ra", "si", "to", "vu", "be", "da", "fe", "gi", "ho", "ju", "pa", "qi", "sa", "te", "wo", "ze"];
+    let name = |i: u64| format!("{}{}{}", A[(i % 20) as usize], A[(i / 20 % 20) as usize], A[(i / 400 % 20) as usize]);
+    let start = Utc::now();
+    let mut views = chronicle_projections::Projections::new();
+    let started = Instant::now();
+    let mut position = 0;
+    for i in 0..n {
+        let id = format!("c{i:07}");
+        position += 1;
+        let mut traits = Map::new();
+        traits.insert("first_name".into(), json!(name(i % 1000)));
+        traits.insert("last_name".into(), json!(name(i / 1000 % 1000)));
+        let mut data = json!({"email": format!("{id}@example.com"), "traits": traits});
+        if i % 100 == 0 {
+            data["traits"]["vip"] = json!(true);
+        }
+        let ev = EventEnvelope {
+            id: uuid::Uuid::now_v7(),
+            tenant: "bench".into(),
+            stream: customer::stream_of(&id),
+            version: 1,
+            position,
+            event_type: "CustomerRegistered".into(),
+            schema_version: 2,
+            event_time: start,
+            ingest_time: start,
+            source: "bench".into(),
+            causation_id: None,
+            correlation_id: None,
+            actor: None,
+            data,
+            metadata: json!({}),
+        };
+        views.apply(&ev);
+        if i % 100 == 0 {
+            position += 1;
+            let tag = EventEnvelope { version: 2, position, event_type: "CustomerTagged".into(), data: json!({"tag": "vip"}), ..ev };
+            views.apply(&tag);
+        }
+    }
+    let fold_secs = started.elapsed().as_secs_f64();
+    let index = &views.tenant("bench").expect("tenant").contacts;
+    assert_eq!(index.len() as u64, n, "every customer is listed");
+    let time = |q: &ContactQuery| {
+        let t = Instant::now();
+        let page = index.query(q).expect("query");
+        (t.elapsed().as_secs_f64() * 1e6, page)
+    };
+    let (mut search, mut tag, mut first, mut later, mut found) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0usize);
+    let mut cursor = None;
+    for i in 0..1000u64 {
+        let prefix = name(i * 7919 % 1000)[..3].to_owned();
+        let (us, page) = time(&ContactQuery { q: Some(prefix), sort: SortBy::Name, limit: 100, ..Default::default() });
+        found += page.ids.len();
+        search.push(us);
+        tag.push(time(&ContactQuery { tag: Some("vip".into()), limit: 100, ..Default::default() }).0);
+        first.push(time(&ContactQuery { sort: SortBy::Name, limit: 100, ..Default::default() }).0);
+        let (us, page) = time(&ContactQuery { sort: SortBy::Created, limit: 100, after: cursor.clone(), ..Default::default() });
+        cursor = page.next;
+        later.push(us);
+    }
+    json!({"bench": "contacts", "customers": n, "fold_seconds": round2(fold_secs), "search_results_per_query": found / 1000,
+           "search_first_name_prefix": summary(search), "filter_tag": summary(tag), "first_page_by_name": summary(first), "next_pages_by_created": summary(later)})
 }

@@ -15,6 +15,7 @@ use crate::map::Map;
 use chrono::{DateTime, Utc};
 use chronicle_core::customer::{Customer, CustomerStatus};
 use std::collections::BTreeSet;
+use std::ops::Bound::{Excluded, Unbounded};
 
 /// How a list is ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,13 +55,39 @@ pub struct ContactPage {
 /// What is indexed of one customer (kept, to take it out again when the customer changes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    created: (i64, String),
-    name: (String, String),
-    tokens: Vec<String>,
+    created: i64,
+    email: Option<String>,
+    first: Option<String>,
+    last: Option<String>,
     tags: Vec<String>,
     stage: Option<String>,
     owner: Option<String>,
     status: &'static str,
+    /// Derived from the above: the name order's key and the search words.
+    name: String,
+    tokens: Vec<String>,
+}
+
+fn trait_str<'a>(c: &'a Customer, key: &str) -> Option<&'a str> {
+    c.traits.get(key).and_then(|v| v.as_str())
+}
+
+fn stage_name(c: &Customer) -> Option<String> {
+    c.lifecycle_stage.and_then(|s| serde_json::to_value(s).ok()?.as_str().map(str::to_owned))
+}
+
+/// Whether `c` is indexed as `e` says (checked without allocating: most events change nothing
+/// the list shows).
+fn unchanged(e: &Entry, c: &Customer) -> bool {
+    e.created == c.created_at.map_or(i64::MIN, |t| t.timestamp_micros())
+        && e.status == status_name(c.status)
+        && e.email == c.email
+        && e.first.as_deref() == trait_str(c, "first_name")
+        && e.last.as_deref() == trait_str(c, "last_name")
+        && e.owner == c.owner
+        && e.tags.iter().eq(c.tags.iter())
+        && (e.stage.is_none() == c.lifecycle_stage.is_none())
+        && (e.stage.is_none() || e.stage == stage_name(c))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,7 +101,6 @@ pub struct ContactIndex {
     tags: Map<String, BTreeSet<String>>,
     stages: Map<String, BTreeSet<String>>,
     owners: Map<String, BTreeSet<String>>,
-    statuses: Map<String, BTreeSet<String>>,
     entries: Map<String, Entry>,
 }
 
@@ -102,13 +128,16 @@ fn entry_of(c: &Customer) -> Entry {
     tokens.sort();
     tokens.dedup();
     Entry {
-        created: (c.created_at.map_or(i64::MIN, |t| t.timestamp_micros()), c.id.clone()),
-        name: (name_key(c), c.id.clone()),
-        tokens,
+        created: c.created_at.map_or(i64::MIN, |t| t.timestamp_micros()),
+        email: c.email.clone(),
+        first: trait_str(c, "first_name").map(str::to_owned),
+        last: trait_str(c, "last_name").map(str::to_owned),
         tags: c.tags.iter().cloned().collect(),
-        stage: c.lifecycle_stage.and_then(|s| serde_json::to_value(s).ok()?.as_str().map(str::to_owned)),
+        stage: stage_name(c),
         owner: c.owner.clone(),
         status: status_name(c.status),
+        name: name_key(c),
+        tokens,
     }
 }
 
@@ -145,13 +174,15 @@ impl ContactIndex {
     /// Index `c` as it is now (after an event changed it); a customer not yet registered
     /// (`exists` false: only activity seen) is not listed.
     pub fn update(&mut self, c: &Customer) {
-        let new = c.exists.then(|| entry_of(c));
-        if self.entries.get(&c.id) == new.as_ref() {
-            return;
+        match self.entries.get(&c.id) {
+            Some(e) if c.exists && unchanged(e, c) => return,
+            None if !c.exists => return,
+            _ => {}
         }
+        let new = c.exists.then(|| entry_of(c));
         if let Some(old) = self.entries.remove(&c.id) {
-            self.by_created.remove(&old.created);
-            self.by_name.remove(&old.name);
+            self.by_created.remove(&(old.created, c.id.clone()));
+            self.by_name.remove(&(old.name.clone(), c.id.clone()));
             for t in &old.tokens {
                 self.tokens.remove(&(t.clone(), c.id.clone()));
             }
@@ -164,11 +195,10 @@ impl ContactIndex {
             if let Some(o) = &old.owner {
                 take(&mut self.owners, o, &c.id);
             }
-            take(&mut self.statuses, old.status, &c.id);
         }
         let Some(new) = new else { return };
-        self.by_created.insert(new.created.clone());
-        self.by_name.insert(new.name.clone());
+        self.by_created.insert((new.created, c.id.clone()));
+        self.by_name.insert((new.name.clone(), c.id.clone()));
         for t in &new.tokens {
             self.tokens.insert((t.clone(), c.id.clone()));
         }
@@ -181,7 +211,6 @@ impl ContactIndex {
         if let Some(o) = &new.owner {
             add(&mut self.owners, o, &c.id);
         }
-        add(&mut self.statuses, new.status, &c.id);
         if !self.activity_hour.contains_key(&c.id) {
             // Registered without activity yet: last in the activity order.
             self.activity_hour.insert(c.id.clone(), i64::MIN + 1);
@@ -220,88 +249,133 @@ impl ContactIndex {
         index
     }
 
-    fn order(&self, sort: SortBy) -> Box<dyn DoubleEndedIterator<Item = (Cursor, &String)> + '_> {
+    /// The key an entry has in `sort`'s order (borrowed: no allocation per candidate).
+    fn key<'a>(&'a self, sort: SortBy, id: &str, e: &'a Entry) -> Key<'a> {
         match sort {
-            SortBy::Created => Box::new(self.by_created.iter().map(|(k, id)| (Cursor::Num(*k), id))),
-            SortBy::Name => Box::new(self.by_name.iter().map(|(k, id)| (Cursor::Text(k.clone()), id))),
-            SortBy::Activity => Box::new(self.by_activity.iter().map(|(k, id)| (Cursor::Num(*k), id))),
+            SortBy::Created => Key::Num(e.created),
+            SortBy::Name => Key::Text(&e.name),
+            SortBy::Activity => Key::Num(match self.activity_hour.get(id) {
+                Some(h) if *h != i64::MIN + 1 => -h,
+                _ => i64::MAX,
+            }),
         }
-    }
-
-    fn sort_key(&self, sort: SortBy, id: &str) -> Option<Cursor> {
-        let e = self.entries.get(id)?;
-        Some(match sort {
-            SortBy::Created => Cursor::Num(e.created.0),
-            SortBy::Name => Cursor::Text(e.name.0.clone()),
-            SortBy::Activity => Cursor::Num(self.activity_hour.get(id).map_or(i64::MAX, |h| if *h == i64::MIN + 1 { i64::MAX } else { -h })),
-        })
     }
 
     /// One page of the customers `q` matches, in its order, after its cursor.
     pub fn query(&self, q: &ContactQuery) -> Result<ContactPage, String> {
+        let bad_cursor = |a: &str| format!("{a:?} is not a cursor of this list");
         let after = match &q.after {
-            Some(a) => Some(decode_cursor(a).ok_or_else(|| format!("{a:?} is not a cursor of this list"))?),
+            Some(a) => Some(decode_cursor(a).ok_or_else(|| bad_cursor(a))?),
             None => None,
         };
-        let listed = |id: &str| -> bool {
-            let Some(e) = self.entries.get(id) else { return false };
-            match &q.status {
-                Some(s) => e.status == s.as_str(),
-                None => matches!(e.status, "active" | "deactivated"),
-            }
+        let after_key = after.as_ref().map(|(k, id)| (k.as_key(), id.as_str()));
+        let listed = |e: &Entry| match &q.status {
+            Some(s) => e.status == s.as_str(),
+            None => matches!(e.status, "active" | "deactivated"),
         };
-        // The candidates a filter gives (the smallest of them), if any filter is given.
-        let mut sets: Vec<BTreeSet<&String>> = Vec::new();
-        if let Some(text) = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            let prefix = text.to_lowercase();
-            let found: BTreeSet<&String> = self
-                .tokens
-                .range((prefix.clone(), String::new())..)
-                .take_while(|(t, _)| t.starts_with(&prefix))
-                .map(|(_, id)| id)
-                .collect();
-            sets.push(found);
-        }
-        for (map, key) in [(&self.tags, &q.tag), (&self.stages, &q.stage), (&self.owners, &q.owner)] {
-            if let Some(k) = key {
-                sets.push(map.get(k.as_str()).map(|s| s.iter().collect()).unwrap_or_default());
-            }
-        }
-        if let Some(email) = &q.email {
-            let email = email.trim().to_lowercase();
-            sets.push(self.tokens.range((email.clone(), String::new())..).take_while(|(t, _)| *t == email).map(|(_, id)| id).collect());
-        }
         let limit = q.limit.max(1);
-        let mut ids: Vec<(Cursor, String)> = Vec::with_capacity(limit + 1);
-        if sets.is_empty() {
-            for (key, id) in self.order(q.sort) {
-                if after.as_ref().is_some_and(|(k, i)| (&key, id) <= (k, i)) {
-                    continue;
+        let prefix = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_lowercase);
+        let email = q.email.as_deref().map(|e| e.trim().to_lowercase());
+        let filters: Vec<Option<&BTreeSet<String>>> = [(&self.tags, &q.tag), (&self.stages, &q.stage), (&self.owners, &q.owner)]
+            .into_iter()
+            .filter_map(|(map, key)| key.as_ref().map(|k| map.get(k.as_str())))
+            .collect();
+        let mut page: Vec<(Key<'_>, &str)> = Vec::with_capacity(limit + 1);
+        if prefix.is_none() && email.is_none() && filters.is_empty() {
+            // The whole list: read the order from the cursor on.
+            let mut push = |id: &str| -> bool {
+                if let Some(e) = self.entries.get(id).filter(|e| listed(e)) {
+                    page.push((self.key(q.sort, id, e), self.entries.get_key_value(id).expect("present").0.as_str()));
                 }
-                if listed(id) {
-                    ids.push((key, id.clone()));
-                    if ids.len() > limit {
-                        break;
+                page.len() > limit
+            };
+            match (q.sort, &after) {
+                (SortBy::Created, Some((Cursor::Num(k), id))) | (SortBy::Activity, Some((Cursor::Num(k), id))) => {
+                    let set = if q.sort == SortBy::Created { &self.by_created } else { &self.by_activity };
+                    for (_, id) in set.range((Excluded((*k, id.clone())), Unbounded)) {
+                        if push(id) {
+                            break;
+                        }
+                    }
+                }
+                (SortBy::Name, Some((Cursor::Text(k), id))) => {
+                    for (_, id) in self.by_name.range((Excluded((k.clone(), id.clone())), Unbounded)) {
+                        if push(id) {
+                            break;
+                        }
+                    }
+                }
+                (_, Some(_)) => return Err(bad_cursor(q.after.as_deref().unwrap_or_default())),
+                (SortBy::Created, None) => {
+                    for (_, id) in &self.by_created {
+                        if push(id) {
+                            break;
+                        }
+                    }
+                }
+                (SortBy::Activity, None) => {
+                    for (_, id) in &self.by_activity {
+                        if push(id) {
+                            break;
+                        }
+                    }
+                }
+                (SortBy::Name, None) => {
+                    for (_, id) in &self.by_name {
+                        if push(id) {
+                            break;
+                        }
                     }
                 }
             }
         } else {
-            sets.sort_by_key(BTreeSet::len);
-            let (first, rest) = sets.split_first().expect("not empty");
-            let mut found: Vec<(Cursor, String)> = first
-                .iter()
-                .filter(|id| rest.iter().all(|s| s.contains(*id)) && listed(id))
-                .filter_map(|id| Some((self.sort_key(q.sort, id)?, (*id).clone())))
-                .filter(|(k, id)| after.as_ref().is_none_or(|(ak, ai)| (k, id) > (ak, ai)))
-                .collect();
-            found.sort();
-            found.truncate(limit + 1);
-            ids = found;
+            // The candidates of the most selective of the search and the filters, each checked
+            // against the rest; the page's keys are chosen without sorting all of them.
+            // The candidates come from `source`; it need not be checked again.
+            let smallest = filters.iter().enumerate().min_by_key(|(_, f)| f.map_or(0, BTreeSet::len)).map(|(i, f)| (i, *f));
+            let mut consider = |id: &'_ String, token: Option<&String>| {
+                let Some((id, e)) = self.entries.get_key_value(id.as_str()) else { return };
+                let matched = listed(e)
+                    && match (&prefix, token) {
+                        // From the search: counted once, at the customer's first matching word.
+                        (Some(p), Some(t)) => e.tokens.iter().find(|w| w.starts_with(p.as_str())) == Some(t),
+                        (Some(p), None) => e.tokens.iter().any(|w| w.starts_with(p.as_str())),
+                        (None, _) => true,
+                    }
+                    && email.as_ref().is_none_or(|m| e.tokens.iter().any(|t| t == m))
+                    && filters.iter().enumerate().all(|(i, f)| smallest.is_some_and(|(s, _)| s == i) || f.is_some_and(|set| set.contains(id)));
+                if !matched {
+                    return;
+                }
+                let key = self.key(q.sort, id, e);
+                if after_key.is_none_or(|a| (key, id.as_str()) > a) {
+                    page.push((key, id.as_str()));
+                }
+            };
+            if let Some((_, set)) = smallest {
+                // (A filter whose value nobody has gives no candidates.)
+                for id in set.into_iter().flatten() {
+                    consider(id, None);
+                }
+            } else if let Some(m) = &email {
+                for (_, id) in self.tokens.range((m.clone(), String::new())..).take_while(|(t, _)| t == m) {
+                    consider(id, None);
+                }
+            } else if let Some(p) = &prefix {
+                for (t, id) in self.tokens.range((p.clone(), String::new())..).take_while(|(t, _)| t.starts_with(p.as_str())) {
+                    consider(id, Some(t));
+                }
+            }
+            if page.len() > limit + 1 {
+                page.select_nth_unstable(limit);
+                page.truncate(limit + 1);
+            }
+            page.sort_unstable();
         }
-        let more = ids.len() > limit;
-        ids.truncate(limit);
-        let next = if more { ids.last().map(|(k, id)| encode_cursor(k, id)) } else { None };
-        Ok(ContactPage { ids: ids.into_iter().map(|(_, id)| id).collect(), next })
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more { page.last().map(|(k, id)| encode_cursor(&k.to_cursor(), id)) } else { None };
+        Ok(ContactPage { ids: page.into_iter().map(|(_, id)| id.to_owned()).collect(), next })
     }
 
     /// Customers listed (active or deactivated).
@@ -319,6 +393,31 @@ impl ContactIndex {
 enum Cursor {
     Num(i64),
     Text(String),
+}
+
+/// A sort key, borrowed from the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key<'a> {
+    Num(i64),
+    Text(&'a str),
+}
+
+impl Cursor {
+    fn as_key(&self) -> Key<'_> {
+        match self {
+            Cursor::Num(n) => Key::Num(*n),
+            Cursor::Text(t) => Key::Text(t),
+        }
+    }
+}
+
+impl Key<'_> {
+    fn to_cursor(self) -> Cursor {
+        match self {
+            Key::Num(n) => Cursor::Num(n),
+            Key::Text(t) => Cursor::Text(t.to_owned()),
+        }
+    }
 }
 
 /// A cursor is opaque to clients: the sort key and id, hex-encoded (safe in a URL).
