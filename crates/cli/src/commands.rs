@@ -243,6 +243,22 @@ pub async fn history(args: &StorageArgs, tenant: &str, customer_id: &str) -> any
 }
 
 /// `chronicle export CUSTOMER`: the same document as `GET /v1/customers/{id}/export`.
+/// One page of a tenant's contact list: a JSON profile per line; the next page's cursor, when
+/// more remain, on stderr.
+pub async fn customers_list(args: &StorageArgs, tenant: &str, query: &chronicle_projections::contacts::ContactQuery) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    let (customers, next) = app.contacts(tenant, query)?;
+    for c in &customers {
+        println!("{}", chronicle_app::profile::profile_json(c));
+    }
+    if let Some(next) = next {
+        eprintln!("more: --after {next}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn export(args: &StorageArgs, tenant: &str, customer_id: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg.storage())?;

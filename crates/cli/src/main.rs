@@ -79,6 +79,11 @@ enum Command {
         #[arg(long, default_value = "demo")]
         tenant: String,
     },
+    /// The contact list
+    Customers {
+        #[command(subcommand)]
+        command: CustomersCommand,
+    },
     /// Everything held about a customer, as one JSON document (subject access)
     Export {
         customer: String,
@@ -98,6 +103,38 @@ enum Command {
         /// Report what would expire, change nothing
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomersCommand {
+    /// List a tenant's customers, one JSON profile per line, with the filters of
+    /// GET /v1/customers; when more remain, the cursor of the next page goes to stderr
+    List {
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        /// A prefix of the e-mail address, first name or last name
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// active | deactivated | erased | merged [default: active and deactivated]
+        #[arg(long)]
+        status: Option<String>,
+        /// created | name | activity
+        #[arg(long, default_value = "created")]
+        sort: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The cursor a previous page printed
+        #[arg(long)]
+        after: Option<String>,
     },
 }
 
@@ -141,6 +178,16 @@ fn main() -> ExitCode {
             Command::Verify => commands::verify(&cli.storage).await,
             Command::History { customer, tenant } => commands::history(&cli.storage, &tenant, &customer).await,
             Command::Export { customer, tenant } => commands::export(&cli.storage, &tenant, &customer).await,
+            Command::Customers { command: CustomersCommand::List { tenant, q, email, tag, stage, owner, status, sort, limit, after } } => {
+                let sort = sort.parse().map_err(|e: String| anyhow::anyhow!(e));
+                match sort {
+                    Ok(sort) => {
+                        let query = chronicle_projections::contacts::ContactQuery { q, email, tag, stage, owner, status, sort, after, limit: limit.clamp(1, 10_000) };
+                        commands::customers_list(&cli.storage, &tenant, &query).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Command::Retention { tenant, command } => {
                 let change = command.map(|c| match c {
                     RetentionCommand::Set { event_type, days } => (event_type, Some(days)),

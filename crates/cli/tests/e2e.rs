@@ -414,3 +414,46 @@ fn sigterm_with_live_streams_open_stops_within_ten_seconds_with_the_checkpoint_w
     let after = std::fs::metadata(&checkpoint).unwrap().modified().unwrap();
     assert!(after > before, "the final checkpoint was written");
 }
+
+/// Issue 19, item 3: `chronicle customers list` pages through the contact list with the API's
+/// filters: every customer once across pages, a search, and a clear refusal of a bad order.
+#[test]
+fn customers_list_pages_every_customer_once_and_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = chronicle(&data, &["demo", "--no-serve", "--customers", "60"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = |out: &std::process::Output| -> Vec<Value> {
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let all = chronicle(&data, &["customers", "list", "--limit", "10000"]);
+    assert!(all.status.success(), "{}", String::from_utf8_lossy(&all.stderr));
+    let everyone = lines(&all);
+    assert!(everyone.len() >= 60, "{} customers listed", everyone.len());
+    let (mut seen, mut after) = (std::collections::HashSet::new(), None::<String>);
+    loop {
+        let mut args = vec!["customers", "list", "--limit", "7", "--sort", "name"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let page = chronicle(&data, &args);
+        assert!(page.status.success(), "{}", String::from_utf8_lossy(&page.stderr));
+        for c in lines(&page) {
+            assert!(seen.insert(c["id"].as_str().unwrap().to_owned()), "{} twice", c["id"]);
+        }
+        let err = String::from_utf8_lossy(&page.stderr).into_owned();
+        match err.lines().find_map(|l| l.strip_prefix("more: --after ")) {
+            Some(next) => after = Some(next.trim().to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), everyone.len(), "every customer once across pages");
+    // A search by the first name of someone listed finds them.
+    let someone = everyone.iter().find(|c| c["traits"]["first_name"].is_string()).expect("a named customer");
+    let first = someone["traits"]["first_name"].as_str().unwrap();
+    let found = lines(&chronicle(&data, &["customers", "list", "--q", &first[..3.min(first.len())], "--limit", "10000"]));
+    assert!(found.iter().any(|c| c["id"] == someone["id"]), "searching {first:?}");
+    let bad = chronicle(&data, &["customers", "list", "--sort", "age"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sort is created, name or activity"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

@@ -28,6 +28,18 @@ pub enum SortBy {
     Activity,
 }
 
+impl std::str::FromStr for SortBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SortBy, String> {
+        match s {
+            "created" => Ok(SortBy::Created),
+            "name" => Ok(SortBy::Name),
+            "activity" => Ok(SortBy::Activity),
+            other => Err(format!("sort is created, name or activity, not {other:?}")),
+        }
+    }
+}
+
 /// A list request: what to match, in which order, from where.
 #[derive(Debug, Clone, Default)]
 pub struct ContactQuery {
@@ -263,6 +275,9 @@ impl ContactIndex {
 
     /// One page of the customers `q` matches, in its order, after its cursor.
     pub fn query(&self, q: &ContactQuery) -> Result<ContactPage, String> {
+        if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "active" | "deactivated" | "erased" | "merged")) {
+            return Err(format!("status is active, deactivated, erased or merged, not {s:?}"));
+        }
         let bad_cursor = |a: &str| format!("{a:?} is not a cursor of this list");
         let after = match &q.after {
             Some(a) => Some(decode_cursor(a).ok_or_else(|| bad_cursor(a))?),
