@@ -445,6 +445,48 @@ fn lifecycle_status_and_erasure_rules() {
     assert_eq!(register(&app, "c2", "a@example.com").status, 201);
 }
 
+/// Issue 19, item 3: deals and orders are listed and filtered like contacts: by id, every one
+/// once across pages, filters exact, a bad status a 400.
+#[test]
+fn deals_and_orders_are_listed_filtered_and_paged() {
+    let app = spawn_app();
+    for i in 0..25 {
+        let owner = if i % 5 == 0 { "sam" } else { "kim" };
+        let body = json!({"id": format!("d{i:02}"), "name": format!("Deal {i}"), "customer_id": format!("c{}", i % 3), "amount": 100 + i, "owner": owner});
+        assert_eq!(app.post("/v1/deals", body).status, 201);
+    }
+    assert_eq!(app.call("POST", "/v1/deals/d03/won", Some(&app.key), None).status, 200);
+    let (mut ids, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/deals?limit=10&after={a}"),
+            None => "/v1/deals?limit=10".to_owned(),
+        };
+        let page = app.get(&path).body;
+        ids.extend(page["deals"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("d{i:02}")).collect();
+    assert_eq!(ids, expected, "every deal once, by id");
+    let won = app.get("/v1/deals?status=won").body;
+    assert_eq!(won["deals"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect::<Vec<_>>(), ["d03"]);
+    let sams = app.get("/v1/deals?owner=sam&customer=c0").body;
+    assert_eq!(sams["deals"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect::<Vec<_>>(), ["d00", "d15"]);
+    assert_eq!(app.get("/v1/deals?status=pending").status, 400);
+    let wk = Some(app.write_key.as_str());
+    for (n, user) in [("A1", "u1"), ("A2", "u2"), ("A3", "u1")] {
+        let body = json!({"batch": [{"type": "track", "userId": user, "event": "Order Completed", "properties": {"order_id": n, "total": 10}, "messageId": format!("m-{n}")}]});
+        assert_eq!(segment(&app, "/v1/batch", &body.to_string(), wk).status, 200);
+    }
+    let mine = app.get("/v1/orders?customer=u1").body;
+    assert_eq!(mine["orders"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect::<Vec<_>>(), ["A1", "A3"], "{mine}");
+    assert_eq!(app.get("/v1/orders?limit=2").body["has_more"], true);
+    assert_eq!(app.get("/v1/orders?stage=x").status, 400);
+}
+
 #[test]
 fn deals_and_pipeline() {
     let app = spawn_app();

@@ -35,6 +35,8 @@ mod privacy;
 mod queries;
 mod views;
 
+pub use queries::ListFilter;
+
 /// How often a command is retried when another writer moved its stream first.
 const COMMAND_ATTEMPTS: usize = 8;
 /// Stripes of the e-mail claim lock.

@@ -204,4 +204,65 @@ impl App {
         let page = t.contacts.query(q).map_err(AppError::BadRequest)?;
         Ok((page.ids.iter().filter_map(|id| t.customers.get(id).cloned()).collect(), page.next))
     }
+
+    /// One page of the tenant's deals, by id after the cursor `after` (an id), filtered by
+    /// stage, owner, status (`open` | `won` | `lost`) and customer. Deals are far fewer than
+    /// contacts: the page is read from the deals view as it is, with no index of its own.
+    pub fn deals_list(&self, tenant: &str, f: &ListFilter, after: Option<&str>, limit: usize) -> (Vec<Deal>, Option<String>) {
+        let v = self.views();
+        let Some(t) = v.tenant(tenant) else { return (Vec::new(), None) };
+        let status = |d: &Deal| serde_json::to_value(d.status).ok().and_then(|s| s.as_str().map(str::to_owned));
+        page_by_id(
+            t.deals.iter().filter(|(_, d)| {
+                d.exists
+                    && f.stage.as_deref().is_none_or(|s| d.stage == s)
+                    && f.owner.as_deref().is_none_or(|o| d.owner.as_deref() == Some(o))
+                    && f.status.as_deref().is_none_or(|s| status(d).as_deref() == Some(s))
+                    && f.customer.as_deref().is_none_or(|c| d.customer_id.as_deref() == Some(c))
+            }),
+            after,
+            limit,
+        )
+    }
+
+    /// One page of the tenant's orders, by id after the cursor `after`, filtered by status and
+    /// customer (as [`deals_list`](Self::deals_list)).
+    pub fn orders_list(&self, tenant: &str, f: &ListFilter, after: Option<&str>, limit: usize) -> (Vec<Order>, Option<String>) {
+        let v = self.views();
+        let Some(t) = v.tenant(tenant) else { return (Vec::new(), None) };
+        let status = |o: &Order| serde_json::to_value(o.status).ok().and_then(|s| s.as_str().map(str::to_owned));
+        page_by_id(
+            t.orders.iter().filter(|(_, o)| {
+                o.version > 0
+                    && f.status.as_deref().is_none_or(|s| status(o).as_deref() == Some(s))
+                    && f.customer.as_deref().is_none_or(|c| o.customer_id == c)
+            }),
+            after,
+            limit,
+        )
+    }
+}
+
+/// Filters of the deal and order lists.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub stage: Option<String>,
+    pub owner: Option<String>,
+    pub status: Option<String>,
+    pub customer: Option<String>,
+}
+
+/// The first `limit` of `items` by id after `after`, and the id to continue after when more
+/// remain.
+fn page_by_id<'a, T: Clone + 'a>(items: impl Iterator<Item = (&'a String, &'a T)>, after: Option<&str>, limit: usize) -> (Vec<T>, Option<String>) {
+    let mut page: Vec<(&String, &T)> = items.filter(|(id, _)| after.is_none_or(|a| id.as_str() > a)).collect();
+    let limit = limit.max(1);
+    if page.len() > limit + 1 {
+        page.select_nth_unstable_by(limit, |a, b| a.0.cmp(b.0));
+        page.truncate(limit + 1);
+    }
+    page.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let next = (page.len() > limit).then(|| page[limit - 1].0.clone());
+    page.truncate(limit);
+    (page.into_iter().map(|(_, t)| t.clone()).collect(), next)
 }

@@ -44,6 +44,41 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(json!(d))))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    stage: Option<String>,
+    owner: Option<String>,
+    status: Option<String>,
+    customer: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> chronicle_app::app::ListFilter {
+        chronicle_app::app::ListFilter { stage: self.stage.clone(), owner: self.owner.clone(), status: self.status.clone(), customer: self.customer.clone() }
+    }
+}
+
+/// `GET /v1/deals`: `{"deals", "next", "has_more"}`.
+pub async fn list(State(app): State<Arc<App>>, p: Principal, super::error::Params(q): super::error::Params<ListQuery>) -> Res<Json<Value>> {
+    if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "won" | "lost")) {
+        return Err(ApiError::of(super::codes::Code::BadRequest, format!("status is open, won or lost, not {s:?}")));
+    }
+    let (deals, next) = app.deals_list(&p.tenant, &q.filter(), q.after.as_deref(), super::error::clamp_limit(q.limit));
+    Ok(Json(json!({"deals": deals, "has_more": next.is_some(), "next": next})))
+}
+
+/// `GET /v1/orders`: `{"orders", "next", "has_more"}`.
+pub async fn orders(State(app): State<Arc<App>>, p: Principal, super::error::Params(q): super::error::Params<ListQuery>) -> Res<Json<Value>> {
+    if q.stage.is_some() || q.owner.is_some() {
+        return Err(ApiError::of(super::codes::Code::BadRequest, "orders are filtered by status and customer"));
+    }
+    let (orders, next) = app.orders_list(&p.tenant, &q.filter(), q.after.as_deref(), super::error::clamp_limit(q.limit));
+    Ok(Json(json!({"orders": orders, "has_more": next.is_some(), "next": next})))
+}
+
 pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
     Ok(Json(json!(app.deal(&p.tenant, &id)?)))
 }

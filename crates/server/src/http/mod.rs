@@ -91,11 +91,13 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             r("post", "/v1/deals", "Create a deal", 201).body(r#"{"name":"Acme renewal","customer_id":"c1","amount":120000,"currency":"EUR"}"#),
             post(deals::create),
         ),
+        (r("get", "/v1/deals", "Deals, by id, filtered by stage, owner, status and customer", 200).query(&["stage", "owner", "status", "customer", "after", "limit"]), get(deals::list)),
         (r("get", "/v1/deals/{id}", "A deal", 200), get(deals::get_one)),
         (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#), patch(deals::patch)),
         (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200), post(deals::won)),
         (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#), post(deals::lost)),
         (r("get", "/v1/pipeline", "The deal pipeline by stage", 200), get(deals::pipeline)),
+        (r("get", "/v1/orders", "Orders, by id, filtered by status and customer", 200).query(&["status", "customer", "after", "limit"]), get(deals::orders)),
         (r("get", "/v1/orders/{id}", "An order (driven by Segment e-commerce events)", 200), get(deals::order)),
         (
             r("post", "/v1/batch", "Segment batch (write key as HTTP Basic user or writeKey)", 200).open().body(
