@@ -205,6 +205,17 @@ impl App {
         Ok((page.ids.iter().filter_map(|id| t.customers.get(id).cloned()).collect(), page.next))
     }
 
+    /// Whether the tenant holds anything of customer `id` (a profile, activity, or a deal or
+    /// order naming them): a list filtered by a customer the tenant does not know answers 404,
+    /// as every route does for another tenant's ids.
+    pub fn knows_customer(&self, tenant: &str, id: &str) -> bool {
+        self.views().tenant(tenant).is_some_and(|t| {
+            t.customers.contains_key(id)
+                || t.deals.values().any(|d| d.customer_id.as_deref() == Some(id))
+                || t.orders.values().any(|o| o.customer_id == id)
+        })
+    }
+
     /// One page of the tenant's deals, by id after the cursor `after` (an id), filtered by
     /// stage, owner, status (`open` | `won` | `lost`) and customer. Deals are far fewer than
     /// contacts: the page is read from the deals view as it is, with no index of its own.

@@ -52,17 +52,35 @@ pub struct ListQuery {
     status: Option<String>,
     customer: Option<String>,
     after: Option<String>,
+    #[serde(rename = "limit")]
+    limit_text: Option<String>,
+    #[serde(skip)]
     limit: Option<usize>,
 }
 
 impl ListQuery {
+    /// The query's parameters: a filter by a customer this tenant does not know is a 404 first
+    /// (another tenant's ids say nothing here), then an unknown parameter a 400.
+    fn read(app: &App, tenant: &str, raw: std::collections::BTreeMap<String, String>) -> Result<ListQuery, ApiError> {
+        if raw.get("customer").is_some_and(|c| !app.knows_customer(tenant, c)) {
+            return Err(chronicle_app::AppError::NotFound("customer").into());
+        }
+        let raw = serde_json::to_value(raw).expect("a map of strings");
+        let mut q: ListQuery = serde_json::from_value(raw).map_err(|e| ApiError::of(super::codes::Code::BadRequest, e.to_string()))?;
+        if let Some(l) = q.limit_text.take() {
+            q.limit = Some(l.parse().map_err(|_| ApiError::of(super::codes::Code::BadRequest, format!("limit must be a number, not {l:?}")))?);
+        }
+        Ok(q)
+    }
+
     fn filter(&self) -> chronicle_app::app::ListFilter {
         chronicle_app::app::ListFilter { stage: self.stage.clone(), owner: self.owner.clone(), status: self.status.clone(), customer: self.customer.clone() }
     }
 }
 
 /// `GET /v1/deals`: `{"deals", "next", "has_more"}`.
-pub async fn list(State(app): State<Arc<App>>, p: Principal, super::error::Params(q): super::error::Params<ListQuery>) -> Res<Json<Value>> {
+pub async fn list(State(app): State<Arc<App>>, p: Principal, raw: super::error::Params<std::collections::BTreeMap<String, String>>) -> Res<Json<Value>> {
+    let q = ListQuery::read(&app, &p.tenant, raw.0)?;
     if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "won" | "lost")) {
         return Err(ApiError::of(super::codes::Code::BadRequest, format!("status is open, won or lost, not {s:?}")));
     }
@@ -71,7 +89,8 @@ pub async fn list(State(app): State<Arc<App>>, p: Principal, super::error::Param
 }
 
 /// `GET /v1/orders`: `{"orders", "next", "has_more"}`.
-pub async fn orders(State(app): State<Arc<App>>, p: Principal, super::error::Params(q): super::error::Params<ListQuery>) -> Res<Json<Value>> {
+pub async fn orders(State(app): State<Arc<App>>, p: Principal, raw: super::error::Params<std::collections::BTreeMap<String, String>>) -> Res<Json<Value>> {
+    let q = ListQuery::read(&app, &p.tenant, raw.0)?;
     if q.stage.is_some() || q.owner.is_some() {
         return Err(ApiError::of(super::codes::Code::BadRequest, "orders are filtered by status and customer"));
     }
