@@ -57,6 +57,18 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The tenants, a JSON object per line: name and customers listed.
+pub async fn tenant_list(args: &StorageArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    for name in app.tenant_names() {
+        let customers = app.views().tenant(&name).map_or(0, |t| t.contacts.len());
+        println!("{}", json!({"tenant": name, "customers": customers}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg.storage())?;

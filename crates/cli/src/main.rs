@@ -60,8 +60,9 @@ enum Command {
     /// Import an NDJSON file of Segment messages or CloudEvents, or a CSV of contacts (safe to rerun)
     Import {
         file: std::path::PathBuf,
-        #[arg(long, default_value = "demo")]
-        tenant: String,
+        /// The tenant to import into (`chronicle tenant list` shows them)
+        #[arg(long)]
+        tenant: Option<String>,
         /// ndjson or csv [default: from the file's extension]
         #[arg(long)]
         format: Option<String>,
@@ -150,6 +151,8 @@ enum RetentionCommand {
 enum TenantCommand {
     /// Create a tenant; prints {"tenant","api_key","write_key"} (the keys are shown only once)
     Create { name: String },
+    /// The tenants, one JSON object per line: {"tenant","customers"}
+    List,
 }
 
 fn main() -> ExitCode {
@@ -168,11 +171,12 @@ fn main() -> ExitCode {
             Command::Demo { listen, customers, no_serve, server, automation } => {
                 demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &server, &automation).await
             }
+            Command::Tenant { command: TenantCommand::List } => commands::tenant_list(&cli.storage).await,
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await
             }
             Command::Import { file, tenant, format, rejects } => {
-                import::run(&cli.storage, &file, &tenant, format.as_deref(), rejects.as_deref()).await
+                import::run(&cli.storage, &file, tenant.as_deref(), format.as_deref(), rejects.as_deref()).await
             }
             Command::Rebuild => commands::rebuild(&cli.storage).await,
             Command::Verify => commands::verify(&cli.storage).await,

@@ -457,3 +457,42 @@ fn customers_list_pages_every_customer_once_and_searches() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("sort is created, name or activity"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// Issue 19, item 11: `chronicle tenant list` shows the tenants; `import` names its tenant — a
+/// missing or unknown one is refused with the tenants that exist, and nothing is imported.
+#[test]
+fn tenant_list_and_import_into_a_named_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for t in ["acme", "globex"] {
+        assert!(chronicle(&data, &["tenant", "create", t]).status.success());
+    }
+    let list = chronicle(&data, &["tenant", "list"]);
+    assert!(list.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tenant"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["acme", "globex"]);
+    let file = dir.path().join("one.ndjson");
+    std::fs::write(&file, r#"{"type":"identify","userId":"u1","traits":{"plan":"pro"},"messageId":"m1"}"#).unwrap();
+    for args in [vec!["import", file.to_str().unwrap()], vec!["import", file.to_str().unwrap(), "--tenant", "acne"]] {
+        let out = chronicle(&data, &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the tenants here: acme, globex"), "{args:?}: {err}");
+    }
+    let customers_of = |tenant: &str| -> u64 {
+        let list = chronicle(&data, &["tenant", "list"]);
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|t| t["tenant"] == tenant)
+            .and_then(|t| t["customers"].as_u64())
+            .unwrap()
+    };
+    assert_eq!(customers_of("acme"), 0, "nothing imported");
+    let out = chronicle(&data, &["import", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(customers_of("acme"), 1);
+}

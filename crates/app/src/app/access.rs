@@ -94,6 +94,13 @@ impl App {
         self.budgets.rate_limit.store(per_sec, Ordering::Relaxed);
     }
 
+    /// The tenants created here, by name.
+    pub fn tenant_names(&self) -> Vec<String> {
+        let v = self.views();
+        let names: std::collections::BTreeSet<&String> = v.keys.values().map(|k| &k.tenant).collect();
+        names.into_iter().cloned().collect()
+    }
+
     /// Create a tenant and return its freshly minted (api_key, write_key); only hashes are kept.
     pub async fn create_tenant(&self, name: &str) -> Result<(String, String), AppError> {
         keys::validate_tenant_name(name)?;
