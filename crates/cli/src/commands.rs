@@ -57,6 +57,50 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The effective settings of `serve`, secrets hidden (`***` when set; a URL keeps all but its
+/// password).
+pub fn show_config(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, listen)?;
+    let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+    let url = |v: &Option<String>| {
+        v.as_ref().map(|u| match (u.split_once("://"), u.rfind('@')) {
+            (Some((scheme, rest)), Some(at)) if rest.contains(':') && at > scheme.len() + 3 => {
+                let userinfo = &u[scheme.len() + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***{}", &u[at..])
+            }
+            _ => u.clone(),
+        })
+    };
+    let doc = json!({
+        "data": cfg.data,
+        "listen": cfg.listen.to_string(),
+        "database_url": url(&cfg.database_url),
+        "database_schema": cfg.database_schema,
+        "seal": cfg.seal,
+        "master_key_file": cfg.master_key_file,
+        "master_key": hidden(&cfg.master_key),
+        "rate_limit": server.rate_limit,
+        "ingest_rate_limit": server.ingest_rate_limit,
+        "ingest_rate_limit_per_address": server.ingest_rate_limit_per_address,
+        "max_connections": server.max_connections,
+        "metrics_token": hidden(&server.metrics_token),
+        "smtp_url": url(&automation.smtp_url),
+        "mail_from": automation.mail_from,
+        "allow_private_webhooks": automation.allow_private_webhooks,
+        "webhook_secret": hidden(&automation.webhook_secret),
+        "sms_webhook_url": automation.sms_webhook_url,
+        "push_webhook_url": automation.push_webhook_url,
+        "retry_base_ms": automation.retry_base_ms,
+        "max_attempts": automation.max_attempts,
+        "scan_every_ms": automation.scan_every_ms,
+        "sendgrid_public_key": automation.sendgrid_public_key,
+        "campaigns": automation.campaigns,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The tenants, a JSON object per line: name and customers listed.
 pub async fn tenant_list(args: &StorageArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;

@@ -4,11 +4,70 @@
 //! binary reads the environment.
 
 use anyhow::Context;
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA: &str = "./chronicle-data";
+
+/// Every setting the config file may hold, and the environment variable it stands in for: the
+/// file fills a variable the environment does not set, before the command line is parsed, so
+/// file < environment < command line for every setting of `serve` alike. (The master key
+/// itself is not among them: keep it in `master_key_file`.)
+pub const FILE_KEYS: &[(&str, &str)] = &[
+    ("data", "CHRONICLE_DATA"),
+    ("listen", "CHRONICLE_LISTEN"),
+    ("database_url", "CHRONICLE_DATABASE_URL"),
+    ("database_schema", "CHRONICLE_DATABASE_SCHEMA"),
+    ("seal", "CHRONICLE_SEAL"),
+    ("master_key_file", "CHRONICLE_MASTER_KEY_FILE"),
+    ("rate_limit", "CHRONICLE_RATE_LIMIT"),
+    ("ingest_rate_limit", "CHRONICLE_INGEST_RATE_LIMIT"),
+    ("ingest_rate_limit_per_address", "CHRONICLE_INGEST_RATE_LIMIT_PER_ADDRESS"),
+    ("max_connections", "CHRONICLE_MAX_CONNECTIONS"),
+    ("metrics_token", "CHRONICLE_METRICS_TOKEN"),
+    ("smtp_url", "CHRONICLE_SMTP_URL"),
+    ("mail_from", "CHRONICLE_MAIL_FROM"),
+    ("allow_private_webhooks", "CHRONICLE_ALLOW_PRIVATE_WEBHOOKS"),
+    ("webhook_secret", "CHRONICLE_WEBHOOK_SECRET"),
+    ("sms_webhook_url", "CHRONICLE_SMS_WEBHOOK_URL"),
+    ("push_webhook_url", "CHRONICLE_PUSH_WEBHOOK_URL"),
+    ("retry_base_ms", "CHRONICLE_RETRY_BASE_MS"),
+    ("max_attempts", "CHRONICLE_MAX_ATTEMPTS"),
+    ("scan_every_ms", "CHRONICLE_SCAN_EVERY_MS"),
+    ("sendgrid_public_key", "CHRONICLE_SENDGRID_PUBLIC_KEY"),
+    ("campaigns", "CHRONICLE_CAMPAIGNS"),
+];
+
+/// The config file's settings (`--config FILE` among `args`, else `CHRONICLE_CONFIG`), each
+/// as the text its environment variable would hold; an unknown key is an error.
+pub fn file_settings(args: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let named = args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--config") {
+        Some("") => args.get(i + 1).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+        None => None,
+    });
+    let Some(path) = named.or_else(|| std::env::var("CHRONICLE_CONFIG").ok()) else { return Ok(Vec::new()) };
+    let table = read_table(Path::new(&path))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let Some((_, var)) = FILE_KEYS.iter().find(|(k, _)| *k == key) else {
+            anyhow::bail!("unknown setting {key:?} in {path}; the settings are {}", FILE_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "));
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => anyhow::bail!("setting {key:?} in {path} is a {}, not a string, number or boolean", other.type_str()),
+        };
+        out.push((*var, text));
+    }
+    Ok(out)
+}
+
+fn read_table(p: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))
+}
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
 /// Storage options every command takes.
@@ -23,7 +82,8 @@ pub struct StorageArgs {
     /// The PostgreSQL schema Chronicle's tables live in [default: chronicle]
     #[arg(long, env = "CHRONICLE_DATABASE_SCHEMA", global = true)]
     pub database_schema: Option<String>,
-    /// Configuration file (TOML with keys data, listen, database_url)
+    /// Configuration file (TOML): any setting of serve by its flag's name with `_` for `-`
+    /// (data, listen, database_url, rate_limit, smtp_url, webhook_secret, …; see `chronicle config`)
     #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Crypto-shredding: seal personal data in events with per-customer keys. On by default
@@ -155,8 +215,7 @@ impl AutomationArgs {
     }
 }
 
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
+#[derive(Default, Debug)]
 struct FileConfig {
     data: Option<PathBuf>,
     listen: Option<String>,
@@ -232,8 +291,12 @@ impl Config {
 }
 
 fn read_file(p: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))
+    let table = read_table(p)?;
+    if let Some(key) = table.keys().find(|k| !FILE_KEYS.iter().any(|(f, _)| f == k)) {
+        anyhow::bail!("unknown setting {key:?} in {}", p.display());
+    }
+    let text = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(FileConfig { data: text("data").map(PathBuf::from), listen: text("listen"), database_url: text("database_url") })
 }
 
 #[cfg(test)]

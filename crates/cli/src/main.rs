@@ -52,6 +52,16 @@ enum Command {
         #[command(flatten)]
         automation: config::AutomationArgs,
     },
+    /// Print the effective settings of `serve` (defaults < config file < environment < flags),
+    /// secrets hidden, as JSON
+    Config {
+        #[arg(long, env = "CHRONICLE_LISTEN")]
+        listen: Option<String>,
+        #[command(flatten)]
+        server: config::ServerArgs,
+        #[command(flatten)]
+        automation: config::AutomationArgs,
+    },
     /// Manage tenants
     Tenant {
         #[command(subcommand)]
@@ -156,6 +166,21 @@ enum TenantCommand {
 }
 
 fn main() -> ExitCode {
+    // The config file fills the environment variables the environment leaves unset, before the
+    // command line is read (and before any thread starts): file < environment < flags.
+    match config::file_settings(&std::env::args().collect::<Vec<_>>()) {
+        Ok(settings) => {
+            for (var, value) in settings {
+                if std::env::var_os(var).is_none() {
+                    std::env::set_var(var, value);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| "info".into()))
@@ -171,6 +196,7 @@ fn main() -> ExitCode {
             Command::Demo { listen, customers, no_serve, server, automation } => {
                 demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &server, &automation).await
             }
+            Command::Config { listen, server, automation } => commands::show_config(&cli.storage, listen.as_deref(), &server, &automation),
             Command::Tenant { command: TenantCommand::List } => commands::tenant_list(&cli.storage).await,
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await

@@ -496,3 +496,43 @@ fn tenant_list_and_import_into_a_named_tenant_only() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(customers_of("acme"), 1);
 }
+
+/// Issue 19, item 9: every setting of `serve` may come from the config file, under the
+/// environment and the command line; `chronicle config` shows the effective settings with the
+/// secrets hidden; an unknown setting in the file is refused.
+#[test]
+fn every_serve_setting_layers_file_under_environment_under_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chronicle.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9123\"\nrate_limit = 77\nmail_from = \"file@example.com\"\nsmtp_url = \"smtp://mailer:hunter2@127.0.0.1:2525\"\n\
+         webhook_secret = \"s3cret\"\nallow_private_webhooks = true\nmax_attempts = 9\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data").arg(&data).arg("--config").arg(&file).args(args).env("CHRONICLE_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[("CHRONICLE_MAIL_FROM", "env@example.com")], &["config", "--max-attempts", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["listen"], "127.0.0.1:9123", "from the file");
+    assert_eq!(c["rate_limit"], 77, "from the file");
+    assert_eq!(c["allow_private_webhooks"], true, "from the file");
+    assert_eq!(c["mail_from"], "env@example.com", "the environment beats the file");
+    assert_eq!(c["max_attempts"], 3, "a flag beats the file");
+    assert_eq!(c["webhook_secret"], "***", "secrets are hidden");
+    assert_eq!(c["smtp_url"], "smtp://mailer:***@127.0.0.1:2525", "a URL's password is hidden");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+    assert_eq!(c["ingest_rate_limit"], 10_000, "a default where nothing sets it");
+    std::fs::write(&file, "listen = \"127.0.0.1:9123\"\ncolour = \"blue\"\n").unwrap();
+    let out = run(&[], &["config"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting \"colour\""), "{}", String::from_utf8_lossy(&out.stderr));
+}
