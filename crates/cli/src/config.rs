@@ -155,7 +155,8 @@ pub struct AutomationArgs {
     /// tests and single-host setups
     #[arg(long, env = "CHRONICLE_ALLOW_PRIVATE_WEBHOOKS")]
     pub allow_private_webhooks: bool,
-    /// HMAC-SHA256 key that signs webhooks [default: a random one per process]
+    /// HMAC-SHA256 key that signs webhooks: Standard Webhooks' `whsec_<base64>`, or any text
+    /// [default: a random one per process]
     #[arg(long, env = "CHRONICLE_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
     /// The SMS provider's webhook (JSON POST, signed like every webhook)

@@ -605,3 +605,44 @@ fn absence_triggers_enrol_the_inactive_customer_and_alert_on_a_stuck_deal() {
     assert_eq!(body["context"]["deal"]["owner"], "sam");
     assert_eq!(body["context"]["deal"]["stage"], "qualification");
 }
+
+/// Issue 19, item 10: a webhook carries the Standard Webhooks headers (`webhook-id`,
+/// `webhook-timestamp`, `webhook-signature`) signed with a `whsec_` secret, and the
+/// specification's own Python library (`standardwebhooks` from PyPI, installed by
+/// `scripts/test`) verifies it; a tampered body does not verify.
+#[test]
+fn a_webhook_verifies_with_the_standard_webhooks_library() {
+    let Some(clients) = segment_clients() else { return };
+    let w = world(false).expect("needs no mail");
+    let t = &w.t;
+    let hook = receiver(0);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (_server, url) = w.serve(&["--webhook-secret", secret]);
+    let agent = agent();
+    put(&agent, &url, t, "/v1/campaigns/alert", json!({"trigger": {"event": "Demo Requested"}, "steps": [{"webhook": {"url": hook.url}}]}));
+    register(&agent, &url, t, "c1", "ada@example.com", "Ada", false);
+    track(&agent, &url, t, "c1", "Demo Requested", "d-1");
+    wait_until("the delivery", Duration::from_secs(20), || has(&timeline(&agent, &url, t, "c1"), "MessageSent"));
+    let (headers, body) = hook.seen.lock().unwrap()[0].clone();
+    let get = |k: &str| headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no {k} header"));
+    assert_eq!(get("webhook-id"), get("idempotency-key"), "the message id names the webhook");
+    let verify = |body: &str| {
+        let script = "import json,sys\nfrom standardwebhooks.webhooks import Webhook\nd=json.load(sys.stdin)\nWebhook(d['secret']).verify(d['body'], d['headers'])\nprint('verified')";
+        let input = json!({"secret": secret, "body": body, "headers": {
+            "webhook-id": get("webhook-id"), "webhook-timestamp": get("webhook-timestamp"), "webhook-signature": get("webhook-signature")}});
+        let mut child = std::process::Command::new(clients.join("venv/bin/python"))
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = verify(&body);
+    assert!(out.status.success(), "the library refuses it: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "verified");
+    let tampered = body.replace("c1", "c2");
+    assert!(!verify(&tampered).status.success(), "a changed body does not verify");
+}

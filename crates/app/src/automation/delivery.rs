@@ -24,8 +24,31 @@ pub struct DeliveryConfig {
     pub mail_from: String,
     pub sms_webhook_url: Option<String>,
     pub push_webhook_url: Option<String>,
-    /// The HMAC key webhooks are signed with.
+    /// The HMAC key webhooks are signed with: Standard Webhooks' form (`whsec_` and base64 of
+    /// the key bytes), or any other text, whose bytes are the key.
     pub webhook_secret: String,
+}
+
+/// The key bytes of a webhook secret: `whsec_…` decoded from base64, else the text's bytes.
+pub fn secret_key(secret: &str) -> Result<Vec<u8>, DeliveryError> {
+    use base64::Engine;
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| DeliveryError::WebhookSecret),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// The Standard Webhooks signature (`webhook-signature`): `v1,` and base64 of
+/// HMAC-SHA256(key, `id.timestamp.body`), which receivers check with the spec's libraries.
+pub fn standard_signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
 }
 
 pub struct Delivery {
@@ -36,6 +59,8 @@ pub struct Delivery {
     /// For tenants' webhooks while internal addresses are refused: every resolved address is
     /// checked (see [`crate::targets`]).
     guarded: ureq::Agent,
+    /// The webhook secret's key bytes (see [`secret_key`]).
+    secret_key: Vec<u8>,
 }
 
 /// An agent that follows no redirect (a redirect could lead a checked request anywhere) and
@@ -63,6 +88,8 @@ pub enum DeliveryError {
     SmtpUrl { url: String, why: &'static str },
     #[error("the mail sender {0:?} is not an e-mail address")]
     MailFrom(String),
+    #[error("the webhook secret starts with whsec_ but the rest is not base64")]
+    WebhookSecret,
 }
 
 /// Why an SMTP session did not get the message accepted.
@@ -82,6 +109,7 @@ impl Delivery {
             Some(url) => Some(smtp_server(url)?),
             None => None,
         };
+        let secret_key = secret_key(&config.webhook_secret)?;
         if !config.mail_from.contains('@') {
             return Err(DeliveryError::MailFrom(config.mail_from.clone()));
         }
@@ -91,7 +119,7 @@ impl Delivery {
             ureq::unversioned::transport::DefaultConnector::default(),
             crate::targets::GuardedResolver::default(),
         );
-        Ok(Delivery { config, smtp, operator, guarded })
+        Ok(Delivery { config, smtp, operator, guarded, secret_key })
     }
 
     /// Deliver one message; `Ok` carries the provider's id for it, when it gives one. A
@@ -142,6 +170,9 @@ impl Delivery {
         .to_string();
         let ts = chrono::Utc::now().timestamp().to_string();
         let signature = sign(&self.config.webhook_secret, &ts, body.as_bytes());
+        // Standard Webhooks: the message id is the webhook id (the same on every attempt, so a
+        // receiver drops a duplicate), signed with the timestamp and the body.
+        let standard = standard_signature(&self.secret_key, &m.message, &ts, body.as_bytes());
         let (url, key, agent) = (url.to_owned(), m.message.clone(), agent.clone());
         tokio::task::spawn_blocking(move || {
             let resp = agent
@@ -150,6 +181,9 @@ impl Delivery {
                 .header("Idempotency-Key", &key)
                 .header("X-Chronicle-Timestamp", &ts)
                 .header("X-Chronicle-Signature", &format!("v1={signature}"))
+                .header("webhook-id", &key)
+                .header("webhook-timestamp", &ts)
+                .header("webhook-signature", &standard)
                 .send(body.as_bytes())
                 .map_err(PostError::Transport)?;
             let status = resp.status().as_u16();
@@ -268,6 +302,17 @@ mod tests {
         assert_eq!((s.host.as_str(), s.port, s.credentials.is_some()), ("mail.local", 25, true));
         assert!(smtp_server("http://x").unwrap_err().to_string().contains("smtp://"));
         assert!(smtp_server("smtp://h:port").unwrap_err().to_string().contains("bad port"));
+    }
+
+    /// The Standard Webhooks specification's own example (the `standardwebhooks` library from
+    /// PyPI signs it the same).
+    #[test]
+    fn the_standard_webhooks_signature_matches_the_specs_example() {
+        let key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signature = standard_signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", br#"{"test": 2432232314}"#);
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_eq!(secret_key("plain").unwrap(), b"plain");
+        assert!(matches!(secret_key("whsec_not base64!"), Err(DeliveryError::WebhookSecret)));
     }
 
     #[test]
