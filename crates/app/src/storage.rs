@@ -36,6 +36,10 @@ pub struct StorageConfig {
     pub seal: Option<bool>,
     pub master_key_file: Option<PathBuf>,
     pub master_key: Option<String>,
+    /// Whether a data folder that does not exist is made (the commands that start a store:
+    /// `tenant create`, `serve`, `demo`); otherwise it is refused, so a mistyped `--data` is
+    /// not a new empty store.
+    pub create: bool,
 }
 
 /// Refuses the open with a message (returns from the function).
@@ -172,6 +176,13 @@ fn master_key(cfg: &StorageConfig) -> Result<MasterKey, StorageError> {
 }
 
 pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
+    // (Over PostgreSQL the folder holds only this node's lock: any command may make it.)
+    if !cfg.create && cfg.database_url.is_none() && !cfg.data.is_dir() {
+        refused!(
+            "data folder {} does not exist (only tenant create, serve and demo make one); check --data",
+            cfg.data.display()
+        );
+    }
     std::fs::create_dir_all(&cfg.data).map_err(StorageError::failed(format!("creating data folder {}", cfg.data.display())))?;
     let lock_path = cfg.data.join("LOCK");
     let lock = File::options()

@@ -115,7 +115,7 @@ pub async fn tenant_list(args: &StorageArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
-    let st = storage::open(&cfg.storage())?;
+    let st = storage::open(&chronicle_app::storage::StorageConfig { create: true, ..cfg.storage() })?;
     let app = st.app().await?;
     let (api_key, write_key) = app.create_tenant(name).await?;
     app.final_checkpoint()?;

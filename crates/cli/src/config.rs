@@ -246,6 +246,7 @@ impl Config {
             seal: self.seal,
             master_key_file: self.master_key_file.clone(),
             master_key: self.master_key.clone(),
+            create: false,
         }
     }
 
@@ -267,7 +268,10 @@ impl Config {
             engine,
             webhook_targets: automation.webhook_targets(),
             campaigns: automation.campaigns.clone(),
-            ..chronicle_server::application::Config::new(self.storage(), self.listen)
+            ..chronicle_server::application::Config::new(
+                chronicle_app::storage::StorageConfig { create: true, ..self.storage() },
+                self.listen,
+            )
         })
     }
 

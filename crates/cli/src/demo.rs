@@ -490,7 +490,7 @@ pub async fn run(
     // data prepared on its application; --no-serve opens the storage alone, as a one-off
     // command does.
     let (application, st) = if no_serve {
-        (None, Some(chronicle_app::storage::open(&cfg.storage())?))
+        (None, Some(chronicle_app::storage::open(&chronicle_app::storage::StorageConfig { create: true, ..cfg.storage() })?))
     } else {
         // The demo runs on one host, and its stuck-deal example alerts a relay on loopback: its
         // tenants' webhooks may reach internal addresses (a server refuses them unless

@@ -536,3 +536,20 @@ fn every_serve_setting_layers_file_under_environment_under_flags() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting \"colour\""), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 19, item 11: only `tenant create`, `serve` and `demo` make a data folder; any other
+/// command pointed at one that does not exist refuses (a mistyped `--data` is not a new, empty
+/// store) and creates nothing.
+#[test]
+fn only_the_commands_that_start_a_store_make_a_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    for args in [vec!["verify"], vec!["rebuild"], vec!["tenant", "list"], vec!["customers", "list"], vec!["history", "c1"]] {
+        let out = chronicle(&missing, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!missing.exists(), "{args:?} made the folder");
+    }
+    assert!(chronicle(&missing, &["tenant", "create", "acme"]).status.success());
+    assert!(chronicle(&missing, &["verify"]).status.success());
+}

@@ -56,6 +56,7 @@ async fn build(data: &std::path::Path, rate_limit: u64) -> Application {
         seal: None,
         master_key_file: None,
         master_key: None,
+        create: true,
     };
     let mut config = chronicle_server::application::Config::new(storage, "127.0.0.1:0".parse().unwrap());
     config.limits.per_key = rate_limit;
