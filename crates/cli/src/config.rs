@@ -108,6 +108,19 @@ pub struct StorageArgs {
     pub master_key: Option<String>,
 }
 
+/// What `serve`, `demo` and `config` share: where to listen, the server's limits and where
+/// campaigns deliver.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7070]
+    #[arg(long, env = "CHRONICLE_LISTEN")]
+    pub listen: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub automation: AutomationArgs,
+}
+
 /// How the server limits its clients, for `serve` and `demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {

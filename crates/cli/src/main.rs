@@ -29,18 +29,11 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API
     Serve {
-        /// Address to listen on [default: 127.0.0.1:7070]
-        #[arg(long, env = "CHRONICLE_LISTEN")]
-        listen: Option<String>,
         #[command(flatten)]
-        server: config::ServerArgs,
-        #[command(flatten)]
-        automation: config::AutomationArgs,
+        serve: config::ServeArgs,
     },
     /// Generate a fresh demo tenant with realistic data, then serve it
     Demo {
-        #[arg(long, env = "CHRONICLE_LISTEN")]
-        listen: Option<String>,
         /// Customers to generate
         #[arg(long, default_value_t = 10_000)]
         customers: u64,
@@ -48,19 +41,13 @@ enum Command {
         #[arg(long)]
         no_serve: bool,
         #[command(flatten)]
-        server: config::ServerArgs,
-        #[command(flatten)]
-        automation: config::AutomationArgs,
+        serve: config::ServeArgs,
     },
     /// Print the effective settings of `serve` (defaults < config file < environment < flags),
     /// secrets hidden, as JSON
     Config {
-        #[arg(long, env = "CHRONICLE_LISTEN")]
-        listen: Option<String>,
         #[command(flatten)]
-        server: config::ServerArgs,
-        #[command(flatten)]
-        automation: config::AutomationArgs,
+        serve: config::ServeArgs,
     },
     /// Manage tenants
     Tenant {
@@ -190,13 +177,11 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve { listen, server, automation } => {
-                commands::serve(&cli.storage, listen.as_deref(), &server, &automation).await
+            Command::Serve { serve: s } => commands::serve(&cli.storage, s.listen.as_deref(), &s.server, &s.automation).await,
+            Command::Demo { customers, no_serve, serve: s } => {
+                demo::run(&cli.storage, s.listen.as_deref(), customers, no_serve, &s.server, &s.automation).await
             }
-            Command::Demo { listen, customers, no_serve, server, automation } => {
-                demo::run(&cli.storage, listen.as_deref(), customers, no_serve, &server, &automation).await
-            }
-            Command::Config { listen, server, automation } => commands::show_config(&cli.storage, listen.as_deref(), &server, &automation),
+            Command::Config { serve: s } => commands::show_config(&cli.storage, s.listen.as_deref(), &s.server, &s.automation),
             Command::Tenant { command: TenantCommand::List } => commands::tenant_list(&cli.storage).await,
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await
