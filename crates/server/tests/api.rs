@@ -986,6 +986,24 @@ fn cloudevents_in_structured_binary_and_batch_modes() {
     assert_eq!(event_count(&app), before + 3);
 }
 
+/// Issue 19, item 11: binary-mode headers are percent-decoded (as the HTTP binding encodes
+/// them), and data that is not JSON is kept byte for byte as `data_base64`.
+#[test]
+fn cloudevents_binary_mode_headers_are_percent_decoded_and_other_data_kept_as_base64() {
+    let app = spawn_app();
+    let key = Some(app.key.as_str());
+    let hdrs = [("ce-specversion", "1.0"), ("ce-id", "b-2"), ("ce-source", "/caf%C3%A9"), ("ce-type", "com.example.image")];
+    let r = cloudevents(&app, "application/octet-stream", &hdrs, "\u{1}\u{2}raw", key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ev = &app.get("/v1/streams/source-%2Fcaf%C3%A9").body["events"][0];
+    assert_eq!(ev["source"], "/café", "{ev}");
+    assert_eq!(ev["data"]["cloudevent"]["data_base64"], "AQJyYXc=", "{ev}");
+    let before = event_count(&app);
+    let hdrs = [("ce-specversion", "1.0"), ("ce-id", "b-3"), ("ce-source", "/x%zz"), ("ce-type", "t")];
+    assert_eq!(cloudevents(&app, "application/json", &hdrs, "{}", key).status, 400);
+    assert_eq!(event_count(&app), before, "nothing written");
+}
+
 #[test]
 fn cloudevents_bad_input_writes_nothing() {
     let app = spawn_app();

@@ -45,11 +45,13 @@ pub async fn receive(
             _ => return Err(bad("a structured event is a JSON object".into())),
         }
     } else {
-        // Binary mode: attributes in ce-* headers, the body is the data.
+        // Binary mode: attributes in ce-* headers (percent-encoded, as the HTTP binding says),
+        // the body is the data.
         let mut m = Map::new();
         for (name, value) in &headers {
-            if let (Some(attr), Ok(v)) = (name.as_str().strip_prefix("ce-"), value.to_str()) {
-                m.insert(attr.to_owned(), Value::String(v.to_owned()));
+            if let Some(attr) = name.as_str().strip_prefix("ce-") {
+                let v = percent_decode(value.as_bytes()).ok_or_else(|| bad(format!("header ce-{attr} is not percent-encoded UTF-8")))?;
+                m.insert(attr.to_owned(), Value::String(v));
             }
         }
         if !m.contains_key("specversion") {
@@ -57,14 +59,15 @@ pub async fn receive(
                 "send application/cloudevents+json, application/cloudevents-batch+json, or ce-* headers (binary mode)",
             ));
         }
-        let data = if body.is_empty() {
-            Value::Null
-        } else if content_type.starts_with("application/json") || content_type.ends_with("+json") {
-            parse(&body)?
+        if body.is_empty() {
+            m.insert("data".into(), Value::Null);
+        } else if content_type.starts_with("application/json") || content_type.split(';').next().is_some_and(|t| t.trim().ends_with("+json")) {
+            m.insert("data".into(), parse(&body)?);
         } else {
-            Value::String(String::from_utf8_lossy(&body).into_owned())
-        };
-        m.insert("data".into(), data);
+            // Anything else is kept byte for byte, as the JSON format keeps binary data.
+            use base64::Engine;
+            m.insert("data_base64".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(&body)));
+        }
         if !content_type.is_empty() {
             m.insert("datacontenttype".into(), Value::String(content_type.clone()));
         }
@@ -84,4 +87,36 @@ pub async fn receive(
         app.append(&tenant, &stream, ExpectedVersion::Any, vec![ev]).await?;
     }
     Ok(Json(json!({"success": true, "accepted": count})))
+}
+
+/// RFC 3986 percent-decoding of a header value into UTF-8; `None` for a bad escape or bytes
+/// that are not UTF-8.
+fn percent_decode(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn header_values_are_percent_decoded() {
+        assert_eq!(percent_decode(b"caf%C3%A9 %2Fshop").as_deref(), Some("café /shop"));
+        assert_eq!(percent_decode(b"plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode(b"bad%2"), None);
+        assert_eq!(percent_decode(b"bad%zz"), None);
+        assert_eq!(percent_decode(b"%FF"), None, "not UTF-8");
+    }
 }
