@@ -384,7 +384,8 @@ impl Gen {
 
 /// Generate `customers` customers into `app`'s `demo` tenant; returns the events appended.
 pub async fn generate(app: &Arc<App>, tenant: &str, customers: u64, now: DateTime<Utc>) -> anyhow::Result<u64> {
-    let mut progress = Progress::new("demo events", Some(customers * 100));
+    // About 100 events per customer: the bar's total is an estimate until the end.
+    let mut progress = Progress::estimated("demo events", customers * 100);
     let workers = 32u64;
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
