@@ -24,7 +24,7 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
 /// Run the built system until Ctrl-C or SIGTERM, telling `on_ready` where it listens.
 pub async fn run(application: Application, cfg: &Config, on_ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
     let addr = application.address();
-    tracing::info!(%addr, data = %cfg.data.display(), "serving");
+    tracing::info!(%addr, data = %cfg.storage.data.display(), "serving");
     // The handlers are in place before anyone is told the server is up: a SIGTERM right after
     // the "listening" line must shut down gracefully, not kill the process.
     let shutdown = shutdown_signal()?;
@@ -73,13 +73,13 @@ pub fn show_config(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
         })
     };
     let doc = json!({
-        "data": cfg.data,
+        "data": cfg.storage.data,
         "listen": cfg.listen.to_string(),
-        "database_url": url(&cfg.database_url),
-        "database_schema": cfg.database_schema,
-        "seal": cfg.seal,
-        "master_key_file": cfg.master_key_file,
-        "master_key": hidden(&cfg.master_key),
+        "database_url": url(&cfg.storage.database_url),
+        "database_schema": cfg.storage.database_schema,
+        "seal": cfg.storage.seal,
+        "master_key_file": cfg.storage.master_key_file,
+        "master_key": hidden(&cfg.storage.master_key),
         "rate_limit": server.rate_limit,
         "ingest_rate_limit": server.ingest_rate_limit,
         "ingest_rate_limit_per_address": server.ingest_rate_limit_per_address,

@@ -236,31 +236,17 @@ struct FileConfig {
     database_url: Option<String>,
 }
 
-/// The resolved configuration.
+/// The resolved configuration: where the events live, and where to listen.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub data: PathBuf,
+    pub storage: chronicle_app::storage::StorageConfig,
     pub listen: SocketAddr,
-    pub database_url: Option<String>,
-    pub database_schema: String,
-    /// `--seal` as given (none: the folder's own choice, sealed for a new one).
-    pub seal: Option<bool>,
-    pub master_key_file: Option<PathBuf>,
-    pub master_key: Option<String>,
 }
 
 impl Config {
-    /// The storage part of the configuration.
+    /// The storage part, for a command that opens it (`create`: it may make the data folder).
     pub fn storage(&self) -> chronicle_app::storage::StorageConfig {
-        chronicle_app::storage::StorageConfig {
-            data: self.data.clone(),
-            database_url: self.database_url.clone(),
-            database_schema: self.database_schema.clone(),
-            seal: self.seal,
-            master_key_file: self.master_key_file.clone(),
-            master_key: self.master_key.clone(),
-            create: false,
-        }
+        self.storage.clone()
     }
 
     /// The running system's configuration: storage and listener from here, limits and
@@ -297,13 +283,16 @@ impl Config {
         let listen_s = listen.map(str::to_owned).or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_s.parse().with_context(|| format!("invalid listen address {listen_s:?} (want IP:PORT)"))?;
         Ok(Config {
-            data,
+            storage: chronicle_app::storage::StorageConfig {
+                data,
+                database_url: args.database_url.clone().or(file.database_url),
+                database_schema: args.database_schema.clone().unwrap_or_else(|| "chronicle".into()),
+                seal: args.seal,
+                master_key_file: args.master_key_file.clone(),
+                master_key: args.master_key.clone(),
+                create: false,
+            },
             listen,
-            database_url: args.database_url.clone().or(file.database_url),
-            database_schema: args.database_schema.clone().unwrap_or_else(|| "chronicle".into()),
-            seal: args.seal,
-            master_key_file: args.master_key_file.clone(),
-            master_key: args.master_key.clone(),
         })
     }
 }
@@ -328,12 +317,12 @@ mod tests {
         std::fs::write(&f, "data = \"/from/file\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
         let mut args = StorageArgs { config: Some(f.clone()), ..Default::default() };
         let c = Config::resolve(&args, None).unwrap();
-        assert_eq!((c.data, c.listen.port()), (PathBuf::from("/from/file"), 9000));
+        assert_eq!((c.storage.data, c.listen.port()), (PathBuf::from("/from/file"), 9000));
         args.data = Some("/from/flag".into());
         let c = Config::resolve(&args, Some("127.0.0.1:9001")).unwrap();
-        assert_eq!((c.data, c.listen.port()), (PathBuf::from("/from/flag"), 9001));
+        assert_eq!((c.storage.data, c.listen.port()), (PathBuf::from("/from/flag"), 9001));
         let c = Config::resolve(&StorageArgs::default(), None).unwrap();
-        assert_eq!((c.data, c.listen.to_string()), (PathBuf::from(DEFAULT_DATA), DEFAULT_LISTEN.to_owned()));
+        assert_eq!((c.storage.data, c.listen.to_string()), (PathBuf::from(DEFAULT_DATA), DEFAULT_LISTEN.to_owned()));
         std::fs::write(&f, "colour = \"blue\"\n").unwrap();
         assert!(Config::resolve(&StorageArgs { config: Some(f), ..Default::default() }, None).is_err());
         assert!(Config::resolve(&StorageArgs::default(), Some("nonsense")).is_err());

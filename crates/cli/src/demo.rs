@@ -477,15 +477,15 @@ pub async fn run(
         args.data = Some("./chronicle-demo-data".into());
     }
     let cfg = Config::resolve(&args, listen)?;
-    if cfg.data.exists() {
+    if cfg.storage.data.exists() {
         // A fresh tenant every time: only a folder that holds a Chronicle store is wiped.
-        let is_store = cfg.data.join(chronicle_store::sqlite::DB_FILE).exists()
-            || cfg.data.join(chronicle_store::log::LOG_FILE).exists();
-        let is_empty = std::fs::read_dir(&cfg.data)?.next().is_none();
+        let is_store = cfg.storage.data.join(chronicle_store::sqlite::DB_FILE).exists()
+            || cfg.storage.data.join(chronicle_store::log::LOG_FILE).exists();
+        let is_empty = std::fs::read_dir(&cfg.storage.data)?.next().is_none();
         if !is_store && !is_empty {
-            bail!("{} exists and is not a Chronicle data folder; choose another --data", cfg.data.display());
+            bail!("{} exists and is not a Chronicle data folder; choose another --data", cfg.storage.data.display());
         }
-        std::fs::remove_dir_all(&cfg.data).with_context(|| format!("clearing {}", cfg.data.display()))?;
+        std::fs::remove_dir_all(&cfg.storage.data).with_context(|| format!("clearing {}", cfg.storage.data.display()))?;
     }
     // Served: the running system is built first (storage, views, engine, listener) and the
     // data prepared on its application; --no-serve opens the storage alone, as a one-off

@@ -13,7 +13,7 @@
 
 use crate::map::Map;
 use chrono::{DateTime, Utc};
-use chronicle_core::customer::{Customer, CustomerStatus};
+use chronicle_core::customer::{Customer, CustomerStatus, LifecycleStage};
 use std::collections::BTreeSet;
 use std::ops::Bound::{Excluded, Unbounded};
 
@@ -72,7 +72,7 @@ struct Entry {
     first: Option<String>,
     last: Option<String>,
     tags: Vec<String>,
-    stage: Option<String>,
+    stage: Option<LifecycleStage>,
     owner: Option<String>,
     status: &'static str,
     /// Derived from the above: the name order's key and the search words.
@@ -84,8 +84,9 @@ fn trait_str<'a>(c: &'a Customer, key: &str) -> Option<&'a str> {
     c.traits.get(key).and_then(|v| v.as_str())
 }
 
-fn stage_name(c: &Customer) -> Option<String> {
-    c.lifecycle_stage.and_then(|s| serde_json::to_value(s).ok()?.as_str().map(str::to_owned))
+/// A stage's name as the API spells it (the key of the stage filter).
+fn stage_name(s: LifecycleStage) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Whether `c` is indexed as `e` says (checked without allocating: most events change nothing
@@ -98,8 +99,7 @@ fn unchanged(e: &Entry, c: &Customer) -> bool {
         && e.last.as_deref() == trait_str(c, "last_name")
         && e.owner == c.owner
         && e.tags.iter().eq(c.tags.iter())
-        && (e.stage.is_none() == c.lifecycle_stage.is_none())
-        && (e.stage.is_none() || e.stage == stage_name(c))
+        && e.stage == c.lifecycle_stage
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,7 +145,7 @@ fn entry_of(c: &Customer) -> Entry {
         first: trait_str(c, "first_name").map(str::to_owned),
         last: trait_str(c, "last_name").map(str::to_owned),
         tags: c.tags.iter().cloned().collect(),
-        stage: stage_name(c),
+        stage: c.lifecycle_stage,
         owner: c.owner.clone(),
         status: status_name(c.status),
         name: name_key(c),
@@ -201,8 +201,8 @@ impl ContactIndex {
             for t in &old.tags {
                 take(&mut self.tags, t, &c.id);
             }
-            if let Some(s) = &old.stage {
-                take(&mut self.stages, s, &c.id);
+            if let Some(s) = old.stage {
+                take(&mut self.stages, &stage_name(s), &c.id);
             }
             if let Some(o) = &old.owner {
                 take(&mut self.owners, o, &c.id);
@@ -217,8 +217,8 @@ impl ContactIndex {
         for t in &new.tags {
             add(&mut self.tags, t, &c.id);
         }
-        if let Some(s) = &new.stage {
-            add(&mut self.stages, s, &c.id);
+        if let Some(s) = new.stage {
+            add(&mut self.stages, &stage_name(s), &c.id);
         }
         if let Some(o) = &new.owner {
             add(&mut self.owners, o, &c.id);

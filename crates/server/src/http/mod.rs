@@ -187,12 +187,8 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
     ]
 }
 
-/// The API's router, with its state.
-pub fn router(api: Api) -> Router {
-    router_with(api, &serve::ServeOptions::default(), tokio::sync::watch::channel(false).1)
-}
-
-/// [`router`] with the server's options (the metrics token) and the signal that it is stopping.
+/// The API's router, with its state, the server's options (the metrics token) and the signal
+/// that it is stopping.
 pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync::watch::Receiver<bool>) -> Router {
     let options = Options { metrics_token: options.metrics_token.as_deref().map(Arc::from), closing };
     let table = routes();
