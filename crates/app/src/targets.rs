@@ -109,27 +109,35 @@ pub fn check_saved(url: &str, targets: WebhookTargets) -> Result<(), TargetRefus
 
 /// A resolver that refuses a name any of whose addresses is internal, so the connection can
 /// only go to addresses that were checked (a name that resolves to loopback is refused too).
-///
-/// ureq's resolver trait is in its `unversioned` module (outside semver); the version is
-/// pinned in Cargo.lock, and a change shows as a compile error here.
-#[derive(Debug, Default)]
-pub(crate) struct GuardedResolver(ureq::unversioned::resolver::DefaultResolver);
+/// An address literal is not resolved: [`literal_is_internal`] checks it before sending.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct GuardedResolver;
 
-/// The marker of a refused resolution, recognised to tell the tenant why without an address.
+/// The marker of a refused target, recognised to tell the tenant why without an address.
 pub(crate) const REFUSED: &str = "the webhook target resolves to an internal address";
 
-impl ureq::unversioned::resolver::Resolver for GuardedResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        let addrs = self.0.resolve(uri, config, timeout)?;
-        if addrs.iter().any(|a| is_internal(a.ip())) {
-            return Err(ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, REFUSED)));
-        }
-        Ok(addrs)
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.iter().any(|a| is_internal(a.ip())) {
+                return Err(Box::new(std::io::Error::new(std::io::ErrorKind::PermissionDenied, REFUSED)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `url`'s host, read as the HTTP client reads it, is an internal address literal
+/// (WHATWG URL parsing makes `127.1` and `0x7f.1` into 127.0.0.1). A URL that does not parse
+/// is refused as well: it would not be sent anyway.
+pub(crate) fn literal_is_internal(url: &str) -> bool {
+    let parsed = reqwest::Url::parse(url);
+    // The parser writes an address host in its canonical form (IPv6 in brackets).
+    match parsed.as_ref().ok().and_then(|u| u.host_str()) {
+        Some(host) => host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(is_internal),
+        None => true,
     }
 }
 
@@ -170,6 +178,11 @@ mod tests {
         }
         for url in ["https://hooks.example.com/sales", "http://93.184.216.34:8080/x?y=1", "https://[2606:4700::1111]/"] {
             assert!(check_saved(url, strict).is_ok(), "{url}");
+            assert!(!literal_is_internal(url), "{url}");
+        }
+        // What the HTTP client would connect to, checked before sending.
+        for url in ["http://127.1:8080/x", "http://0x7f.1/", "http://[::1]/", "http://10.0.0.1/", "not a url"] {
+            assert!(literal_is_internal(url), "{url}");
         }
     }
 }

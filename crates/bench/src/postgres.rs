@@ -21,7 +21,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 
 fn url() -> String {
@@ -29,7 +29,7 @@ fn url() -> String {
 }
 
 async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to PostgreSQL");
+    let (client, connection) = chronicle_tls::postgres::connect(url).await.expect("connect to PostgreSQL");
     tokio::spawn(connection);
     client
 }

@@ -20,6 +20,7 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("database_schema", "CHRONICLE_DATABASE_SCHEMA"),
     ("seal", "CHRONICLE_SEAL"),
     ("master_key_file", "CHRONICLE_MASTER_KEY_FILE"),
+    ("tls_ca_file", "CHRONICLE_TLS_CA_FILE"),
     ("rate_limit", "CHRONICLE_RATE_LIMIT"),
     ("ingest_rate_limit", "CHRONICLE_INGEST_RATE_LIMIT"),
     ("ingest_rate_limit_per_address", "CHRONICLE_INGEST_RATE_LIMIT_PER_ADDRESS"),
@@ -106,6 +107,11 @@ pub struct StorageArgs {
     /// The master key itself, instead of a file (prefer the file: environments leak)
     #[arg(long, env = "CHRONICLE_MASTER_KEY", global = true, hide_env_values = true)]
     pub master_key: Option<String>,
+    /// PEM file of CA certificates trusted besides the system's (a private CA) by every
+    /// outbound TLS connection: PostgreSQL, SMTP, webhooks and providers (`SSL_CERT_FILE`
+    /// replaces the system's roots)
+    #[arg(long, env = "CHRONICLE_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// What `serve`, `demo` and `config` share: where to listen, the server's limits and where

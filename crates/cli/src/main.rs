@@ -174,6 +174,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Every outbound TLS connection of this process trusts these (PostgreSQL, SMTP, HTTPS).
+    if let Err(e) = chronicle_tls::configure(cli.storage.tls_ca_file.as_deref()) {
+        eprintln!("Error: --tls-ca-file: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {

@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Keys inserted per refill of a tenant's pool, at most (and how far past a slot a fetch reads).
 const POOL_BATCH: usize = 256;
@@ -132,7 +132,7 @@ impl Db {
 }
 
 async fn connect(url: &str, schema: &str) -> Result<Client, KeyError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(db_err)?;
+    let (client, connection) = chronicle_tls::postgres::connect(url).await.map_err(|e| KeyError::Database(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the key store's PostgreSQL connection closed");
@@ -368,7 +368,7 @@ async fn listen(db: Arc<Db>, held: std::sync::Weak<Mutex<Held>>) {
 }
 
 async fn listen_once(db: &Db, held: &std::sync::Weak<Mutex<Held>>) -> Result<(), KeyError> {
-    let (client, mut connection) = tokio_postgres::connect(&db.url, NoTls).await.map_err(db_err)?;
+    let (client, mut connection) = chronicle_tls::postgres::connect(&db.url).await.map_err(|e| KeyError::Database(e.to_string()))?;
     let (tx, mut notes) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 /// The key of the advisory lock every append transaction takes (any constant; "CHRN").
@@ -328,7 +328,7 @@ impl Conn {
 #[derive(Debug, thiserror::Error)]
 pub enum PgOpenError {
     #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(tokio_postgres::Error),
+    Connect(#[source] chronicle_tls::postgres::PgConnectError),
     #[error("migrating the PostgreSQL schema {schema} failed: {source}")]
     Migrate { schema: String, source: tokio_postgres::Error },
     #[error("{0} is not a valid schema name (a-z, 0-9, _)")]
@@ -431,7 +431,7 @@ async fn follow(feed: std::sync::Weak<Feed>, client: Conn, url: String, schema: 
 /// carries the id of the node that committed (`node`): this node's own commits are handed out
 /// by its writer, so they do not wake the follower for a read that would find nothing.
 async fn listen(url: &str, schema: &str, feed: std::sync::Weak<Feed>, node: String) -> Result<Conn, PgOpenError> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
+    let (client, mut connection) = chronicle_tls::postgres::connect(url).await.map_err(PgOpenError::Connect)?;
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
@@ -476,7 +476,7 @@ struct Request {
 }
 
 async fn connect(url: &str, schema: &str) -> Result<Conn, PgOpenError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
+    let (client, connection) = chronicle_tls::postgres::connect(url).await.map_err(PgOpenError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed");
@@ -667,7 +667,7 @@ impl PgStore {
 
     /// Drops `schema` and everything in it (tests clean up with it).
     pub async fn drop_schema(url: &str, schema: &str) -> Result<(), PgOpenError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(PgOpenError::Connect)?;
+        let (client, connection) = chronicle_tls::postgres::connect(url).await.map_err(PgOpenError::Connect)?;
         tokio::spawn(connection);
         client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))

@@ -154,6 +154,12 @@ impl Drop for SmtpSink {
 
 impl SmtpSink {
     pub fn start(dir: &Path) -> Option<SmtpSink> {
+        SmtpSink::start_with(dir, &[])
+    }
+
+    /// With aiosmtpd's options `args` (`--tlscert C --tlskey K` for STARTTLS, which it then
+    /// requires; `--smtpscert C --smtpskey K` for SMTPS).
+    pub fn start_with(dir: &Path, args: &[&str]) -> Option<SmtpSink> {
         let tools = std::env::var_os("CHRONICLE_E2E_CLIENTS")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-clients"));
@@ -166,9 +172,11 @@ impl SmtpSink {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let maildir = dir.join("maildir");
+        let maildir = dir.join(format!("maildir-{port}"));
         let child = Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -266,6 +274,8 @@ pub fn segment(agent: &ureq::Agent, url: &str, write_key: &str, path: &str, body
 pub struct PgSchema {
     pub url: String,
     pub schema: String,
+    /// The master key file the nodes over it share (a node over PostgreSQL makes none).
+    pub master: std::path::PathBuf,
 }
 
 /// A query counting the rows of table `keys` whose slot a sealed value (`enc:v2:<slot>:`) of
@@ -284,7 +294,11 @@ impl PgSchema {
         let schema = format!("e2e_{}_{}", std::process::id(), unique_nanos());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         match rt.block_on(chronicle_store::postgres::PgStore::connect_in(&url, &schema)) {
-            Ok(_) => Some(PgSchema { url, schema }),
+            Ok(_) => {
+                let master = std::env::temp_dir().join(format!("chronicle-{schema}.key"));
+                std::fs::write(&master, "1:SGVyZSBiZSB0aGUgY2x1c3RlcidzIG1hc3RlciBrZXk=").unwrap();
+                Some(PgSchema { url, schema, master })
+            }
             Err(e) if allow_skip() => {
                 eprintln!("skipped: no PostgreSQL at {url} ({e})");
                 None
@@ -339,7 +353,14 @@ impl PgSchema {
 
     /// The storage flags that select it.
     pub fn args(&self) -> Vec<String> {
-        vec!["--database-url".into(), self.url.clone(), "--database-schema".into(), self.schema.clone()]
+        vec![
+            "--database-url".into(),
+            self.url.clone(),
+            "--database-schema".into(),
+            self.schema.clone(),
+            "--master-key-file".into(),
+            self.master.display().to_string(),
+        ]
     }
 }
 
@@ -351,5 +372,6 @@ impl Drop for PgSchema {
     fn drop(&mut self) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _ = rt.block_on(chronicle_store::postgres::PgStore::drop_schema(&self.url, &self.schema));
+        let _ = std::fs::remove_file(&self.master);
     }
 }
