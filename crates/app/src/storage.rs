@@ -7,8 +7,9 @@
 //! `--database-url` the events live in PostgreSQL (`PgStore`), shared by every node over it, and
 //! so do the keys of crypto-shredding (`PgKeyStore`; every node needs the same master key) and
 //! the views' checkpoint ([`PgCheckpoint`]: one for every node, written by the holder of its
-//! lease); each node's data folder holds only its lock (and the master key, unless it is kept
-//! elsewhere). The database records how
+//! lease). A node over PostgreSQL keeps nothing locally: it makes no data folder and takes no
+//! lock (two nodes may start from one directory), and its master key comes from
+//! `--master-key-file` (or `--master-key`), never a file it would make. The database records how
 //! its events are sealed, and a node that does not match is refused. (A database first sealed by
 //! one folder's key file, before the keys moved into PostgreSQL, stays with that one node.)
 
@@ -28,7 +29,8 @@ use std::sync::Arc;
 /// sealing options say.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// The data folder: the embedded store, or (over PostgreSQL) only this node's lock.
+    /// The data folder of the embedded store (over PostgreSQL unused, unless an older database
+    /// is sealed by this folder's `keys.bin`).
     pub data: PathBuf,
     pub database_url: Option<String>,
     pub database_schema: String,
@@ -90,7 +92,8 @@ pub struct Storage {
     pub keys: Option<Arc<dyn Keys>>,
     /// The PostgreSQL store under `store`, when `--database-url` (leases for shared work).
     pub pg: Option<Arc<PgStore>>,
-    _lock: File,
+    /// The data folder's lock (none over PostgreSQL, where nothing is kept locally).
+    _lock: Option<File>,
 }
 
 impl Storage {
@@ -150,6 +153,13 @@ fn master_key(cfg: &StorageConfig) -> Result<MasterKey, StorageError> {
     if let Some(text) = &cfg.master_key {
         return MasterKey::parse(text).map_err(StorageError::failed("CHRONICLE_MASTER_KEY"));
     }
+    if cfg.database_url.is_some() && cfg.master_key_file.is_none() && !cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() {
+        refused!(
+            "this database's events are sealed (crypto-shredding) and a node over PostgreSQL keeps nothing locally: \
+             give it the master key every node shares with --master-key-file (or --master-key); --seal=false for an \
+             unsealed database"
+        );
+    }
     let path = cfg.master_key_file.clone().unwrap_or_else(|| cfg.data.join("master.key"));
     match std::fs::read_to_string(&path) {
         Ok(text) => MasterKey::parse(&text).map_err(StorageError::failed(format!("reading the master key {}", path.display()))),
@@ -176,8 +186,40 @@ fn master_key(cfg: &StorageConfig) -> Result<MasterKey, StorageError> {
 }
 
 pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
-    // (Over PostgreSQL the folder holds only this node's lock: any command may make it.)
-    if !cfg.create && cfg.database_url.is_none() && !cfg.data.is_dir() {
+    // Over PostgreSQL nothing is kept locally, so there is nothing to lock; unless an older
+    // database is sealed by this folder's key file, which only this node may use.
+    let lock = if cfg.database_url.is_none() || cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() {
+        Some(lock_folder(cfg)?)
+    } else {
+        None
+    };
+    // Judged before the store is opened: opening makes a new folder's (empty) log.
+    let folder_sealed = lock.is_some() && sealed(cfg)?;
+    let (store, pg) = open_store(cfg)?;
+    let keys: Option<Arc<dyn Keys>> = match &pg {
+        Some(pg) if !cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() => database_keys(cfg, pg)?,
+        _ if folder_sealed => {
+            let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
+                .map_err(StorageError::failed(format!("opening the key store in {}", cfg.data.display())))?;
+            Some(Arc::new(keys))
+        }
+        _ => None,
+    };
+    let store = sealed_by(store, keys.as_ref());
+    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), holder, keys, pg, _lock: lock };
+    if let Some(pg) = &storage.pg {
+        claim_sealing(pg, &*storage.store)?;
+        if cfg.data.is_dir() {
+            remove_folder_views(&storage.checkpoint)?;
+        }
+    }
+    Ok(storage)
+}
+
+/// The embedded store's folder, made when the command may make it, locked to this process.
+fn lock_folder(cfg: &StorageConfig) -> Result<File, StorageError> {
+    if !cfg.create && !cfg.data.is_dir() {
         refused!(
             "data folder {} does not exist (only tenant create, serve and demo make one); check --data",
             cfg.data.display()
@@ -197,26 +239,7 @@ pub fn open(cfg: &StorageConfig) -> Result<Storage, StorageError> {
             cfg.data.display()
         );
     }
-    // Judged before the store is opened: opening makes a new folder's (empty) log.
-    let folder_sealed = sealed(cfg)?;
-    let (store, pg) = open_store(cfg)?;
-    let keys: Option<Arc<dyn Keys>> = match &pg {
-        Some(pg) if !cfg.data.join(chronicle_privacy::keystore::KEY_FILE).exists() => database_keys(cfg, pg)?,
-        _ if folder_sealed => {
-            let keys = KeyStore::open(&cfg.data, master_key(cfg)?)
-                .map_err(StorageError::failed(format!("opening the key store in {}", cfg.data.display())))?;
-            Some(Arc::new(keys))
-        }
-        _ => None,
-    };
-    let store = sealed_by(store, keys.as_ref());
-    let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-    let storage = Storage { store, checkpoint: cfg.data.join("projections.json"), holder, keys, pg, _lock: lock };
-    if let Some(pg) = &storage.pg {
-        claim_sealing(pg, &*storage.store)?;
-        remove_folder_views(&storage.checkpoint)?;
-    }
-    Ok(storage)
+    Ok(lock)
 }
 
 /// A node over PostgreSQL keeps no views in its folder (they are shared in the database): a

@@ -410,3 +410,54 @@ fn send_raw(agent: &ureq::Agent, url: &str, key: &str, body: &Value) -> Option<u
         .ok()
         .map(|r| r.status().as_u16())
 }
+
+/// Issue 19, item 4: a node over PostgreSQL is stateless. Two nodes started from one directory
+/// without `--data` both serve (there is no lock to contend for) and nothing is created in that
+/// directory; over a sealed database a node without the master key is refused at start, saying
+/// how to give it.
+#[test]
+fn nodes_over_postgres_keep_nothing_locally_and_need_the_shared_master_key() {
+    let Some(c) = cluster(1) else { return };
+    let cwd = tempfile::tempdir().unwrap();
+    let spawn = |args: &[&str]| {
+        let mut child = std::process::Command::new(BIN)
+            .current_dir(cwd.path())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("CHRONICLE_LOG", "warn")
+            .env_remove("CHRONICLE_DATA")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let line = lines.by_ref().map_while(Result::ok).find(|l| l.contains("listening on")).unwrap_or_default();
+        std::thread::spawn(move || lines.for_each(drop));
+        (Server(child), line)
+    };
+    let (_a, la) = spawn(&c.args(&["serve"]));
+    let (_b, lb) = spawn(&c.args(&["serve"]));
+    let url = |line: &str| line[line.find("http://").expect("a listening line")..].trim().to_owned();
+    let (ua, ub) = (url(&la), url(&lb));
+    let agent = agent();
+    register(&agent, &ua, &c.key, "c1", "ada@example.com");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&agent, &format!("{ub}/v1/customers/c1"), &c.key).0 != 200 {
+        assert!(Instant::now() < deadline, "the second node never saw the first's write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let made: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(made.is_empty(), "nothing is created where the nodes started: {made:?}");
+
+    // Without the master key, over the sealed database: refused, and still nothing made.
+    let out = std::process::Command::new(BIN)
+        .current_dir(cwd.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &c.db.url, "--database-schema", &c.db.schema])
+        .env_remove("CHRONICLE_DATA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--master-key-file"), "says how to give the key: {stderr}");
+    assert!(std::fs::read_dir(cwd.path()).unwrap().next().is_none(), "a refused node makes nothing either");
+}

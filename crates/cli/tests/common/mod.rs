@@ -239,12 +239,14 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, key: &str, body: &Valu
     (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
 }
 
-/// Every file under `dir` that contains one of `needles`, with the needle.
+/// Every file under `dir` that contains one of `needles`, with the needle (none when `dir` does
+/// not exist: a node over PostgreSQL makes no folder).
 pub fn scan(dir: &Path, needles: &[&str]) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
