@@ -24,7 +24,10 @@ pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
 /// Run the built system until Ctrl-C or SIGTERM, telling `on_ready` where it listens.
 pub async fn run(application: Application, cfg: &Config, on_ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
     let addr = application.address();
-    tracing::info!(%addr, data = %cfg.storage.data.display(), "serving");
+    match &cfg.storage.database_url {
+        Some(_) => tracing::info!(%addr, schema = %cfg.storage.database_schema, "serving from PostgreSQL"),
+        None => tracing::info!(%addr, data = %cfg.storage.data.display(), "serving"),
+    }
     // The handlers are in place before anyone is told the server is up: a SIGTERM right after
     // the "listening" line must shut down gracefully, not kill the process.
     let shutdown = shutdown_signal()?;
@@ -80,6 +83,7 @@ pub fn show_config(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
         "seal": cfg.storage.seal,
         "master_key_file": cfg.storage.master_key_file,
         "master_key": hidden(&cfg.storage.master_key),
+        "tls_ca_file": args.tls_ca_file,
         "rate_limit": server.rate_limit,
         "ingest_rate_limit": server.ingest_rate_limit,
         "ingest_rate_limit_per_address": server.ingest_rate_limit_per_address,
@@ -110,6 +114,32 @@ pub async fn tenant_list(args: &StorageArgs) -> anyhow::Result<ExitCode> {
         let customers = app.views().tenant(&name).map_or(0, |t| t.contacts.len());
         println!("{}", json!({"tenant": name, "customers": customers}));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The tenant a command names, which must exist; else an error listing those that do.
+pub fn existing_tenant<'a>(app: &chronicle_app::App, tenant: Option<&'a str>) -> anyhow::Result<&'a str> {
+    let tenants = app.tenant_names();
+    let known = if tenants.is_empty() { "there are none yet (chronicle tenant create NAME)".to_owned() } else { format!("the tenants here: {}", tenants.join(", ")) };
+    match tenant {
+        Some(t) if tenants.iter().any(|n| n == t) => Ok(t),
+        Some(t) => anyhow::bail!("tenant {t:?} does not exist; {known}"),
+        None => anyhow::bail!("which tenant? pass --tenant NAME; {known}"),
+    }
+}
+
+/// A new API key for a tenant, made offline (a lost admin key): printed once, recorded as the
+/// API's are (`ApiKeyCreated`, actor `cli`).
+pub async fn api_key_create(args: &StorageArgs, tenant: &str, role: &str, name: Option<String>) -> anyhow::Result<ExitCode> {
+    let role: chronicle_projections::Role = serde_json::from_value(json!(role))
+        .map_err(|_| anyhow::anyhow!("role {role:?} is not one of admin, writer, reader, ingest"))?;
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    let tenant = existing_tenant(&app, Some(tenant))?;
+    let (record, key) = app.create_api_key(tenant, role, name, "cli").await?;
+    app.final_checkpoint()?;
+    println!("{}", json!({"id": record.id, "tenant": tenant, "role": record.role, "name": record.name, "api_key": key}));
     Ok(ExitCode::SUCCESS)
 }
 

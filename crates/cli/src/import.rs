@@ -37,13 +37,7 @@ pub async fn run(
     let st = storage::open(&cfg.storage())?;
     let app = st.app().await?;
     // Into a tenant that exists, named: a typo would otherwise make a tenant nobody can reach.
-    let tenants = app.tenant_names();
-    let known = if tenants.is_empty() { "there are none yet (chronicle tenant create NAME)".to_owned() } else { format!("the tenants here: {}", tenants.join(", ")) };
-    let tenant = match tenant {
-        Some(t) if tenants.iter().any(|n| n == t) => t,
-        Some(t) => bail!("tenant {t:?} does not exist; {known}"),
-        None => bail!("which tenant? pass --tenant NAME; {known}"),
-    };
+    let tenant = crate::commands::existing_tenant(&app, tenant)?;
     let rejects = match rejects {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

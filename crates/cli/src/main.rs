@@ -77,6 +77,11 @@ enum Command {
         #[arg(long, default_value = "demo")]
         tenant: String,
     },
+    /// API keys, made offline (for a lost admin key)
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// The contact list
     Customers {
         #[command(subcommand)]
@@ -152,6 +157,21 @@ enum TenantCommand {
     List,
 }
 
+#[derive(clap::Subcommand)]
+enum ApiKeyCommand {
+    /// Make an API key; prints {"id","tenant","role","name","api_key"} (the key is shown only once)
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// admin, writer, reader or ingest
+        #[arg(long)]
+        role: String,
+        /// A name to recognise it by in the key list
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     // The config file fills the environment variables the environment leaves unset, before the
     // command line is read (and before any thread starts): file < environment < flags.
@@ -190,6 +210,9 @@ fn main() -> ExitCode {
             Command::Tenant { command: TenantCommand::List } => commands::tenant_list(&cli.storage).await,
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await
+            }
+            Command::ApiKey { command: ApiKeyCommand::Create { tenant, role, name } } => {
+                commands::api_key_create(&cli.storage, &tenant, &role, name).await
             }
             Command::Import { file, tenant, format, rejects } => {
                 import::run(&cli.storage, &file, tenant.as_deref(), format.as_deref(), rejects.as_deref()).await

@@ -553,3 +553,37 @@ fn only_the_commands_that_start_a_store_make_a_data_folder() {
     assert!(chronicle(&missing, &["tenant", "create", "acme"]).status.success());
     assert!(chronicle(&missing, &["verify"]).status.success());
 }
+
+/// Issue 19, item 11: `chronicle api-key create --tenant T --role R` makes a key offline (for a
+/// lost admin key); the key works with its role's rights and no more; an unknown tenant or role
+/// is refused and makes nothing.
+#[test]
+fn an_api_key_made_offline_works_with_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(chronicle(&data, &["tenant", "create", "acme"]).status.success());
+    for (args, says) in [
+        (["api-key", "create", "--tenant", "acne", "--role", "admin"], "the tenants here: acme"),
+        (["api-key", "create", "--tenant", "acme", "--role", "owner"], "admin, writer, reader, ingest"),
+    ] {
+        let out = chronicle(&data, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let made = |role: &str| -> String {
+        let out = chronicle(&data, &["api-key", "create", "--tenant", "acme", "--role", role, "--name", "rescue"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((v["tenant"].as_str(), v["role"].as_str(), v["name"].as_str()), (Some("acme"), Some(role), Some("rescue")));
+        v["api_key"].as_str().unwrap().to_owned()
+    };
+    let (admin, reader) = (made("admin"), made("reader"));
+    let (_server, url, _) = start(&data, &["serve"]);
+    let agent = agent();
+    let (status, keys) = get(&agent, &format!("{url}/v1/api-keys"), &admin);
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2), "the two made are listed (the tenant's first key is not a listed one): {keys}");
+    assert_eq!(get(&agent, &format!("{url}/v1/customers"), &reader).0, 200);
+    let (status, _) = send(&agent, "POST", &format!("{url}/v1/customers"), &reader, &json!({"id": "c1"}));
+    assert_eq!(status, 403, "a reader cannot write");
+}
