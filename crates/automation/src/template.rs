@@ -93,6 +93,73 @@ impl std::io::Write for Bounded {
     }
 }
 
+/// The plain-text part sent beside a rendered HTML body (mail clients that show no HTML, and
+/// spam filters, expect one): tags dropped, block ends and `<br>` as line breaks, a link's
+/// address kept after its text, the common entities decoded, blank runs collapsed.
+pub fn plain_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    let mut href: Option<String> = None;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('>') else {
+            rest = &rest[start..];
+            break;
+        };
+        let tag = &rest[start + 1..start + len];
+        rest = &rest[start + len + 1..];
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+        let closing = tag.starts_with('/');
+        match name.as_str() {
+            "br" => out.push('\n'),
+            "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul" | "ol" | "table" if closing != (name == "li") => {
+                out.push('\n')
+            }
+            "a" if !closing => {
+                href = tag.split("href=").nth(1).map(|v| {
+                    let v = v.trim_start();
+                    let q = v.chars().next().filter(|c| *c == '"' || *c == '\'');
+                    match q {
+                        Some(q) => v[1..].split(q).next().unwrap_or_default().to_owned(),
+                        None => v.split_whitespace().next().unwrap_or_default().to_owned(),
+                    }
+                })
+            }
+            "a" => {
+                if let Some(h) = href.take().filter(|h| !h.is_empty()) {
+                    out.push_str(&format!(" ({h})"));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&");
+    let mut text = String::with_capacity(decoded.len());
+    let mut blank = 0;
+    for line in decoded.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")) {
+        if line.is_empty() {
+            blank += 1;
+            if blank > 1 || text.is_empty() {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.trim_end().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +196,13 @@ mod tests {
         let ctx = Context { id: "c1", email: None, phone: None, traits: &traits, context: &Value::Null };
         let (_, b) = render("Hi", "{% for i in traits.items %}<li>{{ i }}</li>{% endfor %}", &ctx).unwrap();
         assert_eq!(b, "<li>a</li><li>b</li>");
+    }
+
+    #[test]
+    fn the_plain_text_part_keeps_the_words_lines_and_links() {
+        let html = "<h1>Hello Ada</h1><p>Your plan: <b>pro</b> &amp; more.<br>See <a href=\"https://ex.com/x?a=1&amp;b=2\">your account</a>.</p>\n\n\n<ul><li>one</li><li>two</li></ul>";
+        assert_eq!(plain_text(html), "Hello Ada\nYour plan: pro & more.\nSee your account (https://ex.com/x?a=1&b=2).\n\none\ntwo");
+        assert_eq!(plain_text("no tags &lt;here&gt;"), "no tags <here>");
+        assert_eq!(plain_text("cut <b"), "cut <b");
     }
 }

@@ -16,8 +16,9 @@ use std::process::ExitCode;
 /// and write a final checkpoint.
 pub async fn serve(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs, automation: &AutomationArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, listen)?;
+    let scheme = if server.tls_cert.is_some() { "https" } else { "http" };
     let application = Application::build(cfg.application(server, automation)?).await?;
-    run(application, &cfg, |addr| println!("chronicle listening on http://{addr}")).await?;
+    run(application, &cfg, |addr| println!("chronicle listening on {scheme}://{addr}")).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -89,10 +90,15 @@ pub fn show_config(args: &StorageArgs, listen: Option<&str>, server: &ServerArgs
         "ingest_rate_limit_per_address": server.ingest_rate_limit_per_address,
         "max_connections": server.max_connections,
         "metrics_token": hidden(&server.metrics_token),
+        "cors_origin": server.cors_origin,
+        "tls_cert": server.tls_cert,
+        "tls_key": server.tls_key,
         "smtp_url": url(&automation.smtp_url),
         "mail_from": automation.mail_from,
         "allow_private_webhooks": automation.allow_private_webhooks,
         "webhook_secret": hidden(&automation.webhook_secret),
+        "public_url": automation.public_url,
+        "unsubscribe_secret": hidden(&automation.unsubscribe_secret),
         "sms_webhook_url": automation.sms_webhook_url,
         "push_webhook_url": automation.push_webhook_url,
         "retry_base_ms": automation.retry_base_ms,

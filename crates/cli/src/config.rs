@@ -26,10 +26,15 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("ingest_rate_limit_per_address", "CHRONICLE_INGEST_RATE_LIMIT_PER_ADDRESS"),
     ("max_connections", "CHRONICLE_MAX_CONNECTIONS"),
     ("metrics_token", "CHRONICLE_METRICS_TOKEN"),
+    ("cors_origin", "CHRONICLE_CORS_ORIGINS"),
+    ("tls_cert", "CHRONICLE_TLS_CERT"),
+    ("tls_key", "CHRONICLE_TLS_KEY"),
     ("smtp_url", "CHRONICLE_SMTP_URL"),
     ("mail_from", "CHRONICLE_MAIL_FROM"),
     ("allow_private_webhooks", "CHRONICLE_ALLOW_PRIVATE_WEBHOOKS"),
     ("webhook_secret", "CHRONICLE_WEBHOOK_SECRET"),
+    ("public_url", "CHRONICLE_PUBLIC_URL"),
+    ("unsubscribe_secret", "CHRONICLE_UNSUBSCRIBE_SECRET"),
     ("sms_webhook_url", "CHRONICLE_SMS_WEBHOOK_URL"),
     ("push_webhook_url", "CHRONICLE_PUSH_WEBHOOK_URL"),
     ("retry_base_ms", "CHRONICLE_RETRY_BASE_MS"),
@@ -58,6 +63,10 @@ pub fn file_settings(args: &[String]) -> anyhow::Result<Vec<(&'static str, Strin
             toml::Value::String(s) => s,
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // A list (cors_origin): its variable takes the values comma-separated.
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
+                items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(",")
+            }
             other => anyhow::bail!("setting {key:?} in {path} is a {}, not a string, number or boolean", other.type_str()),
         };
         out.push((*var, text));
@@ -148,15 +157,39 @@ pub struct ServerArgs {
     /// tenants across the instance) [default: open, for a scraper on a private network]
     #[arg(long, env = "CHRONICLE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// A web origin (scheme://host[:port]) whose pages may send events from the browser
+    /// (CORS on the Segment routes); repeatable; each tenant can add its own (PUT
+    /// /v1/settings/cors)
+    #[arg(long = "cors-origin", env = "CHRONICLE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key) [default: plain HTTP, for
+    /// a TLS-terminating proxy in front]
+    #[arg(long, env = "CHRONICLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "CHRONICLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
-    pub fn serve_options(&self) -> chronicle_server::ServeOptions {
-        chronicle_server::ServeOptions {
+    pub fn serve_options(&self) -> anyhow::Result<chronicle_server::ServeOptions> {
+        for o in &self.cors_origin {
+            anyhow::ensure!(
+                o.starts_with("http://") || o.starts_with("https://"),
+                "--cors-origin {o:?}: an origin is scheme://host[:port]"
+            );
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(std::sync::Arc::new(chronicle_tls::server_config(cert, key).context("--tls-cert / --tls-key")?)),
+            _ => None,
+        };
+        Ok(chronicle_server::ServeOptions {
             max_connections: self.max_connections.max(1),
             metrics_token: self.metrics_token.clone().filter(|t| !t.trim().is_empty()),
+            tls,
+            cors_origins: self.cors_origin.clone(),
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -178,6 +211,13 @@ pub struct AutomationArgs {
     /// [default: a random one per process]
     #[arg(long, env = "CHRONICLE_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
+    /// Where recipients reach this server (https://crm.example.com): marketing mail then
+    /// carries a one-click unsubscribe link (List-Unsubscribe, RFC 8058) built on it
+    #[arg(long, env = "CHRONICLE_PUBLIC_URL", requires = "unsubscribe_secret")]
+    pub public_url: Option<String>,
+    /// The key unsubscribe links are signed with; give every node the same one
+    #[arg(long, env = "CHRONICLE_UNSUBSCRIBE_SECRET", hide_env_values = true)]
+    pub unsubscribe_secret: Option<String>,
     /// The SMS provider's webhook (JSON POST, signed like every webhook)
     #[arg(long, env = "CHRONICLE_SMS_WEBHOOK_URL")]
     pub sms_webhook_url: Option<String>,
@@ -226,6 +266,10 @@ impl AutomationArgs {
                 sms_webhook_url: self.sms_webhook_url.clone(),
                 push_webhook_url: self.push_webhook_url.clone(),
                 webhook_secret: secret,
+                unsubscribe: match (&self.public_url, &self.unsubscribe_secret) {
+                    (Some(url), Some(secret)) => Some(chronicle_app::automation::unsubscribe::Links::new(url, secret)),
+                    _ => None,
+                },
             },
             retry_base: std::time::Duration::from_millis(self.retry_base_ms.max(1)),
             max_attempts: self.max_attempts.max(1),
@@ -258,13 +302,16 @@ impl Config {
     /// The running system's configuration: storage and listener from here, limits and
     /// automation from their flags.
     pub fn application(&self, server: &ServerArgs, automation: &AutomationArgs) -> anyhow::Result<chronicle_server::application::Config> {
+        if let Some(url) = &automation.public_url {
+            anyhow::ensure!(url.starts_with("https://") || url.starts_with("http://"), "--public-url {url:?}: an http(s) URL");
+        }
         let mut engine = automation.engine_config();
         if let Some(k) = &automation.sendgrid_public_key {
             engine.sendgrid_key =
                 Some(chronicle_app::automation::feedback::parse_public_key(k).context("--sendgrid-public-key")?);
         }
         Ok(chronicle_server::application::Config {
-            serve: server.serve_options(),
+            serve: server.serve_options()?,
             limits: chronicle_server::application::Limits {
                 per_key: server.rate_limit,
                 ingest_per_key: server.ingest_rate_limit,

@@ -524,7 +524,7 @@ pub async fn run(
     drop(app);
     let week_ago = (now - Duration::days(7)).format("%Y-%m-%dT%H:%M:%SZ");
     commands::run(application, &cfg, |addr| {
-        let base = format!("http://{addr}");
+        let base = format!("{}://{addr}", if server.tls_cert.is_some() { "https" } else { "http" });
         println!(
             "\nChronicle demo is ready: {customers} customers, {events} events generated in {secs:.1} s ({:.0} events/s).\n\n  URL:        {base}\n  API key:    {api_key}\n  Write key:  {write_key}\n\nTry:\n  export KEY={api_key}\n  # a customer's profile and timeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/customers/{SHOWCASE}\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}/timeline?limit=5'\n  # may we e-mail them marketing?\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/consent-check?customer={SHOWCASE}&channel=email&purpose=marketing'\n  # the same profile as it was a week ago (the plan changed three days ago)\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}?as_of={week_ago}'\n  # the deal pipeline, the example campaigns at work, and the live event stream\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/pipeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/campaigns\n  curl -N -H \"Authorization: Bearer $KEY\" {base}/v1/events/stream\n\nCtrl-C stops the server.",
             events as f64 / secs

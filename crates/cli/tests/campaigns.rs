@@ -646,3 +646,61 @@ fn a_webhook_verifies_with_the_standard_webhooks_library() {
     let tampered = body.replace("c1", "c2");
     assert!(!verify(&tampered).status.success(), "a changed body does not verify");
 }
+
+/// Issue 19, item 10: marketing mail carries a plain-text part beside the HTML and a signed
+/// one-click unsubscribe link (`List-Unsubscribe`, `List-Unsubscribe-Post`, RFC 8058) on the
+/// public URL. Fetching the link changes nothing; a changed token is refused; the one-click
+/// POST revokes e-mail marketing consent with the message as proof, once however often it is
+/// sent; the next marketing mail is suppressed.
+#[test]
+fn marketing_mail_has_a_text_part_and_a_one_click_unsubscribe_that_revokes_consent_once() {
+    let Some(w) = world(true) else { return };
+    let t = &w.t;
+    let (_server, url) = w.serve(&["--public-url", "https://crm.example.com", "--unsubscribe-secret", "shared-by-every-node"]);
+    let agent = agent();
+    promo(&agent, &url, t, "News");
+    register(&agent, &url, t, "c1", "ada@example.com", "Ada", true);
+    track(&agent, &url, t, "c1", "Promo Clicked", "p-1");
+    let mail = w.smtp().wait_for("ada@example.com", 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1, "the promo was sent");
+    let unfolded = mail[0].replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", " ");
+    assert!(unfolded.contains("multipart/alternative") && unfolded.contains("text/plain") && unfolded.contains("text/html"), "{unfolded}");
+    assert!(unfolded.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{unfolded}");
+    let header = unfolded.lines().find(|l| l.starts_with("List-Unsubscribe: ")).expect("a List-Unsubscribe header");
+    let link = header.trim_start_matches("List-Unsubscribe: ").trim().trim_start_matches('<').trim_end_matches('>').replace(' ', "");
+    let path = link.strip_prefix("https://crm.example.com").expect("built on the public URL").to_owned();
+    let allowed = || get(&agent, &format!("{url}/v1/consent-check?customer=c1&channel=email&purpose=marketing"), &t.api).1["allowed"].clone();
+
+    // Fetching the link (as a scanner does) shows a form and changes nothing.
+    let (status, _) = get(&agent, &format!("{url}{path}"), "");
+    assert_eq!(status, 200);
+    assert_eq!(allowed(), true);
+    let post = |path: &str| {
+        agent
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send("List-Unsubscribe=One-Click")
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let tampered = path.replacen("t=", "t=A", 1);
+    assert_eq!(post(&tampered), 400, "a changed token is refused");
+    assert_eq!(allowed(), true);
+    assert_eq!(post(&path), 200);
+    assert_eq!(post(&path), 200, "a second click is fine");
+    assert_eq!(allowed(), false, "consent revoked");
+    let (_, ledger) = get(&agent, &format!("{url}/v1/customers/c1/consents"), &t.api);
+    let revocations: Vec<&Value> =
+        ledger["history"].as_array().unwrap().iter().filter(|e| e["source"] == "list-unsubscribe").collect();
+    assert_eq!(revocations.len(), 1, "revoked once: {ledger}");
+    assert_eq!(revocations[0]["proof"]["method"], "one-click", "{ledger}");
+    let message = revocations[0]["proof"]["message"].as_str().unwrap();
+    assert!(mail[0].contains(message), "the proof names the message that carried the link");
+
+    track(&agent, &url, t, "c1", "Promo Clicked", "p-2");
+    wait_until("the suppression", Duration::from_secs(20), || {
+        timeline(&agent, &url, t, "c1").iter().any(|(ty, d)| ty == "MessageSuppressed" && d["reason"] == "revoked")
+    });
+    assert_eq!(w.smtp().to("ada@example.com").len(), 1, "no second promo");
+}

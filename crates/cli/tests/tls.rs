@@ -315,3 +315,42 @@ fn nodes_over_postgres_with_sslmode_require_follow_each_other_and_verify_full_ag
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sslmode \"sometimes\""), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 19, item 1 (optional part): `serve --tls-cert --tls-key` serves HTTPS itself; a client
+/// trusting the CA gets answers, plain HTTP to the port gets none.
+#[test]
+fn serve_answers_https_with_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), "serve");
+    let data = dir.path().join("data");
+    let t = tenant(&data);
+    let mut child = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert", pki.cert.to_str().unwrap(), "--tls-key", pki.key.to_str().unwrap()])
+        .env("CHRONICLE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.by_ref().map_while(Result::ok).find(|l| l.contains("listening on")).expect("a listening line");
+    let _server = Server(child);
+    let url = line[line.find("https://").expect("an https URL")..].trim().to_owned();
+    let roots = std::sync::Arc::new({
+        let mut r = rustls::RootCertStore::empty();
+        r.add_parsable_certificates(chronicle_tls::read_pem(&pki.ca).unwrap());
+        r
+    });
+    let tls = chronicle_tls::client_config(chronicle_tls::Verify::Full, roots).unwrap();
+    let client = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let r = client.get(format!("{url}/v1/customers")).bearer_auth(&t.api).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(body["customers"].is_array(), "{body}");
+        let plain = url.replacen("https://", "http://", 1);
+        assert!(client.get(format!("{plain}/health")).send().await.is_err(), "no plain HTTP on the HTTPS port");
+    });
+}

@@ -86,7 +86,7 @@ pub const AUDIT_TYPES: &[&str] = &["AuditRecorded"];
 pub const RETENTION_TYPES: &[&str] = &["RetentionPolicySet", "RetentionPolicyRemoved", "RetentionApplied"];
 pub const SYSTEM_TYPES: &[&str] = &["TenantCreated", "ApiKeyCreated", "ApiKeyRevoked"];
 pub const STORE_TYPES: &[&str] = &[crate::envelope::EXPIRED_TYPE];
-pub const SETTINGS_TYPES: &[&str] = &["SendGridKeySet", "SendGridKeyRemoved"];
+pub const SETTINGS_TYPES: &[&str] = &["SendGridKeySet", "SendGridKeyRemoved", "CorsOriginsSet"];
 
 /// Every owned type, by owner.
 pub const OWNED: &[(Owner, &[&str])] = &[

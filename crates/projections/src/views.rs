@@ -190,6 +190,10 @@ pub struct TenantViews {
     /// must be signed with it.
     #[serde(default)]
     pub sendgrid_key: Option<String>,
+    /// The web origins this tenant's pages send events from (browser tracking, CORS), besides
+    /// the instance's.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// Events applied for this tenant.
     pub events: u64,
 }
@@ -346,8 +350,14 @@ impl Projections {
             && chronicle_core::registry::SETTINGS_TYPES.contains(&ev.event_type.as_str())
         {
             self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
+            let t = self.tenant_mut(&ev.tenant);
+            if ev.event_type == "CorsOriginsSet" {
+                let origins = ev.data.get("origins").and_then(serde_json::Value::as_array);
+                t.cors_origins = origins.into_iter().flatten().filter_map(|o| o.as_str().map(str::to_owned)).collect();
+                return;
+            }
             let key = ev.data.get("public_key").and_then(serde_json::Value::as_str).map(str::to_owned);
-            self.tenant_mut(&ev.tenant).sendgrid_key = if ev.event_type == "SendGridKeySet" { key } else { None };
+            t.sendgrid_key = if ev.event_type == "SendGridKeySet" { key } else { None };
             return;
         }
         if ev.stream == retention::STREAM && retention::EVENT_TYPES.contains(&ev.event_type.as_str()) {

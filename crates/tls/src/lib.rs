@@ -122,6 +122,23 @@ fn root_store(certificates: &[CertificateDer<'static>]) -> RootCertStore {
     roots
 }
 
+/// A server configuration for serving HTTPS from a PEM certificate chain and its private key
+/// (`--tls-cert`, `--tls-key`).
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    use rustls::pki_types::PrivateKeyDer;
+    let chain = read_pem(cert)?;
+    let bytes = std::fs::read(key).map_err(|source| TlsError::Read { path: key.into(), source })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Bad { path: key.into(), why: format!("no private key: {e}") })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Client)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| TlsError::Bad { path: cert.into(), why: e.to_string() })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// How much of the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {

@@ -8,7 +8,8 @@
 
 use chronicle_projections::automation::OutboxEntry;
 use hmac::{Hmac, Mac};
-use lettre::message::header::ContentType;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::MultiPart;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -30,6 +31,8 @@ pub struct DeliveryConfig {
     /// The HMAC key webhooks are signed with: Standard Webhooks' form (`whsec_` and base64 of
     /// the key bytes), or any other text, whose bytes are the key.
     pub webhook_secret: String,
+    /// One-click unsubscribe links on marketing mail (`--public-url`, `--unsubscribe-secret`).
+    pub unsubscribe: Option<super::unsubscribe::Links>,
 }
 
 /// The key bytes of a webhook secret: `whsec_…` decoded from base64, else the text's bytes.
@@ -156,7 +159,7 @@ impl Delivery {
     /// tenant's webhook goes only where `targets` lets it.
     pub async fn deliver(&self, tenant: &str, m: &OutboxEntry, targets: crate::targets::WebhookTargets) -> Result<Option<String>, String> {
         match m.channel.as_str() {
-            "email" => self.email(m).await,
+            "email" => self.email(tenant, m).await,
             "webhook" => {
                 let client = match targets {
                     crate::targets::WebhookTargets::PublicOnly => {
@@ -184,17 +187,25 @@ impl Delivery {
         }
     }
 
-    async fn email(&self, m: &OutboxEntry) -> Result<Option<String>, String> {
+    /// The HTML body with a plain-text part beside it; marketing mail also carries its one-click
+    /// unsubscribe link (RFC 8058) when links are configured.
+    async fn email(&self, tenant: &str, m: &OutboxEntry) -> Result<Option<String>, String> {
         let Some(smtp) = &self.smtp else { return Err("no SMTP server is configured (--smtp-url)".into()) };
         let message_id = format!("<{}@chronicle>", m.message);
-        let mail = lettre::Message::builder()
+        let mut builder = lettre::Message::builder()
             .message_id(Some(message_id.clone()))
             .from(self.config.mail_from.parse().map_err(|e| format!("sender: {e}"))?)
             .to(m.to.parse().map_err(|e| format!("recipient {:?}: {e}", m.to))?)
-            .subject(m.subject.clone().unwrap_or_default())
-            .header(ContentType::TEXT_HTML)
-            .body(m.body.clone())
-            .map_err(|e| e.to_string())?;
+            .subject(m.subject.clone().unwrap_or_default());
+        if let (Some(links), chronicle_core::customer::Purpose::Marketing) = (&self.config.unsubscribe, m.purpose) {
+            let link = links.link(tenant, &m.customer, &m.message);
+            let header = |name: &'static str, value: String| HeaderValue::new(HeaderName::new_from_ascii_str(name), value);
+            builder = builder
+                .raw_header(header("List-Unsubscribe", format!("<{link}>")))
+                .raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".into()));
+        }
+        let text = chronicle_automation::template::plain_text(&m.body);
+        let mail = builder.multipart(MultiPart::alternative_plain_html(text, m.body.clone())).map_err(|e| e.to_string())?;
         smtp.send(&mail).await.map_err(|e| format!("SMTP: {e}"))?;
         Ok(Some(message_id))
     }

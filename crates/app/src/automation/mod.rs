@@ -22,6 +22,7 @@
 mod backoff;
 pub mod definitions;
 pub mod delivery;
+pub mod unsubscribe;
 pub mod feedback;
 pub mod lease;
 pub mod parked;
@@ -195,6 +196,12 @@ impl Engine {
     /// The instance's SendGrid key (a tenant's own, in the views, comes first).
     pub fn sendgrid_key(&self) -> Option<&p256::ecdsa::VerifyingKey> {
         self.config.sendgrid_key.as_ref()
+    }
+
+    /// How marketing mail's one-click unsubscribe links are made and checked, when
+    /// `--public-url` is set.
+    pub fn unsubscribe_links(&self) -> Option<&unsubscribe::Links> {
+        self.config.delivery.unsubscribe.as_ref()
     }
 
     /// Send a dead letter back to the outbox (an operator's retry); the clock picks it up.

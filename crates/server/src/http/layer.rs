@@ -111,6 +111,12 @@ pub(crate) async fn count_requests(
     res
 }
 
+/// The routes a web page's tracking posts to (Segment's, long and short paths): CORS applies.
+pub(crate) const BROWSER_ROUTES: &[&str] = &[
+    "/v1/batch", "/v1/identify", "/v1/track", "/v1/page", "/v1/alias", "/v1/group", "/v1/screen", "/v1/t", "/v1/p", "/v1/i", "/v1/g",
+    "/v1/a", "/v1/s",
+];
+
 /// The routes that take events with a write key, limited per client address and per key.
 const INGEST_ROUTES: &[&str] = &[
     "/v1/batch",

@@ -4,6 +4,7 @@
 
 mod campaigns;
 mod cloudevents;
+mod cors;
 mod customers;
 
 pub use chronicle_app::profile::profile_json;
@@ -19,6 +20,7 @@ mod route;
 mod state;
 pub mod serve;
 mod system;
+mod unsubscribe;
 mod webhooks;
 
 use axum::routing::MethodRouter;
@@ -168,6 +170,25 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             put(webhooks::set_sendgrid_key),
         ),
         (r("delete", "/v1/settings/sendgrid", "Go back to the instance's SendGrid key", 200).admin(), delete(webhooks::remove_sendgrid_key)),
+        (
+            r("get", "/v1/unsubscribe", "The one-click unsubscribe link of marketing mail: a confirmation form (nothing changes)", 200)
+                .open()
+                .query(&["t"]),
+            get(unsubscribe::confirm),
+        ),
+        (
+            r("post", "/v1/unsubscribe", "One-click unsubscribe (RFC 8058): revokes e-mail marketing consent (the signed token is the authority)", 200)
+                .open()
+                .query(&["t"]),
+            post(unsubscribe::unsubscribe),
+        ),
+        (r("get", "/v1/settings/cors", "The web origins this tenant's pages may send events from (browser tracking)", 200).admin(), get(cors::get_origins)),
+        (
+            r("put", "/v1/settings/cors", "Set the web origins this tenant's pages may send events from, besides the instance's (--cors-origin)", 200)
+                .admin()
+                .body(r#"{"origins":["https://shop.example.com"]}"#),
+            put(cors::set_origins),
+        ),
         (r("get", "/v1/retention", "Retention policies (days kept per event type) and the latest compactions", 200), get(system::retention)),
         (
             r("put", "/v1/retention/{event_type}", "Keep events of this type this many days; `chronicle compact` removes older ones", 200)
@@ -190,12 +211,19 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
 /// The API's router, with its state, the server's options (the metrics token) and the signal
 /// that it is stopping.
 pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync::watch::Receiver<bool>) -> Router {
+    let cors = cors::layer(api.app.clone(), &options.cors_origins);
     let options = Options { metrics_token: options.metrics_token.as_deref().map(Arc::from), closing };
     let table = routes();
     let doc = openapi::OpenApi(Arc::new(openapi::document(table.iter().map(|(route, _)| route))));
     let mut router = Router::new();
     for (route, handler) in table {
-        router = router.route(route.path, handler.layer(axum::Extension(RequiredRole(route.role))));
+        let mut handler = handler.layer(axum::Extension(RequiredRole(route.role)));
+        // Browser tracking: the Segment routes answer other origins' pages (and their preflight).
+        // (`OPTIONS` is routed so the preflight reaches the layer, which answers it.)
+        if layer::BROWSER_ROUTES.contains(&route.path) {
+            handler = handler.options(|| async { axum::http::StatusCode::NO_CONTENT }).layer(cors.clone());
+        }
+        router = router.route(route.path, handler);
     }
     router
         .fallback(|| async { ApiError::of(crate::http::codes::Code::NotFound, "no such route") })

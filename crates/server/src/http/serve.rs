@@ -21,11 +21,16 @@ pub struct ServeOptions {
     /// When set, `GET /metrics` answers only `Authorization: Bearer <token>` (it counts
     /// customers and tenants across the instance).
     pub metrics_token: Option<String>,
+    /// Serve HTTPS with this configuration (`--tls-cert`, `--tls-key`); plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Web origins allowed to send events from the browser (`--cors-origin`), besides each
+    /// tenant's own.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { max_connections: 1024, header_timeout: Duration::from_secs(10), metrics_token: None }
+        ServeOptions { max_connections: 1024, header_timeout: Duration::from_secs(10), metrics_token: None, tls: None, cors_origins: Vec::new() }
     }
 }
 
@@ -67,6 +72,29 @@ fn refusal() -> &'static [u8] {
 
 /// Serve `router` on `listener` until `shutdown` resolves; in-flight requests finish first.
 /// `stopping` is set when the shutdown begins (the router's live streams end on it).
+/// One connection's HTTP/1.1, closed gracefully when the server stops.
+async fn serve_connection<I, S>(io: I, service: S, header_timeout: Duration, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 pub async fn serve_router(
     router: axum::Router,
     listener: tokio::net::TcpListener,
@@ -74,7 +102,7 @@ pub async fn serve_router(
     options: ServeOptions,
     stopping: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioIo;
     let max = effective_max_connections(options.max_connections);
     if max < options.max_connections {
         tracing::warn!(wanted = options.max_connections, max, "the open-files limit lowers the connection cap");
@@ -122,20 +150,20 @@ pub async fn serve_router(
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             hyper::service::Service::call(&inner, req)
         });
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let header_timeout = options.header_timeout;
+        let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            match tls {
+                None => serve_connection(TokioIo::new(stream), service, header_timeout, stop).await,
+                // The handshake has the headers' time limit: a client that stalls in it holds a
+                // connection no longer than one that stalls in its headers.
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), service, header_timeout, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
     }

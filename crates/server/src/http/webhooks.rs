@@ -87,7 +87,7 @@ pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Pr
     Ok(Json(json!({"public_key": null})))
 }
 
-async fn record_setting(app: &App, p: &super::auth::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
+pub(super) async fn record_setting(app: &App, p: &super::auth::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
     let ev = chronicle_core::envelope::NewEvent::new(uuid::Uuid::now_v7(), event_type, data, app.now()).with_actor(&p.actor);
     app.append(&p.tenant, chronicle_core::registry::SETTINGS_STREAM, chronicle_core::envelope::ExpectedVersion::Any, vec![ev])
         .await
