@@ -23,6 +23,7 @@ pub mod retention;
 pub mod sealing;
 pub mod storage;
 pub mod targets;
+pub mod telemetry;
 
 pub use app::App;
 pub use error::AppError;

@@ -704,3 +704,60 @@ fn marketing_mail_has_a_text_part_and_a_one_click_unsubscribe_that_revokes_conse
     });
     assert_eq!(w.smtp().to("ada@example.com").len(), 1, "no second promo");
 }
+
+/// Issue 19, item 8: `/metrics` is OpenMetrics text (`charset=utf-8`) that the Prometheus
+/// project's own parser (`prometheus_client` from PyPI) reads whole, with requests labelled by
+/// route, method and status, latency histograms of requests and appends, and messages by
+/// channel, outcome and reason.
+#[test]
+fn metrics_parse_with_the_prometheus_parser_and_carry_labels_and_histograms() {
+    let Some(clients) = segment_clients() else { return };
+    let Some(w) = world(true) else { return };
+    let t = &w.t;
+    let (_server, url) = w.serve(&[]);
+    let agent = agent();
+    promo(&agent, &url, t, "News");
+    register(&agent, &url, t, "nope", "nope@example.com", "Ned", false);
+    track(&agent, &url, t, "nope", "Promo Clicked", "n-1");
+    wait_until("the suppression", Duration::from_secs(20), || has(&timeline(&agent, &url, t, "nope"), "MessageSuppressed"));
+    assert_eq!(get(&agent, &format!("{url}/v1/customers/missing"), &t.api).0, 404);
+    let mut r = agent.get(format!("{url}/metrics")).call().unwrap();
+    let kind = r.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(kind, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    let text = r.body_mut().read_to_string().unwrap();
+    let script = "import json,sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+                  out=[]\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    \
+                  out.append({'name': f.name, 'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]})\n\
+                  print(json.dumps(out))";
+    let mut child = std::process::Command::new(clients.join("venv/bin/python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parser refuses it: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    let families: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let family = |name: &str| families.iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("no family {name}: {text}")).clone();
+    let sample = |f: &Value, name: &str, labels: Value| {
+        f["samples"].as_array().unwrap().iter().find(|s| s[0] == name && labels.as_object().unwrap().iter().all(|(k, v)| s[1][k] == *v)).cloned()
+    };
+    let requests = family("chronicle_http_requests_by_route");
+    assert_eq!(requests["type"], "counter");
+    let found = sample(&requests, "chronicle_http_requests_by_route_total", json!({"route": "/v1/customers/{id}", "method": "GET", "status": "404"}));
+    assert_eq!(found.and_then(|s| s[2].as_f64()), Some(1.0), "{requests}");
+    let latency = family("chronicle_http_request_duration_seconds");
+    assert_eq!(latency["type"], "histogram");
+    assert!(sample(&latency, "chronicle_http_request_duration_seconds_bucket", json!({"route": "/v1/customers", "le": "+Inf"})).is_some(), "{latency}");
+    let appends = family("chronicle_append_duration_seconds");
+    assert_eq!(appends["type"], "histogram");
+    assert!(sample(&appends, "chronicle_append_duration_seconds_count", json!({})).is_some_and(|s| s[2].as_f64().unwrap() >= 3.0), "{appends}");
+    let messages = family("chronicle_messages");
+    let suppressed = sample(&messages, "chronicle_messages_total", json!({"channel": "email", "outcome": "suppressed", "reason": "no_consent"}));
+    assert_eq!(suppressed.and_then(|s| s[2].as_f64()), Some(1.0), "{messages}");
+    for (name, kind) in [("chronicle_outbox_depth", "gauge"), ("chronicle_dead_letters", "gauge"), ("chronicle_projection_lag_events", "gauge"), ("chronicle_http_requests", "counter")] {
+        assert_eq!(family(name)["type"], kind, "{name}");
+    }
+}

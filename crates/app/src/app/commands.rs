@@ -174,8 +174,10 @@ impl App {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, AppError> {
         let n = events.len() as u64;
+        let started = std::time::Instant::now();
         match self.store.append(tenant, stream, expected, events).await {
             Ok(r) => {
+                self.metrics.labelled.append(started.elapsed());
                 self.metrics.appends.fetch_add(1, Ordering::Relaxed);
                 self.metrics.events_appended.fetch_add(n, Ordering::Relaxed);
                 Ok(r)

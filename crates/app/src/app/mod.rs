@@ -63,6 +63,8 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
+    /// The labelled families and histograms (see [`crate::telemetry`]).
+    pub labelled: crate::telemetry::Telemetry,
     pub http_requests: AtomicU64,
     pub http_errors: AtomicU64,
     pub appends: AtomicU64,

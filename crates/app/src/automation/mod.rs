@@ -663,6 +663,12 @@ impl Engine {
         }
         let attempt = m.attempts + 1;
         let outcome = self.delivery.deliver(tenant, &m, self.app.webhook_targets()).await;
+        let counted = match &outcome {
+            Ok(_) => ("sent", ""),
+            Err(e) if attempt >= self.config.max_attempts => ("dead_lettered", e.as_str()),
+            Err(e) => ("failed", e.as_str()),
+        };
+        self.app.metrics.labelled.message(&m.channel, counted.0, counted.1);
         let round = m.round.to_string();
         let event = match outcome {
             Ok(provider_id) => {
@@ -708,6 +714,13 @@ impl Engine {
 /// Append what automation did on the customer's stream.
 async fn write(app: &App, tenant: &str, customer: &str, events: Vec<(uuid::Uuid, A)>) -> Result<(), AppError> {
     let now = app.now();
+    let suppressed: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            A::MessageSuppressed { channel, reason, .. } => Some((channel.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
     let batch = events
         .into_iter()
         .map(|(id, e)| {
@@ -717,7 +730,12 @@ async fn write(app: &App, tenant: &str, customer: &str, events: Vec<(uuid::Uuid,
         })
         .collect();
     match app.append(tenant, &customer::stream_of(customer), ExpectedVersion::Any, batch).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            for (channel, reason) in suppressed {
+                app.metrics.labelled.message(&channel, "suppressed", &reason);
+            }
+            Ok(())
+        }
         // Ids derive from causes: a stored id means this was already done.
         Err(AppError::IdReused(_)) => Ok(()),
         Err(e) => Err(e),

@@ -36,6 +36,7 @@ pub(crate) async fn count_requests(
         if let Err(wait) = app.ingest_rate_check(None, address) {
             app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
             app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+            app.metrics.labelled.request(&route, method.as_str(), 429, started.elapsed());
             return rate_limited(wait, "too many ingest requests from this address").into_response();
         }
     }
@@ -96,6 +97,7 @@ pub(crate) async fn count_requests(
         }
     }
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    app.metrics.labelled.request(&route, method.as_str(), res.status().as_u16(), started.elapsed());
     if res.status().is_server_error() || res.status().is_client_error() {
         app.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -118,7 +120,7 @@ pub(crate) const BROWSER_ROUTES: &[&str] = &[
 ];
 
 /// The routes that take events with a write key, limited per client address and per key.
-const INGEST_ROUTES: &[&str] = &[
+pub(crate) const INGEST_ROUTES: &[&str] = &[
     "/v1/batch",
     "/v1/identify",
     "/v1/track",

@@ -42,8 +42,12 @@ pub async fn metrics(
     };
     let m = &app.metrics;
     let mut out = String::new();
+    // OpenMetrics text (what prometheus-client writes for the labelled families): a counter's
+    // family is named without `_total`, its sample with it.
+    m.labelled.encode(&mut out);
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let family = if kind == "counter" { name.strip_suffix("_total").unwrap_or(name) } else { name };
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}\n{name} {value}");
     };
     metric(
         "chronicle_http_requests_total",
@@ -106,7 +110,7 @@ pub async fn metrics(
         m.reactions_parked.load(Ordering::Relaxed),
     );
     metric(
-        "chronicle_automation_reactions_parked",
+        "chronicle_automation_parked_reactions",
         "gauge",
         "Campaign reactions parked now, waiting for a retry.",
         engine.parked().len() as u64,
@@ -140,7 +144,8 @@ pub async fn metrics(
         out,
         "# HELP chronicle_outbox_lag_seconds How late the most overdue outbox message is.\n# TYPE chronicle_outbox_lag_seconds gauge\nchronicle_outbox_lag_seconds {outbox_lag:.3}"
     );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+    out.push_str("# EOF\n");
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out))
 }
 
 
