@@ -566,6 +566,31 @@ fn health_metrics_and_openapi() {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     assert!(doc["paths"]["/v1/customers/{id}"].get("patch").is_some());
+    // Issue 19, item 7: every operation has a unique operationId and a tag; the write key is a
+    // Basic scheme beside the bearer key; media types say what the metrics and the live stream
+    // are; query parameters are typed; the error answers are declared.
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+            assert!(op["tags"][0].is_string(), "{method} {path} has no tag");
+            for status in ["400", "404", "503"] {
+                assert!(op["responses"].get(status).is_some(), "{method} {path} does not declare {status}");
+            }
+        }
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["writeKey"]["scheme"], "basic");
+    assert_eq!(doc["paths"]["/v1/t"]["post"]["security"], json!([{"writeKey": []}, {}]));
+    assert_eq!(doc["paths"]["/v1/t"]["post"]["tags"], json!(["ingest"]));
+    for status in ["401", "403", "413", "415", "429"] {
+        assert!(doc["paths"]["/v1/customers"]["post"]["responses"].get(status).is_some(), "POST /v1/customers lacks {status}");
+    }
+    assert!(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"].get("application/openmetrics-text").is_some());
+    assert!(doc["paths"]["/v1/events/stream"]["get"]["responses"]["200"]["content"].get("text/event-stream").is_some());
+    let limit = doc["paths"]["/v1/customers"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "limit").cloned().unwrap();
+    assert_eq!(limit["schema"]["type"], "integer");
+    assert_eq!(doc["paths"]["/v1/customers/{id}/timeline"]["get"]["operationId"], "get_customers_by_id_timeline");
     assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
 }
 
@@ -1644,4 +1669,15 @@ fn a_tenant_with_its_own_sendgrid_key_refuses_batches_signed_with_another() {
     assert_eq!(post(&ours), 200);
     assert_eq!(app.call("DELETE", "/v1/settings/sendgrid", Some(&app.key), None).status, 200);
     assert_eq!(post(&ours), 401, "back to the instance's key, which this server has none of");
+}
+
+/// Issue 19, item 6 (found by schemathesis): a path segment the route cannot read (not a
+/// number where one is expected) was axum's plain-text 400; every error is the JSON shape.
+#[test]
+fn an_unreadable_path_segment_is_a_json_400() {
+    let app = spawn_app();
+    let r = app.call("POST", "/v1/automation/parked/%C2%93%C2%BC/retry", Some(&app.key), Some("{}"));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "bad_request", "{}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("Cannot parse"), "{}", r.body);
 }

@@ -72,6 +72,26 @@ impl Code {
     pub fn status(self) -> StatusCode {
         self.row().2
     }
+
+    /// The code of a bare status (an answer made below the handlers, such as a path
+    /// extractor's rejection, is given the JSON shape with it).
+    pub fn for_status(status: StatusCode) -> Code {
+        match status {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+            StatusCode::UNAUTHORIZED => Code::Unauthorized,
+            StatusCode::FORBIDDEN => Code::Forbidden,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+            StatusCode::CONFLICT => Code::Conflict,
+            StatusCode::UNPROCESSABLE_ENTITY => Code::Rule,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::TooLarge,
+            StatusCode::REQUEST_TIMEOUT => Code::BodyTimeout,
+            StatusCode::TOO_MANY_REQUESTS => Code::RateLimited,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Timeout,
+            s if s.is_server_error() => Code::Internal,
+            _ => Code::BadRequest,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ pub(crate) async fn count_requests(
             app.audit.note(&tenant, entry);
         }
     }
+    let res = json_error_shape(res).await;
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     app.metrics.labelled.request(&route, method.as_str(), res.status().as_u16(), started.elapsed());
     if res.status().is_server_error() || res.status().is_client_error() {
@@ -111,6 +112,35 @@ pub(crate) async fn count_requests(
     // Bodies, paths and keys are never logged.
     tracing::debug!(%method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     res
+}
+
+/// One error shape everywhere: an error answered below the handlers in another form (axum's
+/// plain-text rejection of a path segment that is not a number, say) is given the JSON shape,
+/// with the code of its status and its text as the message.
+async fn json_error_shape(res: axum::response::Response) -> axum::response::Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
+    let code = crate::http::codes::Code::for_status(status);
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut json = ApiError::of(code, message).into_response();
+    // The status stays what it was (a code's class may differ), and so do headers such as
+    // `Allow` or `Retry-After`.
+    *json.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 /// The routes a web page's tracking posts to (Segment's, long and short paths): CORS applies.

@@ -15,9 +15,62 @@ pub(crate) async fn serve(axum::Extension(doc): axum::Extension<OpenApi>) -> Jso
     Json((*doc.0).clone())
 }
 
+/// A query parameter's schema, by its name (the same name means the same thing on every route).
+fn query_schema(name: &str) -> Value {
+    match name {
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        "as_of" => json!({"type": "string", "format": "date-time"}),
+        "channel" => json!({"type": "string", "enum": ["email", "sms", "push", "in_app", "phone"]}),
+        "purpose" => json!({"type": "string", "enum": ["marketing", "transactional", "analytics", "profiling"]}),
+        "sort" => json!({"type": "string", "enum": ["created", "name", "activity"]}),
+        "status" => json!({"type": "string"}),
+        _ => json!({"type": "string"}),
+    }
+}
+
+/// The operation's id: its method and path, e.g. `get_customers_by_id_timeline`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_owned();
+    for seg in path.split('/').filter(|s| !s.is_empty() && *s != "v1") {
+        id.push('_');
+        match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(param) => {
+                id.push_str("by_");
+                id.push_str(param);
+            }
+            None => id.extend(seg.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })),
+        }
+    }
+    id
+}
+
+/// The group an operation is listed under: ingest for the write-key routes, else the first
+/// segment after `/v1` (`customers`, `deals`, …), `system` outside `/v1`.
+fn tag(path: &str) -> String {
+    if super::layer::INGEST_ROUTES.contains(&path) {
+        return "ingest".into();
+    }
+    match path.strip_prefix("/v1/") {
+        Some(rest) => rest.split('/').next().unwrap_or("v1").to_owned(),
+        None => "system".into(),
+    }
+}
+
+/// What a success answers with: JSON, except the metrics, the live stream and the
+/// unsubscribe pages.
+fn success_content(path: &str) -> Value {
+    match path {
+        "/metrics" => json!({"application/openmetrics-text": {"schema": {"type": "string"}}}),
+        "/v1/events/stream" => json!({"text/event-stream": {"schema": {"type": "string"}}}),
+        "/v1/unsubscribe" => json!({"text/html": {"schema": {"type": "string"}}}),
+        _ => json!({"application/json": {"schema": {"type": "object"}}}),
+    }
+}
+
 /// OpenAPI 3.1, generated from the route table.
 pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
     let mut paths: Map<String, Value> = Map::new();
+    let error = json!({"$ref": "#/components/responses/Error"});
     for route in routes {
         let mut params: Vec<Value> = Vec::new();
         for seg in route.path.split('/').filter(|s| s.starts_with('{')) {
@@ -25,29 +78,53 @@ pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
             params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
         }
         for q in route.query {
-            params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}));
+            let required = route.path == "/v1/unsubscribe" || route.path == "/v1/consent-check";
+            params.push(json!({"name": q, "in": "query", "required": required, "schema": query_schema(q)}));
+        }
+        let ingest = super::layer::INGEST_ROUTES.contains(&route.path);
+        let mut responses = Map::new();
+        responses.insert(route.ok.to_string(), json!({"description": "success", "content": success_content(route.path)}));
+        // What any route can answer: a bad request, no such thing, the connection cap.
+        for status in ["400", "404", "503"] {
+            responses.insert(status.into(), error.clone());
+        }
+        if route.auth || ingest {
+            // The key is missing or wrong; its budget is spent.
+            for status in ["401", "429"] {
+                responses.insert(status.into(), error.clone());
+            }
+        }
+        if route.auth {
+            responses.insert("403".into(), error.clone());
+        }
+        if route.method != "get" && route.method != "delete" {
+            // The body: too slow, too large, not JSON.
+            for status in ["408", "413", "415"] {
+                responses.insert(status.into(), error.clone());
+            }
+        }
+        if route.method != "get" {
+            for status in ["409", "422"] {
+                responses.insert(status.into(), error.clone());
+            }
         }
         let mut op = json!({
+            "operationId": operation_id(route.method, route.path),
+            "tags": [tag(route.path)],
             "summary": route.summary,
             "parameters": params,
-            "responses": {
-                route.ok.to_string(): {"description": "success", "content": {"application/json": {}}},
-                "400": {"$ref": "#/components/responses/Error"},
-                "404": {"$ref": "#/components/responses/Error"},
-            },
+            "responses": responses,
         });
         if route.auth {
             op["security"] = json!([{"apiKey": []}]);
             op["x-required-role"] = json!(route.role);
-            op["responses"]["401"] = json!({"$ref": "#/components/responses/Error"});
+        } else if ingest {
+            // The write key as Basic auth's user, or in the body (`writeKey`) as Segment allows.
+            op["security"] = json!([{"writeKey": []}, {}]);
         }
         if let Some(example) = route.body {
             let example: Value = serde_json::from_str(example).expect("route examples are valid JSON");
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"example": example}}});
-        }
-        if route.method != "get" {
-            op["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
-            op["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": ["object", "array"]}, "example": example}}});
         }
         paths.entry(route.path).or_insert_with(|| json!({}))[route.method] = op;
     }
@@ -56,7 +133,10 @@ pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
         "info": {"title": "Chronicle", "version": env!("CARGO_PKG_VERSION"), "description": "Event-sourced CRM engine"},
         "paths": paths,
         "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key of the tenant"},
+                "writeKey": {"type": "http", "scheme": "basic", "description": "The tenant's write key as the user name, no password (Segment's convention)"}
+            },
             "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {
                 "type": "object",
                 "required": ["error"],
