@@ -52,7 +52,7 @@ pub fn id_of_stream(stream: &str) -> Option<&str> {
     stream.strip_prefix("customer-")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,
@@ -62,7 +62,7 @@ pub enum Channel {
     Phone,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
     Marketing,
@@ -95,7 +95,7 @@ impl Purpose {
 }
 
 /// Lifecycle stages, in the only order a customer may move through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LifecycleStage {
     Subscriber,
@@ -119,7 +119,7 @@ impl LifecycleStage {
     ];
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomerStatus {
     #[default]
@@ -142,7 +142,7 @@ pub struct ConsentRecord {
 }
 
 /// A consent decision as a command asks for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConsentInput {
     pub channel: Channel,
     pub purpose: Purpose,
@@ -156,7 +156,7 @@ pub struct ConsentInput {
 }
 
 /// The current consent for one channel and purpose.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConsentState {
     pub channel: Channel,
     pub purpose: Purpose,
@@ -168,21 +168,21 @@ pub struct ConsentState {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QuietHours {
     /// "HH:MM" local time.
     pub start: String,
     pub end: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FrequencyCap {
     pub max: u32,
     /// A duration such as "1d" or "12h".
     pub per: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Preferences {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_channels: Option<Vec<Channel>>,
@@ -201,7 +201,7 @@ pub struct Change {
     pub new: Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Note {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -76,7 +76,7 @@ pub enum KeyKind {
 
 /// What a key may do. `Reader` < `Writer` < `Admin` for the management API; `Ingest` keys only
 /// send events (Segment, CloudEvents).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Ingest,

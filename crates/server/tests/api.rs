@@ -591,6 +591,14 @@ fn health_metrics_and_openapi() {
     let limit = doc["paths"]["/v1/customers"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "limit").cloned().unwrap();
     assert_eq!(limit["schema"]["type"], "integer");
     assert_eq!(doc["paths"]["/v1/customers/{id}/timeline"]["get"]["operationId"], "get_customers_by_id_timeline");
+    // Bodies and answers are described by the handlers' own types (schemars).
+    assert_eq!(doc["paths"]["/v1/customers"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/CreateCustomer");
+    assert_eq!(doc["paths"]["/v1/customers/{id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Profile");
+    let required: Vec<&str> = doc["components"]["schemas"]["Profile"]["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for field in ["id", "traits", "tags", "status", "consents", "version"] {
+        assert!(required.contains(&field), "Profile requires {field}: {required:?}");
+    }
+    assert_eq!(doc["components"]["schemas"]["ConsentInput"]["properties"]["channel"]["$ref"], "#/components/schemas/Channel");
     assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
 }
 

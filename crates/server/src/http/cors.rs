@@ -38,7 +38,7 @@ pub fn check_origin(origin: &str) -> Result<(), String> {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Origins {
     origins: Vec<String>,

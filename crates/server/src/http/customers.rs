@@ -38,7 +38,7 @@ pub const CREATE_EXAMPLE: &str = r#"{"id":"c-42","email":"ada@example.com","trai
 type Res<T> = Result<T, ApiError>;
 
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCustomer {
     id: Option<String>,
@@ -80,8 +80,17 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+/// One page of the contact list.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct CustomerPage {
+    customers: Vec<chronicle_app::profile::Profile>,
+    /// The cursor of the next page (`?after=`), when there is one.
+    next: Option<String>,
+    has_more: bool,
+}
+
 /// `GET /v1/customers`: one page of the contact list, `{"customers", "next", "has_more"}`.
-pub async fn list(State(app): State<Arc<App>>, p: Principal, Params(l): Params<ListQuery>) -> Res<Json<Value>> {
+pub async fn list(State(app): State<Arc<App>>, p: Principal, Params(l): Params<ListQuery>) -> Res<Json<CustomerPage>> {
     use chronicle_projections::contacts::ContactQuery;
     let sort = l.sort.as_deref().map(str::parse).transpose().map_err(|e: String| ApiError::of(super::codes::Code::BadRequest, e))?;
     let query = ContactQuery {
@@ -96,11 +105,7 @@ pub async fn list(State(app): State<Arc<App>>, p: Principal, Params(l): Params<L
         limit: clamp_limit(l.limit),
     };
     let (customers, next) = app.contacts(&p.tenant, &query)?;
-    Ok(Json(json!({
-        "customers": customers.iter().map(profile_json).collect::<Vec<_>>(),
-        "has_more": next.is_some(),
-        "next": next,
-    })))
+    Ok(Json(CustomerPage { customers: customers.iter().map(chronicle_app::profile::Profile::from).collect(), has_more: next.is_some(), next }))
 }
 
 pub async fn get_one(
@@ -116,7 +121,7 @@ pub async fn get_one(
     Ok(Json(profile_json(&c)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchCustomer {
     email: Option<String>,
@@ -161,7 +166,7 @@ pub async fn erase(State(app): State<Arc<App>>, p: Principal, CustomerId(id): Cu
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MergeBody {
     /// The duplicate to merge into the customer in the path (the survivor).
@@ -230,15 +235,23 @@ pub async fn consent_check(
     State(app): State<Arc<App>>,
     p: Principal,
     Params(q): Params<CheckQuery>,
-) -> Res<Json<Value>> {
+) -> Res<Json<ConsentCheck>> {
     let d = app.consent_check(&p.tenant, &app.pseudonyms.id(&q.customer), q.channel, q.purpose);
     if d.reason == "unknown_customer" {
         return Err(AppError::NotFound("customer").into());
     }
-    Ok(Json(json!({"allowed": d.allowed, "reason": d.reason})))
+    Ok(Json(ConsentCheck { allowed: d.allowed, reason: d.reason.to_owned() }))
 }
 
-#[derive(Deserialize, Default)]
+/// The answer of a consent check.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ConsentCheck {
+    allowed: bool,
+    /// Why: `granted`, or the refusal's code (`no_consent`, `revoked`, …).
+    reason: String,
+}
+
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
     reason: Option<String>,
@@ -258,7 +271,7 @@ pub async fn reactivate(State(app): State<Arc<App>>, p: Principal, CustomerId(id
     command(&app, &p, &id, CustomerCommand::Reactivate).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagBody {
     tag: String,
@@ -281,7 +294,7 @@ pub async fn untag(
     command(&app, &p, &app.pseudonyms.id(&id), CustomerCommand::Untag { tag }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteBody {
     text: String,
@@ -297,7 +310,7 @@ pub async fn note(
     command(&app, &p, &id, CustomerCommand::AddNote { text: b.text, author }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerBody {
     owner: String,
@@ -312,7 +325,7 @@ pub async fn owner(
     command(&app, &p, &id, CustomerCommand::AssignOwner { owner: b.owner }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageBody {
     stage: LifecycleStage,

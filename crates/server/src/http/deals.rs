@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 type Res<T> = Result<T, ApiError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDeal {
     id: Option<String>,
@@ -102,7 +102,7 @@ pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<S
     Ok(Json(json!(app.deal(&p.tenant, &id)?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchDeal {
     stage: Option<String>,
@@ -124,7 +124,7 @@ pub async fn won(State(app): State<Arc<App>>, p: Principal, Path(id): Path<Strin
     Ok(Json(json!(app.deal_command(&p.tenant, &id, DealCommand::Win, &p.actor).await?)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LostBody {
     reason: Option<String>,

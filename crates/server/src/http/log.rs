@@ -94,16 +94,19 @@ pub async fn read_stream(
     Ok(Json(json!({"events": page.events, "next": page.next})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
+    /// `"any"`, `"no_stream"`, `"stream_exists"` or the stream's version.
+    #[schemars(with = "Value")]
     expected_version: ExpectedVersion,
     events: Vec<IncomingEvent>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncomingEvent {
+    #[schemars(with = "Option<String>")]
     id: Option<uuid::Uuid>,
     r#type: String,
     data: Value,
@@ -111,7 +114,9 @@ pub struct IncomingEvent {
     event_time: Option<DateTime<Utc>>,
     schema_version: Option<u32>,
     source: Option<String>,
+    #[schemars(with = "Option<String>")]
     causation_id: Option<uuid::Uuid>,
+    #[schemars(with = "Option<String>")]
     correlation_id: Option<uuid::Uuid>,
 }
 

@@ -43,16 +43,17 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (r("get", "/metrics", "Prometheus metrics", 200).open(), get(system::metrics)),
         (r("get", "/openapi.json", "This document", 200).open(), get(openapi::serve)),
         (
-            r("post", "/v1/customers", "Register a customer with its consents (one atomic append)", 201).body(customers::CREATE_EXAMPLE),
+            r("post", "/v1/customers", "Register a customer with its consents (one atomic append)", 201).body(customers::CREATE_EXAMPLE).takes::<customers::CreateCustomer>().gives::<chronicle_app::profile::Profile>(),
             post(customers::create),
         ),
         (
             r("get", "/v1/customers", "The contact list: search (q: a prefix of e-mail, first or last name), filters, an order and a cursor", 200)
-                .query(&["q", "email", "tag", "stage", "owner", "status", "sort", "after", "limit"]),
+                .query(&["q", "email", "tag", "stage", "owner", "status", "sort", "after", "limit"])
+                .gives::<customers::CustomerPage>(),
             get(customers::list),
         ),
-        (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]), get(customers::get_one)),
-        (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#), patch(customers::patch)),
+        (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]).gives::<chronicle_app::profile::Profile>(), get(customers::get_one)),
+        (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#).takes::<customers::PatchCustomer>().gives::<chronicle_app::profile::Profile>(), patch(customers::patch)),
         (r("delete", "/v1/customers/{id}", "Erase the customer", 200).admin(), delete(customers::erase)),
         (
             r("get", "/v1/customers/{id}/export", "Everything held about the person: profile, events, consents with proofs, messages, enrolments", 200).admin(),
@@ -65,37 +66,42 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (r("get", "/v1/customers/{id}/consents", "Current consents and their full history", 200), get(customers::consents)),
         (
             r("post", "/v1/customers/{id}/consents", "Grant or revoke a consent", 201)
-                .body(r#"{"channel":"email","purpose":"marketing","granted":true,"source":"signup-form","proof":{"ip":"192.0.2.1"}}"#),
+                .body(r#"{"channel":"email","purpose":"marketing","granted":true,"source":"signup-form","proof":{"ip":"192.0.2.1"}}"#)
+                .takes::<chronicle_core::customer::ConsentInput>(),
             post(customers::set_consent),
         ),
         (
-            r("get", "/v1/consent-check", "May this customer be contacted on this channel for this purpose?", 200).query(&["customer", "channel", "purpose"]),
+            r("get", "/v1/consent-check", "May this customer be contacted on this channel for this purpose?", 200).query(&["customer", "channel", "purpose"]).gives::<customers::ConsentCheck>(),
             get(customers::consent_check),
         ),
         (
             r("post", "/v1/customers/{id}/merge", "Merge a duplicate customer into this one (this one survives)", 200)
-                .body(r#"{"from":"c-43"}"#),
+                .body(r#"{"from":"c-43"}"#).takes::<customers::MergeBody>(),
             post(customers::merge),
         ),
         (r("post", "/v1/customers/{id}/deactivate", "Deactivate (history kept)", 200).body(r#"{"reason":"left"}"#), post(customers::deactivate)),
         (r("post", "/v1/customers/{id}/reactivate", "Reactivate", 200), post(customers::reactivate)),
-        (r("post", "/v1/customers/{id}/tags", "Tag", 200).body(r#"{"tag":"vip"}"#), post(customers::tag)),
+        (r("post", "/v1/customers/{id}/tags", "Tag", 200).body(r#"{"tag":"vip"}"#).takes::<customers::TagBody>().gives::<chronicle_app::profile::Profile>(), post(customers::tag)),
         (r("delete", "/v1/customers/{id}/tags/{tag}", "Untag", 200), delete(customers::untag)),
-        (r("post", "/v1/customers/{id}/notes", "Add a note", 200).body(r#"{"text":"Called; wants a demo"}"#), post(customers::note)),
-        (r("put", "/v1/customers/{id}/owner", "Assign an owner", 200).body(r#"{"owner":"sam"}"#), put(customers::owner)),
-        (r("put", "/v1/customers/{id}/lifecycle-stage", "Move the lifecycle stage forward", 200).body(r#"{"stage":"mql"}"#), put(customers::stage)),
+        (r("post", "/v1/customers/{id}/notes", "Add a note", 200).body(r#"{"text":"Called; wants a demo"}"#).takes::<customers::NoteBody>().gives::<chronicle_app::profile::Profile>(), post(customers::note)),
+        (r("put", "/v1/customers/{id}/owner", "Assign an owner", 200).body(r#"{"owner":"sam"}"#).takes::<customers::OwnerBody>().gives::<chronicle_app::profile::Profile>(), put(customers::owner)),
+        (r("put", "/v1/customers/{id}/lifecycle-stage", "Move the lifecycle stage forward", 200).body(r#"{"stage":"mql"}"#).takes::<customers::StageBody>().gives::<chronicle_app::profile::Profile>(), put(customers::stage)),
         (
             r("put", "/v1/customers/{id}/preferences", "Channels, quiet hours, time zone, frequency cap", 200)
-                .body(r#"{"preferred_channels":["email"],"quiet_hours":{"start":"22:00","end":"07:00"},"time_zone":"Europe/Lisbon"}"#),
+                .body(r#"{"preferred_channels":["email"],"quiet_hours":{"start":"22:00","end":"07:00"},"time_zone":"Europe/Lisbon"}"#)
+                .takes::<chronicle_core::customer::Preferences>()
+                .gives::<chronicle_app::profile::Profile>(),
             put(customers::preferences),
         ),
         (
-            r("post", "/v1/deals", "Create a deal", 201).body(r#"{"name":"Acme renewal","customer_id":"c1","amount":120000,"currency":"EUR"}"#),
+            r("post", "/v1/deals", "Create a deal", 201)
+                .body(r#"{"name":"Acme renewal","customer_id":"c1","amount":120000,"currency":"EUR"}"#)
+                .takes::<deals::CreateDeal>(),
             post(deals::create),
         ),
         (r("get", "/v1/deals", "Deals, by id, filtered by stage, owner, status and customer", 200).query(&["stage", "owner", "status", "customer", "after", "limit"]), get(deals::list)),
         (r("get", "/v1/deals/{id}", "A deal", 200), get(deals::get_one)),
-        (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#), patch(deals::patch)),
+        (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#).takes::<deals::PatchDeal>(), patch(deals::patch)),
         (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200), post(deals::won)),
         (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#), post(deals::lost)),
         (r("get", "/v1/pipeline", "The deal pipeline by stage", 200), get(deals::pipeline)),
@@ -157,7 +163,8 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (
             r("post", "/v1/api-keys", "Make a key with a role (admin, writer, reader, ingest); the key is shown once", 201)
                 .admin()
-                .body(r#"{"role":"reader","name":"dashboard"}"#),
+                .body(r#"{"role":"reader","name":"dashboard"}"#)
+                .takes::<system::NewKey>(),
             post(system::create_key),
         ),
         (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin(), get(system::list_keys)),
@@ -166,7 +173,8 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (
             r("put", "/v1/settings/sendgrid", "Verify this tenant's SendGrid feedback with its own key (instead of the instance's)", 200)
                 .admin()
-                .body(r#"{"public_key":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."}"#),
+                .body(r#"{"public_key":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."}"#)
+                .takes::<webhooks::SendGridKey>(),
             put(webhooks::set_sendgrid_key),
         ),
         (r("delete", "/v1/settings/sendgrid", "Go back to the instance's SendGrid key", 200).admin(), delete(webhooks::remove_sendgrid_key)),
@@ -186,14 +194,16 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (
             r("put", "/v1/settings/cors", "Set the web origins this tenant's pages may send events from, besides the instance's (--cors-origin)", 200)
                 .admin()
-                .body(r#"{"origins":["https://shop.example.com"]}"#),
+                .body(r#"{"origins":["https://shop.example.com"]}"#)
+                .takes::<cors::Origins>(),
             put(cors::set_origins),
         ),
         (r("get", "/v1/retention", "Retention policies (days kept per event type) and the latest compactions", 200), get(system::retention)),
         (
             r("put", "/v1/retention/{event_type}", "Keep events of this type this many days; `chronicle compact` removes older ones", 200)
                 .admin()
-                .body(r#"{"keep_days":365}"#),
+                .body(r#"{"keep_days":365}"#)
+                .takes::<system::KeepFor>(),
             put(system::set_retention),
         ),
         (r("delete", "/v1/retention/{event_type}", "Keep events of this type forever again", 200).admin(), delete(system::remove_retention)),
@@ -202,7 +212,8 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),
         (
             r("post", "/v1/streams/{stream}", "Append to a stream with an expected version", 200)
-                .body(r#"{"expected_version":"no_stream","events":[{"type":"TicketOpened","data":{"subject":"Login fails"}}]}"#),
+                .body(r#"{"expected_version":"no_stream","events":[{"type":"TicketOpened","data":{"subject":"Login fails"}}]}"#)
+                .takes::<log::AppendBody>(),
             post(log::append),
         ),
     ]

@@ -67,9 +67,13 @@ fn success_content(path: &str) -> Value {
     }
 }
 
-/// OpenAPI 3.1, generated from the route table.
+/// OpenAPI 3.1, generated from the route table; the bodies' and answers' schemas from the
+/// types the handlers read and write (schemars), named in `components.schemas`.
 pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
     let mut paths: Map<String, Value> = Map::new();
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
     let error = json!({"$ref": "#/components/responses/Error"});
     for route in routes {
         let mut params: Vec<Value> = Vec::new();
@@ -83,7 +87,11 @@ pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
         }
         let ingest = super::layer::INGEST_ROUTES.contains(&route.path);
         let mut responses = Map::new();
-        responses.insert(route.ok.to_string(), json!({"description": "success", "content": success_content(route.path)}));
+        let mut content = success_content(route.path);
+        if let Some(gives) = route.gives {
+            content["application/json"]["schema"] = gives(&mut generator).to_value();
+        }
+        responses.insert(route.ok.to_string(), json!({"description": "success", "content": content}));
         // What any route can answer: a bad request, no such thing, the connection cap.
         for status in ["400", "404", "503"] {
             responses.insert(status.into(), error.clone());
@@ -124,7 +132,13 @@ pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
         }
         if let Some(example) = route.body {
             let example: Value = serde_json::from_str(example).expect("route examples are valid JSON");
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": ["object", "array"]}, "example": example}}});
+            let schema = match route.takes {
+                Some(takes) => takes(&mut generator).to_value(),
+                None => json!({"type": ["object", "array"]}),
+            };
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema, "example": example}}});
+        } else if let Some(takes) = route.takes {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": takes(&mut generator).to_value()}}});
         }
         paths.entry(route.path).or_insert_with(|| json!({}))[route.method] = op;
     }
@@ -133,6 +147,7 @@ pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
         "info": {"title": "Chronicle", "version": env!("CARGO_PKG_VERSION"), "description": "Event-sourced CRM engine"},
         "paths": paths,
         "components": {
+            "schemas": generator.take_definitions(true),
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key of the tenant"},
                 "writeKey": {"type": "http", "scheme": "basic", "description": "The tenant's write key as the user name, no password (Segment's convention)"}

@@ -2,6 +2,14 @@
 //! the route table declares once for the router, the roles and `/openapi.json`.
 
 use chronicle_projections::Role;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+/// A type's schema, as a reference into the document's components where it has a name.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
 
 /// One documented route.
 pub struct Route {
@@ -18,11 +26,15 @@ pub struct Route {
     pub ok: u16,
     /// The least a key must be allowed to call it (reads: reader; changes: writer).
     pub role: Role,
+    /// The schema of the body it reads (the type its handler deserializes).
+    pub takes: Option<SchemaFn>,
+    /// The schema of its success answer (the type its handler serializes), where there is one.
+    pub gives: Option<SchemaFn>,
 }
 
 pub(crate) const fn r(method: &'static str, path: &'static str, summary: &'static str, ok: u16) -> Route {
     let role = if matches!(method.as_bytes(), b"get") { Role::Reader } else { Role::Writer };
-    Route { method, path, summary, auth: true, query: &[], body: None, ok, role }
+    Route { method, path, summary, auth: true, query: &[], body: None, ok, role, takes: None, gives: None }
 }
 
 /// The role a route requires, put on its requests for [`Principal`] to check.
@@ -40,6 +52,16 @@ impl Route {
     }
     pub(crate) const fn body(mut self, example: &'static str) -> Self {
         self.body = Some(example);
+        self
+    }
+    /// The body is a `T` (its schema goes into the document).
+    pub(crate) const fn takes<T: JsonSchema>(mut self) -> Self {
+        self.takes = Some(schema_of::<T>);
+        self
+    }
+    /// The success answer is a `T`.
+    pub(crate) const fn gives<T: JsonSchema>(mut self) -> Self {
+        self.gives = Some(schema_of::<T>);
         self
     }
     pub(crate) const fn admin(mut self) -> Self {

@@ -149,7 +149,7 @@ pub async fn metrics(
 }
 
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     role: chronicle_projections::Role,
@@ -185,7 +185,7 @@ pub async fn revoke_key(
     Ok(Json(json!({"revoked": id})))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepFor {
     keep_days: u32,

@@ -57,7 +57,7 @@ pub async fn sendgrid(
     Ok(Json(json!({"applied": applied, "ignored": ignored})))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendGridKey {
     public_key: String,
