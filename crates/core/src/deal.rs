@@ -16,7 +16,7 @@ pub fn stream_of(deal_id: &str) -> String {
     format!("deal-{deal_id}")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DealStatus {
     #[default]
@@ -118,7 +118,7 @@ pub enum DealError {
     Empty(&'static str),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deal {
     pub id: String,
     pub exists: bool,

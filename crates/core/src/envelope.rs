@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use uuid::Uuid;
 
 /// A stored event, as every reader sees it (times in RFC 3339 UTC on the wire).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventEnvelope {
     pub id: Uuid,
     pub tenant: String,

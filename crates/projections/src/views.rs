@@ -746,14 +746,14 @@ impl TenantViews {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct StageSummary {
     pub stage: String,
     pub count: u64,
     pub amount: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Pipeline {
     pub stages: Vec<StageSummary>,
     pub won: StageSummary,

@@ -599,6 +599,11 @@ fn health_metrics_and_openapi() {
         assert!(required.contains(&field), "Profile requires {field}: {required:?}");
     }
     assert_eq!(doc["components"]["schemas"]["ConsentInput"]["properties"]["channel"]["$ref"], "#/components/schemas/Channel");
+    let answer = |path: &str, method: &str, status: &str| doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"].clone();
+    assert_eq!(answer("/v1/customers/{id}/timeline", "get", "200"), "#/components/schemas/Page");
+    assert_eq!(answer("/v1/deals", "post", "201"), "#/components/schemas/Deal");
+    assert_eq!(answer("/v1/streams/{stream}", "post", "200"), "#/components/schemas/Appended");
+    assert!(doc["components"]["schemas"]["EventEnvelope"]["required"].as_array().unwrap().contains(&json!("position")));
     assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
 }
 

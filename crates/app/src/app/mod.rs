@@ -155,8 +155,10 @@ pub struct Erasure {
 }
 
 /// One page of events and the cursor for the next.
+#[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct Page {
     pub events: Vec<EventEnvelope>,
+    /// The cursor of the next page (`?after=`).
     pub next: u64,
 }
 

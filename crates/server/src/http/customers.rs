@@ -197,13 +197,12 @@ pub async fn timeline(
     p: Principal,
     CustomerId(id): CustomerId,
     Params(q): Params<TimelineQuery>,
-) -> Res<Json<Value>> {
+) -> Res<Json<chronicle_app::app::Page>> {
     let types: Vec<String> = q
         .r#type
         .map(|t| t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
-    let page = app.timeline(&p.tenant, &id, q.after.unwrap_or(0), clamp_limit(q.limit), q.as_of, &types).await?;
-    Ok(Json(json!({"events": page.events, "next": page.next})))
+    Ok(Json(app.timeline(&p.tenant, &id, q.after.unwrap_or(0), clamp_limit(q.limit), q.as_of, &types).await?))
 }
 
 fn ledger_json(l: ConsentLedger) -> Value {

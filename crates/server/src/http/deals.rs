@@ -6,9 +6,8 @@ use chronicle_app::app::App;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chronicle_core::deal::DealCommand;
+use chronicle_core::deal::{Deal, DealCommand};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 type Res<T> = Result<T, ApiError>;
@@ -30,7 +29,7 @@ pub async fn create(
     State(app): State<Arc<App>>,
     p: Principal,
     Body(b): Body<CreateDeal>,
-) -> Res<(StatusCode, Json<Value>)> {
+) -> Res<(StatusCode, Json<Deal>)> {
     let id = b.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let cmd = DealCommand::Create {
         name: b.name,
@@ -41,7 +40,7 @@ pub async fn create(
         currency: b.currency,
     };
     let d = app.deal_command(&p.tenant, &id, cmd, &p.actor).await?;
-    Ok((StatusCode::CREATED, Json(json!(d))))
+    Ok((StatusCode::CREATED, Json(d)))
 }
 
 #[derive(Deserialize)]
@@ -78,28 +77,45 @@ impl ListQuery {
     }
 }
 
+/// One page of deals.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct DealPage {
+    deals: Vec<Deal>,
+    /// The cursor of the next page (`?after=`), when there is one.
+    next: Option<String>,
+    has_more: bool,
+}
+
+/// One page of orders.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct OrderPage {
+    orders: Vec<chronicle_core::order::Order>,
+    next: Option<String>,
+    has_more: bool,
+}
+
 /// `GET /v1/deals`: `{"deals", "next", "has_more"}`.
-pub async fn list(State(app): State<Arc<App>>, p: Principal, raw: super::error::Params<std::collections::BTreeMap<String, String>>) -> Res<Json<Value>> {
+pub async fn list(State(app): State<Arc<App>>, p: Principal, raw: super::error::Params<std::collections::BTreeMap<String, String>>) -> Res<Json<DealPage>> {
     let q = ListQuery::read(&app, &p.tenant, raw.0)?;
     if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "won" | "lost")) {
         return Err(ApiError::of(super::codes::Code::BadRequest, format!("status is open, won or lost, not {s:?}")));
     }
     let (deals, next) = app.deals_list(&p.tenant, &q.filter(), q.after.as_deref(), super::error::clamp_limit(q.limit));
-    Ok(Json(json!({"deals": deals, "has_more": next.is_some(), "next": next})))
+    Ok(Json(DealPage { deals, has_more: next.is_some(), next }))
 }
 
 /// `GET /v1/orders`: `{"orders", "next", "has_more"}`.
-pub async fn orders(State(app): State<Arc<App>>, p: Principal, raw: super::error::Params<std::collections::BTreeMap<String, String>>) -> Res<Json<Value>> {
+pub async fn orders(State(app): State<Arc<App>>, p: Principal, raw: super::error::Params<std::collections::BTreeMap<String, String>>) -> Res<Json<OrderPage>> {
     let q = ListQuery::read(&app, &p.tenant, raw.0)?;
     if q.stage.is_some() || q.owner.is_some() {
         return Err(ApiError::of(super::codes::Code::BadRequest, "orders are filtered by status and customer"));
     }
     let (orders, next) = app.orders_list(&p.tenant, &q.filter(), q.after.as_deref(), super::error::clamp_limit(q.limit));
-    Ok(Json(json!({"orders": orders, "has_more": next.is_some(), "next": next})))
+    Ok(Json(OrderPage { orders, has_more: next.is_some(), next }))
 }
 
-pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    Ok(Json(json!(app.deal(&p.tenant, &id)?)))
+pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Deal>> {
+    Ok(Json(app.deal(&p.tenant, &id)?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -115,13 +131,13 @@ pub async fn patch(
     p: Principal,
     Path(id): Path<String>,
     Body(b): Body<PatchDeal>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Deal>> {
     let cmd = DealCommand::Update { stage: b.stage, amount: b.amount, owner: b.owner };
-    Ok(Json(json!(app.deal_command(&p.tenant, &id, cmd, &p.actor).await?)))
+    Ok(Json(app.deal_command(&p.tenant, &id, cmd, &p.actor).await?))
 }
 
-pub async fn won(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    Ok(Json(json!(app.deal_command(&p.tenant, &id, DealCommand::Win, &p.actor).await?)))
+pub async fn won(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Deal>> {
+    Ok(Json(app.deal_command(&p.tenant, &id, DealCommand::Win, &p.actor).await?))
 }
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
@@ -135,15 +151,15 @@ pub async fn lost(
     p: Principal,
     Path(id): Path<String>,
     OptBody(body): OptBody<LostBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Deal>> {
     let reason = body.unwrap_or_default().reason;
-    Ok(Json(json!(app.deal_command(&p.tenant, &id, DealCommand::Lose { reason }, &p.actor).await?)))
+    Ok(Json(app.deal_command(&p.tenant, &id, DealCommand::Lose { reason }, &p.actor).await?))
 }
 
-pub async fn pipeline(State(app): State<Arc<App>>, p: Principal) -> Res<Json<Value>> {
-    Ok(Json(json!(app.pipeline(&p.tenant))))
+pub async fn pipeline(State(app): State<Arc<App>>, p: Principal) -> Res<Json<chronicle_projections::Pipeline>> {
+    Ok(Json(app.pipeline(&p.tenant)))
 }
 
-pub async fn order(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<Value>> {
-    Ok(Json(json!(app.order(&p.tenant, &id)?)))
+pub async fn order(State(app): State<Arc<App>>, p: Principal, Path(id): Path<String>) -> Res<Json<chronicle_core::order::Order>> {
+    Ok(Json(app.order(&p.tenant, &id)?))
 }

@@ -29,9 +29,8 @@ pub struct PageQuery {
     limit: Option<usize>,
 }
 
-pub async fn events(State(app): State<Arc<App>>, p: Principal, Params(q): Params<PageQuery>) -> Res<Json<Value>> {
-    let page = app.events(&p.tenant, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
-    Ok(Json(json!({"events": page.events, "next": page.next})))
+pub async fn events(State(app): State<Arc<App>>, p: Principal, Params(q): Params<PageQuery>) -> Res<Json<chronicle_app::app::Page>> {
+    Ok(Json(app.events(&p.tenant, q.after.unwrap_or(0), clamp_limit(q.limit)).await?))
 }
 
 #[derive(Deserialize)]
@@ -85,13 +84,12 @@ pub async fn read_stream(
     p: Principal,
     Path(stream): Path<String>,
     Params(q): Params<PageQuery>,
-) -> Res<Json<Value>> {
+) -> Res<Json<chronicle_app::app::Page>> {
     // A stream that does not exist (in this tenant) is not found, like any other resource.
     if app.store().stream_version(&p.tenant, &stream).await.map_err(chronicle_app::error::AppError::from)? == 0 {
         return Err(chronicle_app::error::AppError::NotFound("stream").into());
     }
-    let page = app.read_stream(&p.tenant, &stream, q.after.unwrap_or(0), clamp_limit(q.limit)).await?;
-    Ok(Json(json!({"events": page.events, "next": page.next})))
+    Ok(Json(app.read_stream(&p.tenant, &stream, q.after.unwrap_or(0), clamp_limit(q.limit)).await?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -126,7 +124,7 @@ pub async fn append(
     p: Principal,
     Path(stream): Path<String>,
     Body(b): Body<AppendBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Appended>> {
     let bad = |m: String| -> ApiError { AppError::BadRequest(m).into() };
     if stream.is_empty() || stream.len() > 200 || stream.chars().any(|c| c.is_control() || c == '/') {
         return Err(bad("stream names are 1-200 characters, no control characters or '/'".into()));
@@ -168,5 +166,14 @@ pub async fn append(
         batch.push(ev);
     }
     let r = app.append(&p.tenant, &stream, b.expected_version, batch).await?;
-    Ok(Json(json!({"first_version": r.first_version, "last_version": r.last_version, "position": r.position})))
+    Ok(Json(Appended { first_version: r.first_version, last_version: r.last_version, position: r.position }))
+}
+
+/// Where an append landed: the stream versions of its first and last events, and the log
+/// position of its last.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Appended {
+    first_version: u64,
+    last_version: u64,
+    position: u64,
 }

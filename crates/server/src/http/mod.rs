@@ -60,7 +60,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             get(customers::export),
         ),
         (
-            r("get", "/v1/customers/{id}/timeline", "The customer's events, oldest first, paged by version", 200).query(&["after", "limit", "as_of", "type"]),
+            r("get", "/v1/customers/{id}/timeline", "The customer's events, oldest first, paged by version", 200).query(&["after", "limit", "as_of", "type"]).gives::<chronicle_app::app::Page>(),
             get(customers::timeline),
         ),
         (r("get", "/v1/customers/{id}/consents", "Current consents and their full history", 200), get(customers::consents)),
@@ -96,17 +96,18 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (
             r("post", "/v1/deals", "Create a deal", 201)
                 .body(r#"{"name":"Acme renewal","customer_id":"c1","amount":120000,"currency":"EUR"}"#)
-                .takes::<deals::CreateDeal>(),
+                .takes::<deals::CreateDeal>()
+                .gives::<chronicle_core::deal::Deal>(),
             post(deals::create),
         ),
-        (r("get", "/v1/deals", "Deals, by id, filtered by stage, owner, status and customer", 200).query(&["stage", "owner", "status", "customer", "after", "limit"]), get(deals::list)),
-        (r("get", "/v1/deals/{id}", "A deal", 200), get(deals::get_one)),
-        (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#).takes::<deals::PatchDeal>(), patch(deals::patch)),
-        (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200), post(deals::won)),
-        (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#), post(deals::lost)),
-        (r("get", "/v1/pipeline", "The deal pipeline by stage", 200), get(deals::pipeline)),
-        (r("get", "/v1/orders", "Orders, by id, filtered by status and customer", 200).query(&["status", "customer", "after", "limit"]), get(deals::orders)),
-        (r("get", "/v1/orders/{id}", "An order (driven by Segment e-commerce events)", 200), get(deals::order)),
+        (r("get", "/v1/deals", "Deals, by id, filtered by stage, owner, status and customer", 200).query(&["stage", "owner", "status", "customer", "after", "limit"]).gives::<deals::DealPage>(), get(deals::list)),
+        (r("get", "/v1/deals/{id}", "A deal", 200).gives::<chronicle_core::deal::Deal>(), get(deals::get_one)),
+        (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#).takes::<deals::PatchDeal>().gives::<chronicle_core::deal::Deal>(), patch(deals::patch)),
+        (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200).gives::<chronicle_core::deal::Deal>(), post(deals::won)),
+        (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#).gives::<chronicle_core::deal::Deal>(), post(deals::lost)),
+        (r("get", "/v1/pipeline", "The deal pipeline by stage", 200).gives::<chronicle_projections::Pipeline>(), get(deals::pipeline)),
+        (r("get", "/v1/orders", "Orders, by id, filtered by status and customer", 200).query(&["status", "customer", "after", "limit"]).gives::<deals::OrderPage>(), get(deals::orders)),
+        (r("get", "/v1/orders/{id}", "An order (driven by Segment e-commerce events)", 200).gives::<chronicle_core::order::Order>(), get(deals::order)),
         (
             r("post", "/v1/batch", "Segment batch (write key as HTTP Basic user or writeKey)", 200).open().body(
                 r#"{"batch":[{"type":"identify","userId":"u1","traits":{"email":"ada@example.com"},"messageId":"m1"},{"type":"track","userId":"u1","event":"Product Added","properties":{"sku":"a"},"messageId":"m2"}]}"#
@@ -207,13 +208,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             put(system::set_retention),
         ),
         (r("delete", "/v1/retention/{event_type}", "Keep events of this type forever again", 200).admin(), delete(system::remove_retention)),
-        (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]), get(log::events)),
+        (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
-        (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]), get(log::read_stream)),
+        (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::read_stream)),
         (
             r("post", "/v1/streams/{stream}", "Append to a stream with an expected version", 200)
                 .body(r#"{"expected_version":"no_stream","events":[{"type":"TicketOpened","data":{"subject":"Login fails"}}]}"#)
-                .takes::<log::AppendBody>(),
+                .takes::<log::AppendBody>()
+                .gives::<log::Appended>(),
             post(log::append),
         ),
     ]
