@@ -603,6 +603,9 @@ fn health_metrics_and_openapi() {
     assert_eq!(answer("/v1/customers/{id}/timeline", "get", "200"), "#/components/schemas/Page");
     assert_eq!(answer("/v1/deals", "post", "201"), "#/components/schemas/Deal");
     assert_eq!(answer("/v1/streams/{stream}", "post", "200"), "#/components/schemas/Appended");
+    assert_eq!(answer("/healthz", "get", "200"), "#/components/schemas/Health");
+    assert_eq!(answer("/v1/t", "post", "200"), "#/components/schemas/Ack");
+    assert_eq!(answer("/v1/api-keys", "get", "200"), "#/components/schemas/KeyList");
     assert!(doc["components"]["schemas"]["EventEnvelope"]["required"].as_array().unwrap().contains(&json!("position")));
     assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
 }

@@ -39,7 +39,7 @@ use state::Options;
 pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
     use axum::routing::{delete, get, patch, post, put};
     vec![
-        (r("get", "/healthz", "Liveness and the log's head position", 200).open(), get(system::healthz)),
+        (r("get", "/healthz", "Liveness and the log's head position", 200).open().gives::<system::Health>(), get(system::healthz)),
         (r("get", "/metrics", "Prometheus metrics", 200).open(), get(system::metrics)),
         (r("get", "/openapi.json", "This document", 200).open(), get(openapi::serve)),
         (
@@ -111,23 +111,24 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (
             r("post", "/v1/batch", "Segment batch (write key as HTTP Basic user or writeKey)", 200).open().body(
                 r#"{"batch":[{"type":"identify","userId":"u1","traits":{"email":"ada@example.com"},"messageId":"m1"},{"type":"track","userId":"u1","event":"Product Added","properties":{"sku":"a"},"messageId":"m2"}]}"#
-            ),
+            )
+            .gives::<segment::Ack>(),
             post(segment::batch),
         ),
-        (r("post", "/v1/identify", "Segment identify (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"}}"#), post(segment::identify)),
-        (r("post", "/v1/track", "Segment track (write key)", 200).open().body(r#"{"userId":"u1","event":"Order Completed","properties":{"total":30}}"#), post(segment::track)),
-        (r("post", "/v1/page", "Segment page (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing"}"#), post(segment::page)),
-        (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#), post(segment::alias)),
-        (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#), post(segment::group)),
-        (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#), post(segment::screen)),
+        (r("post", "/v1/identify", "Segment identify (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"}}"#).gives::<segment::Ack>(), post(segment::identify)),
+        (r("post", "/v1/track", "Segment track (write key)", 200).open().body(r#"{"userId":"u1","event":"Order Completed","properties":{"total":30}}"#).gives::<segment::Ack>(), post(segment::track)),
+        (r("post", "/v1/page", "Segment page (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing"}"#).gives::<segment::Ack>(), post(segment::page)),
+        (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#).gives::<segment::Ack>(), post(segment::alias)),
+        (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#).gives::<segment::Ack>(), post(segment::group)),
+        (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#).gives::<segment::Ack>(), post(segment::screen)),
         // The short paths Segment's browser SDK (analytics.js, @segment/analytics-next) posts
         // to, with a text/plain JSON body and the write key in it.
-        (r("post", "/v1/t", "Segment track, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","event":"Signed Up","writeKey":"wk_…"}"#), post(segment::track)),
-        (r("post", "/v1/p", "Segment page, the browser SDK's path (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing","writeKey":"wk_…"}"#), post(segment::page)),
-        (r("post", "/v1/i", "Segment identify, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"},"writeKey":"wk_…"}"#), post(segment::identify)),
-        (r("post", "/v1/g", "Segment group, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","writeKey":"wk_…"}"#), post(segment::group)),
-        (r("post", "/v1/a", "Segment alias, the browser SDK's path (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1","writeKey":"wk_…"}"#), post(segment::alias)),
-        (r("post", "/v1/s", "Segment screen, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard","writeKey":"wk_…"}"#), post(segment::screen)),
+        (r("post", "/v1/t", "Segment track, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","event":"Signed Up","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::track)),
+        (r("post", "/v1/p", "Segment page, the browser SDK's path (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::page)),
+        (r("post", "/v1/i", "Segment identify, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"},"writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::identify)),
+        (r("post", "/v1/g", "Segment group, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::group)),
+        (r("post", "/v1/a", "Segment alias, the browser SDK's path (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::alias)),
+        (r("post", "/v1/s", "Segment screen, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::screen)),
         (
             r("post", "/v1/cloudevents", "CloudEvents 1.0: structured, batch or binary mode (write key or API key)", 200)
                 .open()
@@ -165,10 +166,11 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             r("post", "/v1/api-keys", "Make a key with a role (admin, writer, reader, ingest); the key is shown once", 201)
                 .admin()
                 .body(r#"{"role":"reader","name":"dashboard"}"#)
-                .takes::<system::NewKey>(),
+                .takes::<system::NewKey>()
+                .gives::<system::KeyInfo>(),
             post(system::create_key),
         ),
-        (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin(), get(system::list_keys)),
+        (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin().gives::<system::KeyList>(), get(system::list_keys)),
         (r("delete", "/v1/api-keys/{id}", "Revoke a key", 200).admin(), delete(system::revoke_key)),
         (r("get", "/v1/settings/sendgrid", "The tenant's own SendGrid verification key, if it set one", 200).admin(), get(webhooks::get_sendgrid_key)),
         (
@@ -204,10 +206,11 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             r("put", "/v1/retention/{event_type}", "Keep events of this type this many days; `chronicle compact` removes older ones", 200)
                 .admin()
                 .body(r#"{"keep_days":365}"#)
-                .takes::<system::KeepFor>(),
+                .takes::<system::KeepFor>()
+                .gives::<system::Policy>(),
             put(system::set_retention),
         ),
-        (r("delete", "/v1/retention/{event_type}", "Keep events of this type forever again", 200).admin(), delete(system::remove_retention)),
+        (r("delete", "/v1/retention/{event_type}", "Keep events of this type forever again", 200).admin().gives::<system::Policy>(), delete(system::remove_retention)),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::read_stream)),

@@ -14,7 +14,26 @@ use chronicle_projections::KeyKind;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-type Res = Result<Json<Value>, ApiError>;
+type Res = Result<Json<Ack>, ApiError>;
+
+/// What an ingest call answers: `success`, and when a rule refused some messages of a batch,
+/// how many events were written and which messages were refused.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Ack {
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    written: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<Vec<Rejected>>,
+}
+
+/// A message a business rule refused at write time.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Rejected {
+    index: usize,
+    code: String,
+    message: String,
+}
 
 pub async fn identify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Res {
     single(app, headers, body, Kind::Identify).await
@@ -91,14 +110,14 @@ fn refused(e: ingest::Invalid) -> ApiError {
 
 fn answer(outcome: ingest::Outcome) -> Res {
     if outcome.rejected.is_empty() {
-        return Ok(Json(json!({"success": true})));
+        return Ok(Json(Ack { success: true, written: None, rejected: None }));
     }
-    let rejected: Vec<Value> = outcome
+    let rejected = outcome
         .rejected
         .iter()
-        .map(|(i, code, message)| json!({"index": i, "code": code, "message": message}))
+        .map(|(i, code, message)| Rejected { index: *i, code: code.to_string(), message: message.to_string() })
         .collect();
-    Ok(Json(json!({"success": true, "written": outcome.written, "rejected": rejected})))
+    Ok(Json(Ack { success: true, written: Some(outcome.written), rejected: Some(rejected) }))
 }
 
 /// The tenant of an ingest request: a write key (HTTP Basic user name) or an API key (Bearer).

@@ -13,9 +13,17 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+/// Liveness: the log's head and the position the views reflect.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Health {
+    status: &'static str,
+    head: u64,
+    projections: u64,
+}
+
+pub async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Health>, ApiError> {
     let head = app.store().head().await.map_err(AppError::from)?;
-    Ok(Json(json!({"status": "ok", "head": head, "projections": app.views().position})))
+    Ok(Json(Health { status: "ok", head, projections: app.views().position }))
 }
 
 pub async fn metrics(
@@ -157,23 +165,40 @@ pub struct NewKey {
     name: Option<String>,
 }
 
-fn key_json(k: &chronicle_projections::ApiKey) -> Value {
-    json!({"id": k.id, "role": k.role, "name": k.name, "created_at": k.created_at, "revoked_at": k.revoked_at})
+/// An API key as it is listed (never the key itself, nor its hash).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct KeyInfo {
+    id: String,
+    role: chronicle_projections::Role,
+    name: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The key itself: only in the answer that made it, shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+fn key_info(k: &chronicle_projections::ApiKey, key: Option<String>) -> KeyInfo {
+    KeyInfo { id: k.id.clone(), role: k.role, name: k.name.clone(), created_at: k.created_at, revoked_at: k.revoked_at, key }
 }
 
 pub async fn create_key(
     State(app): State<Arc<App>>,
     p: super::auth::Principal,
     super::error::Body(b): super::error::Body<NewKey>,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, Json<KeyInfo>), ApiError> {
     let (record, key) = app.create_api_key(&p.tenant, b.role, b.name, &p.actor).await?;
-    let mut out = key_json(&record);
-    out["key"] = json!(key);
-    Ok((axum::http::StatusCode::CREATED, Json(out)))
+    Ok((axum::http::StatusCode::CREATED, Json(key_info(&record, Some(key)))))
 }
 
-pub async fn list_keys(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"keys": app.api_keys(&p.tenant).iter().map(key_json).collect::<Vec<_>>()})))
+/// The tenant's keys.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct KeyList {
+    keys: Vec<KeyInfo>,
+}
+
+pub async fn list_keys(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(KeyList { keys: app.api_keys(&p.tenant).iter().map(|k| key_info(k, None)).collect() }))
 }
 
 pub async fn revoke_key(
@@ -199,21 +224,31 @@ pub async fn retention(State(app): State<Arc<App>>, p: super::auth::Principal) -
     Ok(Json(retention_json(&chronicle_app::retention::policies(&app, &p.tenant))))
 }
 
+/// A retention policy as set (`keep_days` null: kept forever).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Policy {
+    event_type: String,
+    keep_days: Option<u32>,
+    /// Whether setting it changed anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<bool>,
+}
+
 pub async fn set_retention(
     State(app): State<Arc<App>>,
     p: super::auth::Principal,
     axum::extract::Path(event_type): axum::extract::Path<String>,
     super::error::Body(b): super::error::Body<KeepFor>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Policy>, ApiError> {
     let changed = chronicle_app::retention::set_policy(&app, &p.tenant, &event_type, b.keep_days, &p.actor).await?;
-    Ok(Json(json!({"event_type": event_type, "keep_days": b.keep_days, "changed": changed})))
+    Ok(Json(Policy { event_type, keep_days: Some(b.keep_days), changed: Some(changed) }))
 }
 
 pub async fn remove_retention(
     State(app): State<Arc<App>>,
     p: super::auth::Principal,
     axum::extract::Path(event_type): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Policy>, ApiError> {
     chronicle_app::retention::remove_policy(&app, &p.tenant, &event_type, &p.actor).await?;
-    Ok(Json(json!({"event_type": event_type, "keep_days": null})))
+    Ok(Json(Policy { event_type, keep_days: None, changed: None }))
 }
