@@ -174,10 +174,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     pub fn serve_options(&self) -> anyhow::Result<chronicle_server::ServeOptions> {
         for o in &self.cors_origin {
-            anyhow::ensure!(
-                o.starts_with("http://") || o.starts_with("https://"),
-                "--cors-origin {o:?}: an origin is scheme://host[:port]"
-            );
+            chronicle_server::http::cors::check_origin(o.trim_end_matches('/')).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(std::sync::Arc::new(chronicle_tls::server_config(cert, key).context("--tls-cert / --tls-key")?)),

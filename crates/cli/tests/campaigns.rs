@@ -630,15 +630,7 @@ fn a_webhook_verifies_with_the_standard_webhooks_library() {
         let script = "import json,sys\nfrom standardwebhooks.webhooks import Webhook\nd=json.load(sys.stdin)\nWebhook(d['secret']).verify(d['body'], d['headers'])\nprint('verified')";
         let input = json!({"secret": secret, "body": body, "headers": {
             "webhook-id": get("webhook-id"), "webhook-timestamp": get("webhook-timestamp"), "webhook-signature": get("webhook-signature")}});
-        let mut child = std::process::Command::new(clients.join("venv/bin/python"))
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        python(&clients, script, input.to_string().as_bytes())
     };
     let out = verify(&body);
     assert!(out.status.success(), "the library refuses it: {}", String::from_utf8_lossy(&out.stderr));
@@ -729,15 +721,7 @@ fn metrics_parse_with_the_prometheus_parser_and_carry_labels_and_histograms() {
                   out=[]\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    \
                   out.append({'name': f.name, 'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]})\n\
                   print(json.dumps(out))";
-    let mut child = std::process::Command::new(clients.join("venv/bin/python"))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = python(&clients, script, text.as_bytes());
     assert!(out.status.success(), "the parser refuses it: {}\n{text}", String::from_utf8_lossy(&out.stderr));
     let families: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let family = |name: &str| families.iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("no family {name}: {text}")).clone();

@@ -261,7 +261,7 @@ impl PostError {
         match self {
             PostError::Status(s) => format!("webhook: the target answered HTTP {s}"),
             PostError::Refused => format!("webhook: refused, {} (--allow-private-webhooks allows it)", crate::targets::REFUSED),
-            PostError::Transport(e) if chain_says(&e, crate::targets::REFUSED) => PostError::Refused.for_tenant(),
+            PostError::Transport(e) if chain(&e).contains(crate::targets::REFUSED) => PostError::Refused.for_tenant(),
             PostError::Transport(e) => match chronicle_tls::tls_reason(&e) {
                 Some(reason) => format!("webhook: {reason}"),
                 None if e.is_timeout() => "webhook: the target did not answer in time".into(),
@@ -293,10 +293,6 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
-}
-
-fn chain_says(e: &(dyn std::error::Error + 'static), what: &str) -> bool {
-    chain(e).contains(what)
 }
 
 /// `hex(HMAC-SHA256(secret, timestamp + "." + body))`: what a receiver recomputes to check a

@@ -137,6 +137,20 @@ pub fn segment_clients() -> Option<std::path::PathBuf> {
 }
 
 
+/// Runs `script` with the Python of `scripts/test`'s venv (under `clients`), `input` on its stdin.
+pub fn python(clients: &Path, script: &str, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(clients.join("venv/bin/python"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the venv's python");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A real SMTP server (aiosmtpd, installed by `scripts/test`) writing what it receives into a
 /// Maildir. Missing: a failure, unless `CHRONICLE_TEST_ALLOW_SKIP=1` makes it a printed skip.
 pub struct SmtpSink {

@@ -29,7 +29,8 @@ pub fn layer(app: Arc<App>, origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Why an origin is refused: it must be `scheme://host[:port]`, as a browser sends it.
+/// Why an origin is refused: it must be `scheme://host[:port]`, as a browser sends it (the
+/// check of `--cors-origin` and of `PUT /v1/settings/cors` alike).
 pub fn check_origin(origin: &str) -> Result<(), String> {
     let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
     match rest {

@@ -143,11 +143,11 @@ async fn json_error_shape(res: axum::response::Response) -> axum::response::Resp
     json
 }
 
-/// The routes a web page's tracking posts to (Segment's, long and short paths): CORS applies.
-pub(crate) const BROWSER_ROUTES: &[&str] = &[
-    "/v1/batch", "/v1/identify", "/v1/track", "/v1/page", "/v1/alias", "/v1/group", "/v1/screen", "/v1/t", "/v1/p", "/v1/i", "/v1/g",
-    "/v1/a", "/v1/s",
-];
+/// Whether a web page's tracking posts to this route (Segment's, long and short paths): the
+/// ingest routes but CloudEvents and SendGrid's feedback, which servers send. CORS applies.
+pub(crate) fn is_browser_route(path: &str) -> bool {
+    INGEST_ROUTES.contains(&path) && !matches!(path, "/v1/cloudevents" | "/v1/webhooks/sendgrid")
+}
 
 /// The routes that take events with a write key, limited per client address and per key.
 pub(crate) const INGEST_ROUTES: &[&str] = &[

@@ -4,7 +4,7 @@
 
 mod campaigns;
 mod cloudevents;
-mod cors;
+pub mod cors;
 mod customers;
 
 pub use chronicle_app::profile::profile_json;
@@ -236,7 +236,7 @@ pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync
         let mut handler = handler.layer(axum::Extension(RequiredRole(route.role)));
         // Browser tracking: the Segment routes answer other origins' pages (and their preflight).
         // (`OPTIONS` is routed so the preflight reaches the layer, which answers it.)
-        if layer::BROWSER_ROUTES.contains(&route.path) {
+        if layer::is_browser_route(route.path) {
             handler = handler.options(|| async { axum::http::StatusCode::NO_CONTENT }).layer(cors.clone());
         }
         router = router.route(route.path, handler);

@@ -23,7 +23,6 @@ fn query_schema(name: &str) -> Value {
         "channel" => json!({"type": "string", "enum": ["email", "sms", "push", "in_app", "phone"]}),
         "purpose" => json!({"type": "string", "enum": ["marketing", "transactional", "analytics", "profiling"]}),
         "sort" => json!({"type": "string", "enum": ["created", "name", "activity"]}),
-        "status" => json!({"type": "string"}),
         _ => json!({"type": "string"}),
     }
 }
