@@ -109,6 +109,96 @@ pub struct Campaign {
 }
 
 const FIELDS: &[&str] = &["trigger", "exit_on", "goal", "reentry", "steps", "description"];
+/// The kinds of step, each the one field of its step (`if` with `then` and `else`).
+const STEPS: &[&str] = &["wait", "send", "set_stage", "tag", "webhook", "if"];
+
+/// The JSON a campaign definition is, as [`Campaign::parse`] reads it: its schema for
+/// `/openapi.json` (the parser stays the authority: it also checks what a schema cannot say,
+/// such as that a duration is at most ten years).
+pub struct Definition;
+
+/// One step of a definition (recursive: `if` holds steps).
+struct Step;
+
+const DURATION: &str = "^[0-9]+[smhdw]$";
+
+impl schemars::JsonSchema for Definition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CampaignDefinition".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let steps = generator.subschema_for::<Vec<Step>>();
+        let alone = |key: &str| {
+            serde_json::json!({"type": "object", "required": [key], "additionalProperties": false,
+                               "properties": {key: {"type": "string", "pattern": DURATION}}})
+        };
+        schemars::json_schema!({
+            "description": "A campaign: what starts an enrolment, the steps it runs, what ends it.",
+            "type": "object",
+            "required": ["trigger", "steps"],
+            "additionalProperties": false,
+            "properties": {
+                "trigger": {"oneOf": [
+                    {"type": "string", "minLength": 1, "description": "An event type or a tracked event's name"},
+                    {"type": "object", "required": ["event"], "properties": {
+                        "event": {"type": "string", "minLength": 1},
+                        "where": {"type": ["object", "null"], "description": "Field values the event must have"}
+                    }},
+                    alone("inactive_for"),
+                    alone("deal_stuck_for")
+                ]},
+                "exit_on": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
+                "goal": {"type": ["string", "null"], "minLength": 1},
+                "reentry": {"type": "string", "pattern": "^(never|always|after:[0-9]+[smhdw])$"},
+                "description": {"type": ["string", "null"]},
+                "steps": steps
+            }
+        })
+    }
+}
+
+impl schemars::JsonSchema for Step {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CampaignStep".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let steps = generator.subschema_for::<Vec<Step>>();
+        let channel = generator.subschema_for::<Channel>();
+        let purpose = generator.subschema_for::<Purpose>();
+        let stage = generator.subschema_for::<LifecycleStage>();
+        let one = |key: &str, schema: serde_json::Value| {
+            serde_json::json!({"type": "object", "required": [key], "additionalProperties": false, "properties": {key: schema}})
+        };
+        schemars::json_schema!({
+            "oneOf": [
+                one("wait", serde_json::json!({"oneOf": [
+                    {"type": "string", "pattern": DURATION},
+                    {"type": "object", "required": ["until"], "properties": {"until": {"type": "string", "pattern": "^[0-9]{2}:[0-9]{2}$"}}}
+                ]})),
+                one("send", serde_json::json!({"type": "object", "required": ["channel", "purpose", "template"], "properties": {
+                    "channel": channel,
+                    "purpose": purpose,
+                    "template": {"type": "string", "minLength": 1},
+                    "fallback": {"type": "array", "items": channel},
+                    "to": {"type": "string", "description": "For webhook sends: the owner or a team instead of the customer"}
+                }})),
+                one("set_stage", stage.to_value()),
+                one("tag", serde_json::json!({"type": "string", "minLength": 1})),
+                one("webhook", serde_json::json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string", "pattern": "^https?://"}}})),
+                {"type": "object", "required": ["if"], "additionalProperties": false, "properties": {
+                    "if": {"oneOf": [
+                        {"type": "object", "required": ["happened"], "additionalProperties": false, "properties": {"happened": {"type": "string", "minLength": 1}}},
+                        {"type": "object", "required": ["trait", "equals"], "additionalProperties": false, "properties": {"trait": {"type": "string"}, "equals": {}}}
+                    ]},
+                    "then": {"anyOf": [steps, {"type": "null"}]},
+                    "else": {"anyOf": [steps, {"type": "null"}]}
+                }}
+            ]
+        })
+    }
+}
 
 impl Campaign {
     /// Check a definition whole and compile it.
@@ -116,6 +206,9 @@ impl Campaign {
         let Some(m) = definition.as_object() else { return bad("a campaign must be a JSON object") };
         if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return bad(format!("unknown field {k:?}; a campaign has {}", FIELDS.join(", ")));
+        }
+        if m.get("description").is_some_and(|d| !d.is_string() && !d.is_null()) {
+            return bad("description must be text");
         }
         let trigger = match m.get("trigger") {
             Some(Value::String(s)) => Trigger::Event { event: s.clone(), filter: Map::new() },
@@ -214,7 +307,7 @@ fn compile(steps: &[Value], at: &str, out: &mut Vec<Op>) -> Result<(), CampaignE
     for (i, step) in steps.iter().enumerate() {
         let here = format!("{at}[{i}]");
         let Some(m) = step.as_object() else { return bad(format!("{here} must be an object")) };
-        let kind = ["wait", "send", "set_stage", "tag", "webhook", "if"].into_iter().find(|k| m.contains_key(*k));
+        let kind = STEPS.iter().copied().find(|k| m.contains_key(*k));
         let Some(kind) = kind else {
             return bad(format!("{here} must be one of wait, send, set_stage, tag, webhook, if"));
         };
@@ -271,13 +364,17 @@ fn compile(steps: &[Value], at: &str, out: &mut Vec<Op>) -> Result<(), CampaignE
                 };
                 let branch = out.len();
                 out.push(Op::Branch { condition, otherwise: 0 });
-                let then = m.get("then").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-                compile(then, &format!("{here}.then"), out)?;
+                // `then` and `else` are lists of steps; either may be left out, not mistyped.
+                let branch_steps = |key: &str| match m.get(key) {
+                    None | Some(Value::Null) => Ok(&[][..]),
+                    Some(Value::Array(a)) => Ok(a.as_slice()),
+                    Some(_) => bad(format!("{here}.{key} must be a list of steps")),
+                };
+                compile(branch_steps("then")?, &format!("{here}.then"), out)?;
                 let jump = out.len();
                 out.push(Op::Jump(0));
                 let otherwise = out.len();
-                let els = m.get("else").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-                compile(els, &format!("{here}.else"), out)?;
+                compile(branch_steps("else")?, &format!("{here}.else"), out)?;
                 let end = out.len();
                 out[branch] = Op::Branch { condition: condition_of(&out[branch]), otherwise };
                 out[jump] = Op::Jump(end);
@@ -348,6 +445,29 @@ mod secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_branch_whose_steps_are_not_a_list_is_refused() {
+        let c = |then: Value| Campaign::parse(&serde_json::json!({"trigger": "X", "steps": [{"if": {"happened": "Y"}, "then": then}]}));
+        assert!(c(serde_json::json!([{"tag": "a"}])).is_ok());
+        assert!(c(Value::Null).is_ok());
+        for bad in [serde_json::json!({}), serde_json::json!("tag"), serde_json::json!(1)] {
+            assert_eq!(c(bad).unwrap_err().0, "steps[0].then must be a list of steps");
+        }
+    }
+
+    #[test]
+    fn the_schema_names_the_fields_and_steps_the_parser_reads() {
+        let mut g = schemars::SchemaGenerator::default();
+        let def = g.root_schema_for::<Definition>().to_value();
+        let fields: Vec<&str> = def["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = FIELDS.to_vec();
+        want.sort_unstable();
+        assert_eq!(fields, want);
+        let step = g.definitions()["CampaignStep"].clone();
+        let kinds: Vec<&str> = step["oneOf"].as_array().unwrap().iter().map(|s| s["required"][0].as_str().unwrap()).collect();
+        assert_eq!(kinds, STEPS);
+    }
     use serde_json::json;
 
     #[test]

@@ -61,7 +61,7 @@ pub struct RetentionView {
 }
 
 /// The record of one compaction (the data of `RetentionApplied`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RetentionRun {
     /// When the compaction ran: events that happened before `at - days` expired.
     pub at: DateTime<Utc>,

@@ -27,7 +27,7 @@ pub const SNAPSHOT_EVERY: u64 = 500;
 pub const AUDIT_KEEP: usize = 1000;
 
 /// One access to a customer's data through the API (an `AuditRecorded` event holds a batch).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,
     /// The key: `key:` and a prefix of its digest.
@@ -42,7 +42,7 @@ pub struct AuditEntry {
 }
 
 /// One consent decision in the ledger's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConsentEntry {
     pub channel: Channel,
     pub purpose: Purpose,

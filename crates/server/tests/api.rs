@@ -607,6 +607,27 @@ fn health_metrics_and_openapi() {
     assert_eq!(answer("/v1/t", "post", "200"), "#/components/schemas/Ack");
     assert_eq!(answer("/v1/api-keys", "get", "200"), "#/components/schemas/KeyList");
     assert!(doc["components"]["schemas"]["EventEnvelope"]["required"].as_array().unwrap().contains(&json!("position")));
+    // No JSON body or answer is left a bare object: each names its type (the document itself
+    // excepted).
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if let Some(body) = op.get("requestBody") {
+                let schema = &body["content"]["application/json"]["schema"];
+                assert!(schema["$ref"].is_string(), "{method} {path}: the body is untyped: {schema}");
+            }
+            let (status, ok) = op["responses"].as_object().unwrap().iter().find(|(s, _)| s.starts_with('2')).unwrap();
+            if let Some(schema) = ok["content"].get("application/json").map(|c| &c["schema"]) {
+                assert!(schema["$ref"].is_string() || path == "/openapi.json", "{method} {path}: the {status} answer is untyped: {schema}");
+            }
+        }
+    }
+    let body = |path: &str, method: &str| doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"].clone();
+    assert_eq!(body("/v1/campaigns/{name}", "put"), "#/components/schemas/CampaignDefinition");
+    assert_eq!(body("/v1/batch", "post"), "#/components/schemas/SegmentBatch");
+    assert_eq!(answer("/v1/customers/{id}/export", "get", "200"), "#/components/schemas/Export");
+    assert_eq!(answer("/v1/dead-letters", "get", "200"), "#/components/schemas/DeadLetters");
+    let step = &doc["components"]["schemas"]["CampaignStep"]["oneOf"];
+    assert_eq!(step.as_array().unwrap().len(), 6, "{step}");
     assert_eq!(app.call("GET", "/v1/nope", Some(&app.key), None).body["error"]["code"], "not_found");
 }
 

@@ -36,6 +36,7 @@ mod queries;
 mod views;
 
 pub use queries::ListFilter;
+pub use privacy::{Export, ExportedMessage, MessageState};
 
 /// How often a command is retried when another writer moved its stream first.
 const COMMAND_ATTEMPTS: usize = 8;
@@ -136,7 +137,7 @@ pub struct App {
 
 
 /// A customer's consent ledger: the current decisions and every decision ever recorded.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct ConsentLedger {
     pub current: Vec<customer::ConsentState>,
     pub history: Vec<ConsentEntry>,

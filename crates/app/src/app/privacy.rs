@@ -128,9 +128,8 @@ impl App {
     /// Subject access: everything held about a person as one document — the profile, every
     /// event of their timeline (their anonymous history and merged duplicates included, opened
     /// where sealing is on), the consent ledger with its proofs, the messages waiting or dead-
-    /// lettered, and their campaign enrolments. `profile` is how the API shows a profile.
-    pub async fn export_customer(&self, tenant: &str, id: &str) -> Result<Value, AppError> {
-        let profile = crate::profile::profile_json;
+    /// lettered, and their campaign enrolments. `customer` is how the API shows a profile.
+    pub async fn export_customer(&self, tenant: &str, id: &str) -> Result<Export, AppError> {
         let c = self.customer(tenant, id)?;
         let mut events = Vec::new();
         let mut after = 0;
@@ -143,34 +142,75 @@ impl App {
             events.extend(page.events);
         }
         let consents = self.consents(tenant, id)?;
-        let (messages, enrolments) = {
+        let (messages, campaign_enrolments) = {
             let v = self.views();
             let a = v.tenant(tenant).map(|t| &t.automation);
-            let messages: Vec<Value> = a.map_or_else(Vec::new, |a| {
+            let messages = a.map_or_else(Vec::new, |a| {
                 a.outbox
                     .values()
-                    .map(|m| (m, "queued"))
-                    .chain(a.dead_letters.values().map(|m| (m, "dead_letter")))
+                    .map(|m| (m, MessageState::Queued))
+                    .chain(a.dead_letters.values().map(|m| (m, MessageState::DeadLetter)))
                     .filter(|(m, _)| m.customer == id)
-                    .map(|(m, state)| json!({"id": m.message, "state": state, "channel": m.channel, "purpose": m.purpose,
-                                              "to": m.to, "subject": m.subject, "body": m.body, "queued_at": m.queued_at,
-                                              "attempts": m.attempts}))
+                    .map(|(m, state)| ExportedMessage {
+                        id: m.message.clone(),
+                        state,
+                        channel: m.channel.clone(),
+                        purpose: m.purpose,
+                        to: m.to.clone(),
+                        subject: m.subject.clone(),
+                        body: m.body.clone(),
+                        queued_at: m.queued_at,
+                        attempts: m.attempts,
+                    })
                     .collect()
             });
-            let enrolments: Vec<Value> = a.map_or_else(Vec::new, |a| {
-                a.enrolments.values().filter(|e| e.customer == id).map(|e| json!(e)).collect()
-            });
+            let enrolments = a.map_or_else(Vec::new, |a| a.enrolments.values().filter(|e| e.customer == id).cloned().collect());
             (messages, enrolments)
         };
-        Ok(json!({
-            "exported_at": self.now(),
-            "tenant": tenant,
-            "customer": profile(&c),
-            "consents": consents,
-            "events": events,
-            "messages": messages,
-            "campaign_enrolments": enrolments,
-            "scores": [],
-        }))
+        Ok(Export {
+            exported_at: self.now(),
+            tenant: tenant.to_owned(),
+            customer: crate::profile::Profile::from(&c),
+            consents,
+            events,
+            messages,
+            campaign_enrolments,
+        })
     }
+}
+
+/// A subject access export: everything held about one person.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Export {
+    pub exported_at: DateTime<Utc>,
+    pub tenant: String,
+    pub customer: crate::profile::Profile,
+    pub consents: ConsentLedger,
+    /// Every event of their timeline, oldest first.
+    pub events: Vec<EventEnvelope>,
+    /// Messages to them waiting in the outbox or dead-lettered (those sent are events).
+    pub messages: Vec<ExportedMessage>,
+    pub campaign_enrolments: Vec<chronicle_projections::automation::Enrolment>,
+}
+
+/// Where an exported message stands.
+#[derive(Debug, Clone, Copy, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    Queued,
+    DeadLetter,
+}
+
+/// A message not yet sent, as the export shows it.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ExportedMessage {
+    pub id: String,
+    pub state: MessageState,
+    pub channel: String,
+    pub purpose: Purpose,
+    pub to: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub queued_at: DateTime<Utc>,
+    pub attempts: u32,
 }

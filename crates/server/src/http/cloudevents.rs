@@ -21,7 +21,7 @@ pub async fn receive(
     auth: Option<axum::Extension<super::auth::Authenticated>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Accepted>, ApiError> {
     let tenant = super::segment::ingest_tenant(&app, auth.as_ref().map(|a| &a.0), &headers, &Value::Null)?;
     let content_type =
         headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
@@ -86,7 +86,15 @@ pub async fn receive(
     for (stream, ev) in prepared {
         app.append(&tenant, &stream, ExpectedVersion::Any, vec![ev]).await?;
     }
-    Ok(Json(json!({"success": true, "accepted": count})))
+    Ok(Json(Accepted { success: true, accepted: count }))
+}
+
+/// CloudEvents received: every event of the request was checked before any was stored.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Accepted {
+    success: bool,
+    /// Events in the request.
+    accepted: usize,
 }
 
 /// RFC 3986 percent-decoding of a header value into UTF-8; `None` for a bad escape or bytes
@@ -118,5 +126,36 @@ mod tests {
         assert_eq!(percent_decode(b"bad%2"), None);
         assert_eq!(percent_decode(b"bad%zz"), None);
         assert_eq!(percent_decode(b"%FF"), None, "not UTF-8");
+    }
+}
+
+/// A CloudEvent in the JSON format (structured mode), or a batch of them: the schema of the
+/// body. Binary mode puts the attributes in `ce-` headers and the data as the body, any media
+/// type. `chronicle_app::cloudevents::prepare` checks each event.
+pub struct Body;
+
+impl schemars::JsonSchema for Body {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CloudEvents".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let event = json!({
+            "type": "object",
+            "required": ["specversion", "id", "source", "type"],
+            "properties": {
+                "specversion": {"const": "1.0"},
+                "id": {"type": "string", "minLength": 1},
+                "source": {"type": "string", "minLength": 1},
+                "type": {"type": "string", "minLength": 1},
+                "subject": {"type": "string", "description": "The customer's id (or e-mail): the event goes on their timeline"},
+                "time": {"type": "string", "format": "date-time"},
+                "datacontenttype": {"type": "string"},
+                "dataschema": {"type": "string"},
+                "data": {},
+                "data_base64": {"type": "string"}
+            }
+        });
+        schemars::json_schema!({"oneOf": [event, {"type": "array", "items": event}]})
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::Json;
 use chronicle_app::App;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -39,27 +39,28 @@ pub fn check_origin(origin: &str) -> Result<(), String> {
     }
 }
 
-#[derive(serde::Deserialize, schemars::JsonSchema)]
+/// A tenant's allowed origins (the body of `PUT` and the answer of both routes).
+#[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Origins {
     origins: Vec<String>,
 }
 
 /// `GET /v1/settings/cors`: the tenant's own allowed origins.
-pub async fn get_origins(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
+pub async fn get_origins(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Origins>, ApiError> {
     let origins = app.views().tenant(&p.tenant).map(|t| t.cors_origins.clone()).unwrap_or_default();
-    Ok(Json(json!({"origins": origins})))
+    Ok(Json(Origins { origins }))
 }
 
 /// `PUT /v1/settings/cors`: the list, checked whole, replaces the tenant's.
-pub async fn set_origins(State(app): State<Arc<App>>, p: super::auth::Principal, Body(b): Body<Origins>) -> Result<Json<Value>, ApiError> {
+pub async fn set_origins(State(app): State<Arc<App>>, p: super::auth::Principal, Body(b): Body<Origins>) -> Result<Json<Origins>, ApiError> {
     // A trailing `/` (as an address bar shows it) is not part of an origin.
     let origins: Vec<String> = b.origins.iter().map(|o| o.trim_end_matches('/').to_owned()).collect();
     for o in &origins {
         check_origin(o).map_err(|e| ApiError::from(chronicle_app::error::AppError::BadRequest(e)))?;
     }
     super::webhooks::record_setting(&app, &p, "CorsOriginsSet", json!({"origins": origins})).await?;
-    Ok(Json(json!({"origins": origins})))
+    Ok(Json(Origins { origins }))
 }
 
 #[cfg(test)]

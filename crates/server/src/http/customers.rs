@@ -4,7 +4,7 @@
 use super::error::{ApiError, Body, OptBody, Params};
 use super::error::clamp_limit;
 use super::auth::Principal;
-use chronicle_app::profile::profile_json;
+use chronicle_app::profile::Profile;
 use chronicle_app::app::{App, ConsentLedger};
 use chronicle_app::error::AppError;
 use axum::extract::{Path, State};
@@ -15,7 +15,7 @@ use chronicle_core::customer::{
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// The `{id}` of a customer route, as stored: an id that is personal data (an e-mail address,
@@ -54,11 +54,11 @@ pub async fn create(
     State(app): State<Arc<App>>,
     p: Principal,
     Body(b): Body<CreateCustomer>,
-) -> Res<(StatusCode, Json<Value>)> {
+) -> Res<(StatusCode, Json<Profile>)> {
     let id = b.id.map_or_else(|| uuid::Uuid::now_v7().to_string(), |id| app.pseudonyms.id(&id).into_owned());
     let cmd = CustomerCommand::Register { email: b.email, phone: b.phone, traits: b.traits, consents: b.consents };
     let c = app.customer_command(&p.tenant, &id, cmd, &p.actor).await?;
-    Ok((StatusCode::CREATED, Json(profile_json(&c))))
+    Ok((StatusCode::CREATED, Json(Profile::from(&c))))
 }
 
 #[derive(Deserialize)]
@@ -113,12 +113,12 @@ pub async fn get_one(
     p: Principal,
     CustomerId(id): CustomerId,
     Params(q): Params<AsOf>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     let c = match q.as_of {
         Some(t) => app.customer_as_of(&p.tenant, &id, t).await?,
         None => app.customer(&p.tenant, &id)?,
     };
-    Ok(Json(profile_json(&c)))
+    Ok(Json(Profile::from(&c)))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -135,7 +135,7 @@ pub async fn patch(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<PatchCustomer>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     command(&app, &p, &id, CustomerCommand::UpdateProfile { email: b.email, phone: b.phone, traits: b.traits }).await
 }
 
@@ -144,26 +144,58 @@ pub struct AuditQuery {
     customer: String,
 }
 
-pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<AuditQuery>) -> Res<Json<Value>> {
+/// A customer's access audit trail.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct AuditTrail {
+    customer: String,
+    /// Oldest first.
+    entries: Vec<chronicle_projections::AuditEntry>,
+}
+
+pub async fn audit(State(app): State<Arc<App>>, p: Principal, Params(q): Params<AuditQuery>) -> Res<Json<AuditTrail>> {
     let customer = app.pseudonyms.id(&q.customer).into_owned();
     app.customer(&p.tenant, &customer)?;
     // Written every fraction of a second; make what is pending visible to this answer.
     app.flush_audit().await?;
-    Ok(Json(json!({"customer": customer, "entries": app.audit_trail(&p.tenant, &customer)})))
+    let entries = app.audit_trail(&p.tenant, &customer);
+    Ok(Json(AuditTrail { customer, entries }))
 }
 
-pub async fn export(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
+pub async fn export(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<chronicle_app::app::Export>> {
     Ok(Json(app.export_customer(&p.tenant, &id).await?))
 }
 
-pub async fn erase(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
+/// What an erasure did.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Erased {
+    id: String,
+    status: chronicle_core::customer::CustomerStatus,
+    erased: bool,
+    profile_redacted: bool,
+    version: u64,
+    /// Duplicates merged into this customer, erased with it.
+    merged_customers_erased: Vec<String>,
+    /// Data keys destroyed: the customer's, their anonymous identities', their duplicates'.
+    keys_destroyed: usize,
+    /// Messages waiting in the outbox or the dead-letter queue, dropped.
+    pending_sends_cancelled: usize,
+    enrolments_ended: usize,
+}
+
+pub async fn erase(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Erased>> {
     let e = app.erase_customer(&p.tenant, &id, &p.actor).await?;
     let c = e.customer;
-    Ok(Json(json!({
-        "id": c.id, "status": c.status, "erased": true, "profile_redacted": true, "version": c.version,
-        "merged_customers_erased": e.merged_customers_erased, "keys_destroyed": e.keys_destroyed,
-        "pending_sends_cancelled": e.pending_sends_cancelled, "enrolments_ended": e.enrolments_ended,
-    })))
+    Ok(Json(Erased {
+        id: c.id,
+        status: c.status,
+        erased: true,
+        profile_redacted: true,
+        version: c.version,
+        merged_customers_erased: e.merged_customers_erased,
+        keys_destroyed: e.keys_destroyed,
+        pending_sends_cancelled: e.pending_sends_cancelled,
+        enrolments_ended: e.enrolments_ended,
+    }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -178,9 +210,9 @@ pub async fn merge(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<MergeBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     let c = app.merge_customers(&p.tenant, &id, &app.pseudonyms.id(&b.from), &p.actor).await?;
-    Ok(Json(profile_json(&c)))
+    Ok(Json(Profile::from(&c)))
 }
 
 #[derive(Deserialize)]
@@ -205,12 +237,8 @@ pub async fn timeline(
     Ok(Json(app.timeline(&p.tenant, &id, q.after.unwrap_or(0), clamp_limit(q.limit), q.as_of, &types).await?))
 }
 
-fn ledger_json(l: ConsentLedger) -> Value {
-    json!({"current": l.current, "history": l.history})
-}
-
-pub async fn consents(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
-    Ok(Json(ledger_json(app.consents(&p.tenant, &id)?)))
+pub async fn consents(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<ConsentLedger>> {
+    Ok(Json(app.consents(&p.tenant, &id)?))
 }
 
 pub async fn set_consent(
@@ -218,9 +246,9 @@ pub async fn set_consent(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<ConsentInput>,
-) -> Res<(StatusCode, Json<Value>)> {
+) -> Res<(StatusCode, Json<ConsentLedger>)> {
     app.customer_command(&p.tenant, &id, CustomerCommand::SetConsent(b), &p.actor).await?;
-    Ok((StatusCode::CREATED, Json(ledger_json(app.consents(&p.tenant, &id)?))))
+    Ok((StatusCode::CREATED, Json(app.consents(&p.tenant, &id)?)))
 }
 
 #[derive(Deserialize)]
@@ -261,12 +289,12 @@ pub async fn deactivate(
     p: Principal,
     CustomerId(id): CustomerId,
     OptBody(body): OptBody<Reason>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     let reason = body.unwrap_or_default().reason;
     command(&app, &p, &id, CustomerCommand::Deactivate { reason }).await
 }
 
-pub async fn reactivate(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Value>> {
+pub async fn reactivate(State(app): State<Arc<App>>, p: Principal, CustomerId(id): CustomerId) -> Res<Json<Profile>> {
     command(&app, &p, &id, CustomerCommand::Reactivate).await
 }
 
@@ -281,7 +309,7 @@ pub async fn tag(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<TagBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     command(&app, &p, &id, CustomerCommand::Tag { tag: b.tag }).await
 }
 
@@ -289,7 +317,7 @@ pub async fn untag(
     State(app): State<Arc<App>>,
     p: Principal,
     Path((id, tag)): Path<(String, String)>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     command(&app, &p, &app.pseudonyms.id(&id), CustomerCommand::Untag { tag }).await
 }
 
@@ -304,7 +332,7 @@ pub async fn note(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<NoteBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     let author = Some(p.actor.clone());
     command(&app, &p, &id, CustomerCommand::AddNote { text: b.text, author }).await
 }
@@ -320,7 +348,7 @@ pub async fn owner(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<OwnerBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     command(&app, &p, &id, CustomerCommand::AssignOwner { owner: b.owner }).await
 }
 
@@ -335,7 +363,7 @@ pub async fn stage(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<StageBody>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     command(&app, &p, &id, CustomerCommand::ChangeStage { to: b.stage }).await
 }
 
@@ -344,12 +372,12 @@ pub async fn preferences(
     p: Principal,
     CustomerId(id): CustomerId,
     Body(b): Body<Preferences>,
-) -> Res<Json<Value>> {
+) -> Res<Json<Profile>> {
     chronicle_automation::decision::check_preferences(&b).map_err(AppError::BadRequest)?;
     command(&app, &p, &id, CustomerCommand::UpdatePreferences(b)).await
 }
 
-async fn command(app: &App, p: &Principal, id: &str, cmd: CustomerCommand) -> Res<Json<Value>> {
+async fn command(app: &App, p: &Principal, id: &str, cmd: CustomerCommand) -> Res<Json<Profile>> {
     let c = app.customer_command(&p.tenant, id, cmd, &p.actor).await?;
-    Ok(Json(profile_json(&c)))
+    Ok(Json(Profile::from(&c)))
 }

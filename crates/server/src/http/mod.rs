@@ -54,20 +54,23 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         ),
         (r("get", "/v1/customers/{id}", "The customer 360 profile, now or as of an instant", 200).query(&["as_of"]).gives::<chronicle_app::profile::Profile>(), get(customers::get_one)),
         (r("patch", "/v1/customers/{id}", "Change traits, e-mail or phone", 200).body(r#"{"traits":{"plan":"pro"}}"#).takes::<customers::PatchCustomer>().gives::<chronicle_app::profile::Profile>(), patch(customers::patch)),
-        (r("delete", "/v1/customers/{id}", "Erase the customer", 200).admin(), delete(customers::erase)),
+        (r("delete", "/v1/customers/{id}", "Erase the customer", 200).admin().gives::<customers::Erased>(), delete(customers::erase)),
         (
-            r("get", "/v1/customers/{id}/export", "Everything held about the person: profile, events, consents with proofs, messages, enrolments", 200).admin(),
+            r("get", "/v1/customers/{id}/export", "Everything held about the person: profile, events, consents with proofs, messages, enrolments", 200)
+                .admin()
+                .gives::<chronicle_app::app::Export>(),
             get(customers::export),
         ),
         (
             r("get", "/v1/customers/{id}/timeline", "The customer's events, oldest first, paged by version", 200).query(&["after", "limit", "as_of", "type"]).gives::<chronicle_app::app::Page>(),
             get(customers::timeline),
         ),
-        (r("get", "/v1/customers/{id}/consents", "Current consents and their full history", 200), get(customers::consents)),
+        (r("get", "/v1/customers/{id}/consents", "Current consents and their full history", 200).gives::<chronicle_app::app::ConsentLedger>(), get(customers::consents)),
         (
             r("post", "/v1/customers/{id}/consents", "Grant or revoke a consent", 201)
                 .body(r#"{"channel":"email","purpose":"marketing","granted":true,"source":"signup-form","proof":{"ip":"192.0.2.1"}}"#)
-                .takes::<chronicle_core::customer::ConsentInput>(),
+                .takes::<chronicle_core::customer::ConsentInput>()
+                .gives::<chronicle_app::app::ConsentLedger>(),
             post(customers::set_consent),
         ),
         (
@@ -76,13 +79,15 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         ),
         (
             r("post", "/v1/customers/{id}/merge", "Merge a duplicate customer into this one (this one survives)", 200)
-                .body(r#"{"from":"c-43"}"#).takes::<customers::MergeBody>(),
+                .body(r#"{"from":"c-43"}"#)
+                .takes::<customers::MergeBody>()
+                .gives::<chronicle_app::profile::Profile>(),
             post(customers::merge),
         ),
-        (r("post", "/v1/customers/{id}/deactivate", "Deactivate (history kept)", 200).body(r#"{"reason":"left"}"#), post(customers::deactivate)),
-        (r("post", "/v1/customers/{id}/reactivate", "Reactivate", 200), post(customers::reactivate)),
+        (r("post", "/v1/customers/{id}/deactivate", "Deactivate (history kept)", 200).body(r#"{"reason":"left"}"#).takes::<customers::Reason>().gives::<chronicle_app::profile::Profile>(), post(customers::deactivate)),
+        (r("post", "/v1/customers/{id}/reactivate", "Reactivate", 200).gives::<chronicle_app::profile::Profile>(), post(customers::reactivate)),
         (r("post", "/v1/customers/{id}/tags", "Tag", 200).body(r#"{"tag":"vip"}"#).takes::<customers::TagBody>().gives::<chronicle_app::profile::Profile>(), post(customers::tag)),
-        (r("delete", "/v1/customers/{id}/tags/{tag}", "Untag", 200), delete(customers::untag)),
+        (r("delete", "/v1/customers/{id}/tags/{tag}", "Untag", 200).gives::<chronicle_app::profile::Profile>(), delete(customers::untag)),
         (r("post", "/v1/customers/{id}/notes", "Add a note", 200).body(r#"{"text":"Called; wants a demo"}"#).takes::<customers::NoteBody>().gives::<chronicle_app::profile::Profile>(), post(customers::note)),
         (r("put", "/v1/customers/{id}/owner", "Assign an owner", 200).body(r#"{"owner":"sam"}"#).takes::<customers::OwnerBody>().gives::<chronicle_app::profile::Profile>(), put(customers::owner)),
         (r("put", "/v1/customers/{id}/lifecycle-stage", "Move the lifecycle stage forward", 200).body(r#"{"stage":"mql"}"#).takes::<customers::StageBody>().gives::<chronicle_app::profile::Profile>(), put(customers::stage)),
@@ -104,7 +109,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         (r("get", "/v1/deals/{id}", "A deal", 200).gives::<chronicle_core::deal::Deal>(), get(deals::get_one)),
         (r("patch", "/v1/deals/{id}", "Move stage, change amount or owner", 200).body(r#"{"stage":"proposal"}"#).takes::<deals::PatchDeal>().gives::<chronicle_core::deal::Deal>(), patch(deals::patch)),
         (r("post", "/v1/deals/{id}/won", "Mark won (needs an amount)", 200).gives::<chronicle_core::deal::Deal>(), post(deals::won)),
-        (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#).gives::<chronicle_core::deal::Deal>(), post(deals::lost)),
+        (r("post", "/v1/deals/{id}/lost", "Mark lost", 200).body(r#"{"reason":"budget"}"#).takes::<deals::LostBody>().gives::<chronicle_core::deal::Deal>(), post(deals::lost)),
         (r("get", "/v1/pipeline", "The deal pipeline by stage", 200).gives::<chronicle_projections::Pipeline>(), get(deals::pipeline)),
         (r("get", "/v1/orders", "Orders, by id, filtered by status and customer", 200).query(&["status", "customer", "after", "limit"]).gives::<deals::OrderPage>(), get(deals::orders)),
         (r("get", "/v1/orders/{id}", "An order (driven by Segment e-commerce events)", 200).gives::<chronicle_core::order::Order>(), get(deals::order)),
@@ -112,54 +117,74 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             r("post", "/v1/batch", "Segment batch (write key as HTTP Basic user or writeKey)", 200).open().body(
                 r#"{"batch":[{"type":"identify","userId":"u1","traits":{"email":"ada@example.com"},"messageId":"m1"},{"type":"track","userId":"u1","event":"Product Added","properties":{"sku":"a"},"messageId":"m2"}]}"#
             )
+            .takes::<segment::Batch>()
             .gives::<segment::Ack>(),
             post(segment::batch),
         ),
-        (r("post", "/v1/identify", "Segment identify (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"}}"#).gives::<segment::Ack>(), post(segment::identify)),
-        (r("post", "/v1/track", "Segment track (write key)", 200).open().body(r#"{"userId":"u1","event":"Order Completed","properties":{"total":30}}"#).gives::<segment::Ack>(), post(segment::track)),
-        (r("post", "/v1/page", "Segment page (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing"}"#).gives::<segment::Ack>(), post(segment::page)),
-        (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#).gives::<segment::Ack>(), post(segment::alias)),
-        (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#).gives::<segment::Ack>(), post(segment::group)),
-        (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#).gives::<segment::Ack>(), post(segment::screen)),
+        (r("post", "/v1/identify", "Segment identify (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"}}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::identify)),
+        (r("post", "/v1/track", "Segment track (write key)", 200).open().body(r#"{"userId":"u1","event":"Order Completed","properties":{"total":30}}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::track)),
+        (r("post", "/v1/page", "Segment page (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::page)),
+        (r("post", "/v1/alias", "Segment alias: link previousId to userId (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::alias)),
+        (r("post", "/v1/group", "Segment group: the customer belongs to an account (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","traits":{"name":"Acme"}}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::group)),
+        (r("post", "/v1/screen", "Segment screen (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::screen)),
         // The short paths Segment's browser SDK (analytics.js, @segment/analytics-next) posts
         // to, with a text/plain JSON body and the write key in it.
-        (r("post", "/v1/t", "Segment track, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","event":"Signed Up","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::track)),
-        (r("post", "/v1/p", "Segment page, the browser SDK's path (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::page)),
-        (r("post", "/v1/i", "Segment identify, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"},"writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::identify)),
-        (r("post", "/v1/g", "Segment group, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::group)),
-        (r("post", "/v1/a", "Segment alias, the browser SDK's path (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::alias)),
-        (r("post", "/v1/s", "Segment screen, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard","writeKey":"wk_…"}"#).gives::<segment::Ack>(), post(segment::screen)),
+        (r("post", "/v1/t", "Segment track, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","event":"Signed Up","writeKey":"wk_…"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::track)),
+        (r("post", "/v1/p", "Segment page, the browser SDK's path (write key)", 200).open().body(r#"{"anonymousId":"a1","name":"Pricing","writeKey":"wk_…"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::page)),
+        (r("post", "/v1/i", "Segment identify, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","traits":{"plan":"pro"},"writeKey":"wk_…"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::identify)),
+        (r("post", "/v1/g", "Segment group, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","groupId":"acme","writeKey":"wk_…"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::group)),
+        (r("post", "/v1/a", "Segment alias, the browser SDK's path (write key)", 200).open().body(r#"{"previousId":"a1","userId":"u1","writeKey":"wk_…"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::alias)),
+        (r("post", "/v1/s", "Segment screen, the browser SDK's path (write key)", 200).open().body(r#"{"userId":"u1","name":"Dashboard","writeKey":"wk_…"}"#).takes::<segment::Call>().gives::<segment::Ack>(), post(segment::screen)),
         (
             r("post", "/v1/cloudevents", "CloudEvents 1.0: structured, batch or binary mode (write key or API key)", 200)
                 .open()
-                .body(r#"{"specversion":"1.0","id":"e-1","source":"/billing","type":"com.example.invoice.paid","subject":"c-42","time":"2026-11-01T10:00:00Z","data":{"amount":4990}}"#),
+                .body(r#"{"specversion":"1.0","id":"e-1","source":"/billing","type":"com.example.invoice.paid","subject":"c-42","time":"2026-11-01T10:00:00Z","data":{"amount":4990}}"#)
+                .takes::<cloudevents::Body>()
+                .gives::<cloudevents::Accepted>(),
             post(cloudevents::receive),
         ),
-        (r("get", "/v1/campaigns", "Campaigns in force, with their counters", 200), get(campaigns::list)),
-        (r("put", "/v1/campaigns/{name}", "Create or replace a campaign (checked whole)", 200).body(campaigns::CAMPAIGN_EXAMPLE), put(campaigns::put)),
-        (r("get", "/v1/campaigns/{name}", "A campaign's definition and counters", 200), get(campaigns::get_one)),
-        (r("delete", "/v1/campaigns/{name}", "Stop a campaign (running enrolments exit)", 200), delete(campaigns::delete)),
-        (r("get", "/v1/campaigns/{name}/stats", "Enrolled, in progress, exited, converted, sent, suppressed", 200), get(campaigns::get_stats)),
+        (r("get", "/v1/campaigns", "Campaigns in force, with their counters", 200).gives::<campaigns::CampaignList>(), get(campaigns::list)),
+        (
+            r("put", "/v1/campaigns/{name}", "Create or replace a campaign (checked whole)", 200)
+                .body(campaigns::CAMPAIGN_EXAMPLE)
+                .takes::<chronicle_automation::campaign::Definition>()
+                .gives::<campaigns::Saved>(),
+            put(campaigns::put)),
+        (r("get", "/v1/campaigns/{name}", "A campaign's definition and counters", 200).gives::<campaigns::CampaignAnswer>(), get(campaigns::get_one)),
+        (r("delete", "/v1/campaigns/{name}", "Stop a campaign (running enrolments exit)", 200).gives::<campaigns::Deleted>(), delete(campaigns::delete)),
+        (
+            r("get", "/v1/campaigns/{name}/stats", "Enrolled, in progress, exited, converted, sent, suppressed", 200)
+                .gives::<chronicle_projections::automation::CampaignStats>(),
+            get(campaigns::get_stats)),
         (
             r("put", "/v1/templates/{name}", "Create or replace a message template", 200)
-                .body(r#"{"subject":"Welcome, {{ traits.first_name }}","body":"<p>Hello {{ traits.first_name }}!</p>"}"#),
+                .body(r#"{"subject":"Welcome, {{ traits.first_name }}","body":"<p>Hello {{ traits.first_name }}!</p>"}"#)
+                .takes::<chronicle_projections::automation::Template>()
+                .gives::<campaigns::TemplateSaved>(),
             put(campaigns::put_template),
         ),
-        (r("get", "/v1/templates/{name}", "A message template", 200), get(campaigns::get_template)),
-        (r("delete", "/v1/templates/{name}", "Delete a template no campaign sends", 200), delete(campaigns::delete_template)),
-        (r("get", "/v1/dead-letters", "Messages that failed every attempt", 200), get(campaigns::dead_letters)),
-        (r("post", "/v1/dead-letters/{id}/retry", "Send a dead letter back to the outbox", 200), post(campaigns::retry)),
-        (r("get", "/v1/automation/parked", "Campaign reactions to events that kept failing, waiting for a retry", 200), get(campaigns::parked)),
-        (r("post", "/v1/automation/parked/{position}/retry", "Retry a parked campaign reaction now", 200), post(campaigns::retry_parked)),
+        (r("get", "/v1/templates/{name}", "A message template", 200).gives::<campaigns::TemplateAnswer>(), get(campaigns::get_template)),
+        (r("delete", "/v1/templates/{name}", "Delete a template no campaign sends", 200).gives::<campaigns::Deleted>(), delete(campaigns::delete_template)),
+        (r("get", "/v1/dead-letters", "Messages that failed every attempt", 200).gives::<campaigns::DeadLetters>(), get(campaigns::dead_letters)),
+        (r("post", "/v1/dead-letters/{id}/retry", "Send a dead letter back to the outbox", 200).gives::<campaigns::Retried>(), post(campaigns::retry)),
+        (
+            r("get", "/v1/automation/parked", "Campaign reactions to events that kept failing, waiting for a retry", 200).gives::<campaigns::ParkedList>(),
+            get(campaigns::parked)),
+        (r("post", "/v1/automation/parked/{position}/retry", "Retry a parked campaign reaction now", 200).gives::<campaigns::Retrying>(), post(campaigns::retry_parked)),
         (
             r("post", "/v1/webhooks/sendgrid", "SendGrid Event Webhook: delivery feedback, ECDSA-signed (write key as Basic user or ?key=)", 200)
                 .open()
                 .query(&["key"])
-                .body(r#"[{"email":"ada@example.com","event":"open","sg_event_id":"ev-1","timestamp":1764000000}]"#),
+                .body(r#"[{"email":"ada@example.com","event":"open","sg_event_id":"ev-1","timestamp":1764000000}]"#)
+                .takes::<webhooks::SendGridBatch>()
+                .gives::<webhooks::Feedback>(),
             post(webhooks::sendgrid),
         ),
         (
-            r("get", "/v1/audit", "Who read or changed a customer's data through the API, and when", 200).query(&["customer"]).admin(),
+            r("get", "/v1/audit", "Who read or changed a customer's data through the API, and when", 200)
+                .query(&["customer"])
+                .admin()
+                .gives::<customers::AuditTrail>(),
             get(customers::audit),
         ),
         (
@@ -171,16 +196,19 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             post(system::create_key),
         ),
         (r("get", "/v1/api-keys", "The tenant's keys (never the keys themselves)", 200).admin().gives::<system::KeyList>(), get(system::list_keys)),
-        (r("delete", "/v1/api-keys/{id}", "Revoke a key", 200).admin(), delete(system::revoke_key)),
-        (r("get", "/v1/settings/sendgrid", "The tenant's own SendGrid verification key, if it set one", 200).admin(), get(webhooks::get_sendgrid_key)),
+        (r("delete", "/v1/api-keys/{id}", "Revoke a key", 200).admin().gives::<system::Revoked>(), delete(system::revoke_key)),
+        (
+            r("get", "/v1/settings/sendgrid", "The tenant's own SendGrid verification key, if it set one", 200).admin().gives::<webhooks::SendGridSetting>(),
+            get(webhooks::get_sendgrid_key)),
         (
             r("put", "/v1/settings/sendgrid", "Verify this tenant's SendGrid feedback with its own key (instead of the instance's)", 200)
                 .admin()
                 .body(r#"{"public_key":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE..."}"#)
-                .takes::<webhooks::SendGridKey>(),
+                .takes::<webhooks::SendGridKey>()
+                .gives::<webhooks::SendGridSetting>(),
             put(webhooks::set_sendgrid_key),
         ),
-        (r("delete", "/v1/settings/sendgrid", "Go back to the instance's SendGrid key", 200).admin(), delete(webhooks::remove_sendgrid_key)),
+        (r("delete", "/v1/settings/sendgrid", "Go back to the instance's SendGrid key", 200).admin().gives::<webhooks::SendGridSetting>(), delete(webhooks::remove_sendgrid_key)),
         (
             r("get", "/v1/unsubscribe", "The one-click unsubscribe link of marketing mail: a confirmation form (nothing changes)", 200)
                 .open()
@@ -193,15 +221,18 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
                 .query(&["t"]),
             post(unsubscribe::unsubscribe),
         ),
-        (r("get", "/v1/settings/cors", "The web origins this tenant's pages may send events from (browser tracking)", 200).admin(), get(cors::get_origins)),
+        (
+            r("get", "/v1/settings/cors", "The web origins this tenant's pages may send events from (browser tracking)", 200).admin().gives::<cors::Origins>(),
+            get(cors::get_origins)),
         (
             r("put", "/v1/settings/cors", "Set the web origins this tenant's pages may send events from, besides the instance's (--cors-origin)", 200)
                 .admin()
                 .body(r#"{"origins":["https://shop.example.com"]}"#)
-                .takes::<cors::Origins>(),
+                .takes::<cors::Origins>()
+                .gives::<cors::Origins>(),
             put(cors::set_origins),
         ),
-        (r("get", "/v1/retention", "Retention policies (days kept per event type) and the latest compactions", 200), get(system::retention)),
+        (r("get", "/v1/retention", "Retention policies (days kept per event type) and the latest compactions", 200).gives::<system::Retention>(), get(system::retention)),
         (
             r("put", "/v1/retention/{event_type}", "Keep events of this type this many days; `chronicle compact` removes older ones", 200)
                 .admin()

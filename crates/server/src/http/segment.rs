@@ -27,6 +27,63 @@ pub struct Ack {
     rejected: Option<Vec<Rejected>>,
 }
 
+/// One message of Segment's Tracking API, as its clients send it (the schema of the single-call
+/// routes; `/v1/batch` takes a [`Batch`] of them). The ingest module reads it field by field,
+/// as Segment does, and is the authority: it also takes numeric ids and checks the timestamps.
+pub struct Call;
+
+/// A batch of messages, with the context and integrations every message inherits.
+pub struct Batch;
+
+impl schemars::JsonSchema for Call {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SegmentCall".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let id = json!({"type": ["string", "number"]});
+        let time = json!({"type": "string", "format": "date-time"});
+        schemars::json_schema!({
+            "description": "A Segment message: identify, track, page, screen, group or alias. It names a userId or an anonymousId; a track names its event.",
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["identify", "track", "page", "screen", "group", "alias"], "description": "In a batch; a single call's path says it"},
+                "userId": id, "anonymousId": id, "previousId": id, "groupId": id,
+                "messageId": {"type": "string", "description": "Makes a retry idempotent"},
+                "event": {"type": "string", "description": "A track's event name"},
+                "name": {"type": "string", "description": "A page's or screen's name"},
+                "traits": {"type": "object"},
+                "properties": {"type": "object"},
+                "context": {"type": "object", "description": "context.traits stand in for an identify's missing traits"},
+                "integrations": {"type": "object"},
+                "timestamp": time, "sentAt": time, "originalTimestamp": time,
+                "writeKey": {"type": "string", "description": "The write key, when it is not the Basic user"}
+            }
+        })
+    }
+}
+
+impl schemars::JsonSchema for Batch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SegmentBatch".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let call = generator.subschema_for::<Call>();
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["batch"],
+            "properties": {
+                "batch": {"type": "array", "items": call},
+                "context": {"type": "object"},
+                "integrations": {"type": "object"},
+                "sentAt": {"type": "string", "format": "date-time"},
+                "writeKey": {"type": "string"}
+            }
+        })
+    }
+}
+
 /// A message a business rule refused at write time.
 #[derive(serde::Serialize, schemars::JsonSchema)]
 pub struct Rejected {

@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::{json, Value};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -205,9 +204,16 @@ pub async fn revoke_key(
     State(app): State<Arc<App>>,
     p: super::auth::Principal,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     app.revoke_api_key(&p.tenant, &id, &p.actor).await?;
-    Ok(Json(json!({"revoked": id})))
+    Ok(Json(Revoked { revoked: id }))
+}
+
+/// A key revoked.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Revoked {
+    /// The key's id.
+    revoked: String,
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -216,12 +222,18 @@ pub struct KeepFor {
     keep_days: u32,
 }
 
-fn retention_json(v: &chronicle_projections::retention::RetentionView) -> Value {
-    json!({"policies": v.policies, "compactions": v.runs})
+/// The retention policies and the latest compactions.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Retention {
+    /// Event type → days kept (by event time).
+    policies: std::collections::BTreeMap<String, u32>,
+    /// The latest compactions, oldest first.
+    compactions: Vec<chronicle_projections::retention::RetentionRun>,
 }
 
-pub async fn retention(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
-    Ok(Json(retention_json(&chronicle_app::retention::policies(&app, &p.tenant))))
+pub async fn retention(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Retention>, ApiError> {
+    let v = chronicle_app::retention::policies(&app, &p.tenant);
+    Ok(Json(Retention { policies: v.policies, compactions: v.runs }))
 }
 
 /// A retention policy as set (`keep_days` null: kept forever).

@@ -22,7 +22,7 @@ pub async fn sendgrid(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Feedback>, ApiError> {
     let unauthorized = |m: &str| ApiError::of(super::codes::Code::Unauthorized, m);
     let tenant = match q.get("key") {
         Some(key) => match app.authenticate(key) {
@@ -54,7 +54,47 @@ pub async fn sendgrid(
         return Err(unauthorized("the SendGrid signature's timestamp is not within 10 minutes of now"));
     }
     let (applied, ignored) = feedback::apply(&app, &tenant, &body).await?;
-    Ok(Json(json!({"applied": applied, "ignored": ignored})))
+    Ok(Json(Feedback { applied, ignored }))
+}
+
+/// What a SendGrid batch did.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Feedback {
+    /// Events recorded (deliveries, opens, bounces, …).
+    applied: usize,
+    /// Events of a kind it does not record, or for an address no customer of the tenant has.
+    ignored: usize,
+}
+
+/// A batch of SendGrid's Event Webhook, as SendGrid posts it (the schema of the body;
+/// `automation::feedback` reads it and is the authority).
+pub struct SendGridBatch;
+
+impl schemars::JsonSchema for SendGridBatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SendGridBatch".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["email", "event", "sg_event_id", "timestamp"],
+                "properties": {
+                    "email": {"type": "string"},
+                    "event": {"type": "string", "description": "delivered, open, click, bounce, dropped, spamreport, unsubscribe and group_unsubscribe are recorded; others are ignored"},
+                    "sg_event_id": {"type": "string"},
+                    "smtp-id": {"type": "string", "description": "The Message-ID Chronicle sent, <id@chronicle>"},
+                    "timestamp": {"type": "integer", "description": "Unix seconds"},
+                    "reason": {"type": "string"},
+                    "response": {"type": "string"},
+                    "type": {"type": "string", "description": "A bounce's kind"},
+                    "url": {"type": "string"}
+                }
+            }
+        })
+    }
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -63,10 +103,16 @@ pub struct SendGridKey {
     public_key: String,
 }
 
+/// The tenant's SendGrid verification key (null: the instance's is used).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct SendGridSetting {
+    public_key: Option<String>,
+}
+
 /// `GET /v1/settings/sendgrid`.
-pub async fn get_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
-    let key = app.views().tenant(&p.tenant).and_then(|t| t.sendgrid_key.clone());
-    Ok(Json(json!({"public_key": key})))
+pub async fn get_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<SendGridSetting>, ApiError> {
+    let public_key = app.views().tenant(&p.tenant).and_then(|t| t.sendgrid_key.clone());
+    Ok(Json(SendGridSetting { public_key }))
 }
 
 /// `PUT /v1/settings/sendgrid`: checked whole (a P-256 public key, base64 DER, as SendGrid's
@@ -75,16 +121,16 @@ pub async fn set_sendgrid_key(
     State(app): State<Arc<App>>,
     p: super::auth::Principal,
     super::error::Body(b): super::error::Body<SendGridKey>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SendGridSetting>, ApiError> {
     feedback::parse_public_key(&b.public_key).map_err(|e| ApiError::from(chronicle_app::error::AppError::BadRequest(e.to_string())))?;
     record_setting(&app, &p, "SendGridKeySet", json!({"public_key": b.public_key.trim()})).await?;
-    Ok(Json(json!({"public_key": b.public_key.trim()})))
+    Ok(Json(SendGridSetting { public_key: Some(b.public_key.trim().to_owned()) }))
 }
 
 /// `DELETE /v1/settings/sendgrid`: back to the instance's key.
-pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<Value>, ApiError> {
+pub async fn remove_sendgrid_key(State(app): State<Arc<App>>, p: super::auth::Principal) -> Result<Json<SendGridSetting>, ApiError> {
     record_setting(&app, &p, "SendGridKeyRemoved", json!({})).await?;
-    Ok(Json(json!({"public_key": null})))
+    Ok(Json(SendGridSetting { public_key: None }))
 }
 
 pub(super) async fn record_setting(app: &App, p: &super::auth::Principal, event_type: &str, data: Value) -> Result<(), ApiError> {
