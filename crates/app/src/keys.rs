@@ -51,6 +51,24 @@ fn hash_secret(key: &str) -> String {
     argon().hash_password(key.as_bytes(), &salt).expect("argon2 hashes").to_string()
 }
 
+/// A person's password, hashed with argon2id at OWASP's recommended cost (19 MiB, 2 passes): a
+/// password is guessable, unlike a key, so each guess must be expensive.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS provides randomness");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes of salt");
+    let params = argon2::Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters");
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    argon.hash_password(password.as_bytes(), &salt).expect("argon2 hashes").to_string()
+}
+
+/// Whether `password` matches the stored hash (its parameters are read from the hash).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
 /// Whether `key` matches the stored hash.
 pub fn verify_secret(key: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};

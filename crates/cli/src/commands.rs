@@ -149,6 +149,50 @@ pub async fn api_key_create(args: &StorageArgs, tenant: &str, role: &str, name: 
     Ok(ExitCode::SUCCESS)
 }
 
+/// A person's account for the web UI, made offline (the first admin of a tenant).
+pub async fn user_create(
+    args: &StorageArgs,
+    tenant: &str,
+    email: &str,
+    name: &str,
+    role: &str,
+    password_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let role: chronicle_projections::Role = serde_json::from_value(json!(role))
+        .ok()
+        .filter(|r| *r != chronicle_projections::Role::Ingest)
+        .ok_or_else(|| anyhow::anyhow!("role {role:?} is not one of admin, writer, reader"))?;
+    let password = match (password_file, std::env::var("CHRONICLE_USER_PASSWORD")) {
+        (Some(f), _) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Ok(p)) => p,
+        (None, Err(_)) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+            line
+        }
+    };
+    let password = password.trim_end_matches(['\r', '\n']);
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    let tenant = existing_tenant(&app, Some(tenant))?;
+    let user = app.create_user(tenant, name, email, role, password, "cli").await?;
+    app.final_checkpoint()?;
+    println!("{}", json!({"id": user.id, "tenant": user.tenant, "name": user.name, "email": user.email, "role": user.role}));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn user_list(args: &StorageArgs, tenant: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    let tenant = existing_tenant(&app, Some(tenant))?;
+    for u in app.users(tenant) {
+        println!("{}", json!({"id": u.id, "name": u.name, "email": u.email, "role": u.role, "active": u.deactivated_at.is_none()}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn tenant_create(args: &StorageArgs, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&chronicle_app::storage::StorageConfig { create: true, ..cfg.storage() })?;

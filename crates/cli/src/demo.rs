@@ -508,6 +508,9 @@ pub async fn run(
         (None, None) => unreachable!("one of the two is made above"),
     };
     let (api_key, write_key) = app.create_tenant("demo").await?;
+    // A person to sign in to the web UI as (its password is made here and shown once).
+    let password = chronicle_app::keys::mint("pw")[3..23].to_owned();
+    app.create_user("demo", "Demo Admin", DEMO_ADMIN, chronicle_projections::Role::Admin, &password, "demo").await?;
     eprintln!("generating {customers} customers (about 100 events each)…");
     let started = std::time::Instant::now();
     let now = Utc::now();
@@ -516,7 +519,7 @@ pub async fn run(
     app.set_webhook_targets(chronicle_app::targets::WebhookTargets::AllowPrivate);
     let campaigns = load_examples(&app, "demo").await?;
     app.checkpoint()?;
-    let summary = json!({"tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});
+    let summary = json!({"ui_user": DEMO_ADMIN, "ui_password": password, "tenant": "demo", "customers": customers, "events": events, "seconds": (secs * 10.0).round() / 10.0, "campaigns_and_templates": campaigns, "events_per_sec": (events as f64 / secs).round(), "api_key": api_key, "write_key": write_key});
     let Some(application) = application else {
         println!("{summary}");
         return Ok(ExitCode::SUCCESS);
@@ -526,13 +529,16 @@ pub async fn run(
     commands::run(application, &cfg, |addr| {
         let base = format!("{}://{addr}", if server.tls_cert.is_some() { "https" } else { "http" });
         println!(
-            "\nChronicle demo is ready: {customers} customers, {events} events generated in {secs:.1} s ({:.0} events/s).\n\n  URL:        {base}\n  API key:    {api_key}\n  Write key:  {write_key}\n\nTry:\n  export KEY={api_key}\n  # a customer's profile and timeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/customers/{SHOWCASE}\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}/timeline?limit=5'\n  # may we e-mail them marketing?\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/consent-check?customer={SHOWCASE}&channel=email&purpose=marketing'\n  # the same profile as it was a week ago (the plan changed three days ago)\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}?as_of={week_ago}'\n  # the deal pipeline, the example campaigns at work, and the live event stream\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/pipeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/campaigns\n  curl -N -H \"Authorization: Bearer $KEY\" {base}/v1/events/stream\n\nCtrl-C stops the server.",
+            "\nChronicle demo is ready: {customers} customers, {events} events generated in {secs:.1} s ({:.0} events/s).\n\n  Web UI:     {base}/ui/  (workspace demo, e-mail {DEMO_ADMIN}, password {password}; or the API key)\n  API:        {base}\n  API key:    {api_key}\n  Write key:  {write_key}\n\nTry:\n  export KEY={api_key}\n  # a customer's profile and timeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/customers/{SHOWCASE}\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}/timeline?limit=5'\n  # may we e-mail them marketing?\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/consent-check?customer={SHOWCASE}&channel=email&purpose=marketing'\n  # the same profile as it was a week ago (the plan changed three days ago)\n  curl -s -H \"Authorization: Bearer $KEY\" '{base}/v1/customers/{SHOWCASE}?as_of={week_ago}'\n  # the deal pipeline, the example campaigns at work, and the live event stream\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/pipeline\n  curl -s -H \"Authorization: Bearer $KEY\" {base}/v1/campaigns\n  curl -N -H \"Authorization: Bearer $KEY\" {base}/v1/events/stream\n\nCtrl-C stops the server.",
             events as f64 / secs
         );
     })
     .await?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The demo's person, an admin of tenant `demo`.
+const DEMO_ADMIN: &str = "admin@demo.example";
 
 #[cfg(test)]
 mod tests {

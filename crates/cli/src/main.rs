@@ -82,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// People who sign in to the web UI
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// The contact list
     Customers {
         #[command(subcommand)]
@@ -158,6 +163,30 @@ enum TenantCommand {
 }
 
 #[derive(clap::Subcommand)]
+enum UserCommand {
+    /// Make a person's account; prints {"id","tenant","name","email","role"}. The password is
+    /// read from --password-file, else CHRONICLE_USER_PASSWORD, else the first line of stdin.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// admin, writer or reader
+        #[arg(long, default_value = "reader")]
+        role: String,
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
+    },
+    /// The tenant's people, one JSON object a line
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
 enum ApiKeyCommand {
     /// Make an API key; prints {"id","tenant","role","name","api_key"} (the key is shown only once)
     Create {
@@ -211,6 +240,10 @@ fn main() -> ExitCode {
             Command::Tenant { command: TenantCommand::Create { name } } => {
                 commands::tenant_create(&cli.storage, &name).await
             }
+            Command::User { command: UserCommand::Create { tenant, email, name, role, password_file } } => {
+                commands::user_create(&cli.storage, &tenant, &email, &name, &role, password_file.as_deref()).await
+            }
+            Command::User { command: UserCommand::List { tenant } } => commands::user_list(&cli.storage, &tenant).await,
             Command::ApiKey { command: ApiKeyCommand::Create { tenant, role, name } } => {
                 commands::api_key_create(&cli.storage, &tenant, &role, name).await
             }

@@ -75,11 +75,6 @@ const { chromium } = require('playwright-core');
 })().catch(e => { console.log(JSON.stringify({ fatal: String(e) })); process.exit(1); });
 "#;
 
-fn chromium() -> PathBuf {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists());
-    found.expect("the browser test needs Debian's chromium (scripts/test installs it)")
-}
-
 #[test]
 fn the_segment_browser_sdk_in_chromium_sends_page_track_and_identify_from_another_origin() {
     let Some(clients) = segment_clients() else { return };

@@ -182,6 +182,21 @@ fn demo_serves_its_tenant_with_history() {
         .trim()
         .to_owned();
     assert!(banner.iter().any(|l| l.contains("as_of=")), "the banner shows an as_of example: {banner:?}");
+    // The web UI comes first, with a person to sign in as.
+    let ui = banner.iter().find(|l| l.contains("Web UI:")).expect("the banner shows the web UI");
+    let first = banner.iter().position(|l| l.contains("http://")).unwrap();
+    assert!(banner[first].contains("Web UI:"), "the UI's URL is the first shown: {banner:?}");
+    let password = ui.split("password ").nth(1).and_then(|r| r.split(';').next()).expect("the banner shows the password").trim();
+    let no_redirects: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let res = no_redirects
+        .post(&format!("{url}/ui/sign-in"))
+        .send_form([("tenant", "demo"), ("email", "admin@demo.example"), ("password", password)])
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303, "the demo's person signs in");
+    let cookie = res.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap().split(';').next().unwrap().to_owned();
+    let mut page = no_redirects.get(&format!("{url}/ui/customers/c00042")).header("cookie", &cookie).call().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.body_mut().read_to_string().unwrap().contains("c00042"));
     let agent = agent();
     let (status, now) = get(&agent, &format!("{url}/v1/customers/c00042"), &key);
     assert_eq!(status, 200);

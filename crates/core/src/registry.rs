@@ -84,7 +84,17 @@ pub const FEEDBACK_TYPES: &[&str] = &[
 pub const ACTIVITY_TYPES: &[&str] = &["ActivityTracked"];
 pub const AUDIT_TYPES: &[&str] = &["AuditRecorded"];
 pub const RETENTION_TYPES: &[&str] = &["RetentionPolicySet", "RetentionPolicyRemoved", "RetentionApplied"];
-pub const SYSTEM_TYPES: &[&str] = &["TenantCreated", "ApiKeyCreated", "ApiKeyRevoked"];
+pub const SYSTEM_TYPES: &[&str] = &[
+    "TenantCreated",
+    "ApiKeyCreated",
+    "ApiKeyRevoked",
+    "UserCreated",
+    "UserDeactivated",
+    "UserReactivated",
+    "UserRoleChanged",
+    "SessionStarted",
+    "SessionEnded",
+];
 pub const STORE_TYPES: &[&str] = &[crate::envelope::EXPIRED_TYPE];
 pub const SETTINGS_TYPES: &[&str] = &["SendGridKeySet", "SendGridKeyRemoved", "CorsOriginsSet"];
 

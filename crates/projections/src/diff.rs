@@ -37,6 +37,8 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
     }
     differ_map("key", "-", &live.keys, &fresh.keys, &mut out);
     differ_map("API key", "-", &live.api_keys, &fresh.api_keys, &mut out);
+    differ_map("user", "-", &live.users, &fresh.users, &mut out);
+    differ_map("session", "-", &live.sessions, &fresh.sessions, &mut out);
     let tenants: BTreeSet<&String> = live.tenants.keys().chain(fresh.tenants.keys()).collect();
     let empty = Default::default();
     for t in tenants {

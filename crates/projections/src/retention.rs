@@ -37,7 +37,8 @@ pub fn can_expire(event_type: &str) -> Result<(), String> {
         chronicle_automation::events::EVENT_TYPES,
         chronicle_automation::events::FEEDBACK_TYPES,
         EVENT_TYPES,
-        &["MessageBounced", "TenantCreated", "ApiKeyCreated", "ApiKeyRevoked", chronicle_core::envelope::EXPIRED_TYPE],
+        chronicle_core::registry::SYSTEM_TYPES,
+        &["MessageBounced", chronicle_core::envelope::EXPIRED_TYPE],
     ];
     if event_type.trim().is_empty() {
         return Err("name an event type".into());

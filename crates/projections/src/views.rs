@@ -111,6 +111,57 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// A person who works in a tenant's CRM (the web UI): signs in with an e-mail address and a
+/// password, kept as an argon2id hash. People are never deleted, only deactivated (the
+/// timeline and the audit name them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    /// Lower-cased; unique within the tenant.
+    pub email: String,
+    pub role: Role,
+    /// The PHC string of the argon2id hash of the password.
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub deactivated_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    /// How the person is named on the events they cause and on the audit trail.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.email)
+    }
+}
+
+/// Who a session signs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOf {
+    /// A person, by user id.
+    User(String),
+    /// An API key (for automation and for tenants with no people yet), by the SHA-256 digest of
+    /// the key: the session lasts only while the key is valid.
+    Key(String),
+}
+
+/// A signed-in session of the web UI. The browser holds a random token in a cookie; only its
+/// SHA-256 digest is kept here, in the log (`SessionStarted` on the system tenant), so every node
+/// over the same database honours it and a sign-out (`SessionEnded`) ends it everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// SHA-256 (hex) of the token.
+    pub digest: String,
+    pub tenant: String,
+    pub of: SessionOf,
+    /// Recorded on the events the session causes: `user:<e-mail>` or `key:<digest prefix>`.
+    pub actor: String,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 
 /// The key the unique e-mail index is kept under: with it, the index holds each address's
 /// HMAC-SHA256 (hex), not the address, so the index itself holds no personal data and an
@@ -209,6 +260,13 @@ pub struct Projections {
     /// Keys made through the API, by id.
     #[serde(default)]
     pub api_keys: Map<String, ApiKey>,
+    /// The people of every tenant, by user id.
+    #[serde(default)]
+    pub users: Map<String, User>,
+    /// Web sessions not ended, by the digest of their token (expired ones are dropped as later
+    /// sessions start).
+    #[serde(default)]
+    pub sessions: Map<String, Session>,
     /// Events whose payload could not be decoded (counted, never fatal: events are facts).
     pub undecodable: u64,
     /// Events of a customer stream between two time-travel snapshots.
@@ -247,6 +305,8 @@ impl Default for Projections {
             tenants: BTreeMap::new(),
             keys: Map::default(),
             api_keys: Map::default(),
+            users: Map::default(),
+            sessions: Map::default(),
             undecodable: 0,
             snapshot_every: SNAPSHOT_EVERY,
             reacted: 0,
@@ -500,6 +560,47 @@ impl Projections {
                 }
                 return;
             }
+            "UserCreated" => {
+                match serde_json::from_value::<User>(ev.data.clone()) {
+                    Ok(u) => {
+                        self.users.insert(u.id.clone(), u);
+                    }
+                    Err(_) => self.undecodable += 1,
+                }
+                return;
+            }
+            "UserDeactivated" | "UserReactivated" | "UserRoleChanged" => {
+                let id = ev.data.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+                let role = ev.data.get("role").and_then(|r| serde_json::from_value::<Role>(r.clone()).ok());
+                let Some(u) = self.users.get_mut(id) else {
+                    self.undecodable += 1;
+                    return;
+                };
+                match (ev.event_type.as_str(), role) {
+                    ("UserDeactivated", _) => u.deactivated_at = Some(ev.event_time),
+                    ("UserReactivated", _) => u.deactivated_at = None,
+                    (_, Some(role)) => u.role = role,
+                    (_, None) => self.undecodable += 1,
+                }
+                return;
+            }
+            "SessionStarted" => {
+                match serde_json::from_value::<Session>(ev.data.clone()) {
+                    Ok(s) => {
+                        // Sessions past their expiry are dropped here, by the event's time, so
+                        // the fold stays a function of the log.
+                        self.sessions.retain(|_, old| old.expires_at > ev.event_time);
+                        self.sessions.insert(s.digest.clone(), s);
+                    }
+                    Err(_) => self.undecodable += 1,
+                }
+                return;
+            }
+            "SessionEnded" => {
+                let digest = ev.data.get("digest").and_then(|v| v.as_str()).unwrap_or_default();
+                self.sessions.remove(digest);
+                return;
+            }
             "TenantCreated" => {}
             _ => return,
         }
@@ -529,7 +630,7 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
         return false;
     }
     if tenant == SYSTEM_TENANT {
-        return matches!(event_type, "TenantCreated" | "ApiKeyCreated" | "ApiKeyRevoked");
+        return chronicle_core::registry::SYSTEM_TYPES.contains(&event_type);
     }
     if chronicle_automation::events::EVENT_TYPES.contains(&event_type)
         || event_type == "MessageBounced"

@@ -31,11 +31,13 @@ use uuid::Uuid;
 mod access;
 mod budgets;
 mod commands;
+mod people;
 mod privacy;
 mod queries;
 mod views;
 
 pub use queries::ListFilter;
+pub use people::{SignInError, SignedIn, MIN_PASSWORD, SESSION_HOURS};
 pub use privacy::{Export, ExportedMessage, MessageState};
 
 /// How often a command is retried when another writer moved its stream first.

@@ -68,7 +68,12 @@ pub fn start_logging(data: &Path, args: &[&str], marker: &str, log: Option<&Path
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(i) = line.find("http://127.0.0.1:") {
-            url.get_or_insert_with(|| line[i..].split_whitespace().next().unwrap().trim_end_matches('/').to_owned());
+            // The origin only (the demo shows the web UI's URL, `…/ui/`, first).
+            url.get_or_insert_with(|| {
+                let u = line[i..].split_whitespace().next().unwrap();
+                let end = u["http://".len()..].find('/').map_or(u.len(), |j| j + "http://".len());
+                u[..end].to_owned()
+            });
         }
         let done = line.contains(marker);
         seen.push(line);
@@ -390,4 +395,10 @@ impl Drop for PgSchema {
         let _ = rt.block_on(chronicle_store::postgres::PgStore::drop_schema(&self.url, &self.schema));
         let _ = std::fs::remove_file(&self.master);
     }
+}
+
+/// Debian's chromium, which the browser tests drive with playwright-core.
+pub fn chromium() -> std::path::PathBuf {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(std::path::PathBuf::from).find(|p| p.exists());
+    found.expect("the browser tests need Debian's chromium (scripts/test installs it)")
 }

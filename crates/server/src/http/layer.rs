@@ -116,15 +116,13 @@ pub(crate) async fn count_requests(
 
 /// One error shape everywhere: an error answered below the handlers in another form (axum's
 /// plain-text rejection of a path segment that is not a number, say) is given the JSON shape,
-/// with the code of its status and its text as the message.
+/// with the code of its status and its text as the message. The web UI's pages are HTML, their
+/// errors too.
 async fn json_error_shape(res: axum::response::Response) -> axum::response::Response {
     let status = res.status();
-    let is_json = res
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+    let kind = res.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let is_json = kind.starts_with("application/json");
+    if is_json || kind.starts_with("text/html") || !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
     let (parts, body) = res.into_parts();

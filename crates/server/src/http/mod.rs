@@ -259,6 +259,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
 /// that it is stopping.
 pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync::watch::Receiver<bool>) -> Router {
     let cors = cors::layer(api.app.clone(), &options.cors_origins);
+    let web = chronicle_web::Web { app: api.app.clone(), secure_cookies: options.tls.is_some() };
     let options = Options { metrics_token: options.metrics_token.as_deref().map(Arc::from), closing };
     let table = routes();
     let doc = openapi::OpenApi(Arc::new(openapi::document(table.iter().map(|(route, _)| route))));
@@ -273,6 +274,7 @@ pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync
         router = router.route(route.path, handler);
     }
     router
+        .merge(chronicle_web::router(web))
         .fallback(|| async { ApiError::of(crate::http::codes::Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::of(crate::http::codes::Code::MethodNotAllowed, "this route does not take this method")

@@ -1,0 +1,74 @@
+//! The templates (compiled once, HTML-escaped: a trait whose value is `<script>` shows as text)
+//! and the headers every UI answer carries: a Content-Security-Policy that runs only the app's
+//! own scripts and styles, no framing, no sniffing, and pages never cached.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::Environment;
+use serde::Serialize;
+use std::sync::LazyLock;
+
+/// What the layout shows of the signed-in viewer.
+#[derive(Serialize, Default)]
+pub struct Page {
+    pub title: String,
+    /// The navigation entry to mark as current.
+    pub nav: String,
+    pub tenant: String,
+    pub name: String,
+    pub role: String,
+    pub can_write: bool,
+    pub is_admin: bool,
+    pub csrf: String,
+}
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    for (name, source) in [
+        ("base.html", include_str!("../templates/base.html")),
+        ("sign_in.html", include_str!("../templates/sign_in.html")),
+        ("contacts.html", include_str!("../templates/contacts.html")),
+        ("contact_rows.html", include_str!("../templates/contact_rows.html")),
+        ("customer.html", include_str!("../templates/customer.html")),
+        ("error.html", include_str!("../templates/error.html")),
+    ] {
+        env.add_template(name, source).expect("the UI's templates parse");
+    }
+    env.add_global("css", crate::assets::url("app.css"));
+    env.add_global("js", crate::assets::url("app.js"));
+    env
+});
+
+/// A template rendered into a page (a template error is a bug: logged, answered 500).
+pub fn render(name: &str, ctx: impl Serialize) -> Response {
+    match TEMPLATES.get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "a UI template failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, Html("<!doctype html><title>Error</title><p>This page could not be shown.")).into_response()
+        }
+    }
+}
+
+/// An error page.
+pub fn error(status: StatusCode, message: &str) -> Response {
+    let page = Page { title: status.canonical_reason().unwrap_or("Error").to_owned(), ..Page::default() };
+    let mut res = render("error.html", minijinja::context! { page, message, status => status.as_u16() });
+    *res.status_mut() = status;
+    res
+}
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
