@@ -461,3 +461,40 @@ fn nodes_over_postgres_keep_nothing_locally_and_need_the_shared_master_key() {
     assert!(stderr.contains("--master-key-file"), "says how to give the key: {stderr}");
     assert!(std::fs::read_dir(cwd.path()).unwrap().next().is_none(), "a refused node makes nothing either");
 }
+
+/// A web UI session made on one node is honoured by another at once, and a sign-out on the
+/// other ends it on the first (sessions are events in the shared log).
+#[test]
+fn a_web_session_made_on_one_node_is_honoured_by_another_and_ended_everywhere() {
+    let Some(c) = cluster(2) else { return };
+    let mut args = c.args(&["user", "create", "--tenant", "acme", "--email", "ada@example.com", "--name", "Ada"]);
+    args.extend(["--role", "writer"]);
+    let out = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(&c.folders[0])
+        .args(&args)
+        .env("CHRONICLE_USER_PASSWORD", "correct horse battery staple")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_a, a) = c.serve(0, &[]);
+    let (_b, b) = c.serve(1, &[]);
+    let browser: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let res = browser
+        .post(&format!("{a}/ui/sign-in"))
+        .send_form([("tenant", "acme"), ("email", "ada@example.com"), ("password", "correct horse battery staple")])
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303);
+    let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = |url: &str| {
+        let mut r = browser.get(&format!("{url}/ui/contacts")).header("cookie", &cookie).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+    };
+    // At once on the other node: its request layer syncs with the database first.
+    let (status, html) = page(&b);
+    assert_eq!(status, 200, "node B honours node A's session: {html}");
+    let token = html.split("name=\"_csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let out = browser.post(&format!("{b}/ui/sign-out")).header("cookie", &cookie).send_form([("_csrf", token.as_str())]).unwrap();
+    assert_eq!(out.status().as_u16(), 303);
+    assert_eq!(page(&a).0, 303, "signed out on B, the session is over on A too");
+}

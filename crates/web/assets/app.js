@@ -35,3 +35,31 @@
     });
   }
 })();
+
+// The live activity view: the tenant's events as they are committed (server-sent events; the
+// browser reconnects by itself and resumes after the last event it saw).
+(function () {
+  'use strict';
+  var list = document.getElementById('live');
+  if (!list || !window.EventSource) { return; }
+  var state = document.getElementById('live-state');
+  var source = new EventSource(list.getAttribute('data-source'));
+  source.onopen = function () { state.textContent = 'Following the log; new events appear at the top.'; };
+  source.onerror = function () { state.textContent = 'Reconnecting…'; };
+  source.onmessage = function (m) {
+    var e = JSON.parse(m.data);
+    var li = document.createElement('li');
+    li.setAttribute('data-type', e.type);
+    var text = e.at + ' · ' + e.type + ' on ' + e.stream + (e.actor ? ' by ' + e.actor : '');
+    if (e.customer) {
+      var a = document.createElement('a');
+      a.href = '/ui/customers/' + encodeURIComponent(e.customer);
+      a.textContent = text;
+      li.appendChild(a);
+    } else {
+      li.textContent = text;
+    }
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > 200) { list.removeChild(list.lastChild); }
+  };
+})();

@@ -8,11 +8,17 @@
 //!
 //! - `session`: who is signed in (a cookie holding a session token; sessions are events, so
 //!   every node honours them), the anti-forgery token of forms, roles.
-//! - `pages`: the pages and the form posts.
+//! - `pages`: sign-in, the contact list (bulk actions, CSV) and the customer 360 with its actions.
+//! - `board`: the pipeline board. `campaigns`: campaigns and dead letters. `live`: the activity
+//!   view over server-sent events. `admin`: people, API keys and the audit trail.
 //! - `assets`: the embedded CSS and JavaScript.
 //! - `render`: the templates, and the security headers every page carries.
 
+mod admin;
 mod assets;
+mod board;
+mod campaigns;
+mod live;
 mod pages;
 mod render;
 mod session;
@@ -26,9 +32,13 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Web {
     pub app: Arc<App>,
+    /// The automation engine (dead-letter retries).
+    pub engine: Arc<chronicle_app::automation::Engine>,
     /// Whether the session cookie is marked `Secure` (the server serves HTTPS itself, or sits
     /// behind a proxy that does: `--public-url https://…`).
     pub secure_cookies: bool,
+    /// Turns true when the server begins to stop: the live view's stream ends then.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The UI's routes, for the server to merge into its router (under its request layer: body
@@ -42,6 +52,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(web: Web) -> Router<S> {
         .route("/ui/sign-in/key", post(pages::sign_in_key))
         .route("/ui/sign-out", post(pages::sign_out))
         .route("/ui/contacts", get(pages::contacts))
+        .route("/ui/contacts.csv", get(pages::contacts_csv))
+        .route("/ui/contacts/bulk", post(pages::contacts_bulk))
         .route("/ui/customers/{id}", get(pages::customer))
         .route("/ui/customers/{id}/traits", post(pages::set_trait))
         .route("/ui/customers/{id}/notes", post(pages::add_note))
@@ -50,6 +62,21 @@ pub fn router<S: Clone + Send + Sync + 'static>(web: Web) -> Router<S> {
         .route("/ui/customers/{id}/owner", post(pages::assign_owner))
         .route("/ui/customers/{id}/consents", post(pages::set_consent))
         .route("/ui/customers/{id}/status", post(pages::set_status))
+        .route("/ui/customers/{id}/export", get(pages::export))
+        .route("/ui/customers/{id}/erase", post(pages::erase))
+        .route("/ui/pipeline", get(board::board))
+        .route("/ui/deals/{id}/move", post(board::move_deal))
+        .route("/ui/campaigns", get(campaigns::list))
+        .route("/ui/campaigns/{name}", get(campaigns::one))
+        .route("/ui/dead-letters", get(campaigns::dead_letters))
+        .route("/ui/dead-letters/{id}/retry", post(campaigns::retry))
+        .route("/ui/live", get(live::page))
+        .route("/ui/live/events", get(live::events))
+        .route("/ui/admin/people", get(admin::people).post(admin::invite))
+        .route("/ui/admin/people/{id}", post(admin::person))
+        .route("/ui/admin/keys", get(admin::keys).post(admin::make_key))
+        .route("/ui/admin/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/ui/admin/audit", get(admin::audit))
         .route("/ui/assets/{name}", get(assets::serve))
         .layer(axum::middleware::map_response(render::security_headers))
         .with_state(web)

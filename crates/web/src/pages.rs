@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 type Client = Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
 
 /// An application error as a page.
-fn app_error(e: AppError) -> Response {
+pub(crate) fn app_error(e: AppError) -> Response {
     let status = match &e {
         AppError::NotFound(_) => StatusCode::NOT_FOUND,
         AppError::BadRequest(_) | AppError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -132,11 +132,14 @@ pub struct ContactsQuery {
     status: String,
     #[serde(default)]
     sort: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     after: String,
     /// `rows`: only the table's rows (the search box's live update).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     part: String,
+    /// How many contacts a bulk action just changed (shown once).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    done: String,
 }
 
 /// A contact as the list shows it.
@@ -152,7 +155,7 @@ struct Row {
     status: String,
 }
 
-fn display_name(c: &Customer) -> String {
+pub(crate) fn display_name(c: &Customer) -> String {
     let part = |k: &str| c.traits.get(k).and_then(Value::as_str).unwrap_or_default().trim().to_owned();
     let name = format!("{} {}", part("first_name"), part("last_name")).trim().to_owned();
     if !name.is_empty() {
@@ -161,32 +164,59 @@ fn display_name(c: &Customer) -> String {
     c.traits.get("name").and_then(Value::as_str).map(str::to_owned).unwrap_or_default()
 }
 
-fn lower<T: Serialize>(v: &T) -> String {
+pub(crate) fn lower<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(Value::String(s)) => s,
         _ => String::new(),
     }
 }
 
+impl ContactsQuery {
+    /// The list query these filters make, a page of `limit`.
+    fn query(&self, limit: usize) -> Result<ContactQuery, Response> {
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        let sort = match self.sort.as_str() {
+            "" => SortBy::Name,
+            s => s.parse::<SortBy>().map_err(|e| render::error(StatusCode::BAD_REQUEST, &e))?,
+        };
+        Ok(ContactQuery {
+            q: some(&self.q),
+            email: None,
+            tag: some(&self.tag),
+            stage: some(&self.stage),
+            owner: some(&self.owner),
+            status: some(&self.status),
+            sort,
+            after: some(&self.after),
+            limit,
+        })
+    }
+
+    /// Every contact these filters select, up to [`MAX_BULK`], page by page.
+    fn all(&self, web: &Web, tenant: &str) -> Result<Vec<Customer>, Response> {
+        let mut query = self.query(1000)?;
+        query.after = None;
+        let mut out = Vec::new();
+        loop {
+            let (page, next) = web.app.contacts(tenant, &query).map_err(app_error)?;
+            out.extend(page);
+            match next {
+                Some(n) if out.len() < MAX_BULK => query.after = Some(n),
+                _ => break,
+            }
+        }
+        out.truncate(MAX_BULK);
+        Ok(out)
+    }
+}
+
+/// The most contacts a bulk action or a CSV export takes at once.
+const MAX_BULK: usize = 10_000;
+
 pub async fn contacts(State(web): State<Web>, viewer: Viewer, Query(q): Query<ContactsQuery>) -> Response {
-    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
-    let sort = match q.sort.as_str() {
-        "" => SortBy::Name,
-        s => match s.parse::<SortBy>() {
-            Ok(s) => s,
-            Err(e) => return render::error(StatusCode::BAD_REQUEST, &e),
-        },
-    };
-    let query = ContactQuery {
-        q: some(&q.q),
-        email: None,
-        tag: some(&q.tag),
-        stage: some(&q.stage),
-        owner: some(&q.owner),
-        status: some(&q.status),
-        sort,
-        after: some(&q.after),
-        limit: 50,
+    let query = match q.query(50) {
+        Ok(query) => query,
+        Err(res) => return res,
     };
     let (customers, next) = match web.app.contacts(viewer.tenant(), &query) {
         Ok(page) => page,
@@ -206,13 +236,104 @@ pub async fn contacts(State(web): State<Web>, viewer: Viewer, Query(q): Query<Co
         })
         .collect();
     let next_url = next.map(|n| {
-        let more = ContactsQuery { after: n, part: String::new(), ..q_clone(&q) };
+        let more = ContactsQuery { after: n, part: String::new(), done: String::new(), ..q_clone(&q) };
         format!("/ui/contacts?{}", serde_urlencoded::to_string(&more).unwrap_or_default())
     });
     let template = if q.part == "rows" { "contact_rows.html" } else { "contacts.html" };
     let page = page_of(&viewer, "Contacts", "contacts");
     let owners: Vec<(String, String)> = web.app.users(viewer.tenant()).into_iter().map(|u| (u.actor(), u.name)).collect();
-    render(template, context! { page, rows, next_url, q, owners, stages => STAGES })
+    let filters = ContactsQuery { after: String::new(), part: String::new(), done: String::new(), ..q_clone(&q) };
+    let csv_url = format!("/ui/contacts.csv?{}", serde_urlencoded::to_string(&filters).unwrap_or_default());
+    render(template, context! { page, rows, next_url, q, filters, csv_url, owners, stages => STAGES })
+}
+
+/// The filtered list as CSV (RFC 4180), every matching contact up to [`MAX_BULK`].
+pub async fn contacts_csv(State(web): State<Web>, viewer: Viewer, Query(q): Query<ContactsQuery>) -> Response {
+    let all = match q.all(&web, viewer.tenant()) {
+        Ok(all) => all,
+        Err(res) => return res,
+    };
+    let mut out = String::from("id,name,email,phone,lifecycle_stage,owner,tags,status,created_at\r\n");
+    for c in &all {
+        let row = [
+            c.id.clone(),
+            display_name(c),
+            c.email.clone().unwrap_or_default(),
+            c.phone.clone().unwrap_or_default(),
+            c.lifecycle_stage.map(|s| lower(&s)).unwrap_or_default(),
+            c.owner.clone().unwrap_or_default(),
+            c.tags.iter().cloned().collect::<Vec<_>>().join(";"),
+            lower(&c.status),
+            c.created_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        ];
+        out.push_str(&row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    tracing::info!(tenant = viewer.tenant(), actor = viewer.actor(), contacts = all.len(), "contact list exported as CSV");
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"contacts-{}.csv\"", viewer.tenant())),
+        ],
+        out,
+    )
+        .into_response()
+}
+
+/// One CSV field: quoted when it holds a separator, a quote or a line break; a field a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) is prefixed with `'` — but not
+/// a number such as a phone number (`+351 900 000 163`), which no spreadsheet runs.
+fn csv_field(f: &str) -> String {
+    let number = f.len() > 1 && f[1..].chars().all(|c| c.is_ascii_digit() || " ().-".contains(c));
+    let formula = f.starts_with(['=', '@']) || (f.starts_with(['+', '-']) && !number);
+    let f = if formula { format!("'{f}") } else { f.to_owned() };
+    if f.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", f.replace('"', "\"\""))
+    } else {
+        f
+    }
+}
+
+#[derive(Deserialize)]
+pub struct BulkForm {
+    #[serde(flatten)]
+    filters: ContactsQuery,
+    /// `tag` or `owner`.
+    bulk: String,
+    value: String,
+}
+
+/// A bulk action over the filtered list: tag every contact, or assign them an owner; each is the
+/// API's command, as the person.
+pub async fn contacts_bulk(State(web): State<Web>, p: Posted<BulkForm>) -> Response {
+    let value = p.form.value.trim().to_owned();
+    if value.is_empty() {
+        return render::error(StatusCode::UNPROCESSABLE_ENTITY, "Give the tag or the owner.");
+    }
+    if p.form.bulk == "owner" && !web.app.users(p.viewer.tenant()).iter().any(|u| u.actor() == value && u.deactivated_at.is_none()) {
+        return render::error(StatusCode::UNPROCESSABLE_ENTITY, "Choose an owner among the people of this workspace.");
+    }
+    let all = match p.form.filters.all(&web, p.viewer.tenant()) {
+        Ok(all) => all,
+        Err(res) => return res,
+    };
+    let mut done = 0;
+    for c in &all {
+        let cmd = match p.form.bulk.as_str() {
+            "tag" => CustomerCommand::Tag { tag: value.clone() },
+            "owner" => CustomerCommand::AssignOwner { owner: value.clone() },
+            _ => return render::error(StatusCode::UNPROCESSABLE_ENTITY, "Unknown bulk action."),
+        };
+        match web.app.customer_command(p.viewer.tenant(), &c.id, cmd, p.viewer.actor()).await {
+            Ok(_) => {
+                done += 1;
+                note_audit(&web, &p.viewer, &c.id, "change", "POST", 303);
+            }
+            Err(e) => return app_error(e),
+        }
+    }
+    let back = ContactsQuery { after: String::new(), part: String::new(), done: done.to_string(), ..q_clone(&p.form.filters) };
+    Redirect::to(&format!("/ui/contacts?{}", serde_urlencoded::to_string(&back).unwrap_or_default())).into_response()
 }
 
 fn q_clone(q: &ContactsQuery) -> ContactsQuery {
@@ -225,6 +346,7 @@ fn q_clone(q: &ContactsQuery) -> ContactsQuery {
         sort: q.sort.clone(),
         after: q.after.clone(),
         part: q.part.clone(),
+        done: q.done.clone(),
     }
 }
 
@@ -309,14 +431,14 @@ fn differences(then: &Customer, now: &Customer) -> BTreeSet<String> {
     out
 }
 
-fn show(v: &Value) -> String {
+pub(crate) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
 }
 
-fn fmt_time(t: &DateTime<Utc>) -> String {
+pub(crate) fn fmt_time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -415,7 +537,7 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
         u
     });
     let of_customer = chronicle_app::app::ListFilter { customer: Some(id.clone()), ..Default::default() };
-    let money = |minor: i64, currency: &str| format!("{}.{:02} {currency}", minor / 100, (minor % 100).abs());
+    let money = crate::board::money;
     let deals: Vec<Value> = app
         .deals_list(&tenant, &of_customer, None, 100)
         .0
@@ -470,7 +592,7 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
     )
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     serde_urlencoded::to_string([("", s)]).unwrap_or_default().trim_start_matches('=').to_owned()
 }
 
@@ -495,7 +617,7 @@ fn summary(event_type: &str, data: &Value) -> String {
     }
 }
 
-fn note_audit(web: &Web, viewer: &Viewer, customer: &str, action: &str, method: &str, status: u16) {
+pub(crate) fn note_audit(web: &Web, viewer: &Viewer, customer: &str, action: &str, method: &str, status: u16) {
     web.app.audit.note(
         viewer.tenant(),
         chronicle_projections::AuditEntry {
@@ -624,4 +746,69 @@ pub async fn set_status(State(web): State<Web>, Path(id): Path<String>, p: Poste
         _ => return render::error(StatusCode::UNPROCESSABLE_ENTITY, "Unknown action."),
     };
     act(&web, &p.viewer, &id, cmd).await
+}
+
+/// Subject access (admins): everything held about the person, downloaded as the API's export.
+pub async fn export(State(web): State<Web>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    if !viewer.is_admin() {
+        return render::error(StatusCode::FORBIDDEN, "Only an admin may export a person's data.");
+    }
+    let id = web.app.pseudonyms.id(&id).into_owned();
+    match web.app.export_customer(viewer.tenant(), &id).await {
+        Ok(doc) => {
+            note_audit(&web, &viewer, &id, "read", "GET", 200);
+            let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            let name = format!("attachment; filename=\"export-{}.json\"", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
+            ([(header::CONTENT_TYPE, "application/json".to_owned()), (header::CONTENT_DISPOSITION, name)], body).into_response()
+        }
+        Err(e) => app_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EraseForm {
+    /// The customer's id, typed again.
+    confirm: String,
+}
+
+/// Erasure (admins), confirmed by typing the customer's id: the API's erasure, as the person.
+pub async fn erase(State(web): State<Web>, Path(id): Path<String>, p: Posted<EraseForm>) -> Response {
+    if !p.viewer.is_admin() {
+        return render::error(StatusCode::FORBIDDEN, "Only an admin may erase a person.");
+    }
+    if p.form.confirm.trim() != id {
+        return render::error(StatusCode::UNPROCESSABLE_ENTITY, "Type the customer's id exactly to confirm the erasure.");
+    }
+    let stored = web.app.pseudonyms.id(&id).into_owned();
+    match web.app.erase_customer(p.viewer.tenant(), &stored, p.viewer.actor()).await {
+        Ok(_) => {
+            note_audit(&web, &p.viewer, &stored, "change", "POST", 303);
+            Redirect::to("/ui/contacts").into_response()
+        }
+        Err(e) => app_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("Ada"), "Ada");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("+351 900 000 163"), "+351 900 000 163");
+        assert_eq!(csv_field("+cmd|' /C calc'!A0"), "'+cmd|' /C calc'!A0");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+    }
+
+    #[test]
+    fn instants_read_as_rfc3339_or_a_date_time_field() {
+        assert_eq!(parse_instant("2026-11-01T10:00:00Z").unwrap().to_rfc3339(), "2026-11-01T10:00:00+00:00");
+        assert_eq!(parse_instant("2026-11-01T10:00").unwrap().to_rfc3339(), "2026-11-01T10:00:00+00:00");
+        assert_eq!(parse_instant("2026-11-01T10:00:30").unwrap().to_rfc3339(), "2026-11-01T10:00:30+00:00");
+        assert!(parse_instant("yesterday").is_none());
+    }
 }

@@ -31,6 +31,15 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("contact_rows.html", include_str!("../templates/contact_rows.html")),
         ("customer.html", include_str!("../templates/customer.html")),
         ("error.html", include_str!("../templates/error.html")),
+        ("pipeline.html", include_str!("../templates/pipeline.html")),
+        ("campaigns.html", include_str!("../templates/campaigns.html")),
+        ("campaign.html", include_str!("../templates/campaign.html")),
+        ("dead_letters.html", include_str!("../templates/dead_letters.html")),
+        ("live.html", include_str!("../templates/live.html")),
+        ("admin_nav.html", include_str!("../templates/admin_nav.html")),
+        ("people.html", include_str!("../templates/people.html")),
+        ("keys.html", include_str!("../templates/keys.html")),
+        ("audit.html", include_str!("../templates/audit.html")),
     ] {
         env.add_template(name, source).expect("the UI's templates parse");
     }
@@ -71,4 +80,18 @@ pub async fn security_headers(mut res: Response) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses_and_escapes() {
+        let names: Vec<&str> = TEMPLATES.templates().map(|(n, _)| n).collect();
+        assert!(names.len() >= 15, "{names:?}");
+        let page = Page { title: "<b>".into(), tenant: "t".into(), ..Page::default() };
+        let res = TEMPLATES.get_template("error.html").unwrap().render(minijinja::context! { page, message => "<script>x</script>" }).unwrap();
+        assert!(res.contains("&lt;script&gt;x&lt;&#x2f;script&gt;") && !res.contains("<script>x"), "{res}");
+    }
 }

@@ -4,6 +4,25 @@
 use super::*;
 
 impl App {
+    /// The tenant's events after log position `after`, then live as they are committed (its own
+    /// streams such as `_audit` left out): what the API's live stream and the web UI's activity
+    /// view follow. It ends on a read error (logged).
+    pub fn feed(&self, tenant: &str, after: u64) -> impl futures_util::Stream<Item = EventEnvelope> + Send + 'static {
+        let sub = chronicle_store::Subscription::new(self.store().clone(), after);
+        futures_util::stream::unfold((sub, tenant.to_owned()), |(mut sub, tenant)| async move {
+            loop {
+                match sub.next().await {
+                    Ok(Some(ev)) if ev.tenant == tenant && !crate::audit::is_internal(&ev.stream) => return Some((ev, (sub, tenant))),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(error = &e as &dyn std::error::Error, "a live feed ended on a read error");
+                        return None;
+                    }
+                }
+            }
+        })
+    }
 
     pub fn customer(&self, tenant: &str, id: &str) -> Result<Customer, AppError> {
         match self.views().customer(tenant, id) {

@@ -69,6 +69,32 @@ pub fn campaign(app: &App, tenant: &str, name: &str) -> Option<Value> {
     a.definition(name, *a.campaigns.get(name)?).map(|c| c.definition.clone())
 }
 
+/// The campaigns in force, by name: each with its trigger in words and its counters.
+pub fn campaigns(app: &App, tenant: &str) -> Vec<(String, String, chronicle_projections::automation::CampaignStats)> {
+    let v = app.views();
+    let Some(t) = v.tenant(tenant) else { return Vec::new() };
+    let mut out: Vec<_> = t
+        .automation
+        .live_campaigns()
+        .map(|(name, _, c)| (name.to_owned(), c.trigger.describe(), t.automation.stats.get(name).cloned().unwrap_or_default()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A campaign's counters (`None`: no such campaign ever ran here).
+pub fn stats(app: &App, tenant: &str, name: &str) -> Option<chronicle_projections::automation::CampaignStats> {
+    app.views().tenant(tenant).and_then(|t| t.automation.stats.get(name).cloned())
+}
+
+/// The dead-letter queue, oldest first.
+pub fn dead_letters(app: &App, tenant: &str) -> Vec<chronicle_projections::automation::OutboxEntry> {
+    let v = app.views();
+    let mut out: Vec<_> = v.tenant(tenant).map(|t| t.automation.dead_letters.values().cloned().collect()).unwrap_or_default();
+    out.sort_by_key(|m: &chronicle_projections::automation::OutboxEntry| m.queued_at);
+    out
+}
+
 pub async fn save_template(app: &App, tenant: &str, name: &str, body: &Value, actor: &str) -> Result<bool, AppError> {
     check_name(name)?;
     let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);

@@ -18,8 +18,7 @@ type Res<T> = Result<T, ApiError>;
 pub const CAMPAIGN_EXAMPLE: &str = r#"{"trigger":{"event":"Product Added"},"exit_on":["Order Completed"],"goal":"Order Completed","reentry":"after:7d","steps":[{"wait":"1h"},{"send":{"channel":"email","purpose":"marketing","template":"cart-reminder"}}]}"#;
 
 fn stats(app: &App, tenant: &str, name: &str) -> CampaignStats {
-    let v = app.views();
-    v.tenant(tenant).and_then(|t| t.automation.stats.get(name)).cloned().unwrap_or_default()
+    definitions::stats(app, tenant, name).unwrap_or_default()
 }
 
 /// A campaign saved.
@@ -130,20 +129,10 @@ pub async fn get_one(State(app): State<Arc<App>>, p: Principal, Path(name): Path
 }
 
 pub async fn list(State(app): State<Arc<App>>, p: Principal) -> Res<Json<CampaignList>> {
-    let v = app.views();
-    let mut campaigns: Vec<CampaignSummary> = match v.tenant(&p.tenant) {
-        Some(t) => t
-            .automation
-            .live_campaigns()
-            .map(|(name, _, c)| CampaignSummary {
-                name: name.to_owned(),
-                trigger: c.trigger.describe(),
-                stats: t.automation.stats.get(name).cloned().unwrap_or_default(),
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    campaigns.sort_by(|a, b| a.name.cmp(&b.name));
+    let campaigns = definitions::campaigns(&app, &p.tenant)
+        .into_iter()
+        .map(|(name, trigger, stats)| CampaignSummary { name, trigger, stats })
+        .collect();
     Ok(Json(CampaignList { campaigns }))
 }
 
@@ -153,11 +142,7 @@ pub async fn delete(State(app): State<Arc<App>>, p: Principal, Path(name): Path<
 }
 
 pub async fn get_stats(State(app): State<Arc<App>>, p: Principal, Path(name): Path<String>) -> Res<Json<CampaignStats>> {
-    let known = app.views().tenant(&p.tenant).is_some_and(|t| t.automation.stats.contains_key(&name));
-    if !known {
-        return Err(AppError::NotFound("campaign").into());
-    }
-    Ok(Json(stats(&app, &p.tenant, &name)))
+    Ok(Json(definitions::stats(&app, &p.tenant, &name).ok_or(AppError::NotFound("campaign"))?))
 }
 
 pub async fn put_template(State(app): State<Arc<App>>, p: Principal, Path(name): Path<String>, Body(t): Body<Value>) -> Res<Json<TemplateSaved>> {
@@ -176,30 +161,22 @@ pub async fn delete_template(State(app): State<Arc<App>>, p: Principal, Path(nam
 }
 
 pub async fn dead_letters(State(app): State<Arc<App>>, p: Principal) -> Res<Json<DeadLetters>> {
-    let v = app.views();
-    let mut out: Vec<DeadLetter> = v
-        .tenant(&p.tenant)
-        .map(|t| {
-            t.automation
-                .dead_letters
-                .values()
-                .map(|m| DeadLetter {
-                    id: m.message.clone(),
-                    customer: m.customer.clone(),
-                    channel: m.channel.clone(),
-                    purpose: m.purpose,
-                    to: m.to.clone(),
-                    subject: m.subject.clone(),
-                    attempts: m.attempts,
-                    last_error: m.last_error.clone(),
-                    queued_at: m.queued_at,
-                    campaign: m.origin.as_ref().map(|o| o.campaign.clone()),
-                })
-                .collect()
+    let dead_letters = definitions::dead_letters(&app, &p.tenant)
+        .into_iter()
+        .map(|m| DeadLetter {
+            id: m.message,
+            customer: m.customer,
+            channel: m.channel,
+            purpose: m.purpose,
+            to: m.to,
+            subject: m.subject,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            queued_at: m.queued_at,
+            campaign: m.origin.map(|o| o.campaign),
         })
-        .unwrap_or_default();
-    out.sort_by_key(|d| d.queued_at);
-    Ok(Json(DeadLetters { dead_letters: out }))
+        .collect();
+    Ok(Json(DeadLetters { dead_letters }))
 }
 
 pub async fn retry(State(engine): State<Arc<Engine>>, p: Principal, Path(id): Path<String>) -> Res<Json<Retried>> {

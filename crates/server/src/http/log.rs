@@ -11,7 +11,6 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use chronicle_core::envelope::{ExpectedVersion, NewEvent};
-use chronicle_store::Subscription;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -52,24 +51,9 @@ pub async fn stream_live(
         Some(a) => a,
         None => app.store().head().await.map_err(AppError::from)?,
     };
-    let sub = Subscription::new(app.store().clone(), after);
-    let tenant = p.tenant;
-    let stream = futures_util::stream::unfold((sub, tenant), |(mut sub, tenant)| async move {
-        loop {
-            match sub.next().await {
-                Ok(Some(ev)) if ev.tenant == tenant && !chronicle_app::audit::is_internal(&ev.stream) => {
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    let event = Event::default().id(ev.position.to_string()).event(ev.event_type.clone()).data(data);
-                    return Some((Ok(event), (sub, tenant)));
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "live stream ended on a read error");
-                    return None;
-                }
-            }
-        }
+    let stream = futures_util::StreamExt::map(app.feed(&p.tenant, after), |ev| {
+        let data = serde_json::to_string(&ev).unwrap_or_default();
+        Ok(Event::default().id(ev.position.to_string()).event(ev.event_type.clone()).data(data))
     });
     // The stream ends when the server begins to stop (else a shutdown waits on the client).
     let mut closing = options.closing;

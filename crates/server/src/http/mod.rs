@@ -259,7 +259,12 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
 /// that it is stopping.
 pub fn router_with(api: Api, options: &serve::ServeOptions, closing: tokio::sync::watch::Receiver<bool>) -> Router {
     let cors = cors::layer(api.app.clone(), &options.cors_origins);
-    let web = chronicle_web::Web { app: api.app.clone(), secure_cookies: options.tls.is_some() };
+    let web = chronicle_web::Web {
+        app: api.app.clone(),
+        engine: api.engine.clone(),
+        secure_cookies: options.tls.is_some(),
+        closing: closing.clone(),
+    };
     let options = Options { metrics_token: options.metrics_token.as_deref().map(Arc::from), closing };
     let table = routes();
     let doc = openapi::OpenApi(Arc::new(openapi::document(table.iter().map(|(route, _)| route))));
