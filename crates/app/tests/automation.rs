@@ -170,6 +170,15 @@ async fn a_send_falls_back_from_email_to_sms_through_the_providers_webhook() {
     let queued = evs.iter().find(|e| e.event_type == "MessageQueued").unwrap();
     assert_eq!(queued.data["channel"], "sms");
     assert_eq!(queued.data["to"], "+351910000000");
+    // The message names the consent decision it relied on: the SMS grant, not the e-mail refusal.
+    let grant = evs.iter().find(|e| e.event_type == "ConsentGranted" && e.data["channel"] == "sms").unwrap();
+    assert_eq!(queued.data["consent_position"], grant.position, "{}", queued.data);
+    // The 360's read model has the message, sent, with that decision.
+    let record = {
+        let v = app.views();
+        v.tenant("acme").unwrap().automation.messages["p"].last().cloned().unwrap()
+    };
+    assert_eq!((record.state.as_str(), record.channel.as_str(), record.consent_position), ("sent", "sms", Some(grant.position)));
     let bodies = seen.lock().unwrap().clone();
     assert_eq!(bodies.len(), 1);
     let sent: Value = serde_json::from_str(&bodies[0]).unwrap();

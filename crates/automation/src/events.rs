@@ -104,6 +104,10 @@ pub enum AutomationEvent {
         template: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin: Option<Origin>,
+        /// The log position of the consent decision the send relied on (the customer's latest
+        /// grant for this channel and purpose), so the message can show what allowed it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consent_position: Option<u64>,
     },
     MessageSuppressed {
         message: String,

@@ -59,6 +59,7 @@ fn main() {
             Some("as-of") => print(as_of(arg(1, 10_000)).await),
             Some("ingest") => print(ingest(arg(1, 8) as usize, arg(2, 10)).await),
             Some("contacts") => print(contacts(arg(1, 1_000_000))),
+            Some("ui360") => print(ui360(arg(1, 10_000)).await),
             Some("import") => print(import(arg(1, 1_000_000)).await),
             Some("campaign-latency") => print(automation::latency(arg(1, 2000)).await),
             Some("campaign-eval") => print(automation::evaluation(arg(1, 1_000_000)).await),
@@ -308,6 +309,59 @@ async fn as_of(n: u64) -> Value {
         assert!(c.exists);
     }
     json!({"bench": "as_of", "stream_events": n, "snapshot_every": chronicle_projections::SNAPSHOT_EVERY, "queries": lat.len(), "latency": summary(lat)})
+}
+
+/// The web UI's customer 360 of a customer with `n` events, over HTTP on loopback as a
+/// signed-in person: the time to answer (server time plus a loopback round trip) and the page's
+/// size, now and as of instants across the history.
+async fn ui360(n: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), "log");
+    let app = App::start(store.clone(), None).await.expect("app");
+    app.create_tenant("bench").await.expect("tenant");
+    let start = Utc::now() - Duration::days(60);
+    for chunk in customer_events("big", n, start).chunks(1000) {
+        app.append("bench", &customer::stream_of("big"), ExpectedVersion::Any, chunk.to_vec()).await.expect("append");
+    }
+    let pw = "correct horse battery staple";
+    app.create_user("bench", "Bench", "bench@example.com", chronicle_projections::Role::Writer, pw, "bench").await.expect("user");
+    let (token, _) = app.sign_in("bench", "bench@example.com", pw, None).await.expect("sign in");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(chronicle_server::serve(api(&app), listener, std::future::pending()));
+    let measured = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let cookie = format!("chronicle_session={token}");
+        let get = |url: &str| {
+            let t = Instant::now();
+            let mut res = agent.get(url).header("cookie", &cookie).call().expect("GET");
+            let body = res.body_mut().read_to_string().expect("body");
+            assert_eq!(res.status().as_u16(), 200, "{body}");
+            (t.elapsed().as_secs_f64() * 1e6, body.len())
+        };
+        let base = format!("http://{addr}/ui/customers/big");
+        get(&base); // warm-up
+        let (mut now_us, mut now_bytes) = (Vec::new(), 0);
+        for _ in 0..100 {
+            let (us, bytes) = get(&base);
+            now_us.push(us);
+            now_bytes = now_bytes.max(bytes);
+        }
+        let (mut past_us, mut past_bytes) = (Vec::new(), 0);
+        for k in 0..100u64 {
+            let at = start + Duration::seconds(((k * 7919) % n) as i64 * 60 + 30);
+            let (us, bytes) = get(&format!("{base}?as_of={}", at.format("%Y-%m-%dT%H:%M:%SZ")));
+            past_us.push(us);
+            past_bytes = past_bytes.max(bytes);
+        }
+        (now_us, now_bytes, past_us, past_bytes)
+    })
+    .await
+    .expect("requests");
+    server.abort();
+    let (now_us, now_bytes, past_us, past_bytes) = measured;
+    json!({"bench": "ui360", "customer_events": n, "requests": now_us.len() + past_us.len(),
+           "now_latency": summary(now_us), "now_max_bytes": now_bytes, "as_of_latency": summary(past_us), "as_of_max_bytes": past_bytes})
 }
 
 /// Segment ingest over HTTP on loopback: `clients` threads, each with one keep-alive

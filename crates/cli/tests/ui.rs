@@ -185,8 +185,15 @@ const signIn = async (page, tenant, email, password) => {
       await page.reload();
       await shot(page, 'customer-360-phone');
       const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+      await page.goto(base + '/ui/contacts');
+      const list = await page.evaluate(() => document.documentElement.scrollWidth);
+      await page.goto(base + '/ui/pipeline');
+      const board = await page.evaluate(() => document.documentElement.scrollWidth);
       await page.setViewportSize({ width: 1280, height: 900 });
-      return wide;
+      await page.goto(a.customerUrl);
+      // Nothing wider than the phone's screen (wide tables scroll in their own box).
+      if (Math.max(wide, list, board) > 390) throw new Error(JSON.stringify({ wide, list, board }));
+      return { wide, list, board };
     });
     await step('sign out', async () => {
       await Promise.all([page.waitForURL('**/ui/sign-in**'), page.click('.who button')]);

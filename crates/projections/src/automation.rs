@@ -115,6 +115,38 @@ pub struct AutomationView {
     /// Open deal → since when it has been in its stage: for `deal_stuck_for` triggers.
     #[serde(default)]
     pub deal_stage_since: Map<String, DateTime<Utc>>,
+    /// Customer → their latest messages (at most [`MESSAGES_KEPT`], oldest first), what the
+    /// 360 shows: queued, sent, suppressed with the reason, failing, dead-lettered; each with the
+    /// consent decision it relied on.
+    #[serde(default)]
+    pub messages: Map<String, Vec<MessageRecord>>,
+}
+
+/// How many of a customer's latest messages the 360's read model keeps (the log keeps all).
+pub const MESSAGES_KEPT: usize = 50;
+
+/// One message to a customer, as the 360 shows it (no address, subject or body: those are in the
+/// sealed events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: String,
+    pub channel: String,
+    pub purpose: Purpose,
+    /// `queued`, `sent`, `suppressed`, `failing` or `dead_letter`.
+    pub state: String,
+    /// Why it was suppressed, or the last error.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub campaign: Option<String>,
+    /// When it was decided (queued or suppressed).
+    pub at: DateTime<Utc>,
+    /// When it was sent.
+    #[serde(default)]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The log position of the consent decision the send relied on.
+    #[serde(default)]
+    pub consent_position: Option<u64>,
 }
 
 /// How long queue times are kept for frequency caps.
@@ -198,8 +230,19 @@ impl AutomationView {
             }
             A::CampaignExited { enrolment, .. } => self.end(&enrolment, EnrolmentStatus::Exited),
             A::CampaignConverted { enrolment, .. } => self.end(&enrolment, EnrolmentStatus::Converted),
-            A::MessageQueued { message, channel, purpose, to, subject, body, origin, .. } => {
+            A::MessageQueued { message, channel, purpose, to, subject, body, origin, consent_position, .. } => {
                 self.decided.insert(message.clone(), "queued".into());
+                self.note_message(customer, MessageRecord {
+                    id: message.clone(),
+                    channel: channel.clone(),
+                    purpose,
+                    state: "queued".into(),
+                    reason: None,
+                    campaign: origin.as_ref().map(|o| o.campaign.clone()),
+                    at,
+                    sent_at: None,
+                    consent_position,
+                });
                 let q = self.queued.entry(customer.to_owned()).or_default();
                 // Checked: the fold is total, whatever time an event carries.
                 let horizon = at.checked_sub_signed(chrono::Duration::days(CAP_HORIZON_DAYS)).unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -223,7 +266,24 @@ impl AutomationView {
                 };
                 self.outbox.insert(message, entry);
             }
-            A::MessageSuppressed { message, reason, origin, .. } => {
+            A::MessageSuppressed { message, channel, purpose, reason, origin } => {
+                match self.message_mut(customer, &message) {
+                    Some(m) => {
+                        m.state = "suppressed".into();
+                        m.reason = Some(reason.clone());
+                    }
+                    None => self.note_message(customer, MessageRecord {
+                        id: message.clone(),
+                        channel,
+                        purpose,
+                        state: "suppressed".into(),
+                        reason: Some(reason.clone()),
+                        campaign: origin.as_ref().map(|o| o.campaign.clone()),
+                        at,
+                        sent_at: None,
+                        consent_position: None,
+                    }),
+                }
                 // Suppressed after it was queued (consent revoked before the send): it leaves the outbox.
                 if let Some(m) = self.outbox.remove(&message) {
                     self.outbox_due.remove(&(m.next_attempt, message.clone()));
@@ -234,6 +294,11 @@ impl AutomationView {
                 }
             }
             A::MessageSent { message, .. } => {
+                if let Some(m) = self.message_mut(customer, &message) {
+                    m.state = "sent".into();
+                    m.reason = None;
+                    m.sent_at = Some(at);
+                }
                 if let Some(m) = self.outbox.remove(&message) {
                     self.outbox_due.remove(&(m.next_attempt, message));
                     if let Some(o) = m.origin {
@@ -242,6 +307,10 @@ impl AutomationView {
                 }
             }
             A::MessageFailed { message, attempt, error, retry_at } => {
+                if let Some(m) = self.message_mut(customer, &message) {
+                    m.state = "failing".into();
+                    m.reason = Some(error.clone());
+                }
                 if let Some(m) = self.outbox.get_mut(&message) {
                     self.outbox_due.remove(&(m.next_attempt, message.clone()));
                     m.attempts = attempt;
@@ -251,6 +320,10 @@ impl AutomationView {
                 }
             }
             A::MessageDeadLettered { message, attempts, error } => {
+                if let Some(m) = self.message_mut(customer, &message) {
+                    m.state = "dead_letter".into();
+                    m.reason = Some(error.clone());
+                }
                 if let Some(mut m) = self.outbox.remove(&message) {
                     self.outbox_due.remove(&(m.next_attempt, message.clone()));
                     m.attempts = attempts;
@@ -259,6 +332,9 @@ impl AutomationView {
                 }
             }
             A::MessageRetried { message, .. } => {
+                if let Some(m) = self.message_mut(customer, &message) {
+                    m.state = "queued".into();
+                }
                 if let Some(mut m) = self.dead_letters.remove(&message) {
                     m.attempts = 0;
                     m.round += 1;
@@ -288,6 +364,19 @@ impl AutomationView {
             e.context = serde_json::Value::Null;
         }
         self.bounced.retain(|_, owner| owner != customer);
+        self.messages.remove(customer);
+    }
+
+    fn note_message(&mut self, customer: &str, m: MessageRecord) {
+        let list = self.messages.entry(customer.to_owned()).or_default();
+        list.push(m);
+        if list.len() > MESSAGES_KEPT {
+            list.remove(0);
+        }
+    }
+
+    fn message_mut(&mut self, customer: &str, id: &str) -> Option<&mut MessageRecord> {
+        self.messages.get_mut(customer)?.iter_mut().rev().find(|m| m.id == id)
     }
 
     pub(crate) fn note_activity(&mut self, customer: &str, at: DateTime<Utc>) {

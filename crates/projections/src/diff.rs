@@ -60,6 +60,7 @@ pub fn diff(live: &Projections, fresh: &Projections) -> Vec<String> {
         differ_map("enrolment", t, &x.enrolments, &y.enrolments, &mut out);
         differ_map("outbox message", t, &x.outbox, &y.outbox, &mut out);
         differ_map("dead letter", t, &x.dead_letters, &y.dead_letters, &mut out);
+        differ_map("messages of", t, &x.messages, &y.messages, &mut out);
         differ_map("campaign stats of", t, &x.stats, &y.stats, &mut out);
         if x.timers != y.timers || x.outbox_due != y.outbox_due || x.queued != y.queued || x.decided != y.decided || x.bounced != y.bounced
             || x.last_active != y.last_active

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 /// (a read model added since would miss everything before it): the views are rebuilt from the
 /// log instead. 2: campaigns, audit, API keys with roles. 3: retention; the e-mail index keyed by
 /// a hash when sealing. 4: bounced addresses by customer; domain event types folded only from
-/// the streams that own them.
-pub const MODELS: u32 = 4;
+/// the streams that own them. 5: people and web sessions; each customer's latest messages.
+pub const MODELS: u32 = 5;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
 pub const SYSTEM_TENANT: &str = chronicle_core::registry::SYSTEM_TENANT;

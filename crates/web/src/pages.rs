@@ -362,7 +362,7 @@ pub struct CustomerQuery {
     /// Comma-separated event types to show on the timeline.
     #[serde(default)]
     types: String,
-    /// Show the timeline's events before this stream version (older pages).
+    /// Show the timeline's events before this log position (older pages).
     #[serde(default)]
     before: Option<u64>,
 }
@@ -387,6 +387,8 @@ struct ConsentLine {
     at: String,
     proof: String,
     changed: bool,
+    /// The decision's log position (what a message's "relied on" names).
+    position: Option<u64>,
 }
 
 /// One event of the timeline, with its envelope for the expander.
@@ -400,7 +402,7 @@ struct Entry {
     envelope: String,
 }
 
-const TIMELINE_PAGE: u64 = 50;
+const TIMELINE_PAGE: usize = 50;
 
 /// What differs between the customer as shown and as they are now: field names as the page
 /// marks them (`email`, `stage`, `owner`, `tags`, `status`, `traits.<name>`,
@@ -484,6 +486,7 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
                 legal_basis: c.legal_basis.clone(),
                 at: fmt_time(&c.at),
                 proof: c.proof.as_ref().map(Value::to_string).unwrap_or_default(),
+                position: None,
             }
         })
         .collect();
@@ -501,20 +504,17 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
             at: fmt_time(&h.event_time),
             proof: h.proof.as_ref().map(Value::to_string).unwrap_or_default(),
             changed: false,
+            position: Some(h.position),
         })
         .collect();
     // The timeline, newest first, a page at a time.
     let types: Vec<String> = q.types.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    let before = q.before.unwrap_or(u64::MAX).min(now.version + 1);
-    let after = before.saturating_sub(TIMELINE_PAGE + 1);
-    let timeline = match app.timeline(&tenant, &id, after, TIMELINE_PAGE as usize * 4, as_of, &types).await {
-        Ok(p) => p,
+    let (events, more) = match app.timeline_newest(&tenant, &id, q.before, TIMELINE_PAGE, as_of, &types).await {
+        Ok(page) => page,
         Err(e) => return app_error(e),
     };
-    let mut entries: Vec<Entry> = timeline
-        .events
+    let entries: Vec<Entry> = events
         .iter()
-        .filter(|e| e.version < before)
         .map(|e| Entry {
             version: e.version,
             event_type: e.event_type.clone(),
@@ -524,10 +524,8 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
             envelope: serde_json::to_string_pretty(e).unwrap_or_default(),
         })
         .collect();
-    entries.reverse();
-    entries.truncate(TIMELINE_PAGE as usize);
-    let older = (after > 0).then(|| {
-        let mut u = format!("/ui/customers/{}?before={}", enc(&now.id), after + 1);
+    let older = more.map(|before| {
+        let mut u = format!("/ui/customers/{}?before={before}", enc(&now.id));
         if !q.types.is_empty() {
             u.push_str(&format!("&types={}", enc(&q.types)));
         }
@@ -536,6 +534,36 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
         }
         u
     });
+    // Messages and campaign enrolments (as they are now: the automation read model keeps no
+    // history of its own; the timeline shows the past).
+    let (messages, enrolments) = {
+        let v = app.views();
+        let a = v.tenant(&tenant).map(|t| &t.automation);
+        let messages: Vec<Value> = a
+            .and_then(|a| a.messages.get(&id))
+            .map(|ms| {
+                ms.iter()
+                    .rev()
+                    .map(|m| {
+                        json!({"id": m.id, "channel": m.channel, "purpose": lower(&m.purpose), "state": m.state, "reason": m.reason,
+                               "campaign": m.campaign, "at": fmt_time(&m.at), "sent_at": m.sent_at.as_ref().map(fmt_time),
+                               "consent_position": m.consent_position})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let enrolments: Vec<Value> = a
+            .map(|a| {
+                a.enrolments
+                    .values()
+                    .filter(|e| e.customer == id)
+                    .map(|e| json!({"campaign": e.campaign, "status": lower(&e.status), "step": e.step, "enrolled_at": fmt_time(&e.enrolled_at),
+                                    "due": e.due.as_ref().map(fmt_time)}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (messages, enrolments)
+    };
     let of_customer = chronicle_app::app::ListFilter { customer: Some(id.clone()), ..Default::default() };
     let money = crate::board::money;
     let deals: Vec<Value> = app
@@ -583,7 +611,7 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
     render(
         "customer.html",
         context! {
-            page, c, traits, gone, changed, consents, history, entries, older, deals, orders, owners, slider,
+            page, c, traits, gone, changed, consents, history, entries, older, deals, orders, owners, slider, messages, enrolments,
             as_of => as_of.map(|t| t.to_rfc3339()),
             as_of_local => as_of.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
             types => q.types,

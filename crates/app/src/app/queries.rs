@@ -98,9 +98,7 @@ impl App {
             chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
         }
         let c = self.customer(tenant, id)?;
-        let mut streams = vec![customer::stream_of(id)];
-        streams.extend(c.merged_ids.iter().map(|m| customer::stream_of(m)));
-        streams.extend(c.anonymous_ids.iter().map(|a| format!("anonymous-{a}")));
+        let streams = timeline_streams(&c);
         let limit = limit.max(1);
         let mut out = Vec::new();
         let mut next = after;
@@ -123,26 +121,64 @@ impl App {
                     break;
                 }
                 next = ev.position;
-                // An expired event's tombstone keeps its place in the log, not in the timeline.
-                if as_of.is_some_and(|t| ev.event_time > t)
-                    || (!types.is_empty() && !types.contains(&ev.event_type))
-                    || ev.event_type == chronicle_core::envelope::EXPIRED_TYPE
-                {
-                    continue;
-                }
-                let mut ev = ev;
-                if c.status == customer::CustomerStatus::Erased && ev.event_type != "CustomerErased" {
-                    // The timeline is a read model too: an erased person's is redacted (with
-                    // crypto-shredding on, the log itself no longer opens).
-                    ev.data = json!({"redacted": true});
-                }
-                out.push(ev);
+                out.extend(timeline_entry(&c, ev, as_of, types));
             }
             if out.len() == limit {
                 break;
             }
         }
         Ok(Page { events: out, next })
+    }
+
+    /// The customer's timeline newest first (what a person reads): the `limit` latest events
+    /// before log position `before` (from the newest when `None`) that pass the same filters as
+    /// [`App::timeline`], and the position to go on before when older ones may remain. Each page
+    /// reads about `limit` events per stream, whatever the history's length.
+    pub async fn timeline_newest(
+        &self,
+        tenant: &str,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+        as_of: Option<DateTime<Utc>>,
+        types: &[String],
+    ) -> Result<(Vec<EventEnvelope>, Option<u64>), AppError> {
+        if let Some(t) = as_of {
+            chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        }
+        let c = self.customer(tenant, id)?;
+        let streams = timeline_streams(&c);
+        let limit = limit.max(1);
+        let mut out = Vec::new();
+        let mut cursor = before;
+        loop {
+            // The `limit` events of each stream just before the cursor hold the newest `limit`
+            // of the merge.
+            let mut chunk = Vec::new();
+            for s in &streams {
+                let n = self.store.stream_version(tenant, s).await?;
+                let end = match cursor {
+                    None => n + 1,
+                    Some(p) => self.first_version_after(tenant, s, p.saturating_sub(1)).await?.unwrap_or(n + 1),
+                };
+                if end > 1 {
+                    let from = end.saturating_sub(limit as u64).max(1);
+                    chunk.extend(self.store.read_stream(tenant, s, from, (end - from) as usize).await?);
+                }
+            }
+            if chunk.is_empty() {
+                return Ok((out, None));
+            }
+            chunk.sort_by_key(|e| std::cmp::Reverse(e.position));
+            chunk.truncate(limit);
+            for ev in chunk {
+                cursor = Some(ev.position);
+                out.extend(timeline_entry(&c, ev, as_of, types));
+                if out.len() == limit {
+                    return Ok((out, cursor.filter(|p| *p > 1)));
+                }
+            }
+        }
     }
 
     /// The first version of a stream whose position is after `position` (binary search over
@@ -295,4 +331,30 @@ fn page_by_id<'a, T: Clone + 'a>(items: impl Iterator<Item = (&'a String, &'a T)
     let next = (page.len() > limit).then(|| page[limit - 1].0.clone());
     page.truncate(limit);
     (page.into_iter().map(|(_, t)| t.clone()).collect(), next)
+}
+
+/// The streams a customer's timeline merges: theirs, their merged duplicates', their anonymous
+/// histories'.
+fn timeline_streams(c: &Customer) -> Vec<String> {
+    let mut streams = vec![customer::stream_of(&c.id)];
+    streams.extend(c.merged_ids.iter().map(|m| customer::stream_of(m)));
+    streams.extend(c.anonymous_ids.iter().map(|a| format!("anonymous-{a}")));
+    streams
+}
+
+/// An event as a timeline shows it, if it shows it: not after `as_of`, of one of `types` when
+/// any are given, not an expired event's tombstone (it keeps its place in the log, not in the
+/// timeline); an erased person's events redacted (the timeline is a read model too; with
+/// crypto-shredding on, the log itself no longer opens).
+fn timeline_entry(c: &Customer, mut ev: EventEnvelope, as_of: Option<DateTime<Utc>>, types: &[String]) -> Option<EventEnvelope> {
+    if as_of.is_some_and(|t| ev.event_time > t)
+        || (!types.is_empty() && !types.contains(&ev.event_type))
+        || ev.event_type == chronicle_core::envelope::EXPIRED_TYPE
+    {
+        return None;
+    }
+    if c.status == customer::CustomerStatus::Erased && ev.event_type != "CustomerErased" {
+        ev.data = json!({"redacted": true});
+    }
+    Some(ev)
 }

@@ -871,7 +871,8 @@ fn plan(v: &Projections, tenant: &str, enrolment: &str, now: DateTime<Utc>) -> O
                     Plan::Write(vec![(key, suppressed(channel, reason)), executed("send: suppressed", step + 1)])
                 }
                 Decision::Send { channel } => {
-                    let queued = queue(a, person, &e.context, spec, channel, key.to_string(), origin.clone())
+                    let consent = consent_position(v, tenant, &person.id, channel, spec.purpose);
+                    let queued = queue(a, person, &e.context, spec, channel, key.to_string(), origin.clone(), consent)
                         .unwrap_or_else(|reason| suppressed(channel, reason));
                     Plan::Write(vec![(key, queued), executed("send", step + 1)])
                 }
@@ -891,6 +892,7 @@ fn plan(v: &Projections, tenant: &str, enrolment: &str, now: DateTime<Utc>) -> O
                 body: body.to_string(),
                 template: None,
                 origin: Some(Origin { campaign: e.campaign.clone(), enrolment: e.id.clone(), step }),
+                consent_position: None,
             };
             Plan::Write(vec![(key, ev), executed("webhook", step + 1)])
         }
@@ -928,8 +930,17 @@ fn send_decision(v: &Projections, tenant: &str, person: &Customer, spec: &SendSp
     )
 }
 
+/// The position of the customer's latest consent grant for this channel and purpose: what a send
+/// the decision allowed relied on (`None` when no grant is on record, as for a purpose that
+/// needs none).
+fn consent_position(v: &Projections, tenant: &str, customer: &str, channel: Channel, purpose: chronicle_core::customer::Purpose) -> Option<u64> {
+    let history = v.tenant(tenant)?.consent_history.get(customer)?;
+    history.iter().rev().find(|h| h.channel == channel && h.purpose == purpose).filter(|h| h.granted).map(|h| h.position)
+}
+
 /// The `MessageQueued` for a send, rendered now (so every retry sends the same text); a
 /// missing template or a render error suppresses the message with that reason.
+#[allow(clippy::too_many_arguments)]
 fn queue(
     a: &chronicle_projections::automation::AutomationView,
     person: &Customer,
@@ -938,6 +949,7 @@ fn queue(
     channel: Channel,
     message: String,
     origin: Origin,
+    consent_position: Option<u64>,
 ) -> Result<A, String> {
     let Some(t) = a.templates.get(&spec.template) else { return Err(format!("template_missing: {}", spec.template)) };
     let ctx = template::Context { id: &person.id, email: person.email.as_deref(), phone: person.phone.as_deref(), traits: &person.traits, context };
@@ -956,6 +968,7 @@ fn queue(
         body,
         template: Some(spec.template.clone()),
         origin: Some(origin),
+        consent_position,
     })
 }
 
