@@ -66,10 +66,18 @@ async fn people_sign_in_and_sessions_end() {
     assert_eq!(app.session(&t).unwrap().role, Role::Admin, "the tenant's first key");
     assert!(matches!(app.sign_in_with_key("ck_nope").await, Err(SignInError::UnknownKey)));
 
+    // Sessions expire: twelve hours after the sign-in, as the app's clock tells.
+    let clock = Arc::new(chronicle_app::clock::ManualClock::new(chrono::Utc::now()));
+    assert!(app.set_clock(clock.clone()));
+    let (late, _) = app.sign_in_with_key(&key).await.unwrap();
+    clock.advance(chrono::Duration::hours(11));
+    assert!(app.session(&late).is_some());
+    clock.advance(chrono::Duration::hours(2));
+    assert!(app.session(&late).is_none(), "expired");
     // A rebuild from the log knows the same people and sessions.
     let fresh = App::start(app.store().clone(), None).await.unwrap();
     assert_eq!(fresh.users("acme"), app.users("acme"));
-    assert!(fresh.session(&t).is_some());
+    assert_eq!(fresh.views().sessions, app.views().sessions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

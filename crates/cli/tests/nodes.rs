@@ -490,6 +490,39 @@ fn a_web_session_made_on_one_node_is_honoured_by_another_and_ended_everywhere() 
         let mut r = browser.get(&format!("{url}/ui/contacts")).header("cookie", &cookie).call().unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
     };
+    // In a browser: signed in on A, the same browser is signed in on B (cookies are per host,
+    // not per port, as a load balancer in front of both would make them).
+    let clients = segment_clients().expect("the browser tools (scripts/test installs them)");
+    let driver = r#"
+const { chromium } = require('playwright-core');
+const [a, b, executablePath] = process.argv.slice(2);
+(async () => {
+  const browser = await chromium.launch({ executablePath, headless: true, args: ['--no-sandbox'] });
+  const page = await browser.newPage();
+  await page.goto(a + '/ui/sign-in');
+  await page.fill('#tenant', 'acme');
+  await page.fill('#email', 'ada@example.com');
+  await page.fill('#password', 'correct horse battery staple');
+  await Promise.all([page.waitForURL('**/ui/contacts**'), page.click('#sign-in button[type=submit]')]);
+  await page.goto(b + '/ui/contacts');
+  const who = await page.locator('.who').innerText().catch(() => '');
+  console.log(JSON.stringify({ url: page.url(), who }));
+  await browser.close();
+})().catch(e => { console.log(JSON.stringify({ fatal: String(e) })); process.exit(1); });
+"#;
+    let script = c.folders[0].parent().unwrap().join("nodes-driver.js");
+    std::fs::write(&script, driver).unwrap();
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .args([&a, &b])
+        .arg(chromium())
+        .env("NODE_PATH", clients.join("node/node_modules"))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(report["url"].as_str().unwrap_or_default().starts_with(&format!("{b}/ui/contacts")), "{report}");
+    assert!(report["who"].as_str().unwrap_or_default().contains("Ada"), "signed in on B: {report}");
+
     // At once on the other node: its request layer syncs with the database first.
     let (status, html) = page(&b);
     assert_eq!(status, 200, "node B honours node A's session: {html}");

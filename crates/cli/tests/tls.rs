@@ -343,7 +343,7 @@ fn serve_answers_https_with_its_certificate() {
         r
     });
     let tls = chronicle_tls::client_config(chronicle_tls::Verify::Full, roots).unwrap();
-    let client = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
+    let client = reqwest::Client::builder().use_preconfigured_tls(tls).redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let r = client.get(format!("{url}/v1/customers")).bearer_auth(&t.api).send().await.unwrap();
@@ -352,5 +352,16 @@ fn serve_answers_https_with_its_certificate() {
         assert!(body["customers"].is_array(), "{body}");
         let plain = url.replacen("https://", "http://", 1);
         assert!(client.get(format!("{plain}/health")).send().await.is_err(), "no plain HTTP on the HTTPS port");
+        // The web UI's session cookie is marked Secure under HTTPS (issue 20).
+        let r = client
+            .post(format!("{url}/ui/sign-in/key"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("api_key={}", t.api))
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned());
+        let cookie = cookie.expect("the sign-in sets the session cookie (redirects are not followed)");
+        assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     });
 }

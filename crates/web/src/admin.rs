@@ -2,7 +2,8 @@
 //! reactivate, change a role), its API keys (make one, shown once; revoke) and the audit trail
 //! of who read or changed a person's data.
 
-use crate::pages::{app_error, enc, fmt_time, lower};
+use crate::render::app_error;
+use crate::text::{enc, fmt_time, lower};
 use crate::render::{self, render};
 use crate::session::{page_of, Posted, Viewer};
 use crate::Web;

@@ -36,6 +36,8 @@ pub async fn serve(Path(name): Path<String>) -> Response {
         Some((_, kind, body)) => {
             ([(header::CONTENT_TYPE, *kind), (header::CACHE_CONTROL, "public, max-age=31536000, immutable")], *body).into_response()
         }
-        None => crate::render::error(StatusCode::NOT_FOUND, "No such file."),
+        // A plain page (this module needs nothing of the templates).
+        None => (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], "<!doctype html><title>Not found</title><p>No such file.")
+            .into_response(),
     }
 }

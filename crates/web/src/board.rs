@@ -2,7 +2,8 @@
 //! beside them; a deal moves to another stage, or is won or lost, through the API's own deal
 //! commands, as the signed-in person.
 
-use crate::pages::{app_error, enc, lower};
+use crate::render::app_error;
+use crate::text::{enc, lower, money};
 use crate::render::{self, render};
 use crate::session::{page_of, Posted, Viewer};
 use crate::Web;
@@ -33,11 +34,6 @@ struct Column {
     cards: Vec<Card>,
 }
 
-pub(crate) fn money(minor: i64, currency: &str) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let m = minor.unsigned_abs();
-    format!("{sign}{}.{:02} {currency}", m / 100, m % 100)
-}
 
 fn card(d: &Deal) -> Card {
     Card {

@@ -2,7 +2,8 @@
 //! campaign's definition, and the messages that failed every attempt with their error and a
 //! retry button (the engine's own retry, as the signed-in person).
 
-use crate::pages::{app_error, enc, fmt_time, lower};
+use crate::render::app_error;
+use crate::text::{enc, fmt_time, lower};
 use crate::render::{self, render};
 use crate::session::{page_of, Posted, Viewer};
 use crate::Web;

@@ -12,7 +12,8 @@
 //! - `board`: the pipeline board. `campaigns`: campaigns and dead letters. `live`: the activity
 //!   view over server-sent events. `admin`: people, API keys and the audit trail.
 //! - `assets`: the embedded CSS and JavaScript.
-//! - `render`: the templates, and the security headers every page carries.
+//! - `render`: the templates, error pages, and the security headers every page carries.
+//! - `text`: how values read on a page (names, instants, money, URL parts).
 
 mod admin;
 mod assets;
@@ -22,6 +23,7 @@ mod live;
 mod pages;
 mod render;
 mod session;
+mod text;
 
 use axum::routing::{get, post};
 use axum::Router;

@@ -1,7 +1,7 @@
 //! The live activity view: the tenant's events as they are committed, followed by the page over
 //! server-sent events (the same feed as the API's `/v1/events/stream`), each shown as a line.
 
-use crate::pages::fmt_time;
+use crate::text::fmt_time;
 use crate::render::render;
 use crate::session::{page_of, Viewer};
 use crate::Web;
@@ -27,7 +27,7 @@ pub async fn events(
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
     let after = match resume {
         Some(a) => a,
-        None => web.app.store().head().await.map_err(|e| crate::pages::app_error(e.into()))?,
+        None => web.app.store().head().await.map_err(|e| crate::render::app_error(e.into()))?,
     };
     let stream = web.app.feed(viewer.tenant(), after).map(|ev| {
         let customer = chronicle_core::customer::id_of_stream(&ev.stream).map(str::to_owned);

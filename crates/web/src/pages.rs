@@ -3,7 +3,8 @@
 //! action is the command the API runs, recorded with the signed-in person as its actor; every
 //! look at or change of a customer is noted on the audit trail as the API's are.
 
-use crate::render::{self, render};
+use crate::render::{self, app_error, render};
+use crate::text::{display_name, enc, fmt_time, lower, show};
 use crate::session::{self, page_of, Posted, Viewer};
 use crate::Web;
 use axum::extract::{Path, Query, State};
@@ -12,7 +13,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chronicle_app::app::SignInError;
-use chronicle_app::error::AppError;
 use chronicle_core::customer::{Channel, ConsentInput, Customer, CustomerCommand, LifecycleStage, Purpose};
 use chronicle_projections::contacts::{ContactQuery, SortBy};
 use minijinja::context;
@@ -22,21 +22,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 type Client = Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
 
-/// An application error as a page.
-pub(crate) fn app_error(e: AppError) -> Response {
-    let status = match &e {
-        AppError::NotFound(_) => StatusCode::NOT_FOUND,
-        AppError::BadRequest(_) | AppError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        AppError::Conflict { .. } | AppError::VersionConflict { .. } | AppError::Erased(_) => StatusCode::CONFLICT,
-        AppError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    if status.is_server_error() {
-        tracing::error!(error = %e, "a UI action failed");
-        return render::error(status, "Something went wrong; it has been logged.");
-    }
-    render::error(status, &e.to_string())
-}
 
 pub async fn home(_viewer: Viewer) -> Redirect {
     Redirect::to("/ui/contacts")
@@ -155,22 +140,10 @@ struct Row {
     status: String,
 }
 
-pub(crate) fn display_name(c: &Customer) -> String {
-    let part = |k: &str| c.traits.get(k).and_then(Value::as_str).unwrap_or_default().trim().to_owned();
-    let name = format!("{} {}", part("first_name"), part("last_name")).trim().to_owned();
-    if !name.is_empty() {
-        return name;
-    }
-    c.traits.get("name").and_then(Value::as_str).map(str::to_owned).unwrap_or_default()
-}
 
-pub(crate) fn lower<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
 
+// The error is the page to answer, made once per request: its size does not matter.
+#[allow(clippy::result_large_err)]
 impl ContactsQuery {
     /// The list query these filters make, a page of `limit`.
     fn query(&self, limit: usize) -> Result<ContactQuery, Response> {
@@ -433,16 +406,25 @@ fn differences(then: &Customer, now: &Customer) -> BTreeSet<String> {
     out
 }
 
-pub(crate) fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A customer's preferences in words: channels, quiet hours, time zone, frequency cap.
+fn preferences_text(p: &chronicle_core::customer::Preferences) -> String {
+    let mut parts = Vec::new();
+    if let Some(ch) = &p.preferred_channels {
+        parts.push(format!("prefers {}", ch.iter().map(lower).collect::<Vec<_>>().join(", ")));
     }
+    if let Some(q) = &p.quiet_hours {
+        parts.push(format!("quiet {}–{}", q.start, q.end));
+    }
+    if let Some(tz) = &p.time_zone {
+        parts.push(format!("time zone {tz}"));
+    }
+    if let Some(cap) = &p.frequency_cap {
+        parts.push(format!("at most {} per {}", cap.max, cap.per));
+    }
+    parts.join("; ")
 }
 
-pub(crate) fn fmt_time(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
+
 
 pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<String>, Query(q): Query<CustomerQuery>) -> Response {
     let app = &web.app;
@@ -565,7 +547,7 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
         (messages, enrolments)
     };
     let of_customer = chronicle_app::app::ListFilter { customer: Some(id.clone()), ..Default::default() };
-    let money = crate::board::money;
+    let money = crate::text::money;
     let deals: Vec<Value> = app
         .deals_list(&tenant, &of_customer, None, 100)
         .0
@@ -604,7 +586,7 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
         "groups": shown.groups.keys().collect::<Vec<_>>(),
         "merged_ids": shown.merged_ids,
         "anonymous_ids": shown.anonymous_ids.len(),
-        "preferences": serde_json::to_string(&shown.preferences).unwrap_or_default(),
+        "preferences": preferences_text(&shown.preferences),
         "notes": shown.notes.iter().rev().map(|n| json!({"text": n.text, "author": n.author, "at": fmt_time(&n.at)})).collect::<Vec<_>>(),
         "version": shown.version,
     });
@@ -620,9 +602,6 @@ pub async fn customer(State(web): State<Web>, viewer: Viewer, Path(id): Path<Str
     )
 }
 
-pub(crate) fn enc(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)]).unwrap_or_default().trim_start_matches('=').to_owned()
-}
 
 /// A line saying what an event did, for the timeline.
 fn summary(event_type: &str, data: &Value) -> String {

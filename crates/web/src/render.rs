@@ -3,6 +3,7 @@
 //! own scripts and styles, no framing, no sniffing, and pages never cached.
 
 use axum::http::{header, HeaderValue, StatusCode};
+use chronicle_app::error::AppError;
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::Environment;
 use serde::Serialize;
@@ -80,6 +81,22 @@ pub async fn security_headers(mut res: Response) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
+}
+
+/// An application error as a page.
+pub(crate) fn app_error(e: AppError) -> Response {
+    let status = match &e {
+        AppError::NotFound(_) => StatusCode::NOT_FOUND,
+        AppError::BadRequest(_) | AppError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        AppError::Conflict { .. } | AppError::VersionConflict { .. } | AppError::Erased(_) => StatusCode::CONFLICT,
+        AppError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %e, "a UI action failed");
+        return error(status, "Something went wrong; it has been logged.");
+    }
+    error(status, &e.to_string())
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub async fn unsubscribe(
     body: axum::body::Bytes,
 ) -> Result<Html<String>, ApiError> {
     let claim = claim(&engine, &q.t)?;
-    if !app.tenant_names().iter().any(|t| *t == claim.tenant) {
+    if !app.tenant_names().contains(&claim.tenant) {
         return Err(AppError::NotFound("tenant").into());
     }
     let one_click = body.as_ref() == b"List-Unsubscribe=One-Click";
