@@ -6,6 +6,7 @@
 //! [`automation`] is the campaign engine. The HTTP layer (`chronicle-server`) and the binary drive
 //! Chronicle through these; nothing here knows a route, a status code or a header.
 
+pub mod analytics;
 pub mod app;
 pub mod audit;
 pub mod automation;

@@ -44,6 +44,22 @@ pub struct StorageConfig {
     pub create: bool,
 }
 
+impl StorageConfig {
+    /// An embedded store in `data`, sealed as the folder was made (new: sealed), with its own
+    /// master key beside it; `create` makes the folder when it is missing.
+    pub fn embedded(data: &std::path::Path, create: bool) -> StorageConfig {
+        StorageConfig {
+            data: data.to_owned(),
+            database_url: None,
+            database_schema: "chronicle".into(),
+            seal: None,
+            master_key_file: None,
+            master_key: None,
+            create,
+        }
+    }
+}
+
 /// Refuses the open with a message (returns from the function).
 macro_rules! refused {
     ($($t:tt)*) => {

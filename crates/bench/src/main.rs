@@ -60,6 +60,8 @@ fn main() {
             Some("ingest") => print(ingest(arg(1, 8) as usize, arg(2, 10)).await),
             Some("contacts") => print(contacts(arg(1, 1_000_000))),
             Some("ui360") => print(ui360(arg(1, 10_000)).await),
+            // Over a data folder `chronicle demo --no-serve` made (its tenant `demo`).
+            Some("funnel") => print(funnel(std::path::Path::new(args.get(1).map_or("chronicle-demo-data", String::as_str))).await),
             Some("import") => print(import(arg(1, 1_000_000)).await),
             Some("campaign-latency") => print(automation::latency(arg(1, 2000)).await),
             Some("campaign-eval") => print(automation::evaluation(arg(1, 1_000_000)).await),
@@ -362,6 +364,38 @@ async fn ui360(n: u64) -> Value {
     let (now_us, now_bytes, past_us, past_bytes) = measured;
     json!({"bench": "ui360", "customer_events": n, "requests": now_us.len() + past_us.len(),
            "now_latency": summary(now_us), "now_max_bytes": now_bytes, "as_of_latency": summary(past_us), "as_of_max_bytes": past_bytes})
+}
+
+/// A 4-step funnel over the demo tenant (a data folder `chronicle demo --no-serve` made), as
+/// `POST /v1/analytics/funnels` runs it: plain, then with a breakdown by plan and an `as_of`.
+async fn funnel(data: &std::path::Path) -> Value {
+    let cfg = chronicle_app::storage::StorageConfig::embedded(data, false);
+    let st = chronicle_app::storage::open(&cfg).expect("the demo's data folder");
+    let app = st.app().await.expect("app");
+    let events = app.store().head().await.expect("head");
+    let steps = json!([{"event": "Page Viewed"}, {"event": "Product Viewed"}, {"event": "Product Added"}, {"event": "Order Completed"}]);
+    let plain: chronicle_analytics::funnel::FunnelSpec = serde_json::from_value(json!({"steps": steps, "window": "7d"})).expect("spec");
+    let as_of = (Utc::now() - Duration::days(7)).to_rfc3339();
+    let split: chronicle_analytics::funnel::FunnelSpec =
+        serde_json::from_value(json!({"steps": steps, "window": "7d", "breakdown": {"trait": "plan"}, "as_of": as_of})).expect("spec");
+    let times = |spec: &chronicle_analytics::funnel::FunnelSpec| {
+        let spec = spec.clone();
+        let app = app.clone();
+        async move {
+            let mut lat = Vec::new();
+            let mut last = None;
+            for _ in 0..5 {
+                let t = Instant::now();
+                last = Some(app.funnel("demo", &spec).await.expect("funnel"));
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            (summary(lat), last.map(|a| a.steps.iter().map(|s| s.count).collect::<Vec<_>>()))
+        }
+    };
+    let (plain_lat, plain_counts) = times(&plain).await;
+    let (split_lat, split_counts) = times(&split).await;
+    json!({"bench": "funnel", "log_events": events, "steps": 4, "plain": plain_lat, "plain_counts": plain_counts,
+           "breakdown_as_of": split_lat, "breakdown_as_of_counts": split_counts})
 }
 
 /// Segment ingest over HTTP on loopback: `clients` threads, each with one keep-alive

@@ -182,6 +182,21 @@ pub async fn user_create(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `chronicle analytics funnel FILE.json --tenant T`: the answer `POST /v1/analytics/funnels`
+/// gives, offline.
+pub async fn funnel(args: &StorageArgs, file: &std::path::Path, tenant: &str) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let spec: chronicle_analytics::funnel::FunnelSpec =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a funnel", file.display()))?;
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    let tenant = existing_tenant(&app, Some(tenant))?;
+    let answer = app.funnel(tenant, &spec).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn user_list(args: &StorageArgs, tenant: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg.storage())?;

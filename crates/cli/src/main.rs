@@ -82,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Analytics on the log, as of an instant and as known at a position
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// People who sign in to the web UI
     User {
         #[command(subcommand)]
@@ -160,6 +165,16 @@ enum TenantCommand {
     Create { name: String },
     /// The tenants, one JSON object per line: {"tenant","customers"}
     List,
+}
+
+#[derive(clap::Subcommand)]
+enum AnalyticsCommand {
+    /// Run a funnel (a JSON file as POST /v1/analytics/funnels takes); prints the answer
+    Funnel {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -244,6 +259,9 @@ fn main() -> ExitCode {
                 commands::user_create(&cli.storage, &tenant, &email, &name, &role, password_file.as_deref()).await
             }
             Command::User { command: UserCommand::List { tenant } } => commands::user_list(&cli.storage, &tenant).await,
+            Command::Analytics { command: AnalyticsCommand::Funnel { file, tenant } } => {
+                commands::funnel(&cli.storage, &file, &tenant).await
+            }
             Command::ApiKey { command: ApiKeyCommand::Create { tenant, role, name } } => {
                 commands::api_key_create(&cli.storage, &tenant, &role, name).await
             }

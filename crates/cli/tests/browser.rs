@@ -86,10 +86,7 @@ fn the_segment_browser_sdk_in_chromium_sends_page_track_and_identify_from_anothe
     let chromium = chromium();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = chronicle(&data, &["tenant", "create", "acme"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (api, write) = (keys["api_key"].as_str().unwrap().to_owned(), keys["write_key"].as_str().unwrap().to_owned());
+    let (api, write) = tenant_keys(&data);
     let (_server, url, _) = start(&data, &["serve"]);
     let api_host = format!("{}/v1", url.trim_start_matches("http://"));
 

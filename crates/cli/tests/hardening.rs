@@ -13,10 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn tenant(data: &Path) -> (String, String) {
-    let out = chronicle(data, &["tenant", "create", "acme"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (v["api_key"].as_str().unwrap().to_owned(), v["write_key"].as_str().unwrap().to_owned())
+    tenant_keys(data)
 }
 
 /// `chronicle serve` under `ulimit -n <fds>`, up to its "listening" line.

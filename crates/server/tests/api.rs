@@ -49,15 +49,7 @@ fn spawn_app_with(rate_limit: u64) -> TestApp {
 /// The running system as `chronicle serve` builds it (storage in `data`, sealed as a new
 /// folder is; listener limits, checkpointing, the automation engine), on a free port.
 async fn build(data: &std::path::Path, rate_limit: u64) -> Application {
-    let storage = chronicle_app::storage::StorageConfig {
-        data: data.to_owned(),
-        database_url: None,
-        database_schema: "chronicle".into(),
-        seal: None,
-        master_key_file: None,
-        master_key: None,
-        create: true,
-    };
+    let storage = chronicle_app::storage::StorageConfig::embedded(data, true);
     let mut config = chronicle_server::application::Config::new(storage, "127.0.0.1:0".parse().unwrap());
     config.limits.per_key = rate_limit;
     Application::build(config).await.unwrap()

@@ -402,3 +402,11 @@ pub fn chromium() -> std::path::PathBuf {
     let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(std::path::PathBuf::from).find(|p| p.exists());
     found.expect("the browser tests need Debian's chromium (scripts/test installs it)")
 }
+
+/// `chronicle tenant create acme` in `data`: its (API key, write key).
+pub fn tenant_keys(data: &Path) -> (String, String) {
+    let out = chronicle(data, &["tenant", "create", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["api_key"].as_str().unwrap().to_owned(), v["write_key"].as_str().unwrap().to_owned())
+}

@@ -2,6 +2,7 @@
 //! declared once in [`routes`], with its documentation; the router and `/openapi.json` are both
 //! built from that table, so they cannot drift apart.
 
+mod analytics;
 mod campaigns;
 mod cloudevents;
 pub mod cors;
@@ -242,6 +243,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             put(system::set_retention),
         ),
         (r("delete", "/v1/retention/{event_type}", "Keep events of this type forever again", 200).admin().gives::<system::Policy>(), delete(system::remove_retention)),
+        (
+            r("post", "/v1/analytics/funnels", "A funnel over the tenant's events, as of an instant (as_of) and as known at a log position or ingest instant (known_at)", 200)
+                .reads()
+                .body(analytics::FUNNEL_EXAMPLE)
+                .takes::<chronicle_analytics::funnel::FunnelSpec>()
+                .gives::<chronicle_analytics::funnel::FunnelAnswer>(),
+            post(analytics::funnel),
+        ),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::read_stream)),

@@ -64,6 +64,11 @@ impl Route {
         self.gives = Some(schema_of::<T>);
         self
     }
+    /// A `POST` that only reads (a query with a body): a reader key may call it.
+    pub(crate) const fn reads(mut self) -> Self {
+        self.role = Role::Reader;
+        self
+    }
     pub(crate) const fn admin(mut self) -> Self {
         self.role = Role::Admin;
         self

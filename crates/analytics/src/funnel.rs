@@ -1,0 +1,449 @@
+//! Funnels: how many people went through ordered steps within a conversion window.
+//!
+//! Semantics (documented in `docs/analytics.md`):
+//! - A **person** is a customer: their stream's events, their anonymous histories' once the link
+//!   (`IdentityLinked`) is part of the answer, and the events of duplicates merged into them
+//!   (`CustomerMergedInto`). An anonymous history never linked is a person of its own.
+//! - A person **enters** at their first event matching step 1; the window runs from there.
+//! - `ordered` (the default): each next step is the first matching event after the previous
+//!   step, other events may come between. `strict`: the very next event of the person must be
+//!   the next step. `any`: a step counts when it happens within the window, in any order; the
+//!   window starts at the first event matching any step.
+//! - An event matching an **exclusion** after the entry ends the person's progress there.
+//! - **Counts are people**: a person counts once per step reached. The time between steps is
+//!   the median and p90 (nearest rank) over the people who reached the step; for `any`, from the
+//!   entry.
+//! - A **breakdown by trait** uses the trait's value as it was when the person entered (their
+//!   profile folded up to that instant, as known at the answer's position); by property, the
+//!   entry event's property.
+
+use crate::Horizon;
+use chronicle_core::envelope::EventEnvelope;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+
+/// A funnel, as `POST /v1/analytics/funnels` and `chronicle analytics funnel` take it.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelSpec {
+    /// 1 to 20 steps.
+    pub steps: Vec<Step>,
+    /// The conversion window from the entry: `30m`, `1h`, `7d`, `2w`.
+    pub window: String,
+    #[serde(default)]
+    pub order: Order,
+    /// Events that end a person's progress when they happen after the entry.
+    #[serde(default)]
+    pub exclude: Vec<Step>,
+    #[serde(default)]
+    pub breakdown: Option<Breakdown>,
+    /// Events that happened by this instant (default: now).
+    #[serde(default)]
+    pub as_of: Option<DateTime<Utc>>,
+    /// As known at this log position, or at this instant of ingest time (default: now).
+    #[serde(default)]
+    pub known_at: Option<KnownAt>,
+}
+
+/// A step: an event type (`CustomerRegistered`) or a tracked event's name (`Order Completed`),
+/// optionally with property values it must have.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub event: String,
+    #[serde(default, rename = "where", skip_serializing_if = "Map::is_empty")]
+    pub filter: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    Strict,
+    #[default]
+    Ordered,
+    Any,
+}
+
+/// Split the answer by a trait (as it was at the entry) or by a property of the entry event.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Breakdown {
+    #[serde(default, rename = "trait")]
+    pub trait_name: Option<String>,
+    #[serde(default)]
+    pub property: Option<String>,
+}
+
+/// A log position, or an instant of ingest time.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum KnownAt {
+    Position(u64),
+    Instant(DateTime<Utc>),
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct FunnelAnswer {
+    pub steps: Vec<StepResult>,
+    /// Breakdown value → the steps of the people with it (`(none)`: no value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<BTreeMap<String, Vec<StepResult>>>,
+    /// The log position the answer reflects.
+    pub position: u64,
+    pub as_of: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct StepResult {
+    pub event: String,
+    /// People who reached this step.
+    pub count: u64,
+    /// Of those who entered (step 1), the share who reached this step.
+    pub conversion: f64,
+    /// From the previous step (for `any`, from the entry); none for the first step.
+    pub median_seconds: Option<f64>,
+    pub p90_seconds: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FunnelError(pub String);
+
+impl FunnelSpec {
+    /// The spec checked whole: its window as a duration.
+    pub fn check(&self) -> Result<Duration, FunnelError> {
+        if self.steps.is_empty() || self.steps.len() > 20 {
+            return Err(FunnelError("a funnel has 1 to 20 steps".into()));
+        }
+        if let Some(s) = self.steps.iter().chain(&self.exclude).find(|s| s.event.trim().is_empty()) {
+            return Err(FunnelError(format!("a step names its event: {s:?}")));
+        }
+        if let Some(b) = &self.breakdown {
+            if b.trait_name.is_some() == b.property.is_some() {
+                return Err(FunnelError("a breakdown is by one trait or one property: {\"trait\": NAME} or {\"property\": NAME}".into()));
+            }
+        }
+        chronicle_automation::campaign::parse_duration(&self.window).map_err(|e| FunnelError(format!("window: {e}")))
+    }
+}
+
+impl Step {
+    fn matches(&self, ev: &EventEnvelope) -> bool {
+        let (name, fields) = if ev.event_type == "ActivityTracked" {
+            (ev.data.get("event").and_then(Value::as_str), ev.data.get("properties").unwrap_or(&Value::Null))
+        } else {
+            (None, &ev.data)
+        };
+        chronicle_automation::campaign::names_match(&self.event, &ev.event_type, name)
+            && self.filter.iter().all(|(k, v)| fields.get(k) == Some(v))
+    }
+}
+
+/// One person's way through the funnel: the times each step was reached, and the entry event.
+struct Progress<'a> {
+    times: Vec<DateTime<Utc>>,
+    entry: &'a EventEnvelope,
+}
+
+/// Run a funnel over a tenant's events (any order; those outside `horizon` are left out).
+pub fn run(spec: &FunnelSpec, events: &[EventEnvelope], horizon: Horizon) -> Result<FunnelAnswer, FunnelError> {
+    let window = spec.check()?;
+    let seen: Vec<&EventEnvelope> = events.iter().filter(|e| horizon.sees(e)).collect();
+    // Who is who, as part of the answer: anonymous histories linked, duplicates merged.
+    let mut links: HashMap<&str, &str> = HashMap::new();
+    let mut merged: HashMap<&str, &str> = HashMap::new();
+    for e in &seen {
+        let Some(id) = chronicle_core::customer::id_of_stream(&e.stream) else { continue };
+        match e.event_type.as_str() {
+            "IdentityLinked" => {
+                if let Some(a) = e.data.get("anonymous_id").and_then(Value::as_str) {
+                    links.insert(a, id);
+                }
+            }
+            "CustomerMergedInto" => {
+                if let Some(s) = e.data.get("survivor").and_then(Value::as_str) {
+                    merged.insert(id, s);
+                }
+            }
+            _ => {}
+        }
+    }
+    let survivor = |id: &str| survivor_of(&merged, id);
+    let mut people: BTreeMap<String, Vec<&EventEnvelope>> = BTreeMap::new();
+    for e in &seen {
+        let person = match chronicle_core::customer::id_of_stream(&e.stream) {
+            Some(id) => survivor(id),
+            None => match e.stream.strip_prefix("anonymous-") {
+                Some(a) => links.get(a).map_or_else(|| format!("anonymous:{a}"), |id| survivor(id)),
+                None => continue,
+            },
+        };
+        people.entry(person).or_default().push(e);
+    }
+    // Each person who entered, with their events (a trait breakdown folds their own stream).
+    let mut results: Vec<(String, Progress, Vec<&EventEnvelope>)> = Vec::new();
+    for (person, mut evs) in people {
+        evs.sort_by_key(|e| (e.event_time, e.position));
+        if let Some(p) = progress(spec, &evs, window) {
+            results.push((person, p, evs));
+        }
+    }
+    let total = summarize(spec, results.iter().map(|(_, p, _)| p));
+    let breakdown = spec.breakdown.as_ref().map(|b| {
+        let mut groups: BTreeMap<String, Vec<&Progress>> = BTreeMap::new();
+        for (person, p, evs) in &results {
+            let value = match (&b.trait_name, &b.property) {
+                (Some(t), _) => trait_at(person, t, p.times[0], evs),
+                (_, Some(prop)) => {
+                    let fields = if p.entry.event_type == "ActivityTracked" { p.entry.data.get("properties") } else { Some(&p.entry.data) };
+                    fields.and_then(|f| f.get(prop)).map(value_text)
+                }
+                _ => None,
+            };
+            groups.entry(value.unwrap_or_else(|| "(none)".into())).or_default().push(p);
+        }
+        groups.into_iter().map(|(k, ps)| (k, summarize(spec, ps.into_iter()))).collect()
+    });
+    let position = seen.iter().map(|e| e.position).max().unwrap_or(0);
+    Ok(FunnelAnswer { steps: total, breakdown, position, as_of: horizon.as_of })
+}
+
+/// The customer a (possibly merged) customer's events count for now: the end of the merge chain.
+fn survivor_of(merged: &HashMap<&str, &str>, id: &str) -> String {
+    let mut id = id.to_owned();
+    for _ in 0..16 {
+        match merged.get(id.as_str()) {
+            Some(s) => id = (*s).to_owned(),
+            None => break,
+        }
+    }
+    id
+}
+
+/// How far one person got (`None`: never entered).
+fn progress<'a>(spec: &FunnelSpec, evs: &[&'a EventEnvelope], window: Duration) -> Option<Progress<'a>> {
+    let n = spec.steps.len();
+    if spec.order == Order::Any {
+        let first = evs.iter().position(|e| spec.steps.iter().any(|s| s.matches(e)))?;
+        let start = evs[first].event_time;
+        let end = start.checked_add_signed(window).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut times = Vec::new();
+        for step in &spec.steps {
+            let hit = evs[first..]
+                .iter()
+                .take_while(|e| e.event_time <= end)
+                .take_while(|e| !spec.exclude.iter().any(|x| x.matches(e)))
+                .find(|e| step.matches(e));
+            match hit {
+                Some(e) => times.push(e.event_time),
+                None => break,
+            }
+        }
+        // The entry is the first step's event (a breakdown by property reads it).
+        let entry = evs[first..].iter().find(|e| spec.steps[0].matches(e)).copied().unwrap_or(evs[first]);
+        return (!times.is_empty()).then_some(Progress { times, entry });
+    }
+    let first = evs.iter().position(|e| spec.steps[0].matches(e))?;
+    let entry = evs[first];
+    let end = entry.event_time.checked_add_signed(window).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let mut times = vec![entry.event_time];
+    for e in &evs[first + 1..] {
+        if times.len() == n || e.event_time > end || spec.exclude.iter().any(|x| x.matches(e)) {
+            break;
+        }
+        if spec.steps[times.len()].matches(e) {
+            times.push(e.event_time);
+        } else if spec.order == Order::Strict {
+            break;
+        }
+    }
+    Some(Progress { times, entry })
+}
+
+fn summarize<'a, 'b: 'a>(spec: &FunnelSpec, people: impl Iterator<Item = &'a Progress<'b>>) -> Vec<StepResult> {
+    let n = spec.steps.len();
+    let mut counts = vec![0u64; n];
+    let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for p in people {
+        for k in 0..p.times.len() {
+            counts[k] += 1;
+            if k > 0 {
+                let from = if spec.order == Order::Any { p.times[0] } else { p.times[k - 1] };
+                gaps[k].push((p.times[k] - from).num_milliseconds() as f64 / 1000.0);
+            }
+        }
+    }
+    let entered = counts[0];
+    spec.steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let mut g = std::mem::take(&mut gaps[k]);
+            g.sort_by(f64::total_cmp);
+            StepResult {
+                event: s.event.clone(),
+                count: counts[k],
+                conversion: if entered == 0 { 0.0 } else { counts[k] as f64 / entered as f64 },
+                median_seconds: nearest_rank(&g, 0.5),
+                p90_seconds: nearest_rank(&g, 0.9),
+            }
+        })
+        .collect()
+}
+
+/// The nearest-rank percentile of sorted values.
+fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A person's trait as it was at `at`: their profile folded from their own stream's events up to
+/// that instant (of `evs`, the person's events that are part of the answer).
+fn trait_at(person: &str, name: &str, at: DateTime<Utc>, evs: &[&EventEnvelope]) -> Option<String> {
+    let stream = chronicle_core::customer::stream_of(person);
+    let mut own: Vec<&EventEnvelope> = evs.iter().filter(|e| e.stream == stream && e.event_time <= at).copied().collect();
+    own.sort_by_key(|e| e.version);
+    let c = chronicle_projections::fold_customer(person, None, own);
+    c.traits.get(name).filter(|v| !v.is_null()).map(value_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A small history, by hand: (person, seconds after t0, position, type, data).
+    fn history(rows: &[(&str, i64, u64, &str, Value)]) -> Vec<EventEnvelope> {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        rows.iter()
+            .map(|(person, secs, position, ty, data)| {
+                let stream = chronicle_core::customer::stream_of(person);
+                let v = versions.entry(stream.clone()).or_default();
+                *v += 1;
+                EventEnvelope {
+                    id: chronicle_core::ids::derive_id(&[&stream, &position.to_string()]),
+                    tenant: "t".into(),
+                    stream,
+                    version: *v,
+                    position: *position,
+                    event_type: (*ty).into(),
+                    schema_version: 1,
+                    event_time: t0 + Duration::seconds(*secs),
+                    ingest_time: t0 + Duration::seconds(*position as i64),
+                    source: "test".into(),
+                    causation_id: None,
+                    correlation_id: None,
+                    actor: None,
+                    data: data.clone(),
+                    metadata: Value::Null,
+                }
+            })
+            .collect()
+    }
+
+    fn track(name: &str) -> Value {
+        json!({"kind": "track", "event": name, "properties": {"source": "ads"}})
+    }
+
+    fn spec(order: Order) -> FunnelSpec {
+        serde_json::from_value(json!({"steps": [{"event": "A"}, {"event": "B"}, {"event": "C"}], "window": "1d", "exclude": [{"event": "X"}]}))
+            .map(|mut s: FunnelSpec| {
+                s.order = order;
+                s
+            })
+            .unwrap()
+    }
+
+    fn all() -> Horizon {
+        Horizon { as_of: DateTime::<Utc>::MAX_UTC, known_at: u64::MAX, known_by: None }
+    }
+
+    fn counts(a: &FunnelAnswer) -> Vec<u64> {
+        a.steps.iter().map(|s| s.count).collect()
+    }
+
+    #[test]
+    fn a_hand_computed_funnel() {
+        let reg = |plan: &str| json!({"email": null, "phone": null, "traits": {"plan": plan}, "consents": []});
+        let evs = history(&[
+            ("p1", 0, 1, "CustomerRegistered", reg("free")),
+            ("p1", 10, 2, "ActivityTracked", track("A")),
+            ("p1", 3610, 3, "ActivityTracked", track("B")),
+            ("p1", 7210, 4, "ActivityTracked", track("C")),
+            ("p1", 9000, 5, "CustomerProfileUpdated", json!({"changes": {"traits.plan": {"old": "free", "new": "pro"}}})),
+            // Past the one-day window.
+            ("p2", 0, 6, "ActivityTracked", track("A")),
+            ("p2", 3 * 86_400, 7, "ActivityTracked", track("B")),
+            // B before A: entered, no step after.
+            ("p3", 0, 8, "ActivityTracked", track("B")),
+            ("p3", 60, 9, "ActivityTracked", track("A")),
+            // Excluded between A and B.
+            ("p4", 0, 10, "ActivityTracked", track("A")),
+            ("p4", 30, 11, "ActivityTracked", track("X")),
+            ("p4", 60, 12, "ActivityTracked", track("B")),
+            // Another event between A and B: ordered yes, strict no.
+            ("p5", 0, 13, "ActivityTracked", track("A")),
+            ("p5", 100, 14, "ActivityTracked", track("Y")),
+            ("p5", 300, 15, "ActivityTracked", track("B")),
+        ]);
+        let a = run(&spec(Order::Ordered), &evs, all()).unwrap();
+        assert_eq!(counts(&a), [5, 2, 1]);
+        assert_eq!(a.steps[1].conversion, 0.4);
+        // p1 took 3,600 s from A to B, p5 300 s: nearest rank median is the lower one.
+        assert_eq!((a.steps[1].median_seconds, a.steps[1].p90_seconds), (Some(300.0), Some(3600.0)));
+        assert_eq!(a.steps[0].median_seconds, None);
+        assert_eq!(a.position, 15);
+        assert_eq!(counts(&run(&spec(Order::Strict), &evs, all()).unwrap()), [5, 1, 1]);
+        // Any order: p3's B then A counts both.
+        assert_eq!(counts(&run(&spec(Order::Any), &evs, all()).unwrap()), [5, 3, 1]);
+
+        // The breakdown uses the plan p1 had when entering (free), not today's (pro).
+        let mut by_plan = spec(Order::Ordered);
+        by_plan.breakdown = Some(Breakdown { trait_name: Some("plan".into()), property: None });
+        let b = run(&by_plan, &evs, all()).unwrap().breakdown.unwrap();
+        assert_eq!(counts(&FunnelAnswer { steps: b["free"].clone(), breakdown: None, position: 0, as_of: Utc::now() }), [1, 1, 1]);
+        assert_eq!(b["(none)"][0].count, 4);
+        assert!(!b.contains_key("pro"));
+    }
+
+    #[test]
+    fn a_backfill_changes_answers_known_after_it_only() {
+        let mut evs = history(&[("p1", 0, 1, "ActivityTracked", track("A")), ("p2", 0, 2, "ActivityTracked", track("A"))]);
+        // Learnt later (position 3) about something that happened long before: p2's B.
+        evs.extend(history(&[("p2", 60, 3, "ActivityTracked", track("B"))]));
+        let s = spec(Order::Ordered);
+        let before = run(&s, &evs, Horizon { as_of: DateTime::<Utc>::MAX_UTC, known_at: 2, known_by: None }).unwrap();
+        let after = run(&s, &evs, all()).unwrap();
+        assert_eq!((counts(&before), before.position), (vec![2, 0, 0], 2));
+        assert_eq!((counts(&after), after.position), (vec![2, 1, 0], 3));
+        // As of before B happened, even known now: not yet.
+        let t = evs[0].event_time + Duration::seconds(30);
+        assert_eq!(counts(&run(&s, &evs, Horizon { as_of: t, known_at: u64::MAX, known_by: None }).unwrap()), [2, 0, 0]);
+    }
+
+    #[test]
+    fn bad_specs_are_refused_whole() {
+        let bad = |v: Value| serde_json::from_value::<FunnelSpec>(v).map_err(|e| e.to_string()).and_then(|s| s.check().map(|_| ()).map_err(|e| e.0));
+        assert!(bad(json!({"steps": [], "window": "1d"})).is_err());
+        assert!(bad(json!({"steps": [{"event": "A"}], "window": "soon"})).is_err());
+        assert!(bad(json!({"steps": [{"event": "A"}], "window": "1d", "order": "sideways"})).is_err());
+        assert!(bad(json!({"steps": [{"event": "A"}], "window": "1d", "breakdown": {}})).is_err());
+        assert!(bad(json!({"steps": [{"event": "A"}], "window": "1d", "extra": 1})).is_err());
+        assert!(bad(json!({"steps": [{"event": "A"}], "window": "1d", "known_at": 12})).is_ok());
+        assert!(bad(json!({"steps": [{"event": "A"}], "window": "1d", "known_at": "2026-01-01T00:00:00Z"})).is_ok());
+    }
+}

@@ -1,0 +1,31 @@
+//! Analytics on the log, pure (no I/O, no clock): answers computed from a tenant's events as
+//! they were by an instant of event time (`as_of`) and as Chronicle knew them at a log position
+//! (`known_at`), so a backfill changes the answers known after it and never those before.
+//! The application reads the events; this crate only folds them.
+//!
+//! - [`funnel`]: ordered steps within a conversion window, per person, with a breakdown by a
+//!   trait as it was when the person entered or by a property of the entry event.
+
+pub mod funnel;
+
+use chronicle_core::envelope::EventEnvelope;
+use chrono::{DateTime, Utc};
+
+/// What an answer reflects: events that happened by `as_of` and were recorded at or before log
+/// position `known_at` (and, when `known_by` is given, ingested by that instant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub as_of: DateTime<Utc>,
+    pub known_at: u64,
+    pub known_by: Option<DateTime<Utc>>,
+}
+
+impl Horizon {
+    /// Whether an event is part of the answer (an expired event's tombstone never is).
+    pub fn sees(&self, ev: &EventEnvelope) -> bool {
+        ev.position <= self.known_at
+            && self.known_by.is_none_or(|k| ev.ingest_time <= k)
+            && ev.event_time <= self.as_of
+            && ev.event_type != chronicle_core::envelope::EXPIRED_TYPE
+    }
+}

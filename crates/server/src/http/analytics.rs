@@ -1,0 +1,17 @@
+//! Analytics on the log (issue 21): answers as of an instant of event time and as known at a
+//! log position. Reads: a reader key may ask.
+
+use super::auth::Principal;
+use super::error::{ApiError, Body};
+use axum::extract::State;
+use axum::Json;
+use chronicle_analytics::funnel::{FunnelAnswer, FunnelSpec};
+use chronicle_app::App;
+use std::sync::Arc;
+
+pub const FUNNEL_EXAMPLE: &str = r#"{"steps":[{"event":"Product Viewed"},{"event":"Product Added"},{"event":"Order Completed"}],"window":"7d","breakdown":{"trait":"plan"}}"#;
+
+/// `POST /v1/analytics/funnels`.
+pub async fn funnel(State(app): State<Arc<App>>, p: Principal, Body(spec): Body<FunnelSpec>) -> Result<Json<FunnelAnswer>, ApiError> {
+    Ok(Json(app.funnel(&p.tenant, &spec).await?))
+}
