@@ -14,9 +14,7 @@ impl App {
     /// `spec.known_at` (a log position or an instant of ingest time; default: everything now).
     pub async fn funnel(&self, tenant: &str, spec: &FunnelSpec) -> Result<FunnelAnswer, AppError> {
         spec.check().map_err(|e| AppError::BadRequest(e.0))?;
-        if let Some(t) = spec.as_of {
-            chronicle_core::time::check("as_of", t).map_err(|e| AppError::BadRequest(e.to_string()))?;
-        }
+        crate::app::check_as_of(spec.as_of)?;
         let head = self.store().head().await?;
         let horizon = match spec.known_at {
             None => Horizon { as_of: spec.as_of.unwrap_or_else(|| self.now()), known_at: head, known_by: None },

@@ -103,7 +103,7 @@ pub async fn sign_out(State(web): State<Web>, viewer: Viewer, Form(f): Form<BTre
     res
 }
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, Clone)]
 pub struct ContactsQuery {
     #[serde(default)]
     q: String,
@@ -209,13 +209,13 @@ pub async fn contacts(State(web): State<Web>, viewer: Viewer, Query(q): Query<Co
         })
         .collect();
     let next_url = next.map(|n| {
-        let more = ContactsQuery { after: n, part: String::new(), done: String::new(), ..q_clone(&q) };
+        let more = ContactsQuery { after: n, part: String::new(), done: String::new(), ..q.clone() };
         format!("/ui/contacts?{}", serde_urlencoded::to_string(&more).unwrap_or_default())
     });
     let template = if q.part == "rows" { "contact_rows.html" } else { "contacts.html" };
     let page = page_of(&viewer, "Contacts", "contacts");
     let owners: Vec<(String, String)> = web.app.users(viewer.tenant()).into_iter().map(|u| (u.actor(), u.name)).collect();
-    let filters = ContactsQuery { after: String::new(), part: String::new(), done: String::new(), ..q_clone(&q) };
+    let filters = ContactsQuery { after: String::new(), part: String::new(), done: String::new(), ..q.clone() };
     let csv_url = format!("/ui/contacts.csv?{}", serde_urlencoded::to_string(&filters).unwrap_or_default());
     render(template, context! { page, rows, next_url, q, filters, csv_url, owners, stages => STAGES })
 }
@@ -305,22 +305,8 @@ pub async fn contacts_bulk(State(web): State<Web>, p: Posted<BulkForm>) -> Respo
             Err(e) => return app_error(e),
         }
     }
-    let back = ContactsQuery { after: String::new(), part: String::new(), done: done.to_string(), ..q_clone(&p.form.filters) };
+    let back = ContactsQuery { after: String::new(), part: String::new(), done: done.to_string(), ..p.form.filters.clone() };
     Redirect::to(&format!("/ui/contacts?{}", serde_urlencoded::to_string(&back).unwrap_or_default())).into_response()
-}
-
-fn q_clone(q: &ContactsQuery) -> ContactsQuery {
-    ContactsQuery {
-        q: q.q.clone(),
-        tag: q.tag.clone(),
-        stage: q.stage.clone(),
-        owner: q.owner.clone(),
-        status: q.status.clone(),
-        sort: q.sort.clone(),
-        after: q.after.clone(),
-        part: q.part.clone(),
-        done: q.done.clone(),
-    }
 }
 
 const STAGES: &[&str] = &["subscriber", "lead", "mql", "sql", "opportunity", "customer", "evangelist"];

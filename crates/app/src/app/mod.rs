@@ -37,6 +37,7 @@ mod queries;
 mod views;
 
 pub use queries::ListFilter;
+pub(crate) use queries::check_as_of;
 pub use people::{SignInError, SignedIn, MIN_PASSWORD, SESSION_HOURS};
 pub use privacy::{Export, ExportedMessage, MessageState};
 

@@ -8,7 +8,6 @@ mod cloudevents;
 pub mod cors;
 mod customers;
 
-pub use chronicle_app::profile::profile_json;
 mod deals;
 pub mod codes;
 pub mod error;
