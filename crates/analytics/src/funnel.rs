@@ -17,12 +17,13 @@
 //!   profile folded up to that instant, as known at the answer's position); by property, the
 //!   entry event's property.
 
+use crate::index::{self, Index, Row, NONE};
 use crate::Horizon;
 use chronicle_core::envelope::EventEnvelope;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// A funnel, as `POST /v1/analytics/funnels` and `chronicle analytics funnel` take it.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -84,6 +85,20 @@ pub enum KnownAt {
     Instant(DateTime<Utc>),
 }
 
+impl std::str::FromStr for KnownAt {
+    type Err = String;
+
+    /// A log position (`123456`) or an RFC 3339 instant, as a query parameter gives it.
+    fn from_str(s: &str) -> Result<KnownAt, String> {
+        match s.parse::<u64>() {
+            Ok(p) => Ok(KnownAt::Position(p)),
+            Err(_) => DateTime::parse_from_rfc3339(s)
+                .map(|t| KnownAt::Instant(t.with_timezone(&Utc)))
+                .map_err(|_| format!("known_at {s:?}: a log position or an RFC 3339 instant")),
+        }
+    }
+}
+
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FunnelAnswer {
@@ -118,8 +133,15 @@ impl FunnelSpec {
         if self.steps.is_empty() || self.steps.len() > 20 {
             return Err(FunnelError("a funnel has 1 to 20 steps".into()));
         }
+        if self.exclude.len() > 20 {
+            return Err(FunnelError("a funnel has at most 20 exclusions".into()));
+        }
         if let Some(s) = self.steps.iter().chain(&self.exclude).find(|s| s.event.trim().is_empty()) {
             return Err(FunnelError(format!("a step names its event: {s:?}")));
+        }
+        let long = |v: &Value| index::value_key(v).is_none();
+        if let Some((k, _)) = self.steps.iter().chain(&self.exclude).flat_map(|s| &s.filter).find(|(_, v)| long(v)) {
+            return Err(FunnelError(format!("where.{k}: a value to match is at most {} characters of JSON", index::MAX_VALUE_LEN)));
         }
         if let Some(b) = &self.breakdown {
             if b.trait_name.is_some() == b.property.is_some() {
@@ -130,140 +152,156 @@ impl FunnelSpec {
     }
 }
 
-impl Step {
-    fn matches(&self, ev: &EventEnvelope) -> bool {
-        let (name, fields) = if ev.event_type == "ActivityTracked" {
-            (ev.data.get("event").and_then(Value::as_str), ev.data.get("properties").unwrap_or(&Value::Null))
-        } else {
-            (None, &ev.data)
-        };
-        chronicle_automation::campaign::names_match(&self.event, &ev.event_type, name)
-            && self.filter.iter().all(|(k, v)| fields.get(k) == Some(v))
-    }
+/// A step compiled against an index: the name's id and the filter's (key, value) ids; `None`
+/// when the index has never seen the name or a filter's key or value, so nothing can match.
+struct Matcher {
+    name: u32,
+    filter: Vec<(u32, u32)>,
 }
 
-/// One person's way through the funnel: the times each step was reached, and the entry event.
-struct Progress<'a> {
-    times: Vec<DateTime<Utc>>,
-    entry: &'a EventEnvelope,
+fn compile(step: &Step, ix: &Index) -> Option<Matcher> {
+    let name = ix.names.get(&step.event)?;
+    let filter = step
+        .filter
+        .iter()
+        .map(|(k, v)| Some((ix.keys.get(k)?, ix.values.get(&index::value_key(v)?)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Matcher { name, filter })
+}
+
+/// One person's event as a funnel sees it: which steps (bits 0–19) and exclusions (bits 32–51)
+/// it matches.
+#[derive(Clone, Copy)]
+struct Hit {
+    person: u32,
+    time: i64,
+    position: u64,
+    mask: u64,
+    row: u32,
+}
+
+const EXCLUDED: u64 = 0xFFFF_FFFF << 32;
+
+/// One person's way through the funnel: the times (µs) each step was reached, the entry row.
+struct Progress {
+    times: Vec<i64>,
+    entry: u32,
 }
 
 /// Run a funnel over a tenant's events (any order; those outside `horizon` are left out).
 pub fn run(spec: &FunnelSpec, events: &[EventEnvelope], horizon: Horizon) -> Result<FunnelAnswer, FunnelError> {
-    let window = spec.check()?;
-    let seen: Vec<&EventEnvelope> = events.iter().filter(|e| horizon.sees(e)).collect();
-    // Who is who, as part of the answer: anonymous histories linked, duplicates merged.
-    let mut links: HashMap<&str, &str> = HashMap::new();
-    let mut merged: HashMap<&str, &str> = HashMap::new();
-    for e in &seen {
-        let Some(id) = chronicle_core::customer::id_of_stream(&e.stream) else { continue };
-        match e.event_type.as_str() {
-            "IdentityLinked" => {
-                if let Some(a) = e.data.get("anonymous_id").and_then(Value::as_str) {
-                    links.insert(a, id);
-                }
-            }
-            "CustomerMergedInto" => {
-                if let Some(s) = e.data.get("survivor").and_then(Value::as_str) {
-                    merged.insert(id, s);
-                }
-            }
-            _ => {}
+    run_on(spec, &Index::of(events), horizon)
+}
+
+/// Run a funnel over a tenant's analytics index.
+pub fn run_on(spec: &FunnelSpec, ix: &Index, horizon: Horizon) -> Result<FunnelAnswer, FunnelError> {
+    let window = spec.check()?.num_microseconds().unwrap_or(i64::MAX);
+    let as_of = horizon.as_of.timestamp_micros();
+    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
+    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
+    // Which names can match which steps (bit k) and exclusions (bit 32 + j).
+    let mut by_name = vec![0u64; ix.names.len()];
+    let steps: Vec<Option<Matcher>> = spec.steps.iter().map(|s| compile(s, ix)).collect();
+    let excluded: Vec<Option<Matcher>> = spec.exclude.iter().map(|s| compile(s, ix)).collect();
+    for (bit, m) in steps.iter().enumerate().chain(excluded.iter().enumerate().map(|(j, m)| (32 + j, m))) {
+        if let Some(m) = m {
+            by_name[m.name as usize] |= 1 << bit;
         }
     }
-    let survivor = |id: &str| survivor_of(&merged, id);
-    let mut people: BTreeMap<String, Vec<&EventEnvelope>> = BTreeMap::new();
-    for e in &seen {
-        let person = match chronicle_core::customer::id_of_stream(&e.stream) {
-            Some(id) => survivor(id),
-            None => match e.stream.strip_prefix("anonymous-") {
-                Some(a) => links.get(a).map_or_else(|| format!("anonymous:{a}"), |id| survivor(id)),
-                None => continue,
-            },
-        };
-        people.entry(person).or_default().push(e);
-    }
-    // Each person who entered, with their events (a trait breakdown folds their own stream).
-    let mut results: Vec<(String, Progress, Vec<&EventEnvelope>)> = Vec::new();
-    for (person, mut evs) in people {
-        evs.sort_by_key(|e| (e.event_time, e.position));
-        if let Some(p) = progress(spec, &evs, window) {
-            results.push((person, p, evs));
+    let matcher = |bit: usize| if bit < 32 { steps[bit].as_ref() } else { excluded[bit - 32].as_ref() };
+    let strict = spec.order == Order::Strict;
+    let people = ix.people(seen);
+    let mut position = 0;
+    let mut hits: Vec<Hit> = Vec::new();
+    for (i, r) in ix.rows.iter().enumerate() {
+        if !seen(r) {
+            continue;
+        }
+        position = position.max(r.position);
+        let person = people[r.stream as usize];
+        let mut mask = by_name[r.ty as usize] | if r.name == NONE { 0 } else { by_name[r.name as usize] };
+        if person == NONE || (mask == 0 && !strict) {
+            continue;
+        }
+        let mut bits = mask;
+        while bits != 0 {
+            let bit = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let m = matcher(bit).expect("a bit is set for a compiled step");
+            if !m.filter.iter().all(|(k, v)| ix.prop(r, *k) == Some(*v)) {
+                mask &= !(1 << bit);
+            }
+        }
+        if mask != 0 || strict {
+            hits.push(Hit { person, time: r.time, position: r.position, mask, row: i as u32 });
         }
     }
-    let total = summarize(spec, results.iter().map(|(_, p, _)| p));
+    hits.sort_unstable_by_key(|h| (h.person, h.time, h.position));
+    let mut results: Vec<(u32, Progress)> = Vec::new();
+    for person in hits.chunk_by(|a, b| a.person == b.person) {
+        if let Some(p) = progress(spec, person, window) {
+            results.push((person[0].person, p));
+        }
+    }
+    let total = summarize(spec, results.iter().map(|(_, p)| p));
     let breakdown = spec.breakdown.as_ref().map(|b| {
         let mut groups: BTreeMap<String, Vec<&Progress>> = BTreeMap::new();
-        for (person, p, evs) in &results {
+        for (person, p) in &results {
             let value = match (&b.trait_name, &b.property) {
-                (Some(t), _) => trait_at(person, t, p.times[0], evs),
-                (_, Some(prop)) => {
-                    let fields = if p.entry.event_type == "ActivityTracked" { p.entry.data.get("properties") } else { Some(&p.entry.data) };
-                    fields.and_then(|f| f.get(prop)).map(value_text)
-                }
+                (Some(t), _) => ix.trait_at(*person, t, p.times[0], seen).as_ref().map(value_text),
+                (_, Some(prop)) => ix.keys.get(prop).and_then(|k| ix.prop(&ix.rows[p.entry as usize], k)).map(|v| match v {
+                    index::LONG => "(long value)".to_owned(),
+                    v => value_text(&serde_json::from_str(ix.values.text(v)).unwrap_or(Value::Null)),
+                }),
                 _ => None,
             };
             groups.entry(value.unwrap_or_else(|| "(none)".into())).or_default().push(p);
         }
         groups.into_iter().map(|(k, ps)| (k, summarize(spec, ps.into_iter()))).collect()
     });
-    let position = seen.iter().map(|e| e.position).max().unwrap_or(0);
     Ok(FunnelAnswer { steps: total, breakdown, position, as_of: horizon.as_of })
 }
 
-/// The customer a (possibly merged) customer's events count for now: the end of the merge chain.
-fn survivor_of(merged: &HashMap<&str, &str>, id: &str) -> String {
-    let mut id = id.to_owned();
-    for _ in 0..16 {
-        match merged.get(id.as_str()) {
-            Some(s) => id = (*s).to_owned(),
-            None => break,
-        }
-    }
-    id
-}
-
-/// How far one person got (`None`: never entered).
-fn progress<'a>(spec: &FunnelSpec, evs: &[&'a EventEnvelope], window: Duration) -> Option<Progress<'a>> {
+/// How far one person got (`None`: never entered), over their events in time order.
+fn progress(spec: &FunnelSpec, evs: &[Hit], window: i64) -> Option<Progress> {
     let n = spec.steps.len();
+    let all_steps = (1u64 << n) - 1;
     if spec.order == Order::Any {
-        let first = evs.iter().position(|e| spec.steps.iter().any(|s| s.matches(e)))?;
-        let start = evs[first].event_time;
-        let end = start.checked_add_signed(window).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let first = evs.iter().position(|e| e.mask & all_steps != 0)?;
+        let end = evs[first].time.saturating_add(window);
         let mut times = Vec::new();
-        for step in &spec.steps {
+        for k in 0..n {
             let hit = evs[first..]
                 .iter()
-                .take_while(|e| e.event_time <= end)
-                .take_while(|e| !spec.exclude.iter().any(|x| x.matches(e)))
-                .find(|e| step.matches(e));
+                .take_while(|e| e.time <= end)
+                .take_while(|e| e.mask & EXCLUDED == 0)
+                .find(|e| e.mask & (1 << k) != 0);
             match hit {
-                Some(e) => times.push(e.event_time),
+                Some(e) => times.push(e.time),
                 None => break,
             }
         }
         // The entry is the first step's event (a breakdown by property reads it).
-        let entry = evs[first..].iter().find(|e| spec.steps[0].matches(e)).copied().unwrap_or(evs[first]);
+        let entry = evs[first..].iter().find(|e| e.mask & 1 != 0).unwrap_or(&evs[first]).row;
         return (!times.is_empty()).then_some(Progress { times, entry });
     }
-    let first = evs.iter().position(|e| spec.steps[0].matches(e))?;
-    let entry = evs[first];
-    let end = entry.event_time.checked_add_signed(window).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let mut times = vec![entry.event_time];
+    let first = evs.iter().position(|e| e.mask & 1 != 0)?;
+    let end = evs[first].time.saturating_add(window);
+    let mut times = vec![evs[first].time];
     for e in &evs[first + 1..] {
-        if times.len() == n || e.event_time > end || spec.exclude.iter().any(|x| x.matches(e)) {
+        if times.len() == n || e.time > end || e.mask & EXCLUDED != 0 {
             break;
         }
-        if spec.steps[times.len()].matches(e) {
-            times.push(e.event_time);
+        if e.mask & (1 << times.len()) != 0 {
+            times.push(e.time);
         } else if spec.order == Order::Strict {
             break;
         }
     }
-    Some(Progress { times, entry })
+    Some(Progress { times, entry: evs[first].row })
 }
 
-fn summarize<'a, 'b: 'a>(spec: &FunnelSpec, people: impl Iterator<Item = &'a Progress<'b>>) -> Vec<StepResult> {
+fn summarize<'a>(spec: &FunnelSpec, people: impl Iterator<Item = &'a Progress>) -> Vec<StepResult> {
     let n = spec.steps.len();
     let mut counts = vec![0u64; n];
     let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -272,7 +310,7 @@ fn summarize<'a, 'b: 'a>(spec: &FunnelSpec, people: impl Iterator<Item = &'a Pro
             counts[k] += 1;
             if k > 0 {
                 let from = if spec.order == Order::Any { p.times[0] } else { p.times[k - 1] };
-                gaps[k].push((p.times[k] - from).num_milliseconds() as f64 / 1000.0);
+                gaps[k].push((p.times[k] - from).div_euclid(1000) as f64 / 1000.0);
             }
         }
     }
@@ -310,16 +348,6 @@ fn value_text(v: &Value) -> String {
     }
 }
 
-/// A person's trait as it was at `at`: their profile folded from their own stream's events up to
-/// that instant (of `evs`, the person's events that are part of the answer).
-fn trait_at(person: &str, name: &str, at: DateTime<Utc>, evs: &[&EventEnvelope]) -> Option<String> {
-    let stream = chronicle_core::customer::stream_of(person);
-    let mut own: Vec<&EventEnvelope> = evs.iter().filter(|e| e.stream == stream && e.event_time <= at).copied().collect();
-    own.sort_by_key(|e| e.version);
-    let c = chronicle_projections::fold_customer(person, None, own);
-    c.traits.get(name).filter(|v| !v.is_null()).map(value_text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +356,7 @@ mod tests {
     /// A small history, by hand: (person, seconds after t0, position, type, data).
     fn history(rows: &[(&str, i64, u64, &str, Value)]) -> Vec<EventEnvelope> {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut versions: std::collections::HashMap<String, u64> = Default::default();
         rows.iter()
             .map(|(person, secs, position, ty, data)| {
                 let stream = chronicle_core::customer::stream_of(person);

@@ -3,12 +3,16 @@
 //! (`known_at`), so a backfill changes the answers known after it and never those before.
 //! The application reads the events; this crate only folds them.
 //!
+//! - [`index`]: a tenant's events kept compact in memory (rows of ids and times), which the
+//!   answers scan.
 //! - [`funnel`]: ordered steps within a conversion window, per person, with a breakdown by a
 //!   trait as it was when the person entered or by a property of the entry event.
+//! - [`rfm`]: recency, frequency and monetary value per customer, quintile scores, groups.
 
 pub mod funnel;
+pub mod index;
+pub mod rfm;
 
-use chronicle_core::envelope::EventEnvelope;
 use chrono::{DateTime, Utc};
 
 /// What an answer reflects: events that happened by `as_of` and were recorded at or before log
@@ -18,14 +22,4 @@ pub struct Horizon {
     pub as_of: DateTime<Utc>,
     pub known_at: u64,
     pub known_by: Option<DateTime<Utc>>,
-}
-
-impl Horizon {
-    /// Whether an event is part of the answer (an expired event's tombstone never is).
-    pub fn sees(&self, ev: &EventEnvelope) -> bool {
-        ev.position <= self.known_at
-            && self.known_by.is_none_or(|k| ev.ingest_time <= k)
-            && ev.event_time <= self.as_of
-            && ev.event_type != chronicle_core::envelope::EXPIRED_TYPE
-    }
 }

@@ -1,38 +1,105 @@
-//! Analytics answers for a tenant: the events an answer needs, read from the log up to the
-//! position it is known at, folded by `chronicle_analytics` (pure) off the async workers.
+//! Analytics answers for a tenant, folded by `chronicle_analytics` (pure) over the tenant's
+//! analytics index, which this module keeps: built from the log on the first answer, caught up
+//! with the log's tail before each next one (so an answer reflects every event appended before
+//! it was asked), rebuilt from the log after a compaction (`RetentionApplied`). Erasures reach
+//! it as events (`CustomerErased` drops the person's properties and traits from it).
 
 use crate::app::App;
 use crate::error::AppError;
 use chronicle_analytics::funnel::{FunnelAnswer, FunnelSpec, KnownAt};
+use chronicle_analytics::index::Index;
+use chronicle_analytics::rfm::RfmPage;
 use chronicle_analytics::Horizon;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedMutexGuard;
 
-/// Events read from the log per page while gathering an answer's input.
+/// Events read from the log per page while catching an index up.
 const PAGE: usize = 10_000;
 
+/// The tenants' analytics indexes, each built on its first use. One answer at a time per
+/// tenant reads its index (catching up needs it whole).
+#[derive(Default)]
+pub struct Indexes(Mutex<HashMap<String, Arc<tokio::sync::Mutex<Index>>>>);
+
+/// What an RFM page asks: the horizon, a group, a cursor and a size.
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RfmQuery {
+    pub as_of: Option<DateTime<Utc>>,
+    /// A log position or an RFC 3339 instant of ingest time.
+    pub known_at: Option<String>,
+    pub group: Option<String>,
+    pub after: Option<String>,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
 impl App {
+    /// The tenant's analytics index, caught up with the log's head.
+    pub async fn analytics_index(&self, tenant: &str) -> Result<OwnedMutexGuard<Index>, AppError> {
+        let cell = self.analytics.0.lock().expect("indexes lock").entry(tenant.to_owned()).or_default().clone();
+        let mut ix = cell.lock_owned().await;
+        let head = self.store().head().await?;
+        let mut after = ix.position;
+        let mut built = after > 0;
+        while after < head {
+            let page = self.store().read_all(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for ev in page.iter().filter(|e| e.tenant == tenant) {
+                if built && ev.event_type == chronicle_projections::retention::APPLIED {
+                    // Compacted: events were replaced by tombstones in place; start over.
+                    *ix = Index::default();
+                    after = 0;
+                    built = false;
+                    break;
+                }
+                ix.add(ev);
+            }
+        }
+        ix.position = ix.position.max(after);
+        Ok(ix)
+    }
+
+    /// What an answer over `ix` reflects: events by `as_of` (default now), as known at
+    /// `known_at` (default: everything the index holds).
+    fn horizon(&self, ix: &Index, as_of: Option<DateTime<Utc>>, known_at: Option<KnownAt>) -> Horizon {
+        let as_of = as_of.unwrap_or_else(|| self.now());
+        match known_at {
+            None => Horizon { as_of, known_at: ix.position, known_by: None },
+            Some(KnownAt::Position(p)) => Horizon { as_of, known_at: p.min(ix.position), known_by: None },
+            Some(KnownAt::Instant(t)) => Horizon { as_of, known_at: ix.position, known_by: Some(t) },
+        }
+    }
+
+    /// RFM per customer over their orders, as of `as_of` and as known at `known_at`; one page
+    /// of it (see [`chronicle_analytics::rfm::page`]).
+    pub async fn rfm(&self, tenant: &str, q: &RfmQuery) -> Result<RfmPage, AppError> {
+        crate::app::check_as_of(q.as_of)?;
+        let known_at = q.known_at.as_deref().map(str::parse::<KnownAt>).transpose().map_err(AppError::BadRequest)?;
+        let ix = self.analytics_index(tenant).await?;
+        let horizon = self.horizon(&ix, q.as_of, known_at);
+        let all = tokio::task::spawn_blocking(move || chronicle_analytics::rfm::run_on(&ix, horizon))
+            .await
+            .map_err(|e| AppError::internal("computing RFM", e))?;
+        chronicle_analytics::rfm::page(all, q.group.as_deref(), q.after.as_deref(), q.limit.clamp(1, 10_000)).map_err(AppError::BadRequest)
+    }
+
     /// A funnel over the tenant's events as of `spec.as_of` (default now), as known at
     /// `spec.known_at` (a log position or an instant of ingest time; default: everything now).
     pub async fn funnel(&self, tenant: &str, spec: &FunnelSpec) -> Result<FunnelAnswer, AppError> {
         spec.check().map_err(|e| AppError::BadRequest(e.0))?;
         crate::app::check_as_of(spec.as_of)?;
-        let head = self.store().head().await?;
-        let horizon = match spec.known_at {
-            None => Horizon { as_of: spec.as_of.unwrap_or_else(|| self.now()), known_at: head, known_by: None },
-            Some(KnownAt::Position(p)) => Horizon { as_of: spec.as_of.unwrap_or_else(|| self.now()), known_at: p.min(head), known_by: None },
-            Some(KnownAt::Instant(t)) => Horizon { as_of: spec.as_of.unwrap_or_else(|| self.now()), known_at: head, known_by: Some(t) },
-        };
-        let mut events = Vec::new();
-        let mut after = 0;
-        while after < horizon.known_at {
-            let page = self.events(tenant, after, PAGE).await?;
-            if page.events.is_empty() || page.next <= after {
-                break;
-            }
-            after = page.next;
-            events.extend(page.events.into_iter().filter(|e| e.position <= horizon.known_at));
-        }
+        let ix = self.analytics_index(tenant).await?;
+        let horizon = self.horizon(&ix, spec.as_of, spec.known_at);
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || chronicle_analytics::funnel::run(&spec, &events, horizon))
+        tokio::task::spawn_blocking(move || chronicle_analytics::funnel::run_on(&spec, &ix, horizon))
             .await
             .map_err(|e| AppError::internal("running a funnel", e))?
             .map_err(|e| AppError::BadRequest(e.0))

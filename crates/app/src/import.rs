@@ -24,6 +24,8 @@
 //! row's `consent_source` (else "import") as source and the file and line as proof; every other
 //! non-empty column is a trait (as text). A known customer is updated with what differs.
 
+pub mod mapping;
+
 use crate::app::App;
 use crate::pseudonym::Pseudonyms;
 use crate::error::AppError;
@@ -83,6 +85,9 @@ pub struct Report {
     pub rejected: u64,
     /// Events the log holds now that it did not before (0 on a rerun).
     pub new_events: u64,
+    /// Mapped CSV only: guest rows skipped (not rejected), and the events the rows became.
+    pub skipped: u64,
+    pub events: u64,
 }
 
 impl Report {
@@ -224,7 +229,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn ndjson(
+pub(crate) async fn ndjson(
     app: &Arc<App>,
     tenant: &str,
     mut input: impl BufRead + Send + 'static,

@@ -367,35 +367,102 @@ async fn ui360(n: u64) -> Value {
 }
 
 /// A 4-step funnel over the demo tenant (a data folder `chronicle demo --no-serve` made), as
-/// `POST /v1/analytics/funnels` runs it: plain, then with a breakdown by plan and an `as_of`.
+/// `POST /v1/analytics/funnels` runs it: plain, then with a breakdown by plan and an `as_of`;
+/// the first answer builds the tenant's analytics index (timed apart). Then the peer: the same
+/// funnels run by DuckDB (`peers/funnel_duckdb.py`, with the Python named by `CHRONICLE_PYTHON`,
+/// default `python3`) over the same events, loaded in memory first.
 async fn funnel(data: &std::path::Path) -> Value {
     let cfg = chronicle_app::storage::StorageConfig::embedded(data, false);
     let st = chronicle_app::storage::open(&cfg).expect("the demo's data folder");
     let app = st.app().await.expect("app");
     let events = app.store().head().await.expect("head");
-    let steps = json!([{"event": "Page Viewed"}, {"event": "Product Viewed"}, {"event": "Product Added"}, {"event": "Order Completed"}]);
+    let names = ["Page Viewed", "Product Viewed", "Product Added", "Order Completed"];
+    let steps: Vec<Value> = names.iter().map(|n| json!({"event": n})).collect();
     let plain: chronicle_analytics::funnel::FunnelSpec = serde_json::from_value(json!({"steps": steps, "window": "7d"})).expect("spec");
-    let as_of = (Utc::now() - Duration::days(7)).to_rfc3339();
+    let as_of = Utc::now() - Duration::days(7);
     let split: chronicle_analytics::funnel::FunnelSpec =
         serde_json::from_value(json!({"steps": steps, "window": "7d", "breakdown": {"trait": "plan"}, "as_of": as_of})).expect("spec");
-    let times = |spec: &chronicle_analytics::funnel::FunnelSpec| {
-        let spec = spec.clone();
-        let app = app.clone();
-        async move {
-            let mut lat = Vec::new();
-            let mut last = None;
-            for _ in 0..5 {
-                let t = Instant::now();
-                last = Some(app.funnel("demo", &spec).await.expect("funnel"));
-                lat.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            (summary(lat), last.map(|a| a.steps.iter().map(|s| s.count).collect::<Vec<_>>()))
-        }
+    let t = Instant::now();
+    let (rows, index_bytes) = {
+        let ix = app.analytics_index("demo").await.expect("index");
+        (ix.rows.len(), ix.heap_bytes())
     };
-    let (plain_lat, plain_counts) = times(&plain).await;
-    let (split_lat, split_counts) = times(&split).await;
-    json!({"bench": "funnel", "log_events": events, "steps": 4, "plain": plain_lat, "plain_counts": plain_counts,
-           "breakdown_as_of": split_lat, "breakdown_as_of_counts": split_counts})
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut answers = Vec::new();
+    for spec in [&plain, &split] {
+        let mut lat = Vec::new();
+        let mut last = None;
+        for _ in 0..7 {
+            let t = Instant::now();
+            last = Some(app.funnel("demo", spec).await.expect("funnel"));
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        answers.push((summary(lat), last.expect("an answer")));
+    }
+    // RFM over the same index, as `GET /v1/analytics/rfm` computes it (the whole answer, then a page).
+    let mut rfm_lat = Vec::new();
+    let mut rfm_listed = 0;
+    for _ in 0..7 {
+        let t = Instant::now();
+        let page = app.rfm("demo", &chronicle_app::analytics::RfmQuery { limit: 100, ..Default::default() }).await.expect("rfm");
+        rfm_lat.push(t.elapsed().as_secs_f64() * 1e6);
+        rfm_listed = page.groups.values().sum::<u64>();
+    }
+    let counts = |steps: &[chronicle_analytics::funnel::StepResult]| steps.iter().map(|s| s.count).collect::<Vec<_>>();
+    let split_counts: serde_json::Map<String, Value> =
+        answers[1].1.breakdown.iter().flatten().map(|(k, v)| (k.clone(), json!(counts(v)))).collect();
+    json!({"bench": "funnel", "log_events": events, "index_rows": rows, "index_bytes": index_bytes,
+           "index_bytes_per_event": index_bytes as f64 / rows.max(1) as f64, "index_build_ms": build_ms, "steps": 4,
+           "plain": answers[0].0, "plain_counts": counts(&answers[0].1.steps),
+           "breakdown_as_of": answers[1].0, "breakdown_as_of_counts": split_counts,
+           "rfm": summary(rfm_lat), "rfm_customers": rfm_listed,
+           "duckdb": funnel_peer(&app, &names, as_of).await})
+}
+
+/// The funnel bench's peer: the tenant's events (person, name, time) and plan history written
+/// as CSV, then DuckDB over them.
+async fn funnel_peer(app: &App, names: &[&str; 4], as_of: DateTime<Utc>) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut events, mut plans) = (String::from("person,name,t\n"), String::from("person,plan,t\n"));
+    let mut after = 0;
+    loop {
+        let page = app.events("demo", after, 10_000).await.expect("events");
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.next;
+        for e in &page.events {
+            let Some(person) = chronicle_core::customer::id_of_stream(&e.stream) else { continue };
+            let t = e.event_time.timestamp_micros();
+            let name = if e.event_type == "ActivityTracked" { e.data["event"].as_str().unwrap_or_default() } else { e.event_type.as_str() };
+            events.push_str(&format!("{person},\"{}\",{t}\n", name.replace('"', "\"\"")));
+            let plan = match e.event_type.as_str() {
+                "CustomerRegistered" => e.data["traits"].get("plan"),
+                "CustomerProfileUpdated" => e.data["changes"].get("traits.plan").map(|c| &c["new"]),
+                _ => None,
+            };
+            if let Some(p) = plan.and_then(Value::as_str) {
+                plans.push_str(&format!("{person},{p},{t}\n"));
+            }
+        }
+    }
+    let (ev_file, plan_file) = (dir.path().join("events.csv"), dir.path().join("plans.csv"));
+    std::fs::write(&ev_file, events).expect("events.csv");
+    std::fs::write(&plan_file, plans).expect("plans.csv");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/funnel_duckdb.py");
+    let python = std::env::var("CHRONICLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&ev_file)
+        .arg(&plan_file)
+        .arg(as_of.timestamp_micros().to_string())
+        .args(names)
+        .output()
+        .expect("python");
+    if !out.status.success() {
+        return json!({"error": String::from_utf8_lossy(&out.stderr)});
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| json!({"error": e.to_string()}))
 }
 
 /// Segment ingest over HTTP on loopback: `clients` threads, each with one keep-alive

@@ -197,6 +197,17 @@ pub async fn funnel(args: &StorageArgs, file: &std::path::Path, tenant: &str) ->
     Ok(ExitCode::SUCCESS)
 }
 
+/// `chronicle analytics rfm --tenant T`: the page `GET /v1/analytics/rfm` gives, offline.
+pub async fn rfm(args: &StorageArgs, tenant: &str, q: &chronicle_app::analytics::RfmQuery) -> anyhow::Result<ExitCode> {
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    let tenant = existing_tenant(&app, Some(tenant))?;
+    let page = app.rfm(tenant, q).await?;
+    println!("{}", serde_json::to_string_pretty(&page)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn user_list(args: &StorageArgs, tenant: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg.storage())?;

@@ -22,11 +22,23 @@ pub async fn run(
     tenant: Option<&str>,
     format: Option<&str>,
     rejects: Option<&Path>,
+    mapping: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    let mapping: Option<import::mapping::Mapping> = match mapping {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(toml::from_str(&text).with_context(|| format!("the mapping {}", p.display()))?)
+        }
+        None => None,
+    };
+    if mapping.is_some() && format.is_some_and(|f| f != "csv") {
+        bail!("a mapping reads a CSV; drop --format or pass --format csv");
+    }
     let format = match format {
         Some("ndjson" | "jsonl") => Format::Ndjson,
         Some("csv") => Format::Csv,
         Some(other) => bail!("unknown format {other:?}; use ndjson or csv"),
+        None if mapping.is_some() => Format::Csv,
         None => Format::of_path(file).with_context(|| {
             format!("can't tell the format of {} from its extension; pass --format ndjson|csv", file.display())
         })?,
@@ -48,7 +60,10 @@ pub async fn run(
     let total = if format == Format::Csv { total.saturating_sub(1) } else { total };
     let mut out = Cli { progress: Progress::new("import", Some(total)), printed: 0, rejects };
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let result = import::import(&app, tenant, format, input, &name, &mut out).await;
+    let result = match &mapping {
+        Some(m) => import::mapping::import(&app, tenant, m, input, &mut out).await,
+        None => import::import(&app, tenant, format, input, &name, &mut out).await,
+    };
     let (_, secs, _) = out.progress.finish();
     if let Some(mut w) = out.rejects.take() {
         w.flush().context("writing the rejects file")?;
@@ -64,6 +79,7 @@ pub async fn run(
         json!({
             "file": file.display().to_string(), "tenant": tenant, "lines": report.lines,
             "imported": report.imported, "rejected": report.rejected, "new_events": report.new_events,
+            "skipped": report.skipped, "events": report.events,
             "seconds": (secs * 1000.0).round() / 1000.0,
             "lines_per_sec": (report.lines as f64 / secs.max(1e-9)).round(),
             "new_events_per_sec": (report.new_events as f64 / secs.max(1e-9)).round(),

@@ -54,7 +54,8 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
-    /// Import an NDJSON file of Segment messages or CloudEvents, or a CSV of contacts (safe to rerun)
+    /// Import an NDJSON file of Segment messages or CloudEvents, a CSV of contacts, or a CSV of
+    /// events through a mapping (safe to rerun)
     Import {
         file: std::path::PathBuf,
         /// The tenant to import into (`chronicle tenant list` shows them)
@@ -66,6 +67,9 @@ enum Command {
         /// Write every rejected line, as NDJSON, to this file
         #[arg(long)]
         rejects: Option<std::path::PathBuf>,
+        /// Read the CSV as events through this mapping (TOML; see docs/import.md)
+        #[arg(long)]
+        mapping: Option<std::path::PathBuf>,
     },
     /// Drop every projection and rebuild it from the log
     Rebuild,
@@ -175,6 +179,25 @@ enum AnalyticsCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// RFM per customer (as GET /v1/analytics/rfm gives it; one JSON page)
+    Rfm {
+        #[arg(long)]
+        tenant: String,
+        /// Orders by this instant (RFC 3339) [default: now]
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// As known at this log position or instant of ingest time [default: now]
+        #[arg(long)]
+        known_at: Option<String>,
+        /// Only this group (champions, loyal, …)
+        #[arg(long)]
+        group: Option<String>,
+        /// After this customer id (the previous page's `next`)
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -259,14 +282,18 @@ fn main() -> ExitCode {
                 commands::user_create(&cli.storage, &tenant, &email, &name, &role, password_file.as_deref()).await
             }
             Command::User { command: UserCommand::List { tenant } } => commands::user_list(&cli.storage, &tenant).await,
+            Command::Analytics { command: AnalyticsCommand::Rfm { tenant, as_of, known_at, group, after, limit } } => {
+                let q = chronicle_app::analytics::RfmQuery { as_of, known_at, group, after, limit };
+                commands::rfm(&cli.storage, &tenant, &q).await
+            }
             Command::Analytics { command: AnalyticsCommand::Funnel { file, tenant } } => {
                 commands::funnel(&cli.storage, &file, &tenant).await
             }
             Command::ApiKey { command: ApiKeyCommand::Create { tenant, role, name } } => {
                 commands::api_key_create(&cli.storage, &tenant, &role, name).await
             }
-            Command::Import { file, tenant, format, rejects } => {
-                import::run(&cli.storage, &file, tenant.as_deref(), format.as_deref(), rejects.as_deref()).await
+            Command::Import { file, tenant, format, rejects, mapping } => {
+                import::run(&cli.storage, &file, tenant.as_deref(), format.as_deref(), rejects.as_deref(), mapping.as_deref()).await
             }
             Command::Rebuild => commands::rebuild(&cli.storage).await,
             Command::Verify => commands::verify(&cli.storage).await,

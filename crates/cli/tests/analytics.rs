@@ -176,3 +176,149 @@ fn funnels_equal_duckdb_and_a_backfill_changes_only_the_answer_known_after_it() 
 fn lines_of(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
+
+/// RFM of the UCI Online Retail sample in SQL, from the raw CSV (no mapping, no engine code):
+/// invoices of known customers, cancellations (`C…`) as refunds, recency in whole days to
+/// `as_of`, scores 1 + ⌊5 · (customers strictly worse) / n⌋, the groups by R and F.
+const RFM_SQL: &str = r#"
+import duckdb, json, sys
+path, as_of = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute(f"""CREATE TABLE raw AS SELECT * FROM read_csv('{path}', header=true, nullstr='NA',
+  columns={{'InvoiceNo': 'VARCHAR', 'StockCode': 'VARCHAR', 'Description': 'VARCHAR', 'Quantity': 'BIGINT',
+            'InvoiceDate': 'TIMESTAMP', 'UnitPrice': 'DOUBLE', 'CustomerID': 'VARCHAR', 'Country': 'VARCHAR'}})""")
+guests = con.execute("SELECT count(*) FROM raw WHERE CustomerID IS NULL").fetchone()[0]
+rows = con.execute(f"""
+WITH inv AS (SELECT CustomerID AS c, InvoiceNo AS inv, min(InvoiceDate) AS t, round(sum(Quantity * UnitPrice), 6) AS v
+             FROM raw WHERE CustomerID IS NOT NULL GROUP BY ALL),
+refunds AS (SELECT c, round(sum(-v), 6) AS refunds FROM inv WHERE inv LIKE 'C%' GROUP BY c),
+per AS (SELECT c, max(t) AS last, count(*) AS f, round(sum(v), 6) AS m FROM inv WHERE inv NOT LIKE 'C%' GROUP BY c),
+rec AS (SELECT *, date_diff('second', last, TIMESTAMP '{as_of}') // 86400 AS recency FROM per),
+s AS (SELECT *, 1 + (5 * (rank() OVER (ORDER BY recency DESC) - 1)) // count(*) OVER () AS r,
+                1 + (5 * (rank() OVER (ORDER BY f) - 1)) // count(*) OVER () AS fs,
+                1 + (5 * (rank() OVER (ORDER BY m) - 1)) // count(*) OVER () AS ms FROM rec)
+SELECT s.c, recency, f, m, coalesce(refunds, 0), r, fs, ms,
+  CASE WHEN r = 5 AND fs >= 4 THEN 'champions' WHEN r IN (3, 4) AND fs >= 4 THEN 'loyal'
+       WHEN r >= 4 AND fs IN (2, 3) THEN 'potential_loyalists' WHEN r = 5 THEN 'new_customers'
+       WHEN r = 4 THEN 'promising' WHEN r = 3 AND fs = 3 THEN 'need_attention' WHEN r = 3 THEN 'about_to_sleep'
+       WHEN fs = 5 THEN 'cannot_lose' WHEN fs >= 3 THEN 'at_risk' ELSE 'hibernating' END
+FROM s LEFT JOIN refunds USING (c) ORDER BY s.c
+""").fetchall()
+print(json.dumps({"guests": guests, "customers": [list(r) for r in rows]}))
+"#;
+
+/// The online-retail example: the UCI sample imported through its mapping (an invoice's lines,
+/// spread over the file, become one order; cancellations become refunds; guest lines are
+/// skipped and counted, nothing else rejected; a rerun stores nothing), then RFM over HTTP, page
+/// by page, equals the SQL above; the CLI gives the same offline; bad queries are refused.
+#[test]
+fn the_online_retail_example_imports_and_its_rfm_equals_duckdb() {
+    let Some(clients) = segment_clients() else { return };
+    let python = clients.join("venv/bin/python");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/online-retail");
+    let (csv, mapping) = (root.join("online-retail-sample.csv"), root.join("mapping.toml"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (api, _) = tenant_keys(&data);
+    let import = || {
+        let out = chronicle(&data, &["import", csv.to_str().unwrap(), "--tenant", "acme", "--mapping", mapping.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = import();
+    let script = dir.path().join("rfm.py");
+    std::fs::write(&script, RFM_SQL).unwrap();
+    let as_of = "2011-12-10 00:00:00";
+    let out = std::process::Command::new(&python).arg(&script).arg(&csv).arg(as_of).output().unwrap();
+    assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+    let sql: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((first["lines"].as_u64(), first["rejected"].as_u64()), (Some(20_000), Some(0)), "{first}");
+    assert_eq!(first["skipped"], sql["guests"], "only the guest lines are left out: {first}");
+    assert_eq!(first["imported"].as_u64().unwrap() + first["skipped"].as_u64().unwrap(), 20_000);
+    assert_eq!(import()["new_events"], 0, "a rerun stores nothing new");
+
+    let (mut server, url, _) = start(&data, &["serve"]);
+    let agent = agent();
+    let mut engine = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let (status, page) = get(&agent, &format!("{url}/v1/analytics/rfm?as_of=2011-12-10T00:00:00Z&limit=1000{cursor}"), &api);
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        engine.extend(page["customers"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    let want = sql["customers"].as_array().unwrap();
+    assert!(pages > 2 && want.len() > 2500, "{pages} pages, {} customers", want.len());
+    assert_eq!(engine.len(), want.len());
+    for (e, w) in engine.iter().zip(want) {
+        let w = w.as_array().unwrap();
+        let got = (e["id"].as_str().unwrap(), e["recency_days"].as_i64().unwrap(), e["frequency"].as_i64().unwrap());
+        assert_eq!(got, (w[0].as_str().unwrap(), w[1].as_i64().unwrap(), w[2].as_i64().unwrap()), "{e} vs {w:?}");
+        assert!((e["monetary"].as_f64().unwrap() - w[3].as_f64().unwrap()).abs() < 1e-6, "{e} vs {w:?}");
+        assert!((e["refunds"].as_f64().unwrap() - w[4].as_f64().unwrap()).abs() < 1e-6, "{e} vs {w:?}");
+        assert_eq!((&e["r"], &e["f"], &e["m"], &e["group"]), (&w[5], &w[6], &w[7], &w[8]), "{e} vs {w:?}");
+    }
+    assert!(engine.iter().any(|e| e["refunds"].as_f64().unwrap() > 0.0), "the sample has refunds");
+
+    // One group's members only; unknown groups and bad horizons are refused.
+    let (status, champions) = get(&agent, &format!("{url}/v1/analytics/rfm?as_of=2011-12-10T00:00:00Z&group=champions"), &api);
+    assert_eq!(status, 200);
+    let n = want.iter().filter(|w| w[8] == "champions").count();
+    assert_eq!(champions["groups"]["champions"], n);
+    assert!(champions["customers"].as_array().unwrap().iter().all(|c| c["group"] == "champions"));
+    for bad in ["group=vip", "known_at=yesterday", "as_of=soon", "limit=x"] {
+        let (status, v) = get(&agent, &format!("{url}/v1/analytics/rfm?{bad}"), &api);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    // Known at position 1 (nothing imported yet): no customers.
+    let (_, empty) = get(&agent, &format!("{url}/v1/analytics/rfm?known_at=1"), &api);
+    assert_eq!(empty["customers"].as_array().unwrap().len(), 0);
+    sigterm(&mut server);
+
+    // The CLI, offline, the same.
+    let out = chronicle(&data, &["analytics", "rfm", "--tenant", "acme", "--as-of", "2011-12-10T00:00:00Z", "--limit", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline["customers"].as_array().unwrap()[..], engine[..5]);
+}
+
+/// A mapping that names a column the file lacks refuses the whole file before anything is
+/// written; a row with a bad number rejects its event whole (reported at its line) and the rest
+/// goes in.
+#[test]
+fn a_mapping_is_checked_whole_and_a_bad_row_rejects_only_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tenant_keys(&data);
+    let csv = dir.path().join("orders.csv");
+    std::fs::write(&csv, "order,who,when,amount\no1,c1,2026-01-01T10:00:00Z,5\no1,c1,2026-01-01T10:00:00Z,7\no2,c2,2026-01-02T10:00:00+01:00,x\no3,,2026-01-02T10:00:00Z,1\n").unwrap();
+    let mapping = dir.path().join("m.toml");
+    let run = |m: &str| {
+        std::fs::write(&mapping, m).unwrap();
+        chronicle(&data, &["import", csv.to_str().unwrap(), "--tenant", "acme", "--mapping", mapping.to_str().unwrap()])
+    };
+    let out = run("customer = \"who\"\ntime = \"when\"\ngroup_by = \"order\"\n[[events]]\nevent = \"Order Completed\"\nsums = { total = \"amount * price\" }\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no column \"price\""), "{}", String::from_utf8_lossy(&out.stderr));
+    let history = |who: &str| {
+        let out = chronicle(&data, &["history", who, "--tenant", "acme"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    assert!(history("c1").is_empty(), "nothing written");
+    let out = run("customer = \"who\"\ntime = \"when\"\ngroup_by = \"order\"\n[[events]]\nevent = \"Order Completed\"\nproperties = { order_id = \"order\" }\nsums = { total = \"amount\" }\n");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "a rejected row makes the exit code 1");
+    assert_eq!((report["lines"].as_u64(), report["imported"].as_u64(), report["rejected"].as_u64(), report["skipped"].as_u64()), (Some(4), Some(2), Some(1), Some(1)), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 4") && stderr.contains("\"x\" is not a number"), "{stderr}");
+    let c1 = history("c1");
+    let order = c1.iter().find(|e| e["data"]["event"] == "Order Completed").expect("o1 imported");
+    assert_eq!(order["data"]["properties"]["total"].as_f64(), Some(12.0), "one order of its two lines: {order}");
+    assert!(history("c2").iter().all(|e| e["data"]["event"] != "Order Completed"), "o2 rejected whole");
+}

@@ -121,6 +121,8 @@ pub struct App {
     pub audit: crate::audit::Audit,
     /// Tenants' keys verified in this process, and the request budgets.
     budgets: budgets::Budgets,
+    /// The tenants' analytics indexes (see [`crate::analytics`]).
+    pub(crate) analytics: crate::analytics::Indexes,
     /// Whether tenants' webhooks may reach internal addresses (see `automation::targets`).
     allow_private_webhooks: std::sync::atomic::AtomicBool,
     /// Where "now" comes from (the wall clock unless a test installs another, see
@@ -276,6 +278,7 @@ impl App {
             reacted,
             audit: Default::default(),
             budgets: Default::default(),
+            analytics: Default::default(),
             allow_private_webhooks: Default::default(),
             clock: Default::default(),
             keys,

@@ -2,10 +2,12 @@
 //! log position. Reads: a reader key may ask.
 
 use super::auth::Principal;
-use super::error::{ApiError, Body};
+use super::error::{ApiError, Body, Params};
 use axum::extract::State;
 use axum::Json;
 use chronicle_analytics::funnel::{FunnelAnswer, FunnelSpec};
+use chronicle_analytics::rfm::RfmPage;
+use chronicle_app::analytics::RfmQuery;
 use chronicle_app::App;
 use std::sync::Arc;
 
@@ -14,4 +16,9 @@ pub const FUNNEL_EXAMPLE: &str = r#"{"steps":[{"event":"Product Viewed"},{"event
 /// `POST /v1/analytics/funnels`.
 pub async fn funnel(State(app): State<Arc<App>>, p: Principal, Body(spec): Body<FunnelSpec>) -> Result<Json<FunnelAnswer>, ApiError> {
     Ok(Json(app.funnel(&p.tenant, &spec).await?))
+}
+
+/// `GET /v1/analytics/rfm`: one page of RFM per customer.
+pub async fn rfm(State(app): State<Arc<App>>, p: Principal, Params(q): Params<RfmQuery>) -> Result<Json<RfmPage>, ApiError> {
+    Ok(Json(app.rfm(&p.tenant, &q).await?))
 }

@@ -250,6 +250,13 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
                 .gives::<chronicle_analytics::funnel::FunnelAnswer>(),
             post(analytics::funnel),
         ),
+        (
+            r("get", "/v1/analytics/rfm", "Recency, frequency and monetary value per customer with quintile scores and groups, as of an instant and as known at a position; paged by id", 200)
+                .reads()
+                .query(&["as_of", "known_at", "group", "after", "limit"])
+                .gives::<chronicle_analytics::rfm::RfmPage>(),
+            get(analytics::rfm),
+        ),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::read_stream)),
