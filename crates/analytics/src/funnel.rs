@@ -18,7 +18,7 @@
 //!   entry event's property.
 
 use crate::index::{self, Index, Row, NONE};
-use crate::Horizon;
+use crate::{nearest_rank, Horizon};
 use chronicle_core::envelope::EventEnvelope;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -330,15 +330,6 @@ fn summarize<'a>(spec: &FunnelSpec, people: impl Iterator<Item = &'a Progress>) 
             }
         })
         .collect()
-}
-
-/// The nearest-rank percentile of sorted values.
-fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 fn value_text(v: &Value) -> String {

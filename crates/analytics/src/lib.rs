@@ -8,9 +8,13 @@
 //! - [`funnel`]: ordered steps within a conversion window, per person, with a breakdown by a
 //!   trait as it was when the person entered or by a property of the entry event.
 //! - [`rfm`]: recency, frequency and monetary value per customer, quintile scores, groups.
+//! - [`pipeline`]: stage velocity (by owner), stage conversion, win rate, stuck deals.
+//! - [`cohorts`]: customers by signup week or month, and their conversion over time.
 
+pub mod cohorts;
 pub mod funnel;
 pub mod index;
+pub mod pipeline;
 pub mod rfm;
 
 use chrono::{DateTime, Utc};
@@ -22,4 +26,13 @@ pub struct Horizon {
     pub as_of: DateTime<Utc>,
     pub known_at: u64,
     pub known_by: Option<DateTime<Utc>>,
+}
+
+/// The nearest-rank percentile of sorted values.
+pub(crate) fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }

@@ -36,6 +36,30 @@ pub struct RfmQuery {
     pub limit: usize,
 }
 
+/// What pipeline analytics asks: the horizon and the days after which a deal is stuck
+/// (default 30).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineQuery {
+    pub as_of: Option<DateTime<Utc>>,
+    pub known_at: Option<String>,
+    pub stuck_days: Option<u32>,
+}
+
+/// What a cohort answer asks: the horizon, the period (`week` | `month`, default month), the
+/// conversion event (default `Order Completed`) and which occurrence of it converts (default
+/// 1), the columns (default 12).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CohortQuery {
+    pub as_of: Option<DateTime<Utc>>,
+    pub known_at: Option<String>,
+    pub period: Option<chronicle_analytics::cohorts::Period>,
+    pub event: Option<String>,
+    pub occurrence: Option<u32>,
+    pub periods: Option<u32>,
+}
+
 fn default_limit() -> usize {
     100
 }
@@ -81,14 +105,55 @@ impl App {
     /// RFM per customer over their orders, as of `as_of` and as known at `known_at`; one page
     /// of it (see [`chronicle_analytics::rfm::page`]).
     pub async fn rfm(&self, tenant: &str, q: &RfmQuery) -> Result<RfmPage, AppError> {
-        crate::app::check_as_of(q.as_of)?;
-        let known_at = q.known_at.as_deref().map(str::parse::<KnownAt>).transpose().map_err(AppError::BadRequest)?;
-        let ix = self.analytics_index(tenant).await?;
-        let horizon = self.horizon(&ix, q.as_of, known_at);
+        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
         let all = tokio::task::spawn_blocking(move || chronicle_analytics::rfm::run_on(&ix, horizon))
             .await
             .map_err(|e| AppError::internal("computing RFM", e))?;
         chronicle_analytics::rfm::page(all, q.group.as_deref(), q.after.as_deref(), q.limit.clamp(1, 10_000)).map_err(AppError::BadRequest)
+    }
+
+    /// Pipeline analytics (velocity, conversion, win rate, deals stuck over `stuck_days`).
+    pub async fn pipeline_analytics(&self, tenant: &str, q: &PipelineQuery) -> Result<chronicle_analytics::pipeline::Pipeline, AppError> {
+        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
+        let stuck_days = q.stuck_days.unwrap_or(30);
+        tokio::task::spawn_blocking(move || chronicle_analytics::pipeline::run_on(&ix, horizon, stuck_days))
+            .await
+            .map_err(|e| AppError::internal("computing pipeline analytics", e))
+    }
+
+    /// Signup cohorts and their conversion over time.
+    pub async fn cohorts(&self, tenant: &str, q: &CohortQuery) -> Result<chronicle_analytics::cohorts::Cohorts, AppError> {
+        let event = q.event.clone().unwrap_or_else(|| "Order Completed".into());
+        if event.trim().is_empty() {
+            return Err(AppError::BadRequest("event names an event type or a tracked event".into()));
+        }
+        let periods = q.periods.unwrap_or(12);
+        if !(1..=120).contains(&periods) {
+            return Err(AppError::BadRequest("periods is 1 to 120".into()));
+        }
+        let occurrence = q.occurrence.unwrap_or(1);
+        if !(1..=1000).contains(&occurrence) {
+            return Err(AppError::BadRequest("occurrence is 1 to 1000".into()));
+        }
+        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
+        let period = q.period.unwrap_or_default();
+        tokio::task::spawn_blocking(move || chronicle_analytics::cohorts::run_on(&ix, horizon, period, &event, occurrence, periods))
+            .await
+            .map_err(|e| AppError::internal("computing cohorts", e))
+    }
+
+    /// The index caught up, and the horizon of an answer asked with these parameters.
+    async fn answer_input(
+        &self,
+        tenant: &str,
+        as_of: Option<DateTime<Utc>>,
+        known_at: Option<&str>,
+    ) -> Result<(OwnedMutexGuard<Index>, Horizon), AppError> {
+        crate::app::check_as_of(as_of)?;
+        let known_at = known_at.map(str::parse::<KnownAt>).transpose().map_err(AppError::BadRequest)?;
+        let ix = self.analytics_index(tenant).await?;
+        let horizon = self.horizon(&ix, as_of, known_at);
+        Ok((ix, horizon))
     }
 
     /// A funnel over the tenant's events as of `spec.as_of` (default now), as known at

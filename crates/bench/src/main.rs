@@ -408,6 +408,20 @@ async fn funnel(data: &std::path::Path) -> Value {
         rfm_lat.push(t.elapsed().as_secs_f64() * 1e6);
         rfm_listed = page.groups.values().sum::<u64>();
     }
+    // Pipeline analytics and monthly cohorts, as their routes compute them.
+    let mut pipe_lat = Vec::new();
+    let mut cohort_lat = Vec::new();
+    let (mut deals, mut cohort_count) = (0, 0);
+    for _ in 0..7 {
+        let t = Instant::now();
+        let p = app.pipeline_analytics("demo", &chronicle_app::analytics::PipelineQuery::default()).await.expect("pipeline");
+        pipe_lat.push(t.elapsed().as_secs_f64() * 1e6);
+        deals = p.open + p.won + p.lost;
+        let t = Instant::now();
+        let c = app.cohorts("demo", &chronicle_app::analytics::CohortQuery::default()).await.expect("cohorts");
+        cohort_lat.push(t.elapsed().as_secs_f64() * 1e6);
+        cohort_count = c.cohorts.len();
+    }
     let counts = |steps: &[chronicle_analytics::funnel::StepResult]| steps.iter().map(|s| s.count).collect::<Vec<_>>();
     let split_counts: serde_json::Map<String, Value> =
         answers[1].1.breakdown.iter().flatten().map(|(k, v)| (k.clone(), json!(counts(v)))).collect();
@@ -416,6 +430,7 @@ async fn funnel(data: &std::path::Path) -> Value {
            "plain": answers[0].0, "plain_counts": counts(&answers[0].1.steps),
            "breakdown_as_of": answers[1].0, "breakdown_as_of_counts": split_counts,
            "rfm": summary(rfm_lat), "rfm_customers": rfm_listed,
+           "pipeline": summary(pipe_lat), "pipeline_deals": deals, "cohorts": summary(cohort_lat), "cohorts_listed": cohort_count,
            "duckdb": funnel_peer(&app, &names, as_of).await})
 }
 

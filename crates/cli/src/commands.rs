@@ -197,14 +197,19 @@ pub async fn funnel(args: &StorageArgs, file: &std::path::Path, tenant: &str) ->
     Ok(ExitCode::SUCCESS)
 }
 
-/// `chronicle analytics rfm --tenant T`: the page `GET /v1/analytics/rfm` gives, offline.
-pub async fn rfm(args: &StorageArgs, tenant: &str, q: &chronicle_app::analytics::RfmQuery) -> anyhow::Result<ExitCode> {
+/// `chronicle analytics rfm|pipeline|cohorts --tenant T`: the answer the API gives, offline,
+/// as pretty JSON.
+pub async fn analytics_answer<F, Fut>(args: &StorageArgs, tenant: &str, answer: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(std::sync::Arc<chronicle_app::App>, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+{
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg.storage())?;
     let app = st.app().await?;
-    let tenant = existing_tenant(&app, Some(tenant))?;
-    let page = app.rfm(tenant, q).await?;
-    println!("{}", serde_json::to_string_pretty(&page)?);
+    let tenant = existing_tenant(&app, Some(tenant))?.to_owned();
+    let v = answer(app.clone(), tenant).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
 

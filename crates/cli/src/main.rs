@@ -198,6 +198,38 @@ enum AnalyticsCommand {
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
+    /// Deal pipeline analytics (as GET /v1/analytics/pipeline gives it)
+    Pipeline {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        known_at: Option<String>,
+        /// Days in one stage after which an open deal is stuck
+        #[arg(long, default_value_t = 30)]
+        stuck_days: u32,
+    },
+    /// Signup cohorts and their conversion (as GET /v1/analytics/cohorts gives it)
+    Cohorts {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        known_at: Option<String>,
+        /// week or month
+        #[arg(long, default_value = "month")]
+        period: String,
+        /// The conversion event (an event type or a tracked name)
+        #[arg(long, default_value = "Order Completed")]
+        event: String,
+        /// Which occurrence of the event converts (2: a second order)
+        #[arg(long, default_value_t = 1)]
+        occurrence: u32,
+        #[arg(long, default_value_t = 12)]
+        periods: u32,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -282,9 +314,22 @@ fn main() -> ExitCode {
                 commands::user_create(&cli.storage, &tenant, &email, &name, &role, password_file.as_deref()).await
             }
             Command::User { command: UserCommand::List { tenant } } => commands::user_list(&cli.storage, &tenant).await,
+            Command::Analytics { command: AnalyticsCommand::Pipeline { tenant, as_of, known_at, stuck_days } } => {
+                let q = chronicle_app::analytics::PipelineQuery { as_of, known_at, stuck_days: Some(stuck_days) };
+                commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.pipeline_analytics(&t, &q).await?)?) }).await
+            }
+            Command::Analytics { command: AnalyticsCommand::Cohorts { tenant, as_of, known_at, period, event, occurrence, periods } } => {
+                match serde_json::from_value::<chronicle_analytics::cohorts::Period>(serde_json::json!(period)) {
+                    Ok(period) => {
+                        let q = chronicle_app::analytics::CohortQuery { as_of, known_at, period: Some(period), event: Some(event), occurrence: Some(occurrence), periods: Some(periods) };
+                        commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.cohorts(&t, &q).await?)?) }).await
+                    }
+                    Err(_) => Err(anyhow::anyhow!("--period is week or month")),
+                }
+            }
             Command::Analytics { command: AnalyticsCommand::Rfm { tenant, as_of, known_at, group, after, limit } } => {
                 let q = chronicle_app::analytics::RfmQuery { as_of, known_at, group, after, limit };
-                commands::rfm(&cli.storage, &tenant, &q).await
+                commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.rfm(&t, &q).await?)?) }).await
             }
             Command::Analytics { command: AnalyticsCommand::Funnel { file, tenant } } => {
                 commands::funnel(&cli.storage, &file, &tenant).await

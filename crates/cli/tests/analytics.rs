@@ -204,7 +204,22 @@ SELECT s.c, recency, f, m, coalesce(refunds, 0), r, fs, ms,
        WHEN fs = 5 THEN 'cannot_lose' WHEN fs >= 3 THEN 'at_risk' ELSE 'hibernating' END
 FROM s LEFT JOIN refunds USING (c) ORDER BY s.c
 """).fetchall()
-print(json.dumps({"guests": guests, "customers": [list(r) for r in rows]}))
+con.execute("""CREATE TABLE inv AS SELECT CustomerID AS c, InvoiceNo AS inv, min(InvoiceDate) AS t
+               FROM raw WHERE CustomerID IS NOT NULL GROUP BY ALL""")
+# Cohorts: signup month (the customer's first invoice, a cancellation too), converted at the
+# second order (not a cancellation), cumulative per month after, up to as_of's month, 12 at most.
+cohort_rows = con.execute(f"""
+WITH signup AS (SELECT c, min(t) AS s FROM inv GROUP BY c),
+second AS (SELECT c, t FROM (SELECT c, t, row_number() OVER (PARTITION BY c ORDER BY t) AS n FROM inv WHERE inv NOT LIKE 'C%') WHERE n = 2)
+SELECT strftime(s, '%Y-%m'), date_diff('month', date_trunc('month', s), date_trunc('month', TIMESTAMP '{as_of}')) + 1,
+       list(date_diff('month', date_trunc('month', s), date_trunc('month', second.t)))
+FROM signup LEFT JOIN second USING (c) GROUP BY ALL ORDER BY 1
+""").fetchall()
+cohorts = []
+for label, width, ks in cohort_rows:
+    width = min(width, 12)
+    cohorts.append({"cohort": label, "size": len(ks), "converted": [sum(1 for k in ks if k is not None and k <= j) for j in range(width)]})
+print(json.dumps({"guests": guests, "customers": [list(r) for r in rows], "cohorts": cohorts}))
 "#;
 
 /// The online-retail example: the UCI sample imported through its mapping (an invoice's lines,
@@ -274,6 +289,17 @@ fn the_online_retail_example_imports_and_its_rfm_equals_duckdb() {
     assert!(champions["customers"].as_array().unwrap().iter().all(|c| c["group"] == "champions"));
     for bad in ["group=vip", "known_at=yesterday", "as_of=soon", "limit=x"] {
         let (status, v) = get(&agent, &format!("{url}/v1/analytics/rfm?{bad}"), &api);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    // Cohorts by signup month, converted at the second order: equal the SQL too.
+    let (status, cohorts) = get(&agent, &format!("{url}/v1/analytics/cohorts?as_of=2011-12-10T00:00:00Z&period=month&occurrence=2"), &api);
+    assert_eq!(status, 200, "{cohorts}");
+    let engine_cohorts: Vec<Value> =
+        cohorts["cohorts"].as_array().unwrap().iter().map(|c| json!({"cohort": c["cohort"], "size": c["size"], "converted": c["converted"]})).collect();
+    assert_eq!(Value::Array(engine_cohorts), sql["cohorts"]);
+    assert!(sql["cohorts"].as_array().unwrap().len() >= 12);
+    for bad in ["period=year", "periods=0", "occurrence=0", "event="] {
+        let (status, v) = get(&agent, &format!("{url}/v1/analytics/cohorts?{bad}"), &api);
         assert_eq!(status, 400, "{bad}: {v}");
     }
     // Known at position 1 (nothing imported yet): no customers.

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use chronicle_analytics::funnel::{FunnelAnswer, FunnelSpec};
 use chronicle_analytics::rfm::RfmPage;
-use chronicle_app::analytics::RfmQuery;
+use chronicle_app::analytics::{CohortQuery, PipelineQuery, RfmQuery};
 use chronicle_app::App;
 use std::sync::Arc;
 
@@ -21,4 +21,22 @@ pub async fn funnel(State(app): State<Arc<App>>, p: Principal, Body(spec): Body<
 /// `GET /v1/analytics/rfm`: one page of RFM per customer.
 pub async fn rfm(State(app): State<Arc<App>>, p: Principal, Params(q): Params<RfmQuery>) -> Result<Json<RfmPage>, ApiError> {
     Ok(Json(app.rfm(&p.tenant, &q).await?))
+}
+
+/// `GET /v1/analytics/pipeline`: stage velocity, conversion, win rate, stuck deals.
+pub async fn pipeline(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Params(q): Params<PipelineQuery>,
+) -> Result<Json<chronicle_analytics::pipeline::Pipeline>, ApiError> {
+    Ok(Json(app.pipeline_analytics(&p.tenant, &q).await?))
+}
+
+/// `GET /v1/analytics/cohorts`: signup cohorts and their conversion over time.
+pub async fn cohorts(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Params(q): Params<CohortQuery>,
+) -> Result<Json<chronicle_analytics::cohorts::Cohorts>, ApiError> {
+    Ok(Json(app.cohorts(&p.tenant, &q).await?))
 }

@@ -257,6 +257,20 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
                 .gives::<chronicle_analytics::rfm::RfmPage>(),
             get(analytics::rfm),
         ),
+        (
+            r("get", "/v1/analytics/pipeline", "Deal pipeline analytics: stage velocity (overall and by owner), stage conversion, win rate, deals stuck longer than stuck_days (default 30)", 200)
+                .reads()
+                .query(&["as_of", "known_at", "stuck_days"])
+                .gives::<chronicle_analytics::pipeline::Pipeline>(),
+            get(analytics::pipeline),
+        ),
+        (
+            r("get", "/v1/analytics/cohorts", "Customers by signup week or month and their conversion (the n-th event named `event`, default the first Order Completed) over the periods after", 200)
+                .reads()
+                .query(&["as_of", "known_at", "period", "event", "occurrence", "periods"])
+                .gives::<chronicle_analytics::cohorts::Cohorts>(),
+            get(analytics::cohorts),
+        ),
         (r("get", "/v1/events", "The tenant's events in commit order", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::events)),
         (r("get", "/v1/events/stream", "Live events as server-sent events (catch-up, then follow)", 200).query(&["after"]), get(log::stream_live)),
         (r("get", "/v1/streams/{stream}", "Read a stream forward", 200).query(&["after", "limit"]).gives::<chronicle_app::app::Page>(), get(log::read_stream)),

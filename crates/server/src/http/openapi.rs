@@ -104,6 +104,11 @@ pub fn document<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Value {
         if route.auth {
             responses.insert("403".into(), error.clone());
         }
+        if route.path.contains('{') {
+            // An empty path parameter collapses the path into another route's
+            // (`/v1/customers//tags` is `/v1/customers/tags`), which may not take this method.
+            responses.insert("405".into(), error.clone());
+        }
         if route.method != "get" && route.method != "delete" {
             // The body: too slow, too large, not JSON.
             for status in ["408", "413", "415"] {
