@@ -1,8 +1,7 @@
 //! Analytics answers for a tenant, folded by `chronicle_analytics` (pure) over the tenant's
-//! analytics index, which this module keeps: built from the log on the first answer, caught up
-//! with the log's tail before each next one (so an answer reflects every event appended before
-//! it was asked), rebuilt from the log after a compaction (`RetentionApplied`). Erasures reach
-//! it as events (`CustomerErased` drops the person's properties and traits from it).
+//! analytics index (kept by `app::indexes`: caught up with the log before each answer, so an
+//! answer reflects every event appended before it was asked; erasures reach it as events), off
+//! the async workers.
 
 use crate::app::App;
 use crate::error::AppError;
@@ -11,17 +10,7 @@ use chronicle_analytics::index::Index;
 use chronicle_analytics::rfm::RfmPage;
 use chronicle_analytics::Horizon;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
-
-/// Events read from the log per page while catching an index up.
-const PAGE: usize = 10_000;
-
-/// The tenants' analytics indexes, each built on its first use. One answer at a time per
-/// tenant reads its index (catching up needs it whole).
-#[derive(Default)]
-pub struct Indexes(Mutex<HashMap<String, Arc<tokio::sync::Mutex<Index>>>>);
 
 /// What an RFM page asks: the horizon, a group, a cursor and a size.
 #[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
@@ -67,28 +56,7 @@ fn default_limit() -> usize {
 impl App {
     /// The tenant's analytics index, caught up with the log's head.
     pub async fn analytics_index(&self, tenant: &str) -> Result<OwnedMutexGuard<Index>, AppError> {
-        let cell = self.analytics.0.lock().expect("indexes lock").entry(tenant.to_owned()).or_default().clone();
-        let mut ix = cell.lock_owned().await;
-        let head = self.store().head().await?;
-        let mut after = ix.position;
-        let mut built = after > 0;
-        while after < head {
-            let page = self.store().read_all(after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for ev in page.iter().filter(|e| e.tenant == tenant) {
-                if built && ev.event_type == chronicle_projections::retention::APPLIED {
-                    // Compacted: events were replaced by tombstones in place; start over.
-                    *ix = Index::default();
-                    after = 0;
-                    built = false;
-                    break;
-                }
-                ix.add(ev);
-            }
-        }
-        ix.position = ix.position.max(after);
-        Ok(ix)
+        self.analytics.caught_up(&**self.store(), tenant).await
     }
 
     /// What an answer over `ix` reflects: events by `as_of` (default now), as known at

@@ -16,6 +16,7 @@
 //! - `text`: how values read on a page (names, instants, money, URL parts).
 
 mod admin;
+mod analytics;
 mod assets;
 mod board;
 mod campaigns;
@@ -67,6 +68,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(web: Web) -> Router<S> {
         .route("/ui/customers/{id}/export", get(pages::export))
         .route("/ui/customers/{id}/erase", post(pages::erase))
         .route("/ui/pipeline", get(board::board))
+        .route("/ui/analytics", get(analytics::page))
         .route("/ui/deals/{id}/move", post(board::move_deal))
         .route("/ui/campaigns", get(campaigns::list))
         .route("/ui/campaigns/{name}", get(campaigns::one))

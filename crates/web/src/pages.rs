@@ -326,7 +326,7 @@ pub struct CustomerQuery {
     before: Option<u64>,
 }
 
-fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))

@@ -41,6 +41,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("people.html", include_str!("../templates/people.html")),
         ("keys.html", include_str!("../templates/keys.html")),
         ("audit.html", include_str!("../templates/audit.html")),
+        ("analytics.html", include_str!("../templates/analytics.html")),
     ] {
         env.add_template(name, source).expect("the UI's templates parse");
     }

@@ -31,6 +31,7 @@ use uuid::Uuid;
 mod access;
 mod budgets;
 mod commands;
+pub mod indexes;
 mod people;
 mod privacy;
 mod queries;
@@ -121,8 +122,8 @@ pub struct App {
     pub audit: crate::audit::Audit,
     /// Tenants' keys verified in this process, and the request budgets.
     budgets: budgets::Budgets,
-    /// The tenants' analytics indexes (see [`crate::analytics`]).
-    pub(crate) analytics: crate::analytics::Indexes,
+    /// The tenants' analytics indexes (see [`indexes`]).
+    pub(crate) analytics: indexes::Indexes,
     /// Whether tenants' webhooks may reach internal addresses (see `automation::targets`).
     allow_private_webhooks: std::sync::atomic::AtomicBool,
     /// Where "now" comes from (the wall clock unless a test installs another, see
