@@ -3,9 +3,10 @@
 //! catches it up from the log before each answer); pure, no I/O.
 //!
 //! What a row keeps: its stream, event type and tracked name (interned), event time, ingest
-//! time and position (both clocks, for [`Horizon`]), and its scalar properties (keys and values
+//! time and position (both clocks, for [`Horizon`]), and its properties (keys and values
 //! interned; a value whose JSON text is longer than [`MAX_VALUE_LEN`] is kept as "long" and
-//! cannot be filtered on). Beside the rows: who is who (`IdentityLinked`, `CustomerMergedInto`)
+//! cannot be filtered on), with a page's or track's `context.campaign` as `utm_source`,
+//! `utm_medium` and `utm_campaign` unless its properties name those. Beside the rows: who is who (`IdentityLinked`, `CustomerMergedInto`)
 //! and, per customer stream, the events that set traits, so a trait can be read as it was at any
 //! instant. An erasure (`CustomerErased`) drops the erased person's properties and traits from
 //! the index at once; what is left of their events is what the log keeps in the clear (type and
@@ -166,6 +167,18 @@ impl Index {
                 let key = self.keys.intern(k);
                 let value = value_key(v).map_or(LONG, |t| self.values.intern(&t));
                 self.props.push((key, value));
+            }
+        }
+        // A page's or track's campaign context (Segment's `context.campaign`) as `utm_*`
+        // properties, unless the properties carry their own.
+        if let Some(Value::Object(c)) = ev.data.get("context").and_then(|c| c.get("campaign")).filter(|_| tracked) {
+            for (field, as_key) in [("source", "utm_source"), ("medium", "utm_medium"), ("name", "utm_campaign")] {
+                let Some(v) = c.get(field) else { continue };
+                let key = self.keys.intern(as_key);
+                if self.props[start as usize..].iter().all(|(k, _)| *k != key) {
+                    let value = value_key(v).map_or(LONG, |t| self.values.intern(&t));
+                    self.props.push((key, value));
+                }
             }
         }
         let nprops = self.props.len() as u32 - start;

@@ -8,14 +8,18 @@
 //! - [`funnel`]: ordered steps within a conversion window, per person, with a breakdown by a
 //!   trait as it was when the person entered or by a property of the entry event.
 //! - [`rfm`]: recency, frequency and monetary value per customer, quintile scores, groups.
+//! - [`attribution`]: revenue of conversions credited to channels and campaigns, five models.
 //! - [`pipeline`]: stage velocity (by owner), stage conversion, win rate, stuck deals.
+//! - [`segments`]: a segment's members at any past instant, from their entries and exits.
 //! - [`cohorts`]: customers by signup week or month, and their conversion over time.
 
+pub mod attribution;
 pub mod cohorts;
 pub mod funnel;
 pub mod index;
 pub mod pipeline;
 pub mod rfm;
+pub mod segments;
 
 use chrono::{DateTime, Utc};
 

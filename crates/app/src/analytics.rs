@@ -110,6 +110,39 @@ impl App {
             .map_err(|e| AppError::internal("computing cohorts", e))
     }
 
+    /// Revenue of conversions credited to channels and campaigns under the models asked.
+    pub async fn attribution(
+        &self,
+        tenant: &str,
+        spec: &chronicle_analytics::attribution::AttributionSpec,
+    ) -> Result<chronicle_analytics::attribution::Attribution, AppError> {
+        chronicle_analytics::attribution::check(spec).map_err(|e| AppError::BadRequest(e.0))?;
+        crate::app::check_as_of(spec.as_of)?;
+        let ix = self.analytics_index(tenant).await?;
+        let horizon = self.horizon(&ix, spec.as_of, spec.known_at);
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || chronicle_analytics::attribution::run_on(&spec, &ix, horizon))
+            .await
+            .map_err(|e| AppError::internal("computing attribution", e))?
+            .map_err(|e| AppError::BadRequest(e.0))
+    }
+
+    /// A segment's members as of an instant (and as known at a position), from the entries
+    /// and exits on the log.
+    pub async fn segment_members_at(
+        &self,
+        tenant: &str,
+        segment: &str,
+        as_of: DateTime<Utc>,
+        known_at: Option<&str>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, AppError> {
+        let (ix, horizon) = self.answer_input(tenant, Some(as_of), known_at).await?;
+        let segment = segment.to_owned();
+        tokio::task::spawn_blocking(move || chronicle_analytics::segments::members_at(&ix, horizon, &segment))
+            .await
+            .map_err(|e| AppError::internal("reading a segment's members", e))
+    }
+
     /// The index caught up, and the horizon of an answer asked with these parameters.
     async fn answer_input(
         &self,

@@ -431,7 +431,7 @@ pub fn zone(name: Option<&str>) -> chrono_tz::Tz {
     name.and_then(|n| n.parse().ok()).unwrap_or(chrono_tz::UTC)
 }
 
-mod secs {
+pub(crate) mod secs {
     use chrono::Duration;
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

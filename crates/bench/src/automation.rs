@@ -309,3 +309,93 @@ pub async fn waits(n: u64) -> Value {
     json!({"bench": "pending_waits_across_restart", "waits": n, "write_seconds": round2(written), "restart_seconds": round2(restart_secs),
            "due_window_seconds": 30, "lateness": summary(late)})
 }
+
+/// Twenty segments of every kind of condition, on the bench tenant's customers.
+async fn define_segments(app: &Arc<App>, n: usize) {
+    let kinds = [
+        json!({"conditions": [{"inactive_for": "30d"}]}),
+        json!({"conditions": [{"trait": "first_name", "exists": true}, {"inactive_for": "90d"}]}),
+        json!({"conditions": [{"consent": {"channel": "email", "purpose": "marketing"}}]}),
+        json!({"conditions": [{"tag": "vip"}]}),
+        json!({"conditions": [{"stage": "customer"}]}),
+    ];
+    for k in 0..n {
+        let mut def = kinds[k % kinds.len()].clone();
+        // Each its own: a different trait value besides the kind's condition.
+        def["conditions"].as_array_mut().expect("list").push(json!({"trait": "plan", "exists": k % 2 == 0}));
+        chronicle_app::automation::definitions::save_segment(app, TENANT, &format!("s{k}"), def, "bench").await.expect("segment");
+    }
+}
+
+/// Segment upkeep: (1) the engine's time to react to `events` tracked events of 10,000
+/// customers already in the log, with no segment and with 20, the difference per event being
+/// the upkeep; (2) durable appends at 64 writers for `seconds` while the engine runs, with no
+/// segment and with 20, twice each, alternated.
+pub async fn segments(events: u64, seconds: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut react = Vec::new();
+    for n in [0usize, 20] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = start(dir.path()).await;
+        let customers = 10_000u64;
+        register(&app, customers).await;
+        define_segments(&app, n).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..16u64 {
+            let app = app.clone();
+            tasks.spawn(async move {
+                let mut b = w;
+                while b * 100 < events {
+                    let batch = (0..100).map(|_| tracked("Page Viewed", json!({"path": "/pricing"}))).collect();
+                    let stream = customer::stream_of(&format!("c{}", b % customers));
+                    app.store().append(TENANT, &stream, ExpectedVersion::Any, batch).await.expect("append");
+                    b += 16;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let head = app.store().head().await.expect("head");
+        let started = Instant::now();
+        Engine::start(app.clone(), EngineConfig::default()).expect("engine");
+        while app.reacted() < head {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let members: usize = app.views().tenant(TENANT).map_or(0, |t| t.automation.members.values().map(|m| m.len()).sum());
+        react.push((n, head, secs, members));
+    }
+    let (_, events0, secs0, _) = react[0];
+    let (_, events20, secs20, members) = react[1];
+    let per_event_us = (secs20 / events20 as f64 - secs0 / events0 as f64) * 1e6;
+    out.push(json!({"bench": "segment_upkeep", "segments": 20, "events": events20, "customers": 10_000, "memberships": members,
+                    "react_seconds_without": round2(secs0), "react_seconds_with": round2(secs20),
+                    "events_per_sec_without": (events0 as f64 / secs0).round(), "events_per_sec_with": (events20 as f64 / secs20).round(),
+                    "upkeep_us_per_event": (per_event_us * 100.0).round() / 100.0}));
+    let mut rates: Vec<(usize, f64)> = Vec::new();
+    for n in [0usize, 20, 0, 20] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = start(dir.path()).await;
+        register(&app, 1000).await;
+        define_segments(&app, n).await;
+        let engine = Engine::start(app.clone(), EngineConfig::default()).expect("engine");
+        let store = app.store().clone();
+        let (rate, _, _, _) = crate::measure::drive(64, seconds, move |w, s, version, i| {
+            let store = store.clone();
+            async move {
+                let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", crate::measure::payload(i), Utc::now());
+                let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+                store.append(TENANT, &format!("customer-w{w}-{s}"), expected, vec![ev]).await.expect("append");
+            }
+        })
+        .await;
+        drop(engine);
+        rates.push((n, rate));
+    }
+    let mean = |k: usize| rates.iter().filter(|(n, _)| *n == k).map(|(_, r)| r).sum::<f64>() / 2.0;
+    let (without, with) = (mean(0), mean(20));
+    out.push(json!({"bench": "append_with_segments", "writers": 64, "seconds_each": seconds,
+                    "runs": rates.iter().map(|(n, r)| json!({"segments": n, "events_per_sec": r.round()})).collect::<Vec<_>>(),
+                    "events_per_sec_without": without.round(), "events_per_sec_with": with.round(),
+                    "change_pct": ((with / without - 1.0) * 1000.0).round() / 10.0}));
+    out
+}

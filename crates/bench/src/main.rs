@@ -66,6 +66,11 @@ fn main() {
             Some("campaign-latency") => print(automation::latency(arg(1, 2000)).await),
             Some("campaign-eval") => print(automation::evaluation(arg(1, 1_000_000)).await),
             Some("waits") => print(automation::waits(arg(1, 100_000)).await),
+            Some("segments") => {
+                for r in automation::segments(arg(1, 1_000_000), arg(2, 5)).await {
+                    print(r)
+                }
+            }
             // The import benchmark's file, for timing the `chronicle import` command itself.
             Some("export-file") => write_export(arg(1, 1_000_000), std::path::Path::new(args.get(2).map_or("export.ndjson", String::as_str))),
             Some("all") => {
@@ -87,7 +92,7 @@ fn main() {
                 print(automation::waits(100_000).await);
             }
             _ => {
-                eprintln!("usage: chronicle-bench all | contacts CUSTOMERS | append WRITERS [SECONDS] [log|sqlite] | postgres [SECONDS] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N");
+                eprintln!("usage: chronicle-bench all | contacts CUSTOMERS | append WRITERS [SECONDS] [log|sqlite] | postgres [SECONDS] | rebuild EVENTS | consent | as-of EVENTS | ingest CLIENTS [SECONDS] | import LINES | export-file LINES PATH | campaign-latency N | campaign-eval EVENTS | waits N | segments EVENTS [SECONDS]");
                 std::process::exit(2);
             }
         }
@@ -422,6 +427,15 @@ async fn funnel(data: &std::path::Path) -> Value {
         cohort_lat.push(t.elapsed().as_secs_f64() * 1e6);
         cohort_count = c.cohorts.len();
     }
+    // Attribution of the demo's orders under all five models.
+    let mut attr_lat = Vec::new();
+    let mut attr_conversions = 0;
+    let spec: chronicle_analytics::attribution::AttributionSpec = serde_json::from_value(json!({})).expect("spec");
+    for _ in 0..7 {
+        let t = Instant::now();
+        attr_conversions = app.attribution("demo", &spec).await.expect("attribution").conversions;
+        attr_lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
     let counts = |steps: &[chronicle_analytics::funnel::StepResult]| steps.iter().map(|s| s.count).collect::<Vec<_>>();
     let split_counts: serde_json::Map<String, Value> =
         answers[1].1.breakdown.iter().flatten().map(|(k, v)| (k.clone(), json!(counts(v)))).collect();
@@ -429,7 +443,7 @@ async fn funnel(data: &std::path::Path) -> Value {
            "index_bytes_per_event": index_bytes as f64 / rows.max(1) as f64, "index_build_ms": build_ms, "steps": 4,
            "plain": answers[0].0, "plain_counts": counts(&answers[0].1.steps),
            "breakdown_as_of": answers[1].0, "breakdown_as_of_counts": split_counts,
-           "rfm": summary(rfm_lat), "rfm_customers": rfm_listed,
+           "rfm": summary(rfm_lat), "rfm_customers": rfm_listed, "attribution": summary(attr_lat), "attribution_conversions": attr_conversions,
            "pipeline": summary(pipe_lat), "pipeline_deals": deals, "cohorts": summary(cohort_lat), "cohorts_listed": cohort_count,
            "duckdb": funnel_peer(&app, &names, as_of).await})
 }

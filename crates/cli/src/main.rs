@@ -141,6 +141,9 @@ enum CustomersCommand {
         stage: Option<String>,
         #[arg(long)]
         owner: Option<String>,
+        /// Members of this segment only
+        #[arg(long)]
+        segment: Option<String>,
         /// active | deactivated | erased | merged [default: active and deactivated]
         #[arg(long)]
         status: Option<String>,
@@ -175,6 +178,12 @@ enum TenantCommand {
 enum AnalyticsCommand {
     /// Run a funnel (a JSON file as POST /v1/analytics/funnels takes); prints the answer
     Funnel {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Attribution (a JSON file as POST /v1/analytics/attribution takes); prints the answer
+    Attribution {
         file: std::path::PathBuf,
         #[arg(long)]
         tenant: String,
@@ -314,6 +323,12 @@ fn main() -> ExitCode {
                 commands::user_create(&cli.storage, &tenant, &email, &name, &role, password_file.as_deref()).await
             }
             Command::User { command: UserCommand::List { tenant } } => commands::user_list(&cli.storage, &tenant).await,
+            Command::Analytics { command: AnalyticsCommand::Attribution { file, tenant } } => {
+                match std::fs::read_to_string(&file).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_str::<chronicle_analytics::attribution::AttributionSpec>(&t)?)) {
+                    Ok(spec) => commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.attribution(&t, &spec).await?)?) }).await,
+                    Err(e) => Err(e.context(format!("{} is not an attribution question", file.display()))),
+                }
+            }
             Command::Analytics { command: AnalyticsCommand::Pipeline { tenant, as_of, known_at, stuck_days } } => {
                 let q = chronicle_app::analytics::PipelineQuery { as_of, known_at, stuck_days: Some(stuck_days) };
                 commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.pipeline_analytics(&t, &q).await?)?) }).await
@@ -344,11 +359,11 @@ fn main() -> ExitCode {
             Command::Verify => commands::verify(&cli.storage).await,
             Command::History { customer, tenant } => commands::history(&cli.storage, &tenant, &customer).await,
             Command::Export { customer, tenant } => commands::export(&cli.storage, &tenant, &customer).await,
-            Command::Customers { command: CustomersCommand::List { tenant, q, email, tag, stage, owner, status, sort, limit, after } } => {
+            Command::Customers { command: CustomersCommand::List { tenant, q, email, tag, stage, owner, segment, status, sort, limit, after } } => {
                 let sort = sort.parse().map_err(|e: String| anyhow::anyhow!(e));
                 match sort {
                     Ok(sort) => {
-                        let query = chronicle_projections::contacts::ContactQuery { q, email, tag, stage, owner, status, sort, after, limit: limit.clamp(1, 10_000) };
+                        let query = chronicle_projections::contacts::ContactQuery { q, email, tag, stage, owner, segment, status, sort, after, limit: limit.clamp(1, 10_000) };
                         commands::customers_list(&cli.storage, &tenant, &query).await
                     }
                     Err(e) => Err(e),

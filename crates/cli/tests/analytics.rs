@@ -348,3 +348,133 @@ fn a_mapping_is_checked_whole_and_a_bad_row_rejects_only_its_event() {
     assert_eq!(order["data"]["properties"]["total"].as_f64(), Some(12.0), "one order of its two lines: {order}");
     assert!(history("c2").iter().all(|e| e["data"]["event"] != "Order Completed"), "o2 rejected whole");
 }
+
+/// Attribution written apart in Python (no engine code): touchpoints are events whose context
+/// names a campaign source, conversions are orders valued at their total; five models over a
+/// lookback window.
+const ATTRIBUTION_PY: &str = r#"
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+lookback, half = float(sys.argv[2]), float(sys.argv[3])
+touches, orders = {}, []
+for e in events:
+    if e["kind"] == "touch":
+        touches.setdefault(e["person"], []).append((e["t"], e["pos"], e["channel"], e["campaign"]))
+    else:
+        orders.append(e)
+models = {m: {"channels": {}, "campaigns": {}} for m in ["first_touch", "last_touch", "linear", "time_decay", "position_based"]}
+unattributed = 0
+for o in orders:
+    mine = sorted(x for x in touches.get(o["person"], []) if (x[0], x[1]) <= (o["t"], o["pos"]) and o["t"] - x[0] <= lookback)
+    if not mine:
+        unattributed += 1
+        continue
+    n = len(mine)
+    decay = [2 ** (-(o["t"] - x[0]) / half) for x in mine]
+    ws = {
+        "first_touch": [1.0] + [0.0] * (n - 1),
+        "last_touch": [0.0] * (n - 1) + [1.0],
+        "linear": [1.0 / n] * n,
+        "time_decay": [d / sum(decay) for d in decay],
+        "position_based": [1.0] if n == 1 else [0.5, 0.5] if n == 2 else [0.4] + [0.2 / (n - 2)] * (n - 2) + [0.4],
+    }
+    for m, w in ws.items():
+        for x, wi in zip(mine, w):
+            for kind, k in (("channels", x[2]), ("campaigns", x[3])):
+                c = models[m][kind].setdefault(k, [0.0, 0.0])
+                c[0] += wi
+                c[1] += wi * o["total"]
+print(json.dumps({"conversions": len(orders), "unattributed": unattributed, "models": models}))
+"#;
+
+/// Attribution over HTTP equals the Python fold above: pages with UTM context (Segment's
+/// `context.campaign`) and orders, for 60 people over 40 days; bad questions are refused.
+#[test]
+fn attribution_equals_a_fold_written_apart() {
+    let Some(clients) = segment_clients() else { return };
+    let python = clients.join("venv/bin/python");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (api, write) = tenant_keys(&data);
+    let (_server, url, _) = start(&data, &["serve"]);
+    let agent = agent();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let at = |secs: u64| (t0 + chrono::Duration::seconds(secs as i64)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut rng = Rng(21);
+    let mut batch = Vec::new();
+    let sources = [("google", Some("brand")), ("facebook", Some("spring")), ("newsletter", Some("spring")), ("partner", None)];
+    for i in 0..60u64 {
+        let person = format!("p{i}");
+        for k in 0..(1 + rng.next(6)) {
+            let t = rng.next(40 * 86_400);
+            let (src, camp) = sources[rng.next(4) as usize];
+            let mut campaign = json!({"source": src, "medium": "cpc"});
+            if let Some(c) = camp {
+                campaign["name"] = json!(c);
+            }
+            batch.push(json!({"type": "page", "userId": person, "name": "Landing", "timestamp": at(t), "context": {"campaign": campaign},
+                              "messageId": format!("pg-{i}-{k}")}));
+        }
+        for k in 0..rng.next(3) {
+            let t = rng.next(40 * 86_400);
+            batch.push(json!({"type": "track", "userId": person, "event": "Order Completed", "timestamp": at(t),
+                              "properties": {"order_id": format!("o-{i}-{k}"), "total": 10 + rng.next(90)}, "messageId": format!("o-{i}-{k}")}));
+        }
+    }
+    for chunk in batch.chunks(200) {
+        segment(&agent, &url, &write, "/v1/batch", json!({"batch": chunk}));
+    }
+    // The same events, from the API, for the fold.
+    let mut lines = String::new();
+    let mut after = 0;
+    loop {
+        let (_, page) = get(&agent, &format!("{url}/v1/events?after={after}&limit=1000"), &api);
+        let evs = page["events"].as_array().unwrap();
+        if evs.is_empty() {
+            break;
+        }
+        for e in evs {
+            let Some(person) = e["stream"].as_str().unwrap().strip_prefix("customer-") else { continue };
+            let t = chrono::DateTime::parse_from_rfc3339(e["event_time"].as_str().unwrap()).unwrap().timestamp() as f64;
+            let pos = e["position"].as_u64().unwrap();
+            let c = &e["data"]["context"]["campaign"];
+            if c.is_object() {
+                let row = json!({"kind": "touch", "person": person, "t": t, "pos": pos, "channel": c["source"], "campaign": c.get("name").cloned().unwrap_or(json!("(none)"))});
+                lines.push_str(&format!("{row}\n"));
+            }
+            if e["data"]["event"] == "Order Completed" {
+                let row = json!({"kind": "order", "person": person, "t": t, "pos": pos, "total": e["data"]["properties"]["total"]});
+                lines.push_str(&format!("{row}\n"));
+            }
+        }
+        after = page["next"].as_u64().unwrap();
+    }
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, lines).unwrap();
+    let script = dir.path().join("attribution.py");
+    std::fs::write(&script, ATTRIBUTION_PY).unwrap();
+    let out = std::process::Command::new(&python).arg(&script).arg(&file).arg((14 * 86_400).to_string()).arg((3 * 86_400).to_string()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let (status, got) = send(&agent, "POST", &format!("{url}/v1/analytics/attribution"), &api, &json!({"lookback": "14d", "half_life": "3d"}));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!((&got["conversions"], &got["unattributed"]["conversions"].as_f64().map(|x| x as u64)), (&want["conversions"], &want["unattributed"].as_u64()));
+    assert!(want["conversions"].as_u64().unwrap() > 30 && want["unattributed"].as_u64().unwrap() > 0, "{want}");
+    for (model, kinds) in want["models"].as_object().unwrap() {
+        for kind in ["channels", "campaigns"] {
+            let w = kinds[kind].as_object().unwrap();
+            let g = got["models"][model][kind].as_object().unwrap();
+            assert_eq!(g.len(), w.len(), "{model} {kind}: {g:?} vs {w:?}");
+            for (k, pair) in w {
+                let (conv, rev) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
+                assert!((g[k]["conversions"].as_f64().unwrap() - conv).abs() < 1e-5, "{model} {kind} {k}: {} vs {conv}", g[k]);
+                assert!((g[k]["revenue"].as_f64().unwrap() - rev).abs() < 1e-4, "{model} {kind} {k}: {} vs {rev}", g[k]);
+            }
+        }
+    }
+    for bad in [json!({"lookback": "soon"}), json!({"models": ["last_click"]}), json!({"half_life": "0d"}), json!({"conversion": ""})] {
+        let (status, v) = send(&agent, "POST", &format!("{url}/v1/analytics/attribution"), &api, &bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+}

@@ -138,6 +138,8 @@ const signIn = async (page, tenant, email, password) => {
     await step('analytics: the moved deal in pipeline conversion, a funnel with bars, the as-of control', async () => {
       await page.goto(base + '/ui/analytics');
       const q = await page.locator('#stages tr[data-stage="qualification"]').innerText();
+      const attribution = await page.locator('#attribution tbody').innerText();
+      if (!attribution.includes('No touchpoint yet')) throw new Error('attribution: ' + attribution);
       await page.fill('#steps', 'CustomerRegistered\nCustomerProfileUpdated');
       await page.fill('#window', '30d');
       await Promise.all([page.waitForNavigation(), page.click('#funnel-form button')]);

@@ -46,6 +46,8 @@ pub enum Owner {
     Store,
     /// A tenant's settings for outside providers (`_settings`).
     Settings,
+    /// Segment definitions (`segment-{name}`) and memberships (`customer-{id}`).
+    Segments,
 }
 
 pub const CUSTOMER_TYPES: &[&str] = customer::EVENT_TYPES;
@@ -97,6 +99,8 @@ pub const SYSTEM_TYPES: &[&str] = &[
 ];
 pub const STORE_TYPES: &[&str] = &[crate::envelope::EXPIRED_TYPE];
 pub const SETTINGS_TYPES: &[&str] = &["SendGridKeySet", "SendGridKeyRemoved", "CorsOriginsSet"];
+/// The automation crate's `SegmentEvent`: definitions first, then memberships.
+pub const SEGMENT_TYPES: &[&str] = &["SegmentSaved", "SegmentDeleted", "SegmentEntered", "SegmentExited"];
 
 /// Every owned type, by owner.
 pub const OWNED: &[(Owner, &[&str])] = &[
@@ -112,6 +116,7 @@ pub const OWNED: &[(Owner, &[&str])] = &[
     (Owner::System, SYSTEM_TYPES),
     (Owner::Store, STORE_TYPES),
     (Owner::Settings, SETTINGS_TYPES),
+    (Owner::Segments, SEGMENT_TYPES),
 ];
 
 /// The stream that holds the tenant's audit trail.
@@ -145,6 +150,10 @@ impl Owner {
             Owner::Audit => stream == AUDIT_STREAM,
             Owner::Retention => stream == RETENTION_STREAM,
             Owner::Settings => stream == SETTINGS_STREAM,
+            Owner::Segments => match event_type {
+                "SegmentSaved" | "SegmentDeleted" => stream.starts_with("segment-"),
+                _ => stream.starts_with("customer-"),
+            },
             // Tombstones keep the place of whatever expired.
             Owner::Store => true,
         }
@@ -182,6 +191,8 @@ mod tests {
         assert!(in_place("acme", "campaign-x", "CampaignSaved"));
         assert!(!in_place("acme", "template-x", "CampaignSaved"));
         assert!(in_place("acme", "anonymous-a", "ActivityTracked"));
+        assert!(in_place("acme", "segment-dormant", "SegmentSaved") && !in_place("acme", "customer-c1", "SegmentSaved"));
+        assert!(in_place("acme", "customer-c1", "SegmentEntered") && !in_place("acme", "segment-dormant", "SegmentEntered"));
         assert!(!in_place("acme", "deal-d", "ActivityTracked"));
         assert!(in_place("_system", "tenant-acme", "TenantCreated"));
         assert!(!in_place("acme", "tenant-acme", "TenantCreated"));

@@ -120,6 +120,12 @@ pub struct AutomationView {
     /// consent decision it relied on.
     #[serde(default)]
     pub messages: Map<String, Vec<MessageRecord>>,
+    /// The segments in force: name → (definition stream version, segment).
+    #[serde(default)]
+    pub segments: BTreeMap<String, (u64, chronicle_automation::segment::Segment)>,
+    /// Segment → its members and since when (folded from `SegmentEntered` / `SegmentExited`).
+    #[serde(default)]
+    pub members: BTreeMap<String, BTreeMap<String, DateTime<Utc>>>,
 }
 
 /// How many of a customer's latest messages the 360's read model keeps (the log keeps all).
@@ -346,6 +352,29 @@ impl AutomationView {
         }
     }
 
+    pub(crate) fn apply_segment(&mut self, stream: &str, version: u64, at: DateTime<Utc>, e: chronicle_automation::segment::SegmentEvent) {
+        use chronicle_automation::segment::{Segment, SegmentEvent as S};
+        let customer = customer::id_of_stream(stream).unwrap_or_default();
+        match e {
+            S::SegmentSaved { name, definition } => {
+                if let Ok(s) = Segment::parse(&definition) {
+                    self.segments.insert(name, (version, s));
+                }
+            }
+            S::SegmentDeleted { name } => {
+                self.segments.remove(&name);
+            }
+            S::SegmentEntered { segment, .. } => {
+                self.members.entry(segment).or_default().insert(customer.to_owned(), at);
+            }
+            S::SegmentExited { segment, .. } => {
+                if let Some(m) = self.members.get_mut(&segment) {
+                    m.remove(customer);
+                }
+            }
+        }
+    }
+
     /// An erased customer: their messages leave the outbox and the dead-letter queue (never
     /// sent), their enrolments end (waits with them), what started them is forgotten, and their
     /// addresses (every one that bounced while theirs) leave the bounce list.
@@ -365,6 +394,9 @@ impl AutomationView {
         }
         self.bounced.retain(|_, owner| owner != customer);
         self.messages.remove(customer);
+        for m in self.members.values_mut() {
+            m.remove(customer);
+        }
     }
 
     fn note_message(&mut self, customer: &str, m: MessageRecord) {

@@ -49,6 +49,8 @@ pub struct ContactQuery {
     pub tag: Option<String>,
     pub stage: Option<String>,
     pub owner: Option<String>,
+    /// Members of this segment only (the caller gives its members to [`ContactIndex::query_in`]).
+    pub segment: Option<String>,
     /// `active` | `deactivated` | `erased` | `merged`; without it, active and deactivated.
     pub status: Option<String>,
     pub sort: SortBy,
@@ -275,6 +277,11 @@ impl ContactIndex {
 
     /// One page of the customers `q` matches, in its order, after its cursor.
     pub fn query(&self, q: &ContactQuery) -> Result<ContactPage, String> {
+        self.query_in(q, None)
+    }
+
+    /// [`query`](Self::query) among `members` only (a segment's, say), when given.
+    pub fn query_in(&self, q: &ContactQuery, members: Option<&BTreeSet<String>>) -> Result<ContactPage, String> {
         if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "active" | "deactivated" | "erased" | "merged")) {
             return Err(format!("status is active, deactivated, erased or merged, not {s:?}"));
         }
@@ -294,6 +301,7 @@ impl ContactIndex {
         let filters: Vec<Option<&BTreeSet<String>>> = [(&self.tags, &q.tag), (&self.stages, &q.stage), (&self.owners, &q.owner)]
             .into_iter()
             .filter_map(|(map, key)| key.as_ref().map(|k| map.get(k.as_str())))
+            .chain(members.map(Some))
             .collect();
         let mut page: Vec<(Key<'_>, &str)> = Vec::with_capacity(limit + 1);
         if prefix.is_none() && email.is_none() && filters.is_empty() {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 /// log instead. 2: campaigns, audit, API keys with roles. 3: retention; the e-mail index keyed by
 /// a hash when sealing. 4: bounced addresses by customer; domain event types folded only from
 /// the streams that own them. 5: people and web sessions; each customer's latest messages.
-pub const MODELS: u32 = 5;
+pub const MODELS: u32 = 6;
 
 /// The tenant that holds Chronicle's own records (tenants, keys).
 pub const SYSTEM_TENANT: &str = chronicle_core::registry::SYSTEM_TENANT;
@@ -392,6 +392,14 @@ impl Projections {
             }
             return;
         }
+        if chronicle_automation::segment::EVENT_TYPES.contains(&ev.event_type.as_str()) {
+            self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
+            match chronicle_automation::segment::SegmentEvent::from_parts(&ev.event_type, &ev.data) {
+                Ok(e) => self.tenant_mut(&ev.tenant).automation.apply_segment(&ev.stream, ev.version, ev.event_time, e),
+                Err(_) => self.undecodable += 1,
+            }
+            return;
+        }
         if chronicle_core::registry::AUDIT_TYPES.contains(&ev.event_type.as_str()) {
             self.apply_header(&ev.tenant, &ev.stream, &ev.event_type, ev.version, ev.position, ev.event_time);
             let entries: Vec<AuditEntry> =
@@ -633,6 +641,7 @@ fn needs_payload(tenant: &str, stream: &str, event_type: &str) -> bool {
         return chronicle_core::registry::SYSTEM_TYPES.contains(&event_type);
     }
     if chronicle_automation::events::EVENT_TYPES.contains(&event_type)
+        || chronicle_automation::segment::EVENT_TYPES.contains(&event_type)
         || event_type == "MessageBounced"
         || chronicle_core::registry::AUDIT_TYPES.contains(&event_type)
     {

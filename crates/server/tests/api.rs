@@ -1261,13 +1261,14 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
     assert_eq!(app.call("PUT", "/v1/templates/t1", Some(&app.key), Some(r#"{"subject":"Hi","body":"Hi"}"#)).status, 200);
     let c = r#"{"trigger":"Never","steps":[{"send":{"channel":"email","purpose":"marketing","template":"t1"}}]}"#;
     assert_eq!(app.call("PUT", "/v1/campaigns/welcome", Some(&app.key), Some(c)).status, 200);
+    assert_eq!(app.call("PUT", "/v1/segments/dormant", Some(&app.key), Some(r#"{"conditions":[{"inactive_for":"60d"}]}"#)).status, 200);
     let key_id = app.post("/v1/api-keys", json!({"role": "reader"})).body["id"].as_str().unwrap().to_owned();
     let append = r#"{"expected_version":"any","events":[{"type":"NoteTaken","data":{"text":"mine"}}]}"#;
     assert_eq!(app.call("POST", "/v1/streams/notes-1", Some(&app.key), Some(append)).status, 200);
     assert_eq!(app.call("PUT", "/v1/retention/ActivityTracked", Some(&app.key), Some(r#"{"keep_days":90}"#)).status, 200);
     let snapshot = |app: &TestApp| {
         ["/v1/customers/c1", "/v1/customers/c1/timeline", "/v1/customers/c1/consents", "/v1/deals/d1", "/v1/orders/o1",
-         "/v1/campaigns/welcome", "/v1/templates/t1", "/v1/api-keys", "/v1/streams/notes-1", "/v1/retention"]
+         "/v1/campaigns/welcome", "/v1/templates/t1", "/v1/api-keys", "/v1/streams/notes-1", "/v1/retention", "/v1/segments/dormant"]
             .map(|p| app.get(p).body)
     };
     let before = snapshot(&app);
@@ -1291,6 +1292,7 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
                 .replace("/v1/api-keys/{id}", &format!("/v1/api-keys/{key_id}"))
                 .replace("/v1/campaigns/{name}", "/v1/campaigns/welcome")
                 .replace("/v1/templates/{name}", "/v1/templates/t1")
+                .replace("/v1/segments/{name}", "/v1/segments/dormant")
                 .replace("/v1/streams/{stream}", "/v1/streams/notes-1")
                 .replace("/v1/retention/{event_type}", "/v1/retention/ActivityTracked")
                 .replace("/v1/automation/parked/{position}", "/v1/automation/parked/5")
@@ -1302,6 +1304,7 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
             let creates_own = matches!(
                 (method.as_str(), path.as_str()),
                 ("put", "/v1/campaigns/{name}")
+                    | ("put", "/v1/segments/{name}")
                     | ("put", "/v1/templates/{name}")
                     | ("put", "/v1/retention/{event_type}")
                     | ("post", "/v1/streams/{stream}")
@@ -1310,6 +1313,9 @@ fn every_route_called_with_another_tenants_ids_answers_404_and_changes_nothing()
                 assert!(r.status != 500, "{method} {path}: {}", r.body);
             } else if path == "/v1/events/stream" {
                 continue;
+            } else if path == "/v1/segments/{name}/members" && r.status == 200 {
+                // The other tenant's own segment of that name (its PUT above made it): none of ours.
+                assert_eq!(r.body["members"], json!([]), "{method} {path}: {}", r.body);
             } else {
                 assert_eq!(r.status, 404, "{method} {path} with another tenant's ids: {}", r.body);
             }
@@ -1709,4 +1715,51 @@ fn an_unreadable_path_segment_is_a_json_400() {
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "bad_request", "{}", r.body);
     assert!(r.body["error"]["message"].as_str().unwrap().contains("Cannot parse"), "{}", r.body);
+}
+
+/// Segments over HTTP: a definition is checked whole, saved once, answered; the engine keeps its
+/// members (a customer matching now enters on their next event); the members list and the
+/// contact list's segment filter show them; an unknown segment is 404.
+#[test]
+fn segments_are_saved_checked_and_list_their_members() {
+    let app = spawn_app();
+    let bad = app.call("PUT", "/v1/segments/pro", Some(&app.key), Some(r#"{"conditions":[{"trait":"plan"}]}"#));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(app.get("/v1/segments/pro").status, 404);
+    let def = r#"{"description":"Pro plan","conditions":[{"trait":"plan","equals":"pro"}]}"#;
+    let saved = app.call("PUT", "/v1/segments/pro", Some(&app.key), Some(def));
+    assert_eq!((saved.status, &saved.body["changed"]), (200, &json!(true)), "{}", saved.body);
+    assert_eq!(app.call("PUT", "/v1/segments/pro", Some(&app.key), Some(def)).body["changed"], json!(false));
+    assert_eq!(app.call("PUT", "/v1/segments/a%2Fb", Some(&app.key), Some(def)).status, 400);
+    for (id, plan) in [("c1", "pro"), ("c2", "free"), ("c3", "pro")] {
+        let r = app.post("/v1/customers", json!({"id": id, "traits": {"plan": plan}}));
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let members = loop {
+        let m = app.get("/v1/segments/pro/members");
+        if m.body["members"].as_array().is_some_and(|a| a.len() == 2) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let ids: Vec<&str> = members.body["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c1", "c3"], "{}", members.body);
+    assert_eq!(app.get("/v1/segments/pro").body["members"], 2);
+    let page = app.get("/v1/segments/pro/members?limit=1");
+    assert_eq!((page.body["members"].as_array().unwrap().len(), &page.body["next"]), (1, &json!("c1")));
+    let listed = app.get("/v1/customers?segment=pro");
+    let ids: Vec<&str> = listed.body["customers"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c1", "c3"], "{}", listed.body);
+    assert_eq!(app.get("/v1/customers?segment=nope").status, 404);
+    // c3 changes plan: leaves.
+    assert_eq!(app.call("PATCH", "/v1/customers/c3", Some(&app.key), Some(r#"{"traits":{"plan":"free"}}"#)).status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app.get("/v1/segments/pro").body["members"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "c3 leaves");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // As of an instant before anyone entered: no member.
+    let past = app.get("/v1/segments/pro/members?as_of=2000-01-01T00:00:00Z");
+    assert_eq!(past.body["members"], json!([]), "{}", past.body);
 }

@@ -87,6 +87,33 @@ pub async fn page(State(web): State<Web>, viewer: Viewer, Query(q): Query<Analyt
             json!({"cohort": c.cohort, "size": c.size, "cells": cells, "blank": columns - cells.len()})
         })
         .collect();
+    // Attribution of orders by channel, under every model.
+    let spec = chronicle_analytics::attribution::AttributionSpec {
+        conversion: None,
+        lookback: None,
+        models: Vec::new(),
+        half_life: None,
+        as_of,
+        known_at: None,
+    };
+    let attribution = match app.attribution(tenant, &spec).await {
+        Ok(a) => a,
+        Err(e) => return app_error(e),
+    };
+    let mut channels: Vec<String> = attribution.models.values().flat_map(|m| m.channels.keys().cloned()).collect();
+    channels.sort();
+    channels.dedup();
+    let models: Vec<String> = attribution.models.keys().map(|m| crate::text::lower(m).replace('_', " ")).collect();
+    let credit_rows: Vec<_> = channels
+        .iter()
+        .map(|ch| {
+            let cells: Vec<String> =
+                attribution.models.values().map(|m| m.channels.get(ch).map_or_else(|| "—".to_owned(), |c| format!("{:.2}", c.revenue))).collect();
+            json!({"channel": ch, "cells": cells})
+        })
+        .collect();
+    let attributed = json!({"conversions": attribution.conversions, "revenue": format!("{:.2}", attribution.revenue),
+                            "unattributed": attribution.unattributed.conversions, "models": models, "rows": credit_rows});
     // A funnel, when asked.
     let steps: Vec<&str> = q.steps.lines().map(str::trim).filter(|s| !s.is_empty()).collect();
     let window = if q.window.trim().is_empty() { "7d".to_owned() } else { q.window.trim().to_owned() };
@@ -114,7 +141,7 @@ pub async fn page(State(web): State<Web>, viewer: Viewer, Query(q): Query<Analyt
         context! {
             page, as_of => as_of.map(|t| t.format("%Y-%m-%dT%H:%M").to_string()).unwrap_or_default(),
             position => pipeline.position, stuck_days, stages, stuck, win_rate, won => pipeline.won, lost => pipeline.lost,
-            groups, rfm_total, grid, columns => (0..columns).collect::<Vec<_>>(),
+            groups, rfm_total, grid, attributed, columns => (0..columns).collect::<Vec<_>>(),
             steps => q.steps, window, funnel, funnel_error,
         },
     )

@@ -158,6 +158,7 @@ impl ContactsQuery {
             tag: some(&self.tag),
             stage: some(&self.stage),
             owner: some(&self.owner),
+            segment: None,
             status: some(&self.status),
             sort,
             after: some(&self.after),

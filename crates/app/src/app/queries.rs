@@ -252,7 +252,12 @@ impl App {
     ) -> Result<(Vec<Customer>, Option<String>), AppError> {
         let v = self.views();
         let Some(t) = v.tenant(tenant) else { return Ok((Vec::new(), None)) };
-        let page = t.contacts.query(q).map_err(AppError::BadRequest)?;
+        let members: Option<std::collections::BTreeSet<String>> = match &q.segment {
+            Some(s) if !t.automation.segments.contains_key(s) => return Err(AppError::NotFound("segment")),
+            Some(s) => Some(t.automation.members.get(s).map(|m| m.keys().cloned().collect()).unwrap_or_default()),
+            None => None,
+        };
+        let page = t.contacts.query_in(q, members.as_ref()).map_err(AppError::BadRequest)?;
         Ok((page.ids.iter().filter_map(|id| t.customers.get(id).cloned()).collect(), page.next))
     }
 

@@ -208,3 +208,47 @@ pub async fn load(
     }
     Ok(changed)
 }
+
+/// A segment as the API answers it: its definition and how many are in it now.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct SegmentInfo {
+    pub name: String,
+    pub definition: Value,
+    pub members: usize,
+}
+
+/// Save a segment (checked whole; saving the same definition again records nothing). The
+/// engine then keeps its membership: customers enter as their next event or the next scan finds
+/// them in it.
+pub async fn save_segment(app: &App, tenant: &str, name: &str, definition: Value, actor: &str) -> Result<bool, AppError> {
+    use chronicle_automation::segment::{self, Segment, SegmentEvent};
+    check_name(name)?;
+    let s = Segment::parse(&definition).map_err(|e| AppError::BadRequest(e.0))?;
+    if segment_info(app, tenant, name).is_some_and(|i| i.definition == s.definition) {
+        return Ok(false);
+    }
+    let (ty, data) = SegmentEvent::SegmentSaved { name: name.into(), definition }.to_parts();
+    let ev = NewEvent::new(Uuid::now_v7(), ty, data, app.now()).with_actor(actor);
+    app.append(tenant, &segment::stream_of(name), ExpectedVersion::Any, vec![ev]).await?;
+    Ok(true)
+}
+
+pub fn segment_info(app: &App, tenant: &str, name: &str) -> Option<SegmentInfo> {
+    let v = app.views();
+    let a = &v.tenant(tenant)?.automation;
+    let (_, s) = a.segments.get(name)?;
+    Some(SegmentInfo { name: name.to_owned(), definition: s.definition.clone(), members: a.members.get(name).map_or(0, |m| m.len()) })
+}
+
+/// One page of a segment's members now, by customer id: (id, since).
+pub fn segment_members(app: &App, tenant: &str, name: &str, after: Option<&str>, limit: usize) -> Result<(Vec<(String, chrono::DateTime<chrono::Utc>)>, Option<String>), AppError> {
+    let v = app.views();
+    let a = &v.tenant(tenant).ok_or(AppError::NotFound("segment"))?.automation;
+    if !a.segments.contains_key(name) {
+        return Err(AppError::NotFound("segment"));
+    }
+    let mut rest = a.members.get(name).into_iter().flatten().filter(|(id, _)| after.is_none_or(|x| id.as_str() > x));
+    let page: Vec<(String, chrono::DateTime<chrono::Utc>)> = rest.by_ref().take(limit).map(|(id, t)| (id.clone(), *t)).collect();
+    let next = rest.next().and(page.last().map(|(id, _)| id.clone()));
+    Ok((page, next))
+}

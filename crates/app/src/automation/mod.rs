@@ -26,6 +26,7 @@ pub mod unsubscribe;
 pub mod feedback;
 pub mod lease;
 pub mod parked;
+pub mod segments;
 
 use crate::app::App;
 use crate::error::AppError;
@@ -356,6 +357,10 @@ impl Engine {
                 if !c.triggered_by(&ev.event_type, name, fields) {
                     continue;
                 }
+                // A segment entry from history (an import's) enrols no one.
+                if ev.event_type == "SegmentEntered" && ev.event_time < self.app.now() - segments::TRIGGER_RECENCY {
+                    continue;
+                }
                 let enrolment = derive_id(&[tenant, campaign, &ev.id.to_string()]).to_string();
                 if a.enrolments.contains_key(&enrolment) {
                     continue;
@@ -400,6 +405,9 @@ impl Engine {
             };
             self.write(tenant, &customer, vec![(derive_id(&[tenant, &enrolment, "enrolled"]), e)]).await?;
             self.advance(tenant, &enrolment).await?;
+        }
+        if customer::id_of_stream(&ev.stream).is_some() {
+            self.upkeep_segments(ev, &customer).await?;
         }
         Ok(())
     }
@@ -473,6 +481,9 @@ impl Engine {
             if self.app.now() >= next_scan {
                 if let Err(e) = self.scan(self.app.now()).await {
                     tracing::warn!(error = &e as &dyn std::error::Error, "automation: the scan for absence triggers failed");
+                }
+                if let Err(e) = self.scan_segments(self.app.now()).await {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "automation: the scan of time-bound segments failed");
                 }
                 next_scan = self.app.now() + chrono::Duration::from_std(self.config.scan_every).unwrap_or(chrono::Duration::days(1));
             }

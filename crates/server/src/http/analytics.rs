@@ -40,3 +40,14 @@ pub async fn cohorts(
 ) -> Result<Json<chronicle_analytics::cohorts::Cohorts>, ApiError> {
     Ok(Json(app.cohorts(&p.tenant, &q).await?))
 }
+
+pub const ATTRIBUTION_EXAMPLE: &str = r#"{"conversion":"Order Completed","lookback":"30d","models":["first_touch","last_touch","linear","time_decay","position_based"],"half_life":"7d"}"#;
+
+/// `POST /v1/analytics/attribution`: revenue credited to channels and campaigns.
+pub async fn attribution(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Body(spec): Body<chronicle_analytics::attribution::AttributionSpec>,
+) -> Result<Json<chronicle_analytics::attribution::Attribution>, ApiError> {
+    Ok(Json(app.attribution(&p.tenant, &spec).await?))
+}

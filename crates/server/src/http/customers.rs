@@ -74,6 +74,8 @@ pub struct ListQuery {
     tag: Option<String>,
     stage: Option<String>,
     owner: Option<String>,
+    /// Members of this segment only.
+    segment: Option<String>,
     status: Option<String>,
     sort: Option<String>,
     after: Option<String>,
@@ -99,6 +101,7 @@ pub async fn list(State(app): State<Arc<App>>, p: Principal, Params(l): Params<L
         tag: l.tag,
         stage: l.stage,
         owner: l.owner,
+        segment: l.segment,
         status: l.status,
         sort: sort.unwrap_or_default(),
         after: l.after,

@@ -13,6 +13,7 @@ pub mod codes;
 pub mod error;
 mod log;
 mod segment;
+mod segments;
 mod auth;
 mod layer;
 mod openapi;
@@ -48,7 +49,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
         ),
         (
             r("get", "/v1/customers", "The contact list: search (q: a prefix of e-mail, first or last name), filters, an order and a cursor", 200)
-                .query(&["q", "email", "tag", "stage", "owner", "status", "sort", "after", "limit"])
+                .query(&["q", "email", "tag", "stage", "owner", "segment", "status", "sort", "after", "limit"])
                 .gives::<customers::CustomerPage>(),
             get(customers::list),
         ),
@@ -157,6 +158,18 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
                 .gives::<chronicle_projections::automation::CampaignStats>(),
             get(campaigns::get_stats)),
         (
+            r("put", "/v1/segments/{name}", "Create or replace an audience segment (checked whole); its membership is then kept as events (SegmentEntered, SegmentExited)", 200)
+                .body(segments::SEGMENT_EXAMPLE)
+                .takes::<segments::Definition>()
+                .gives::<segments::Saved>(),
+            put(segments::put)),
+        (r("get", "/v1/segments/{name}", "A segment's definition and how many are in it", 200).gives::<chronicle_app::automation::definitions::SegmentInfo>(), get(segments::get_one)),
+        (
+            r("get", "/v1/segments/{name}/members", "A segment's members now, or as of an instant (from the log's entries and exits); paged by id", 200)
+                .query(&["as_of", "known_at", "after", "limit"])
+                .gives::<segments::Members>(),
+            get(segments::members)),
+        (
             r("put", "/v1/templates/{name}", "Create or replace a message template", 200)
                 .body(r#"{"subject":"Welcome, {{ traits.first_name }}","body":"<p>Hello {{ traits.first_name }}!</p>"}"#)
                 .takes::<chronicle_projections::automation::Template>()
@@ -249,6 +262,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
                 .takes::<chronicle_analytics::funnel::FunnelSpec>()
                 .gives::<chronicle_analytics::funnel::FunnelAnswer>(),
             post(analytics::funnel),
+        ),
+        (
+            r("post", "/v1/analytics/attribution", "Revenue of conversions credited to channels and campaigns (UTM context, sources, campaign messages opened or clicked): first touch, last touch, linear, time decay, position based, within a lookback window", 200)
+                .reads()
+                .body(analytics::ATTRIBUTION_EXAMPLE)
+                .takes::<chronicle_analytics::attribution::AttributionSpec>()
+                .gives::<chronicle_analytics::attribution::Attribution>(),
+            post(analytics::attribution),
         ),
         (
             r("get", "/v1/analytics/rfm", "Recency, frequency and monetary value per customer with quintile scores and groups, as of an instant and as known at a position; paged by id", 200)

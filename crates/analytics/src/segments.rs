@@ -1,0 +1,34 @@
+//! Segment membership at any past instant, from the entries and exits recorded on customers'
+//! streams (`SegmentEntered`, `SegmentExited`): a customer is a member at `as_of` when the last
+//! of their records for the segment by then is an entry.
+
+use crate::index::{Index, Row, LONG, NONE};
+use crate::Horizon;
+use chronicle_core::customer;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// The members of `segment` as of the horizon, by customer id, with when they entered.
+pub fn members_at(ix: &Index, horizon: Horizon, segment: &str) -> Vec<(String, DateTime<Utc>)> {
+    let as_of = horizon.as_of.timestamp_micros();
+    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
+    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
+    let (entered, exited) = (ix.names.get("SegmentEntered").unwrap_or(NONE), ix.names.get("SegmentExited").unwrap_or(NONE));
+    let key = ix.keys.get("segment").unwrap_or(NONE);
+    let Some(wanted) = serde_json::to_string(segment).ok().and_then(|t| ix.values.get(&t)) else { return Vec::new() };
+    // Per customer stream: the latest record by event time (then log order).
+    let mut last: BTreeMap<u32, (i64, u64, bool)> = BTreeMap::new();
+    for r in ix.rows.iter().filter(|r| (r.ty == entered || r.ty == exited) && seen(r)) {
+        if ix.prop(r, key).filter(|v| *v != LONG) != Some(wanted) {
+            continue;
+        }
+        let e = last.entry(r.stream).or_insert((i64::MIN, 0, false));
+        if (r.time, r.position) > (e.0, e.1) {
+            *e = (r.time, r.position, r.ty == entered);
+        }
+    }
+    last.into_iter()
+        .filter(|(s, (_, _, member))| *member && !ix.erased.contains(s))
+        .filter_map(|(s, (t, _, _))| Some((customer::id_of_stream(ix.streams.text(s))?.to_owned(), DateTime::from_timestamp_micros(t)?)))
+        .collect()
+}
