@@ -329,8 +329,8 @@ async fn define_segments(app: &Arc<App>, n: usize) {
 
 /// Segment upkeep: (1) the engine's time to react to `events` tracked events of 10,000
 /// customers already in the log, with no segment and with 20, the difference per event being
-/// the upkeep; (2) durable appends at 64 writers for `seconds` while the engine runs, with no
-/// segment and with 20, twice each, alternated.
+/// the upkeep; (2) durable appends at 64 writers (tracked events of 1,000 registered customers)
+/// for `seconds` while the engine runs, with no segment and with 20, twice each, alternated.
 pub async fn segments(events: u64, seconds: u64) -> Vec<Value> {
     let mut out = Vec::new();
     let mut react = Vec::new();
@@ -382,9 +382,11 @@ pub async fn segments(events: u64, seconds: u64) -> Vec<Value> {
         let (rate, _, _, _) = crate::measure::drive(64, seconds, move |w, s, version, i| {
             let store = store.clone();
             async move {
+                // Registered customers' streams, so the engine evaluates real customers.
+                let _ = version;
                 let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", crate::measure::payload(i), Utc::now());
-                let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-                store.append(TENANT, &format!("customer-w{w}-{s}"), expected, vec![ev]).await.expect("append");
+                let stream = customer::stream_of(&format!("c{}", (w * 7919 + s) % 1000));
+                store.append(TENANT, &stream, ExpectedVersion::Any, vec![ev]).await.expect("append");
             }
         })
         .await;
