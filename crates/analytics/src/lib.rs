@@ -11,6 +11,7 @@
 //! - [`attribution`]: revenue of conversions credited to channels and campaigns, five models.
 //! - [`pipeline`]: stage velocity (by owner), stage conversion, win rate, stuck deals.
 //! - [`segments`]: a segment's members at any past instant, from their entries and exits.
+//! - [`reengagement`]: customers who were engaged, then went silent.
 //! - [`cohorts`]: customers by signup week or month, and their conversion over time.
 
 pub mod attribution;
@@ -18,6 +19,7 @@ pub mod cohorts;
 pub mod funnel;
 pub mod index;
 pub mod pipeline;
+pub mod reengagement;
 pub mod rfm;
 pub mod segments;
 

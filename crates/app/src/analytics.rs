@@ -49,6 +49,18 @@ pub struct CohortQuery {
     pub periods: Option<u32>,
 }
 
+/// What re-engagement asks: the horizon, how engaged (default 5 tracked events), how silent
+/// (default 30 days), how many to list (default 100).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReengagementQuery {
+    pub as_of: Option<DateTime<Utc>>,
+    pub known_at: Option<String>,
+    pub min_events: Option<u64>,
+    pub silent_days: Option<u32>,
+    pub limit: Option<usize>,
+}
+
 fn default_limit() -> usize {
     100
 }
@@ -141,6 +153,19 @@ impl App {
         tokio::task::spawn_blocking(move || chronicle_analytics::segments::members_at(&ix, horizon, &segment))
             .await
             .map_err(|e| AppError::internal("reading a segment's members", e))
+    }
+
+    /// Re-engagement candidates: at least `min_events` tracked events, none in the last
+    /// `silent_days`.
+    pub async fn reengagement(&self, tenant: &str, q: &ReengagementQuery) -> Result<chronicle_analytics::reengagement::Reengagement, AppError> {
+        let (min_events, silent_days, limit) = (q.min_events.unwrap_or(5), q.silent_days.unwrap_or(30), q.limit.unwrap_or(100).clamp(1, 10_000));
+        if min_events == 0 || silent_days > 3650 {
+            return Err(AppError::BadRequest("min_events is at least 1 and silent_days at most 3650".into()));
+        }
+        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
+        tokio::task::spawn_blocking(move || chronicle_analytics::reengagement::run_on(&ix, horizon, min_events, silent_days, limit))
+            .await
+            .map_err(|e| AppError::internal("finding re-engagement candidates", e))
     }
 
     /// The index caught up, and the horizon of an answer asked with these parameters.

@@ -213,6 +213,42 @@ where
     Ok(ExitCode::SUCCESS)
 }
 
+/// `chronicle segment put|show|members`: what `/v1/segments/{name}` does, offline. A segment
+/// saved offline is kept by the engine of the next `serve`.
+pub async fn segment(args: &StorageArgs, command: crate::SegmentCommand) -> anyhow::Result<ExitCode> {
+    use chronicle_app::automation::definitions;
+    let cfg = Config::resolve(args, None)?;
+    let st = storage::open(&cfg.storage())?;
+    let app = st.app().await?;
+    match command {
+        crate::SegmentCommand::Put { name, file, tenant } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let def: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let tenant = existing_tenant(&app, Some(&tenant))?;
+            let changed = definitions::save_segment(&app, tenant, &name, def, "cli").await?;
+            app.final_checkpoint()?;
+            println!("{}", json!({"name": name, "changed": changed}));
+        }
+        crate::SegmentCommand::Show { name, tenant } => {
+            let tenant = existing_tenant(&app, Some(&tenant))?;
+            let info = definitions::segment_info(&app, tenant, &name).with_context(|| format!("no segment {name:?}"))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        crate::SegmentCommand::Members { name, tenant, as_of } => {
+            let tenant = existing_tenant(&app, Some(&tenant))?;
+            definitions::segment_info(&app, tenant, &name).with_context(|| format!("no segment {name:?}"))?;
+            let members = match as_of {
+                Some(t) => app.segment_members_at(tenant, &name, t, None).await?,
+                None => definitions::segment_members(&app, tenant, &name, None, usize::MAX)?.0,
+            };
+            for (id, since) in members {
+                println!("{}", json!({"id": id, "since": since}));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn user_list(args: &StorageArgs, tenant: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::resolve(args, None)?;
     let st = storage::open(&cfg.storage())?;

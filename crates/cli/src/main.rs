@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: AnalyticsCommand,
     },
+    /// Audience segments (as PUT/GET /v1/segments/{name})
+    Segment {
+        #[command(subcommand)]
+        command: SegmentCommand,
+    },
     /// People who sign in to the web UI
     User {
         #[command(subcommand)]
@@ -175,6 +180,31 @@ enum TenantCommand {
 }
 
 #[derive(clap::Subcommand)]
+pub(crate) enum SegmentCommand {
+    /// Save a segment from a JSON definition file (checked whole)
+    Put {
+        name: String,
+        file: std::path::PathBuf,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// A segment's definition and member count
+    Show {
+        name: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// A segment's members, now or as of an instant; one JSON object per line
+    Members {
+        name: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+#[derive(clap::Subcommand)]
 enum AnalyticsCommand {
     /// Run a funnel (a JSON file as POST /v1/analytics/funnels takes); prints the answer
     Funnel {
@@ -218,6 +248,19 @@ enum AnalyticsCommand {
         /// Days in one stage after which an open deal is stuck
         #[arg(long, default_value_t = 30)]
         stuck_days: u32,
+    },
+    /// Re-engagement candidates (as GET /v1/analytics/reengagement gives it)
+    Reengagement {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value_t = 5)]
+        min_events: u64,
+        #[arg(long, default_value_t = 30)]
+        silent_days: u32,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// Signup cohorts and their conversion (as GET /v1/analytics/cohorts gives it)
     Cohorts {
@@ -323,11 +366,16 @@ fn main() -> ExitCode {
                 commands::user_create(&cli.storage, &tenant, &email, &name, &role, password_file.as_deref()).await
             }
             Command::User { command: UserCommand::List { tenant } } => commands::user_list(&cli.storage, &tenant).await,
+            Command::Segment { command } => commands::segment(&cli.storage, command).await,
             Command::Analytics { command: AnalyticsCommand::Attribution { file, tenant } } => {
                 match std::fs::read_to_string(&file).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_str::<chronicle_analytics::attribution::AttributionSpec>(&t)?)) {
                     Ok(spec) => commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.attribution(&t, &spec).await?)?) }).await,
                     Err(e) => Err(e.context(format!("{} is not an attribution question", file.display()))),
                 }
+            }
+            Command::Analytics { command: AnalyticsCommand::Reengagement { tenant, as_of, min_events, silent_days, limit } } => {
+                let q = chronicle_app::analytics::ReengagementQuery { as_of, known_at: None, min_events: Some(min_events), silent_days: Some(silent_days), limit: Some(limit) };
+                commands::analytics_answer(&cli.storage, &tenant, |app, t| async move { Ok(serde_json::to_value(app.reengagement(&t, &q).await?)?) }).await
             }
             Command::Analytics { command: AnalyticsCommand::Pipeline { tenant, as_of, known_at, stuck_days } } => {
                 let q = chronicle_app::analytics::PipelineQuery { as_of, known_at, stuck_days: Some(stuck_days) };

@@ -473,8 +473,64 @@ fn attribution_equals_a_fold_written_apart() {
             }
         }
     }
+    // Re-engagement over the same events, by a fold written here: at least 3 tracked events
+    // (the pages and orders above), none in the 7 days before day 45.
+    let as_of = t0 + chrono::Duration::days(45);
+    let mut per: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+    for l in std::fs::read_to_string(&file).unwrap().lines() {
+        let e: Value = serde_json::from_str(l).unwrap();
+        let p = per.entry(e["person"].as_str().unwrap().to_owned()).or_insert((0, f64::MIN));
+        p.0 += 1;
+        p.1 = p.1.max(e["t"].as_f64().unwrap());
+    }
+    let mut want: Vec<(String, u64)> =
+        per.into_iter().filter(|(_, (n, last))| *n >= 3 && as_of.timestamp() as f64 - last >= 7.0 * 86_400.0).map(|(p, (n, _))| (p, n)).collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let (status, got) = get(&agent, &format!("{url}/v1/analytics/reengagement?min_events=3&silent_days=7&limit=1000&as_of={}", as_of.to_rfc3339().replace('+', "%2B")), &api);
+    assert_eq!(status, 200, "{got}");
+    let got: Vec<(String, u64)> = got["candidates"].as_array().unwrap().iter().map(|c| (c["id"].as_str().unwrap().to_owned(), c["events"].as_u64().unwrap())).collect();
+    assert_eq!(got, want);
+    assert!(!want.is_empty() && want.len() < 60, "the data exercises it: {}", want.len());
+    assert_eq!(get(&agent, &format!("{url}/v1/analytics/reengagement?min_events=0"), &api).0, 400);
     for bad in [json!({"lookback": "soon"}), json!({"models": ["last_click"]}), json!({"half_life": "0d"}), json!({"conversion": ""})] {
         let (status, v) = send(&agent, "POST", &format!("{url}/v1/analytics/attribution"), &api, &bad);
         assert_eq!(status, 400, "{bad}: {v}");
     }
+}
+
+/// `chronicle segment put|show|members` offline: a definition checked whole (a bad one is a
+/// clear error and saves nothing), saved once, shown; the members it gains once served.
+#[test]
+fn segments_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (api, _) = tenant_keys(&data);
+    let file = dir.path().join("pro.json");
+    std::fs::write(&file, r#"{"conditions": [{"trait": "plan", "equals": "pro"}, {"inactive_for": "never"}]}"#).unwrap();
+    let out = chronicle(&data, &["segment", "put", "pro", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conditions[1]"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!chronicle(&data, &["segment", "show", "pro", "--tenant", "acme"]).status.success(), "nothing saved");
+    std::fs::write(&file, r#"{"conditions": [{"trait": "plan", "equals": "pro"}]}"#).unwrap();
+    let out = chronicle(&data, &["segment", "put", "pro", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["changed"], true);
+    // Served: the engine keeps the members.
+    let (mut server, url, _) = start(&data, &["serve"]);
+    let agent = agent();
+    let (status, v) = send(&agent, "POST", &format!("{url}/v1/customers"), &api, &json!({"id": "c1", "traits": {"plan": "pro"}}));
+    assert_eq!(status, 201, "{v}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while get(&agent, &format!("{url}/v1/segments/pro"), &api).1["members"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "c1 enters");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    sigterm(&mut server);
+    let out = chronicle(&data, &["segment", "members", "pro", "--tenant", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["id"], "c1");
+    let out = chronicle(&data, &["segment", "members", "pro", "--tenant", "acme", "--as-of", "2000-01-01T00:00:00Z"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "nobody then");
 }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use chronicle_analytics::funnel::{FunnelAnswer, FunnelSpec};
 use chronicle_analytics::rfm::RfmPage;
-use chronicle_app::analytics::{CohortQuery, PipelineQuery, RfmQuery};
+use chronicle_app::analytics::{CohortQuery, PipelineQuery, ReengagementQuery, RfmQuery};
 use chronicle_app::App;
 use std::sync::Arc;
 
@@ -50,4 +50,13 @@ pub async fn attribution(
     Body(spec): Body<chronicle_analytics::attribution::AttributionSpec>,
 ) -> Result<Json<chronicle_analytics::attribution::Attribution>, ApiError> {
     Ok(Json(app.attribution(&p.tenant, &spec).await?))
+}
+
+/// `GET /v1/analytics/reengagement`: engaged customers gone silent.
+pub async fn reengagement(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    Params(q): Params<ReengagementQuery>,
+) -> Result<Json<chronicle_analytics::reengagement::Reengagement>, ApiError> {
+    Ok(Json(app.reengagement(&p.tenant, &q).await?))
 }

@@ -286,6 +286,13 @@ pub fn routes() -> Vec<(Route, MethodRouter<Api>)> {
             get(analytics::pipeline),
         ),
         (
+            r("get", "/v1/analytics/reengagement", "Re-engagement candidates: customers with at least min_events tracked events (default 5) and none in the last silent_days (default 30), the most engaged first", 200)
+                .reads()
+                .query(&["as_of", "known_at", "min_events", "silent_days", "limit"])
+                .gives::<chronicle_analytics::reengagement::Reengagement>(),
+            get(analytics::reengagement),
+        ),
+        (
             r("get", "/v1/analytics/cohorts", "Customers by signup week or month and their conversion (the n-th event named `event`, default the first Order Completed) over the periods after", 200)
                 .reads()
                 .query(&["as_of", "known_at", "period", "event", "occurrence", "periods"])
