@@ -157,6 +157,14 @@ const signIn = async (page, tenant, email, password) => {
       await page.goto(a.customerUrl);
       return { q, rows };
     });
+    await step('the contact list filtered by a segment', async () => {
+      await page.goto(base + '/ui/contacts');
+      await page.selectOption('#segment', 'pro-plan');
+      await Promise.all([page.waitForNavigation(), page.locator('#segment').evaluate(s => s.form.requestSubmit())]);
+      const rows = await page.locator('main table tbody').first().innerText();
+      if (!page.url().includes('segment=pro-plan') || !rows.includes('Grace') || rows.includes('Alan')) throw new Error(JSON.stringify({ url: page.url(), rows }));
+      return rows;
+    });
     await step('tag a filtered list and export it as CSV', async () => {
       await page.goto(base + '/ui/contacts?q=grace');
       await page.fill('#bulk-tag-value', 'vip');
@@ -325,6 +333,15 @@ fn a_person_finds_a_customer_travels_in_time_and_revokes_a_consent_in_chromium()
     let (status, v) = send(&agent, "PATCH", &format!("{url}/v1/customers/c-grace"), &api, &json!({"traits": {"plan": "pro"}}));
     assert_eq!(status, 200, "{v}");
 
+    // A segment the engine keeps: Grace is on the pro plan now, Alan has no plan.
+    let (status, v) = send(&agent, "PUT", &format!("{url}/v1/segments/pro-plan"), &api, &json!({"conditions": [{"trait": "plan", "equals": "pro"}]}));
+    assert_eq!(status, 200, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while get(&agent, &format!("{url}/v1/segments/pro-plan"), &api).1["members"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "grace enters the segment");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // The pages carry the security headers.
     let res = agent.get(&format!("{url}/ui/sign-in")).call().unwrap();
     let csp = res.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -357,7 +374,7 @@ fn a_person_finds_a_customer_travels_in_time_and_revokes_a_consent_in_chromium()
     for s in &steps {
         assert_eq!(s["ok"], true, "step {} failed: {}\n{report:#}", s["name"], s["error"]);
     }
-    assert_eq!(steps.len(), 18, "every step ran: {report:#}");
+    assert_eq!(steps.len(), 19, "every step ran: {report:#}");
     assert_eq!(report["offLoopback"], json!([]), "{report}");
     assert_eq!(report["consoleErrors"], json!([]), "no script error, no CSP refusal: {report}");
     assert_eq!(report["dialogs"], json!([]), "{report}");

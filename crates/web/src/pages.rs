@@ -113,6 +113,9 @@ pub struct ContactsQuery {
     stage: String,
     #[serde(default)]
     owner: String,
+    /// Members of this segment only.
+    #[serde(default)]
+    segment: String,
     #[serde(default)]
     status: String,
     #[serde(default)]
@@ -158,7 +161,7 @@ impl ContactsQuery {
             tag: some(&self.tag),
             stage: some(&self.stage),
             owner: some(&self.owner),
-            segment: None,
+            segment: some(&self.segment),
             status: some(&self.status),
             sort,
             after: some(&self.after),
@@ -216,9 +219,10 @@ pub async fn contacts(State(web): State<Web>, viewer: Viewer, Query(q): Query<Co
     let template = if q.part == "rows" { "contact_rows.html" } else { "contacts.html" };
     let page = page_of(&viewer, "Contacts", "contacts");
     let owners: Vec<(String, String)> = web.app.users(viewer.tenant()).into_iter().map(|u| (u.actor(), u.name)).collect();
+    let segments: Vec<String> = web.app.views().tenant(viewer.tenant()).map(|t| t.automation.segments.keys().cloned().collect()).unwrap_or_default();
     let filters = ContactsQuery { after: String::new(), part: String::new(), done: String::new(), ..q.clone() };
     let csv_url = format!("/ui/contacts.csv?{}", serde_urlencoded::to_string(&filters).unwrap_or_default());
-    render(template, context! { page, rows, next_url, q, filters, csv_url, owners, stages => STAGES })
+    render(template, context! { page, rows, next_url, q, filters, csv_url, owners, segments, stages => STAGES })
 }
 
 /// The filtered list as CSV (RFC 4180), every matching contact up to [`MAX_BULK`].

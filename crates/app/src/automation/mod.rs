@@ -316,6 +316,9 @@ impl Engine {
             return Ok(());
         }
         let tenant = ev.tenant.as_str();
+        if ev.event_type == "SegmentSaved" && ev.stream.starts_with("segment-") {
+            return self.segment_saved(ev).await;
+        }
         let customer = match customer::id_of_stream(&ev.stream) {
             Some(c) => c.to_owned(),
             None => match ev.stream.strip_prefix("order-") {

@@ -5,6 +5,9 @@
 //! (the event, or the inactive spell), so a reaction replayed after a crash records nothing
 //! twice.
 //!
+//! A segment saved is evaluated for every customer of the tenant at once, so those who match
+//! already enter (at the save's time).
+//!
 //! Times: an entry or exit caused by an event carries that event's time (an imported history's
 //! entries carry its old times); one found by the scan carries the scan's time. Campaigns that
 //! trigger on `SegmentEntered` take only entries from the last [`TRIGGER_RECENCY`], so an import
@@ -81,6 +84,16 @@ impl Engine {
         let _g = self.lock(&format!("segments/{tenant}/{id}")).await;
         let found = changes(&self.app, tenant, id, self.app.now(), timed);
         record(&self.app, tenant, id, cause, at, found).await
+    }
+
+    /// A segment saved (or changed): every customer of the tenant is evaluated for the tenant's
+    /// segments, so those who match already enter now (at the save's time).
+    pub(super) async fn segment_saved(&self, ev: &EventEnvelope) -> Result<(), AppError> {
+        let ids: Vec<String> = self.app.views().tenant(&ev.tenant).map(|t| t.customers.keys().cloned().collect()).unwrap_or_default();
+        for id in ids {
+            self.settle(&ev.tenant, &id, &ev.id.to_string(), ev.event_time, false).await?;
+        }
+        Ok(())
     }
 
     /// Re-evaluate the segments that change with time alone, for every customer of the tenants
