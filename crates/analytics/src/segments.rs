@@ -10,12 +10,18 @@ use std::collections::BTreeMap;
 
 /// The members of `segment` as of the horizon, by customer id, with when they entered.
 pub fn members_at(ix: &Index, horizon: Horizon, segment: &str) -> Vec<(String, DateTime<Utc>)> {
+    members_with_position(ix, horizon, segment).0
+}
+
+/// [`members_at`], and the log position the answer reflects.
+pub fn members_with_position(ix: &Index, horizon: Horizon, segment: &str) -> (Vec<(String, DateTime<Utc>)>, u64) {
+    let position = ix.rows.iter().filter(|r| r.seen(&horizon, horizon.as_of.timestamp_micros(), horizon.known_by.map(|t| t.timestamp_micros()))).map(|r| r.position).max().unwrap_or(0);
     let as_of = horizon.as_of.timestamp_micros();
     let known_by = horizon.known_by.map(|t| t.timestamp_micros());
     let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
     let (entered, exited) = (ix.names.get("SegmentEntered").unwrap_or(NONE), ix.names.get("SegmentExited").unwrap_or(NONE));
     let key = ix.keys.get("segment").unwrap_or(NONE);
-    let Some(wanted) = serde_json::to_string(segment).ok().and_then(|t| ix.values.get(&t)) else { return Vec::new() };
+    let Some(wanted) = serde_json::to_string(segment).ok().and_then(|t| ix.values.get(&t)) else { return (Vec::new(), position) };
     // Per customer stream: the latest record by event time (then log order).
     let mut last: BTreeMap<u32, (i64, u64, bool)> = BTreeMap::new();
     for r in ix.rows.iter().filter(|r| (r.ty == entered || r.ty == exited) && seen(r)) {
@@ -27,8 +33,10 @@ pub fn members_at(ix: &Index, horizon: Horizon, segment: &str) -> Vec<(String, D
             *e = (r.time, r.position, r.ty == entered);
         }
     }
-    last.into_iter()
+    let members = last
+        .into_iter()
         .filter(|(s, (_, _, member))| *member && !ix.erased.contains(s))
         .filter_map(|(s, (t, _, _))| Some((customer::id_of_stream(ix.streams.text(s))?.to_owned(), DateTime::from_timestamp_micros(t)?)))
-        .collect()
+        .collect();
+    (members, position)
 }

@@ -147,10 +147,10 @@ impl App {
         segment: &str,
         as_of: DateTime<Utc>,
         known_at: Option<&str>,
-    ) -> Result<Vec<(String, DateTime<Utc>)>, AppError> {
+    ) -> Result<(Vec<(String, DateTime<Utc>)>, u64), AppError> {
         let (ix, horizon) = self.answer_input(tenant, Some(as_of), known_at).await?;
         let segment = segment.to_owned();
-        tokio::task::spawn_blocking(move || chronicle_analytics::segments::members_at(&ix, horizon, &segment))
+        tokio::task::spawn_blocking(move || chronicle_analytics::segments::members_with_position(&ix, horizon, &segment))
             .await
             .map_err(|e| AppError::internal("reading a segment's members", e))
     }
@@ -166,6 +166,15 @@ impl App {
         tokio::task::spawn_blocking(move || chronicle_analytics::reengagement::run_on(&ix, horizon, min_events, silent_days, limit))
             .await
             .map_err(|e| AppError::internal("finding re-engagement candidates", e))
+    }
+
+    /// Every customer's RFM group and scores now (for segments with RFM conditions).
+    pub async fn rfm_facts(&self, tenant: &str) -> Result<std::collections::HashMap<String, chronicle_automation::segment::RfmFacts>, AppError> {
+        let (ix, horizon) = self.answer_input(tenant, None, None).await?;
+        let all = tokio::task::spawn_blocking(move || chronicle_analytics::rfm::run_on(&ix, horizon))
+            .await
+            .map_err(|e| AppError::internal("computing RFM groups", e))?;
+        Ok(all.customers.into_iter().map(|c| (c.id, chronicle_automation::segment::RfmFacts { group: c.group, r: c.r, f: c.f, m: c.m })).collect())
     }
 
     /// The index caught up, and the horizon of an answer asked with these parameters.

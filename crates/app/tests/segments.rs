@@ -105,7 +105,7 @@ fn no_activity_for_60_days_enters_with_time_exits_on_activity_across_a_restart_a
         // Membership at past instants, from the log.
         let at = |t: DateTime<Utc>| {
             let app = app.clone();
-            async move { app.segment_members_at("acme", "dormant", t, None).await.unwrap().into_iter().map(|(id, _)| id).collect::<Vec<_>>() }
+            async move { app.segment_members_at("acme", "dormant", t, None).await.unwrap().0.into_iter().map(|(id, _)| id).collect::<Vec<_>>() }
         };
         assert_eq!(at(t0 + Duration::days(30)).await, Vec::<String>::new());
         assert_eq!(at(entered_at + Duration::hours(1)).await, ["c1"]);
@@ -154,5 +154,99 @@ fn entries_caused_by_old_history_enrol_no_one_live_ones_do() {
         assert_eq!(entered.len(), 1, "the old customer is in the segment");
         assert_eq!(entered[0].event_time, old, "at the time of its cause");
         assert!(!tagged(&history) && count(&history, "CampaignEnrolled") == 0, "and not enrolled: {:?}", history.iter().map(|e| &e.event_type).collect::<Vec<_>>());
+    });
+}
+
+/// A segment on an RFM group (relative to everyone, so recomputed on the engine's scan): its
+/// members are the customers the RFM answer puts in that group; an unknown group is refused.
+#[test]
+fn an_rfm_group_segment_follows_the_rfm_answer_on_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let app = App::start(Arc::new(LogStore::open(dir.path()).unwrap()), None).await.unwrap();
+        app.create_tenant("acme").await.unwrap();
+        let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+        let clock = Arc::new(ManualClock::new(now));
+        assert!(app.set_clock(clock.clone()));
+        // Customer i: i + 1 orders, the last 20 - i days ago (the most frequent the most recent).
+        for i in 0..20i64 {
+            let id = format!("r{i}");
+            let register = CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] };
+            app.customer_command("acme", &id, register, "test").await.unwrap();
+            let orders = (0..=i)
+                .map(|k| {
+                    let data = json!({"kind": "track", "event": "Order Completed", "properties": {"order_id": format!("{id}-{k}"), "total": 10 * (k + 1)}, "context": {}});
+                    NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", data, now - Duration::days(20 - i + k))
+                })
+                .collect();
+            app.append("acme", &format!("customer-{id}"), ExpectedVersion::Any, orders).await.unwrap();
+        }
+        assert!(save_segment(&app, "acme", "vip", json!({"conditions": [{"rfm_group": "vips"}]}), "test").await.is_err(), "no such group");
+        save_segment(&app, "acme", "best", json!({"conditions": [{"rfm_group": "champions"}]}), "test").await.unwrap();
+        let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
+        let q = chronicle_app::analytics::RfmQuery { group: Some("champions".into()), limit: 100, ..Default::default() };
+        let want: Vec<String> = app.rfm("acme", &q).await.unwrap().customers.into_iter().map(|c| c.id).collect();
+        assert!(!want.is_empty() && want.len() < 20, "{want:?}");
+        // The engine's scan (at its start, then every minute of the clock) computes the groups.
+        clock.advance(Duration::minutes(2));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let got: Vec<String> = segment_members(&app, "acme", "best", None, 100).unwrap().0.into_iter().map(|(id, _)| id).collect();
+            if got == want {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "members {got:?}, champions {want:?}");
+            engine.wake();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+}
+
+async fn order(app: &App, clock: &ManualClock, id: &str, n: u32, total: f64) {
+    let data = json!({"kind": "track", "event": "Order Completed", "properties": {"order_id": format!("{id}-{n}"), "total": total}, "context": {}});
+    let ev = NewEvent::new(uuid::Uuid::now_v7(), "ActivityTracked", data, clock.now());
+    app.append("acme", &format!("customer-{id}"), ExpectedVersion::Any, vec![ev]).await.unwrap();
+}
+
+/// "Orders worth at least 100 in the last 30 days": entered when the second order brings the
+/// window's sum to 110, kept across a restart (the window rebuilt from the log), left when the
+/// first order ages out of the window (the scan, on a moved clock).
+#[test]
+fn a_windowed_sum_enters_on_an_event_and_exits_as_the_window_slides_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z").unwrap().with_timezone(&Utc);
+    let mut stopped_at = t0;
+    let def = json!({"conditions": [{"event": "Order Completed", "within": "30d", "sum": "total", "at_least": 100}]});
+    runtime().block_on(async {
+        let app = App::start(Arc::new(LogStore::open(dir.path()).unwrap()), None).await.unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        assert!(app.set_clock(clock.clone()));
+        app.create_tenant("acme").await.unwrap();
+        let register = CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] };
+        app.customer_command("acme", "c1", register, "test").await.unwrap();
+        save_segment(&app, "acme", "big", def.clone(), "test").await.unwrap();
+        let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
+        order(&app, &clock, "c1", 1, 60.0).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(count(&events(&app, "c1").await, "SegmentEntered"), 0, "60 is not 100");
+        clock.advance(Duration::days(1));
+        order(&app, &clock, "c1", 2, 50.0).await;
+        wait_for(&app, &engine, "the entry at 110", |evs| count(evs, "SegmentEntered") == 1).await;
+        stopped_at = clock.now();
+    });
+    runtime().block_on(async {
+        let app = App::start(Arc::new(LogStore::open(dir.path()).unwrap()), None).await.unwrap();
+        let clock = Arc::new(ManualClock::new(stopped_at + Duration::days(1)));
+        assert!(app.set_clock(clock.clone()));
+        let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        engine.wake();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let evs = events(&app, "c1").await;
+        assert_eq!((count(&evs, "SegmentEntered"), count(&evs, "SegmentExited")), (1, 0), "still in after the restart");
+        // Day 30 after the first order: it leaves the window, 50 is left.
+        clock.advance(Duration::days(28) + Duration::minutes(5));
+        wait_for(&app, &engine, "the exit as the window slides", |evs| count(evs, "SegmentExited") == 1).await;
+        assert!(segment_members(&app, "acme", "big", None, 10).unwrap().0.is_empty());
     });
 }

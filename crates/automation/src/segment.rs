@@ -10,6 +10,12 @@
 //! - `{"inactive_for": "60d"}`: no tracked activity for that long (counted from the customer's
 //!   last activity, else their registration). This one changes with time alone: the engine's
 //!   scan re-evaluates it.
+//! - `{"event": NAME, "within": "30d", "at_least"?: N, "at_most"?: N, "sum"?: PROPERTY}`: how
+//!   many events named NAME (an event type or a tracked name) the customer had in the window
+//!   (or the sum of their PROPERTY); the window slides with time, so the scan re-evaluates it;
+//! - `{"rfm_group": "champions"}`: the customer's RFM group; `{"rfm": {"r": 4, "f": 3}}`: their
+//!   RFM scores at least these (relative to the whole population, so recomputed on the engine's
+//!   scan, not per event; the application checks the group's name).
 
 use chronicle_core::customer::{Channel, Customer, CustomerStatus, LifecycleStage, Purpose};
 use chrono::{DateTime, Duration, Utc};
@@ -32,6 +38,31 @@ pub enum Cond {
     Stage(LifecycleStage),
     Consent(Channel, Purpose),
     InactiveFor(#[serde(with = "crate::campaign::secs")] Duration),
+    RfmGroup(String),
+    /// Minimum R, F and M scores (1–5).
+    RfmScores { r: Option<u8>, f: Option<u8>, m: Option<u8> },
+    Events { event: String, sum: Option<String>, #[serde(with = "crate::campaign::secs")] within: Duration, at_least: Option<f64>, at_most: Option<f64> },
+}
+
+/// A customer's RFM group and scores, as last computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RfmFacts {
+    pub group: String,
+    pub r: u8,
+    pub f: u8,
+    pub m: u8,
+}
+
+/// What a segment's conditions read besides the customer's state.
+pub struct Facts<'a> {
+    pub now: DateTime<Utc>,
+    /// The customer's last tracked activity.
+    pub last_active: Option<DateTime<Utc>>,
+    /// Their RFM group and scores as last computed.
+    pub rfm: Option<&'a RfmFacts>,
+    /// How many of their events named `event` happened after `since` (with a property name:
+    /// the sum of that property over them).
+    pub window: &'a dyn Fn(&str, Option<&str>, DateTime<Utc>) -> f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,12 +131,35 @@ impl Segment {
 
     /// Whether a condition changes with time alone (the scan re-evaluates those).
     pub fn elapses(&self) -> bool {
-        self.conditions.iter().any(|c| matches!(c, Cond::InactiveFor(_)))
+        self.conditions.iter().any(|c| matches!(c, Cond::InactiveFor(_) | Cond::Events { .. }))
+    }
+
+    /// The event windows the conditions read: (event, summed property, window).
+    pub fn windows(&self) -> impl Iterator<Item = (&str, Option<&str>, Duration)> {
+        self.conditions.iter().filter_map(|c| match c {
+            Cond::Events { event, sum, within, .. } => Some((event.as_str(), sum.as_deref(), *within)),
+            _ => None,
+        })
+    }
+
+    /// Whether a condition is relative to the population (RFM): computed on a schedule.
+    pub fn scheduled(&self) -> bool {
+        self.conditions.iter().any(|c| matches!(c, Cond::RfmGroup(_) | Cond::RfmScores { .. }))
+    }
+
+    /// The RFM groups the conditions name.
+    pub fn rfm_groups(&self) -> impl Iterator<Item = &str> {
+        self.conditions.iter().filter_map(|c| match c {
+            Cond::RfmGroup(g) => Some(g.as_str()),
+            _ => None,
+        })
     }
 
     /// Whether the customer is in the segment at `now` (`last_active`: their last tracked
-    /// activity). Only active customers are ever members.
-    pub fn holds(&self, c: &Customer, last_active: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    /// activity; `rfm_group`: their RFM group as last computed, if any). Only active customers
+    /// are ever members.
+    pub fn holds(&self, c: &Customer, f: &Facts) -> bool {
+        let (last_active, now, rfm) = (f.last_active, f.now, f.rfm);
         c.exists
             && c.status == CustomerStatus::Active
             && self.conditions.iter().all(|cond| match cond {
@@ -118,6 +172,13 @@ impl Segment {
                     Some(t) => t.checked_add_signed(*d).is_some_and(|due| due <= now),
                     None => false,
                 },
+                Cond::RfmGroup(g) => rfm.is_some_and(|x| x.group == *g),
+                Cond::RfmScores { r, f, m } => rfm.is_some_and(|x| r.is_none_or(|r| x.r >= r) && f.is_none_or(|f| x.f >= f) && m.is_none_or(|m| x.m >= m)),
+                Cond::Events { event, sum, within, at_least, at_most } => {
+                    let since = now.checked_sub_signed(*within).unwrap_or(DateTime::<Utc>::MIN_UTC);
+                    let n = (f.window)(event, sum.as_deref(), since);
+                    at_least.is_none_or(|a| n >= a) && at_most.is_none_or(|a| n <= a)
+                }
             })
     }
 }
@@ -155,12 +216,48 @@ fn cond(v: &Value) -> Result<Cond, SegmentError> {
             _ => bad("consent names a channel and a purpose"),
         };
     }
+    if let Some(event) = text("event") {
+        one(m, &["event", "within", "at_least", "at_most", "sum"])?;
+        let within = text("within").ok_or_else(|| SegmentError("an event condition names its window: within".into()))?;
+        let within = crate::campaign::parse_duration(&within).map_err(|e| SegmentError(format!("within: {}", e.0)))?;
+        let num = |k: &str| match m.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| SegmentError(format!("{k} must be a number"))),
+        };
+        let (at_least, at_most) = (num("at_least")?, num("at_most")?);
+        if at_least.is_none() && at_most.is_none() {
+            return bad("an event condition has at_least, at_most or both");
+        }
+        let sum = match m.get("sum") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(_) => return bad("sum names a property"),
+        };
+        return Ok(Cond::Events { event, sum, within, at_least, at_most });
+    }
+    if let Some(scores) = m.get("rfm") {
+        one(m, &["rfm"])?;
+        let Some(o) = scores.as_object() else { return bad("rfm is an object of minimum scores: {\"r\": 4}") };
+        one(o, &["r", "f", "m"])?;
+        let score = |k: &str| match o.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_u64().filter(|n| (1..=5).contains(n)).map(|n| Some(n as u8)).ok_or_else(|| SegmentError(format!("rfm.{k} is a score from 1 to 5"))),
+        };
+        let (r, f, mm) = (score("r")?, score("f")?, score("m")?);
+        if r.is_none() && f.is_none() && mm.is_none() {
+            return bad("rfm names at least one of r, f, m");
+        }
+        return Ok(Cond::RfmScores { r, f, m: mm });
+    }
+    if let Some(g) = text("rfm_group") {
+        return one(m, &["rfm_group"]).map(|_| Cond::RfmGroup(g));
+    }
     if let Some(d) = text("inactive_for") {
         one(m, &["inactive_for"])?;
         let d = crate::campaign::parse_duration(&d).map_err(|e| SegmentError(format!("inactive_for: {}", e.0)))?;
         return Ok(Cond::InactiveFor(d));
     }
-    bad("a condition is one of trait, tag, stage, consent, inactive_for")
+    bad("a condition is one of trait, tag, stage, consent, inactive_for, event, rfm_group, rfm")
 }
 
 #[cfg(test)]
@@ -198,6 +295,14 @@ mod tests {
         assert!(check_name("dormant-60").is_ok() && check_name("").is_err() && check_name("a/b").is_err());
     }
 
+    fn none(_: &str, _: Option<&str>, _: DateTime<Utc>) -> f64 {
+        0.0
+    }
+
+    fn facts<'a>(now: DateTime<Utc>, last_active: Option<DateTime<Utc>>, rfm: Option<&'a RfmFacts>) -> Facts<'a> {
+        Facts { now, last_active, rfm, window: &none }
+    }
+
     #[test]
     fn inactivity_holds_once_the_span_has_passed() {
         let s = Segment::parse(&json!({"conditions": [{"inactive_for": "60d"}, {"trait": "plan", "exists": true}]})).unwrap();
@@ -206,12 +311,32 @@ mod tests {
         c.exists = true;
         c.created_at = Some(t0);
         c.traits.insert("plan".into(), json!("pro"));
-        assert!(!s.holds(&c, Some(t0), t0 + Duration::days(59)));
-        assert!(s.holds(&c, Some(t0), t0 + Duration::days(60)));
-        assert!(!s.holds(&c, Some(t0 + Duration::days(30)), t0 + Duration::days(60)));
-        assert!(s.holds(&c, None, t0 + Duration::days(61)), "no activity: counted from registration");
+        assert!(!s.holds(&c, &facts(t0 + Duration::days(59), Some(t0), None)));
+        assert!(s.holds(&c, &facts(t0 + Duration::days(60), Some(t0), None)));
+        assert!(!s.holds(&c, &facts(t0 + Duration::days(60), Some(t0 + Duration::days(30)), None)));
+        assert!(s.holds(&c, &facts(t0 + Duration::days(61), None, None)), "no activity: counted from registration");
         c.traits.remove("plan");
-        assert!(!s.holds(&c, Some(t0), t0 + Duration::days(60)));
-        assert!(s.elapses());
+        assert!(!s.holds(&c, &facts(t0 + Duration::days(60), Some(t0), None)));
+        assert!(s.elapses() && !s.scheduled());
+        let r = Segment::parse(&json!({"conditions": [{"rfm_group": "champions"}]})).unwrap();
+        c.traits.insert("plan".into(), json!("pro"));
+        let (loyal, champion) = (RfmFacts { group: "loyal".into(), r: 3, f: 4, m: 2 }, RfmFacts { group: "champions".into(), r: 5, f: 4, m: 5 });
+        assert!(r.scheduled() && !r.holds(&c, &facts(t0, None, None)) && !r.holds(&c, &facts(t0, None, Some(&loyal))) && r.holds(&c, &facts(t0, None, Some(&champion))));
+        let scores = Segment::parse(&json!({"conditions": [{"rfm": {"r": 4, "m": 3}}]})).unwrap();
+        assert!(scores.scheduled() && scores.holds(&c, &facts(t0, None, Some(&champion))) && !scores.holds(&c, &facts(t0, None, Some(&loyal))));
+        assert!(Segment::parse(&json!({"conditions": [{"rfm": {"r": 6}}]})).is_err() && Segment::parse(&json!({"conditions": [{"rfm": {}}]})).is_err());
+        // Two orders worth at least 100 in 30 days: the window reads the customer's events.
+        let w = Segment::parse(&json!({"conditions": [{"event": "Order Completed", "within": "30d", "at_least": 100, "sum": "total"}]})).unwrap();
+        let orders = [(t0 - Duration::days(40), 500.0), (t0 - Duration::days(10), 60.0), (t0 - Duration::days(1), 50.0)];
+        let window = |e: &str, sum: Option<&str>, since: DateTime<Utc>| -> f64 {
+            assert_eq!((e, sum), ("Order Completed", Some("total")));
+            orders.iter().filter(|(t, _)| *t > since).map(|(_, v)| v).sum()
+        };
+        let at = |now| Facts { now, last_active: None, rfm: None, window: &window };
+        assert!(w.holds(&c, &at(t0)), "60 + 50 in the last 30 days");
+        assert!(!w.holds(&c, &at(t0 + Duration::days(25))), "only 50 left in the window");
+        assert!(w.elapses() && w.windows().count() == 1);
+        assert!(Segment::parse(&json!({"conditions": [{"event": "X", "within": "30d"}]})).is_err(), "no bound");
+        assert!(Segment::parse(&json!({"conditions": [{"event": "X", "at_least": 1}]})).is_err(), "no window");
     }
 }

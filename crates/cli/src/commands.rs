@@ -238,7 +238,7 @@ pub async fn segment(args: &StorageArgs, command: crate::SegmentCommand) -> anyh
             let tenant = existing_tenant(&app, Some(&tenant))?;
             definitions::segment_info(&app, tenant, &name).with_context(|| format!("no segment {name:?}"))?;
             let members = match as_of {
-                Some(t) => app.segment_members_at(tenant, &name, t, None).await?,
+                Some(t) => app.segment_members_at(tenant, &name, t, None).await?.0,
                 None => definitions::segment_members(&app, tenant, &name, None, usize::MAX)?.0,
             };
             for (id, since) in members {

@@ -1762,4 +1762,5 @@ fn segments_are_saved_checked_and_list_their_members() {
     // As of an instant before anyone entered: no member.
     let past = app.get("/v1/segments/pro/members?as_of=2000-01-01T00:00:00Z");
     assert_eq!(past.body["members"], json!([]), "{}", past.body);
+    assert!(members.body["position"].as_u64().unwrap() > 0 && past.body["position"] == 0, "{} {}", members.body, past.body);
 }

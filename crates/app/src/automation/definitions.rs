@@ -224,6 +224,9 @@ pub async fn save_segment(app: &App, tenant: &str, name: &str, definition: Value
     use chronicle_automation::segment::{self, Segment, SegmentEvent};
     check_name(name)?;
     let s = Segment::parse(&definition).map_err(|e| AppError::BadRequest(e.0))?;
+    if let Some(g) = s.rfm_groups().find(|g| !chronicle_analytics::rfm::GROUPS.contains(g)) {
+        return Err(AppError::BadRequest(format!("no RFM group {g:?}; the groups are {}", chronicle_analytics::rfm::GROUPS.join(", "))));
+    }
     if segment_info(app, tenant, name).is_some_and(|i| i.definition == s.definition) {
         return Ok(false);
     }

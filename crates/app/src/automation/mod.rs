@@ -106,6 +106,11 @@ pub struct Engine {
     unrecorded: Mutex<std::collections::HashMap<(String, String), Unrecorded>>,
     /// While the store refuses writes, no new message is handed over before this instant.
     paused_until: Mutex<Option<DateTime<Utc>>>,
+    /// Per tenant, each customer's RFM group as the last scan computed it (segments with
+    /// `rfm_group` conditions; see `segments`).
+    rfm: Mutex<std::collections::HashMap<String, Arc<std::collections::HashMap<String, chronicle_automation::segment::RfmFacts>>>>,
+    /// Per tenant, the event windows segments read (see `segments::Windows`).
+    windows: Mutex<std::collections::HashMap<String, segments::Windows>>,
 }
 
 /// A hand-over's outcome that is waiting to be recorded.
@@ -165,6 +170,8 @@ impl Engine {
             seen: Default::default(),
             unrecorded: Mutex::default(),
             paused_until: Mutex::default(),
+            rfm: Mutex::default(),
+            windows: Mutex::default(),
         }))
     }
 

@@ -66,21 +66,27 @@ pub struct Members {
     members: Vec<Member>,
     next: Option<String>,
     has_more: bool,
+    /// The log position the answer reflects (the views' now; the analytics index's with as_of).
+    position: u64,
 }
 
 pub async fn members(State(app): State<Arc<App>>, p: Principal, Path(name): Path<String>, Params(q): Params<MembersQuery>) -> Res<Json<Members>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let (list, next) = match q.as_of {
-        None => definitions::segment_members(&app, &p.tenant, &name, q.after.as_deref(), limit)?,
+    let (list, next, position) = match q.as_of {
+        None => {
+            let position = app.views().position;
+            let (list, next) = definitions::segment_members(&app, &p.tenant, &name, q.after.as_deref(), limit)?;
+            (list, next, position)
+        }
         Some(t) => {
             definitions::segment_info(&app, &p.tenant, &name).ok_or(AppError::NotFound("segment"))?;
-            let all = app.segment_members_at(&p.tenant, &name, t, q.known_at.as_deref()).await?;
+            let (all, position) = app.segment_members_at(&p.tenant, &name, t, q.known_at.as_deref()).await?;
             let mut rest = all.into_iter().filter(|(id, _)| q.after.as_deref().is_none_or(|a| id.as_str() > a));
             let page: Vec<_> = rest.by_ref().take(limit).collect();
             let next = rest.next().and(page.last().map(|(id, _)| id.clone()));
-            (page, next)
+            (page, next, position)
         }
     };
     let members = list.into_iter().map(|(id, since)| Member { id, since }).collect();
-    Ok(Json(Members { members, has_more: next.is_some(), next }))
+    Ok(Json(Members { members, has_more: next.is_some(), next, position }))
 }
