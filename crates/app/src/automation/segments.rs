@@ -146,6 +146,14 @@ impl Engine {
         if chronicle_automation::segment::EVENT_TYPES.contains(&ev.event_type.as_str()) {
             return Ok(());
         }
+        if ev.event_type == "CustomerErased" {
+            // What the windows hold of the person (their events' times and amounts) goes too.
+            if let Some(w) = self.windows.lock().expect("windows lock").get_mut(&ev.tenant) {
+                for per in w.per.values_mut() {
+                    per.remove(id);
+                }
+            }
+        }
         self.ensure_windows(&ev.tenant).await?;
         self.feed_windows(ev, id);
         self.settle(&ev.tenant, id, &ev.id.to_string(), ev.event_time, false).await
