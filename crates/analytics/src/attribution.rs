@@ -22,7 +22,7 @@
 //! - Credits add up per channel and per campaign. A touchpoint without a campaign credits
 //!   `(none)`.
 
-use crate::index::{Index, Row, LONG, NONE};
+use crate::index::{Index, Row, NONE};
 use crate::Horizon;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -154,23 +154,19 @@ pub fn run_on(spec: &AttributionSpec, ix: &Index, horizon: Horizon) -> Result<At
     let (conversion, lookback, half_life, models) = check(spec)?;
     let lookback = lookback.num_microseconds().unwrap_or(i64::MAX);
     let half_life = half_life.num_microseconds().unwrap_or(i64::MAX) as f64;
-    let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
     let people = ix.people(seen);
-    let key = |k: &str| ix.keys.get(k).unwrap_or(NONE);
-    let [k_source, k_utm_source, k_utm_campaign, k_total, k_revenue, k_message, k_channel, k_origin] =
-        ["source", "utm_source", "utm_campaign", "total", "revenue", "message", "channel", "origin"].map(key);
+    let [k_source, k_utm_source, k_utm_campaign, k_message, k_channel, k_origin] =
+        ["source", "utm_source", "utm_campaign", "message", "channel", "origin"].map(|k| ix.key(k));
     let text = |r: &Row, k: u32| -> Option<String> {
-        let v = ix.prop(r, k).filter(|v| *v != LONG)?;
-        match serde_json::from_str::<Value>(ix.values.text(v)).ok()? {
+        match ix.value(r, k)? {
             Value::String(s) if !s.is_empty() => Some(s),
             Value::Null | Value::String(_) => None,
             other => Some(other.to_string()),
         }
     };
-    let name = |n: &str| ix.names.get(n).unwrap_or(NONE);
-    let (wanted, queued, opened, clicked) = (name(&conversion), name("MessageQueued"), name("MessageOpened"), name("MessageClicked"));
+    let (wanted, queued, opened, clicked) = (ix.name(&conversion), ix.name("MessageQueued"), ix.name("MessageOpened"), ix.name("MessageClicked"));
     // Messages' channel and campaign, from their queueing.
     let mut messages: HashMap<String, (String, String)> = HashMap::new();
     let mut touches: HashMap<u32, Vec<Touch>> = HashMap::new();
@@ -206,14 +202,7 @@ pub fn run_on(spec: &AttributionSpec, ix: &Index, horizon: Horizon) -> Result<At
             touches.entry(person).or_default().push(Touch { time: r.time, position: r.position, channel: source, campaign });
         }
         if wanted != NONE && (r.ty == wanted || r.name == wanted) {
-            let value = ix
-                .prop(r, k_total)
-                .or_else(|| ix.prop(r, k_revenue))
-                .filter(|v| *v != LONG)
-                .and_then(|v| serde_json::from_str::<Value>(ix.values.text(v)).ok())
-                .and_then(|v| v.as_f64())
-                .unwrap_or(0.0);
-            conversions.push((person, r.time, r.position, value));
+            conversions.push((person, r.time, r.position, ix.order_value(r)));
         }
     }
     for t in touches.values_mut() {
@@ -263,23 +252,7 @@ mod tests {
 
     fn ev(position: u64, hours: i64, data: Value) -> EventEnvelope {
         let t0 = DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        EventEnvelope {
-            id: chronicle_core::ids::derive_id(&["a", &position.to_string()]),
-            tenant: "t".into(),
-            stream: "customer-a".into(),
-            version: position,
-            position,
-            event_type: "ActivityTracked".into(),
-            schema_version: 1,
-            event_time: t0 + Duration::hours(hours),
-            ingest_time: t0 + Duration::hours(hours),
-            source: "test".into(),
-            causation_id: None,
-            correlation_id: None,
-            actor: None,
-            data,
-            metadata: Value::Null,
-        }
+        crate::test_event("customer-a", position, t0 + Duration::hours(hours), "ActivityTracked", data)
     }
 
     /// By hand: touches from google (hour 0), the newsletter (hour 24, campaign "spring") and

@@ -16,7 +16,6 @@
 
 use crate::index::{Index, Row, NONE};
 use crate::Horizon;
-use chronicle_core::customer;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -80,12 +79,10 @@ fn label(p: Period, start: NaiveDate) -> String {
 
 /// Cohorts over a tenant's analytics index. `periods` caps the columns (1 to 120).
 pub fn run_on(ix: &Index, horizon: Horizon, period: Period, event: &str, occurrence: u32, periods: u32) -> Cohorts {
-    let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
     let people = ix.people(seen);
-    let registered = ix.names.get("CustomerRegistered").unwrap_or(NONE);
-    let wanted = ix.names.get(event).unwrap_or(NONE);
+    let (registered, wanted) = (ix.name("CustomerRegistered"), ix.name(event));
     let mut signup: HashMap<u32, i64> = HashMap::new();
     let mut hits: HashMap<u32, Vec<i64>> = HashMap::new();
     let mut position = 0;
@@ -95,7 +92,7 @@ pub fn run_on(ix: &Index, horizon: Horizon, period: Period, event: &str, occurre
         }
         position = position.max(r.position);
         let person = people[r.stream as usize];
-        if person == NONE || ix.erased.contains(&person) || customer::id_of_stream(ix.streams.text(person)).is_none() {
+        if ix.customer(person).is_none() {
             continue;
         }
         if r.ty == registered {

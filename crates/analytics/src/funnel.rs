@@ -196,9 +196,8 @@ pub fn run(spec: &FunnelSpec, events: &[EventEnvelope], horizon: Horizon) -> Res
 /// Run a funnel over a tenant's analytics index.
 pub fn run_on(spec: &FunnelSpec, ix: &Index, horizon: Horizon) -> Result<FunnelAnswer, FunnelError> {
     let window = spec.check()?.num_microseconds().unwrap_or(i64::MAX);
-    let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
     // Which names can match which steps (bit k) and exclusions (bit 32 + j).
     let mut by_name = vec![0u64; ix.names.len()];
     let steps: Vec<Option<Matcher>> = spec.steps.iter().map(|s| compile(s, ix)).collect();
@@ -347,29 +346,11 @@ mod tests {
     /// A small history, by hand: (person, seconds after t0, position, type, data).
     fn history(rows: &[(&str, i64, u64, &str, Value)]) -> Vec<EventEnvelope> {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        let mut versions: std::collections::HashMap<String, u64> = Default::default();
         rows.iter()
             .map(|(person, secs, position, ty, data)| {
-                let stream = chronicle_core::customer::stream_of(person);
-                let v = versions.entry(stream.clone()).or_default();
-                *v += 1;
-                EventEnvelope {
-                    id: chronicle_core::ids::derive_id(&[&stream, &position.to_string()]),
-                    tenant: "t".into(),
-                    stream,
-                    version: *v,
-                    position: *position,
-                    event_type: (*ty).into(),
-                    schema_version: 1,
-                    event_time: t0 + Duration::seconds(*secs),
-                    ingest_time: t0 + Duration::seconds(*position as i64),
-                    source: "test".into(),
-                    causation_id: None,
-                    correlation_id: None,
-                    actor: None,
-                    data: data.clone(),
-                    metadata: Value::Null,
-                }
+                let mut e = crate::test_event(&chronicle_core::customer::stream_of(person), *position, t0 + Duration::seconds(*secs), ty, data.clone());
+                e.ingest_time = t0 + Duration::seconds(*position as i64);
+                e
             })
             .collect()
     }

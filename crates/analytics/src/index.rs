@@ -83,11 +83,24 @@ pub struct Row {
     nprops: u32,
 }
 
-impl Row {
-    /// Whether the row is part of an answer with this horizon (as-of in microseconds).
+/// A [`Horizon`] in the rows' units: which rows an answer sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Visible {
+    known_at: u64,
+    as_of: i64,
+    known_by: Option<i64>,
+}
+
+impl Visible {
     #[inline]
-    pub fn seen(&self, h: &Horizon, as_of_us: i64, known_by_us: Option<i64>) -> bool {
-        self.position <= h.known_at && self.time <= as_of_us && known_by_us.is_none_or(|k| self.ingest <= k)
+    pub fn sees(&self, r: &Row) -> bool {
+        r.position <= self.known_at && r.time <= self.as_of && self.known_by.is_none_or(|k| r.ingest <= k)
+    }
+}
+
+impl Horizon {
+    pub fn visible(&self) -> Visible {
+        Visible { known_at: self.known_at, as_of: self.as_of.timestamp_micros(), known_by: self.known_by.map(|t| t.timestamp_micros()) }
     }
 }
 
@@ -241,6 +254,42 @@ impl Index {
     /// A row's property value id, if it has the key.
     pub fn prop(&self, r: &Row, key: u32) -> Option<u32> {
         self.props(r).iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// A property key's id ([`NONE`] when no event has it).
+    pub fn key(&self, k: &str) -> u32 {
+        self.keys.get(k).unwrap_or(NONE)
+    }
+
+    /// An event type's or tracked name's id ([`NONE`] when no event has it).
+    pub fn name(&self, n: &str) -> u32 {
+        self.names.get(n).unwrap_or(NONE)
+    }
+
+    /// A row's property value, unless missing or too long to keep.
+    pub fn value(&self, r: &Row, key: u32) -> Option<Value> {
+        self.prop(r, key).filter(|v| *v != LONG).and_then(|v| serde_json::from_str(self.values.text(v)).ok())
+    }
+
+    /// A row's property as a number.
+    pub fn number(&self, r: &Row, key: u32) -> Option<f64> {
+        self.value(r, key).and_then(|v| v.as_f64())
+    }
+
+    /// An order's value: its `total`, else its `revenue` (the rule ingest gives the order
+    /// aggregate), 0 without either.
+    pub fn order_value(&self, r: &Row) -> f64 {
+        let v = |k: &str| self.number(r, self.key(k));
+        v("total").or_else(|| v("revenue")).unwrap_or(0.0)
+    }
+
+    /// The customer id of a person (see [`people`](Self::people)), unless the person is an
+    /// anonymous history or erased.
+    pub fn customer(&self, person: u32) -> Option<&str> {
+        if person == NONE || self.erased.contains(&person) {
+            return None;
+        }
+        customer::id_of_stream(self.streams.text(person))
     }
 
     /// A customer's trait as it was at `at_us` (event time): their stream's trait-setting events

@@ -42,3 +42,26 @@ pub(crate) fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
     let rank = (q * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
+
+/// An event as the tests' hand-made histories need it: in `stream`, at `position` (its version
+/// too), happened and ingested at `at`.
+#[cfg(test)]
+pub(crate) fn test_event(stream: &str, position: u64, at: DateTime<Utc>, event_type: &str, data: serde_json::Value) -> chronicle_core::envelope::EventEnvelope {
+    chronicle_core::envelope::EventEnvelope {
+        id: chronicle_core::ids::derive_id(&[stream, &position.to_string()]),
+        tenant: "t".into(),
+        stream: stream.into(),
+        version: position,
+        position,
+        event_type: event_type.into(),
+        schema_version: 1,
+        event_time: at,
+        ingest_time: at,
+        source: "test".into(),
+        causation_id: None,
+        correlation_id: None,
+        actor: None,
+        data,
+        metadata: serde_json::Value::Null,
+    }
+}

@@ -15,11 +15,10 @@
 //!   (minor units, as deals keep them).
 //! - **Stuck**: open deals whose current stay is longer than `stuck_days` days, longest first.
 
-use crate::index::{Index, Row, LONG, NONE};
+use crate::index::{Index, Row};
 use crate::{nearest_rank, Horizon};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
@@ -94,16 +93,12 @@ const DAY_US: f64 = 86_400_000_000.0;
 /// Pipeline analytics over a tenant's analytics index.
 pub fn run_on(ix: &Index, horizon: Horizon, stuck_days: u32) -> Pipeline {
     let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
-    let key = |k: &str| ix.keys.get(k).unwrap_or(NONE);
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
     let [k_name, k_customer, k_owner, k_stage, k_amount, k_currency, k_to] =
-        ["name", "customer_id", "owner", "stage", "amount", "currency", "to"].map(key);
-    let value = |r: &Row, k: u32| -> Option<Value> {
-        ix.prop(r, k).filter(|v| *v != LONG).and_then(|v| serde_json::from_str(ix.values.text(v)).ok())
-    };
-    let text = |r: &Row, k: u32| value(r, k).and_then(|v| v.as_str().map(str::to_owned));
-    let int = |r: &Row, k: u32| value(r, k).and_then(|v| v.as_i64());
+        ["name", "customer_id", "owner", "stage", "amount", "currency", "to"].map(|k| ix.key(k));
+    let text = |r: &Row, k: u32| ix.value(r, k).and_then(|v| v.as_str().map(str::to_owned));
+    let int = |r: &Row, k: u32| ix.value(r, k).and_then(|v| v.as_i64());
     let order: HashMap<&str, usize> = chronicle_core::deal::STAGES.iter().enumerate().map(|(i, s)| (*s, i)).collect();
     let advances = |from: &str, to: &str| matches!((order.get(from), order.get(to)), (Some(a), Some(b)) if b > a);
 
@@ -114,9 +109,8 @@ pub fn run_on(ix: &Index, horizon: Horizon, stuck_days: u32) -> Pipeline {
     let (mut won, mut lost) = (0u64, 0u64);
     let mut won_amount: BTreeMap<String, i64> = BTreeMap::new();
     let mut position = 0;
-    let ty = |n: &str| ix.names.get(n).unwrap_or(NONE);
     let [created, moved, owned, amounted, won_ty, lost_ty] =
-        ["DealCreated", "DealStageChanged", "DealOwnerAssigned", "DealAmountChanged", "DealWon", "DealLost"].map(ty);
+        ["DealCreated", "DealStageChanged", "DealOwnerAssigned", "DealAmountChanged", "DealWon", "DealLost"].map(|n| ix.name(n));
     for r in &ix.rows {
         if !seen(r) {
             continue;

@@ -2,9 +2,8 @@
 //! tracks, pages, screens) and then went silent (no tracked event in the last `silent_days`),
 //! as of an instant and as known at a position. The most engaged first.
 
-use crate::index::{Index, Row, NONE};
+use crate::index::{Index, Row};
 use crate::Horizon;
-use chronicle_core::customer;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -35,10 +34,10 @@ const DAY_US: i64 = 86_400_000_000;
 /// The candidates over a tenant's analytics index.
 pub fn run_on(ix: &Index, horizon: Horizon, min_events: u64, silent_days: u32, limit: usize) -> Reengagement {
     let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
     let people = ix.people(seen);
-    let tracked = ix.names.get("ActivityTracked").unwrap_or(NONE);
+    let tracked = ix.name("ActivityTracked");
     let mut per: HashMap<u32, (u64, i64)> = HashMap::new();
     let mut position = 0;
     for r in &ix.rows {
@@ -50,7 +49,7 @@ pub fn run_on(ix: &Index, horizon: Horizon, min_events: u64, silent_days: u32, l
             continue;
         }
         let p = people[r.stream as usize];
-        if p == NONE || ix.erased.contains(&p) || customer::id_of_stream(ix.streams.text(p)).is_none() {
+        if ix.customer(p).is_none() {
             continue;
         }
         let e = per.entry(p).or_insert((0, i64::MIN));
@@ -62,7 +61,7 @@ pub fn run_on(ix: &Index, horizon: Horizon, min_events: u64, silent_days: u32, l
         .filter(|(_, (n, last))| *n >= min_events && as_of - last >= i64::from(silent_days) * DAY_US)
         .filter_map(|(p, (n, last))| {
             Some(Candidate {
-                id: customer::id_of_stream(ix.streams.text(p))?.to_owned(),
+                id: ix.customer(p)?.to_owned(),
                 events: n,
                 last_active: DateTime::from_timestamp_micros(last)?,
                 silent_days: (as_of - last).div_euclid(DAY_US),
@@ -79,27 +78,11 @@ pub fn run_on(ix: &Index, horizon: Horizon, min_events: u64, silent_days: u32, l
 mod tests {
     use super::*;
     use chronicle_core::envelope::EventEnvelope;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     fn ev(stream: &str, position: u64, day: i64) -> EventEnvelope {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        EventEnvelope {
-            id: chronicle_core::ids::derive_id(&[stream, &position.to_string()]),
-            tenant: "t".into(),
-            stream: stream.into(),
-            version: position,
-            position,
-            event_type: "ActivityTracked".into(),
-            schema_version: 1,
-            event_time: t0 + chrono::Duration::days(day),
-            ingest_time: t0 + chrono::Duration::days(day),
-            source: "test".into(),
-            causation_id: None,
-            correlation_id: None,
-            actor: None,
-            data: json!({"kind": "page", "event": null, "properties": {}}),
-            metadata: Value::Null,
-        }
+        crate::test_event(stream, position, t0 + chrono::Duration::days(day), "ActivityTracked", json!({"kind": "page", "event": null, "properties": {}}))
     }
 
     /// By hand, as of day 100, 3 events and 30 silent days needed: a (4 events, last day 50:

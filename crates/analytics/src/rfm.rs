@@ -21,10 +21,8 @@
 
 use crate::index::{Index, Row, LONG, NONE};
 use crate::Horizon;
-use chronicle_core::customer;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 
 /// The named groups, in the order a report lists them.
@@ -102,16 +100,10 @@ struct Acc {
 /// RFM over a tenant's analytics index.
 pub fn run_on(ix: &Index, horizon: Horizon) -> RfmAll {
     let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
-    let completed = ix.names.get("Order Completed").unwrap_or(NONE);
-    let refunded = ix.names.get("Order Refunded").unwrap_or(NONE);
-    let [total, revenue, order_id] = ["total", "revenue", "order_id"].map(|k| ix.keys.get(k).unwrap_or(NONE));
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
+    let (completed, refunded, order_id) = (ix.name("Order Completed"), ix.name("Order Refunded"), ix.key("order_id"));
     let people = ix.people(seen);
-    let amount = |r: &Row| {
-        let v = ix.prop(r, total).or_else(|| ix.prop(r, revenue)).filter(|v| *v != LONG);
-        v.and_then(|v| serde_json::from_str::<Value>(ix.values.text(v)).ok()).and_then(|v| v.as_f64()).unwrap_or(0.0)
-    };
     let mut accs: BTreeMap<u32, Acc> = BTreeMap::new();
     let mut orders: HashSet<(u32, u32)> = HashSet::new();
     let mut position = 0;
@@ -124,12 +116,12 @@ pub fn run_on(ix: &Index, horizon: Horizon) -> RfmAll {
             continue;
         }
         let person = people[r.stream as usize];
-        if person == NONE || ix.erased.contains(&person) || customer::id_of_stream(ix.streams.text(person)).is_none() {
+        if ix.customer(person).is_none() {
             continue;
         }
         let acc = accs.entry(person).or_default();
         if r.name == refunded {
-            acc.refunds += amount(r);
+            acc.refunds += ix.order_value(r);
             continue;
         }
         if let Some(id) = ix.prop(r, order_id).filter(|v| *v != LONG) {
@@ -138,13 +130,13 @@ pub fn run_on(ix: &Index, horizon: Horizon) -> RfmAll {
             }
         }
         acc.orders += 1;
-        acc.monetary += amount(r);
+        acc.monetary += ix.order_value(r);
         acc.last = if acc.orders == 1 { r.time } else { acc.last.max(r.time) };
     }
     let listed: Vec<(String, Acc)> = accs
         .into_iter()
         .filter(|(_, a)| a.orders > 0)
-        .map(|(p, a)| (customer::id_of_stream(ix.streams.text(p)).unwrap_or_default().to_owned(), a))
+        .map(|(p, a)| (ix.customer(p).unwrap_or_default().to_owned(), a))
         .collect();
     let recency: Vec<i64> = listed.iter().map(|(_, a)| (as_of - a.last).div_euclid(86_400_000_000)).collect();
     let r = scores(&recency, |a, b| a < b);
@@ -208,27 +200,11 @@ fn round6(x: f64) -> f64 {
 mod tests {
     use super::*;
     use chronicle_core::envelope::EventEnvelope;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn ev(stream: &str, position: u64, day: i64, ty: &str, data: Value) -> EventEnvelope {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        EventEnvelope {
-            id: chronicle_core::ids::derive_id(&[stream, &position.to_string()]),
-            tenant: "t".into(),
-            stream: stream.into(),
-            version: position,
-            position,
-            event_type: ty.into(),
-            schema_version: 1,
-            event_time: t0 + chrono::Duration::days(day),
-            ingest_time: t0 + chrono::Duration::days(day),
-            source: "test".into(),
-            causation_id: None,
-            correlation_id: None,
-            actor: None,
-            data,
-            metadata: Value::Null,
-        }
+        crate::test_event(stream, position, t0 + chrono::Duration::days(day), ty, data)
     }
 
     fn order(stream: &str, position: u64, day: i64, id: &str, total: f64) -> EventEnvelope {

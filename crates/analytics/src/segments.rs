@@ -2,9 +2,8 @@
 //! streams (`SegmentEntered`, `SegmentExited`): a customer is a member at `as_of` when the last
 //! of their records for the segment by then is an entry.
 
-use crate::index::{Index, Row, LONG, NONE};
+use crate::index::{Index, Row, LONG};
 use crate::Horizon;
-use chronicle_core::customer;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
@@ -15,12 +14,10 @@ pub fn members_at(ix: &Index, horizon: Horizon, segment: &str) -> Vec<(String, D
 
 /// [`members_at`], and the log position the answer reflects.
 pub fn members_with_position(ix: &Index, horizon: Horizon, segment: &str) -> (Vec<(String, DateTime<Utc>)>, u64) {
-    let position = ix.rows.iter().filter(|r| r.seen(&horizon, horizon.as_of.timestamp_micros(), horizon.known_by.map(|t| t.timestamp_micros()))).map(|r| r.position).max().unwrap_or(0);
-    let as_of = horizon.as_of.timestamp_micros();
-    let known_by = horizon.known_by.map(|t| t.timestamp_micros());
-    let seen = |r: &Row| r.seen(&horizon, as_of, known_by);
-    let (entered, exited) = (ix.names.get("SegmentEntered").unwrap_or(NONE), ix.names.get("SegmentExited").unwrap_or(NONE));
-    let key = ix.keys.get("segment").unwrap_or(NONE);
+    let vis = horizon.visible();
+    let seen = |r: &Row| vis.sees(r);
+    let position = ix.rows.iter().filter(|r| seen(r)).map(|r| r.position).max().unwrap_or(0);
+    let (entered, exited, key) = (ix.name("SegmentEntered"), ix.name("SegmentExited"), ix.key("segment"));
     let Some(wanted) = serde_json::to_string(segment).ok().and_then(|t| ix.values.get(&t)) else { return (Vec::new(), position) };
     // Per customer stream: the latest record by event time (then log order).
     let mut last: BTreeMap<u32, (i64, u64, bool)> = BTreeMap::new();
@@ -35,8 +32,8 @@ pub fn members_with_position(ix: &Index, horizon: Horizon, segment: &str) -> (Ve
     }
     let members = last
         .into_iter()
-        .filter(|(s, (_, _, member))| *member && !ix.erased.contains(s))
-        .filter_map(|(s, (t, _, _))| Some((customer::id_of_stream(ix.streams.text(s))?.to_owned(), DateTime::from_timestamp_micros(t)?)))
+        .filter(|(_, (_, _, member))| *member)
+        .filter_map(|(s, (t, _, _))| Some((ix.customer(s)?.to_owned(), DateTime::from_timestamp_micros(t)?)))
         .collect();
     (members, position)
 }

@@ -71,34 +71,42 @@ impl App {
         self.analytics.caught_up(&**self.store(), tenant).await
     }
 
-    /// What an answer over `ix` reflects: events by `as_of` (default now), as known at
-    /// `known_at` (default: everything the index holds).
-    fn horizon(&self, ix: &Index, as_of: Option<DateTime<Utc>>, known_at: Option<KnownAt>) -> Horizon {
+    /// Every answer: `as_of` checked, the index caught up, the horizon (events by `as_of`,
+    /// default now; as known at `known_at`, default everything the index holds), and `fold` run
+    /// over the index off the async workers.
+    async fn answer<T: Send + 'static>(
+        &self,
+        tenant: &str,
+        as_of: Option<DateTime<Utc>>,
+        known_at: Option<KnownAt>,
+        what: &'static str,
+        fold: impl FnOnce(&Index, Horizon) -> T + Send + 'static,
+    ) -> Result<T, AppError> {
+        crate::app::check_as_of(as_of)?;
+        let ix = self.analytics_index(tenant).await?;
         let as_of = as_of.unwrap_or_else(|| self.now());
-        match known_at {
+        let horizon = match known_at {
             None => Horizon { as_of, known_at: ix.position, known_by: None },
             Some(KnownAt::Position(p)) => Horizon { as_of, known_at: p.min(ix.position), known_by: None },
             Some(KnownAt::Instant(t)) => Horizon { as_of, known_at: ix.position, known_by: Some(t) },
-        }
+        };
+        tokio::task::spawn_blocking(move || fold(&ix, horizon)).await.map_err(|e| AppError::internal(what, e))
     }
 
     /// RFM per customer over their orders, as of `as_of` and as known at `known_at`; one page
     /// of it (see [`chronicle_analytics::rfm::page`]).
     pub async fn rfm(&self, tenant: &str, q: &RfmQuery) -> Result<RfmPage, AppError> {
-        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
-        let all = tokio::task::spawn_blocking(move || chronicle_analytics::rfm::run_on(&ix, horizon))
-            .await
-            .map_err(|e| AppError::internal("computing RFM", e))?;
+        let all = self.answer(tenant, q.as_of, known_at(&q.known_at)?, "computing RFM", chronicle_analytics::rfm::run_on).await?;
         chronicle_analytics::rfm::page(all, q.group.as_deref(), q.after.as_deref(), q.limit.clamp(1, 10_000)).map_err(AppError::BadRequest)
     }
 
     /// Pipeline analytics (velocity, conversion, win rate, deals stuck over `stuck_days`).
     pub async fn pipeline_analytics(&self, tenant: &str, q: &PipelineQuery) -> Result<chronicle_analytics::pipeline::Pipeline, AppError> {
-        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
         let stuck_days = q.stuck_days.unwrap_or(30);
-        tokio::task::spawn_blocking(move || chronicle_analytics::pipeline::run_on(&ix, horizon, stuck_days))
-            .await
-            .map_err(|e| AppError::internal("computing pipeline analytics", e))
+        self.answer(tenant, q.as_of, known_at(&q.known_at)?, "computing pipeline analytics", move |ix, h| {
+            chronicle_analytics::pipeline::run_on(ix, h, stuck_days)
+        })
+        .await
     }
 
     /// Signup cohorts and their conversion over time.
@@ -115,11 +123,11 @@ impl App {
         if !(1..=1000).contains(&occurrence) {
             return Err(AppError::BadRequest("occurrence is 1 to 1000".into()));
         }
-        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
         let period = q.period.unwrap_or_default();
-        tokio::task::spawn_blocking(move || chronicle_analytics::cohorts::run_on(&ix, horizon, period, &event, occurrence, periods))
-            .await
-            .map_err(|e| AppError::internal("computing cohorts", e))
+        self.answer(tenant, q.as_of, known_at(&q.known_at)?, "computing cohorts", move |ix, h| {
+            chronicle_analytics::cohorts::run_on(ix, h, period, &event, occurrence, periods)
+        })
+        .await
     }
 
     /// Revenue of conversions credited to channels and campaigns under the models asked.
@@ -129,30 +137,26 @@ impl App {
         spec: &chronicle_analytics::attribution::AttributionSpec,
     ) -> Result<chronicle_analytics::attribution::Attribution, AppError> {
         chronicle_analytics::attribution::check(spec).map_err(|e| AppError::BadRequest(e.0))?;
-        crate::app::check_as_of(spec.as_of)?;
-        let ix = self.analytics_index(tenant).await?;
-        let horizon = self.horizon(&ix, spec.as_of, spec.known_at);
-        let spec = spec.clone();
-        tokio::task::spawn_blocking(move || chronicle_analytics::attribution::run_on(&spec, &ix, horizon))
-            .await
-            .map_err(|e| AppError::internal("computing attribution", e))?
+        let s = spec.clone();
+        self.answer(tenant, spec.as_of, spec.known_at, "computing attribution", move |ix, h| chronicle_analytics::attribution::run_on(&s, ix, h))
+            .await?
             .map_err(|e| AppError::BadRequest(e.0))
     }
 
     /// A segment's members as of an instant (and as known at a position), from the entries
-    /// and exits on the log.
+    /// and exits on the log, with the position the answer reflects.
     pub async fn segment_members_at(
         &self,
         tenant: &str,
         segment: &str,
         as_of: DateTime<Utc>,
-        known_at: Option<&str>,
+        known: Option<&str>,
     ) -> Result<(Vec<(String, DateTime<Utc>)>, u64), AppError> {
-        let (ix, horizon) = self.answer_input(tenant, Some(as_of), known_at).await?;
         let segment = segment.to_owned();
-        tokio::task::spawn_blocking(move || chronicle_analytics::segments::members_with_position(&ix, horizon, &segment))
-            .await
-            .map_err(|e| AppError::internal("reading a segment's members", e))
+        self.answer(tenant, Some(as_of), known_at(&known.map(str::to_owned))?, "reading a segment's members", move |ix, h| {
+            chronicle_analytics::segments::members_with_position(ix, h, &segment)
+        })
+        .await
     }
 
     /// Re-engagement candidates: at least `min_events` tracked events, none in the last
@@ -162,46 +166,30 @@ impl App {
         if min_events == 0 || silent_days > 3650 {
             return Err(AppError::BadRequest("min_events is at least 1 and silent_days at most 3650".into()));
         }
-        let (ix, horizon) = self.answer_input(tenant, q.as_of, q.known_at.as_deref()).await?;
-        tokio::task::spawn_blocking(move || chronicle_analytics::reengagement::run_on(&ix, horizon, min_events, silent_days, limit))
-            .await
-            .map_err(|e| AppError::internal("finding re-engagement candidates", e))
+        self.answer(tenant, q.as_of, known_at(&q.known_at)?, "finding re-engagement candidates", move |ix, h| {
+            chronicle_analytics::reengagement::run_on(ix, h, min_events, silent_days, limit)
+        })
+        .await
     }
 
     /// Every customer's RFM group and scores now (for segments with RFM conditions).
     pub async fn rfm_facts(&self, tenant: &str) -> Result<std::collections::HashMap<String, chronicle_automation::segment::RfmFacts>, AppError> {
-        let (ix, horizon) = self.answer_input(tenant, None, None).await?;
-        let all = tokio::task::spawn_blocking(move || chronicle_analytics::rfm::run_on(&ix, horizon))
-            .await
-            .map_err(|e| AppError::internal("computing RFM groups", e))?;
+        let all = self.answer(tenant, None, None, "computing RFM groups", chronicle_analytics::rfm::run_on).await?;
         Ok(all.customers.into_iter().map(|c| (c.id, chronicle_automation::segment::RfmFacts { group: c.group, r: c.r, f: c.f, m: c.m })).collect())
-    }
-
-    /// The index caught up, and the horizon of an answer asked with these parameters.
-    async fn answer_input(
-        &self,
-        tenant: &str,
-        as_of: Option<DateTime<Utc>>,
-        known_at: Option<&str>,
-    ) -> Result<(OwnedMutexGuard<Index>, Horizon), AppError> {
-        crate::app::check_as_of(as_of)?;
-        let known_at = known_at.map(str::parse::<KnownAt>).transpose().map_err(AppError::BadRequest)?;
-        let ix = self.analytics_index(tenant).await?;
-        let horizon = self.horizon(&ix, as_of, known_at);
-        Ok((ix, horizon))
     }
 
     /// A funnel over the tenant's events as of `spec.as_of` (default now), as known at
     /// `spec.known_at` (a log position or an instant of ingest time; default: everything now).
     pub async fn funnel(&self, tenant: &str, spec: &FunnelSpec) -> Result<FunnelAnswer, AppError> {
         spec.check().map_err(|e| AppError::BadRequest(e.0))?;
-        crate::app::check_as_of(spec.as_of)?;
-        let ix = self.analytics_index(tenant).await?;
-        let horizon = self.horizon(&ix, spec.as_of, spec.known_at);
-        let spec = spec.clone();
-        tokio::task::spawn_blocking(move || chronicle_analytics::funnel::run_on(&spec, &ix, horizon))
-            .await
-            .map_err(|e| AppError::internal("running a funnel", e))?
+        let s = spec.clone();
+        self.answer(tenant, spec.as_of, spec.known_at, "running a funnel", move |ix, h| chronicle_analytics::funnel::run_on(&s, ix, h))
+            .await?
             .map_err(|e| AppError::BadRequest(e.0))
     }
+}
+
+/// A query parameter's `known_at`: a log position or an RFC 3339 instant of ingest time.
+fn known_at(s: &Option<String>) -> Result<Option<KnownAt>, AppError> {
+    s.as_deref().map(str::parse::<KnownAt>).transpose().map_err(AppError::BadRequest)
 }

@@ -225,6 +225,17 @@ fn a_windowed_sum_enters_on_an_event_and_exits_as_the_window_slides_across_a_res
         let register = CustomerCommand::Register { email: None, phone: None, traits: Default::default(), consents: vec![] };
         app.customer_command("acme", "c1", register, "test").await.unwrap();
         save_segment(&app, "acme", "big", def.clone(), "test").await.unwrap();
+        // A window over events on other streams than customers' (a deal's) is built too.
+        let deal = chronicle_core::deal::DealCommand::Create {
+            name: "Renewal".into(),
+            customer_id: Some("c1".into()),
+            owner: None,
+            stage: None,
+            amount: None,
+            currency: None,
+        };
+        app.deal_command("acme", "d1", deal, "test").await.unwrap();
+        save_segment(&app, "acme", "dealing", json!({"conditions": [{"event": "DealCreated", "within": "30d", "at_least": 1}]}), "test").await.unwrap();
         let engine = Engine::start(app.clone(), EngineConfig::default()).unwrap();
         order(&app, &clock, "c1", 1, 60.0).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

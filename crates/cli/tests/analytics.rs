@@ -101,22 +101,13 @@ fn funnels_equal_duckdb_and_a_backfill_changes_only_the_answer_known_after_it() 
 
     // The same events, from the API, for DuckDB.
     let mut lines = String::new();
-    let mut after = 0;
-    loop {
-        let (_, page) = get(&agent, &format!("{url}/v1/events?after={after}&limit=1000"), &api);
-        let evs = page["events"].as_array().unwrap();
-        if evs.is_empty() {
-            break;
+    for e in all_events(&agent, &url, &api) {
+        if e["type"] == "ActivityTracked" {
+            let person = e["stream"].as_str().unwrap().trim_start_matches("customer-");
+            let row = json!({"person": person, "name": e["data"]["event"], "t": e["event_time"]});
+            lines.push_str(&row.to_string());
+            lines.push('\n');
         }
-        for e in evs {
-            if e["type"] == "ActivityTracked" {
-                let person = e["stream"].as_str().unwrap().trim_start_matches("customer-");
-                let row = json!({"person": person, "name": e["data"]["event"], "t": e["event_time"]});
-                lines.push_str(&row.to_string());
-                lines.push('\n');
-            }
-        }
-        after = page["next"].as_u64().unwrap();
     }
     let events_file = dir.path().join("events.ndjson");
     let plans_file = dir.path().join("plans.ndjson");
@@ -171,6 +162,21 @@ fn funnels_equal_duckdb_and_a_backfill_changes_only_the_answer_known_after_it() 
     let out = chronicle(&data, &["analytics", "funnel", file.to_str().unwrap(), "--tenant", "acme"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 20 steps"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every event of the tenant, page by page from `GET /v1/events`.
+fn all_events(agent: &ureq::Agent, url: &str, api: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (_, page) = get(agent, &format!("{url}/v1/events?after={after}&limit=1000"), api);
+        let evs = page["events"].as_array().unwrap();
+        if evs.is_empty() {
+            return out;
+        }
+        out.extend(evs.iter().cloned());
+        after = page["next"].as_u64().unwrap();
+    }
 }
 
 fn lines_of(path: &std::path::Path) -> Vec<Value> {
@@ -426,28 +432,19 @@ fn attribution_equals_a_fold_written_apart() {
     }
     // The same events, from the API, for the fold.
     let mut lines = String::new();
-    let mut after = 0;
-    loop {
-        let (_, page) = get(&agent, &format!("{url}/v1/events?after={after}&limit=1000"), &api);
-        let evs = page["events"].as_array().unwrap();
-        if evs.is_empty() {
-            break;
+    for e in all_events(&agent, &url, &api) {
+        let Some(person) = e["stream"].as_str().unwrap().strip_prefix("customer-") else { continue };
+        let t = chrono::DateTime::parse_from_rfc3339(e["event_time"].as_str().unwrap()).unwrap().timestamp() as f64;
+        let pos = e["position"].as_u64().unwrap();
+        let c = &e["data"]["context"]["campaign"];
+        if c.is_object() {
+            let row = json!({"kind": "touch", "person": person, "t": t, "pos": pos, "channel": c["source"], "campaign": c.get("name").cloned().unwrap_or(json!("(none)"))});
+            lines.push_str(&format!("{row}\n"));
         }
-        for e in evs {
-            let Some(person) = e["stream"].as_str().unwrap().strip_prefix("customer-") else { continue };
-            let t = chrono::DateTime::parse_from_rfc3339(e["event_time"].as_str().unwrap()).unwrap().timestamp() as f64;
-            let pos = e["position"].as_u64().unwrap();
-            let c = &e["data"]["context"]["campaign"];
-            if c.is_object() {
-                let row = json!({"kind": "touch", "person": person, "t": t, "pos": pos, "channel": c["source"], "campaign": c.get("name").cloned().unwrap_or(json!("(none)"))});
-                lines.push_str(&format!("{row}\n"));
-            }
-            if e["data"]["event"] == "Order Completed" {
-                let row = json!({"kind": "order", "person": person, "t": t, "pos": pos, "total": e["data"]["properties"]["total"]});
-                lines.push_str(&format!("{row}\n"));
-            }
+        if e["data"]["event"] == "Order Completed" {
+            let row = json!({"kind": "order", "person": person, "t": t, "pos": pos, "total": e["data"]["properties"]["total"]});
+            lines.push_str(&format!("{row}\n"));
         }
-        after = page["next"].as_u64().unwrap();
     }
     let file = dir.path().join("events.ndjson");
     std::fs::write(&file, lines).unwrap();

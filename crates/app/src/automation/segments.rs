@@ -154,6 +154,10 @@ impl Engine {
                 }
             }
         }
+        // A tenant without segments (the common case) costs one look at the views.
+        if self.app.views().tenant(&ev.tenant).is_none_or(|t| t.automation.segments.is_empty()) {
+            return Ok(());
+        }
         self.ensure_windows(&ev.tenant).await?;
         self.feed_windows(ev, id);
         self.settle(&ev.tenant, id, &ev.id.to_string(), ev.event_time, false).await
@@ -185,20 +189,12 @@ impl Engine {
         for (key, within) in &keys {
             let Some(name) = ix.names.get(&key.0) else { continue };
             let since = now - within.num_microseconds().unwrap_or(i64::MAX / 2);
-            let prop = key.1.as_deref().and_then(|p| ix.keys.get(p));
+            let prop = key.1.as_deref().map(|p| ix.key(p));
             let per = built.per.entry(key.clone()).or_default();
             for r in ix.rows.iter().filter(|r| (r.ty == name || r.name == name) && r.time > since) {
-                let Some(id) = customer::id_of_stream(ix.streams.text(people[r.stream as usize])) else { continue };
-                let value = match (&key.1, prop) {
-                    (None, _) => 1.0,
-                    (Some(_), Some(k)) => ix
-                        .prop(r, k)
-                        .filter(|v| *v != chronicle_analytics::index::LONG)
-                        .and_then(|v| serde_json::from_str::<Value>(ix.values.text(v)).ok())
-                        .and_then(|v| v.as_f64())
-                        .unwrap_or(0.0),
-                    (Some(_), None) => 0.0,
-                };
+                let Some(id) = ix.customer(people[r.stream as usize]) else { continue };
+                // As `value_of` reads a live event: 1 for a count, else the property (0 when missing).
+                let value = prop.map_or(1.0, |k| ix.number(r, k).unwrap_or(0.0));
                 per.entry(id.to_owned()).or_default().push_back((r.time, value));
             }
         }
